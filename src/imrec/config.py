@@ -1,0 +1,160 @@
+"""Small frozen dataclasses, one per concern, and the recipes that fill them.
+
+A run is fully described by a :class:`RunConfig`; it is saved as ``config.json`` in the run
+folder, so a run can be resumed or reproduced without the original command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data, how it is split and augmented.
+
+    ``augment`` is ``"auto"`` (the preset for the dataset's domain and the run's preset),
+    ``"none"``, or a domain name (``"handwriting"``, ``"objects"``, ``"photo"``) to force a
+    preset. ``augment_off`` switches single options of that preset off by name
+    (e.g. ``("elastic", "erasing")``).
+    """
+
+    name: str = "mnist"
+    val_fraction: float = 0.1
+    size: int | None = None
+    channels: int | None = None
+    domain: str | None = None
+    augment: str = "auto"
+    augment_off: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network. ``options`` go to the model builder (e.g. ``{"width": 32}``)."""
+
+    name: str = "cnn"
+    weight_norm: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to optimise.
+
+    ``lr`` is the peak learning rate of the schedule. ``head_lr_mult`` scales the head's
+    learning rate relative to the backbone (fine-tuning); ``freeze_epochs`` trains the head
+    alone for that many epochs first. ``early_stop`` is the patience in epochs on the
+    validation accuracy (0 = off). ``class_weights`` weighs the loss by inverse class
+    frequency. ``amp`` and ``channels_last`` take effect on a GPU only ("auto").
+    """
+
+    epochs: int = 3
+    batch_size: int = 128
+    optimizer: str = "adamw"  # adam | adamw | sgd (Nesterov momentum)
+    lr: float = 3e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"  # onecycle | cosine | constant
+    warmup_epochs: float = 0.3
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0
+    ema: bool = False
+    ema_decay: float = 0.999
+    early_stop: int = 0
+    class_weights: bool = False
+    amp: str = "auto"  # auto | bf16 | fp16 | off
+    channels_last: str = "auto"  # auto | on | off
+    seed: int = 0
+    init: str | None = None
+    freeze_epochs: int = 0
+    head_lr_mult: float = 1.0
+    device: str = "auto"
+    eval_batch_size: int = 1024
+    threads: int = 0  # 0 = all cores
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a training run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = "fast"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        data = dict(d.get("data", {}))
+        data["augment_off"] = tuple(data.get("augment_off", ()))
+        return cls(
+            data=DataConfig(**data),
+            model=ModelConfig(**d.get("model", {})),
+            train=TrainConfig(**d.get("train", {})),
+            preset=d.get("preset", "fast"),
+        )
+
+
+# Recipes: (preset, dataset or domain) -> field overrides. The dataset name wins over the
+# domain. Numbers come from the runs recorded in BENCHMARKS.md.
+RECIPES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
+    ("fast", "handwriting"): {"model": {"name": "cnn"}, "train": {"epochs": 3}},
+    ("fast", "objects"): {"model": {"name": "cnn"}, "train": {"epochs": 5}},
+    ("fast", "photo"): {"model": {"name": "resnet"}, "train": {"epochs": 10, "batch_size": 64}},
+    ("best", "handwriting"): {
+        "model": {"name": "cnn", "options": {"size": "m"}},
+        "train": {"epochs": 15, "ema": True, "label_smoothing": 0.1},
+    },
+    ("best", "objects"): {
+        "model": {"name": "cnn", "options": {"size": "m"}},
+        "train": {"epochs": 20, "ema": True, "label_smoothing": 0.1},
+    },
+    ("best", "photo"): {
+        "model": {"name": "resnet"},
+        "train": {"epochs": 40, "batch_size": 64, "ema": True, "label_smoothing": 0.1},
+    },
+}
+
+
+def recipe(preset: str, dataset: str, domain: str) -> dict[str, dict[str, Any]]:
+    """The field overrides of a preset for a dataset (falling back to its domain)."""
+    if preset not in ("fast", "best"):
+        raise ValueError(f"unknown preset {preset!r}; choose 'fast' or 'best'")
+    return RECIPES.get((preset, dataset)) or RECIPES.get((preset, domain)) or {}
+
+
+def build_config(
+    dataset: str,
+    domain: str,
+    preset: str = "fast",
+    *,
+    data: dict | None = None,
+    model: dict | None = None,
+    train: dict | None = None,
+) -> RunConfig:
+    """Resolve a run's config: dataclass defaults, then the recipe, then the user's overrides.
+
+    Example:
+        >>> cfg = build_config("mnist", "handwriting", "fast", train={"epochs": 1})
+        >>> cfg.train.epochs
+        1
+    """
+    r = recipe(preset, dataset, domain)
+    model_kw = {**r.get("model", {}), **(model or {})}
+    if model and "name" in model and model["name"] != r.get("model", {}).get("name"):
+        # A different model than the recipe's: the recipe's model options do not apply.
+        model_kw["options"] = dict((model or {}).get("options", {}))
+    return RunConfig(
+        data=DataConfig(name=dataset, **{**r.get("data", {}), **(data or {})}),
+        model=ModelConfig(**model_kw),
+        train=TrainConfig(**{**r.get("train", {}), **(train or {})}),
+        preset=preset,
+    )

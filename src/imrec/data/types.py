@@ -1,0 +1,82 @@
+"""In-memory containers shared by every classification dataset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class ImageSet:
+    """One split of an image classification dataset, held in memory.
+
+    Attributes:
+        images: ``(N, C, H, W)`` uint8 tensor, 0 = black, 255 = white.
+        labels: ``(N,)`` int64 class indices.
+        groups: optional ``(N,)`` int64 group ids (the writer of each sample) used for
+            group-disjoint splits; ``None`` when the source has no such notion.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    groups: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(f"images must be a (N, C, H, W) uint8 tensor, got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"labels must have shape ({self.images.shape[0]},), got {tuple(self.labels.shape)}")
+        self.labels = self.labels.long()
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def subset(self, index: torch.Tensor) -> ImageSet:
+        """The samples at ``index`` (a LongTensor of positions or a bool mask)."""
+        groups = None if self.groups is None else self.groups[index]
+        return ImageSet(self.images[index], self.labels[index], groups)
+
+
+@dataclass
+class ClassificationData:
+    """A classification dataset split into train, validation and test, ready to train on.
+
+    Attributes:
+        name: registry name, e.g. ``"mnist"`` or ``"folder:/data/pets"``.
+        classes: class names, index ``i`` is label ``i``.
+        train, val, test: the splits. ``val`` is held out of the training data; ``test`` is
+            never used for any choice made during training.
+        domain: ``"handwriting"`` or ``"photo"``; picks the augmentation preset and the way
+            real-world input is prepared for prediction.
+        split_note: one sentence saying how the splits were made (goes into the report).
+        skipped: files that could not be read, as ``{"path": ..., "reason": ...}``.
+        checksum: SHA-256 over the source files, so a model can name the exact data it saw.
+        ink: for handwriting, how a character sits in its image:
+            ``{"background": "dark"|"light", "fraction": f}`` where ``f`` is the typical
+            longest side of the ink box over the image side. Prediction uses it to place
+            real-world strokes the way the training data has them.
+    """
+
+    name: str
+    classes: list[str]
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    domain: str = "handwriting"
+    split_note: str = ""
+    skipped: list[dict] = field(default_factory=list)
+    checksum: str = ""
+    ink: dict | None = None
+
+    @property
+    def channels(self) -> int:
+        return self.train.images.shape[1]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.train.images.shape[2:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)

@@ -1,0 +1,151 @@
+"""Checkpoints: weights in safetensors, metadata in JSON, every file written atomically.
+
+A model checkpoint is a pair ``NAME.safetensors`` (weights) + ``NAME.json`` (metadata: labels,
+input size, channels, normalisation, model name and options, metrics). The JSON is also
+embedded in the safetensors header, so the weights file alone is self-describing.
+
+The training state for ``--resume`` (model, optimizer, EMA, history) is one file,
+``state.safetensors``, replaced atomically at the end of each epoch: a run killed at any
+moment leaves either the previous complete epoch or the new one, never a mixture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+META_KEY = "imrec"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated or not an imrec checkpoint."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        save_file(flat, tmp, metadata={META_KEY: json.dumps(meta, ensure_ascii=False)})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get(META_KEY, "{}"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises several types for a damaged file
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    return tensors, meta
+
+
+def save_checkpoint(stem: Path, state_dict: dict[str, torch.Tensor], meta: dict) -> Path:
+    """Write ``stem.safetensors`` and ``stem.json``; return the weights path."""
+    stem = Path(stem)
+    weights = stem.with_suffix(".safetensors")
+    _save_tensors(weights, state_dict, meta)
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(meta, indent=2, ensure_ascii=False))
+    return weights
+
+
+def resolve_checkpoint(source: str | Path) -> Path:
+    """A run folder (its ``best`` checkpoint), a ``.safetensors`` file or a ``.json`` beside one."""
+    p = Path(source)
+    if p.is_dir():
+        for name in ("best.safetensors", "last.safetensors"):
+            if (p / name).is_file():
+                return p / name
+        raise CheckpointError(
+            f"{p} holds no best.safetensors or last.safetensors: is it an imrec run folder?"
+        )
+    if p.suffix == ".json":
+        p = p.with_suffix(".safetensors")
+    if not p.is_file():
+        raise CheckpointError(f"no checkpoint at {source}")
+    return p
+
+
+def load_checkpoint(source: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Weights and metadata of a checkpoint (see :func:`resolve_checkpoint` for ``source``)."""
+    tensors, meta = _load_tensors(resolve_checkpoint(source))
+    if not meta.get("model"):
+        raise CheckpointError(f"{source} has no imrec metadata; it was not written by imrec")
+    return tensors, meta
+
+
+# ---- training state -------------------------------------------------------------------
+
+
+def save_train_state(path: Path, parts: dict[str, dict[str, torch.Tensor]], meta: dict) -> None:
+    """Save several state dicts (model, ema, ...) and the optimizer in one atomic file.
+
+    ``parts`` maps a prefix to a flat dict of tensors; ``meta`` is any JSON-able dict.
+    """
+    flat = {f"{prefix}/{k}": v for prefix, sd in parts.items() for k, v in sd.items()}
+    _save_tensors(path, flat, meta)
+
+
+def load_train_state(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    tensors, meta = _load_tensors(path)
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        prefix, name = key.split("/", 1)
+        parts.setdefault(prefix, {})[name] = value
+    return parts, meta
+
+
+def flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split ``optimizer.state_dict()`` into tensors (for safetensors) and the JSON rest."""
+    tensors: dict[str, torch.Tensor] = {}
+    rest: dict[str, Any] = {"param_groups": state["param_groups"], "scalars": {}}
+    for idx, slot in state["state"].items():
+        for name, value in slot.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}.{name}"] = value
+            else:
+                rest["scalars"][f"{idx}.{name}"] = value
+    return tensors, rest
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in list(tensors.items()) + list(rest["scalars"].items()):
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    return {"state": state, "param_groups": rest["param_groups"]}

@@ -1,0 +1,199 @@
+"""Honest evaluation: the best checkpoint (chosen on validation) measured once on the test split."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from imrec.data import ClassificationData, ImageSet, load_dataset
+from imrec.engine.metrics import classification_metrics, worst_mistakes
+from imrec.engine.report import write_report
+from imrec.engine.train import Batcher, predict_logits
+
+PLOTS = {"curves": "curves.png", "confusion": "confusion.png", "mistakes": "mistakes.png"}
+
+
+def _timed_logits(
+    model, images: torch.Tensor, batcher: Batcher, batch_size: int
+) -> tuple[torch.Tensor, dict]:
+    device = next(model.parameters()).device
+    predict_logits(
+        model, images[:batch_size], batcher, batch_size
+    )  # warm-up: first-call costs are not throughput
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    logits = predict_logits(model, images, batcher, batch_size)
+    seconds = time.perf_counter() - t0
+    timing = {
+        "images_per_second": round(len(images) / max(seconds, 1e-9), 1),
+        "batch_size": batch_size,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+    return logits, timing
+
+
+def measure(
+    model,
+    split: ImageSet,
+    classes: list[str],
+    batcher: Batcher,
+    out_dir: Path,
+    *,
+    batch_size: int = 1024,
+    plots: bool = True,
+) -> tuple[dict, dict]:
+    """Metrics and timing of ``model`` on ``split``; writes confusion.png and mistakes.png."""
+    logits, timing = _timed_logits(model, split.images, batcher, batch_size)
+    metrics = classification_metrics(logits, split.labels, classes)
+    if plots:
+        import numpy as np
+
+        from imrec.viz import save_confusion, save_mistakes
+
+        save_confusion(np.array(metrics["confusion"]), classes, out_dir / PLOTS["confusion"])
+        worst = worst_mistakes(logits, split.labels, n=32)
+        if worst:
+            probs = logits[worst].softmax(1)
+            save_mistakes(
+                split.images[worst],
+                split.labels[worst].tolist(),
+                probs.argmax(1).tolist(),
+                probs.max(1).values.tolist(),
+                classes,
+                out_dir / PLOTS["mistakes"],
+            )
+    return metrics, timing
+
+
+def finish_run(trainer) -> dict:
+    """After training: load the best checkpoint, measure it on val and test, write the report."""
+    from imrec import __version__
+    from imrec.engine.checkpoint import load_checkpoint
+    from imrec.viz import save_curves
+
+    run_dir, data, run = trainer.run_dir, trainer.data, trainer.run
+    weights, meta = load_checkpoint(run_dir / "best.safetensors")
+    model = trainer.eval_model()
+    model.load_state_dict(weights)
+    bs = run.train.eval_batch_size
+    val_metrics, _ = measure(
+        model, data.val, data.classes, trainer.batcher, run_dir, batch_size=bs, plots=False
+    )
+    test_metrics, timing = measure(
+        model, data.test, data.classes, trainer.batcher, run_dir, batch_size=bs
+    )
+    save_curves(trainer.history, run_dir / PLOTS["curves"])
+    report = {
+        "imrec_version": __version__,
+        "task": "classify",
+        "dataset": data.name,
+        "dataset_checksum": data.checksum,
+        "model": run.model.name,
+        "params": sum(p.numel() for p in model.parameters()),
+        "split": data.split_note,
+        "sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        "classes": data.classes,
+        "input": meta["input"],
+        "train_seconds": round(trainer.train_seconds, 2),
+        "epochs_run": len(trainer.history),
+        "best_epoch": trainer.best["epoch"],
+        "device": str(trainer.device),
+        "init": trainer.init_note,
+        "config": run.to_dict(),
+        "skipped": data.skipped,
+        "val": val_metrics,
+        "test": test_metrics,
+        "timing": timing,
+        "files": dict(PLOTS),
+    }
+    write_report(run_dir, report)
+    return report
+
+
+def _align_classes(data: ClassificationData, classes: list[str]) -> ImageSet:
+    """The test split of ``data`` relabelled into the model's class order (matched by name)."""
+    if data.classes == classes:
+        return data.test
+    unknown = sorted(set(data.classes) - set(classes))
+    if unknown:
+        raise ValueError(
+            f"dataset {data.name} has classes the model does not know: {unknown[:10]}; model classes: {classes[:20]}"
+        )
+    remap = torch.tensor([classes.index(c) for c in data.classes])
+    return ImageSet(data.test.images, remap[data.test.labels], data.test.groups)
+
+
+def evaluate_run(
+    run_dir: str | Path, data: str | None = None, *, batch_size: int = 1024, device: str = "cpu"
+) -> dict:
+    """Evaluate a run's best checkpoint on its dataset's test split, or on another dataset.
+
+    With ``data`` naming another dataset (e.g. ``folder:my_digits``), its test split is matched
+    to the model's classes by name and the results go to ``run_dir/eval-<name>/``.
+
+    Example:
+        >>> report = evaluate_run("runs/mnist-1")  # doctest: +SKIP
+        >>> report["test"]["accuracy"]  # doctest: +SKIP
+    """
+    from imrec.inference import load_model
+
+    run_dir = Path(run_dir)
+    model, meta = load_model(run_dir, device)
+    cfg = (
+        json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        if (run_dir / "config.json").is_file()
+        else {}
+    )
+    name = data or meta["dataset"]
+    inp = meta["input"]
+    if name == meta["dataset"]:  # the way the run loaded it (its size and channel overrides)
+        d = cfg.get("data", {})
+        kwargs = {k: d.get(k) for k in ("size", "channels", "domain")}
+    else:  # another dataset is brought to the model's input
+        kwargs = {"size": inp["size"][0], "channels": inp["channels"], "domain": meta.get("domain")}
+    seed = cfg.get("train", {}).get("seed", 0)
+    val_fraction = cfg.get("data", {}).get("val_fraction", 0.1)
+    dataset = load_dataset(name, val_fraction=val_fraction, seed=seed, **kwargs)
+    if list(dataset.input_size) != list(inp["size"]) or dataset.channels != inp["channels"]:
+        raise ValueError(
+            f"{name} images are {dataset.channels}x{list(dataset.input_size)}, the model takes {inp['channels']}x{inp['size']}"
+        )
+    split = _align_classes(dataset, meta["classes"])
+    batcher = Batcher(
+        torch.tensor(inp["mean"]).view(1, -1, 1, 1),
+        torch.tensor(inp["std"]).view(1, -1, 1, 1).clamp(min=1e-3),
+    )
+    out_dir = (
+        run_dir
+        if name == meta["dataset"]
+        else run_dir / f"eval-{name.replace('folder:', '').strip('/').replace('/', '_')}"
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics, timing = measure(
+        model, split, meta["classes"], batcher, out_dir, batch_size=batch_size
+    )
+    report_path = out_dir / "report.json"
+    report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else {}
+    report.update(
+        {
+            "dataset": name,
+            "dataset_checksum": dataset.checksum,
+            "model": meta["model"]["name"],
+            "split": dataset.split_note,
+            "classes": meta["classes"],
+            "input": inp,
+            "skipped": dataset.skipped,
+            "test": metrics,
+            "timing": timing,
+            "files": {k: v for k, v in PLOTS.items() if (out_dir / v).exists()},
+        }
+    )
+    report.setdefault("task", "classify")
+    report.setdefault("train_seconds", None)
+    write_report(out_dir, report)
+    return report

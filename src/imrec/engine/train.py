@@ -1,0 +1,501 @@
+"""The training loop: one explicit loop over epochs and batches, with a few named hooks.
+
+Data lives in memory as uint8 tensors on the training device; each batch is gathered,
+augmented on the device with per-sample random parameters, normalised and fed to the model.
+Every random number of an epoch comes from generators seeded by ``(seed, epoch)``, so a run
+resumed after its last complete epoch continues exactly as the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imrec.config import RunConfig
+from imrec.data import ClassificationData, load_dataset
+from imrec.engine.checkpoint import (
+    CheckpointError,
+    atomic_write_text,
+    flatten_optimizer,
+    load_checkpoint,
+    load_train_state,
+    save_checkpoint,
+    save_train_state,
+    unflatten_optimizer,
+)
+from imrec.engine.ema import ModelEma
+from imrec.models import create_model
+from imrec.transforms import BatchAugment, augment_off, augment_preset, norm_stats
+
+STATE_FILE = "state.safetensors"
+
+
+class TrainError(RuntimeError):
+    """A run cannot start or continue (bad config, mismatched checkpoint, ...)."""
+
+
+# ---- small pieces ---------------------------------------------------------------------
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at ``step`` (0-based) of ``total`` steps.
+
+    ``onecycle``: linear warm-up from 4% to 100%, then linear decay to 0.
+    ``cosine``: linear warm-up, then half a cosine to 0. ``constant``: warm-up, then flat.
+    """
+    if step < warmup:
+        return 0.04 + 0.96 * step / max(1, warmup)
+    if schedule == "constant":
+        return 1.0
+    t = (step - warmup) / max(1, total - warmup)
+    if schedule == "onecycle":
+        return max(0.0, 1.0 - t)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+    raise TrainError(f"unknown schedule {schedule!r}: choose onecycle, cosine or constant")
+
+
+def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    """AdamW/Adam/SGD with no weight decay on biases and norms, and a head learning rate."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        is_head = name.startswith("head.")
+        decay = p.ndim > 1
+        groups.setdefault((is_head, decay), []).append(p)
+    param_groups = [
+        {
+            "params": ps,
+            "weight_decay": cfg.weight_decay if decay else 0.0,
+            "lr_mult": cfg.head_lr_mult if is_head else 1.0,
+            "is_head": is_head,
+        }
+        for (is_head, decay), ps in sorted(groups.items())
+    ]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(param_groups, lr=cfg.lr)
+    if cfg.optimizer == "adam":
+        # Adam's weight decay is L2 in the gradient; kept for parity with the tutorial.
+        return torch.optim.Adam(param_groups, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    raise TrainError(f"unknown optimizer {cfg.optimizer!r}: choose adam, adamw or sgd")
+
+
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Inverse class frequency, scaled to mean 1 (absent classes get weight 0)."""
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    w = torch.where(counts > 0, counts.sum() / (num_classes * counts.clamp(min=1)), 0.0)
+    return w / w[counts > 0].mean()
+
+
+def build_augment(run: RunConfig, domain: str) -> BatchAugment | None:
+    kind = run.data.augment
+    if kind == "none":
+        return None
+    cfg = augment_preset(domain if kind == "auto" else kind, run.preset)
+    if run.data.augment_off:
+        fields = {f.name for f in dataclasses.fields(cfg)}
+        unknown = set(run.data.augment_off) - fields
+        if unknown:
+            raise TrainError(
+                f"unknown augmentation option(s) {sorted(unknown)}; known: {sorted(fields)}"
+            )
+        off = augment_off()
+        cfg = dataclasses.replace(cfg, **{k: getattr(off, k) for k in run.data.augment_off})
+    return BatchAugment(cfg)
+
+
+@dataclass
+class Batcher:
+    """Turns uint8 images on the device into normalised float batches."""
+
+    mean: torch.Tensor  # (1, C, 1, 1)
+    std: torch.Tensor
+    channels_last: bool = False
+
+    def __call__(self, images_u8: torch.Tensor, augment=None, generator=None) -> torch.Tensor:
+        x = images_u8.float().div_(255.0)  # (B, C, H, W) in [0, 1]
+        if augment is not None:
+            x = augment(x, generator)
+        x = (x - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, batcher: Batcher, batch_size: int = 1024
+) -> torch.Tensor:
+    """Logits ``(N, K)`` for uint8 images ``(N, C, H, W)`` (on any device), in eval mode."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(images), batch_size):
+        xb = batcher(images[i : i + batch_size].to(device, non_blocking=True))
+        out.append(model(xb).float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63)
+
+
+# ---- the run --------------------------------------------------------------------------
+
+
+class Trainer:
+    """Owns one run folder: builds everything from the config, trains, checkpoints, reports.
+
+    Example:
+        >>> from imrec.config import build_config
+        >>> cfg = build_config("digits", "handwriting", train={"epochs": 1})
+        >>> report = Trainer(cfg, "runs/digits").fit()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        run: RunConfig,
+        run_dir: str | Path,
+        *,
+        data: ClassificationData | None = None,
+        progress: bool = True,
+    ):
+        self.run = run
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        t = run.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.device = pick_device(t.device)
+        on_gpu = self.device.type == "cuda"
+        torch.manual_seed(t.seed)
+        self.data = data or load_dataset(
+            run.data.name,
+            val_fraction=run.data.val_fraction,
+            seed=t.seed,
+            size=run.data.size,
+            channels=run.data.channels,
+            domain=run.data.domain,
+        )
+        d = self.data
+        if d.num_classes < 2:
+            raise TrainError(f"dataset {d.name} has {d.num_classes} class; at least 2 are needed")
+        if len(d.train) == 0 or len(d.val) == 0:
+            raise TrainError(
+                f"dataset {d.name}: empty train ({len(d.train)}) or validation ({len(d.val)}) split"
+            )
+        mean, std = norm_stats(d.train.images)
+        self.mean, self.std = mean, std
+        self.channels_last = on_gpu if t.channels_last == "auto" else t.channels_last == "on"
+        self.batcher = Batcher(
+            torch.tensor(mean, device=self.device).view(1, -1, 1, 1),
+            torch.tensor(std, device=self.device).view(1, -1, 1, 1).clamp(min=1e-3),
+            self.channels_last,
+        )
+        self.amp_dtype = self._amp_dtype(t.amp, on_gpu)
+        self.augment = build_augment(run, d.domain)
+        self.model = create_model(
+            run.model.name,
+            num_classes=d.num_classes,
+            in_channels=d.channels,
+            input_size=d.input_size,
+            weight_norm=run.model.weight_norm,
+            **run.model.options,
+        ).to(self.device)
+        self.init_note = ""
+        if t.init:
+            self._init_from(t.init)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = make_optimizer(self.model, t)
+        self.ema = ModelEma(self.model, t.ema_decay) if t.ema else None
+        self.loss_weight = (
+            class_weights(d.train.labels, d.num_classes).to(self.device)
+            if t.class_weights
+            else None
+        )
+        self.train_images = d.train.images.to(self.device)
+        self.train_labels = d.train.labels.to(self.device)
+        self.steps_per_epoch = math.ceil(len(d.train) / t.batch_size)
+        self.history: list[dict] = []
+        self.best = {"val_accuracy": -1.0, "epoch": 0}
+        self.start_epoch = 0
+        self.train_seconds = 0.0
+
+    @staticmethod
+    def _amp_dtype(amp: str, on_gpu: bool) -> torch.dtype | None:
+        if not on_gpu or amp == "off":
+            return None
+        if amp == "fp16":
+            return torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def _init_from(self, source: str) -> None:
+        """Start from an imrec checkpoint; a head for other classes is replaced, not loaded."""
+        try:
+            weights, meta = load_checkpoint(source)
+        except CheckpointError as e:
+            raise TrainError(f"--init: {e}") from e
+        own = self.model.state_dict()
+        if meta["model"]["name"] != self.run.model.name:
+            raise TrainError(
+                f"--init {source}: it is a {meta['model']['name']!r} model, this run trains {self.run.model.name!r}"
+            )
+        keep = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+        dropped = sorted(set(weights) - set(keep))
+        if any(not k.startswith("head.") for k in dropped):
+            bad = [k for k in dropped if not k.startswith("head.")][:5]
+            raise TrainError(
+                f"--init {source}: backbone weights do not fit this model ({bad} ...): "
+                f"the checkpoint was trained on {meta['input']['channels']}x{meta['input']['size']} inputs, "
+                f"this data is {self.data.channels}x{list(self.data.input_size)}"
+            )
+        self.model.load_state_dict(keep, strict=False)
+        self.init_note = f"initialised from {source} ({len(keep)} tensors; head {'kept' if not dropped else 'new'})"
+
+    # -- checkpoints --
+
+    def meta(self, epoch: int, metrics: dict) -> dict:
+        from imrec import __version__
+
+        d, r = self.data, self.run
+        return {
+            "imrec_version": __version__,
+            "task": "classify",
+            "model": dataclasses.asdict(r.model),
+            "classes": d.classes,
+            "input": {
+                "size": list(d.input_size),
+                "channels": d.channels,
+                "mean": self.mean,
+                "std": self.std,
+            },
+            "domain": d.domain,
+            "ink": d.ink,
+            "dataset": d.name,
+            "dataset_checksum": d.checksum,
+            "epoch": epoch,
+            "metrics": metrics,
+        }
+
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema else self.model
+
+    def save_state(self, epoch: int) -> None:
+        opt_tensors, opt_rest = flatten_optimizer(self.optimizer.state_dict())
+        parts = {"model": self.model.state_dict(), "optim": opt_tensors}
+        if self.ema:
+            parts["ema"] = self.ema.state_dict()
+        meta = {
+            "epoch": epoch,
+            "optim": opt_rest,
+            "ema_updates": self.ema.updates if self.ema else 0,
+            "history": self.history,
+            "best": self.best,
+            "train_seconds": self.train_seconds,
+        }
+        save_train_state(self.run_dir / STATE_FILE, parts, meta)
+        save_checkpoint(
+            self.run_dir / "last",
+            self.eval_model().state_dict(),
+            self.meta(epoch, self.history[-1]),
+        )
+
+    def load_state(self) -> None:
+        parts, meta = load_train_state(self.run_dir / STATE_FILE)
+        self.model.load_state_dict(parts["model"])
+        self.optimizer.load_state_dict(unflatten_optimizer(parts.get("optim", {}), meta["optim"]))
+        if self.ema:
+            self.ema.load_state_dict(parts["ema"], meta["ema_updates"])
+        self.history = meta["history"]
+        self.best = meta["best"]
+        self.train_seconds = meta["train_seconds"]
+        self.start_epoch = meta["epoch"]
+        # metrics.jsonl may hold a line for an epoch whose state never reached disk.
+        lines = "".join(json.dumps(h, ensure_ascii=False) + "\n" for h in self.history)
+        atomic_write_text(self.run_dir / "metrics.jsonl", lines)
+
+    # -- the loop --
+
+    def fit(self) -> dict:
+        """Train to the end (or early stop), then evaluate the best checkpoint on the test split."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.start_epoch == 0:
+            atomic_write_text(self.run_dir / "config.json", self.run.to_json())
+            (self.run_dir / "metrics.jsonl").write_text("")
+        t = self.run.train
+        for epoch in range(self.start_epoch, t.epochs):
+            row = self.train_epoch(epoch)
+            self.history.append(row)
+            if row["val_accuracy"] > self.best["val_accuracy"]:
+                self.best = {"val_accuracy": row["val_accuracy"], "epoch": epoch + 1}
+                save_checkpoint(
+                    self.run_dir / "best", self.eval_model().state_dict(), self.meta(epoch + 1, row)
+                )
+            self.save_state(epoch + 1)
+            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            if t.early_stop and epoch + 1 - self.best["epoch"] >= t.early_stop:
+                break
+        from imrec.engine.evaluate import finish_run
+
+        return finish_run(self)
+
+    def train_epoch(self, epoch: int) -> dict:
+        t, model = self.run.train, self.model
+        gen = torch.Generator().manual_seed(_epoch_seed(t.seed, epoch))
+        torch.manual_seed(_epoch_seed(t.seed, epoch) + 1)  # dropout and other global draws
+        frozen = epoch < t.freeze_epochs
+        for name, p in model.named_parameters():
+            p.requires_grad_(not frozen or name.startswith("head."))
+        model.train()
+        n = len(self.train_labels)
+        order = torch.randperm(n, generator=gen).to(self.device)
+        total = t.epochs * self.steps_per_epoch
+        warmup = round(t.warmup_epochs * self.steps_per_epoch)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        t0 = time.perf_counter()
+        bar = self._bar(epoch)
+        for i in range(self.steps_per_epoch):
+            step = epoch * self.steps_per_epoch + i
+            idx = order[i * t.batch_size : (i + 1) * t.batch_size]
+            xb = self.batcher(self.train_images[idx], self.augment, gen)  # (B, C, H, W)
+            yb = self.train_labels[idx]
+            factor = lr_factor(step, total, warmup, t.schedule)
+            for g in self.optimizer.param_groups:
+                g["lr"] = t.lr * factor * g["lr_mult"]
+            with torch.autocast(
+                self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+            ):
+                logits = model(xb)  # (B, K)
+                loss = F.cross_entropy(
+                    logits.float(), yb, weight=self.loss_weight, label_smoothing=t.label_smoothing
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            self.optimizer.step()
+            if self.ema:
+                self.ema.update(model)
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.detach().argmax(1) == yb).sum()
+            if bar is not None and (i % 20 == 0 or i == self.steps_per_epoch - 1):
+                seen = min(n, (i + 1) * t.batch_size)
+                bar.set_postfix(
+                    loss=f"{loss_sum.item() / seen:.4f}",
+                    acc=f"{correct.item() / seen:.4f}",
+                    img_s=f"{seen / (time.perf_counter() - t0):.0f}",
+                )
+            if bar is not None:
+                bar.update(1)
+        train_time = time.perf_counter() - t0
+        val = self.validate()
+        seconds = time.perf_counter() - t0
+        self.train_seconds += seconds
+        if bar is not None:
+            bar.set_postfix(
+                loss=f"{loss_sum.item() / n:.4f}",
+                acc=f"{correct.item() / n:.4f}",
+                val_acc=f"{val['accuracy']:.4f}",
+            )
+            bar.close()
+        return {
+            "epoch": epoch + 1,
+            "train_loss": round(loss_sum.item() / n, 6),
+            "train_accuracy": round(correct.item() / n, 6),
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "lr": round(t.lr * factor, 8),
+            "seconds": round(seconds, 3),
+            "images_per_second": round(n / train_time, 1),
+        }
+
+    def validate(self) -> dict:
+        val = self.data.val
+        logits = predict_logits(
+            self.eval_model(), val.images, self.batcher, self.run.train.eval_batch_size
+        )
+        return {
+            "loss": round(F.cross_entropy(logits, val.labels).item(), 6),
+            "accuracy": round((logits.argmax(1) == val.labels).float().mean().item(), 6),
+        }
+
+    def _bar(self, epoch: int):
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(
+            total=self.steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{self.run.train.epochs}",
+            unit="batch",
+            leave=True,
+            dynamic_ncols=True,
+        )
+
+
+def train(
+    run: RunConfig,
+    run_dir: str | Path,
+    *,
+    progress: bool = True,
+    data: ClassificationData | None = None,
+) -> dict:
+    """Train a classifier as ``run`` says, writing everything into ``run_dir``; return the report.
+
+    Example:
+        >>> from imrec.config import build_config
+        >>> report = train(build_config("digits", "handwriting"), "runs/digits")  # doctest: +SKIP
+        >>> report["test"]["accuracy"]  # doctest: +SKIP
+    """
+    run_dir = Path(run_dir)
+    if (run_dir / STATE_FILE).exists():
+        raise TrainError(
+            f"{run_dir} already holds a run; use --resume {run_dir} to continue it, or choose another --out"
+        )
+    return Trainer(run, run_dir, progress=progress, data=data).fit()
+
+
+def resume(run_dir: str | Path, *, progress: bool = True) -> dict:
+    """Continue a killed run from its last complete epoch, with the config it was started with."""
+    run_dir = Path(run_dir)
+    config = run_dir / "config.json"
+    if not config.is_file():
+        raise TrainError(f"{run_dir} is not an imrec run folder (no config.json)")
+    if not (run_dir / STATE_FILE).is_file():
+        raise TrainError(
+            f"{run_dir} has no completed epoch to resume from ({STATE_FILE} missing): start it again"
+        )
+    run = RunConfig.from_dict(json.loads(config.read_text(encoding="utf-8")))
+    trainer = Trainer(run, run_dir, progress=progress)
+    trainer.load_state()
+    return trainer.fit()
+
+
+def default_run_dir(dataset: str, root: str | Path = "runs") -> Path:
+    """``runs/<dataset>-<n>``: the first free numbered folder."""
+    base = dataset.replace("folder:", "").rstrip("/").split("/")[-1] or "folder"
+    for i in range(1, 10_000):
+        p = Path(root) / f"{base}-{i}"
+        if not p.exists():
+            return p
+    raise TrainError(f"no free run folder under {root}")

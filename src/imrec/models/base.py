@@ -1,0 +1,41 @@
+"""The one interface every imrec classifier has."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Classifier(nn.Module):
+    """A backbone that turns images into a feature vector, and a linear head.
+
+    ``forward(x)`` takes ``(B, C, H, W)`` float images (normalised) and always returns
+    ``(B, num_classes)`` logits, in training and in eval mode alike; the loss lives in the
+    training code.
+
+    Attributes:
+        backbone: ``(B, C, H, W) -> (B, num_features)``.
+        head: ``nn.Linear(num_features, num_classes)`` (or a module ending in one).
+        cam_layer: the module whose output Grad-CAM explains (the last spatial feature map).
+    """
+
+    def __init__(self, backbone: nn.Module, num_features: int, num_classes: int, cam_layer: nn.Module | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.num_features = num_features
+        self.head = nn.Linear(num_features, num_classes)
+        self.cam_layer = cam_layer
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.out_features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head with a fresh one for ``num_classes`` classes (fine-tuning)."""
+        self.head = nn.Linear(self.num_features, num_classes).to(self.head.weight.device)

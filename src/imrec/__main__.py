@@ -1,0 +1,3 @@
+from imrec.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,62 @@
+"""The few calls a user needs, in Python: the CLI is a thin layer over these."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from imrec.config import RunConfig, build_config
+from imrec.data import load_dataset
+from imrec.engine import train as _train
+
+
+def fit(
+    dataset: str,
+    *,
+    preset: str = "fast",
+    out: str | Path | None = None,
+    data: dict | None = None,
+    model: dict | None = None,
+    train: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train a classifier on ``dataset`` with the preset's recipe and your overrides.
+
+    Returns the report (also written to ``<out>/report.json`` and ``report.md``), with the
+    run folder under ``report["run_dir"]``.
+
+    Example:
+        >>> import imrec
+        >>> report = imrec.fit("digits", train={"epochs": 2}, out="runs/digits")  # doctest: +SKIP
+        >>> report["test"]["accuracy"] > 0.9  # doctest: +SKIP
+        True
+    """
+    data = dict(data or {})
+    seed = (train or {}).get("seed", 0)
+    loaded = load_dataset(
+        dataset,
+        val_fraction=data.get("val_fraction", 0.1),
+        seed=seed,
+        size=data.get("size"),
+        channels=data.get("channels"),
+        domain=data.get("domain"),
+    )
+    data.setdefault("domain", loaded.domain)
+    run = build_config(dataset, loaded.domain, preset, data=data, model=model, train=train)
+    run_dir = Path(out) if out else _train.default_run_dir(dataset)
+    report = _train.train(run, run_dir, progress=progress, data=loaded)
+    report["run_dir"] = str(run_dir)
+    return report
+
+
+def resume(run_dir: str | Path, *, progress: bool = True) -> dict:
+    """Continue a run that was stopped or killed, from its last complete epoch."""
+    report = _train.resume(run_dir, progress=progress)
+    report["run_dir"] = str(run_dir)
+    return report
+
+
+def train_config(run: RunConfig, out: str | Path, *, progress: bool = True) -> dict:
+    """Train from a fully resolved :class:`RunConfig` (e.g. one read from a ``config.json``)."""
+    report = _train.train(run, out, progress=progress)
+    report["run_dir"] = str(out)
+    return report

@@ -1,0 +1,51 @@
+"""Datasets for image classification: built-ins, your own folders, splits and sources.
+
+Example:
+    >>> from imrec.data import list_datasets, load_dataset
+    >>> "mnist" in list_datasets()
+    True
+    >>> data = load_dataset("digits", val_fraction=0.1)
+    >>> data.num_classes, data.channels
+    (10, 1)
+"""
+
+from imrec.data.datasets import (
+    DatasetInfo,
+    convert_channels,
+    dataset_info,
+    fetch_dataset,
+    ink_stats,
+    list_datasets,
+    load_dataset,
+    register_dataset,
+    resize_images,
+)
+from imrec.data.folder import load_folder, resize_center_crop
+from imrec.data.idx import read_idx, write_idx
+from imrec.data.sources import DatasetError, SourceFile, dataset_dir, imrec_home
+from imrec.data.splits import group_split, stratified_split
+from imrec.data.types import ClassificationData, ImageSet
+
+__all__ = [
+    "ClassificationData",
+    "DatasetError",
+    "DatasetInfo",
+    "ImageSet",
+    "SourceFile",
+    "convert_channels",
+    "dataset_dir",
+    "dataset_info",
+    "fetch_dataset",
+    "group_split",
+    "imrec_home",
+    "ink_stats",
+    "list_datasets",
+    "load_dataset",
+    "load_folder",
+    "read_idx",
+    "register_dataset",
+    "resize_center_crop",
+    "resize_images",
+    "stratified_split",
+    "write_idx",
+]

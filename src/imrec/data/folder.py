@@ -1,0 +1,288 @@
+"""Your own images as a dataset: ``folder:PATH`` with one sub-folder per class.
+
+Class = first-level folder name (sorted); images are found recursively below it, in any format
+Pillow reads. Files that cannot be read are skipped and listed, never a crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from imrec.data.sources import DatasetError
+from imrec.data.splits import stratified_split
+from imrec.data.types import ClassificationData, ImageSet
+
+TEST_FRACTION = 0.2
+TEST_SEED = 0  # the test split never depends on the run seed
+DEFAULT_SIZE = 64  # used when images have mixed sizes and no size was given
+MAX_NATIVE_SIZE = 128  # a common square size up to this is kept as is
+SPLIT_NAMES = ("train", "val", "test")
+_GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+@dataclass
+class _Decoded:
+    """One readable image: RGB pixels (small), whether it was grey, its SHA-256."""
+
+    pixels: np.ndarray  # (H, W, 3) uint8
+    grey: bool
+    sha256: str
+
+
+def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """Scale the short side to ``size`` then cut the centred ``size`` x ``size`` square.
+
+    Example:
+        >>> resize_center_crop(Image.new("RGB", (300, 200)), 64).size
+        (64, 64)
+    """
+    w, h = img.size
+    scale = size / min(w, h)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB with transparency composited on white and high-bit-depth grey scaled to 8 bits."""
+    if img.mode in {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}:
+        values = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if values.max(initial=0) > 255 else 255.0  # 16-bit data vs 8-bit in I
+        grey = np.clip(np.round(values * 255.0 / peak), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if img.mode in {"RGBA", "LA", "La", "RGBa", "PA"} or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _is_grey(img: Image.Image) -> bool:
+    if img.mode in _GREY_MODES:
+        return True
+    if img.mode in {"P", "PA"}:
+        palette = np.asarray(img.convert("RGB"))
+        return bool(
+            (palette[..., 0] == palette[..., 1]).all()
+            and (palette[..., 1] == palette[..., 2]).all()
+        )
+    return False
+
+
+def _decode(path: Path, size: int | None) -> _Decoded | str:
+    """Decode one file, or say why it cannot be used."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return f"cannot read: {e}"
+    if not data:
+        return "empty file (0 bytes)"
+    try:
+        with warnings.catch_warnings():
+            # A decompression-bomb warning becomes an error so such files are skipped.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                grey = _is_grey(img)
+                rgb = _to_rgb(img)
+    except Exception as e:  # Pillow raises many types for bad files: all mean "skip it"
+        return f"not a readable image: {type(e).__name__}: {e}"
+    w, h = rgb.size
+    if size is not None:
+        rgb = resize_center_crop(rgb, size)
+    elif not (w == h and w <= MAX_NATIVE_SIZE):
+        # Sizes differ from a small common square, so the fallback size is certain.
+        rgb = resize_center_crop(rgb, DEFAULT_SIZE)
+    return _Decoded(np.asarray(rgb, dtype=np.uint8), grey, hashlib.sha256(data).hexdigest())
+
+
+def _class_files(class_dir: Path) -> list[Path]:
+    """Every non-hidden file below ``class_dir``, sorted (hidden = name starting with '.')."""
+    files = []
+    for root, dirs, names in os.walk(class_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files += [Path(root) / n for n in sorted(names) if not n.startswith(".")]
+    return files
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _scan(root: Path) -> dict[str, list[tuple[Path, str]]]:
+    """Files per split as ``(path, class name)``: from train/test(/val) folders, or one pool."""
+    names = {p.name for p in _class_dirs(root)}
+    if {"train", "test"} <= names:
+        splits = [s for s in SPLIT_NAMES if s in names]
+        return {s: _list_classes(root / s) for s in splits}
+    return {"all": _list_classes(root)}
+
+
+def _list_classes(root: Path) -> list[tuple[Path, str]]:
+    dirs = _class_dirs(root)
+    if len(dirs) < 2:
+        raise DatasetError(
+            f"{root}: found {len(dirs)} class folder(s); a dataset needs at least 2 classes, "
+            "one sub-folder per class holding its images"
+        )
+    items = []
+    for d in dirs:
+        files = _class_files(d)
+        if not files:
+            raise DatasetError(
+                f"{d}: class folder {d.name!r} holds no files; add images or remove it"
+            )
+        items += [(f, d.name) for f in files]
+    return items
+
+
+def _decode_all(
+    items: list[tuple[Path, str]], size: int | None
+) -> tuple[list[_Decoded | str], int]:
+    workers = min(8, (os.cpu_count() or 1) + 2)  # Pillow releases the GIL while decoding
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        decoded = list(pool.map(lambda item: _decode(item[0], size), items))
+    return decoded, workers
+
+
+def _target_size(decoded: list[_Decoded], size: int | None) -> int:
+    if size is not None:
+        return size
+    shapes = {d.pixels.shape[:2] for d in decoded}
+    if len(shapes) == 1:
+        ((h, w),) = shapes
+        if h == w and h <= MAX_NATIVE_SIZE:
+            return h
+    return DEFAULT_SIZE
+
+
+def _stack(decoded: list[_Decoded], side: int, channels: int) -> torch.Tensor:
+    arrays = []
+    for d in decoded:
+        pixels = d.pixels
+        if pixels.shape[:2] != (side, side):
+            pixels = np.asarray(resize_center_crop(Image.fromarray(pixels), side))
+        if channels == 1:
+            pixels = np.asarray(Image.fromarray(pixels).convert("L"))[..., None]
+        arrays.append(pixels)
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
+
+
+def load_folder(
+    path: str | Path,
+    *,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    size: int | None = None,
+    channels: int | None = None,
+    domain: str | None = None,
+) -> ClassificationData:
+    """Load a folder of class sub-folders as a dataset.
+
+    With ``train/`` and ``test/`` (and optionally ``val/``) sub-folders those define the
+    splits; otherwise test is a stratified 20% (fixed seed) and val is ``val_fraction`` of the
+    rest (run seed). Channels: 1 when every image is grey, else 3. Size: ``size``, else the
+    common square size when all images share one up to 128 px, else 64.
+
+    Raises:
+        DatasetError: missing folder, fewer than 2 classes, a class without readable images.
+
+    Example:
+        >>> data = load_folder("/data/pets", size=96)  # doctest: +SKIP
+        >>> data.classes  # doctest: +SKIP
+        ['cat', 'dog']
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"folder dataset {str(path)!r}: no such folder")
+    pools = _scan(root)
+    classes = sorted({name for items in pools.values() for _, name in items})
+    items = [(split, f, c) for split, pool in pools.items() for f, c in pool]
+    decoded, _ = _decode_all([(f, c) for _, f, c in items], size)
+
+    skipped = [
+        {"path": str(f), "reason": d}
+        for (_, f, _), d in zip(items, decoded, strict=True)
+        if isinstance(d, str)
+    ]
+    good = [
+        (s, f, c, d) for (s, f, c), d in zip(items, decoded, strict=True) if not isinstance(d, str)
+    ]
+    _check_classes(root, pools, good)
+
+    images = [d for *_, d in good]
+    side = _target_size(images, size)
+    n_channels = channels or (1 if all(d.grey for d in images) else 3)
+    tensor = _stack(images, side, n_channels)
+    labels = torch.tensor([classes.index(c) for _, _, c, _ in good], dtype=torch.int64)
+    split_of = np.array([s for s, *_ in good])
+    data = _make_splits(tensor, labels, split_of, val_fraction, seed)
+    train, val, test, note = data
+    checksum = hashlib.sha256(
+        "".join(f"{f.relative_to(root)}  {d.sha256}\n" for _, f, _, d in good).encode()
+    ).hexdigest()
+    return ClassificationData(
+        name=f"folder:{path}",
+        classes=classes,
+        train=train,
+        val=val,
+        test=test,
+        domain=domain or "photo",
+        split_note=note,
+        skipped=skipped,
+        checksum=checksum,
+    )
+
+
+def _check_classes(root: Path, pools: dict, good: list) -> None:
+    """Every class folder of every split must keep at least one readable image."""
+    for split, pool in pools.items():
+        folders = sorted({c for _, c in pool})
+        readable = {c for s, _, c, _ in good if s == split}
+        for c in folders:
+            if c not in readable:
+                where = root / c if split == "all" else root / split / c
+                raise DatasetError(
+                    f"{where}: class folder {c!r} has no readable image; fix or remove it"
+                )
+
+
+def _make_splits(
+    images: torch.Tensor, labels: torch.Tensor, split_of: np.ndarray, val_fraction: float, seed: int
+) -> tuple[ImageSet, ImageSet, ImageSet, str]:
+    full = ImageSet(images, labels)
+    if "all" in split_of:
+        train_idx, test_idx = stratified_split(labels, TEST_FRACTION, TEST_SEED)
+        note = (
+            f"test: stratified {TEST_FRACTION:.0%} of each class (fixed seed {TEST_SEED}); "
+            f"val: stratified {val_fraction:.0%} of the rest (seed {seed})"
+        )
+    else:
+        train_idx = torch.from_numpy(np.flatnonzero(split_of == "train"))
+        test_idx = torch.from_numpy(np.flatnonzero(split_of == "test"))
+        note = "train/test from the train/ and test/ folders"
+    if "val" in split_of:
+        val_idx = torch.from_numpy(np.flatnonzero(split_of == "val"))
+        return (
+            full.subset(train_idx),
+            full.subset(val_idx),
+            full.subset(test_idx),
+            note + "; val from val/",
+        )
+    keep, held = stratified_split(labels[train_idx], val_fraction, seed)
+    if "all" not in split_of:
+        note += f"; val: stratified {val_fraction:.0%} of train (seed {seed})"
+    return full.subset(train_idx[keep]), full.subset(train_idx[held]), full.subset(test_idx), note

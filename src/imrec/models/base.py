@@ -19,12 +19,34 @@ class Classifier(nn.Module):
         cam_layer: the module whose output Grad-CAM explains (the last spatial feature map).
     """
 
-    def __init__(self, backbone: nn.Module, num_features: int, num_classes: int, cam_layer: nn.Module | None = None):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_features: int,
+        num_classes: int,
+        cam_layer: nn.Module | None = None,
+    ):
         super().__init__()
         self.backbone = backbone
         self.num_features = num_features
         self.head = nn.Linear(num_features, num_classes)
-        self.cam_layer = cam_layer
+        # Kept by name, not as a second registered child: a child registered twice would put
+        # its weights twice in the state dict (safetensors refuses shared tensors), and copies
+        # of the model (EMA) must find the layer inside their own backbone.
+        self.cam_layer_name = self._name_of(cam_layer)
+
+    def _name_of(self, layer: nn.Module | None) -> str | None:
+        if layer is None:
+            return None
+        for name, module in self.backbone.named_modules(prefix="backbone"):
+            if module is layer:
+                return name
+        raise ValueError("cam_layer must be a module inside the backbone")
+
+    @property
+    def cam_layer(self) -> nn.Module | None:
+        """The module whose output Grad-CAM explains (the last spatial feature map)."""
+        return None if self.cam_layer_name is None else self.get_submodule(self.cam_layer_name)
 
     @property
     def num_classes(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import nn
@@ -26,3 +27,82 @@ def register_model(name: str, description: str = "") -> Callable:
 def list_models() -> dict[str, str]:
     """Registered model names mapped to a one-line description."""
     return dict(sorted(_DESCRIPTIONS.items()))
+
+
+# ---- create_model ---------------------------------------------------------------------
+
+_FIXED_ARGS = ("num_classes", "in_channels", "input_size")
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+
+
+def model_options(name: str) -> dict[str, object]:
+    """The options a registered model accepts, with their defaults.
+
+    Example:
+        >>> model_options("mlp")
+        {'hidden': 64, 'dropout': 0.2}
+    """
+    if name not in _MODELS:
+        raise ValueError(_unknown_model_message(name))
+    params = inspect.signature(_MODELS[name]).parameters.values()
+    return {p.name: p.default for p in params if p.name not in _FIXED_ARGS}
+
+
+def _unknown_model_message(name: str) -> str:
+    names = ", ".join(sorted(_MODELS))
+    return (
+        f"unknown model {name!r}; registered models: {names}; "
+        "any torchvision classifier works as tv:<name> (e.g. tv:resnet18), "
+        "any timm model as timm:<name> (needs `pip install timm`)"
+    )
+
+
+def _coerce(model: str, key: str, value: object, default: object) -> object:
+    """Convert a CLI value (string or number) to the type of the option's default."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() not in _TRUE | _FALSE:
+                    raise ValueError(value)
+                return value.lower() in _TRUE
+            return bool(value)
+        if isinstance(default, int):
+            number = float(value)  # accepts "32", "32.0" and 32
+            if not number.is_integer():
+                raise ValueError(value)
+            return int(number)
+        if isinstance(default, float):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        kind = type(default).__name__
+        raise ValueError(f"{model}: option {key}={value!r} is not a valid {kind}") from None
+
+
+def parse_options(name: str, options: dict[str, object]) -> dict[str, object]:
+    """Check option names against the model's builder and convert their values.
+
+    Example:
+        >>> parse_options("mlp", {"hidden": "32"})
+        {'hidden': 32}
+    """
+    valid = model_options(name)
+    out = {}
+    for key, value in options.items():
+        if key not in valid:
+            listed = ", ".join(f"{k}={v!r}" for k, v in valid.items()) or "none"
+            raise ValueError(f"{name} got unexpected option {key!r}; valid: {listed}")
+        out[key] = _coerce(name, key, value, valid[key])
+    return out
+
+
+def build_registered(
+    name: str, *, num_classes: int, in_channels: int, input_size: tuple[int, int], **options
+) -> nn.Module:
+    """Call the builder registered as ``name`` after checking its options."""
+    if name not in _MODELS:
+        raise ValueError(_unknown_model_message(name))
+    kwargs = parse_options(name, options)
+    return _MODELS[name](
+        num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs
+    )

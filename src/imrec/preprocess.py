@@ -1,0 +1,569 @@
+"""Reading real-world images and preparing them the way the training data looks.
+
+Training sets are tidy (MNIST: a bright 20x20 digit centred by mass in a dark 28x28 square);
+photos, scans and tablet drawings are not. This module turns any readable image into the
+uint8 ``(C, H, W)`` tensor a model was trained on:
+
+* :func:`load_image` opens a file, bytes or PIL image safely and never lets a raw PIL
+  exception escape (bad input raises :class:`ImageReadError` naming the file).
+* :func:`to_channels` and :func:`resize_center_crop` do the generic photo path.
+* :func:`normalize_ink` does the handwriting path: polarity, illumination, crop to the ink,
+  stroke thickening, MNIST-style size and centring.
+* :func:`prepare_image` picks the path from the model's domain.
+
+Example:
+    >>> from imrec.preprocess import load_image, prepare_image
+    >>> img = load_image("digit.jpg")  # doctest: +SKIP
+    >>> x = prepare_image(img, 28, 1, "handwriting", {"background": "dark", "fraction": 0.71})
+    ... # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_PIXELS = 40_000_000
+"""Images with more pixels than this are refused (decompression-bomb guard)."""
+
+# Below this contrast (ink level minus background, on a 0-1 scale) an image counts as blank.
+MIN_INK_CONTRAST = 0.15
+# Thinnest stroke (in output pixels) kept after shrinking; thinner strokes are dilated first.
+MIN_STROKE = 2.0
+# Components smaller than this fraction of the largest ink component are specks.
+SPECK_FRACTION = 0.03
+
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+class ImageReadError(ValueError):
+    """An input could not be read as an image; the message names the input and the reason."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+
+def load_image(source: str | Path | bytes | Image.Image) -> Image.Image:
+    """Open and fully decode an image, with its EXIF orientation applied.
+
+    Args:
+        source: a file path, the encoded bytes of an image file, or a PIL image.
+
+    Returns:
+        The decoded PIL image, upright as a phone or camera meant it.
+
+    Raises:
+        ImageReadError: missing file, a folder, an empty file, something that is not an
+            image, a truncated image, or one with more than ``MAX_PIXELS`` pixels.
+
+    Example:
+        >>> img = load_image("photo.jpg")  # doctest: +SKIP
+        >>> img.size  # doctest: +SKIP
+        (640, 480)
+    """
+    if isinstance(source, Image.Image):
+        return _decode(source, "<PIL image>")
+    if isinstance(source, bytes | bytearray):
+        if not source:
+            raise ImageReadError("empty image data (0 bytes)")
+        return _open_and_decode(io.BytesIO(source), "<bytes>")
+    if not isinstance(source, str | Path):
+        raise ImageReadError(
+            f"cannot read an image from a {type(source).__name__}; "
+            "give a path, bytes or a PIL image"
+        )
+    path = Path(source)
+    if not path.exists():
+        raise ImageReadError(f"no such file: {path}")
+    if path.is_dir():
+        raise ImageReadError(f"{path} is a folder, not an image file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"empty file (0 bytes): {path}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ImageReadError(f"cannot read {path}: {e}") from e
+    return _open_and_decode(io.BytesIO(data), str(path))
+
+
+def _open_and_decode(stream: io.BytesIO, name: str) -> Image.Image:
+    with warnings.catch_warnings():
+        # PIL only warns between MAX_IMAGE_PIXELS and twice that; treat the warning as fatal.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(stream)
+        except UnidentifiedImageError as e:
+            raise ImageReadError(
+                f"cannot identify image file {name}: not an image or an unsupported format"
+            ) from e
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ImageReadError(f"{name} is too large to decode safely: {e}") from e
+        except (OSError, ValueError, SyntaxError, EOFError) as e:
+            raise ImageReadError(f"cannot open image {name}: {e}") from e
+        return _decode(img, name)
+
+
+def _decode(img: Image.Image, name: str) -> Image.Image:
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise ImageReadError(
+            f"{name} is too large to decode safely: {w}x{h} = {w * h} pixels "
+            f"(limit imrec.preprocess.MAX_PIXELS = {MAX_PIXELS})"
+        )
+    if w == 0 or h == 0:
+        raise ImageReadError(f"{name} has no pixels ({w}x{h})")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ImageReadError(f"{name} is too large to decode safely: {e}") from e
+        except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
+            raise ImageReadError(f"truncated or corrupt image {name}: {e}") from e
+    try:
+        upright = ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - broken EXIF must not make a readable image unreadable
+        upright = None
+    return upright if upright is not None else img
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic (photo) path
+# ---------------------------------------------------------------------------------------------
+
+
+def to_channels(img: Image.Image, channels: int) -> Image.Image:
+    """Convert to 8-bit grey (``channels=1``, mode ``L``) or colour (``3``, mode ``RGB``).
+
+    Transparent areas are composited on white (a logo or sticker on a page), palette and
+    CMYK images are converted, and 16/32-bit grey images are scaled down to 8 bits.
+
+    Example:
+        >>> from PIL import Image
+        >>> to_channels(Image.new("RGBA", (4, 4), (255, 0, 0, 0)), 3).getpixel((0, 0))
+        (255, 255, 255)
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    img = _to_8bit(img)
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in _ALPHA_MODES:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba).convert("RGB")
+    target = "L" if channels == 1 else "RGB"
+    return img if img.mode == target else img.convert(target)
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit, 32-bit int and float grey images -> mode ``L``; other modes unchanged."""
+    if img.mode.startswith("I;16"):
+        arr = np.asarray(img, dtype=np.float64) / 257.0  # full 16-bit range -> 0..255
+    elif img.mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = float(np.nanmax(arr)) if arr.size else 0.0
+        if img.mode == "F" and top <= 1.0:
+            arr = arr * 255.0  # float images on a 0-1 scale
+        elif top > 65535:
+            arr = arr * (255.0 / top)
+        elif top > 255:
+            arr = arr / 257.0
+    else:
+        return img
+    return Image.fromarray(np.clip(np.nan_to_num(arr), 0, 255).round().astype(np.uint8), "L")
+
+
+def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if h <= 0 or w <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    return h, w
+
+
+def resize_center_crop(img: Image.Image, size: int | tuple[int, int]) -> Image.Image:
+    """Scale the short side to the target and cut the centre out (antialiased bilinear).
+
+    Args:
+        img: any PIL image in an 8-bit mode (``L``, ``RGB``...).
+        size: ``n`` for ``n x n`` or ``(height, width)``.
+
+    Example:
+        >>> from PIL import Image
+        >>> resize_center_crop(Image.new("RGB", (640, 480)), 224).size
+        (224, 224)
+    """
+    th, tw = _hw(size)
+    w, h = img.size
+    scale = max(tw / w, th / h)
+    nw, nh = max(tw, round(w * scale)), max(th, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.Resampling.BILINEAR)  # antialiased when shrinking
+    left, top = (nw - tw) // 2, (nh - th) // 2
+    return img.crop((left, top, left + tw, top + th))
+
+
+# ---------------------------------------------------------------------------------------------
+# Handwriting path
+# ---------------------------------------------------------------------------------------------
+
+
+def normalize_ink(
+    img: Image.Image | np.ndarray, size: int = 28, box: int = 20, background: str = "dark"
+) -> np.ndarray:
+    """Turn a photo, scan or drawing of one handwritten character into MNIST style.
+
+    Steps: greyscale; polarity (the ink is the minority, so a light border means dark ink,
+    which is inverted); uneven lighting flattened against a coarse background estimate;
+    Otsu threshold with specks dropped to find the ink box; thin strokes dilated when the
+    image is much larger than the target; ink scaled so its longer side is ``box`` pixels
+    (antialiased, aspect kept); pasted into a ``size x size`` square centred by mass; contrast
+    stretched so ink peaks at 255. An image without ink gives a blank square.
+
+    Args:
+        img: PIL image or array (``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)``; uint8, uint16 or
+            float on a 0-1 scale).
+        size: side of the output square.
+        box: longer side of the ink box in the output.
+        background: ``"dark"`` (bright ink on black, like MNIST) or ``"light"`` (the inverse).
+
+    Returns:
+        uint8 array ``(size, size)``.
+
+    Example:
+        >>> from PIL import Image, ImageDraw
+        >>> page = Image.new("L", (300, 200), 230)
+        >>> ImageDraw.Draw(page).line([(40, 40), (120, 40), (70, 160)], fill=20, width=12)
+        >>> out = normalize_ink(page)
+        >>> out.shape, int(out.max())
+        ((28, 28), 255)
+    """
+    if background not in ("dark", "light"):
+        raise ValueError(f"background must be 'dark' or 'light', got {background!r}")
+    if size <= 0 or not 0 < box <= size:
+        raise ValueError(f"need 0 < box <= size, got box={box}, size={size}")
+    grey = _grey_float(img)  # (H, W) in [0, 1]
+    if min(grey.shape) < 2:
+        raise ValueError(f"image too small for ink normalisation: {grey.shape}")
+    ink = _ink_map(grey)  # (H, W), 0 = background, higher = more ink
+    found = _ink_mask(ink)
+    if found is None:
+        out = np.zeros((size, size), np.uint8)
+    else:
+        mask, level_lo, level_hi = found
+        out = _place_ink(ink, mask, level_lo, level_hi, size, box)
+    return 255 - out if background == "light" else out
+
+
+def _grey_float(img: Image.Image | np.ndarray) -> np.ndarray:
+    """Any PIL image or array -> ``(H, W)`` float32 grey in [0, 1] (alpha on white)."""
+    if isinstance(img, Image.Image):
+        return np.asarray(to_channels(img, 1), dtype=np.float32) / 255.0
+    arr = np.asarray(img)
+    if arr.dtype == np.uint8:
+        a = arr.astype(np.float32) / 255.0
+    elif arr.dtype == np.uint16:
+        a = arr.astype(np.float32) / 65535.0
+    elif arr.dtype == bool or np.issubdtype(arr.dtype, np.number):
+        a = arr.astype(np.float32)
+        if a.size and float(np.nanmax(a)) > 1.0:
+            a = a / 255.0
+    else:
+        raise ValueError(f"cannot normalise an array of dtype {arr.dtype}")
+    a = np.nan_to_num(a)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim == 3 and a.shape[2] in (3, 4):
+        rgb = a[:, :, :3]
+        if a.shape[2] == 4:
+            alpha = a[:, :, 3:4]
+            rgb = rgb * alpha + (1.0 - alpha)  # composite on white
+        a = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+    if a.ndim != 2:
+        raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) array, got {arr.shape}")
+    return np.clip(a, 0.0, 1.0)
+
+
+def _light_background(grey: np.ndarray) -> bool:
+    """True when the paper is light (the border level sits nearer the bright end)."""
+    h, w = grey.shape
+    r = max(1, round(0.05 * min(h, w)))
+    border = np.concatenate(
+        [grey[:r].ravel(), grey[-r:].ravel(), grey[:, :r].ravel(), grey[:, -r:].ravel()]
+    )
+    bg = float(np.median(border))
+    # Robust extremes: ink may cover well under 1% of a big page, so no fixed percentile.
+    flat = grey.ravel()
+    k = max(5, flat.size // 20_000)
+    lo = float(np.partition(flat, k)[k])
+    hi = float(np.partition(flat, flat.size - 1 - k)[flat.size - 1 - k])
+    return bg - lo > hi - bg
+
+
+def _ink_map(grey: np.ndarray) -> np.ndarray:
+    """Ink strength per pixel with lighting flattened: ~0 on the paper (noise keeps its sign,
+    so it can be measured), up to ~1 on ink."""
+    if _light_background(grey):
+        # Shadows scale the light falling on the paper, so divide it out (reflectance).
+        paper = _background(grey, light=True)
+        return 1.0 - grey / np.maximum(paper, 1e-3)
+    # Bright ink on a dark ground (chalk, MNIST-like): glow adds, so subtract it.
+    return grey - _background(grey, light=False)
+
+
+def _background(grey: np.ndarray, light: bool) -> np.ndarray:
+    """Smooth estimate of the paper level from an 8-cell-wide grid of block medians."""
+    h, w = grey.shape
+    cell = max(4, math.ceil(max(h, w) / 8))
+    gh, gw = math.ceil(h / cell), math.ceil(w / cell)
+    padded = np.pad(grey, ((0, gh * cell - h), (0, gw * cell - w)), mode="edge")
+    blocks = padded.reshape(gh, cell, gw, cell).transpose(0, 2, 1, 3).reshape(gh, gw, -1)
+    level = np.median(blocks, axis=2)  # (gh, gw)
+    # A block covered mostly by a thick stroke has the ink's level as its median, so take
+    # the most paper-like of its neighbours.
+    level = _grid_extreme(level, np.maximum if light else np.minimum)
+    smooth = Image.fromarray(level.astype(np.float32), "F").resize(
+        (gw * cell, gh * cell), Image.Resampling.BILINEAR
+    )
+    return np.asarray(smooth, dtype=np.float32)[:h, :w]
+
+
+def _grid_extreme(a: np.ndarray, op) -> np.ndarray:
+    """3x3 neighbourhood max/min of a small 2-D grid (edges replicated)."""
+    p = np.pad(a, 1, mode="edge")
+    out = a.copy()
+    for dy in range(3):
+        for dx in range(3):
+            out = op(out, p[dy : dy + a.shape[0], dx : dx + a.shape[1]])
+    return out
+
+
+def _otsu(values: np.ndarray) -> float:
+    """Otsu threshold of values in [0, 1] (256-bin histogram)."""
+    hist, edges = np.histogram(np.clip(values, 0.0, 1.0), bins=256, range=(0.0, 1.0))
+    p = hist.astype(np.float64) / max(1, hist.sum())
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(p)
+    m0 = np.cumsum(p * centres)
+    total = m0[-1]
+    w1 = 1.0 - w0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (total * w0 - m0) ** 2 / (w0 * w1)
+    between = np.nan_to_num(between, nan=0.0, posinf=0.0)
+    return float(edges[int(np.argmax(between)) + 1])
+
+
+def _ink_mask(ink: np.ndarray) -> tuple[np.ndarray, float, float] | None:
+    """Ink pixels without specks, plus the background and full-ink levels; None if blank."""
+    med = float(np.median(ink))
+    sigma = max(1e-3, 1.4826 * float(np.median(np.abs(ink - med))))  # background noise
+    k = min(ink.size, 20)
+    peak = float(np.partition(ink.ravel(), ink.size - k)[ink.size - k])  # robust to hot pixels
+    if peak - med < max(MIN_INK_CONTRAST, 6 * sigma):
+        return None
+    thresh = max(_otsu(ink), med + 4 * sigma)
+    mask = _drop_specks(ink > thresh)
+    if not mask.any():
+        return None
+    level_lo = min(med + 3 * sigma, 0.5 * thresh)
+    level_hi = max(float(np.percentile(ink[mask], 80)), level_lo + 1e-3)
+    return mask, level_lo, level_hi
+
+
+def _drop_specks(mask: np.ndarray) -> np.ndarray:
+    """Keep the ink components that are not tiny next to the largest one (8-connected).
+
+    Components are found on a grid of at most ~128 cells per side so big photos stay fast.
+    """
+    h, w = mask.shape
+    f = max(1, math.ceil(max(h, w) / 128))
+    gh, gw = math.ceil(h / f), math.ceil(w / f)
+    padded = np.zeros((gh * f, gw * f), bool)
+    padded[:h, :w] = mask
+    count = padded.reshape(gh, f, gw, f).sum(axis=(1, 3))  # (gh, gw) ink pixels per cell
+    on = count >= max(1, round(0.05 * f * f))
+    labels = _label(on)
+    if labels.max() == 0:
+        return np.zeros_like(mask)
+    area = np.bincount(labels.ravel(), weights=count.ravel())
+    area[0] = 0
+    keep = area >= SPECK_FRACTION * area.max()
+    keep[0] = False
+    cells = keep[labels]  # (gh, gw)
+    full = np.repeat(np.repeat(cells, f, axis=0), f, axis=1)[:h, :w]
+    return mask & full
+
+
+def _label(on: np.ndarray) -> np.ndarray:
+    """8-connected component labels (0 = off) by repeated min-propagation on a small grid."""
+    big = on.size + 1
+    lab = np.where(on, np.arange(1, on.size + 1).reshape(on.shape), big)
+    while True:
+        p = np.pad(lab, 1, constant_values=big)
+        h, w = on.shape
+        m = lab
+        for dy in range(3):
+            for dx in range(3):
+                m = np.minimum(m, p[dy : dy + h, dx : dx + w])
+        m = np.where(on, m, big)
+        if np.array_equal(m, lab):
+            break
+        lab = m
+    _, dense = np.unique(np.where(on, lab, 0), return_inverse=True)
+    return dense.reshape(on.shape)  # 0 stays 0 because it is the smallest value
+
+
+def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _stroke_width(mask: np.ndarray) -> float:
+    """Typical stroke width in pixels: 2 * area / boundary length."""
+    p = np.pad(mask, 1)
+    inner = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    boundary = int((mask & ~inner).sum())
+    return 2.0 * int(mask.sum()) / max(1, boundary)
+
+
+def _max_filter(a: np.ndarray, k: int) -> np.ndarray:
+    """Square grey dilation with a centred k x k window (k odd), zero outside the image."""
+    r = k // 2
+    out = np.pad(a, r)
+    for axis in (0, 1):
+        out = _running_max(out, k, axis)
+    return out  # the padding is used up: same shape as ``a``
+
+
+def _running_max(a: np.ndarray, k: int, axis: int) -> np.ndarray:
+    """Max over windows of length k along axis (output shorter by k - 1), in log2(k) passes."""
+    a = np.moveaxis(a, axis, 0)
+    span, m = 1, a
+    while 2 * span <= k:  # m[i] = max(a[i : i + span]) with span doubling
+        m = np.maximum(m[:-span], m[span:])
+        span *= 2
+    n = a.shape[0] - k + 1
+    out = np.maximum(m[:n], m[k - span : k - span + n])  # two overlapping windows cover k
+    return np.moveaxis(out, 0, axis)
+
+
+def _place_ink(
+    ink: np.ndarray, mask: np.ndarray, lo: float, hi: float, size: int, box: int
+) -> np.ndarray:
+    """Crop to the ink, thicken, scale to ``box``, centre by mass in a ``size`` square."""
+    y0, y1, x0, x1 = _bbox(mask)
+    extent = max(y1 - y0, x1 - x0)
+    width = _stroke_width(mask[y0:y1, x0:x1])
+    grow = 1
+    if width * box / extent < MIN_STROKE:
+        # Thin pen on a big canvas would fade to nothing when shrunk: widen strokes first,
+        # so that they end up MIN_STROKE output pixels wide.
+        grow = max(
+            1, int(round((MIN_STROKE * extent / box - width) / max(0.1, 1 - MIN_STROKE / box)))
+        )
+        grow |= 1
+    scale = (extent + grow - 1) / box  # source pixels per output pixel
+    # Keep soft stroke edges (about one output pixel around the mask) but not dropped specks.
+    edge = max(3, int(round(scale)) | 1)
+    r = (grow + edge) // 2 + 1
+    y0, x0 = max(0, y0 - r), max(0, x0 - r)
+    y1, x1 = min(ink.shape[0], y1 + r), min(ink.shape[1], x1 + r)
+    strength = np.clip((ink[y0:y1, x0:x1] - lo) / (hi - lo), 0.0, 1.0)  # noise -> 0, ink -> 1
+    strength = strength * _max_filter(mask[y0:y1, x0:x1].astype(np.float32), edge)
+    if grow >= 3:
+        strength = _max_filter(strength, grow)
+    ch, cw = strength.shape
+    nh, nw = max(1, round(ch / scale)), max(1, round(cw / scale))
+    small = Image.fromarray(strength.astype(np.float32), "F").resize(
+        (nw, nh), Image.Resampling.BILINEAR
+    )
+    patch = np.clip(np.asarray(small, dtype=np.float32), 0.0, None)  # (nh, nw)
+    return _paste_by_mass(patch, size)
+
+
+def _paste_by_mass(patch: np.ndarray, size: int) -> np.ndarray:
+    """Put ``patch`` in a ``size x size`` square with its centre of mass at ``size / 2``."""
+    total = float(patch.sum())
+    if total <= 0:
+        return np.zeros((size, size), np.uint8)
+    ys, xs = np.indices(patch.shape)
+    cy, cx = float((patch * ys).sum()) / total, float((patch * xs).sum()) / total
+    oy, ox = round(size / 2 - cy), round(size / 2 - cx)
+    canvas = np.zeros((size, size), np.float32)
+    sy0, sx0 = max(0, -oy), max(0, -ox)
+    dy0, dx0 = max(0, oy), max(0, ox)
+    hh = min(patch.shape[0] - sy0, size - dy0)
+    ww = min(patch.shape[1] - sx0, size - dx0)
+    if hh > 0 and ww > 0:
+        canvas[dy0 : dy0 + hh, dx0 : dx0 + ww] = patch[sy0 : sy0 + hh, sx0 : sx0 + ww]
+    peak = float(canvas.max())
+    if peak <= 0:
+        return np.zeros((size, size), np.uint8)
+    return np.clip(canvas / peak * 255.0, 0, 255).round().astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model input
+# ---------------------------------------------------------------------------------------------
+
+
+def _looks_prepared(img: Image.Image, h: int, w: int, background: str) -> bool:
+    """The model's exact size, grey, and the training data's background polarity."""
+    if img.size != (w, h) or img.mode not in ("L", "1", "I;16", "I", "LA"):
+        return False
+    a = np.asarray(to_channels(img, 1), dtype=np.uint8)
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    return (np.median(border) < 128) == (background == "dark")
+
+
+def prepare_image(
+    img: Image.Image,
+    size: tuple[int, int] | int,
+    channels: int,
+    domain: str,
+    ink: dict | None = None,
+) -> torch.Tensor:
+    """One decoded image -> uint8 ``(C, H, W)`` shaped like the model's training data.
+
+    Handwriting models with ``ink`` (``{"background": "dark"|"light", "fraction": f}``)
+    get :func:`normalize_ink` with an ink box of ``round(f * side)``; everything else is
+    converted to ``channels`` and resized with a centre crop.
+
+    Example:
+        >>> from PIL import Image
+        >>> prepare_image(Image.new("RGB", (50, 40)), 32, 3, "photo").shape
+        torch.Size([3, 32, 32])
+    """
+    h, w = _hw(size)
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if domain == "handwriting" and ink:
+        background = ink.get("background", "dark")
+        fraction = float(ink.get("fraction", 20 / 28))
+        if not 0 < fraction <= 1:
+            raise ValueError(f"ink fraction must be in (0, 1], got {fraction}")
+        if _looks_prepared(img, h, w, background):
+            # Already in the training data's form (e.g. an image taken from the dataset):
+            # re-cropping it would only move the ink away from where the model expects it.
+            grey = torch.from_numpy(np.array(to_channels(img, 1), dtype=np.uint8))  # (H, W)
+            return grey.unsqueeze(0).expand(channels, h, w).contiguous()  # (C, H, W)
+        side = max(h, w)
+        box = max(1, min(side, round(fraction * min(h, w))))
+        square = normalize_ink(img, size=side, box=box, background=background)
+        top, left = (side - h) // 2, (side - w) // 2
+        grey = torch.from_numpy(square[top : top + h, left : left + w].copy())  # (H, W)
+        return grey.unsqueeze(0).expand(channels, h, w).contiguous()  # (C, H, W)
+    out = resize_center_crop(to_channels(img, channels), (h, w))
+    arr = torch.from_numpy(np.array(out, dtype=np.uint8))
+    if channels == 1:
+        return arr.unsqueeze(0)  # (1, H, W)
+    return arr.permute(2, 0, 1).contiguous()  # (3, H, W)

@@ -1,0 +1,306 @@
+"""Reading bad files, colour conversion and MNIST-style ink normalisation."""
+
+from __future__ import annotations
+
+import gzip
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from imrec import preprocess
+from imrec.preprocess import (
+    ImageReadError,
+    load_image,
+    normalize_ink,
+    prepare_image,
+    resize_center_crop,
+    to_channels,
+)
+
+MNIST_TEST = Path("/work/shared/data/mnist/t10k-images-idx3-ubyte.gz")
+
+
+def _png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _noise_image(w: int = 64, h: int = 64) -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
+
+
+def _bbox(a: np.ndarray, level: int = 0) -> tuple[int, int]:
+    rows, cols = np.flatnonzero((a > level).any(1)), np.flatnonzero((a > level).any(0))
+    return int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+
+
+def _mass_centre(a: np.ndarray) -> tuple[float, float]:
+    a = a.astype(np.float64)
+    ys, xs = np.indices(a.shape)
+    return float((a * ys).sum() / a.sum()), float((a * xs).sum() / a.sum())
+
+
+# --- load_image -----------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ImageReadError, match="no such file: .*nothing.png"):
+        load_image(tmp_path / "nothing.png")
+
+
+def test_folder(tmp_path):
+    with pytest.raises(ImageReadError, match="is a folder"):
+        load_image(tmp_path)
+
+
+def test_zero_byte_file(tmp_path):
+    p = tmp_path / "empty.jpg"
+    p.write_bytes(b"")
+    with pytest.raises(ImageReadError, match=r"empty file \(0 bytes\): .*empty.jpg"):
+        load_image(p)
+    with pytest.raises(ImageReadError, match="empty image data"):
+        load_image(b"")
+
+
+def test_not_an_image(tmp_path):
+    p = tmp_path / "random.png"
+    p.write_bytes(np.random.default_rng(1).integers(0, 256, 500, dtype=np.uint8).tobytes())
+    with pytest.raises(ImageReadError, match="cannot identify image file .*random.png"):
+        load_image(p)
+    with pytest.raises(ImageReadError, match="cannot identify image file <bytes>"):
+        load_image(b"hello, not an image")
+
+
+def test_truncated_png(tmp_path):
+    data = _png_bytes(_noise_image())
+    p = tmp_path / "cut.png"
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageReadError, match="truncated or corrupt image .*cut.png"):
+        load_image(p)
+
+
+def test_decompression_bomb(tmp_path, monkeypatch):
+    p = tmp_path / "big.png"
+    p.write_bytes(_png_bytes(Image.new("L", (50, 40))))
+    monkeypatch.setattr(preprocess, "MAX_PIXELS", 1000)
+    with pytest.raises(ImageReadError, match="too large.*50x40 = 2000 pixels"):
+        load_image(p)
+
+
+def test_pil_bomb_warning_is_an_error(tmp_path, monkeypatch):
+    p = tmp_path / "big.png"
+    p.write_bytes(_png_bytes(Image.new("L", (50, 40))))
+    # Between PIL's limit and twice it PIL only warns; that must still be refused.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)
+    with pytest.raises(ImageReadError, match="too large"):
+        load_image(p)
+
+
+def test_wrong_type():
+    with pytest.raises(ImageReadError, match="cannot read an image from a int"):
+        load_image(42)  # type: ignore[arg-type]
+
+
+def test_reads_path_bytes_and_pil(tmp_path):
+    img = _noise_image(30, 20)
+    p = tmp_path / "ok.png"
+    p.write_bytes(_png_bytes(img))
+    for src in (p, str(p), p.read_bytes(), img):
+        out = load_image(src)
+        assert out.size == (30, 20)
+        assert np.array_equal(np.asarray(out), np.asarray(img))
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    # 40 wide x 20 high, left half black; orientation 6 = "rotate 90° clockwise to view".
+    img = Image.new("L", (40, 20), 255)
+    img.paste(0, (0, 0, 20, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    p = tmp_path / "phone.jpg"
+    img.save(p, quality=95, exif=exif)
+    out = np.asarray(load_image(p).convert("L"), dtype=np.float64)
+    assert out.shape == (40, 20)  # now 20 wide x 40 high
+    assert out[:20].mean() < 30 and out[20:].mean() > 225  # the black half is now on top
+
+
+# --- colour and size ------------------------------------------------------------------------
+
+
+def test_rgba_composited_on_white():
+    img = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent red
+    img.putpixel((0, 0), (0, 0, 255, 255))  # one opaque blue pixel
+    img.putpixel((1, 0), (0, 0, 0, 128))  # half-transparent black -> mid grey
+    rgb = to_channels(img, 3)
+    assert rgb.mode == "RGB"
+    assert rgb.getpixel((3, 3)) == (255, 255, 255)
+    assert rgb.getpixel((0, 0)) == (0, 0, 255)
+    assert all(120 <= v <= 135 for v in rgb.getpixel((1, 0)))
+    assert to_channels(img, 1).getpixel((3, 3)) == 255
+
+
+def test_palette_cmyk_and_16_bit():
+    pal = Image.new("RGB", (2, 2), (10, 200, 30)).convert("P", palette=Image.Palette.ADAPTIVE)
+    assert to_channels(pal, 3).getpixel((0, 0)) == (10, 200, 30)
+    cmyk = Image.new("CMYK", (2, 2), (0, 0, 0, 0))  # no ink = white paper
+    assert to_channels(cmyk, 1).getpixel((0, 0)) == 255
+    deep = Image.fromarray(np.array([[0, 65535], [32768, 65535]], dtype=np.uint16))
+    grey = np.asarray(to_channels(deep, 1))
+    assert grey.dtype == np.uint8 and grey.tolist() == [[0, 255], [128, 255]]
+    wide = Image.fromarray(np.array([[0, 1000], [4000, 65535]], dtype=np.int32), "I")
+    assert np.asarray(to_channels(wide, 1)).max() == 255
+    with pytest.raises(ValueError, match="channels must be 1 or 3"):
+        to_channels(pal, 2)
+
+
+def test_resize_center_crop():
+    img = Image.new("RGB", (640, 480))
+    img.paste((255, 255, 255), (0, 0, 60, 480))  # white strip on the far left gets cut off
+    out = resize_center_crop(img, 224)
+    assert out.size == (224, 224)
+    assert np.asarray(out).max() == 0
+    assert resize_center_crop(img, (32, 48)).size == (48, 32)  # (height, width)
+    assert resize_center_crop(Image.new("L", (10, 30)), 64).size == (64, 64)  # upscales
+
+
+# --- normalize_ink --------------------------------------------------------------------------
+
+
+def _shadowed_seven(invert: bool = False) -> Image.Image:
+    """600x400 grey paper with a shadow gradient and a thick dark '7' off to the left."""
+    paper = np.tile(np.linspace(210, 120, 600), (400, 1)).astype(np.uint8)  # light -> shadow
+    img = Image.fromarray(paper, "L")
+    ImageDraw.Draw(img).line([(60, 60), (220, 60), (120, 330)], fill=25, width=30)
+    return Image.fromarray(255 - np.asarray(img)) if invert else img
+
+
+def test_normalize_ink_on_a_shadowed_photo():
+    out = normalize_ink(_shadowed_seven(), size=28, box=20)
+    assert out.shape == (28, 28) and out.dtype == np.uint8
+    assert out.max() == 255  # ink bright
+    assert out[0].max() == 0 and out[:, 0].max() == 0 and np.median(out) == 0  # dark ground
+    assert abs(max(_bbox(out, 30)) - 20) <= 2
+    cy, cx = _mass_centre(out)
+    assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1
+    # The top bar of the 7 is at the top and wider than the stroke's foot at the bottom.
+    rows = np.flatnonzero((out > 128).any(1))
+    top_width = int((out[rows[0] : rows[0] + 2] > 128).any(0).sum())
+    foot_width = int((out[rows[-1] - 1 : rows[-1] + 1] > 128).any(0).sum())
+    assert top_width > 2 * foot_width
+
+
+def test_normalize_ink_is_polarity_independent():
+    dark_on_light = normalize_ink(_shadowed_seven())
+    light_on_dark = normalize_ink(_shadowed_seven(invert=True))
+    diff = np.abs(dark_on_light.astype(int) - light_on_dark.astype(int))
+    assert diff.mean() < 3
+    assert np.corrcoef(dark_on_light.ravel(), light_on_dark.ravel())[0, 1] > 0.98
+
+
+def test_normalize_ink_light_background_is_the_inverse():
+    dark = normalize_ink(_shadowed_seven())
+    light = normalize_ink(_shadowed_seven(), background="light")
+    assert np.array_equal(light, 255 - dark)
+
+
+def test_thin_strokes_on_a_big_canvas_stay_visible():
+    img = Image.new("L", (1200, 900), 255)
+    ImageDraw.Draw(img).line([(500, 150), (800, 150), (600, 750)], fill=0, width=3)
+    out = normalize_ink(img)
+    assert (out > 128).sum() >= 45  # a plain shrink leaves a one-pixel ghost (under 30)
+    assert abs(max(_bbox(out, 30)) - 20) <= 2
+
+
+def test_specks_are_ignored():
+    img = Image.new("L", (400, 400), 230)
+    draw = ImageDraw.Draw(img)
+    draw.line([(200, 100), (200, 300)], fill=20, width=20)  # a '1'
+    draw.ellipse((10, 10, 13, 13), fill=20)  # dust in the corner
+    out = normalize_ink(img)
+    height, width = _bbox(out, 30)
+    assert height >= 19  # the 1 fills the box, the speck did not stretch it
+    assert width <= 6
+
+
+@pytest.mark.parametrize("noise", [0.0, 10.0])
+def test_blank_image_gives_blank_output(noise):
+    rng = np.random.default_rng(3)
+    page = np.clip(200 + noise * rng.standard_normal((300, 400)), 0, 255).astype(np.uint8)
+    assert normalize_ink(Image.fromarray(page)).max() == 0
+    assert normalize_ink(page, background="light").min() == 255
+
+
+def test_normalize_ink_accepts_arrays_and_rejects_bad_arguments():
+    rgba = np.zeros((50, 50, 4), np.uint8)  # fully transparent -> white paper
+    rgba[10:40, 20:26] = (0, 0, 0, 255)
+    assert normalize_ink(rgba).max() == 255
+    with pytest.raises(ValueError, match="background must be"):
+        normalize_ink(rgba, background="grey")
+    with pytest.raises(ValueError, match="box <= size"):
+        normalize_ink(rgba, size=28, box=30)
+
+
+def _mnist_digits(n: int) -> np.ndarray:
+    if not MNIST_TEST.exists():
+        pytest.skip(f"MNIST test images not found at {MNIST_TEST}")
+    raw = gzip.decompress(MNIST_TEST.read_bytes())
+    return np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)[:n]
+
+
+def test_real_mnist_digits_photographed_off_centre_come_back():
+    """Digits upscaled, printed dark on noisy paper off-centre, then normalised again."""
+    rng = np.random.default_rng(7)
+    scores = []
+    for digit in _mnist_digits(20):
+        big = Image.fromarray(255 - digit).resize((300, 300), Image.Resampling.BILINEAR)
+        page = 215 + 8 * rng.standard_normal((520, 700))  # light noisy paper
+        y, x = int(rng.integers(0, 220)), int(rng.integers(0, 400))
+        ink = np.asarray(big, dtype=np.float64) * (215 / 255)  # dark ink on the same paper
+        page[y : y + 300, x : x + 300] = np.minimum(page[y : y + 300, x : x + 300], ink)
+        photo = Image.fromarray(np.clip(page, 0, 255).astype(np.uint8))
+        out = normalize_ink(photo, size=28, box=20)
+        scores.append(np.corrcoef(out.ravel(), digit.ravel())[0, 1])
+    assert np.mean(scores) > 0.8, scores
+    assert np.min(scores) > 0.6, scores
+
+
+def test_mnist_digits_pass_through_almost_unchanged():
+    digits = _mnist_digits(30)
+    scores = [np.corrcoef(normalize_ink(d).ravel(), d.ravel())[0, 1] for d in digits]
+    assert np.mean(scores) > 0.95
+
+
+# --- prepare_image --------------------------------------------------------------------------
+
+
+def test_prepare_image_handwriting():
+    ink = {"background": "dark", "fraction": 20 / 28}
+    x = prepare_image(_shadowed_seven(), (28, 28), 1, "handwriting", ink)
+    assert x.shape == (1, 28, 28) and x.dtype == torch.uint8
+    assert x.max() == 255 and x[0, 0, 0] == 0
+    light = prepare_image(
+        _shadowed_seven(), 32, 3, "handwriting", {"background": "light", "fraction": 0.5}
+    )
+    assert light.shape == (3, 32, 32) and light[:, 0, 0].tolist() == [255, 255, 255]
+    assert abs(max(_bbox(255 - light[0].numpy(), 30)) - 16) <= 2
+    assert torch.equal(light[0], light[2])
+    wide = prepare_image(_shadowed_seven(), (24, 40), 1, "handwriting", ink)
+    assert wide.shape == (1, 24, 40)
+
+
+def test_prepare_image_photo():
+    img = Image.new("RGBA", (80, 60), (0, 0, 0, 0))
+    x = prepare_image(img, 32, 3, "photo", None)
+    assert x.shape == (3, 32, 32) and x.dtype == torch.uint8
+    assert x.min() == 255  # transparent -> white
+    grey = prepare_image(_noise_image(50, 40), (20, 30), 1, "photo", None)
+    assert grey.shape == (1, 20, 30)
+    # handwriting without ink information uses the generic path
+    plain = prepare_image(_noise_image(50, 40), 28, 1, "handwriting", None)
+    assert plain.shape == (1, 28, 28)

@@ -1,0 +1,185 @@
+"""imrec.viz: every plot is a valid PNG, written atomically, with any class names."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imrec import viz
+
+ZH = list("零一二三四五六七八九十百千万亿")
+
+
+def _images(n: int, channels: int = 1, size: int = 12, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=g)
+
+
+def _png_size(path) -> tuple[int, int]:
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        im.load()  # fails on a truncated file
+        return im.size
+
+
+def _assert_png(path, min_side: int = 50) -> None:
+    width, height = _png_size(path)
+    assert width >= min_side and height >= min_side, (width, height)
+
+
+def _only_pngs(folder) -> None:
+    """No temporary files left behind by the atomic writes."""
+    leftovers = [p.name for p in folder.iterdir() if p.suffix != ".png"]
+    assert leftovers == []
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_image_grid_grey_and_colour(tmp_path, channels):
+    x = _images(10, channels)
+    plain = viz.save_image_grid(x, tmp_path / "plain.png", nrow=5)
+    titled = viz.save_image_grid(
+        x, tmp_path / "titled.png", titles=[f"#{i}" for i in range(10)], title="ten images"
+    )
+    _assert_png(plain)
+    _assert_png(titled)
+    assert _png_size(plain)[0] > _png_size(plain)[1]  # 5 per row, 2 rows: wider than tall
+    _only_pngs(tmp_path)
+
+
+def test_image_grid_accepts_numpy_and_rejects_float(tmp_path):
+    _assert_png(viz.save_image_grid(_images(4).numpy(), tmp_path / "np.png"))
+    with pytest.raises(ValueError, match="uint8"):
+        viz.save_image_grid(torch.rand(4, 1, 8, 8), tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="titles"):
+        viz.save_image_grid(_images(4), tmp_path / "bad.png", titles=["a"])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_class_grid_one_row_per_class(tmp_path, channels):
+    labels = torch.tensor([0, 1, 0, 2, 0, 1])  # class 2 has one sample, fewer than per_class
+    path = viz.save_class_grid(
+        _images(6, channels), labels, ["a", "b", "c"], tmp_path / "g.png", per_class=3
+    )
+    _assert_png(path)
+    _only_pngs(tmp_path)
+
+
+def test_class_grid_100_classes_keeps_a_sane_size(tmp_path):
+    images, labels = _images(300, 3, size=200), [i % 100 for i in range(300)]
+    classes = [f"c{i}" for i in range(100)]
+    path = viz.save_class_grid(images, labels, classes, tmp_path / "g.png", per_class=3)
+    width, height = _png_size(path)
+    assert 100 < height <= 3200 and 50 < width <= 2000
+
+
+def test_class_grid_rejects_mismatched_labels(tmp_path):
+    with pytest.raises(ValueError, match="labels"):
+        viz.save_class_grid(_images(4), [0, 1], ["a", "b"], tmp_path / "g.png")
+
+
+def test_curves_single_epoch_and_missing_values(tmp_path):
+    one = viz.save_curves(
+        [{"epoch": 1, "train_loss": 0.5, "val_accuracy": 0.9}], tmp_path / "1.png"
+    )
+    _assert_png(one, 300)
+    rows = [
+        {"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.6, "val_loss": None, "lr": 0.1},
+        {"epoch": 2, "train_loss": 0.5, "val_loss": 0.6, "val_accuracy": 0.8},
+        {"train_loss": 0.4},  # no epoch: plotted at its position
+    ]
+    _assert_png(viz.save_curves(rows, tmp_path / "3.png"), 300)
+    _assert_png(viz.save_curves([], tmp_path / "empty.png"), 300)
+    with pytest.raises(TypeError, match=r"history\[0\]"):
+        viz.save_curves([0.5], tmp_path / "bad.png")
+    _only_pngs(tmp_path)
+
+
+def test_confusion_small_and_62_classes(tmp_path):
+    cm = np.array([[5, 1, 0], [2, 7, 1], [0, 0, 0]])  # an empty row must not divide by zero
+    _assert_png(viz.save_confusion(cm, ["a", "b", "c"], tmp_path / "3.png"))
+    _assert_png(viz.save_confusion(cm, ["a", "b", "c"], tmp_path / "n.png", normalize=False))
+    big = np.random.default_rng(0).integers(0, 4, (62, 62)) + 40 * np.eye(62, dtype=int)
+    path = viz.save_confusion(big, [f"class {i}" for i in range(62)], tmp_path / "62.png")
+    assert min(_png_size(path)) > 1000  # room for 62 readable labels
+    _only_pngs(tmp_path)
+
+
+def test_confusion_rejects_bad_shapes(tmp_path):
+    with pytest.raises(ValueError, match="square"):
+        viz.save_confusion(np.zeros((2, 3), int), ["a", "b"], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="class names"):
+        viz.save_confusion(np.zeros((2, 2), int), ["a"], tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_mistakes_with_and_without_overlays(tmp_path, channels):
+    x = _images(5, channels)
+    args = ([0, 1, 2, 0, 1], [1, 2, 0, 2, 0], [0.97, 0.6, 0.5, 0.99, 0.7], ["a", "b", "c"])
+    _assert_png(viz.save_mistakes(x, *args, tmp_path / "m.png"))
+    heat = np.random.default_rng(0).random((5, 12, 12))
+    _assert_png(viz.save_mistakes(x, *args, tmp_path / "cam.png", overlays=heat))
+    with pytest.raises(ValueError, match="overlays"):
+        viz.save_mistakes(x, *args, tmp_path / "bad.png", overlays=heat[:, :6])
+    with pytest.raises(ValueError, match="one true/pred/prob"):
+        viz.save_mistakes(x, [0], [1], [0.5], ["a", "b"], tmp_path / "bad.png")
+    _only_pngs(tmp_path)
+
+
+def test_no_mistakes_still_writes_a_png(tmp_path):
+    path = viz.save_mistakes(_images(0), [], [], [], ["a"], tmp_path / "none.png")
+    assert _png_size(path)[0] > 100
+
+
+def test_chinese_class_names_render_without_warnings(tmp_path):
+    x, labels = _images(30), torch.arange(30) % 15
+    cm = np.eye(15, dtype=int) * 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a missing glyph would raise here
+        viz.save_class_grid(x, labels, ZH, tmp_path / "grid.png", title="中文 chinese-mnist")
+        viz.save_confusion(cm, ZH, tmp_path / "cm.png")
+        viz.save_mistakes(x[:3], [0, 1, 2], [3, 4, 5], [0.9, 0.8, 0.7], ZH, tmp_path / "m.png")
+        viz.save_image_grid(x[:3], tmp_path / "t.png", titles=ZH[:3])
+    for name in ("grid", "cm", "m", "t"):
+        _assert_png(tmp_path / f"{name}.png")
+    # With a CJK font the name itself is drawn; without one, its index and code point.
+    expected = "零" if viz.cjk_font() else "0 (U+96F6)"
+    assert viz._class_label(ZH, 0) == expected
+    mixed = "七 seven" if viz.cjk_font() else "1 (U+4E03 seven)"
+    assert viz._class_label(["seven", "七 seven"], 1) == mixed
+    assert viz._class_label(["seven", "七 seven"], 0) == "seven"
+
+
+def test_missing_cjk_font_file_is_named(monkeypatch):
+    monkeypatch.setenv("IMREC_CJK_FONT", "/nonexistent/font.ttf")
+    viz.cjk_font.cache_clear()
+    try:
+        with pytest.raises(FileNotFoundError, match="/nonexistent/font.ttf"):
+            viz.cjk_font()
+    finally:
+        monkeypatch.delenv("IMREC_CJK_FONT")
+        viz.cjk_font.cache_clear()
+
+
+def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    path = viz.save_curves([{"epoch": 1, "train_loss": 1.0}], tmp_path / "curves.png")
+    before = path.read_bytes()
+
+    def broken_savefig(self, fname, **kwargs):
+        with open(fname, "wb") as f:  # a half-written file, then the failure
+            f.write(b"\x89PNG partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", broken_savefig)
+    with pytest.raises(OSError, match="disk full"):
+        viz.save_curves([{"epoch": 1, "train_loss": 0.2}], path)
+    assert path.read_bytes() == before
+    _only_pngs(tmp_path)
+
+
+def test_creates_missing_folders(tmp_path):
+    path = viz.save_image_grid(_images(2), tmp_path / "a" / "b" / "g.png")
+    _assert_png(path, 10)

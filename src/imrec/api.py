@@ -41,11 +41,30 @@ def fit(
         domain=data.get("domain"),
     )
     data.setdefault("domain", loaded.domain)
+    model = dict(model or {})
+    if (train or {}).get("init") and "name" not in model:
+        model = {**_model_of(train["init"]), **model}  # fine-tune the checkpoint's own network
     run = build_config(dataset, loaded.domain, preset, data=data, model=model, train=train)
     run_dir = Path(out) if out else _train.default_run_dir(dataset)
     report = _train.train(run, run_dir, progress=progress, data=loaded)
     report["run_dir"] = str(run_dir)
     return report
+
+
+def _model_of(checkpoint: str | Path) -> dict:
+    from imrec.engine.checkpoint import CheckpointError, load_checkpoint
+    from imrec.engine.train import TrainError
+
+    try:
+        _, meta = load_checkpoint(checkpoint)
+    except CheckpointError as e:
+        raise TrainError(f"--init: {e}") from e
+    m = meta["model"]
+    return {
+        "name": m["name"],
+        "options": m.get("options", {}),
+        "weight_norm": m.get("weight_norm", False),
+    }
 
 
 def resume(run_dir: str | Path, *, progress: bool = True) -> dict:

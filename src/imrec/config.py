@@ -103,6 +103,8 @@ class RunConfig:
         )
 
 
+SGD_LR = 0.05  # peak learning rate for SGD with Nesterov momentum when none is given
+
 # Recipes: (preset, dataset or domain) -> field overrides. The dataset name wins over the
 # domain. Numbers come from the runs recorded in BENCHMARKS.md.
 RECIPES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
@@ -152,9 +154,12 @@ def build_config(
     if model and "name" in model and model["name"] != r.get("model", {}).get("name"):
         # A different model than the recipe's: the recipe's model options do not apply.
         model_kw["options"] = dict((model or {}).get("options", {}))
+    train_kw = {**r.get("train", {}), **(train or {})}
+    if train_kw.get("optimizer") == "sgd" and "lr" not in train_kw:
+        train_kw["lr"] = SGD_LR  # the Adam-family default is far too small for plain SGD
     return RunConfig(
         data=DataConfig(name=dataset, **{**r.get("data", {}), **(data or {})}),
         model=ModelConfig(**model_kw),
-        train=TrainConfig(**{**r.get("train", {}), **(train or {})}),
+        train=TrainConfig(**train_kw),
         preset=preset,
     )

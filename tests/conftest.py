@@ -1,0 +1,28 @@
+"""Shared fixtures: an isolated IMREC_HOME per test session and the real-data mirror."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# The real datasets beside the checkout (``../shared/data``), unless the caller set a mirror.
+MIRROR = Path(os.environ.get("IMREC_DATA_MIRROR") or REPO.parent / "shared" / "data")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _imrec_home(tmp_path_factory):
+    """Keep the user's cache untouched: every test session gets its own IMREC_HOME."""
+    os.environ["IMREC_HOME"] = str(tmp_path_factory.mktemp("imrec-home"))
+    yield
+
+
+@pytest.fixture
+def mirror() -> Path:
+    """The real-data mirror; tests that need real data are skipped with a reason without it."""
+    if not (MIRROR / "mnist").is_dir():
+        pytest.skip(f"no dataset mirror at {MIRROR} (set IMREC_DATA_MIRROR)")
+    os.environ["IMREC_DATA_MIRROR"] = str(MIRROR)
+    return MIRROR

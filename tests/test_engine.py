@@ -1,0 +1,147 @@
+"""Unit tests of the training engine's pieces: config, checkpoints, schedule, optimiser, EMA."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from imrec.config import RunConfig, build_config
+from imrec.engine.checkpoint import (
+    CheckpointError,
+    flatten_optimizer,
+    load_checkpoint,
+    load_train_state,
+    save_checkpoint,
+    save_train_state,
+    unflatten_optimizer,
+)
+from imrec.engine.ema import ModelEma
+from imrec.engine.train import TrainError, class_weights, lr_factor, make_optimizer
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU())
+    net.head = nn.Linear(8, 3)
+    return net
+
+
+def test_config_round_trips_through_json():
+    cfg = build_config(
+        "mnist",
+        "handwriting",
+        "best",
+        data={"augment_off": ("elastic",)},
+        train={"epochs": 2, "lr": 0.01},
+    )
+    back = RunConfig.from_dict(json.loads(cfg.to_json()))
+    assert back == cfg
+    assert back.train.epochs == 2 and back.data.augment_off == ("elastic",)
+
+
+def test_user_overrides_win_over_recipe_and_other_model_drops_recipe_options():
+    cfg = build_config("mnist", "handwriting", "best", model={"name": "mlp"})
+    assert cfg.model.name == "mlp" and cfg.model.options == {}
+    assert cfg.train.ema  # the rest of the best recipe still applies
+    with pytest.raises(ValueError, match="preset"):
+        build_config("mnist", "handwriting", "huge")
+
+
+def test_checkpoint_round_trip_and_embedded_metadata(tmp_path):
+    sd = {"w": torch.arange(6.0).view(2, 3), "b": torch.ones(2)}
+    meta = {"model": {"name": "x"}, "classes": ["零", "一"]}
+    weights = save_checkpoint(tmp_path / "best", sd, meta)
+    assert weights.name == "best.safetensors"
+    assert json.loads((tmp_path / "best.json").read_text(encoding="utf-8")) == meta
+    loaded, meta2 = load_checkpoint(tmp_path)  # a run folder resolves to best.safetensors
+    assert meta2 == meta and torch.equal(loaded["w"], sd["w"])
+    (tmp_path / "best.json").unlink()  # the weights file alone is self-describing
+    assert load_checkpoint(weights)[1] == meta
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_damaged_or_foreign_checkpoints_fail_clearly(tmp_path):
+    weights = save_checkpoint(tmp_path / "best", {"w": torch.ones(100)}, {"model": {"name": "x"}})
+    weights.write_bytes(weights.read_bytes()[:50])
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_checkpoint(weights)
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "missing")  # neither file nor folder
+    (tmp_path / "d").mkdir()
+    with pytest.raises(CheckpointError, match="run folder"):
+        load_checkpoint(tmp_path / "d")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(2)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(CheckpointError, match="not written by imrec"):
+        load_checkpoint(tmp_path / "foreign.safetensors")
+
+
+def test_train_state_restores_optimizer_exactly(tmp_path):
+    net = _net()
+    opt = torch.optim.AdamW(net.parameters(), lr=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        net(torch.randn(5, 4)).sum().backward()
+        opt.step()
+    tensors, rest = flatten_optimizer(opt.state_dict())
+    save_train_state(
+        tmp_path / "s.safetensors", {"model": net.state_dict(), "optim": tensors}, {"optim": rest}
+    )
+    parts, meta = load_train_state(tmp_path / "s.safetensors")
+    net2 = _net()
+    net2.load_state_dict(parts["model"])
+    opt2 = torch.optim.AdamW(net2.parameters(), lr=0.1)
+    opt2.load_state_dict(unflatten_optimizer(parts["optim"], meta["optim"]))
+    x = torch.randn(5, 4)
+    for n, o in ((net, opt), (net2, opt2)):
+        o.zero_grad()
+        n(x).sum().backward()
+        o.step()
+    for a, b in zip(net.parameters(), net2.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_lr_schedules():
+    assert lr_factor(0, 100, 10, "onecycle") == pytest.approx(0.04)
+    assert lr_factor(10, 100, 10, "onecycle") == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, "onecycle") == pytest.approx(0.5)
+    assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
+    assert lr_factor(99, 100, 10, "cosine") < 0.01
+    assert lr_factor(80, 100, 10, "constant") == 1.0
+    with pytest.raises(TrainError, match="schedule"):
+        lr_factor(50, 100, 10, "step")
+
+
+def test_optimizer_groups_skip_decay_on_biases_and_scale_the_head():
+    cfg = build_config("x", "handwriting", train={"head_lr_mult": 10.0, "optimizer": "sgd"}).train
+    opt = make_optimizer(_net(), cfg)
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["nesterov"]
+    for g in opt.param_groups:
+        assert (g["weight_decay"] > 0) == all(p.ndim > 1 for p in g["params"])
+        assert g["lr_mult"] == (10.0 if g["is_head"] else 1.0)
+    with pytest.raises(TrainError, match="optimizer"):
+        make_optimizer(_net(), build_config("x", "handwriting", train={"optimizer": "lbfgs"}).train)
+
+
+def test_class_weights_are_inverse_frequency():
+    w = class_weights(torch.tensor([0, 0, 0, 1]), 3)
+    assert w[0] * 3 == pytest.approx(w[1].item())
+    assert w[2] == 0 and w[w > 0].mean() == pytest.approx(1.0)
+
+
+def test_ema_tracks_weights_and_copies_buffers():
+    net = _net()
+    ema = ModelEma(net, decay=0.5)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    net.train()(torch.randn(8, 4))  # moves the BatchNorm statistics
+    ema.update(net)  # first update: decay min(0.5, 2/11)
+    d = 2 / 11
+    first_w = ema.module[0].weight
+    assert torch.allclose(first_w, net[0].weight - d * 1.0)
+    assert torch.equal(ema.module[1].running_mean, net[1].running_mean)

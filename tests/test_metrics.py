@@ -1,0 +1,201 @@
+"""Metrics against scikit-learn as an independent reference, and calibration on hand-made cases."""
+
+import json
+import math
+import warnings
+
+import pytest
+import torch
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    precision_recall_fscore_support,
+)
+
+from imrec.engine.metrics import classification_metrics, reliability, worst_mistakes
+
+
+def _logits_with_probs(rows: list[list[float]]) -> torch.Tensor:
+    """Logits whose softmax is exactly the given probability rows (up to float error)."""
+    return torch.tensor(rows, dtype=torch.float64).log().float()
+
+
+def _random_case(seed: int, n: int = 300, k: int = 6, never_predicted: int = 2):
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, k, (n,), generator=gen)
+    # noisy logits leaning towards the true class, so the scores are neither 0 nor 1
+    logits = torch.randn(n, k, generator=gen) + 1.5 * torch.nn.functional.one_hot(labels, k)
+    logits[:, never_predicted] = -100.0  # this class is never the argmax
+    return logits, labels
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_matches_sklearn_on_random_data(seed):
+    k = 6
+    logits, labels = _random_case(seed, k=k)
+    classes = [f"c{i}" for i in range(k)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a class with no predictions must not warn
+        m = classification_metrics(logits, labels, classes)
+    y, p = labels.numpy(), logits.argmax(1).numpy()
+    assert 2 not in p and 2 in y
+
+    assert m["n"] == len(y)
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, p), abs=1e-6)
+    assert m["confusion"] == confusion_matrix(y, p, labels=range(k)).tolist()
+    prec, rec, f1, sup = precision_recall_fscore_support(y, p, labels=range(k), zero_division=0)
+    for i, name in enumerate(classes):
+        row = m["per_class"][name]
+        assert row["precision"] == pytest.approx(prec[i], abs=1e-6)
+        assert row["recall"] == pytest.approx(rec[i], abs=1e-6)
+        assert row["f1"] == pytest.approx(f1[i], abs=1e-6)
+        assert row["support"] == sup[i]
+    assert m["per_class"]["c2"]["precision"] == 0.0
+    assert m["macro_f1"] == pytest.approx(
+        f1_score(y, p, average="macro", zero_division=0), abs=1e-6
+    )
+    assert m["weighted_f1"] == pytest.approx(
+        f1_score(y, p, average="weighted", zero_division=0), abs=1e-6
+    )
+    # sklearn's log_loss clips tiny probabilities, so torch's cross-entropy is the reference
+    expected_nll = torch.nn.functional.cross_entropy(logits.double(), labels).item()
+    assert m["nll"] == pytest.approx(expected_nll, rel=1e-5)
+
+
+def test_nll_matches_sklearn_log_loss():
+    logits, labels = _random_case(5, n=100, k=4)
+    logits[:, 2] = 0.0  # keep every probability far from sklearn's clipping
+    probs = torch.softmax(logits.double(), 1).numpy()
+    m = classification_metrics(logits, labels, list("abcd"))
+    assert m["nll"] == pytest.approx(log_loss(labels.numpy(), probs, labels=range(4)), abs=1e-5)
+
+
+def test_class_without_support_is_left_out_of_macro_averages():
+    k = 5
+    logits, labels = _random_case(7, k=k, never_predicted=0)
+    labels[labels == 4] = 3  # class 4 has no samples, but the model still predicts it
+    logits[:10, 4] = 50.0
+    m = classification_metrics(logits, labels, list("abcde"))
+    y, p = labels.numpy(), logits.argmax(1).numpy()
+    present = [0, 1, 2, 3]
+    for avg in ("f1", "precision", "recall"):
+        fn = {"f1": f1_score, "precision": _precision, "recall": _recall}[avg]
+        expected = fn(y, p, labels=present, average="macro", zero_division=0)
+        assert m[f"macro_{avg}"] == pytest.approx(expected, abs=1e-6)
+    assert m["per_class"]["e"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+
+
+def _precision(*args, **kw):
+    return precision_recall_fscore_support(*args, **kw)[0]
+
+
+def _recall(*args, **kw):
+    return precision_recall_fscore_support(*args, **kw)[1]
+
+
+def test_result_is_plain_json():
+    logits, labels = _random_case(0, n=40, k=4)
+    m = classification_metrics(logits, labels, ["é", "猫", "b", "c"])
+    assert json.loads(json.dumps(m)) == m
+
+
+def test_perfectly_calibrated_has_zero_ece():
+    # 10 samples at confidence 0.8 with 8 right, 5 samples at 0.6 with 3 right
+    rows = [[0.8, 0.2]] * 10 + [[0.4, 0.6]] * 5
+    labels = [0] * 8 + [1] * 2 + [1] * 3 + [0] * 2
+    m = classification_metrics(_logits_with_probs(rows), torch.tensor(labels), ["a", "b"])
+    assert m["ece"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_confident_and_wrong_has_ece_near_one():
+    logits = torch.tensor([[30.0, 0.0]] * 20)
+    m = classification_metrics(logits, torch.ones(20, dtype=torch.long), ["a", "b"])
+    assert m["accuracy"] == 0.0
+    assert m["ece"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_two_bin_ece_by_hand():
+    # bin (0, 0.5]: two samples at 0.4, one right -> |0.5 - 0.4| = 0.1, weight 2/5
+    # bin (0.5, 1]: three samples at 0.8, one right -> |1/3 - 0.8|, weight 3/5
+    rows = [[0.4, 0.2, 0.2, 0.2]] * 2 + [[0.8, 0.1, 0.05, 0.05]] * 3
+    labels = torch.tensor([0, 1, 0, 2, 3])
+    expected = 2 / 5 * 0.1 + 3 / 5 * (0.8 - 1 / 3)  # 0.32
+    logits = _logits_with_probs(rows)
+    m = classification_metrics(logits, labels, list("abcd"), ece_bins=2)
+    assert m["ece"] == pytest.approx(expected, abs=1e-6)
+
+    r = reliability(logits, labels, bins=2)
+    assert r["edges"] == [0.0, 0.5, 1.0]
+    assert r["count"] == [2, 3]
+    assert r["confidence"] == pytest.approx([0.4, 0.8], abs=1e-6)
+    assert r["accuracy"] == pytest.approx([0.5, 1 / 3], abs=1e-6)
+    assert r["ece"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_reliability_empty_bins_are_zero():
+    r = reliability(torch.tensor([[5.0, 0.0]] * 3), torch.zeros(3, dtype=torch.long), bins=10)
+    assert sum(r["count"]) == 3 and r["count"][-1] == 3
+    assert r["confidence"][:5] == [0.0] * 5 and r["accuracy"][-1] == 1.0
+    assert json.loads(json.dumps(r)) == r
+
+
+def test_top5_by_hand():
+    # each row ranks the classes 0 > 1 > ... > 6; the true class sits at rank 0, 4, 5 and 6
+    logits = torch.arange(7, 0, -1, dtype=torch.float32).repeat(4, 1)
+    labels = torch.tensor([0, 4, 5, 6])
+    m = classification_metrics(logits, labels, list("abcdefg"))
+    assert m["top_k"] == 5
+    assert m["top5"] == 0.5
+    assert m["accuracy"] == 0.25
+
+
+def test_top5_with_fewer_classes_is_top_k():
+    logits = torch.tensor([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0]])
+    m = classification_metrics(logits, torch.tensor([2, 1]), ["a", "b", "c"])
+    assert m["top_k"] == 3
+    assert m["top5"] == 1.0
+
+
+def test_worst_mistakes_order():
+    logits = _logits_with_probs(
+        [
+            [0.9, 0.1],  # right
+            [0.3, 0.7],  # wrong at 0.7
+            [0.05, 0.95],  # wrong at 0.95
+            [0.6, 0.4],  # wrong at 0.6
+            [0.3, 0.7],  # wrong at 0.7, ties with sample 1: sample order kept
+        ]
+    )
+    labels = torch.tensor([0, 0, 0, 1, 0])
+    assert worst_mistakes(logits, labels) == [2, 1, 4, 3]
+    assert worst_mistakes(logits, labels, n=2) == [2, 1]
+    assert worst_mistakes(logits, labels, n=0) == []
+    assert worst_mistakes(logits[:1], labels[:1]) == []
+
+
+@pytest.mark.parametrize(
+    ("logits", "labels", "classes", "message"),
+    [
+        (torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), list("abc"), "empty"),
+        (torch.zeros(4, 1), torch.zeros(4, dtype=torch.long), ["a"], "at least 2"),
+        (torch.zeros(4, 3), torch.zeros(5, dtype=torch.long), list("abc"), "expected logits"),
+        (torch.zeros(4, 3), torch.tensor([0, 1, 2, 3]), list("abc"), r"\[0, 3\)"),
+        (torch.zeros(2, 3), torch.tensor([0.0, 1.0]), list("abc"), "integer"),
+        (torch.tensor([[math.nan, 0.0]]), torch.tensor([0]), ["a", "b"], "NaN"),
+        (torch.zeros(2, 3), torch.tensor([0, 1]), ["a", "b"], "distinct class names"),
+        (torch.zeros(2, 2), torch.tensor([0, 1]), ["a", "a"], "distinct class names"),
+    ],
+)
+def test_bad_input_raises(logits, labels, classes, message):
+    with pytest.raises(ValueError, match=message):
+        classification_metrics(logits, labels, classes)
+
+
+def test_accepts_half_precision_logits_and_int32_labels():
+    logits, labels = _random_case(3, n=50, k=4)
+    ref = classification_metrics(logits, labels, list("abcd"))
+    m = classification_metrics(logits.half(), labels.int(), list("abcd"))
+    assert m["confusion"] == ref["confusion"]
+    assert m["nll"] == pytest.approx(ref["nll"], abs=1e-2)

@@ -48,7 +48,7 @@ class TrainConfig:
     learning rate relative to the backbone (fine-tuning); ``freeze_epochs`` trains the head
     alone for that many epochs first. ``early_stop`` is the patience in epochs on the
     validation accuracy (0 = off). ``class_weights`` weighs the loss by inverse class
-    frequency. ``amp`` and ``channels_last`` take effect on a GPU only ("auto").
+    frequency. ``amp`` takes effect on a GPU only; ``channels_last`` ("auto" = on) everywhere.
     """
 
     epochs: int = 3
@@ -108,6 +108,12 @@ SGD_LR = 0.05  # peak learning rate for SGD with Nesterov momentum when none is 
 # Recipes: (preset, dataset or domain) -> field overrides. The dataset name wins over the
 # domain. Numbers come from the runs recorded in BENCHMARKS.md.
 RECIPES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
+    # The default `imrec train mnist`: 99.36-99.39% test accuracy over seeds 0-1 in about
+    # 40 s of training on the 2-core CPU (2 epochs: 99.28-99.40%, too close to 99.3%).
+    ("fast", "mnist"): {
+        "model": {"name": "cnn"},
+        "train": {"epochs": 3, "batch_size": 256, "lr": 1e-2},
+    },
     ("fast", "handwriting"): {"model": {"name": "cnn"}, "train": {"epochs": 3}},
     ("fast", "objects"): {"model": {"name": "cnn"}, "train": {"epochs": 5}},
     ("fast", "photo"): {"model": {"name": "resnet"}, "train": {"epochs": 10, "batch_size": 64}},

@@ -121,11 +121,13 @@ def _style() -> Iterator[None]:
 # ---- figures and atomic saving --------------------------------------------------------
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float, *, constrained: bool = True):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), layout="constrained")
+    # The constrained layout engine costs seconds on a figure of many small axes (a gallery);
+    # such figures place their axes with a fixed grid instead.
+    fig = Figure(figsize=(width, height), layout="constrained" if constrained else None)
     FigureCanvasAgg(fig)
     return fig
 
@@ -461,7 +463,8 @@ def save_mistakes(
     ncol = min(8, math.ceil(math.sqrt(n)))
     nrows = math.ceil(n / ncol)
     with _style():
-        fig = _figure(ncol * 1.7, nrows * 1.9)
+        fig = _figure(ncol * 1.7, nrows * 1.9, constrained=False)
+        fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.93, wspace=0.1, hspace=0.35)
         for i, ax in enumerate(fig.subplots(nrows, ncol, squeeze=False).flat):
             ax.set_axis_off()
             if i >= n:

@@ -18,7 +18,7 @@ def register_model(name: str, description: str = "") -> Callable:
         if name in _MODELS:
             raise ValueError(f"model {name!r} is already registered")
         _MODELS[name] = fn
-        _DESCRIPTIONS[name] = description or (fn.__doc__ or "").strip().splitlines()[0]
+        _DESCRIPTIONS[name] = description or next(iter((fn.__doc__ or "").strip().splitlines()), "")
         return fn
 
     return wrap

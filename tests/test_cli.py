@@ -101,7 +101,7 @@ def test_unknown_dataset_is_a_clear_error(capsys):
 def test_models_lists_the_registry(capsys):
     code, out, _ = run_cli(capsys, "models")
     assert code == 0
-    for name in ("mlp", "cnn", "resnet", "inception"):
+    for name in ("mlp", "cnn", "resnet", "inception", "tv:NAME", "timm:NAME"):
         assert name in out
 
 

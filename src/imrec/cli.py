@@ -82,6 +82,8 @@ def cmd_models(args) -> int:
 
     for name, desc in list_models().items():
         print(f"{name:24s} {desc}")
+    print(f"{'tv:NAME':24s} any torchvision classifier, e.g. tv:resnet18 (--pretrained FILE)")
+    print(f"{'timm:NAME':24s} any timm model, when timm is installed (pip install timm)")
     return 0
 
 

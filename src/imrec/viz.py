@@ -462,16 +462,41 @@ def save_mistakes(
         return _message("no mistakes", path)
     ncol = min(8, math.ceil(math.sqrt(n)))
     nrows = math.ceil(n / ncol)
+    tiles = _colour(arr) if overlays is not None or arr.ndim == 4 else arr
+    if overlays is not None:
+        tiles = _blend(tiles, np.asarray(overlays, dtype=np.float32))
+    band = max(6, round(0.5 * tiles.shape[1]))  # white space above each tile for its title
+    pad = [(0, 0), (band, 0), (0, 0)] + [(0, 0)] * (tiles.ndim - 3)
+    tiles = np.pad(tiles, pad, constant_values=255)
+    h, w = tiles.shape[1:3]
+    cells = [[tiles[i] for i in range(r * ncol, min(n, (r + 1) * ncol))] for r in range(nrows)]
+    # One image and one axes for the whole gallery: a grid of 32 axes costs seconds to lay out.
     with _style():
         fig = _figure(ncol * 1.7, nrows * 1.9, constrained=False)
-        fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.93, wspace=0.1, hspace=0.35)
-        for i, ax in enumerate(fig.subplots(nrows, ncol, squeeze=False).flat):
-            ax.set_axis_off()
-            if i >= n:
-                continue
-            _show(ax, arr[i])
-            if overlays is not None:
-                ax.imshow(overlays[i], cmap="jet", vmin=0, vmax=1, alpha=0.45)
+        ax = fig.add_axes((0.01, 0.01, 0.98, 0.98))
+        _show(ax, _mosaic(cells, h, w))
+        for i in range(n):
+            r, c = divmod(i, ncol)
             t, p = _class_label(classes, true[i]), _class_label(classes, pred[i])
-            ax.set_title(f"true {t} / pred {p} ({prob[i]:.2f})", fontsize=7)
+            ax.text(
+                1 + c * (w + 1) + w / 2,
+                1 + r * (h + 1) + band / 2,
+                f"true {t} / pred {p} ({prob[i]:.2f})",
+                ha="center",
+                va="center",
+                fontsize=7,
+            )
         return _save(fig, path)
+
+
+def _colour(arr: np.ndarray) -> np.ndarray:
+    """(N, H, W) grey or (N, H, W, 3) colour uint8 -> (N, H, W, 3)."""
+    return np.repeat(arr[..., None], 3, axis=-1) if arr.ndim == 3 else arr
+
+
+def _blend(images: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Heatmaps (N, H, W) in [0, 1] drawn with the jet colour map over (N, H, W, 3) images."""
+    from matplotlib import colormaps
+
+    rgb = colormaps["jet"](np.clip(heat, 0, 1))[..., :3] * 255  # (N, H, W, 3)
+    return (images * (1 - alpha) + rgb * alpha).round().astype(np.uint8)

@@ -167,7 +167,7 @@ def _os_name() -> str:
 def git_commit() -> str:
     """Short commit of the checkout, with ``+dirty`` when there are uncommitted changes."""
     commit = _output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO) or "unknown"
-    dirty = _output(["git", "status", "--porcelain"], cwd=REPO)
+    dirty = _output(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO)
     return commit + ("+dirty" if dirty else "")
 
 

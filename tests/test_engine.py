@@ -145,3 +145,10 @@ def test_ema_tracks_weights_and_copies_buffers():
     first_w = ema.module[0].weight
     assert torch.allclose(first_w, net[0].weight - d * 1.0)
     assert torch.equal(ema.module[1].running_mean, net[1].running_mean)
+
+
+def test_mlp_trains_without_augmentation_unless_asked():
+    assert build_config("mnist", "handwriting", model={"name": "mlp"}).data.augment == "none"
+    asked = build_config("mnist", "handwriting", model={"name": "mlp"}, data={"augment": "auto"})
+    assert asked.data.augment == "auto"
+    assert build_config("mnist", "handwriting").data.augment == "auto"

@@ -194,3 +194,11 @@ def test_tv_pretrained_enum_not_cached_says_where(monkeypatch, tmp_path) -> None
         create_model("tv:mobilenet_v3_small", pretrained="IMAGENET1K_V1", **kw)
     with pytest.raises(ValueError, match="unknown pretrained weights 'NOPE'"):
         create_model("tv:mobilenet_v3_small", pretrained="NOPE", **kw)
+
+
+def test_cnn_weights_fit_every_input_size():
+    """Fine-tuning across datasets (28 px MNIST -> 64 px Chinese MNIST) needs equal names."""
+    small = create_model("cnn", num_classes=10, in_channels=1, input_size=(28, 28))
+    big = create_model("cnn", num_classes=15, in_channels=1, input_size=(64, 64))
+    shapes = {k: v.shape for k, v in small.state_dict().items() if not k.startswith("head.")}
+    assert shapes == {k: v.shape for k, v in big.state_dict().items() if not k.startswith("head.")}

@@ -106,8 +106,9 @@ class CnnStage(nn.Module):
         layers: list[nn.Module] = [conv_bn_relu(cin, cout) for _ in range(convs - 1)]
         cin = cout if convs > 1 else cin
         layers.append(nn.Conv2d(cin, cout, 3, padding=1, bias=False))
-        if pool:
-            layers.append(nn.MaxPool2d(2))
+        # An Identity keeps the parameter names the same with or without pooling, so weights
+        # move between input sizes (a 28 px MNIST model fine-tunes a 64 px Chinese MNIST one).
+        layers.append(nn.MaxPool2d(2) if pool else nn.Identity())
         layers += [nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
         self.body = nn.Sequential(*layers)
 

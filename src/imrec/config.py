@@ -128,8 +128,11 @@ RECIPES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     # `best`: longer, with the stronger augmentation preset (elastic, erasing) and an EMA of
     # the weights. (The wider cnn size=m trains at ~600 images/s on 2 cores: too slow here.)
     ("best", "mnist"): {
+        # Random erasing wipes out too much of a 28 px digit for this small cnn: with it,
+        # 12 epochs gave 99.17%; without it, 8 epochs gave 99.59%.
+        "data": {"augment_off": ("erasing",)},
         "model": {"name": "cnn"},
-        "train": {"epochs": 12, "batch_size": 256, "lr": 1e-2, "ema": True},
+        "train": {"epochs": 10, "batch_size": 256, "lr": 1e-2, "ema": True},
     },
     ("best", "handwriting"): {"model": {"name": "cnn"}, "train": {"epochs": 15, "ema": True}},
     ("best", "chars74k"): {

@@ -152,3 +152,13 @@ def test_mlp_trains_without_augmentation_unless_asked():
     asked = build_config("mnist", "handwriting", model={"name": "mlp"}, data={"augment": "auto"})
     assert asked.data.augment == "auto"
     assert build_config("mnist", "handwriting").data.augment == "auto"
+
+
+def test_checkpoint_files_get_normal_permissions(tmp_path):
+    import os
+
+    save_checkpoint(tmp_path / "best", {"w": torch.ones(1)}, {"model": {"name": "x"}})
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("best.safetensors", "best.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~mask

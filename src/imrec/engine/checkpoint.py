@@ -24,6 +24,16 @@ from safetensors.torch import save_file
 META_KEY = "imrec"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by the owner only; results should get the usual permissions.
+FILE_MODE = 0o666 & ~_umask()
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated or not an imrec checkpoint."""
 
@@ -33,6 +43,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -56,6 +67,7 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> N
     try:
         flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         save_file(flat, tmp, metadata={META_KEY: json.dumps(meta, ensure_ascii=False)})
+        os.chmod(tmp, FILE_MODE)  # save_file writes a new file with its own mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -54,9 +54,13 @@ def cmd_data_show(args) -> int:
     images = split.images
     title = f"{data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test, {data.channels}x{data.input_size[0]}x{data.input_size[1]}"
     if args.augment:
-        from imrec.transforms import BatchAugment, augment_preset
+        from imrec.config import build_config
+        from imrec.engine.train import build_augment
 
-        aug = BatchAugment(augment_preset(data.domain, args.preset))
+        # Exactly what `imrec train NAME --preset P` applies (the recipe may switch options off).
+        aug = build_augment(build_config(data.name, data.domain, args.preset), data.domain)
+        if aug is None:
+            raise ValueError(f"the {args.preset} recipe for {data.name} uses no augmentation")
         pick = _first_per_class(split.labels, data.num_classes, args.per_class)
         gen = torch.Generator().manual_seed(args.seed)
         x = aug(split.images[pick].float() / 255.0, gen)
@@ -236,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--preset",
         choices=["fast", "best"],
-        default="best",
-        help="augmentation strength shown with --augment",
+        default="fast",
+        help="the training preset whose augmentation --augment shows",
     )
     s.add_argument("--per-class", type=int, default=8)
     s.add_argument("--out", help="PNG path (default: NAME.png)")

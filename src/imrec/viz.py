@@ -19,6 +19,7 @@ import functools
 import math
 import os
 import secrets
+import textwrap
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -287,7 +288,8 @@ def save_class_grid(
     row_in = min(0.6, 30 / k)  # inches per row: ~100 classes still fit in a 30 in tall figure
     col_in = row_in * width / height
     with _style():
-        fig = _figure(per_class * col_in + 1.8, k * row_in + (0.5 if title else 0.2))
+        lines = 1 + len(title or "") // max(20, int((per_class * col_in + 1.8) * 7))
+        fig = _figure(per_class * col_in + 1.8, k * row_in + (0.2 + 0.3 * lines if title else 0.2))
         ax = fig.subplots()
         _show(ax, _mosaic(rows, height, width))
         ax.set_axis_on()
@@ -299,7 +301,9 @@ def save_class_grid(
         for side in ax.spines.values():
             side.set_visible(False)
         if title:
-            ax.set_title(_readable(title), fontsize=10)
+            # Wrap a long caption to the figure's width (about 7 characters per inch at 10 pt).
+            width_in = per_class * col_in + 1.8
+            ax.set_title(textwrap.fill(_readable(title), max(20, int(width_in * 7))), fontsize=10)
         return _save(fig, path)
 
 

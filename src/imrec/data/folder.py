@@ -21,6 +21,7 @@ from PIL import Image, ImageOps
 from imrec.data.sources import DatasetError
 from imrec.data.splits import stratified_split
 from imrec.data.types import ClassificationData, ImageSet
+from imrec.preprocess import resize_center_crop  # the same resize as at prediction time
 
 TEST_FRACTION = 0.2
 TEST_SEED = 0  # the test split never depends on the run seed
@@ -37,22 +38,6 @@ class _Decoded:
     pixels: np.ndarray  # (H, W, 3) uint8
     grey: bool
     sha256: str
-
-
-def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Scale the short side to ``size`` then cut the centred ``size`` x ``size`` square.
-
-    Example:
-        >>> resize_center_crop(Image.new("RGB", (300, 200)), 64).size
-        (64, 64)
-    """
-    w, h = img.size
-    scale = size / min(w, h)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    if (new_w, new_h) != (w, h):
-        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return img.crop((left, top, left + size, top + size))
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

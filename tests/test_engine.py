@@ -162,3 +162,14 @@ def test_checkpoint_files_get_normal_permissions(tmp_path):
     os.umask(mask)
     for name in ("best.safetensors", "best.json"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_checkpoint_metadata_alone_is_readable(tmp_path):
+    from imrec.engine.checkpoint import read_checkpoint_meta
+
+    meta = {"model": {"name": "x"}, "classes": ["a", "b"]}
+    save_checkpoint(tmp_path / "best", {"w": torch.ones(3)}, meta)
+    assert read_checkpoint_meta(tmp_path) == meta
+    (tmp_path / "best.safetensors").write_bytes(b"\x00" * 4)
+    with pytest.raises(CheckpointError, match="cannot read"):
+        read_checkpoint_meta(tmp_path)

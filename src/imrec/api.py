@@ -52,11 +52,11 @@ def fit(
 
 
 def _model_of(checkpoint: str | Path) -> dict:
-    from imrec.engine.checkpoint import CheckpointError, load_checkpoint
+    from imrec.engine.checkpoint import CheckpointError, read_checkpoint_meta
     from imrec.engine.train import TrainError
 
     try:
-        _, meta = load_checkpoint(checkpoint)
+        meta = read_checkpoint_meta(checkpoint)
     except CheckpointError as e:
         raise TrainError(f"--init: {e}") from e
     m = meta["model"]

@@ -116,9 +116,24 @@ def resolve_checkpoint(source: str | Path) -> Path:
 def load_checkpoint(source: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Weights and metadata of a checkpoint (see :func:`resolve_checkpoint` for ``source``)."""
     tensors, meta = _load_tensors(resolve_checkpoint(source))
+    return tensors, _checked_meta(meta, source)
+
+
+def read_checkpoint_meta(source: str | Path) -> dict:
+    """Only the metadata of a checkpoint, read from the safetensors header (no weights)."""
+    path = resolve_checkpoint(source)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get(META_KEY, "{}"))
+    except Exception as e:  # safetensors raises several types for a damaged file
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    return _checked_meta(meta, source)
+
+
+def _checked_meta(meta: dict, source) -> dict:
     if not meta.get("model"):
         raise CheckpointError(f"{source} has no imrec metadata; it was not written by imrec")
-    return tensors, meta
+    return meta
 
 
 # ---- training state -------------------------------------------------------------------

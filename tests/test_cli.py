@@ -137,7 +137,7 @@ def test_train_writes_the_whole_run_folder(digits_run):
 def test_eval_reproduces_the_training_report(capsys, digits_run):
     before = json.loads((digits_run / "report.json").read_text())["test"]["accuracy"]
     code, out, _ = run_cli(capsys, "eval", digits_run)
-    assert code == 0 and "accuracy" in out
+    assert code == 0 and "accuracy" in out and f"report: {digits_run / 'report.md'}" in out
     after = json.loads((digits_run / "report.json").read_text())["test"]["accuracy"]
     assert after == pytest.approx(before)
 

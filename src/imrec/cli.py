@@ -179,19 +179,11 @@ def cmd_eval(args) -> int:
     from imrec.engine.evaluate import evaluate_run
 
     report = evaluate_run(args.run_dir, args.data, device=args.device)
-    out = (
-        Path(args.run_dir)
-        if not args.data
-        or args.data == report.get("dataset")
-        and not (Path(args.run_dir) / f"eval-{args.data}").exists()
-        else None
-    )
     t = report["test"]
     print(
         f"{report['dataset']}: accuracy {t['accuracy']:.4f}, macro F1 {t['macro_f1']:.4f}, top-5 {t['top5']:.4f}, ECE {t['ece']:.4f}, {report['timing']['images_per_second']:.0f} images/s"
     )
-    if out is not None:
-        print(f"report: {out / 'report.md'}")
+    print(f"report: {Path(report['report_dir']) / 'report.md'}")
     return 0
 
 

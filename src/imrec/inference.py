@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from imrec.engine.checkpoint import load_checkpoint
+from imrec.engine.train import Batcher
 from imrec.models import create_model
 
 IMAGE_SUFFIXES = {
@@ -83,8 +84,7 @@ class Predictor:
         inp = self.meta["input"]
         self.size = tuple(inp["size"])
         self.channels = inp["channels"]
-        self.mean = torch.tensor(inp["mean"]).view(1, -1, 1, 1)
-        self.std = torch.tensor(inp["std"]).view(1, -1, 1, 1).clamp(min=1e-3)
+        self.batcher = Batcher.from_stats(inp["mean"], inp["std"], self.device)
         self.classes = self.meta["classes"]
 
     def prepare(self, source) -> torch.Tensor:
@@ -102,8 +102,8 @@ class Predictor:
     @torch.no_grad()
     def probabilities(self, images_u8: torch.Tensor) -> torch.Tensor:
         """Class probabilities ``(B, K)`` for prepared uint8 images ``(B, C, H, W)``."""
-        x = (images_u8.float() / 255.0 - self.mean) / self.std
-        return self.model(x.to(self.device)).float().softmax(1).cpu()
+        x = self.batcher(images_u8.to(self.device))  # (B, C, H, W) normalised
+        return self.model(x).float().softmax(1).cpu()
 
     def predict(self, sources: list, top_k: int = 5) -> list[dict]:
         """One dict per input: ``{"input", "top": [{"label", "probability"}...]}`` or ``{"input", "error"}``."""

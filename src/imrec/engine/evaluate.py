@@ -164,10 +164,7 @@ def evaluate_run(
             f"{name} images are {dataset.channels}x{list(dataset.input_size)}, the model takes {inp['channels']}x{inp['size']}"
         )
     split = _align_classes(dataset, meta["classes"])
-    batcher = Batcher(
-        torch.tensor(inp["mean"]).view(1, -1, 1, 1),
-        torch.tensor(inp["std"]).view(1, -1, 1, 1).clamp(min=1e-3),
-    )
+    batcher = Batcher.from_stats(inp["mean"], inp["std"], device)
     out_dir = (
         run_dir
         if name == meta["dataset"]
@@ -196,4 +193,5 @@ def evaluate_run(
     report.setdefault("task", "classify")
     report.setdefault("train_seconds", None)
     write_report(out_dir, report)
+    report["report_dir"] = str(out_dir)  # the run folder, or its eval-<name>/ for other data
     return report

@@ -127,6 +127,17 @@ class Batcher:
     std: torch.Tensor
     channels_last: bool = False
 
+    @classmethod
+    def from_stats(
+        cls, mean: list[float], std: list[float], device="cpu", channels_last: bool = False
+    ) -> Batcher:
+        """From per-channel statistics on the 0-1 scale, as stored in a checkpoint."""
+        return cls(
+            torch.tensor(mean, device=device).view(1, -1, 1, 1),
+            torch.tensor(std, device=device).view(1, -1, 1, 1).clamp(min=1e-3),
+            channels_last,
+        )
+
     def __call__(self, images_u8: torch.Tensor, augment=None, generator=None) -> torch.Tensor:
         x = images_u8.float().div_(255.0)  # (B, C, H, W) in [0, 1]
         if augment is not None:
@@ -205,11 +216,7 @@ class Trainer:
         self.mean, self.std = mean, std
         # channels_last is faster on GPUs and, with oneDNN, on CPUs too (measured: 1.5x for cnn).
         self.channels_last = t.channels_last != "off"
-        self.batcher = Batcher(
-            torch.tensor(mean, device=self.device).view(1, -1, 1, 1),
-            torch.tensor(std, device=self.device).view(1, -1, 1, 1).clamp(min=1e-3),
-            self.channels_last,
-        )
+        self.batcher = Batcher.from_stats(mean, std, self.device, self.channels_last)
         self.amp_dtype = self._amp_dtype(t.amp, on_gpu)
         self.augment = build_augment(run, d.domain)
         self.model = create_model(

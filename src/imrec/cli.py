@@ -24,15 +24,20 @@ def _kv(text: str) -> tuple[str, object]:
 
 def cmd_data_list(args) -> int:
     from imrec.data import list_datasets
+    from imrec.data.detection import list_detection_datasets
 
-    for name, desc in list_datasets().items():
+    for name, desc in {**list_datasets(), **list_detection_datasets()}.items():
         print(f"{name:18s} {desc}")
     return 0
 
 
 def cmd_data_get(args) -> int:
     from imrec.data import dataset_info, fetch_dataset
+    from imrec.data.detection import fetch_detection, is_detection_dataset
 
+    if is_detection_dataset(args.name):
+        print(f"{args.name}: files ready in {fetch_detection(args.name)}")
+        return 0
     info = dataset_info(args.name)
     folder = fetch_dataset(args.name)
     print(f"{info.name}: files verified in {folder}")
@@ -43,8 +48,11 @@ def cmd_data_show(args) -> int:
     import torch
 
     from imrec.data import load_dataset
+    from imrec.data.detection import is_detection_dataset
     from imrec.viz import save_class_grid
 
+    if is_detection_dataset(args.name):
+        return _show_detection(args)
     data = load_dataset(args.name, size=args.size, channels=args.channels, domain=args.domain)
     split = data.train
     out = Path(
@@ -72,6 +80,58 @@ def cmd_data_show(args) -> int:
     return 0
 
 
+def _show_detection(args) -> int:
+    """A grid of training images with their boxes (after augmentation with --augment)."""
+    import torch
+
+    from imrec.config import build_config
+    from imrec.data.detection import load_detection
+    from imrec.engine.detect import build_detect_augment
+    from imrec.transforms_detect import DetectTransform
+    from imrec.viz_detection import save_detection_grid
+
+    data = load_detection(args.name, channels=args.channels)
+    split, n = data.train, min(len(data.train), max(1, args.per_class) * 2)
+    images = [split.load_image(i, data.channels) for i in range(n)]
+    targets = [{"boxes": split.boxes[i], "labels": split.labels[i]} for i in range(n)]
+    title = (
+        f"{data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test "
+        f"images, {split.num_boxes()} train boxes"
+    )
+    if args.augment:
+        run = build_config(data.name, data.domain, args.preset, task="detect")
+        size = args.size or run.data.size or max(data.image_size or (320, 320))
+        tf = DetectTransform(size, build_detect_augment(run, data.domain), data.domain)
+        torch.manual_seed(args.seed)
+        pairs = [
+            tf(img, t["boxes"].clone(), t["labels"].clone())
+            for img, t in zip(images, targets, strict=True)
+        ]
+        images = [p[0] for p in pairs]
+        targets = [{"boxes": p[1], "labels": p[2]} for p in pairs]
+        title += f"; {args.preset} '{data.domain}' augmentation at {size} px"
+    out = Path(args.out or f"{_file_stem(data.name)}{'-augment' if args.augment else ''}.png")
+    save_detection_grid(images, targets, data.classes, out, title=title)
+    print(out)
+    return 0
+
+
+def _file_stem(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_")
+
+
+def cmd_data_convert(args) -> int:
+    from imrec.data.convert import convert_dataset
+
+    result = convert_dataset(
+        args.source, args.out, args.to, images=args.images, overwrite=args.overwrite
+    )
+    print(f"{args.source} -> {result.path} ({args.to}): {result.report.summary()}")
+    for line in result.report.examples[:10]:
+        print(f"  {line}")
+    return 0
+
+
 def _first_per_class(labels, num_classes: int, k: int):
     import torch
 
@@ -83,7 +143,13 @@ def _first_per_class(labels, num_classes: int, k: int):
 
 def cmd_models(args) -> int:
     from imrec.models import list_models
+    from imrec.models.detectors import list_detectors
 
+    if args.task in (None, "detect"):
+        for name, desc in list_detectors().items():
+            print(f"{name:24s} [detect] {desc}")
+        if args.task == "detect":
+            return 0
     for name, desc in list_models().items():
         print(f"{name:24s} {desc}")
     print(f"{'tv:NAME':24s} any torchvision classifier, e.g. tv:resnet18 (--pretrained FILE)")
@@ -154,6 +220,7 @@ def cmd_train(args) -> int:
                 train[k] = True
         report = imrec.fit(
             args.dataset,
+            task=args.task,
             preset=args.preset,
             out=args.out,
             data=data,
@@ -168,6 +235,13 @@ def cmd_train(args) -> int:
 def _print_summary(report: dict) -> None:
     t = report["test"]
     run_dir = Path(report.get("run_dir", "."))
+    if report.get("task") == "detect":
+        print(
+            f"{report['dataset']} / {report['model']}: test mAP@[.5:.95] {t['map']:.4f}, "
+            f"mAP@.5 {t['map50']:.4f}, mAP@.75 {t['map75']:.4f} (trained {report.get('train_seconds')} s)"
+        )
+        print(f"report: {run_dir / 'report.md'}")
+        return
     print(
         f"{report['dataset']} / {report['model']}: test accuracy {t['accuracy']:.4f}, macro F1 {t['macro_f1']:.4f}, "
         f"top-5 {t['top5']:.4f}, ECE {t['ece']:.4f} (trained {report.get('train_seconds')} s)"
@@ -180,6 +254,13 @@ def cmd_eval(args) -> int:
 
     report = evaluate_run(args.run_dir, args.data, device=args.device)
     t = report["test"]
+    if report.get("task") == "detect":
+        print(
+            f"{report['dataset']}: mAP@[.5:.95] {t['map']:.4f}, mAP@.5 {t['map50']:.4f}, "
+            f"mAP@.75 {t['map75']:.4f}, {report['timing']['images_per_second']:.0f} images/s"
+        )
+        print(f"report: {Path(report['report_dir']) / 'report.md'}")
+        return 0
     print(
         f"{report['dataset']}: accuracy {t['accuracy']:.4f}, macro F1 {t['macro_f1']:.4f}, top-5 {t['top5']:.4f}, ECE {t['ece']:.4f}, {report['timing']['images_per_second']:.0f} images/s"
     )
@@ -188,11 +269,14 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    from imrec.engine.checkpoint import read_checkpoint_meta
     from imrec.inference import Predictor, expand_inputs
 
     paths = expand_inputs(args.images)
     if not paths:
         raise SystemExit("imrec predict: no images found in " + " ".join(args.images))
+    if read_checkpoint_meta(args.model).get("task") == "detect":
+        return _predict_boxes(args, paths)
     results = Predictor(args.model, device=args.device).predict(paths, top_k=args.top_k)
     if args.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))
@@ -204,6 +288,55 @@ def cmd_predict(args) -> int:
             tops = "  ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"])
             print(f"{r['input']}: {tops}")
     return 1 if any("error" in r for r in results) else 0
+
+
+def _predict_boxes(args, paths: list[Path]) -> int:
+    from imrec.inference import DetectionPredictor
+
+    predictor = DetectionPredictor(
+        args.model, args.device, score_thresh=args.conf, nms_iou=args.iou, max_det=args.max_det
+    )
+    pairs = predictor.detect(paths)
+    results = [r for _, r in pairs]
+    if args.draw:
+        _draw(pairs, predictor.classes, Path(args.draw))
+    if args.json:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"{r['input']}: ERROR {r['error']}")
+                continue
+            found = ", ".join(
+                f"{b['label']} {b['score']:.2f} [{', '.join(f'{v:.0f}' for v in b['box'])}]"
+                for b in r["boxes"]
+            )
+            print(f"{r['input']}: {len(r['boxes'])} boxes  {found}")
+    return 1 if any("error" in r for r in results) else 0
+
+
+def _draw(pairs, classes: list[str], out_dir: Path) -> None:
+    """Write each image with its boxes drawn to ``out_dir/<name>.png`` (one per input)."""
+    import torch
+
+    from imrec.viz_detection import draw_boxes
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    for image, r in pairs:
+        if image is None:
+            continue
+        stem = Path(r["input"]).stem or "image"
+        name, k = stem, 1
+        while name in used:
+            k += 1
+            name = f"{stem}-{k}"
+        used.add(name)
+        boxes = torch.tensor([b["box"] for b in r["boxes"]]).reshape(-1, 4)
+        labels = torch.tensor([classes.index(b["label"]) for b in r["boxes"]], dtype=torch.long)
+        scores = torch.tensor([b["score"] for b in r["boxes"]])
+        draw_boxes(image, boxes, labels, classes, scores).save(out_dir / f"{name}.png")
+        r["drawn"] = str(out_dir / f"{name}.png")
 
 
 # ---- parser ---------------------------------------------------------------------------
@@ -224,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("name")
     g.set_defaults(func=cmd_data_get)
-    s = data.add_parser("show", help="a PNG grid of samples per class")
+    s = data.add_parser("show", help="a PNG grid of samples per class (detection: with boxes)")
     s.add_argument("name")
     s.add_argument(
         "--augment", action="store_true", help="show the images after training-time augmentation"
@@ -241,10 +374,27 @@ def build_parser() -> argparse.ArgumentParser:
     _data_flags(s)
     s.set_defaults(func=cmd_data_show)
 
-    sub.add_parser("models", help="the registered models").set_defaults(func=cmd_models)
+    c = data.add_parser(
+        "convert", help="convert a detection dataset between COCO JSON and YOLO txt"
+    )
+    c.add_argument("source", help="a COCO instances JSON, or a YOLO data.yaml or its folder")
+    c.add_argument("out", help="output folder")
+    c.add_argument("--to", choices=["coco", "yolo"], required=True)
+    c.add_argument("--images", help="COCO source: the folder its file_name entries are relative to")
+    c.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    c.set_defaults(func=cmd_data_convert)
 
-    t = sub.add_parser("train", help="train a classifier")
+    m = sub.add_parser("models", help="the registered models (classifiers and detectors)")
+    m.add_argument("--task", choices=["classify", "detect"], help="list only this task's models")
+    m.set_defaults(func=cmd_models)
+
+    t = sub.add_parser("train", help="train a classifier or a detector")
     t.add_argument("dataset", nargs="?", help="a name from `imrec data list`, or folder:PATH")
+    t.add_argument(
+        "--task",
+        choices=["classify", "detect"],
+        help="default: detect for detection datasets (digits-detect, coco128, coco:, yolo:)",
+    )
     t.add_argument(
         "--resume", metavar="RUN_DIR", help="continue a stopped run (no other arguments needed)"
     )
@@ -330,6 +480,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--top-k", type=int, default=5)
     pr.add_argument("--json", action="store_true")
     pr.add_argument("--device", default="cpu")
+    pr.add_argument("--conf", type=float, default=0.25, help="detectors: lowest box score kept")
+    pr.add_argument("--iou", type=float, default=0.5, help="detectors: NMS IoU threshold")
+    pr.add_argument("--max-det", type=int, default=100, help="detectors: most boxes per image")
+    pr.add_argument("--draw", metavar="DIR", help="detectors: write images with boxes drawn to DIR")
     pr.set_defaults(func=cmd_predict)
     return p
 

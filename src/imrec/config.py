@@ -84,6 +84,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     preset: str = "fast"
+    task: str = "classify"  # classify | detect
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -100,6 +101,7 @@ class RunConfig:
             model=ModelConfig(**d.get("model", {})),
             train=TrainConfig(**d.get("train", {})),
             preset=d.get("preset", "fast"),
+            task=d.get("task", "classify"),
         )
 
 
@@ -151,6 +153,25 @@ RECIPES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
         "model": {"name": "resnet"},
         "train": {"epochs": 40, "batch_size": 64, "ema": True, "label_smoothing": 0.1},
     },
+    # Detection. digits-detect: see BENCHMARKS.md for the runs behind these numbers.
+    ("fast", "digits-detect"): {
+        "model": {"name": "tinydet"},
+        "train": {"epochs": 24, "batch_size": 32, "lr": 3e-3, "ema": True, "ema_decay": 0.998},
+    },
+    ("best", "digits-detect"): {
+        "model": {"name": "tinydet", "options": {"width": 48, "neck": 64}},
+        "train": {"epochs": 40, "batch_size": 32, "lr": 3e-3, "ema": True, "ema_decay": 0.998},
+    },
+    ("fast", "detect"): {
+        "data": {"size": 320},
+        "model": {"name": "tinydet"},
+        "train": {"epochs": 30, "batch_size": 16, "lr": 2e-3, "ema": True, "ema_decay": 0.998},
+    },
+    ("best", "detect"): {
+        "data": {"size": 416},
+        "model": {"name": "tinydet", "options": {"width": 48, "neck": 64}},
+        "train": {"epochs": 80, "batch_size": 16, "lr": 2e-3, "ema": True, "ema_decay": 0.998},
+    },
 }
 
 
@@ -158,7 +179,13 @@ def recipe(preset: str, dataset: str, domain: str) -> dict[str, dict[str, Any]]:
     """The field overrides of a preset for a dataset (falling back to its domain)."""
     if preset not in ("fast", "best"):
         raise ValueError(f"unknown preset {preset!r}; choose 'fast' or 'best'")
-    return RECIPES.get((preset, dataset)) or RECIPES.get((preset, domain)) or {}
+    base = dataset.split(":", 1)[0] if not dataset.startswith(("folder:", "coco:", "yolo:")) else ""
+    return (
+        RECIPES.get((preset, dataset))
+        or RECIPES.get((preset, base))
+        or RECIPES.get((preset, domain))
+        or {}
+    )
 
 
 def build_config(
@@ -169,6 +196,7 @@ def build_config(
     data: dict | None = None,
     model: dict | None = None,
     train: dict | None = None,
+    task: str = "classify",
 ) -> RunConfig:
     """Resolve a run's config: dataclass defaults, then the recipe, then the user's overrides.
 
@@ -177,7 +205,9 @@ def build_config(
         >>> cfg.train.epochs
         1
     """
-    r = recipe(preset, dataset, domain)
+    if task not in ("classify", "detect"):
+        raise ValueError(f"unknown task {task!r}; choose 'classify' or 'detect'")
+    r = recipe(preset, dataset, "detect" if task == "detect" else domain)
     model_kw = {**r.get("model", {}), **(model or {})}
     if model and "name" in model and model["name"] != r.get("model", {}).get("name"):
         # A different model than the recipe's: the recipe's model options do not apply.
@@ -195,4 +225,5 @@ def build_config(
         model=ModelConfig(**model_kw),
         train=TrainConfig(**train_kw),
         preset=preset,
+        task=task,
     )

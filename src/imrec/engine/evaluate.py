@@ -133,6 +133,8 @@ def evaluate_run(
 ) -> dict:
     """Evaluate a run's best checkpoint on its dataset's test split, or on another dataset.
 
+    Detection runs are measured with COCO mAP (see :func:`imrec.engine.detect.evaluate_detection_run`).
+
     With ``data`` naming another dataset (e.g. ``folder:my_digits``), its test split is matched
     to the model's classes by name and the results go to ``run_dir/eval-<name>/``.
 
@@ -140,9 +142,14 @@ def evaluate_run(
         >>> report = evaluate_run("runs/mnist-1")  # doctest: +SKIP
         >>> report["test"]["accuracy"]  # doctest: +SKIP
     """
+    from imrec.engine.checkpoint import read_checkpoint_meta
     from imrec.inference import load_model
 
     run_dir = Path(run_dir)
+    if read_checkpoint_meta(run_dir).get("task") == "detect":
+        from imrec.engine.detect import evaluate_detection_run
+
+        return evaluate_detection_run(run_dir, data, device=device)
     model, meta = load_model(run_dir, device)
     cfg = (
         json.loads((run_dir / "config.json").read_text(encoding="utf-8"))

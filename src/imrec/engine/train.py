@@ -174,11 +174,15 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 class Trainer:
     """Owns one run folder: builds everything from the config, trains, checkpoints, reports.
 
+    ``monitor`` names the validation number that picks the best checkpoint and early stops.
+
     Example:
         >>> from imrec.config import build_config
         >>> cfg = build_config("digits", "handwriting", train={"epochs": 1})
         >>> report = Trainer(cfg, "runs/digits").fit()  # doctest: +SKIP
     """
+
+    monitor = "val_accuracy"
 
     def __init__(
         self,
@@ -243,7 +247,7 @@ class Trainer:
         self.train_labels = d.train.labels.to(self.device)
         self.steps_per_epoch = math.ceil(len(d.train) / t.batch_size)
         self.history: list[dict] = []
-        self.best = {"val_accuracy": -1.0, "epoch": 0}
+        self.best = {self.monitor: -1.0, "epoch": 0}
         self.start_epoch = 0
         self.train_seconds = 0.0
 
@@ -348,12 +352,12 @@ class Trainer:
         if self.start_epoch == 0:
             atomic_write_text(self.run_dir / "config.json", self.run.to_json())
             (self.run_dir / "metrics.jsonl").write_text("")
-        t = self.run.train
+        t, key = self.run.train, self.monitor
         for epoch in range(self.start_epoch, t.epochs):
             row = self.train_epoch(epoch)
             self.history.append(row)
-            if row["val_accuracy"] > self.best["val_accuracy"]:
-                self.best = {"val_accuracy": row["val_accuracy"], "epoch": epoch + 1}
+            if row[key] > self.best[key]:
+                self.best = {key: row[key], "epoch": epoch + 1}
                 save_checkpoint(
                     self.run_dir / "best", self.eval_model().state_dict(), self.meta(epoch + 1, row)
                 )
@@ -362,6 +366,10 @@ class Trainer:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
             if t.early_stop and epoch + 1 - self.best["epoch"] >= t.early_stop:
                 break
+        return self.finish()
+
+    def finish(self) -> dict:
+        """Measure the best checkpoint on val and test and write the report."""
         from imrec.engine.evaluate import finish_run
 
         return finish_run(self)
@@ -494,7 +502,12 @@ def resume(run_dir: str | Path, *, progress: bool = True) -> dict:
             f"{run_dir} has no completed epoch to resume from ({STATE_FILE} missing): start it again"
         )
     run = RunConfig.from_dict(json.loads(config.read_text(encoding="utf-8")))
-    trainer = Trainer(run, run_dir, progress=progress)
+    if run.task == "detect":
+        from imrec.engine.detect import DetectionTrainer
+
+        trainer: Trainer = DetectionTrainer(run, run_dir, progress=progress)
+    else:
+        trainer = Trainer(run, run_dir, progress=progress)
     trainer.load_state()
     return trainer.fit()
 

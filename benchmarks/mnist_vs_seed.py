@@ -24,17 +24,17 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _bench import REPO, command_output, git_commit, run_measured, write_section
+from _bench import machine as base_machine
+
 SEED_PROGRAM = REPO.parent / "shared" / "baselines" / "seed_keras_mlp.py"
 TF_REQUIREMENT = "tensorflow-cpu==2.21.0"  # the version the baseline's README quotes
 START, END = "<!-- mnist_vs_seed:start -->", "<!-- mnist_vs_seed:end -->"
@@ -61,25 +61,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ---- processes ------------------------------------------------------------------------
-
-
-def run_measured(cmd: list[str], log: Path, env: dict[str, str]) -> tuple[float, float, str]:
-    """Run ``cmd`` to completion: (wall seconds, peak RSS in MB, its output).
-
-    ``os.wait4`` reaps the child itself, which gives this child's own peak RSS (getrusage of
-    all children would only give the largest one seen so far).
-    """
-    with open(log, "w") as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log.parent)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped above, so tell Popen
-    text = log.read_text(errors="replace")
-    if proc.returncode != 0:
-        tail = "\n".join(text.splitlines()[-20:])
-        raise SystemExit(f"{shlex.join(cmd)} failed (exit {proc.returncode}), log {log}:\n{tail}")
-    return wall, usage.ru_maxrss / 1024, text  # ru_maxrss is in KiB on Linux
 
 
 def run_tutorial(python: Path, mnist: Path, work: Path, i: int) -> dict:
@@ -126,49 +107,16 @@ def _run_ok(cmd: list[str]) -> bool:
     return subprocess.run(cmd, capture_output=True).returncode == 0
 
 
-def _output(cmd: list[str], cwd: Path | None = None) -> str:
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd).stdout.strip()
-
-
 # ---- the record -----------------------------------------------------------------------
 
 
 def machine(tf_python: Path) -> dict[str, str]:
-    """CPU, cores, memory, OS and library versions of this machine."""
-    import torch
-
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    cpu = re.search(r"model name\s*:\s*(.+)", cpuinfo)
-    mem = re.search(r"MemTotal:\s*(\d+) kB", Path("/proc/meminfo").read_text())
+    """CPU, cores, memory, OS and library versions of this machine, TensorFlow included."""
     versions = (
         "import importlib.metadata as m; print(m.version('tensorflow-cpu'), m.version('keras'))"
     )
-    tf, keras = (_output([str(tf_python), "-c", versions]).split() + ["?", "?"])[:2]
-    return {
-        "cpu": cpu.group(1).strip() if cpu else platform.processor() or "unknown",
-        "cores": f"{len(os.sched_getaffinity(0))} usable of {os.cpu_count()}",
-        "ram": f"{int(mem.group(1)) / 2**20:.1f} GiB" if mem else "unknown",
-        "os": _os_name(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "tensorflow": f"{tf} (keras {keras})",
-    }
-
-
-def _os_name() -> str:
-    release = Path("/etc/os-release")
-    if release.exists():
-        found = re.search(r'PRETTY_NAME="?([^"\n]+)', release.read_text())
-        if found:
-            return f"{found.group(1)}, kernel {platform.release()}"
-    return platform.platform()
-
-
-def git_commit() -> str:
-    """Short commit of the checkout, with ``+dirty`` when there are uncommitted changes."""
-    commit = _output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO) or "unknown"
-    dirty = _output(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO)
-    return commit + ("+dirty" if dirty else "")
+    tf, keras = (command_output([str(tf_python), "-c", versions]).split() + ["?", "?"])[:2]
+    return {**base_machine(), "tensorflow": f"{tf} (keras {keras})"}
 
 
 def summarize(runs: dict[str, list[dict]]) -> dict:
@@ -229,19 +177,6 @@ def render(command: str, info: dict, commit: str, runs: dict, summary: dict, imr
     return "\n".join(lines)
 
 
-def write_section(md: Path, section: str) -> None:
-    """Replace the marked section of ``md`` (or append it), writing atomically."""
-    text = md.read_text() if md.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    tmp = md.with_name(f".{md.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, md)
-
-
 # ---- main -----------------------------------------------------------------------------
 
 
@@ -268,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "benchmarks/mnist_vs_seed.py", *(argv or sys.argv[1:])])
     imrec_cmd = shlex.join(["imrec", "train", "mnist", "--out", "RUN", "--quiet", *imrec_args])
     section = render(command, machine(tf_python), git_commit(), runs, summary, imrec_cmd)
-    write_section(args.out_md, section)
+    write_section(args.out_md, section, START, END)
     _print_summary(summary, args.out_md, work if args.keep_runs else None)
     return 0
 

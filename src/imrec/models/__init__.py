@@ -17,8 +17,8 @@ from imrec.models import classifiers  # noqa: F401  (registers the built-in mode
 from imrec.models.base import Classifier
 from imrec.models.external import TIMM_OPTIONS, TV_OPTIONS, timm_model, torchvision_model
 from imrec.models.registry import (
-    _coerce,
     build_registered,
+    coerce_options,
     list_models,
     model_options,
     register_model,
@@ -58,12 +58,7 @@ def _external(
 ) -> Classifier:
     prefix = "tv:" if name.startswith("tv:") else "timm:"
     builder, valid = _PREFIXES[prefix]
-    kwargs = {}
-    for key, value in options.items():
-        if key not in valid:
-            listed = ", ".join(f"{k}={v!r}" for k, v in valid.items())
-            raise ValueError(f"{name} got unexpected option {key!r}; valid: {listed}")
-        kwargs[key] = _coerce(name, key, value, valid[key])
+    kwargs = coerce_options(name, options, valid)
     return builder(name[len(prefix) :], num_classes=num_classes, in_channels=in_channels, **kwargs)
 
 

@@ -86,7 +86,11 @@ def parse_options(name: str, options: dict[str, object]) -> dict[str, object]:
         >>> parse_options("mlp", {"hidden": "32"})
         {'hidden': 32}
     """
-    valid = model_options(name)
+    return coerce_options(name, options, model_options(name))
+
+
+def coerce_options(name: str, options: dict[str, object], valid: dict[str, object]) -> dict:
+    """Check ``options`` against ``valid`` (name -> default) and convert each to its type."""
     out = {}
     for key, value in options.items():
         if key not in valid:

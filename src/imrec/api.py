@@ -84,6 +84,7 @@ def _fit_detector(dataset, preset, out, data, model, train, progress) -> dict:
 def _model_of(checkpoint: str | Path) -> dict:
     from imrec.engine.checkpoint import CheckpointError, read_checkpoint_meta
     from imrec.engine.train import TrainError
+    from imrec.models.registry import architecture_options
 
     try:
         meta = read_checkpoint_meta(checkpoint)
@@ -92,7 +93,7 @@ def _model_of(checkpoint: str | Path) -> dict:
     m = meta["model"]
     return {
         "name": m["name"],
-        "options": m.get("options", {}),
+        "options": architecture_options(m.get("options", {})),
         "weight_norm": m.get("weight_norm", False),
     }
 

@@ -10,6 +10,7 @@ import torch
 from imrec.engine.checkpoint import load_checkpoint
 from imrec.engine.train import Batcher
 from imrec.models import create_model
+from imrec.models.registry import architecture_options
 
 IMAGE_SUFFIXES = {
     ".png",
@@ -44,7 +45,7 @@ def load_model(
         in_channels=meta["input"]["channels"],
         input_size=tuple(meta["input"]["size"]),
         weight_norm=m.get("weight_norm", False),
-        **m.get("options", {}),
+        **architecture_options(m.get("options", {})),
     )
     model.load_state_dict(weights)
     return model.to(device).eval(), meta

@@ -31,7 +31,8 @@ from imrec.engine.train import (
     make_optimizer,
     pick_device,
 )
-from imrec.models.detectors import create_detector, is_detector, load_matching
+from imrec.models.detectors import TinyDet, create_detector, is_detector, load_matching
+from imrec.models.registry import architecture_options
 from imrec.transforms_detect import (
     DetectAugment,
     DetectTransform,
@@ -239,7 +240,11 @@ class DetectionTrainer(Trainer):
         self.init_note = ""
         if t.init:
             self._init_from(t.init)
-        self.channels_last = False  # detectors mix many small ops; measured no gain on CPU
+        # tinydet is plain convolutions: channels_last measured ~10% faster on the 2-core CPU.
+        # torchvision detectors take lists of images and resize them themselves.
+        self.channels_last = t.channels_last != "off" and isinstance(self.model, TinyDet)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = make_optimizer(self.model, t)
         self.ema = ModelEma(self.model, t.ema_decay) if t.ema else None
         self.steps_per_epoch = math.ceil(len(d.train) / t.batch_size)
@@ -312,6 +317,8 @@ class DetectionTrainer(Trainer):
         for i, (images, targets) in enumerate(loader):
             step = epoch * self.steps_per_epoch + i
             x = images.to(self.device, non_blocking=True).float().div_(255)  # (B, C, S, S)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             targets = [{k: v.to(self.device) for k, v in tg.items()} for tg in targets]
             factor = lr_factor(step, total, warmup, t.schedule)
             for g in self.optimizer.param_groups:
@@ -516,7 +523,7 @@ def load_detector(source: str | Path, device: str | torch.device = "cpu"):
         input_size=tuple(inp["size"]),
         mean=inp["mean"],
         std=inp["std"],
-        **meta["model"].get("options", {}),
+        **architecture_options(meta["model"].get("options", {})),
     )
     model.load_state_dict(weights)
     return model.to(device).eval(), meta

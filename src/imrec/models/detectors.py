@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms, generalized_box_iou_loss
 
-from imrec.models.registry import _coerce
+from imrec.models.registry import coerce_options
 
 _DETECTORS: dict[str, Callable[..., Detector]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
@@ -121,13 +121,7 @@ def create_detector(
         >>> create_detector("tinydet", num_classes=3, in_channels=3, input_size=(96, 96)).num_classes
         3
     """
-    valid = detector_options(name)
-    kwargs = {}
-    for key, value in options.items():
-        if key not in valid:
-            listed = ", ".join(f"{k}={v!r}" for k, v in valid.items())
-            raise ValueError(f"{name} got unexpected option {key!r}; valid: {listed}")
-        kwargs[key] = _coerce(name, key, value, valid[key])
+    kwargs = coerce_options(name, options, detector_options(name))
     if num_classes < 1:
         raise ValueError(f"detector {name!r}: num_classes must be >= 1, got {num_classes}")
     mean = list(mean) if mean is not None else [0.5] * in_channels
@@ -241,15 +235,18 @@ class TinyDet(Detector):
         loss = cls_loss + self.box_weight * box_loss
         return {"loss": loss, "cls": cls_loss.detach(), "box": box_loss.detach()}
 
-    def _grid(self, h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * self.stride
-        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * self.stride
+    # Class methods: decoding needs only the stride, so ONNX outputs decode without a model.
+    @classmethod
+    def _grid(cls, h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * cls.stride
+        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * cls.stride
         return ys, xs
 
-    def _boxes_from(self, dist: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def _boxes_from(cls, dist: torch.Tensor) -> torch.Tensor:
         """(B, 4, H, W) distances -> (B, H, W, 4) xyxy boxes in pixels."""
         _, _, h, w = dist.shape
-        ys, xs = self._grid(h, w, dist.device)
+        ys, xs = cls._grid(h, w, dist.device)
         cx, cy = xs.view(1, 1, w), ys.view(1, h, 1)
         return torch.stack(
             (cx - dist[:, 0], cy - dist[:, 1], cx + dist[:, 2], cy + dist[:, 3]), dim=-1
@@ -318,15 +315,48 @@ class TinyDet(Detector):
             cls_logits, dist = self(images)
         finally:
             self.train(was)
+        return self.decode(
+            cls_logits,
+            dist,
+            tuple(images.shape[-2:]),
+            score_thresh=score_thresh,
+            nms_iou=nms_iou,
+            max_det=max_det,
+        )
+
+    @classmethod
+    @torch.no_grad()
+    def decode(
+        cls,
+        cls_logits: torch.Tensor,
+        dist: torch.Tensor,
+        image_size: tuple[int, int],
+        *,
+        score_thresh: float = 0.05,
+        nms_iou: float = 0.5,
+        max_det: int = 100,
+    ) -> list[dict[str, torch.Tensor]]:
+        """Raw maps of :meth:`forward` -> per image ``{"boxes", "scores", "labels"}``.
+
+        ``image_size`` is the input's ``(H, W)``; boxes are clipped to it. The same code
+        decodes the maps of the PyTorch model and of its ONNX export.
+
+        Example:
+            >>> logits = torch.full((1, 3, 16, 16), -9.0)  # (B, K, H/4, W/4)
+            >>> logits[0, 2, 5, 7] = 4.0  # one confident peak of class 2
+            >>> out = TinyDet.decode(logits, torch.full((1, 4, 16, 16), 8.0), (64, 64))
+            >>> out[0]["labels"].tolist(), out[0]["boxes"].tolist()
+            ([2], [[22.0, 14.0, 38.0, 30.0]])
+        """
         heat = cls_logits.float().sigmoid()
         peaks = heat * (F.max_pool2d(heat, 3, 1, 1) == heat)  # (B, K, H, W)
-        boxes_all = self._boxes_from(dist.float())  # (B, H, W, 4)
+        boxes_all = cls._boxes_from(dist.float())  # (B, H, W, 4)
         b, k, h, w = heat.shape
         top = min(max_det * 2, k * h * w)
         scores, idx = peaks.flatten(1).topk(top, dim=1)  # (B, top)
         labels, cell = idx // (h * w), idx % (h * w)
         out = []
-        hi, wi = images.shape[-2:]
+        hi, wi = image_size
         for i in range(b):
             keep = scores[i] > score_thresh
             s, lab = scores[i][keep], labels[i][keep]
@@ -510,7 +540,7 @@ def _register_tv(arch: str, description: str) -> None:
         input_size: tuple[int, int],
         mean: Sequence[float],
         std: Sequence[float],
-        weights: str = "",
+        pretrained: str = "",
         backbone_weights: str = "",
     ) -> Detector:
         return _torchvision(
@@ -518,7 +548,7 @@ def _register_tv(arch: str, description: str) -> None:
             num_classes=num_classes,
             in_channels=in_channels,
             input_size=input_size,
-            weights=weights,
+            weights=pretrained,
             backbone_weights=backbone_weights,
         )
 

@@ -110,3 +110,18 @@ def build_registered(
     return _MODELS[name](
         num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs
     )
+
+
+# Options that only say where a model's starting weights come from. A trained checkpoint
+# carries its weights, so rebuilding it must not read (or need) those files again.
+WEIGHT_OPTIONS = ("pretrained", "backbone_weights")
+
+
+def architecture_options(options: dict[str, object]) -> dict[str, object]:
+    """The options that shape the network, for rebuilding a model from a checkpoint.
+
+    Example:
+        >>> architecture_options({"width": 32, "pretrained": "coco.pth"})
+        {'width': 32}
+    """
+    return {k: v for k, v in options.items() if k not in WEIGHT_OPTIONS}

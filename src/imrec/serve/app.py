@@ -1,0 +1,337 @@
+"""The HTTP service: FastAPI routes over one model, with batching, limits and metrics.
+
+Routes: ``POST /v1/predict`` and ``POST /v1/explain`` (multipart or JSON), ``GET /v1/model``
+(the manifest), ``GET /healthz``, ``GET /readyz``, ``GET /metrics`` and ``GET /`` (the web page).
+Every client error is a 4xx with ``{"error": {"code", "message"}}``; a 500 means a bug in imrec
+and is logged with its traceback.
+
+Example:
+    >>> app = create_app("runs/mnist-1", backend="torch")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gc
+import io
+import logging
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .batching import BatcherStopped, MicroBatcher
+from .inputs import ApiError, BodyLimit, Limits, open_image, read_images, top_k_field
+from .metrics import CONTENT_TYPE, ServiceMetrics
+from .schemas import (
+    FILE,
+    MAX_TOP_K,
+    ExplainJSON,
+    ExplainResponse,
+    PredictJSON,
+    PredictResponse,
+    Status,
+    error_responses,
+    request_bodies,
+)
+
+log = logging.getLogger("imrec.serve")
+STATIC = Path(__file__).parent / "static"
+
+router = APIRouter()
+
+
+def create_app(
+    source: str | Path,
+    *,
+    backend: str = "onnxruntime",
+    max_batch: int = 32,
+    max_wait_ms: float = 5,
+    limits: Limits | None = None,
+) -> FastAPI:
+    """The service for one model (loaded now, so a bad source fails before serving).
+
+    Args:
+        source: an export bundle folder, a run folder or a checkpoint.
+        backend: ``"onnxruntime"`` or ``"torch"`` (see :func:`imrec.runtime.load`).
+        max_batch: the most images in one model call.
+        max_wait_ms: how long an image waits for others to share its model call.
+        limits: upload size, images per request, pixels per image (default :class:`Limits`).
+
+    Example:
+        >>> import uvicorn  # doctest: +SKIP
+        >>> uvicorn.run(create_app("runs/mnist-1"), port=8000)  # doctest: +SKIP
+    """
+    from imrec.runtime import load
+
+    limits = limits or Limits()
+    model = load(source, backend=backend)
+    metrics = ServiceMetrics()
+    metrics.info.set(1, name=model.name, version=model.version, task=model.task,
+                     backend=model.backend)  # fmt: skip
+    batcher = MicroBatcher(
+        lambda items: _run_batch(model, items),
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        on_batch=lambda n: metrics.batch_size.observe(n),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # torch, the model and the libraries leave ~400k objects that live as long as the
+        # process; a full garbage collection walks them all (~150 ms on 2 cores) and stalls
+        # every request in flight. Frozen, the collector skips them.
+        gc.collect()
+        gc.freeze()
+        await batcher.start()
+        yield
+        await batcher.stop()  # requests already queued still get their answers
+
+    app = FastAPI(
+        title="imrec",
+        summary=f"{model.name} ({model.task}, {len(model.classes)} labels)",
+        version=model.version,
+        lifespan=lifespan,
+    )
+    app.state.model, app.state.batcher = model, batcher
+    app.state.metrics, app.state.limits = metrics, limits
+    _add_error_handlers(app, metrics)
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: sees every status
+    return app
+
+
+def _run_batch(model, items: list) -> list[dict]:
+    """One model call. Classifier items are ``(uint8 (C, H, W), top_k)``; detector items bytes."""
+    if model.task == "detect":
+        return model.predict(list(items))
+    import torch
+
+    images, ks = zip(*items, strict=True)
+    results = model.predict(torch.stack(images), top_k=max(ks))  # (N, C, H, W) in
+    return [dict(r, top=r["top"][:k]) for r, k in zip(results, ks, strict=True)]
+
+
+# ---- routes ---------------------------------------------------------------------------------
+
+_PREDICT_BODIES = request_bodies(
+    PredictJSON,
+    files={"files": {"type": "array", "items": FILE, "description": "One or more images."}},
+    form={"top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K, "default": 5}},
+)
+_EXPLAIN_BODIES = request_bodies(
+    ExplainJSON,
+    files={"file": FILE},
+    form={"target": {"type": "string"}, "raw": {"type": "boolean", "default": False}},
+)
+
+
+@router.post(
+    "/v1/predict",
+    response_model=PredictResponse,
+    responses=error_responses(400, 413, 415, 422, 503),
+    openapi_extra=_PREDICT_BODIES,
+    summary="Top-k labels (classifier) or boxes (detector) for one or more images",
+)
+async def predict(request: Request) -> JSONResponse:
+    state = request.app.state
+    images, fields = await read_images(request, state.limits, PredictJSON)
+    top_k = fields.top_k if isinstance(fields, PredictJSON) else top_k_field(fields.get("top_k"))
+    items = await asyncio.to_thread(_prepare_all, state.model, images, top_k, state.limits)
+    try:
+        results = await state.batcher.submit(items)
+    except BatcherStopped as e:
+        raise ApiError(503, "not_ready", str(e)) from e
+    for (name, _), result in zip(images, results, strict=True):
+        result["input"] = name
+    state.metrics.images.inc(len(results))
+    model = state.model
+    return JSONResponse({"model": model.name, "version": model.version, "task": model.task,
+                         "results": results})  # fmt: skip
+
+
+def _prepare_all(model, images: list[tuple[str, bytes]], top_k: int, limits: Limits) -> list:
+    """Decode and check every image of a request (in a thread: big photos take a while)."""
+    items = []
+    for name, data in images:
+        image = open_image(data, name, limits.max_pixels)
+        if model.task == "detect":
+            items.append(data)  # the detector decodes again: one photo in memory at a time
+            continue
+        try:
+            items.append((model.prepare(image), top_k))
+        except ValueError as e:  # e.g. too small to find the ink in
+            raise ApiError(422, "unusable_image", f"{name}: {e}") from e
+    return items
+
+
+@router.post(
+    "/v1/explain",
+    response_model=ExplainResponse,
+    responses=error_responses(400, 413, 415, 422, 503),
+    openapi_extra=_EXPLAIN_BODIES,
+    summary="Grad-CAM of one image (classifiers): the prediction and a PNG overlay",
+)
+async def explain(request: Request) -> JSONResponse:
+    state = request.app.state
+    model = state.model
+    if model.task != "classify":
+        raise ApiError(400, "not_a_classifier", "explanations are for classifiers; this "
+                       f"model is a {model.task} model")  # fmt: skip
+    images, fields = await read_images(request, state.limits, ExplainJSON)
+    if len(images) != 1:
+        raise ApiError(422, "one_image", f"explain takes one image, got {len(images)}")
+    target, raw = _explain_fields(fields)
+    name, data = images[0]
+    image = await asyncio.to_thread(open_image, data, name, state.limits.max_pixels)
+    try:
+        result = await state.batcher.call(model.explain, image, target)
+    except BatcherStopped as e:
+        raise ApiError(503, "not_ready", str(e)) from e
+    except ValueError as e:  # an unknown target label, an image without usable ink
+        raise ApiError(422, "cannot_explain", f"{name}: {e}") from e
+    return JSONResponse(_explain_body(model, result, raw))
+
+
+def _explain_fields(fields) -> tuple[str | None, bool]:
+    if isinstance(fields, ExplainJSON):
+        return fields.target, fields.raw
+    raw = fields.get("raw", "false").strip().lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise ApiError(422, "invalid_field", f"raw must be true or false, got {raw!r}")
+    return fields.get("target") or None, raw in ("true", "1")
+
+
+def _explain_body(model, result: dict, raw: bool) -> dict[str, Any]:
+    from PIL import Image
+
+    from imrec.explain import overlay
+
+    method = "gradcam" if result.get("gradcam") is not None else "saliency"
+    heat = result[method]  # (H, W) in [0, 1]
+    buf = io.BytesIO()
+    Image.fromarray(overlay(result["input"], heat)).save(buf, format="PNG")
+    png = base64.b64encode(buf.getvalue()).decode("ascii")
+    return {
+        "model": model.name, "version": model.version,
+        "label": result["label"], "probability": result["probability"],
+        "target": result.get("target", result["label"]),
+        "target_probability": result.get("target_probability", result["probability"]),
+        "method": method, "overlay": f"data:image/png;base64,{png}",
+        "size": list(heat.shape), "map": heat.round(4).tolist() if raw else None,
+    }  # fmt: skip
+
+
+@router.get("/v1/model", response_model=dict[str, Any], summary="The model's manifest")
+async def model_manifest(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.state.model.manifest)
+
+
+@router.get("/healthz", response_model=Status, summary="The process is alive")
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    response_model=Status,
+    responses=error_responses(503),
+    summary="The model is loaded and its batching worker runs",
+)
+async def readyz(request: Request) -> dict:
+    if not request.app.state.batcher.running:
+        raise ApiError(503, "not_ready", "the model worker is not running")
+    return {"status": "ready"}
+
+
+@router.get(
+    "/metrics", response_class=PlainTextResponse, summary="Prometheus metrics (text format 0.0.4)"
+)
+async def metrics_text(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+@router.get("/", include_in_schema=False)
+async def web_page() -> FileResponse:
+    return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+# ---- errors and metrics ---------------------------------------------------------------------
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def _add_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
+    def reply(status: int, code: str, message: str) -> JSONResponse:
+        metrics.errors.inc(kind=code)
+        return _error(status, code, message)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError):
+        return reply(e.status, e.code, e.message)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+        return reply(e.status_code, code, f"{request.method} {request.url.path}: {e.detail}")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, e: RequestValidationError):
+        return reply(422, "invalid_request", str(e.errors()[:3]))
+
+    @app.exception_handler(ClientDisconnect)
+    async def disconnected(request: Request, e: ClientDisconnect):
+        return reply(400, "client_disconnected", "the client went away before sending the body")
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, e: Exception):
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return reply(500, "internal", f"internal error ({type(e).__name__}); see the server log")
+
+
+class RequestMetrics:
+    """ASGI middleware: counts each request by endpoint, method and status, and times it."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics):
+        self.app, self.metrics = app, metrics
+        self.endpoints = {"/", "/v1/predict", "/v1/explain", "/v1/model", "/healthz", "/readyz",
+                          "/metrics"}  # fmt: skip
+
+    def _endpoint(self, path: str) -> str:
+        # Known routes only, so that scanners probing random paths add no new series.
+        if path in self.endpoints:
+            return path
+        return "/static" if path.startswith("/static/") else "other"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500  # an exception that escapes is a 500
+        endpoint = self._endpoint(scope["path"])
+        self.metrics.in_flight.inc(endpoint=endpoint)
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            self.metrics.in_flight.dec(endpoint=endpoint)
+            self.metrics.requests.inc(endpoint=endpoint, method=scope["method"], status=status)
+            self.metrics.latency.observe(time.perf_counter() - start, endpoint=endpoint)

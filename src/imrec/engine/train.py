@@ -4,6 +4,10 @@ Data lives in memory as uint8 tensors on the training device; each batch is gath
 augmented on the device with per-sample random parameters, normalised and fed to the model.
 Every random number of an epoch comes from generators seeded by ``(seed, epoch)``, so a run
 resumed after its last complete epoch continues exactly as the uninterrupted run would.
+
+Under torchrun (see :mod:`imrec.engine.distributed`) every rank draws the same permutation and
+takes its share of each batch: ``batch_size`` stays the global batch, so the schedule and the
+learning rate do not depend on the number of processes.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from imrec.config import RunConfig
 from imrec.data import ClassificationData, load_dataset
+from imrec.engine import distributed
 from imrec.engine.checkpoint import (
     CheckpointError,
     atomic_write_text,
@@ -31,6 +37,7 @@ from imrec.engine.checkpoint import (
     save_train_state,
     unflatten_optimizer,
 )
+from imrec.engine.distributed import World
 from imrec.engine.ema import ModelEma
 from imrec.models import create_model
 from imrec.transforms import BatchAugment, augment_off, augment_preset, norm_stats
@@ -168,6 +175,25 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63)
 
 
+def _rank_seed(seed: int, epoch: int, rank: int) -> int:
+    """Seed of one rank's augmentation draws: they differ between ranks, and repeat per run."""
+    return (_epoch_seed(seed, epoch) + 1_000_033 * (rank + 1)) % (2**63)
+
+
+def rank_batch(idx: torch.Tensor, world: World) -> torch.Tensor:
+    """This rank's part of a global batch of indices.
+
+    A final batch with fewer samples than ranks is repeated so that no rank gets nothing.
+
+    Example:
+        >>> rank_batch(torch.arange(5), World(size=2, rank=1))
+        tensor([3, 4])
+    """
+    if len(idx) < world.size:
+        idx = idx.repeat(world.size)[: world.size]
+    return torch.tensor_split(idx, world.size)[world.rank]
+
+
 # ---- the run --------------------------------------------------------------------------
 
 
@@ -183,6 +209,7 @@ class Trainer:
     """
 
     monitor = "val_accuracy"
+    world = World()  # a single process unless torchrun started this one
 
     def __init__(
         self,
@@ -199,6 +226,7 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(t.threads)
         self.device = pick_device(t.device)
+        self._join_world()
         on_gpu = self.device.type == "cuda"
         torch.manual_seed(t.seed)
         self.data = data or load_dataset(
@@ -250,6 +278,35 @@ class Trainer:
         self.best = {self.monitor: -1.0, "epoch": 0}
         self.start_epoch = 0
         self.train_seconds = 0.0
+        self._ddp: tuple[bool, DistributedDataParallel] | None = None  # (frozen, wrapper)
+
+    def _join_world(self) -> None:
+        """Under torchrun: join the process group, take this rank's device and CPU share."""
+        world = distributed.world_from_env()
+        if world.size == 1:
+            return
+        if not self.run.train.threads and self.device.type == "cpu":
+            # Ranks on one machine share its cores; oversubscribing them is much slower.
+            torch.set_num_threads(distributed.cpu_threads(world.local_size))
+        try:
+            self.device = distributed.setup(self.device)
+        except distributed.DistributedError as e:
+            raise TrainError(str(e)) from e
+        self.world = world
+
+    def parallel_info(self) -> dict:
+        """How the batch is split across processes, for the report.
+
+        The global batch is ``batch_size`` whatever the number of processes, so the learning
+        rate is not scaled.
+        """
+        batch, size = self.run.train.batch_size, self.world.size
+        return {
+            "world_size": size,
+            "effective_batch_size": batch,
+            "per_rank_batch_size": math.ceil(batch / size),
+            "lr_scaling": "none",
+        }
 
     @staticmethod
     def _amp_dtype(amp: str, on_gpu: bool) -> torch.dtype | None:
@@ -341,32 +398,57 @@ class Trainer:
         self.train_seconds = meta["train_seconds"]
         self.start_epoch = meta["epoch"]
         # metrics.jsonl may hold a line for an epoch whose state never reached disk.
-        lines = "".join(json.dumps(h, ensure_ascii=False) + "\n" for h in self.history)
-        atomic_write_text(self.run_dir / "metrics.jsonl", lines)
+        if self.world.main:
+            lines = "".join(json.dumps(h, ensure_ascii=False) + "\n" for h in self.history)
+            atomic_write_text(self.run_dir / "metrics.jsonl", lines)
 
     # -- the loop --
 
     def fit(self) -> dict:
         """Train to the end (or early stop), then evaluate the best checkpoint on the test split."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.start_epoch == 0:
+        _refuse_distributed(self.run)
+        if self.world.size == 1:
+            self.train_loop()
+            return self.finish()
+        try:
+            self.train_loop()
+            # Only rank 0 writes the report; the others wait for it and return the same dict.
+            report = distributed.share_from_main(self.finish() if self.world.main else None)
+        except RuntimeError as e:
+            if not distributed.is_comm_failure(e):
+                raise
+            raise TrainError(distributed.failure_message(e, self.world)) from e
+        distributed.shutdown()
+        return report
+
+    def train_loop(self) -> None:
+        """The epochs, each followed by its checkpoints and its line in ``metrics.jsonl``."""
+        main = self.world.main  # only rank 0 writes the run folder
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if main and self.start_epoch == 0:
             atomic_write_text(self.run_dir / "config.json", self.run.to_json())
             (self.run_dir / "metrics.jsonl").write_text("")
         t, key = self.run.train, self.monitor
         for epoch in range(self.start_epoch, t.epochs):
             row = self.train_epoch(epoch)
+            if self.world.size > 1:  # every rank takes rank 0's numbers, so all decide alike
+                row = distributed.broadcast_object(row)
             self.history.append(row)
             if row[key] > self.best[key]:
                 self.best = {key: row[key], "epoch": epoch + 1}
-                save_checkpoint(
-                    self.run_dir / "best", self.eval_model().state_dict(), self.meta(epoch + 1, row)
-                )
-            self.save_state(epoch + 1)
-            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                if main:
+                    save_checkpoint(
+                        self.run_dir / "best",
+                        self.eval_model().state_dict(),
+                        self.meta(epoch + 1, row),
+                    )
+            if main:
+                self.save_state(epoch + 1)
+                with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
             if t.early_stop and epoch + 1 - self.best["epoch"] >= t.early_stop:
                 break
-        return self.finish()
 
     def finish(self) -> dict:
         """Measure the best checkpoint on val and test and write the report."""
@@ -375,25 +457,35 @@ class Trainer:
         return finish_run(self)
 
     def train_epoch(self, epoch: int) -> dict:
-        t, model = self.run.train, self.model
+        t, world = self.run.train, self.world
         gen = torch.Generator().manual_seed(_epoch_seed(t.seed, epoch))
         torch.manual_seed(_epoch_seed(t.seed, epoch) + 1)  # dropout and other global draws
         frozen = epoch < t.freeze_epochs
-        for name, p in model.named_parameters():
+        for name, p in self.model.named_parameters():
             p.requires_grad_(not frozen or name.startswith("head."))
+        model = self._step_module(frozen)
         model.train()
         n = len(self.train_labels)
+        # The same permutation on every rank: each takes its part of every batch.
         order = torch.randperm(n, generator=gen).to(self.device)
+        aug_gen = gen
+        if world.size > 1:
+            aug_gen = torch.Generator().manual_seed(_rank_seed(t.seed, epoch, world.rank))
+            torch.manual_seed(_rank_seed(t.seed, epoch, world.rank) + 1)
         total = t.epochs * self.steps_per_epoch
         warmup = round(t.warmup_epochs * self.steps_per_epoch)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
         t0 = time.perf_counter()
         bar = self._bar(epoch)
         for i in range(self.steps_per_epoch):
             step = epoch * self.steps_per_epoch + i
             idx = order[i * t.batch_size : (i + 1) * t.batch_size]
-            xb = self.batcher(self.train_images[idx], self.augment, gen)  # (B, C, H, W)
+            batch = len(idx)
+            if world.size > 1:
+                idx = rank_batch(idx, world)
+            xb = self.batcher(self.train_images[idx], self.augment, aug_gen)  # (B, C, H, W)
             yb = self.train_labels[idx]
             factor = lr_factor(step, total, warmup, t.schedule)
             for g in self.optimizer.param_groups:
@@ -406,16 +498,21 @@ class Trainer:
                     logits.float(), yb, weight=self.loss_weight, label_smoothing=t.label_smoothing
                 )
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if world.size > 1:
+                # DDP averages the ranks' gradients; weigh each by its share of the global
+                # batch so that the result is the gradient of the mean over the whole batch.
+                (loss * (len(idx) * world.size / batch)).backward()
+            else:
+                loss.backward()
             if t.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             self.optimizer.step()
             if self.ema:
-                self.ema.update(model)
+                self.ema.update(self.model)
             loss_sum += loss.detach() * len(idx)
             correct += (logits.detach().argmax(1) == yb).sum()
+            seen += len(idx)
             if bar is not None and (i % 20 == 0 or i == self.steps_per_epoch - 1):
-                seen = min(n, (i + 1) * t.batch_size)
                 bar.set_postfix(
                     loss=f"{loss_sum.item() / seen:.4f}",
                     acc=f"{correct.item() / seen:.4f}",
@@ -424,6 +521,8 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
         train_time = time.perf_counter() - t0
+        if world.size > 1:
+            loss_sum, correct, n = self._reduce_train_metrics(loss_sum, correct, seen)
         val = self.validate()
         seconds = time.perf_counter() - t0
         self.train_seconds += seconds
@@ -445,7 +544,32 @@ class Trainer:
             "images_per_second": round(n / train_time, 1),
         }
 
+    def _step_module(self, frozen: bool) -> nn.Module:
+        """The module that takes the training steps: the model, or its DDP wrapper.
+
+        DDP registers the parameters that need gradients when it is built, so the wrapper is
+        built again when freezing the backbone changes that set.
+        """
+        if self.world.size == 1:
+            return self.model
+        if self._ddp is None or self._ddp[0] != frozen:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = (frozen, DistributedDataParallel(self.model, device_ids=ids))
+        return self._ddp[1]
+
+    def _reduce_train_metrics(
+        self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Loss sum, correct count and sample count over all ranks (one collective)."""
+        sums = torch.tensor(
+            [loss_sum.item(), correct.item(), seen], dtype=torch.float64, device=self.device
+        )
+        loss, right, count = distributed.all_reduce_sum(sums).tolist()
+        return torch.tensor(loss), torch.tensor(right), int(count)
+
     def validate(self) -> dict:
+        if self.world.size > 1:
+            return self._validate_sharded()
         val = self.data.val
         logits = predict_logits(
             self.eval_model(), val.images, self.batcher, self.run.train.eval_batch_size
@@ -455,8 +579,27 @@ class Trainer:
             "accuracy": round((logits.argmax(1) == val.labels).float().mean().item(), 6),
         }
 
+    def _validate_sharded(self) -> dict:
+        """Each rank scores its part of the validation split; the sums are all-reduced."""
+        # Each rank's last forward updated its own BatchNorm statistics: use rank 0's.
+        distributed.broadcast_buffers(self.model)
+        if self.ema:
+            distributed.broadcast_buffers(self.ema.module)
+        part = distributed.shard(len(self.data.val), self.world)
+        images, labels = self.data.val.images[part], self.data.val.labels[part]
+        sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+        if len(labels):
+            logits = predict_logits(
+                self.eval_model(), images, self.batcher, self.run.train.eval_batch_size
+            )
+            sums[0] = F.cross_entropy(logits, labels, reduction="sum").item()
+            sums[1] = (logits.argmax(1) == labels).sum().item()
+            sums[2] = len(labels)
+        loss, correct, count = distributed.all_reduce_sum(sums.to(self.device)).tolist()
+        return {"loss": round(loss / count, 6), "accuracy": round(correct / count, 6)}
+
     def _bar(self, epoch: int):
-        if not self.progress:
+        if not self.progress or not self.world.main:
             return None
         from tqdm.auto import tqdm
 
@@ -466,6 +609,16 @@ class Trainer:
             unit="batch",
             leave=True,
             dynamic_ncols=True,
+        )
+
+
+def _refuse_distributed(run: RunConfig) -> None:
+    """Detection trains with DataLoaders and has no data-parallel path yet."""
+    world = distributed.world_from_env()
+    if world.size > 1 and run.task == "detect":
+        raise TrainError(
+            f"detection training runs in one process; this one was started by torchrun as rank "
+            f"{world.rank} of {world.size}: run `imrec train` without torchrun"
         )
 
 

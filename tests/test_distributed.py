@@ -1,0 +1,268 @@
+"""Data-parallel training under torchrun: two CPU processes on loopback, on the digits set.
+
+Each end-to-end test starts ``python -m torch.distributed.run --nproc_per_node=2 -m imrec train``
+as a subprocess, the way a user would, and reads the run folder it leaves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from imrec.config import RunConfig
+from imrec.engine import distributed
+from imrec.engine.distributed import World
+from imrec.engine.train import TrainError, _refuse_distributed, rank_batch
+
+ARGS = ["--batch-size", "32", "--seed", "1", "--quiet"]
+
+
+# ---- helpers ----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Job:
+    """One launched command, its output going to two files (a pipe could fill and block it)."""
+
+    def __init__(self, cmd: list[str], logs: Path, env: dict):
+        self.out, self.err = logs.with_suffix(".out"), logs.with_suffix(".err")
+        with open(self.out, "w") as out, open(self.err, "w") as err:
+            # Its own process group, so that a test can kill torchrun as `kill -9 -PGID` would.
+            self.proc = subprocess.Popen(
+                cmd, stdout=out, stderr=err, env=env, start_new_session=True
+            )
+        self.pid = self.proc.pid
+
+    def finish(self, timeout: float = 120) -> tuple[int, str, str]:
+        self.proc.wait(timeout=timeout)
+        return self.proc.returncode, self.out.read_text(), self.err.read_text()
+
+
+def _start(tmp_path: Path, *argv, nproc: int = 2, env: dict | None = None) -> Job:
+    """torchrun with ``nproc`` workers (or plain ``python -m imrec`` for 0)."""
+    cmd = [sys.executable, "-m", "imrec", *map(str, argv)]
+    if nproc:
+        launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+        port = ["--master_addr=127.0.0.1", f"--master_port={_free_port()}"]
+        cmd = [sys.executable, *launcher, *port, *cmd[1:]]
+    logs = tmp_path / f"job-{time.monotonic_ns()}"
+    return Job(cmd, logs, {**os.environ, **(env or {})})
+
+
+def _rows(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _wait_for_epochs(run: Path, job: Job, n: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while len(_rows(run)) < n and job.proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(_rows(run)) >= n, f"no {n} epoch(s) in {timeout} s: {job.err.read_text()[-2000:]}"
+
+
+def _workers(launcher_pid: int) -> dict[int, int]:
+    """rank -> pid of torchrun's worker processes (its children, which carry RANK)."""
+    children = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split()
+    ranks = {}
+    for pid in map(int, children):
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        rank = [e[5:] for e in env if e.startswith(b"RANK=")]
+        if rank:
+            ranks[int(rank[0])] = pid
+    return ranks
+
+
+def _alive(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _report(run: Path) -> dict:
+    return json.loads((run / "report.json").read_text())
+
+
+# ---- the pieces -------------------------------------------------------------------------
+
+
+def test_world_from_env_reads_torchrun_variables():
+    env = {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_WORLD_SIZE": "2", "LOCAL_RANK": "1"}
+    world = distributed.world_from_env(env)
+    assert world == World(size=4, rank=3, local_size=2, local_rank=1)
+    assert not world.main
+    assert distributed.world_from_env({}) == World()
+
+
+def test_rank_batches_cover_the_global_batch_once():
+    batch = torch.arange(100, 131)  # 31 samples over 2 ranks: 16 + 15
+    parts = [rank_batch(batch, World(size=2, rank=r)) for r in range(2)]
+    assert [len(p) for p in parts] == [16, 15]
+    assert torch.equal(torch.cat(parts), batch)
+    # A final batch smaller than the world: every rank still gets a sample.
+    tiny = [rank_batch(torch.tensor([7]), World(size=3, rank=r)).tolist() for r in range(3)]
+    assert tiny == [[7], [7], [7]]
+
+
+def test_validation_shards_partition_the_split():
+    parts = [distributed.shard(10, World(size=3, rank=r)) for r in range(3)]
+    assert [list(range(10))[s] for s in parts] == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
+
+
+def test_timeout_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
+    assert distributed.timeout_seconds() == distributed.DEFAULT_TIMEOUT_S
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "7.5")
+    assert distributed.timeout_seconds() == 7.5
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "soon")
+    with pytest.raises(distributed.DistributedError, match="IMREC_DIST_TIMEOUT"):
+        distributed.timeout_seconds()
+
+
+def test_threads_split_the_usable_cores():
+    cores = len(os.sched_getaffinity(0))
+    assert distributed.cpu_threads(1) == cores
+    assert distributed.cpu_threads(cores * 4) == 1
+
+
+def test_communication_failures_are_told_from_bugs():
+    assert distributed.is_comm_failure(RuntimeError("[gloo] Connection closed by peer"))
+    assert distributed.is_comm_failure(RuntimeError("Timed out waiting 4000ms for recv"))
+    assert not distributed.is_comm_failure(RuntimeError("shapes cannot be multiplied"))
+
+
+def test_collective_helpers_in_a_group_of_one(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        assert distributed.all_reduce_sum(torch.tensor([3.0, 1.0])).tolist() == [3.0, 1.0]
+        assert distributed.all_reduce_mean(torch.tensor([4.0])).tolist() == [4.0]
+        assert distributed.broadcast_object({"epoch": 2}) == {"epoch": 2}
+        assert distributed.share_from_main({"test": 0.9}, timeout_s=5) == {"test": 0.9}
+        distributed.barrier()
+    finally:
+        distributed.shutdown()
+    assert not dist.is_initialized()
+
+
+def test_detection_refuses_to_run_under_torchrun(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(TrainError, match="without torchrun"):
+        _refuse_distributed(RunConfig(task="detect"))
+    _refuse_distributed(RunConfig(task="classify"))  # classification is fine
+
+
+# ---- end to end -------------------------------------------------------------------------
+
+
+def test_two_processes_reach_the_accuracy_of_one(tmp_path):
+    epochs = 6
+    one, two = tmp_path / "one", tmp_path / "two"
+    # One thread, like each of the two ranks: two threads crawl on cores that others share.
+    single = _start(
+        tmp_path,
+        "train",
+        "digits",
+        "--out",
+        one,
+        "--epochs",
+        epochs,
+        "--threads",
+        1,
+        *ARGS,
+        nproc=0,
+    )
+    rc, _, err = single.finish()
+    assert rc == 0, err
+    pair = _start(tmp_path, "train", "digits", "--out", two, "--epochs", epochs, *ARGS)
+    rc, out, err = pair.finish()
+    assert rc == 0, err
+    assert "report:" in out
+
+    # One line per epoch: two ranks appending would double them.
+    assert [r["epoch"] for r in _rows(two)] == list(range(1, epochs + 1))
+    a, b = _report(one), _report(two)
+    assert abs(a["test"]["accuracy"] - b["test"]["accuracy"]) <= 0.02
+    assert b["test"]["accuracy"] > 0.9
+    assert (a["world_size"], b["world_size"]) == (1, 2)
+    assert b["effective_batch_size"] == 32 and b["per_rank_batch_size"] == 16
+    assert b["lr_scaling"] == "none"
+    assert not list(two.glob(".*.tmp")), "a half-written file was left behind"
+
+    from imrec.engine.checkpoint import load_checkpoint
+
+    weights, meta = load_checkpoint(two / "best.safetensors")
+    assert not [k for k in weights if k.startswith("module.")]
+    assert meta["epoch"] == b["best_epoch"]
+
+
+def test_killed_two_process_run_resumes(tmp_path):
+    epochs, run = 6, tmp_path / "run"
+    p = _start(tmp_path, "train", "digits", "--out", run, "--epochs", epochs, *ARGS)
+    _wait_for_epochs(run, p, 1)
+    workers = _workers(p.pid)
+    os.killpg(p.pid, signal.SIGKILL)  # torchrun and its group; the workers sit in their own
+    p.finish()
+    deadline = time.monotonic() + 10
+    while any(map(_alive, workers.values())) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(map(_alive, workers.values())), "workers outlived their torchrun"
+    done = len(_rows(run))
+    assert 1 <= done < epochs and not (run / "report.json").exists()
+
+    rc, _, err = _start(tmp_path, "train", "--resume", run).finish()
+    assert rc == 0, err
+    assert [r["epoch"] for r in _rows(run)] == list(range(1, epochs + 1))
+    assert _report(run)["world_size"] == 2
+
+
+def test_a_dead_rank_fails_the_job(tmp_path):
+    run = tmp_path / "run"
+    p = _start(tmp_path, "train", "digits", "--out", run, "--epochs", 200, *ARGS)
+    _wait_for_epochs(run, p, 1)
+    os.kill(_workers(p.pid)[1], signal.SIGKILL)
+    t0 = time.monotonic()
+    rc, _, err = p.finish(timeout=60)
+    assert rc != 0 and time.monotonic() - t0 < 60
+    assert "SIGKILL" in err  # torchrun names the rank that died
+    assert not (run / "report.json").exists()
+
+
+def test_a_hung_rank_times_out_with_a_clear_message(tmp_path):
+    run = tmp_path / "run"
+    env = {distributed.TIMEOUT_ENV: "3"}
+    p = _start(tmp_path, "train", "digits", "--out", run, "--epochs", 200, *ARGS, env=env)
+    _wait_for_epochs(run, p, 1)
+    hung = _workers(p.pid)[1]
+    os.kill(hung, signal.SIGSTOP)  # alive but silent: only the timeout can tell
+    t0 = time.monotonic()
+    while "imrec: error" not in p.err.read_text() and time.monotonic() - t0 < 30:
+        time.sleep(0.1)
+    waited = time.monotonic() - t0
+    os.kill(hung, signal.SIGCONT)  # so that torchrun's SIGTERM can end it
+    rc, _, err = p.finish(timeout=60)
+    assert rc != 0
+    assert waited < 20, f"rank 0 noticed the hung rank after {waited:.0f} s (timeout 3 s)"
+    assert "distributed training failed on rank 0 of 2" in err and "Timed out" in err

@@ -170,7 +170,11 @@ def test_fine_tuning_from_a_state_dict_keeps_the_backbone_and_replaces_the_head(
     torch.save(donor.net.state_dict(), path)
     torch.manual_seed(1)
     det = create_detector(
-        "fasterrcnn_mobilenet", num_classes=2, in_channels=3, input_size=(96, 96), weights=str(path)
+        "fasterrcnn_mobilenet",
+        num_classes=2,
+        in_channels=3,
+        input_size=(96, 96),
+        pretrained=str(path),
     )
     own, theirs = det.net.state_dict(), donor.net.state_dict()
     key = next(k for k in own if k.startswith("backbone.body") and k.endswith("weight"))
@@ -183,7 +187,7 @@ def test_fine_tuning_from_a_state_dict_keeps_the_backbone_and_replaces_the_head(
             num_classes=2,
             in_channels=3,
             input_size=(64, 64),
-            weights=str(tmp_path / "nope.pth"),
+            pretrained=str(tmp_path / "nope.pth"),
         )
 
 
@@ -287,10 +291,16 @@ def test_predict_json_and_draw(tiny_run, tiny_data, tmp_path, capsys):
             assert b["label"] in [str(d) for d in range(10)] and 0.0 <= b["score"] <= 1.0
             x1, y1, x2, y2 = b["box"]
             assert 0 <= x1 <= x2 <= r["width"] and 0 <= y1 <= y2 <= r["height"]
-    # The same scene at twice the size gives the same boxes, twice as large.
-    a = np.array(results[0]["boxes"][0]["box"])
-    b = np.array(results[1]["boxes"][0]["box"])
-    assert np.allclose(2 * a, b, atol=4.0)
+    # Boxes come back in the input's own pixels: the model's boxes on the letterboxed
+    # 64 px version of the 128 px image, divided by the letterbox scale 0.5.
+    from imrec.inference import DetectionPredictor
+
+    p = DetectionPredictor(tiny_run, score_thresh=0.0, max_det=5)
+    _, boxed, scale = p.prepare(big)
+    assert scale == 0.5 and boxed.shape == (1, 64, 64)
+    raw = p.model.detect(boxed[None].float() / 255, score_thresh=0.0, max_det=5)[0]
+    got = np.array([b["box"] for b in results[1]["boxes"]])
+    assert np.allclose(got, raw["boxes"].numpy() / scale, atol=0.01)
     assert sorted(p.name for p in drawn.iterdir()) == sorted(["big.png", scene.name])
     img = np.asarray(Image.open(drawn / "big.png"))
     assert img.shape == (128, 128, 3)
@@ -322,6 +332,11 @@ def test_data_show_and_convert(mirror, tmp_path, capsys):
     )
     assert main(["models", "--task", "detect"]) == 0
     assert "tinydet" in capsys.readouterr().out
+    assert main(["data", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "digits-detect" in listed and "coco128" in listed and "mnist" in listed
+    assert main(["data", "get", TINY]) == 0
+    assert "files ready in" in capsys.readouterr().out
 
 
 def test_bad_detection_input_is_a_clear_error(tmp_path, capsys):
@@ -355,3 +370,56 @@ def test_detection_run_killed_then_resumed_matches(tiny_run, tmp_path):
     a = json.loads((tiny_run / "report.json").read_text())["test"]
     b = json.loads((run / "report.json").read_text())["test"]
     assert b["map"] == pytest.approx(a["map"], abs=1e-9)
+
+
+# ---- coco128 ----------------------------------------------------------------------------
+
+
+def test_coco128_has_a_held_out_val_and_the_val2017_test(mirror):
+    data = load_detection("coco128", val_fraction=0.1, seed=0)
+    assert len(data.classes) == 80 and data.classes[0] == "person"
+    assert len(data.train) + len(data.val) == 128 and len(data.val) == 13
+    assert len(data.test) == 128
+    assert not {f.name for f in data.train.files} & {f.name for f in data.val.files}
+    assert data.train.num_boxes() + data.val.num_boxes() == 929
+    assert data.test.num_boxes() == 898
+    assert data.channels == 3 and data.domain == "photo"
+
+
+def test_coco128_with_a_changed_file_is_refused(mirror, tmp_path, monkeypatch):
+    import shutil
+
+    fake = tmp_path / "mirror"
+    shutil.copytree(mirror / "coco128", fake / "coco128")
+    label = sorted((fake / "coco128" / "labels" / "train2017").iterdir())[0]
+    label.write_text(label.read_text() + "0 0.5 0.5 0.1 0.1\n")
+    monkeypatch.setenv("IMREC_DATA_MIRROR", str(fake))
+    monkeypatch.setenv("IMREC_HOME", str(tmp_path / "home"))
+    from imrec.data import DatasetError
+
+    with pytest.raises(DatasetError, match="fails its checksum"):
+        load_detection("coco128")
+    assert not (tmp_path / "home" / "datasets" / "coco128").exists()
+
+
+def test_torchvision_detector_fine_tunes_from_a_state_dict_end_to_end(tiny_run, tmp_path, capsys):
+    """The fine-tuning path: weights from a file (as a user's COCO weights would be), trained."""
+    torch.manual_seed(0)
+    donor = create_detector(
+        "fasterrcnn_mobilenet", num_classes=4, in_channels=3, input_size=(64, 64)
+    )
+    weights = tmp_path / "donor.pth"
+    torch.save(donor.net.state_dict(), weights)
+    run = tmp_path / "ft"
+    args = ["train", TINY, "--model", "fasterrcnn_mobilenet", "--model-opt", f"pretrained={weights}",
+            "--epochs", "1", "--batch-size", "16", "--out", str(run), "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert report["model"] == "fasterrcnn_mobilenet" and "map" in report["test"]
+    from imrec.engine.detect import load_detector
+
+    model, meta = load_detector(run)
+    assert meta["model"]["options"]["pretrained"] == str(weights)
+    key = "net.backbone.body.0.0.weight"  # the stem: started from the file, then trained
+    start, end = donor.net.state_dict()[key[4:]], model.state_dict()[key]
+    assert start.shape == end.shape and (start - end).abs().max() < 0.5 * start.abs().max()

@@ -228,7 +228,10 @@ def cmd_train(args) -> int:
             train=train,
             progress=not args.quiet,
         )
-    _print_summary(report)
+    from imrec.engine.distributed import is_main
+
+    if is_main():  # under torchrun, every rank returns the report; one prints it
+        _print_summary(report)
     return 0
 
 
@@ -275,19 +278,44 @@ def cmd_predict(args) -> int:
     paths = expand_inputs(args.images)
     if not paths:
         raise SystemExit("imrec predict: no images found in " + " ".join(args.images))
+    if (Path(args.model) / "manifest.json").is_file():
+        return _predict_bundle(args, paths)
     if read_checkpoint_meta(args.model).get("task") == "detect":
         return _predict_boxes(args, paths)
     results = Predictor(args.model, device=args.device).predict(paths, top_k=args.top_k)
-    if args.json:
+    return _print_results(results, args.json)
+
+
+def _predict_bundle(args, paths: list[Path]) -> int:
+    """An export bundle, through the runtime (ONNX Runtime unless --backend torch)."""
+    import imrec
+
+    if args.draw:
+        raise ValueError("--draw needs a run folder; a bundle prints or --json its boxes")
+    model = imrec.load(args.model, backend=args.backend, device=args.device,
+                       score_thresh=args.conf, nms_iou=args.iou, max_det=args.max_det)  # fmt: skip
+    return _print_results(model.predict(paths, top_k=args.top_k), args.json)
+
+
+def _print_results(results: list[dict], as_json: bool) -> int:
+    """Print top-k labels or boxes per input (or JSON); 1 when an input had an error."""
+    failed = 1 if any("error" in r for r in results) else 0
+    if as_json:
         print(json.dumps(results, indent=2, ensure_ascii=False))
-    else:
-        for r in results:
-            if "error" in r:
-                print(f"{r['input']}: ERROR {r['error']}")
-                continue
+        return failed
+    for r in results:
+        if "error" in r:
+            print(f"{r['input']}: ERROR {r['error']}")
+        elif "top" in r:
             tops = "  ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"])
             print(f"{r['input']}: {tops}")
-    return 1 if any("error" in r for r in results) else 0
+        else:
+            found = ", ".join(
+                f"{b['label']} {b['score']:.2f} [{', '.join(f'{v:.0f}' for v in b['box'])}]"
+                for b in r["boxes"]
+            )
+            print(f"{r['input']}: {len(r['boxes'])} boxes  {found}")
+    return failed
 
 
 def _predict_boxes(args, paths: list[Path]) -> int:
@@ -300,19 +328,7 @@ def _predict_boxes(args, paths: list[Path]) -> int:
     results = [r for _, r in pairs]
     if args.draw:
         _draw(pairs, predictor.classes, Path(args.draw))
-    if args.json:
-        print(json.dumps(results, indent=2, ensure_ascii=False))
-    else:
-        for r in results:
-            if "error" in r:
-                print(f"{r['input']}: ERROR {r['error']}")
-                continue
-            found = ", ".join(
-                f"{b['label']} {b['score']:.2f} [{', '.join(f'{v:.0f}' for v in b['box'])}]"
-                for b in r["boxes"]
-            )
-            print(f"{r['input']}: {len(r['boxes'])} boxes  {found}")
-    return 1 if any("error" in r for r in results) else 0
+    return _print_results(results, args.json)
 
 
 def _draw(pairs, classes: list[str], out_dir: Path) -> None:
@@ -337,6 +353,65 @@ def _draw(pairs, classes: list[str], out_dir: Path) -> None:
         scores = torch.tensor([b["score"] for b in r["boxes"]])
         draw_boxes(image, boxes, labels, classes, scores).save(out_dir / f"{name}.png")
         r["drawn"] = str(out_dir / f"{name}.png")
+
+
+# ---- export ---------------------------------------------------------------------------
+
+
+def cmd_export(args) -> int:
+    from imrec.export import export_bundle, read_manifest
+
+    bundle = export_bundle(args.run_dir, args.out, quantize=args.quantize, opset=args.opset,
+                           parity_limit=args.parity_limit)  # fmt: skip
+    m = read_manifest(bundle)
+    p = m["parity"]
+    agreement = p.get("top1_agreement", p.get("detection_agreement"))
+    diff = p.get("max_abs_prob_diff", p.get("max_abs_map_diff"))
+    print(f"bundle: {bundle} ({m['model']['name']}, version {m['model_version']})")
+    print(f"parity: PyTorch and ONNX Runtime agree on {agreement:.2%} of {p['n']} test "
+          f"images; largest difference {diff:.2e}")  # fmt: skip
+    if "quantized" in m:
+        q, metric = m["quantized"], m["quantized"]["metric"]
+        print(f"int8: {metric} {q[f'{metric}_fp32']:.4f} -> {q[f'{metric}_int8']:.4f} "
+              f"({q['change']:+.4f}), {q['file']}")  # fmt: skip
+    return 0
+
+
+# ---- serve ----------------------------------------------------------------------------
+
+
+def cmd_serve(args) -> int:
+    from imrec.serve import Limits, serve
+
+    limits = Limits(
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_files=args.max_files,
+        max_pixels=args.max_pixels,
+    )
+    serve(args.model, host=args.host, port=args.port, workers=args.workers, backend=args.backend,
+          max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, limits=limits)  # fmt: skip
+    return 0
+
+
+# ---- explain --------------------------------------------------------------------------
+
+
+def cmd_explain(args) -> int:
+    from imrec.explain import explain
+    from imrec.inference import expand_inputs
+
+    paths = expand_inputs(args.images)
+    if not paths:
+        raise SystemExit("imrec explain: no images found in " + " ".join(args.images))
+    results = explain(args.model, paths, out_dir=args.out, target=args.target, device=args.device)
+    for r in results:
+        if "error" in r:
+            print(f"{r['name']}: ERROR {r['error']}")
+            continue
+        about = "" if r["target"] == r["label"] else f", explaining {r['target']}"
+        files = ", ".join(r["files"].values())
+        print(f"{r['name']}: {r['label']} {r['probability']:.3f}{about} -> {files}")
+    return 1 if any("error" in r for r in results) else 0
 
 
 # ---- parser ---------------------------------------------------------------------------
@@ -475,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="top-k labels for image files, folders or globs")
-    pr.add_argument("model", help="a run folder or a checkpoint (.safetensors)")
+    pr.add_argument("model", help="a run folder, a checkpoint (.safetensors) or an export bundle")
     pr.add_argument("images", nargs="+")
     pr.add_argument("--top-k", type=int, default=5)
     pr.add_argument("--json", action="store_true")
@@ -484,7 +559,39 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--iou", type=float, default=0.5, help="detectors: NMS IoU threshold")
     pr.add_argument("--max-det", type=int, default=100, help="detectors: most boxes per image")
     pr.add_argument("--draw", metavar="DIR", help="detectors: write images with boxes drawn to DIR")
+    pr.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime",
+                    help="export bundles: which runtime predicts")  # fmt: skip
     pr.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser("export", help="write a run's model as a bundle: ONNX, weights, manifest")
+    ex.add_argument("run_dir")
+    ex.add_argument("--out", metavar="BUNDLE", help="bundle folder (default: RUN_DIR/bundle)")
+    ex.add_argument("--quantize", choices=["int8"], help="also write a static int8 model")
+    ex.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    ex.add_argument("--parity-limit", type=int, metavar="N",
+                    help="run the parity gate on at most N test images (default: all)")  # fmt: skip
+    ex.set_defaults(func=cmd_export)
+
+    sv = sub.add_parser("serve", help="serve a model over HTTP (API, metrics and a web page)")
+    sv.add_argument("model", help="an export bundle, a run folder or a checkpoint")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--workers", type=int, default=1, help="processes, each with the model")
+    sv.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime")
+    sv.add_argument("--max-batch", type=int, default=32, help="most images per model call")
+    sv.add_argument("--max-wait-ms", type=float, default=5, help="how long to wait for a batch")
+    sv.add_argument("--max-upload-mb", type=float, default=20, help="largest request body")
+    sv.add_argument("--max-files", type=int, default=64, help="most images per request")
+    sv.add_argument("--max-pixels", type=int, default=40_000_000, help="most pixels per image")
+    sv.set_defaults(func=cmd_serve)
+
+    xp = sub.add_parser("explain", help="Grad-CAM and saliency overlays (PNG) for classifiers")
+    xp.add_argument("model", help="a run folder, a checkpoint or an export bundle")
+    xp.add_argument("images", nargs="+", help="image files, folders or globs")
+    xp.add_argument("--out", default="explain", help="folder for the PNGs (default: explain/)")
+    xp.add_argument("--target", help="explain this class (name or index), not the prediction")
+    xp.add_argument("--device", default="cpu")
+    xp.set_defaults(func=cmd_explain)
     return p
 
 
@@ -505,6 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     from imrec.data import DatasetError
     from imrec.engine.checkpoint import CheckpointError
     from imrec.engine.train import TrainError
+    from imrec.export import ExportError
 
     try:
         return args.func(args)
@@ -512,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         DatasetError,
         CheckpointError,
         TrainError,
+        ExportError,
         FileNotFoundError,
         ValueError,
         KeyError,

@@ -47,7 +47,11 @@ def measure(
     batch_size: int = 1024,
     plots: bool = True,
 ) -> tuple[dict, dict]:
-    """Metrics and timing of ``model`` on ``split``; writes confusion.png and mistakes.png."""
+    """Metrics and timing of ``model`` on ``split``; writes confusion.png and mistakes.png.
+
+    The mistakes gallery shows the (at most 32) worst mistakes with their Grad-CAM overlays
+    when the model has a ``cam_layer``.
+    """
     logits, timing = _timed_logits(model, split.images, batcher, batch_size)
     metrics = classification_metrics(logits, split.labels, classes)
     if plots:
@@ -58,14 +62,20 @@ def measure(
         save_confusion(np.array(metrics["confusion"]), classes, out_dir / PLOTS["confusion"])
         worst = worst_mistakes(logits, split.labels, n=32)
         if worst:
+            from imrec.explain import gradcam_images
+
             probs = logits[worst].softmax(1)
+            pred = probs.argmax(1)
+            # Grad-CAM of the predicted class: where the model saw what it wrongly reported.
+            overlays = gradcam_images(model, split.images[worst], batcher, target=pred)
             save_mistakes(
                 split.images[worst],
                 split.labels[worst].tolist(),
-                probs.argmax(1).tolist(),
+                pred.tolist(),
                 probs.max(1).values.tolist(),
                 classes,
                 out_dir / PLOTS["mistakes"],
+                overlays=overlays,
             )
     return metrics, timing
 
@@ -103,6 +113,7 @@ def finish_run(trainer) -> dict:
         "epochs_run": len(trainer.history),
         "best_epoch": trainer.best["epoch"],
         "device": str(trainer.device),
+        **trainer.parallel_info(),  # world_size, effective_batch_size, lr_scaling
         "init": trainer.init_note,
         "config": run.to_dict(),
         "skipped": data.skipped,

@@ -596,7 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _data_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", type=int, help="folder datasets: image side in pixels")
+    p.add_argument(
+        "--size", type=int, help="folder datasets: image side in pixels; detection: training size"
+    )
     p.add_argument(
         "--channels", type=int, choices=[1, 3], help="folder datasets: 1 (grey) or 3 (colour)"
     )

@@ -279,6 +279,7 @@ class Trainer:
         self.start_epoch = 0
         self.train_seconds = 0.0
         self._ddp: tuple[bool, DistributedDataParallel] | None = None  # (frozen, wrapper)
+        self._compiled: nn.Module | None = None  # torch.compile of the model, with --compile
 
     def _join_world(self) -> None:
         """Under torchrun: join the process group, take this rank's device and CPU share."""
@@ -551,7 +552,9 @@ class Trainer:
         built again when freezing the backbone changes that set.
         """
         if self.world.size == 1:
-            return self.model
+            if self.run.train.compile and self._compiled is None:
+                self._compiled = torch.compile(self.model)  # shares the model's parameters
+            return self.model if self._compiled is None else self._compiled
         if self._ddp is None or self._ddp[0] != frozen:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self._ddp = (frozen, DistributedDataParallel(self.model, device_ids=ids))

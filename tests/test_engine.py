@@ -190,3 +190,27 @@ def test_compiled_training_step_trains_the_models_own_weights(tmp_path):
     assert report["test"]["accuracy"] > 0.8  # 10 classes: it learnt, through the compiled step
     weights, _ = load_checkpoint(tmp_path / "run")
     assert not any(k.startswith("_orig_mod.") for k in weights)
+
+
+def test_host_and_device_data_placement_train_alike(tmp_path):
+    """The training set kept in host memory (copied per batch) trains exactly as on the device."""
+    import imrec
+    from imrec.engine.train import choose_placement
+
+    reports = {}
+    for mode in ("device", "host"):
+        reports[mode] = imrec.fit(
+            "digits",
+            out=tmp_path / mode,
+            train={"epochs": 2, "data_placement": mode, "seed": 1},
+            progress=False,
+        )
+        assert reports[mode]["data_placement"] == mode
+    assert reports["host"]["test"]["accuracy"] == reports["device"]["test"]["accuracy"]
+    assert reports["host"]["test"]["nll"] == pytest.approx(
+        reports["device"]["test"]["nll"], abs=1e-6
+    )
+    images = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
+    assert choose_placement("auto", images, torch.device("cpu")) == "device"
+    with pytest.raises(TrainError, match="data placement"):
+        choose_placement("gpu", images, torch.device("cpu"))

@@ -213,6 +213,7 @@ def cmd_train(args) -> int:
             "device",
             "amp",
             "threads",
+            "data_placement",
         ]
         train = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
         for k in ("ema", "class_weights", "compile"):
@@ -520,6 +521,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
     t.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"])
     t.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    t.add_argument(
+        "--data-placement",
+        choices=["auto", "device", "host"],
+        help="training images on the training device, or in host memory copied per batch "
+        "(default auto: on the device while they take at most 1/4 of a GPU's memory)",
+    )
     t.add_argument(
         "--compile",
         action="store_true",

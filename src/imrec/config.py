@@ -75,6 +75,7 @@ class TrainConfig:
     eval_batch_size: int = 1024
     threads: int = 0  # 0 = all cores
     compile: bool = False  # torch.compile the training step (measured: no gain on the 2-core CPU)
+    data_placement: str = "auto"  # auto | device | host (see engine.train.choose_placement)
 
 
 @dataclass(frozen=True)

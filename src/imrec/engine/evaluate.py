@@ -113,6 +113,7 @@ def finish_run(trainer) -> dict:
         "epochs_run": len(trainer.history),
         "best_epoch": trainer.best["epoch"],
         "device": str(trainer.device),
+        "data_placement": trainer.placement,
         **trainer.parallel_info(),  # world_size, effective_batch_size, lr_scaling
         "init": trainer.init_note,
         "config": run.to_dict(),

@@ -171,6 +171,32 @@ def predict_logits(
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
+DEVICE_DATA_SHARE = 0.25  # "auto" keeps the training set on a GPU up to this share of its memory
+
+
+def choose_placement(mode: str, images: torch.Tensor, device: torch.device) -> str:
+    """Where the uint8 training images live: ``"device"`` or ``"host"``.
+
+    ``device``: the whole set is one tensor on the training device and each batch is gathered
+    and augmented there (MNIST-sized data: no per-batch copies at all). ``host``: the set stays
+    in (page-locked, on a GPU machine) host memory and each gathered batch is copied over
+    asynchronously. ``auto``: ``device`` on a CPU (host and device are the same memory), and on
+    a GPU while the set takes at most a quarter of the GPU's memory, else ``host``.
+
+    Example:
+        >>> choose_placement("auto", torch.zeros(10, 1, 28, 28, dtype=torch.uint8), torch.device("cpu"))
+        'device'
+    """
+    if mode not in ("auto", "device", "host"):
+        raise TrainError(f"unknown data placement {mode!r}: choose auto, device or host")
+    if mode != "auto":
+        return mode
+    if device.type != "cuda":
+        return "device"
+    total = torch.cuda.get_device_properties(device).total_memory
+    return "device" if images.numel() <= DEVICE_DATA_SHARE * total else "host"
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63)
 
@@ -271,8 +297,14 @@ class Trainer:
             if t.class_weights
             else None
         )
-        self.train_images = d.train.images.to(self.device)
-        self.train_labels = d.train.labels.to(self.device)
+        self.placement = choose_placement(t.data_placement, d.train.images, self.device)
+        home = self.device if self.placement == "device" else torch.device("cpu")
+        self.train_images = d.train.images.to(home)
+        self.train_labels = d.train.labels.to(home)
+        if self.placement == "host" and self.device.type == "cuda":
+            # Page-locked memory lets each batch's copy to the GPU overlap the compute.
+            self.train_images = self.train_images.pin_memory()
+            self.train_labels = self.train_labels.pin_memory()
         self.steps_per_epoch = math.ceil(len(d.train) / t.batch_size)
         self.history: list[dict] = []
         self.best = {self.monitor: -1.0, "epoch": 0}
@@ -468,7 +500,7 @@ class Trainer:
         model.train()
         n = len(self.train_labels)
         # The same permutation on every rank: each takes its part of every batch.
-        order = torch.randperm(n, generator=gen).to(self.device)
+        order = torch.randperm(n, generator=gen).to(self.train_images.device)
         aug_gen = gen
         if world.size > 1:
             aug_gen = torch.Generator().manual_seed(_rank_seed(t.seed, epoch, world.rank))
@@ -486,8 +518,9 @@ class Trainer:
             batch = len(idx)
             if world.size > 1:
                 idx = rank_batch(idx, world)
-            xb = self.batcher(self.train_images[idx], self.augment, aug_gen)  # (B, C, H, W)
-            yb = self.train_labels[idx]
+            images = self.train_images[idx].to(self.device, non_blocking=True)
+            yb = self.train_labels[idx].to(self.device, non_blocking=True)
+            xb = self.batcher(images, self.augment, aug_gen)  # (B, C, H, W)
             factor = lr_factor(step, total, warmup, t.schedule)
             for g in self.optimizer.param_groups:
                 g["lr"] = t.lr * factor * g["lr_mult"]

@@ -15,8 +15,11 @@ $(VENV)/.installed: pyproject.toml
 	bash scripts/setup-venv.sh $(VENV)
 	touch $@
 
+# A new time-stamped run folder each time (runs/mnist-YYYYMMDD-HHMMSS); the bundle goes into it.
 mnist: setup
-	$(VENV)/bin/imrec train mnist
+	run=runs/mnist-$$(date +%Y%m%d-%H%M%S) && \
+	$(VENV)/bin/imrec train mnist --out $$run && \
+	$(VENV)/bin/imrec export $$run
 
 test: setup
 	$(PY) -m pytest -q

@@ -26,3 +26,16 @@ def mirror() -> Path:
         pytest.skip(f"no dataset mirror at {MIRROR} (set IMREC_DATA_MIRROR)")
     os.environ["IMREC_DATA_MIRROR"] = str(MIRROR)
     return MIRROR
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory) -> Path:
+    """A tiny classifier on scikit-learn's 8x8 digits (no download), trained in seconds.
+
+    Shared by the whole session: tests must only read it (copy it to change it).
+    """
+    import imrec
+
+    out = tmp_path_factory.mktemp("runs") / "digits"
+    imrec.fit("digits", train={"epochs": 2}, out=out, progress=False)
+    return out

@@ -29,14 +29,6 @@ def _sha256(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory) -> Path:
-    """A tiny classifier on scikit-learn's 8x8 digits (no download), trained in seconds."""
-    out = tmp_path_factory.mktemp("runs") / "digits"
-    imrec.fit("digits", train={"epochs": 2}, out=out, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
 def digits_bundle(digits_run, tmp_path_factory) -> Path:
     return export_bundle(digits_run, tmp_path_factory.mktemp("bundles") / "digits", quantize="int8")
 

@@ -35,11 +35,9 @@ from imrec.serve.server import SETTINGS_ENV
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """A real (tiny) digit classifier: sklearn's 8x8 digits, two epochs, seconds on a CPU."""
-    out = tmp_path_factory.mktemp("serve") / "digits"
-    imrec.fit("digits", train={"epochs": 2}, out=out, progress=False)
-    return out
+def run_dir(digits_run) -> Path:
+    """A real (tiny) digit classifier: sklearn's 8x8 digits, two epochs (conftest)."""
+    return digits_run
 
 
 @pytest.fixture(scope="module")

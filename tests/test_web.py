@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import imrec
 from imrec.serve import create_app
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -50,14 +49,12 @@ def _require_browser() -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(digits_run):
     """A live uvicorn on a free loopback port, serving a tiny digits classifier."""
     import uvicorn
 
     _require_browser()
-    run = tmp_path_factory.mktemp("web") / "digits"
-    imrec.fit("digits", train={"epochs": 2}, out=run, progress=False)
-    app = create_app(run)
+    app = create_app(digits_run)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -338,27 +338,32 @@ def save_curves(history: list[dict], path: str | os.PathLike) -> Path:
         >>> save_curves([{"epoch": 1, "train_loss": 0.3, "val_accuracy": 0.97}], "curves.png")
         PosixPath('curves.png')
     """
-    from matplotlib.ticker import MaxNLocator
-
     with _style():
         fig = _figure(10, 4)
         for ax, metric in zip(fig.subplots(1, 2), ("loss", "accuracy"), strict=True):
-            epochs: set[float] = set()
-            for split in ("train", "val"):
-                xs, ys = _series(history, f"{split}_{metric}")
-                if xs:  # markers so that a single epoch still shows as a point
-                    ax.plot(xs, ys, marker="o", markersize=4, label=split)
-                    epochs.update(xs)
-            if epochs:
-                ax.legend()
-            else:
-                ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-            ax.set(title=metric, xlabel="epoch", ylabel=metric)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            if len(epochs) == 1:  # else the axis spans +-0.05 epoch with fractional ticks
-                ax.set_xlim(min(epochs) - 1, min(epochs) + 1)
-            ax.grid(alpha=0.3)
+            _panel(ax, history, {f"train_{metric}": "train", f"val_{metric}": "val"}, metric)
         return _save(fig, path)
+
+
+def _panel(ax, history: list[dict], keys: dict[str, str], name: str) -> None:
+    """Curves of ``keys`` (history key -> legend label) against the epoch."""
+    from matplotlib.ticker import MaxNLocator
+
+    epochs: set[float] = set()
+    for key, label in keys.items():
+        xs, ys = _series(history, key)
+        if xs:  # markers so that a single epoch still shows as a point
+            ax.plot(xs, ys, marker="o", markersize=4, label=label)
+            epochs.update(xs)
+    if epochs:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    ax.set(title=name, xlabel="epoch", ylabel=name)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(epochs) == 1:  # else the axis spans +-0.05 epoch with fractional ticks
+        ax.set_xlim(min(epochs) - 1, min(epochs) + 1)
+    ax.grid(alpha=0.3)
 
 
 # ---- confusion matrix -----------------------------------------------------------------

@@ -26,9 +26,9 @@ from imrec.viz import (
     _figure,
     _message,
     _mosaic,
+    _panel,
     _readable,
     _save,
-    _series,
     _show,
     _style,
 )
@@ -355,24 +355,3 @@ def save_detection_curves(history: list[dict], path: str | os.PathLike) -> Path:
         for ax, (name, keys) in zip(fig.subplots(1, 2), panels, strict=True):
             _panel(ax, history, keys, name)
         return _save(fig, path)
-
-
-def _panel(ax, history: list[dict], keys: dict[str, str], name: str) -> None:
-    """Curves of ``keys`` (history key -> legend label) against the epoch."""
-    from matplotlib.ticker import MaxNLocator
-
-    epochs: set[float] = set()
-    for key, label in keys.items():
-        xs, ys = _series(history, key)
-        if xs:  # markers so that a single epoch still shows as a point
-            ax.plot(xs, ys, marker="o", markersize=4, label=label)
-            epochs.update(xs)
-    if epochs:
-        ax.legend()
-    else:
-        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-    ax.set(title=name, xlabel="epoch", ylabel=name)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if len(epochs) == 1:  # else the axis spans +-0.05 epoch with fractional ticks
-        ax.set_xlim(min(epochs) - 1, min(epochs) + 1)
-    ax.grid(alpha=0.3)

@@ -406,17 +406,21 @@ def measure_detection(
     *,
     images: list[torch.Tensor] | None = None,
 ) -> tuple[dict, dict]:
-    """COCO metrics and timing of ``model`` on ``split``; writes pr.png and predictions.png."""
+    """COCO metrics and timing of ``model`` on ``split``.
+
+    With ``out_dir`` (the split the report is about): pr.png and predictions.png are written
+    there and one-image-at-a-time speed is measured too.
+    """
     from imrec.engine.detection_metrics import coco_evaluate, match_summary
 
     model.eval()
     preds, timing = detect_split(model, split, channels, size, domain, images=images)
-    timing["single_image_per_second"] = _single_image_rate(model, channels, size)
     metrics = coco_evaluate(split, preds, classes)
     metrics["at_0.5"] = match_summary(split, preds, iou=0.5, score_thresh=0.5)
     if out_dir is not None:
         from imrec.viz_detection import save_detection_grid, save_pr_curves
 
+        timing["single_image_per_second"] = _single_image_rate(model, channels, size)
         save_pr_curves(metrics, out_dir / PLOTS["pr"])
         n = min(12, len(split))
         shown = [

@@ -40,6 +40,7 @@ from imrec.engine.checkpoint import (
 from imrec.engine.distributed import World
 from imrec.engine.ema import ModelEma
 from imrec.models import create_model
+from imrec.models.registry import fitting_tensors
 from imrec.transforms import BatchAugment, augment_off, augment_preset, norm_stats
 
 STATE_FILE = "state.safetensors"
@@ -355,13 +356,11 @@ class Trainer:
             weights, meta = load_checkpoint(source)
         except CheckpointError as e:
             raise TrainError(f"--init: {e}") from e
-        own = self.model.state_dict()
         if meta["model"]["name"] != self.run.model.name:
             raise TrainError(
                 f"--init {source}: it is a {meta['model']['name']!r} model, this run trains {self.run.model.name!r}"
             )
-        keep = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
-        dropped = sorted(set(weights) - set(keep))
+        keep, dropped = fitting_tensors(self.model, weights)
         if any(not k.startswith("head.") for k in dropped):
             bad = [k for k in dropped if not k.startswith("head.")][:5]
             raise TrainError(

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms, generalized_box_iou_loss
 
-from imrec.models.registry import coerce_options
+from imrec.models.registry import coerce_options, fitting_tensors
 
 _DETECTORS: dict[str, Callable[..., Detector]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
@@ -492,10 +492,9 @@ def _load_state(path: str) -> dict[str, torch.Tensor]:
 
 def load_matching(module: nn.Module, state: dict[str, torch.Tensor]) -> tuple[int, list[str]]:
     """Load the tensors whose names and shapes match; return (count loaded, names skipped)."""
-    own = module.state_dict()
-    keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    keep, skipped = fitting_tensors(module, state)
     module.load_state_dict(keep, strict=False)
-    return len(keep), sorted(set(state) - set(keep))
+    return len(keep), skipped
 
 
 def _torchvision(

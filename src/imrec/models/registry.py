@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
+import torch  # noqa: F401  (the doctest uses it)
 from torch import nn
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -125,3 +126,16 @@ def architecture_options(options: dict[str, object]) -> dict[str, object]:
         {'width': 32}
     """
     return {k: v for k, v in options.items() if k not in WEIGHT_OPTIONS}
+
+
+def fitting_tensors(module: nn.Module, state: dict) -> tuple[dict, list[str]]:
+    """The tensors of ``state`` whose names and shapes fit ``module``, and the names that do not.
+
+    Example:
+        >>> keep, dropped = fitting_tensors(nn.Linear(2, 3), {"weight": torch.zeros(3, 2), "x": torch.zeros(1)})
+        >>> list(keep), dropped
+        (['weight'], ['x'])
+    """
+    own = module.state_dict()
+    keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    return keep, sorted(set(state) - set(keep))

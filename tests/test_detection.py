@@ -351,7 +351,10 @@ def _epochs(run: Path) -> list[dict]:
     if not path.exists():
         return []
     rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second")} for r in rows]
+    return [
+        {k: v for k, v in r.items() if k not in ("seconds", "train_seconds", "images_per_second")}
+        for r in rows
+    ]
 
 
 def test_detection_run_killed_then_resumed_matches(tiny_run, tmp_path):

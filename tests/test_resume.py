@@ -45,7 +45,10 @@ def _epochs(run: Path) -> list[dict]:
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     # Wall-clock fields differ between any two runs; everything else must match exactly.
-    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second")} for r in rows]
+    return [
+        {k: v for k, v in r.items() if k not in ("seconds", "train_seconds", "images_per_second")}
+        for r in rows
+    ]
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):

@@ -186,6 +186,26 @@ def _uniform(n: int, lo: float, hi: float, gen: torch.Generator | None) -> torch
     return torch.rand(n, generator=gen, dtype=torch.float64) * (hi - lo) + lo  # (n,)
 
 
+def to_device(
+    t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """A host tensor on ``device`` without making the host wait for the GPU.
+
+    A copy from ordinary (pageable) host memory to a GPU waits for all the GPU work queued
+    before it; from page-locked memory it is queued like a kernel. A new ``dtype`` is applied
+    on the host, before the copy.
+    """
+    if dtype is not None:
+        t = t.to(dtype)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def _like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return to_device(t, x.device, x.dtype)
+
+
 class BatchAugment(nn.Module):
     """Augments a float batch ``(B, C, H, W)`` in [0, 1] with per-sample random parameters.
 
@@ -278,18 +298,18 @@ class BatchAugment(nn.Module):
         """Smooth random displacement ``(B, H, W, 2)`` in normalised units, on like's device."""
         b, _, h, w = like.shape
         g = self.ELASTIC_GRID
-        noise = torch.rand(b, 2, g, g, generator=gen) * 2 - 1  # (B, 2, g, g)
-        noise = noise.to(device=like.device, dtype=like.dtype)
-        wy = _cubic_weights(h, g).to(device=like.device, dtype=like.dtype)  # (H, g)
-        wx = _cubic_weights(w, g).to(device=like.device, dtype=like.dtype)  # (W, g)
+        noise = _like(torch.rand(b, 2, g, g, generator=gen) * 2 - 1, like)  # (B, 2, g, g)
+        wy = _like(_cubic_weights(h, g), like)  # (H, g)
+        wx = _like(_cubic_weights(w, g), like)  # (W, g)
         # Bicubic upsampling written as two small matrix products (much faster on CPU).
         field = wy @ noise @ wx.T  # (B, 2, H, W)
-        px = torch.tensor([2 / w, 2 / h], device=like.device, dtype=like.dtype)
-        return field.permute(0, 2, 3, 1) * (px * self.cfg.elastic)  # (B, H, W, 2)
+        e = self.cfg.elastic
+        # One pixel is 2/w (x) and 2/h (y) in normalised units.
+        return torch.stack([field[:, 0] * (2 * e / w), field[:, 1] * (2 * e / h)], 3)
 
     def _warp(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         b, c, h, w = x.shape
-        theta = self._theta(b, h, w, gen).to(device=x.device, dtype=x.dtype)  # (B, 2, 3)
+        theta = _like(self._theta(b, h, w, gen), x)  # (B, 2, 3)
         grid = F.affine_grid(theta, [b, c, h, w], align_corners=False)  # (B, H, W, 2)
         if self.cfg.elastic:
             grid = grid + self._elastic(x, gen)
@@ -305,14 +325,14 @@ class BatchAugment(nn.Module):
         b, c = x.shape[:2]
         s = self.cfg.color_jitter
         lo = max(0.0, 1.0 - s)
-        bright = _uniform(b, lo, 1 + s, gen).to(device=x.device, dtype=x.dtype).view(b, 1, 1, 1)
-        contrast = _uniform(b, lo, 1 + s, gen).to(device=x.device, dtype=x.dtype).view(b, 1, 1, 1)
+        bright = _like(_uniform(b, lo, 1 + s, gen), x).view(b, 1, 1, 1)
+        contrast = _like(_uniform(b, lo, 1 + s, gen), x).view(b, 1, 1, 1)
         x = x * bright
         grey = _grey(x)  # (B, 1, H, W)
         mean = grey.mean(dim=(2, 3), keepdim=True)  # (B, 1, 1, 1)
         x = (x - mean) * contrast + mean
         if c == 3:
-            sat = _uniform(b, lo, 1 + s, gen).to(device=x.device, dtype=x.dtype).view(b, 1, 1, 1)
+            sat = _like(_uniform(b, lo, 1 + s, gen), x).view(b, 1, 1, 1)
             grey = _grey(x)
             x = (x - grey) * sat + grey
         return x.clamp(0.0, 1.0)
@@ -331,10 +351,9 @@ class BatchAugment(nn.Module):
         in_rows = (rows >= top.view(b, 1)) & (rows < (top + eh).view(b, 1)) & apply.view(b, 1)
         in_cols = (cols >= left.view(b, 1)) & (cols < (left + ew).view(b, 1))  # (B, W)
         # Only the small per-row/per-column masks travel to the device.
-        in_rows, in_cols = in_rows.to(x.device), in_cols.to(x.device)
-        inside = in_rows.unsqueeze(2) & in_cols.unsqueeze(1)  # (B, H, W)
-        keep = (~inside).unsqueeze(1).to(x.dtype)  # (B, 1, H, W)
-        return x * keep
+        in_rows, in_cols = _like(in_rows, x), _like(in_cols, x)
+        inside = in_rows.unsqueeze(2) * in_cols.unsqueeze(1)  # (B, H, W), 1 = erased
+        return x * (1 - inside).unsqueeze(1)
 
 
 @functools.cache
@@ -349,8 +368,8 @@ def _grey(x: torch.Tensor) -> torch.Tensor:
     """Luma ``(B, 1, H, W)`` of a 1- or 3-channel batch."""
     if x.shape[1] == 1:
         return x
-    weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype)
-    return (x * weights.view(1, 3, 1, 1)).sum(1, keepdim=True)
+    # Python scalars, not a weight tensor: nothing to copy to the device.
+    return x[:, 0:1] * 0.299 + x[:, 1:2] * 0.587 + x[:, 2:3] * 0.114
 
 
 def train_transforms(cfg: AugmentConfig, size: int | tuple[int, int]):

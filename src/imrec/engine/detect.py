@@ -365,6 +365,7 @@ class DetectionTrainer(Trainer):
             "val_map50": val["map50"],
             "lr": round(t.lr * factor, 8),
             "seconds": round(seconds, 3),
+            "train_seconds": round(train_time, 3),
             "images_per_second": round(seen / train_time, 1),
         }
         return row

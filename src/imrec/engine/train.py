@@ -41,7 +41,7 @@ from imrec.engine.distributed import World
 from imrec.engine.ema import ModelEma
 from imrec.models import create_model
 from imrec.models.registry import fitting_tensors
-from imrec.transforms import BatchAugment, augment_off, augment_preset, norm_stats
+from imrec.transforms import BatchAugment, augment_off, augment_preset, norm_stats, to_device
 
 STATE_FILE = "state.safetensors"
 
@@ -221,6 +221,36 @@ def rank_batch(idx: torch.Tensor, world: World) -> torch.Tensor:
     return torch.tensor_split(idx, world.size)[world.rank]
 
 
+class _LiveStats:
+    """Running loss and accuracy for the progress bar, read without waiting for the GPU.
+
+    ``push`` starts a copy of the device sums to the host; ``latest`` returns the newest copy
+    that has arrived (on a CPU at once), so the bar lags the steps by a few batches at most.
+    """
+
+    def __init__(self):
+        self._pending: tuple[torch.Tensor, object, int] | None = None
+        self._shown: tuple[float, float] | None = None
+
+    def push(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> None:
+        sums = torch.stack([loss_sum.detach().float(), correct.float()])
+        if sums.device.type == "cuda":
+            host = sums.to("cpu", non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            self._pending = (host, done, seen)
+        else:
+            self._pending = (sums, None, seen)
+
+    def latest(self) -> tuple[float, float] | None:
+        if self._pending is not None:
+            host, done, seen = self._pending
+            if done is None or done.query():
+                self._shown = (host[0].item() / seen, host[1].item() / seen)
+                self._pending = None
+        return self._shown
+
+
 # ---- the run --------------------------------------------------------------------------
 
 
@@ -255,6 +285,8 @@ class Trainer:
         self.device = pick_device(t.device)
         self._join_world()
         on_gpu = self.device.type == "cuda"
+        if on_gpu:
+            torch.backends.cudnn.benchmark = True  # fixed batch shapes: pick kernels once
         torch.manual_seed(t.seed)
         self.data = data or load_dataset(
             run.data.name,
@@ -489,6 +521,51 @@ class Trainer:
         return finish_run(self)
 
     def train_epoch(self, epoch: int) -> dict:
+        """One pass over the training set, then validation; returns the epoch's metrics row."""
+        t, world = self.run.train, self.world
+        t0 = time.perf_counter()
+        bar = self._bar(epoch)
+        loss_sum, correct, n = self.train_steps(epoch, bar)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the steps were only queued until here
+        train_time = time.perf_counter() - t0
+        if world.size > 1:
+            loss_sum, correct, n = self._reduce_train_metrics(loss_sum, correct, n)
+        val = self.validate()
+        seconds = time.perf_counter() - t0
+        self.train_seconds += seconds
+        if bar is not None:
+            bar.set_postfix(
+                loss=f"{loss_sum.item() / n:.4f}",
+                acc=f"{correct.item() / n:.4f}",
+                val_acc=f"{val['accuracy']:.4f}",
+            )
+            bar.close()
+        last_step = (epoch + 1) * self.steps_per_epoch - 1
+        factor = lr_factor(
+            last_step,
+            t.epochs * self.steps_per_epoch,
+            round(t.warmup_epochs * self.steps_per_epoch),
+            t.schedule,
+        )
+        return {
+            "epoch": epoch + 1,
+            "train_loss": round(loss_sum.item() / n, 6),
+            "train_accuracy": round(correct.item() / n, 6),
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "lr": round(t.lr * factor, 8),
+            "seconds": round(seconds, 3),
+            "train_seconds": round(train_time, 3),
+            "images_per_second": round(n / train_time, 1),
+        }
+
+    def train_steps(self, epoch: int, bar=None) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The optimiser steps of one epoch: this rank's loss sum, correct count and count.
+
+        Nothing in here waits for the GPU (no ``.item()``, no copies from pageable memory), so
+        the host queues steps ahead of the device; the sums stay on the device.
+        """
         t, world = self.run.train, self.world
         gen = torch.Generator().manual_seed(_epoch_seed(t.seed, epoch))
         torch.manual_seed(_epoch_seed(t.seed, epoch) + 1)  # dropout and other global draws
@@ -499,7 +576,7 @@ class Trainer:
         model.train()
         n = len(self.train_labels)
         # The same permutation on every rank: each takes its part of every batch.
-        order = torch.randperm(n, generator=gen).to(self.train_images.device)
+        order = to_device(torch.randperm(n, generator=gen), self.train_images.device)
         aug_gen = gen
         if world.size > 1:
             aug_gen = torch.Generator().manual_seed(_rank_seed(t.seed, epoch, world.rank))
@@ -509,16 +586,17 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
+        live = _LiveStats() if bar is not None else None
         t0 = time.perf_counter()
-        bar = self._bar(epoch)
         for i in range(self.steps_per_epoch):
             step = epoch * self.steps_per_epoch + i
             idx = order[i * t.batch_size : (i + 1) * t.batch_size]
             batch = len(idx)
             if world.size > 1:
                 idx = rank_batch(idx, world)
-            images = self.train_images[idx].to(self.device, non_blocking=True)
-            yb = self.train_labels[idx].to(self.device, non_blocking=True)
+            images, yb = self.train_images[idx], self.train_labels[idx]
+            if images.device != self.device:  # host placement: one async copy per batch
+                images, yb = to_device(images, self.device), to_device(yb, self.device)
             xb = self.batcher(images, self.augment, aug_gen)  # (B, C, H, W)
             factor = lr_factor(step, total, warmup, t.schedule)
             for g in self.optimizer.param_groups:
@@ -545,37 +623,18 @@ class Trainer:
             loss_sum += loss.detach() * len(idx)
             correct += (logits.detach().argmax(1) == yb).sum()
             seen += len(idx)
-            if bar is not None and (i % 20 == 0 or i == self.steps_per_epoch - 1):
-                bar.set_postfix(
-                    loss=f"{loss_sum.item() / seen:.4f}",
-                    acc=f"{correct.item() / seen:.4f}",
-                    img_s=f"{seen / (time.perf_counter() - t0):.0f}",
-                )
-            if bar is not None:
+            if live is not None:
+                if i % 20 == 0 or i == self.steps_per_epoch - 1:
+                    live.push(loss_sum, correct, seen)
+                    shown = live.latest()
+                    if shown is not None:
+                        bar.set_postfix(
+                            loss=f"{shown[0]:.4f}",
+                            acc=f"{shown[1]:.4f}",
+                            img_s=f"{seen / (time.perf_counter() - t0):.0f}",
+                        )
                 bar.update(1)
-        train_time = time.perf_counter() - t0
-        if world.size > 1:
-            loss_sum, correct, n = self._reduce_train_metrics(loss_sum, correct, seen)
-        val = self.validate()
-        seconds = time.perf_counter() - t0
-        self.train_seconds += seconds
-        if bar is not None:
-            bar.set_postfix(
-                loss=f"{loss_sum.item() / n:.4f}",
-                acc=f"{correct.item() / n:.4f}",
-                val_acc=f"{val['accuracy']:.4f}",
-            )
-            bar.close()
-        return {
-            "epoch": epoch + 1,
-            "train_loss": round(loss_sum.item() / n, 6),
-            "train_accuracy": round(correct.item() / n, 6),
-            "val_loss": val["loss"],
-            "val_accuracy": val["accuracy"],
-            "lr": round(t.lr * factor, 8),
-            "seconds": round(seconds, 3),
-            "images_per_second": round(n / train_time, 1),
-        }
+        return loss_sum, correct, seen
 
     def _step_module(self, frozen: bool) -> nn.Module:
         """The module that takes the training steps: the model, or its DDP wrapper.

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The GPU checks in one call (a lent GPU machine's time is short): the CUDA tests, the MNIST
+# time-to-accuracy sweep and the Fashion-MNIST `--preset best` wall time. Results go to $OUT
+# (default /tmp/gpu-check): logs, JSON, and BENCHMARKS.md with the new sections written in.
+#
+# Usage: IMREC_DATA_MIRROR=/path/to/data bash benchmarks/gpu_check.sh
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu-check}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+export IMREC_DATA_MIRROR=${IMREC_DATA_MIRROR:-$PWD/../shared/data}
+PY=${PYTHON:-python3}
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  "$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, torch.cuda.get_device_name())"
+} 2>&1 | tee "$OUT/gpu.txt"
+cp BENCHMARKS.md "$OUT/BENCHMARKS.md"
+timeout "${TEST_TIMEOUT:-180}" "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/pytest.log"
+timeout "${SWEEP_TIMEOUT:-300}" "$PY" benchmarks/time_to_accuracy.py --plan gpu --device cuda \
+  --budget "${SWEEP_BUDGET:-200}" --json "$OUT/tta_gpu.json" --md "$OUT/BENCHMARKS.md" 2>&1 | tee "$OUT/tta_gpu.log"
+timeout "${FASHION_TIMEOUT:-150}" "$PY" benchmarks/time_to_accuracy.py --plan fashion --device cuda \
+  --budget "${FASHION_BUDGET:-90}" --json "$OUT/tta_fashion.json" --md "$OUT/BENCHMARKS.md" 2>&1 | tee "$OUT/fashion.log"

@@ -18,6 +18,6 @@ PY=${PYTHON:-python3}
 cp BENCHMARKS.md "$OUT/BENCHMARKS.md"
 timeout "${TEST_TIMEOUT:-180}" "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/pytest.log"
 timeout "${SWEEP_TIMEOUT:-300}" "$PY" benchmarks/time_to_accuracy.py --plan gpu --device cuda \
-  --budget "${SWEEP_BUDGET:-200}" --json "$OUT/tta_gpu.json" --md "$OUT/BENCHMARKS.md" 2>&1 | tee "$OUT/tta_gpu.log"
+  --budget "${SWEEP_BUDGET:-150}" --json "$OUT/tta_gpu.json" --md "$OUT/BENCHMARKS.md" 2>&1 | tee "$OUT/tta_gpu.log"
 timeout "${FASHION_TIMEOUT:-150}" "$PY" benchmarks/time_to_accuracy.py --plan fashion --device cuda \
-  --budget "${FASHION_BUDGET:-90}" --json "$OUT/tta_fashion.json" --md "$OUT/BENCHMARKS.md" 2>&1 | tee "$OUT/fashion.log"
+  --budget "${FASHION_BUDGET:-40}" --json "$OUT/tta_fashion.json" --md "$OUT/BENCHMARKS.md" 2>&1 | tee "$OUT/fashion.log"

@@ -66,10 +66,15 @@ PLANS: dict[str, list[tuple[str, str, dict, list[int]]]] = {
     ],
     "gpu": [
         ("default", "fast", {}, [3]),
-        ("best", "best", {}, [4, 6, 8, 10]),
-        ("best, cnn size=m", "best", {"model": {"options": {"size": "m"}}}, [4, 6, 8]),
-        ("best, batch 512, lr 2e-2", "best", {"train": {"batch_size": 512, "lr": 2e-2}}, [6, 8]),
-        ("best, --compile", "best", {"train": {"compile": True}}, [6, 8]),
+        ("default, --cuda-graphs off", "fast", {"train": {"cuda_graphs": "off"}}, [3]),
+        ("best", "best", {}, [6, 8, 10]),
+        ("best, cnn size=m", "best", {"model": {"options": {"size": "m"}}}, [3, 4, 6, 8]),
+        (
+            "best, cnn size=m, batch 512, lr 2e-2",
+            "best",
+            {"model": {"options": {"size": "m"}}, "train": {"batch_size": 512, "lr": 2e-2}},
+            [4, 6, 8],
+        ),
     ],
 }
 FASHION = [

@@ -214,3 +214,35 @@ def test_host_and_device_data_placement_train_alike(tmp_path):
     assert choose_placement("auto", images, torch.device("cpu")) == "device"
     with pytest.raises(TrainError, match="data placement"):
         choose_placement("gpu", images, torch.device("cpu"))
+
+
+def test_learning_rates_held_as_tensors_survive_a_save_and_load(tmp_path):
+    """GPU optimisers keep lr in tensors (CUDA graphs read them): saved as numbers, restored
+    into the same tensor objects, and set in place."""
+    from imrec.engine.train import restore_optimizer_mode, set_lr
+
+    def tensor_lr_adamw(net):
+        groups = [
+            {"params": [p], "lr": torch.tensor(0.1), "lr_mult": 1.0} for p in net.parameters()
+        ]
+        return torch.optim.AdamW(groups, lr=0.1, foreach=False)
+
+    net = _net()
+    opt = tensor_lr_adamw(net)
+    net(torch.randn(5, 4)).sum().backward()
+    opt.step()
+    set_lr(opt, 0.02)
+    tensors, rest = flatten_optimizer(opt.state_dict())
+    json.dumps(rest)  # plain numbers only
+    assert [g["lr"] for g in rest["param_groups"]] == pytest.approx([0.02] * len(opt.param_groups))
+    save_train_state(tmp_path / "s.safetensors", {"optim": tensors}, {"optim": rest})
+    parts, meta = load_train_state(tmp_path / "s.safetensors")
+    opt2 = tensor_lr_adamw(_net())
+    lrs = [g["lr"] for g in opt2.param_groups]
+    groups = [dict(g) for g in opt2.param_groups]
+    opt2.load_state_dict(unflatten_optimizer(parts["optim"], meta["optim"]))
+    restore_optimizer_mode(opt2, groups)
+    assert all(g["lr"] is lr for g, lr in zip(opt2.param_groups, lrs, strict=True))
+    assert all(lr.item() == pytest.approx(0.02) for lr in lrs)
+    set_lr(opt2, 0.5)
+    assert all(lr.item() == pytest.approx(0.5) for lr in lrs)

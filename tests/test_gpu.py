@@ -37,14 +37,18 @@ def _trainer(data, tmp_path, preset="best", **train) -> Trainer:
     return Trainer(cfg, tmp_path / "run", data=data, progress=False)
 
 
+@pytest.mark.parametrize("graphs", ["on", "off"])
 @pytest.mark.parametrize("placement", ["device", "host"])
-def test_training_steps_never_wait_for_the_gpu(digits, tmp_path, placement):
+def test_training_steps_never_wait_for_the_gpu(digits, tmp_path, placement, graphs):
     # The best preset: elastic warps, EMA, AdamW, bf16 autocast, channels_last.
-    trainer = _trainer(digits, tmp_path, data_placement=placement, grad_clip=5.0)
-    assert trainer.placement == placement
+    trainer = _trainer(
+        digits, tmp_path, data_placement=placement, grad_clip=5.0, cuda_graphs=graphs
+    )
+    assert trainer.placement == placement and trainer.cuda_graphs == (graphs == "on")
     assert trainer.amp_dtype in (torch.bfloat16, torch.float16)
     assert trainer.train_images.device.type == ("cuda" if placement == "device" else "cpu")
-    trainer.train_steps(0)  # warm-up: cuDNN autotuning and first allocations may synchronise
+    # Warm-up: cuDNN autotuning, first allocations and recording the graph may synchronise.
+    trainer.train_steps(0)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -54,11 +58,44 @@ def test_training_steps_never_wait_for_the_gpu(digits, tmp_path, placement):
     assert seen == len(digits.train)
     assert torch.isfinite(loss_sum).item()
     assert correct.item() / seen > 0.8
+    if graphs == "on":
+        assert trainer._graphed is not None and trainer._graphed[1].graph is not None
+
+
+def test_recorded_steps_train_like_eager_steps(digits, tmp_path):
+    """The same run with CUDA graphs and without: same schedule, same data, same result
+    up to the order of floating-point work."""
+    rows = {}
+    for graphs in ("on", "off"):
+        trainer = _trainer(digits, tmp_path / graphs, cuda_graphs=graphs)  # best: EMA, elastic
+        trainer.train_loop()
+        rows[graphs] = trainer.history[-1]
+        assert trainer.ema.updates == 2 * trainer.steps_per_epoch  # every step blended once
+    assert rows["on"]["val_accuracy"] > 0.95
+    assert abs(rows["on"]["val_accuracy"] - rows["off"]["val_accuracy"]) < 0.01
+    assert rows["on"]["train_loss"] == pytest.approx(rows["off"]["train_loss"], rel=0.1)
+
+
+def test_a_cpu_run_resumes_on_the_gpu(digits, tmp_path):
+    """State saved by a CPU run (plain AdamW) loads into the GPU's fused, capturable one."""
+    cfg = build_config("mnist", "handwriting", "fast", train={"device": "cpu", "epochs": 2})
+    (tmp_path / "run").mkdir()
+    cpu = Trainer(cfg, tmp_path / "run", data=digits, progress=False)
+    cpu.history.append(cpu.train_epoch(0))
+    cpu.save_state(1)
+    gpu_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device="cuda"))
+    gpu = Trainer(gpu_cfg, tmp_path / "run", data=digits, progress=False)
+    gpu.load_state()
+    assert gpu.start_epoch == 1 and gpu.cuda_graphs
+    assert all(isinstance(g["lr"], torch.Tensor) and g["fused"] for g in gpu.optimizer.param_groups)
+    gpu.train_loop()
+    assert [r["epoch"] for r in gpu.history] == [1, 2]
+    assert gpu.history[-1]["val_accuracy"] >= gpu.history[0]["val_accuracy"] - 0.005
 
 
 def test_bf16_channels_last_training_reaches_accuracy(digits, tmp_path):
     trainer = _trainer(digits, tmp_path, preset="fast", epochs=3)
-    assert trainer.channels_last and trainer.amp_dtype == torch.bfloat16
+    assert trainer.channels_last and trainer.amp_dtype == torch.bfloat16 and trainer.cuda_graphs
     trainer.train_loop()
     rows = trainer.history
     assert [r["epoch"] for r in rows] == [1, 2, 3]

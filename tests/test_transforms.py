@@ -234,3 +234,16 @@ def test_normalize():
     assert torch.allclose(y[:, 1], (x[:, 1] - 0.2) / 0.25)
     with pytest.raises(ValueError, match="3 channels"):
         normalize(x, [0.5], [0.5])
+
+
+@pytest.mark.parametrize("domain,strength", PRESETS)
+def test_drawn_parameters_replay_the_same_augmentation(domain, strength):
+    """draw() then apply() (the CUDA-graph path) gives exactly what forward() gives."""
+    aug = BatchAugment(augment_preset(domain, strength))
+    channels = 1 if domain == "handwriting" else 3
+    x = torch.rand(6, channels, 28, 28)
+    params = aug.draw(tuple(x.shape), _gen(5))
+    assert all(v.device.type == "cpu" and v.shape[0] == 6 for v in params.values())
+    again = aug.draw(tuple(x.shape), _gen(5))
+    assert [(k, v.shape) for k, v in params.items()] == [(k, v.shape) for k, v in again.items()]
+    assert torch.equal(aug.apply(x, {k: v.float() for k, v in params.items()}), aug(x, _gen(5)))

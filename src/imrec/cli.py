@@ -214,6 +214,7 @@ def cmd_train(args) -> int:
             "amp",
             "threads",
             "data_placement",
+            "cuda_graphs",
         ]
         train = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
         for k in ("ema", "class_weights", "compile"):
@@ -528,9 +529,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(default auto: on the device while they take at most 1/4 of a GPU's memory)",
     )
     t.add_argument(
+        "--cuda-graphs",
+        choices=["auto", "on", "off"],
+        help="record the training step as a CUDA graph and replay it (default auto: on for "
+        "single-GPU Adam/AdamW runs without --compile)",
+    )
+    t.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the training step (compiles for ~30 s first; pays off on GPUs)",
+        help="torch.compile the model (compiles for ~30 s first; measured no faster for the "
+        "default MNIST cnn on a 2-core CPU or on an H200)",
     )
     t.add_argument(
         "--weight-norm",

@@ -239,13 +239,43 @@ class BatchAugment(nn.Module):
             raise ValueError(f"expected a float (B, C, H, W) batch, got {x.dtype} {tuple(x.shape)}")
         if x.shape[0] == 0:
             return x
-        cfg = self.cfg
+        params = self.draw(tuple(x.shape), generator)
+        return self.apply(x, {k: _like(v, x) for k, v in params.items()})
+
+    def draw(
+        self, shape: tuple[int, int, int, int], generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Every random parameter for a batch of ``shape`` ``(B, C, H, W)``, on the host.
+
+        The same names and shapes for the same batch shape, so a recorded CUDA graph can take
+        them in fixed buffers (see :mod:`imrec.engine.graphs`). Float32, except ``theta``.
+        """
+        b, c, h, w = shape
+        cfg, gen, out = self.cfg, generator, {}
         if cfg.geometric:
-            x = self._warp(x, generator)
+            out["theta"] = self._theta(b, h, w, gen)  # (B, 2, 3)
+            if cfg.elastic:
+                g = self.ELASTIC_GRID
+                out["noise"] = torch.rand(b, 2, g, g, generator=gen) * 2 - 1  # (B, 2, g, g)
         if cfg.color_jitter:
-            x = self._jitter(x, generator)
+            lo, hi = max(0.0, 1.0 - cfg.color_jitter), 1.0 + cfg.color_jitter
+            out["bright"] = _uniform(b, lo, hi, gen).float()  # (B,)
+            out["contrast"] = _uniform(b, lo, hi, gen).float()
+            if c == 3:
+                out["saturation"] = _uniform(b, lo, hi, gen).float()
         if cfg.erasing:
-            x = self._erase(x, generator)
+            out["erase_rows"], out["erase_cols"] = self._erase_masks(b, h, w, gen)
+        return out
+
+    def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Augment ``x`` with parameters from :meth:`draw`, already on ``x``'s device."""
+        if "theta" in params:
+            x = self._warp(x, params["theta"], params.get("noise"))
+        if "bright" in params:
+            x = self._jitter(x, params)
+        if "erase_rows" in params:
+            inside = params["erase_rows"].unsqueeze(2) * params["erase_cols"].unsqueeze(1)
+            x = x * (1 - inside).unsqueeze(1)  # (B, 1, H, W): 0 where erased
         return x
 
     # -- geometry ------------------------------------------------------------------------------
@@ -294,25 +324,25 @@ class BatchAugment(nn.Module):
         cy = (1 - crop_h) * _uniform(b, -1.0, 1.0, gen)
         return crop_w, crop_h, cx, cy
 
-    def _elastic(self, like: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-        """Smooth random displacement ``(B, H, W, 2)`` in normalised units, on like's device."""
-        b, _, h, w = like.shape
-        g = self.ELASTIC_GRID
-        noise = _like(torch.rand(b, 2, g, g, generator=gen) * 2 - 1, like)  # (B, 2, g, g)
-        wy = _like(_cubic_weights(h, g), like)  # (H, g)
-        wx = _like(_cubic_weights(w, g), like)  # (W, g)
+    def _elastic(self, noise: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Smooth displacement ``(B, H, W, 2)`` in normalised units from coarse ``noise``."""
+        _, _, h, w = like.shape
+        g = noise.shape[-1]
+        wy = _cubic_weights_on(h, g, like.device, like.dtype)  # (H, g)
+        wx = _cubic_weights_on(w, g, like.device, like.dtype)  # (W, g)
         # Bicubic upsampling written as two small matrix products (much faster on CPU).
-        field = wy @ noise @ wx.T  # (B, 2, H, W)
+        field = wy @ noise.to(like.dtype) @ wx.T  # (B, 2, H, W)
         e = self.cfg.elastic
         # One pixel is 2/w (x) and 2/h (y) in normalised units.
         return torch.stack([field[:, 0] * (2 * e / w), field[:, 1] * (2 * e / h)], 3)
 
-    def _warp(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    def _warp(
+        self, x: torch.Tensor, theta: torch.Tensor, noise: torch.Tensor | None
+    ) -> torch.Tensor:
         b, c, h, w = x.shape
-        theta = _like(self._theta(b, h, w, gen), x)  # (B, 2, 3)
-        grid = F.affine_grid(theta, [b, c, h, w], align_corners=False)  # (B, H, W, 2)
-        if self.cfg.elastic:
-            grid = grid + self._elastic(x, gen)
+        grid = F.affine_grid(theta.to(x.dtype), [b, c, h, w], align_corners=False)  # (B, H, W, 2)
+        if noise is not None:
+            grid = grid + self._elastic(noise, x)
         fill = self.cfg.fill
         # grid_sample pads with zeros; shifting by the fill value pads with the fill instead.
         src = x - fill if fill else x
@@ -321,24 +351,21 @@ class BatchAugment(nn.Module):
 
     # -- colour and erasing --------------------------------------------------------------------
 
-    def _jitter(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    def _jitter(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         b, c = x.shape[:2]
-        s = self.cfg.color_jitter
-        lo = max(0.0, 1.0 - s)
-        bright = _like(_uniform(b, lo, 1 + s, gen), x).view(b, 1, 1, 1)
-        contrast = _like(_uniform(b, lo, 1 + s, gen), x).view(b, 1, 1, 1)
-        x = x * bright
+        x = x * params["bright"].view(b, 1, 1, 1)
         grey = _grey(x)  # (B, 1, H, W)
         mean = grey.mean(dim=(2, 3), keepdim=True)  # (B, 1, 1, 1)
-        x = (x - mean) * contrast + mean
+        x = (x - mean) * params["contrast"].view(b, 1, 1, 1) + mean
         if c == 3:
-            sat = _like(_uniform(b, lo, 1 + s, gen), x).view(b, 1, 1, 1)
             grey = _grey(x)
-            x = (x - grey) * sat + grey
+            x = (x - grey) * params["saturation"].view(b, 1, 1, 1) + grey
         return x.clamp(0.0, 1.0)
 
-    def _erase(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-        b, _, h, w = x.shape
+    def _erase_masks(
+        self, b: int, h: int, w: int, gen: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random erasing as per-sample row and column masks ``(B, H)``, ``(B, W)`` (1 = erase)."""
         apply = torch.rand(b, generator=gen) < self.cfg.erasing  # (B,)
         area = _uniform(b, 0.02, 0.33, gen)  # fraction of the image, as torchvision
         ratio = torch.exp(_uniform(b, math.log(0.3), math.log(3.3), gen))
@@ -350,10 +377,8 @@ class BatchAugment(nn.Module):
         cols = torch.arange(w, dtype=torch.float64).view(1, w)
         in_rows = (rows >= top.view(b, 1)) & (rows < (top + eh).view(b, 1)) & apply.view(b, 1)
         in_cols = (cols >= left.view(b, 1)) & (cols < (left + ew).view(b, 1))  # (B, W)
-        # Only the small per-row/per-column masks travel to the device.
-        in_rows, in_cols = _like(in_rows, x), _like(in_cols, x)
-        inside = in_rows.unsqueeze(2) * in_cols.unsqueeze(1)  # (B, H, W), 1 = erased
-        return x * (1 - inside).unsqueeze(1)
+        # Only these small masks travel to the device, not a (B, H, W) one.
+        return in_rows.float(), in_cols.float()
 
 
 @functools.cache
@@ -362,6 +387,17 @@ def _cubic_weights(n: int, g: int) -> torch.Tensor:
     eye = torch.eye(g).view(g, 1, g, 1)  # one impulse per coarse cell
     cols = F.interpolate(eye, size=(n, 1), mode="bicubic", align_corners=True)  # (g, 1, n, 1)
     return cols.view(g, n).T.contiguous()
+
+
+_DEVICE_WEIGHTS: dict[tuple, torch.Tensor] = {}
+
+
+def _cubic_weights_on(n: int, g: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`_cubic_weights` kept on ``device``: copied there once, not at every batch."""
+    key = (n, g, str(device), dtype)
+    if key not in _DEVICE_WEIGHTS:
+        _DEVICE_WEIGHTS[key] = _cubic_weights(n, g).to(device=device, dtype=dtype)
+    return _DEVICE_WEIGHTS[key]
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:

@@ -160,7 +160,11 @@ def load_train_state(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], di
 def flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Split ``optimizer.state_dict()`` into tensors (for safetensors) and the JSON rest."""
     tensors: dict[str, torch.Tensor] = {}
-    rest: dict[str, Any] = {"param_groups": state["param_groups"], "scalars": {}}
+    groups = [
+        {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in g.items()}
+        for g in state["param_groups"]
+    ]  # a learning rate held on the GPU (fused, capturable optimisers) is saved as a number
+    rest: dict[str, Any] = {"param_groups": groups, "scalars": {}}
     for idx, slot in state["state"].items():
         for name, value in slot.items():
             if isinstance(value, torch.Tensor):

@@ -23,13 +23,26 @@ class ModelEma:
         self.decay = decay
         self.updates = 0
 
+    def next_weight(self) -> float:
+        """Count one more update and return its blending weight ``1 - decay``."""
+        self.updates += 1
+        return 1.0 - min(self.decay, (1 + self.updates) / (10 + self.updates))
+
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        self.blend(model, self.next_weight())
+
+    @torch.no_grad()
+    def blend(self, model: nn.Module, weight: float | torch.Tensor) -> None:
+        """``ema += weight * (model - ema)``; ``weight`` may be a device scalar (CUDA graphs)."""
         ema_params = list(self.module.parameters())
         params = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_params, params, 1.0 - d)
+        if isinstance(weight, torch.Tensor):
+            step = torch._foreach_sub(params, ema_params)
+            torch._foreach_mul_(step, weight)
+            torch._foreach_add_(ema_params, step)
+        else:
+            torch._foreach_lerp_(ema_params, params, weight)
         for b_ema, b in zip(self.module.buffers(), model.buffers(), strict=True):
             b_ema.copy_(b)
 

@@ -114,6 +114,8 @@ def finish_run(trainer) -> dict:
         "best_epoch": trainer.best["epoch"],
         "device": str(trainer.device),
         "data_placement": trainer.placement,
+        "cuda_graphs": trainer.cuda_graphs,
+        "amp": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "off",
         **trainer.parallel_info(),  # world_size, effective_batch_size, lr_scaling
         "init": trainer.init_note,
         "config": run.to_dict(),

@@ -39,6 +39,7 @@ from imrec.engine.checkpoint import (
 )
 from imrec.engine.distributed import World
 from imrec.engine.ema import ModelEma
+from imrec.engine.graphs import GraphedStep
 from imrec.models import create_model
 from imrec.models.registry import fitting_tensors
 from imrec.transforms import BatchAugment, augment_off, augment_preset, norm_stats, to_device
@@ -77,8 +78,15 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     raise TrainError(f"unknown schedule {schedule!r}: choose onecycle, cosine or constant")
 
 
-def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    """AdamW/Adam/SGD with no weight decay on biases and norms, and a head learning rate."""
+def make_optimizer(
+    model: nn.Module, cfg, device: torch.device | None = None
+) -> torch.optim.Optimizer:
+    """AdamW/Adam/SGD with no weight decay on biases and norms, and a head learning rate.
+
+    On a GPU, Adam and AdamW use the fused kernels with their step counts and learning rates
+    on the device (``capturable``), so that a step can be recorded in a CUDA graph; the
+    learning rate is then set with :func:`set_lr`, never by assignment.
+    """
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         is_head = name.startswith("head.")
@@ -93,14 +101,55 @@ def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
         }
         for (is_head, decay), ps in sorted(groups.items())
     ]
+    adam = {}
+    if device is not None and device.type == "cuda":
+        adam = {"fused": True, "capturable": True}
+        for g in param_groups:
+            g["lr"] = torch.tensor(cfg.lr, device=device)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(param_groups, lr=cfg.lr)
+        return torch.optim.AdamW(param_groups, lr=cfg.lr, **adam)
     if cfg.optimizer == "adam":
         # Adam's weight decay is L2 in the gradient; kept for parity with the tutorial.
-        return torch.optim.Adam(param_groups, lr=cfg.lr)
+        return torch.optim.Adam(param_groups, lr=cfg.lr, **adam)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     raise TrainError(f"unknown optimizer {cfg.optimizer!r}: choose adam, adamw or sgd")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's learning rate to ``lr`` times its ``lr_mult``.
+
+    A learning rate held as a device tensor (see :func:`make_optimizer`) is filled in place,
+    so a recorded CUDA graph sees the new value.
+    """
+    for g in optimizer.param_groups:
+        value = lr * g["lr_mult"]
+        if isinstance(g["lr"], torch.Tensor):
+            g["lr"].fill_(value)
+        else:
+            g["lr"] = value
+
+
+def restore_optimizer_mode(optimizer: torch.optim.Optimizer, groups: list[dict]) -> None:
+    """After ``load_state_dict``: take back the implementation flags and lr tensors in ``groups``.
+
+    ``groups`` are shallow copies of the param groups taken before loading. A saved state holds
+    plain numbers and the flags of the run that saved it (which may have trained on another
+    device); this optimiser keeps its own, and its step counts go where they expect to be.
+    """
+    for g, ref in zip(optimizer.param_groups, groups, strict=True):
+        for key in ("fused", "capturable", "foreach"):
+            if key in ref:
+                g[key] = ref[key]
+        if isinstance(ref["lr"], torch.Tensor):
+            ref["lr"].fill_(float(g["lr"]))
+            g["lr"] = ref["lr"]
+        on_device = bool(g.get("capturable") or g.get("fused"))
+        for p in g["params"]:
+            state = optimizer.state.get(p)
+            if state and isinstance(state.get("step"), torch.Tensor):
+                home = p.device if on_device else torch.device("cpu")
+                state["step"] = state["step"].to(home, torch.float32)
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -146,10 +195,14 @@ class Batcher:
             channels_last,
         )
 
-    def __call__(self, images_u8: torch.Tensor, augment=None, generator=None) -> torch.Tensor:
+    def __call__(
+        self, images_u8: torch.Tensor, augment=None, generator=None, params=None
+    ) -> torch.Tensor:
+        """Normalised float batch; augmented with ``generator``'s draws, or with ``params``
+        already drawn and on the device (see :meth:`imrec.transforms.BatchAugment.draw`)."""
         x = images_u8.float().div_(255.0)  # (B, C, H, W) in [0, 1]
         if augment is not None:
-            x = augment(x, generator)
+            x = augment(x, generator) if params is None else augment.apply(x, params)
         x = (x - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -242,6 +295,19 @@ class _LiveStats:
         else:
             self._pending = (sums, None, seen)
 
+    def update(self, bar, i: int, steps: int, loss_sum, correct, seen: int, t0: float) -> None:
+        """Advance ``bar`` by one step; every 20 steps, show the newest sums that arrived."""
+        if i % 20 == 0 or i == steps - 1:
+            self.push(loss_sum, correct, seen)
+            shown = self.latest()
+            if shown is not None:
+                bar.set_postfix(
+                    loss=f"{shown[0]:.4f}",
+                    acc=f"{shown[1]:.4f}",
+                    img_s=f"{seen / (time.perf_counter() - t0):.0f}",
+                )
+        bar.update(1)
+
     def latest(self) -> tuple[float, float] | None:
         if self._pending is not None:
             host, done, seen = self._pending
@@ -323,7 +389,7 @@ class Trainer:
             self._init_from(t.init)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = make_optimizer(self.model, t)
+        self.optimizer = make_optimizer(self.model, t, self.device)
         self.ema = ModelEma(self.model, t.ema_decay) if t.ema else None
         self.loss_weight = (
             class_weights(d.train.labels, d.num_classes).to(self.device)
@@ -345,6 +411,8 @@ class Trainer:
         self.train_seconds = 0.0
         self._ddp: tuple[bool, DistributedDataParallel] | None = None  # (frozen, wrapper)
         self._compiled: nn.Module | None = None  # torch.compile of the model, with --compile
+        self.cuda_graphs = self._use_graphs(t)
+        self._graphed: tuple[bool, GraphedStep] | None = None  # (frozen, recorded step)
 
     def _join_world(self) -> None:
         """Under torchrun: join the process group, take this rank's device and CPU share."""
@@ -359,6 +427,25 @@ class Trainer:
         except distributed.DistributedError as e:
             raise TrainError(str(e)) from e
         self.world = world
+
+    def _use_graphs(self, t) -> bool:
+        """Whether full batches replay a recorded CUDA graph (see :mod:`imrec.engine.graphs`)."""
+        if t.cuda_graphs not in ("auto", "on", "off"):
+            raise TrainError(f"unknown cuda_graphs {t.cuda_graphs!r}: choose auto, on or off")
+        if t.cuda_graphs == "off":
+            return False
+        why_not = None
+        if self.device.type != "cuda":
+            why_not = "training does not run on a CUDA GPU"
+        elif self.world.size > 1:
+            why_not = "DistributedDataParallel steps are not recorded"
+        elif t.compile:
+            why_not = "--compile is on"
+        elif t.optimizer not in ("adam", "adamw"):
+            why_not = f"the {t.optimizer} optimiser has no capturable implementation here"
+        if why_not and t.cuda_graphs == "on":
+            raise TrainError(f"--cuda-graphs on: {why_not}")
+        return why_not is None
 
     def parallel_info(self) -> dict:
         """How the batch is split across processes, for the report.
@@ -454,7 +541,9 @@ class Trainer:
     def load_state(self) -> None:
         parts, meta = load_train_state(self.run_dir / STATE_FILE)
         self.model.load_state_dict(parts["model"])
+        groups = [dict(g) for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(unflatten_optimizer(parts.get("optim", {}), meta["optim"]))
+        restore_optimizer_mode(self.optimizer, groups)
         if self.ema:
             self.ema.load_state_dict(parts["ema"], meta["ema_updates"])
         self.history = meta["history"]
@@ -586,6 +675,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
+        graphed = self._graphed_step(model, frozen)
         live = _LiveStats() if bar is not None else None
         t0 = time.perf_counter()
         for i in range(self.steps_per_epoch):
@@ -594,13 +684,19 @@ class Trainer:
             batch = len(idx)
             if world.size > 1:
                 idx = rank_batch(idx, world)
+            set_lr(self.optimizer, t.lr * lr_factor(step, total, warmup, t.schedule))
+            if graphed is not None and batch == t.batch_size:
+                shape = (batch, *self.train_images.shape[1:])
+                graphed.run(idx, self.augment.draw(shape, aug_gen) if self.augment else {})
+                seen += batch
+                if live is not None:
+                    live.update(bar, i, self.steps_per_epoch, loss_sum + graphed.loss_sum,
+                                correct + graphed.correct, seen, t0)  # fmt: skip
+                continue
             images, yb = self.train_images[idx], self.train_labels[idx]
             if images.device != self.device:  # host placement: one async copy per batch
                 images, yb = to_device(images, self.device), to_device(yb, self.device)
             xb = self.batcher(images, self.augment, aug_gen)  # (B, C, H, W)
-            factor = lr_factor(step, total, warmup, t.schedule)
-            for g in self.optimizer.param_groups:
-                g["lr"] = t.lr * factor * g["lr_mult"]
             with torch.autocast(
                 self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
             ):
@@ -624,17 +720,21 @@ class Trainer:
             correct += (logits.detach().argmax(1) == yb).sum()
             seen += len(idx)
             if live is not None:
-                if i % 20 == 0 or i == self.steps_per_epoch - 1:
-                    live.push(loss_sum, correct, seen)
-                    shown = live.latest()
-                    if shown is not None:
-                        bar.set_postfix(
-                            loss=f"{shown[0]:.4f}",
-                            acc=f"{shown[1]:.4f}",
-                            img_s=f"{seen / (time.perf_counter() - t0):.0f}",
-                        )
-                bar.update(1)
+                sums = (loss_sum, correct) if graphed is None else (
+                    loss_sum + graphed.loss_sum, correct + graphed.correct)  # fmt: skip
+                live.update(bar, i, self.steps_per_epoch, *sums, seen, t0)
+        if graphed is not None:
+            loss_sum, correct = loss_sum + graphed.loss_sum, correct + graphed.correct
         return loss_sum, correct, seen
+
+    def _graphed_step(self, model: nn.Module, frozen: bool) -> GraphedStep | None:
+        """The recorded step for this epoch's set of trained parameters, sums reset."""
+        if not self.cuda_graphs:
+            return None
+        if self._graphed is None or self._graphed[0] != frozen:
+            self._graphed = (frozen, GraphedStep(self, model, self.run.train.batch_size))
+        self._graphed[1].reset_sums()
+        return self._graphed[1]
 
     def _step_module(self, frozen: bool) -> nn.Module:
         """The module that takes the training steps: the model, or its DDP wrapper.

@@ -3,7 +3,7 @@
 # time-to-accuracy sweep and the Fashion-MNIST `--preset best` wall time. Results go to $OUT
 # (default /tmp/gpu-check): logs, JSON, and BENCHMARKS.md with the new sections written in.
 #
-# Usage: IMREC_DATA_MIRROR=/path/to/data bash benchmarks/gpu_check.sh
+# Usage: IMREC_DATA_MIRROR=/path/to/data [STEPS="tests sweep"] bash benchmarks/gpu_check.sh
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-check}
@@ -16,8 +16,9 @@ PY=${PYTHON:-python3}
   "$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, torch.cuda.get_device_name())"
 } 2>&1 | tee "$OUT/gpu.txt"
 cp BENCHMARKS.md "$OUT/BENCHMARKS.md"
-timeout "${TEST_TIMEOUT:-180}" "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/pytest.log"
-timeout "${SWEEP_TIMEOUT:-300}" "$PY" benchmarks/time_to_accuracy.py --plan gpu --device cuda \
+STEPS=${STEPS:-tests sweep fashion}
+[[ $STEPS == *tests* ]] && timeout "${TEST_TIMEOUT:-180}" "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/pytest.log"
+[[ $STEPS == *sweep* ]] && timeout "${SWEEP_TIMEOUT:-300}" "$PY" benchmarks/time_to_accuracy.py --plan gpu --device cuda \
   --budget "${SWEEP_BUDGET:-150}" --json "$OUT/tta_gpu.json" --md "$OUT/BENCHMARKS.md" 2>&1 | tee "$OUT/tta_gpu.log"
-timeout "${FASHION_TIMEOUT:-150}" "$PY" benchmarks/time_to_accuracy.py --plan fashion --device cuda \
+[[ $STEPS == *fashion* ]] && timeout "${FASHION_TIMEOUT:-150}" "$PY" benchmarks/time_to_accuracy.py --plan fashion --device cuda \
   --budget "${FASHION_BUDGET:-40}" --json "$OUT/tta_fashion.json" --md "$OUT/BENCHMARKS.md" 2>&1 | tee "$OUT/fashion.log"

@@ -66,7 +66,6 @@ PLANS: dict[str, list[tuple[str, str, dict, list[int]]]] = {
     ],
     "gpu": [
         ("default", "fast", {}, [3]),
-        ("default, --cuda-graphs off", "fast", {"train": {"cuda_graphs": "off"}}, [3]),
         ("best", "best", {}, [6, 8, 10]),
         ("best, cnn size=m", "best", {"model": {"options": {"size": "m"}}}, [3, 4, 6, 8]),
         (

@@ -20,7 +20,9 @@ of the eager steps up to the order of floating-point work.
 
 from __future__ import annotations
 
+import gc
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +39,9 @@ class GraphedStep:
     """
 
     def __init__(self, trainer, model: nn.Module, batch: int):
-        self.trainer = trainer
+        # A weak reference: no cycle, so a finished run's graph is freed at once, never by a
+        # garbage collection that might run while another graph is being recorded.
+        self.trainer = weakref.proxy(trainer)
         self.model = model
         self.batch = batch
         dev = trainer.device
@@ -74,9 +78,18 @@ class GraphedStep:
         self._load(idx, aug)
         if self.graph is None:
             self.trainer.optimizer.zero_grad(set_to_none=True)  # gradients from the graph pool
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self._body()
+            # Destroying another graph while this one records spoils the recording (and leaves
+            # the CUDA random generator in capture mode): collect garbage now, not during it.
+            gc.collect()
+            enabled = gc.isenabled()
+            gc.disable()
+            try:
+                self.graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self.graph):
+                    self._body()
+            finally:
+                if enabled:
+                    gc.enable()
         self.graph.replay()
 
     # -- inside ------------------------------------------------------------------------------

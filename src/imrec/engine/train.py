@@ -146,10 +146,17 @@ def restore_optimizer_mode(optimizer: torch.optim.Optimizer, groups: list[dict])
             g["lr"] = ref["lr"]
         on_device = bool(g.get("capturable") or g.get("fused"))
         for p in g["params"]:
-            state = optimizer.state.get(p)
-            if state and isinstance(state.get("step"), torch.Tensor):
-                home = p.device if on_device else torch.device("cpu")
-                state["step"] = state["step"].to(home, torch.float32)
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if not isinstance(value, torch.Tensor):
+                    continue
+                if key == "step":
+                    home = p.device if on_device else torch.device("cpu")
+                    state[key] = value.to(home, torch.float32)
+                elif value.shape == p.shape and value.stride() != p.stride():
+                    # Saved contiguous; fused kernels want the parameter's own memory layout
+                    # (channels_last convolution weights).
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -449,3 +449,54 @@ def test_group_split_keeps_groups_whole():
     assert torch.equal(group_split(groups, 0.25, seed=2)[1], held)
     with pytest.raises(ValueError, match="fraction"):
         group_split(groups, 0.0, seed=0)
+
+
+def _glyph_folder(root: Path, per_class: int = 24) -> Path:
+    """Three classes of 16x16 grey images a small model can tell apart (bar position)."""
+    rng = np.random.default_rng(0)
+    for c, cls in enumerate(("left", "middle", "right")):
+        for i in range(per_class):
+            a = rng.integers(0, 60, (16, 16), np.uint8)
+            a[:, 2 + 5 * c : 5 + 5 * c] = 220
+            _save(root / cls / f"{i}.png", Image.fromarray(a, "L"))
+    return root
+
+
+def test_folder_streams_its_training_split_when_too_large(tmp_path, monkeypatch):
+    from imrec.data.folder import FileImages
+
+    root = _glyph_folder(tmp_path / "glyphs")
+    held = load_dataset(f"folder:{root}", seed=3)
+    assert not held.train.streamed
+    monkeypatch.setenv("IMREC_STREAM_BYTES", "4000")  # ~15 decoded 16x16 images
+    lazy = load_dataset(f"folder:{root}", seed=3)
+    assert isinstance(lazy.train.images, FileImages) and lazy.train.streamed
+    assert not lazy.val.streamed and not lazy.test.streamed  # always decoded into memory
+    assert "streamed" in lazy.split_note and lazy.checksum == held.checksum
+    # The same pixels, split for split, whichever way they are read.
+    assert lazy.train.images.shape == held.train.images.shape
+    assert torch.equal(lazy.train.images[:], held.train.images)
+    assert torch.equal(lazy.train.images[torch.tensor([3, 0])], held.train.images[[3, 0]])
+    assert torch.equal(lazy.train.images[-1], held.train.images[-1])
+    mask = held.train.labels == 1
+    assert torch.equal(lazy.train.subset(mask).images[:], held.train.subset(mask).images)
+    assert torch.equal(lazy.val.images, held.val.images) and torch.equal(
+        lazy.test.images, held.test.images
+    )
+    assert lazy.train.images.sample(5).shape == (5, 1, 16, 16)
+    # Forced either way, whatever the size.
+    monkeypatch.delenv("IMREC_STREAM_BYTES")
+    assert load_dataset(f"folder:{root}", stream=True).train.streamed
+    monkeypatch.setenv("IMREC_STREAM_BYTES", "1")
+    assert not load_dataset(f"folder:{root}", stream=False).train.streamed
+    with pytest.raises(DatasetError, match="folder:PATH"):
+        load_dataset("digits", stream=True)
+
+
+def test_a_streamed_file_that_breaks_later_is_named(tmp_path):
+    root = _glyph_folder(tmp_path / "glyphs", per_class=6)
+    data = load_dataset(f"folder:{root}", stream=True)
+    broken = data.train.images.paths[2]
+    broken.write_bytes(b"not a png any more")
+    with pytest.raises(DatasetError, match=f"{broken.name}.*readable when the dataset was loaded"):
+        data.train.images[2]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from imrec.config import RunConfig, build_config
-from imrec.data import load_dataset
 from imrec.engine import train as _train
 
 
@@ -42,8 +41,9 @@ def fit(
     task = task or ("detect" if is_detection_dataset(dataset) else "classify")
     if task == "detect":
         return _fit_detector(dataset, preset, out, data, model, train, progress)
-    loaded = load_dataset(
+    loaded = _train.load_for_training(
         dataset,
+        (train or {}).get("data_placement", "auto"),
         val_fraction=data.get("val_fraction", 0.1),
         seed=seed,
         size=data.get("size"),

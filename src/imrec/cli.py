@@ -55,6 +55,11 @@ def cmd_data_show(args) -> int:
         return _show_detection(args)
     data = load_dataset(args.name, size=args.size, channels=args.channels, domain=args.domain)
     split = data.train
+    if split.streamed:  # decode only what the grid shows
+        from imrec.data.types import ImageSet
+
+        split = split.subset(_first_per_class(split.labels, data.num_classes, args.per_class))
+        split = ImageSet(split.images[:], split.labels)
     out = Path(
         args.out
         or f"{data.name.replace('folder:', '').strip('/').replace('/', '_')}{'-augment' if args.augment else ''}.png"
@@ -215,6 +220,7 @@ def cmd_train(args) -> int:
             "threads",
             "data_placement",
             "cuda_graphs",
+            "workers",
         ]
         train = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
         for k in ("ema", "class_weights", "compile"):
@@ -524,9 +530,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     t.add_argument(
         "--data-placement",
-        choices=["auto", "device", "host"],
-        help="training images on the training device, or in host memory copied per batch "
-        "(default auto: on the device while they take at most 1/4 of a GPU's memory)",
+        choices=["auto", "device", "host", "stream"],
+        help="training images on the training device, in host memory copied per batch, or "
+        "streamed from their files by DataLoader workers (folder datasets; default auto: "
+        "stream when decoded they would take over 1/4 of RAM, else on the device while they "
+        "take at most 1/4 of a GPU's memory)",
+    )
+    t.add_argument(
+        "--workers",
+        type=int,
+        help="DataLoader workers decoding streamed training images (default: cores - 1, max 8)",
     )
     t.add_argument(
         "--cuda-graphs",

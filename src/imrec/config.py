@@ -77,7 +77,8 @@ class TrainConfig:
     compile: bool = (
         False  # torch.compile the model (measured: no gain on the 2-core CPU or an H200)
     )
-    data_placement: str = "auto"  # auto | device | host (see engine.train.choose_placement)
+    data_placement: str = "auto"  # auto | device | host | stream (engine.train.choose_placement)
+    workers: int = 0  # DataLoader workers for streamed training images (0 = cores - 1, at most 8)
     cuda_graphs: str = "auto"  # auto | on | off (see engine.graphs)
 
 

@@ -197,6 +197,7 @@ def load_dataset(
     size: int | None = None,
     channels: int | None = None,
     domain: str | None = None,
+    stream: bool | None = None,
 ) -> ClassificationData:
     """Load a dataset split into train/val/test, fetching its files first if needed.
 
@@ -207,6 +208,9 @@ def load_dataset(
         size: resize images to ``size`` x ``size``.
         channels: 1 (grey) or 3 (colour) to convert.
         domain: override the dataset's domain (``handwriting``, ``objects``, ``photo``).
+        stream: leave a folder dataset's training images on disk (``True``), hold them in
+            memory (``False``), or decide by their size (``None``, see
+            :func:`imrec.data.folder.load_folder`). The built-in datasets are always in memory.
 
     Raises:
         DatasetError: bad name or option, or files that cannot be obtained or read.
@@ -225,8 +229,14 @@ def load_dataset(
             size=size,
             channels=channels,
             domain=domain,
+            stream=stream,
         )
     else:
+        if stream:
+            raise DatasetError(
+                f"{name} is held in memory; streaming images from files applies to "
+                "folder:PATH datasets"
+            )
         data = _entry(name).loader(val_fraction=val_fraction, seed=seed)
         data = _adapt(data, size, channels)
         data.domain = domain or data.domain

@@ -31,13 +31,39 @@ SPLIT_NAMES = ("train", "val", "test")
 _GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
+STREAM_ENV = "IMREC_STREAM_BYTES"  # overrides the size above which training images stream
+
+
 @dataclass
 class _Decoded:
-    """One readable image: RGB pixels (small), whether it was grey, its SHA-256."""
+    """One readable image: RGB pixels (small), whether it was grey, its SHA-256.
 
-    pixels: np.ndarray  # (H, W, 3) uint8
+    ``pixels`` is dropped (``None``) once a dataset is known to be too large for memory;
+    ``shape`` stays.
+    """
+
+    pixels: np.ndarray | None  # (H, W, 3) uint8
     grey: bool
     sha256: str
+    shape: tuple[int, int] = (0, 0)
+
+    def __post_init__(self) -> None:
+        if self.pixels is not None:
+            self.shape = tuple(self.pixels.shape[:2])
+
+
+def stream_threshold() -> int:
+    """Decoded bytes of a folder dataset above which its training split streams from files.
+
+    A quarter of the machine's memory, or ``$IMREC_STREAM_BYTES``.
+    """
+    env = os.environ.get(STREAM_ENV)
+    if env:
+        return int(env)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 2 << 30
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -135,18 +161,30 @@ def _list_classes(root: Path) -> list[tuple[Path, str]]:
 
 
 def _decode_all(
-    items: list[tuple[Path, str]], size: int | None
+    items: list[tuple[Path, str]], size: int | None, keep_bytes: int | None = None
 ) -> tuple[list[_Decoded | str], int]:
+    """Decode every file (to find the unreadable ones, sizes, colour and checksums).
+
+    Pixels are kept while they total at most ``keep_bytes`` (``None``: all); past that they
+    are dropped as they arrive, so memory stays bounded however large the folder.
+    """
     workers = min(8, (os.cpu_count() or 1) + 2)  # Pillow releases the GIL while decoding
+    decoded: list[_Decoded | str] = []
+    kept = 0
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        decoded = list(pool.map(lambda item: _decode(item[0], size), items))
+        for d in pool.map(lambda item: _decode(item[0], size), items):
+            if isinstance(d, _Decoded) and keep_bytes is not None:
+                kept += d.pixels.nbytes
+                if kept > keep_bytes:
+                    d.pixels = None
+            decoded.append(d)
     return decoded, workers
 
 
 def _target_size(decoded: list[_Decoded], size: int | None) -> int:
     if size is not None:
         return size
-    shapes = {d.pixels.shape[:2] for d in decoded}
+    shapes = {d.shape for d in decoded}
     if len(shapes) == 1:
         ((h, w),) = shapes
         if h == w and h <= MAX_NATIVE_SIZE:
@@ -154,16 +192,88 @@ def _target_size(decoded: list[_Decoded], size: int | None) -> int:
     return DEFAULT_SIZE
 
 
+def _fit(pixels: np.ndarray, side: int, channels: int) -> np.ndarray:
+    """Decoded RGB pixels ``(H, W, 3)`` at the dataset's size and channels ``(side, side, C)``."""
+    if pixels.shape[:2] != (side, side):
+        pixels = np.asarray(resize_center_crop(Image.fromarray(pixels), side))
+    if channels == 1:
+        pixels = np.asarray(Image.fromarray(pixels).convert("L"))[..., None]
+    return pixels
+
+
 def _stack(decoded: list[_Decoded], side: int, channels: int) -> torch.Tensor:
-    arrays = []
-    for d in decoded:
-        pixels = d.pixels
-        if pixels.shape[:2] != (side, side):
-            pixels = np.asarray(resize_center_crop(Image.fromarray(pixels), side))
-        if channels == 1:
-            pixels = np.asarray(Image.fromarray(pixels).convert("L"))[..., None]
-        arrays.append(pixels)
+    arrays = [_fit(d.pixels, side, channels) for d in decoded]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
+
+
+class FileImages:
+    """A split's images decoded from their files on demand, for sets too large for memory.
+
+    Stands in for the ``(N, C, H, W)`` uint8 tensor it replaces: ``shape``, ``len``, and
+    indexing by position, slice, index tensor or mask return real tensors decoded with the
+    loader's own steps (so the pixels equal those an in-memory load would hold).
+    ``subset`` selects without decoding. Training reads it through DataLoader workers.
+
+    Example:
+        >>> imgs = FileImages([Path("a.png"), Path("b.png")], side=32, channels=1)
+        >>> imgs.shape, len(imgs.subset(torch.tensor([1])))
+        (torch.Size([2, 1, 32, 32]), 1)
+    """
+
+    dtype = torch.uint8
+    ndim = 4
+    device = torch.device("cpu")
+
+    def __init__(self, paths: list[Path], side: int, channels: int, size: int | None = None):
+        self.paths = list(paths)
+        self.side, self.channels, self.size = side, channels, size
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size([len(self.paths), self.channels, self.side, self.side])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __repr__(self) -> str:
+        return f"FileImages({len(self)} files, {self.channels}x{self.side}x{self.side})"
+
+    def numel(self) -> int:
+        return len(self) * self.channels * self.side * self.side
+
+    def read(self, i: int) -> torch.Tensor:
+        """Image ``i`` as a ``(C, H, W)`` uint8 tensor."""
+        path = self.paths[i]
+        d = _decode(path, self.size)
+        if isinstance(d, str):
+            raise DatasetError(f"{path}: {d} (it was readable when the dataset was loaded)")
+        pixels = _fit(d.pixels, self.side, self.channels)
+        return torch.from_numpy(np.array(pixels)).permute(2, 0, 1).contiguous()  # a writable copy
+
+    def _positions(self, index) -> list[int]:
+        if isinstance(index, slice):
+            return list(range(len(self)))[index]
+        t = torch.as_tensor(index)
+        if t.dtype == torch.bool:
+            t = t.nonzero().flatten()
+        return [i + len(self) if i < 0 else i for i in t.flatten().tolist()]
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, int):
+            return self.read(index)
+        pos = self._positions(index)
+        if not pos:
+            return torch.empty((0, self.channels, self.side, self.side), dtype=torch.uint8)
+        return torch.stack([self.read(i) for i in pos])  # (n, C, H, W)
+
+    def subset(self, index) -> FileImages:
+        paths = [self.paths[i] for i in self._positions(index)]
+        return FileImages(paths, self.side, self.channels, self.size)
+
+    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        """Up to ``n`` images picked at random (fixed ``seed``), decoded: for statistics."""
+        pick = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        return self[pick.sort().values]
 
 
 def load_folder(
@@ -174,6 +284,7 @@ def load_folder(
     size: int | None = None,
     channels: int | None = None,
     domain: str | None = None,
+    stream: bool | None = None,
 ) -> ClassificationData:
     """Load a folder of class sub-folders as a dataset.
 
@@ -181,6 +292,11 @@ def load_folder(
     splits; otherwise test is a stratified 20% (fixed seed) and val is ``val_fraction`` of the
     rest (run seed). Channels: 1 when every image is grey, else 3. Size: ``size``, else the
     common square size when all images share one up to 128 px, else 64.
+
+    Every file is decoded once here. ``stream``: ``True`` leaves the training split on disk
+    (a :class:`FileImages`, decoded again by DataLoader workers at every epoch), ``False``
+    holds it in memory, ``None`` (default) streams when the decoded images would take more
+    than :func:`stream_threshold` bytes. Validation and test splits are always in memory.
 
     Raises:
         DatasetError: missing folder, fewer than 2 classes, a class without readable images.
@@ -196,7 +312,8 @@ def load_folder(
     pools = _scan(root)
     classes = sorted({name for items in pools.values() for _, name in items})
     items = [(split, f, c) for split, pool in pools.items() for f, c in pool]
-    decoded, _ = _decode_all([(f, c) for _, f, c in items], size)
+    keep = None if stream is False else (0 if stream else stream_threshold())
+    decoded, _ = _decode_all([(f, c) for _, f, c in items], size, keep)
 
     skipped = [
         {"path": str(f), "reason": d}
@@ -211,11 +328,19 @@ def load_folder(
     images = [d for *_, d in good]
     side = _target_size(images, size)
     n_channels = channels or (1 if all(d.grey for d in images) else 3)
-    tensor = _stack(images, side, n_channels)
+    streamed = any(d.pixels is None for d in images)
+    if streamed:
+        files = FileImages([f for _, f, _, _ in good], side, n_channels, size)
+        for d in images:
+            d.pixels = None  # only the file list stays
     labels = torch.tensor([classes.index(c) for _, _, c, _ in good], dtype=torch.int64)
     split_of = np.array([s for s, *_ in good])
-    data = _make_splits(tensor, labels, split_of, val_fraction, seed)
-    train, val, test, note = data
+    tensor = files if streamed else _stack(images, side, n_channels)
+    train, val, test, note = _make_splits(tensor, labels, split_of, val_fraction, seed)
+    if streamed:
+        val, test = (ImageSet(s.images[:], s.labels, s.groups) for s in (val, test))
+        gib = train.images.numel() / 2**30
+        note += f"; training images streamed from their files ({gib:.1f} GiB decoded)"
     checksum = hashlib.sha256(
         "".join(f"{f.relative_to(root)}  {d.sha256}\n" for _, f, _, d in good).encode()
     ).hexdigest()

@@ -23,6 +23,8 @@ class ImageSet:
     groups: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
+        # ``images`` may also be a lazy stand-in with the same shape/dtype/indexing (a split
+        # streamed from files, see :class:`imrec.data.folder.FileImages`).
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
             raise ValueError(
                 f"images must be a (N, C, H, W) uint8 tensor, got {self.images.dtype} {tuple(self.images.shape)}"
@@ -39,7 +41,14 @@ class ImageSet:
     def subset(self, index: torch.Tensor) -> ImageSet:
         """The samples at ``index`` (a LongTensor of positions or a bool mask)."""
         groups = None if self.groups is None else self.groups[index]
-        return ImageSet(self.images[index], self.labels[index], groups)
+        images = self.images
+        images = images.subset(index) if hasattr(images, "subset") else images[index]
+        return ImageSet(images, self.labels[index], groups)
+
+    @property
+    def streamed(self) -> bool:
+        """True when the images are decoded from files on demand, not held in memory."""
+        return not isinstance(self.images, torch.Tensor)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from imrec.config import RunConfig
 from imrec.data import ClassificationData, load_dataset
+from imrec.data.sources import DatasetError
 from imrec.engine import distributed
 from imrec.engine.checkpoint import (
     CheckpointError,
@@ -233,29 +235,59 @@ def predict_logits(
 
 
 DEVICE_DATA_SHARE = 0.25  # "auto" keeps the training set on a GPU up to this share of its memory
+STATS_SAMPLE = 10_000  # images that estimate the normalisation of a streamed training set
+PLACEMENTS = ("auto", "device", "host", "stream")
 
 
-def choose_placement(mode: str, images: torch.Tensor, device: torch.device) -> str:
-    """Where the uint8 training images live: ``"device"`` or ``"host"``.
+def choose_placement(mode: str, images, device: torch.device) -> str:
+    """Where the uint8 training images live: ``"device"``, ``"host"`` or ``"stream"``.
 
     ``device``: the whole set is one tensor on the training device and each batch is gathered
     and augmented there (MNIST-sized data: no per-batch copies at all). ``host``: the set stays
     in (page-locked, on a GPU machine) host memory and each gathered batch is copied over
-    asynchronously. ``auto``: ``device`` on a CPU (host and device are the same memory), and on
-    a GPU while the set takes at most a quarter of the GPU's memory, else ``host``.
+    asynchronously. ``stream``: the set stays in its files (a folder dataset too large for
+    memory, see :func:`imrec.data.folder.load_folder`); DataLoader workers decode each batch
+    ahead into page-locked memory. ``auto``: ``stream`` for such a set; else ``device`` on a CPU
+    (host and device are the same memory), and on a GPU while the set takes at most a quarter
+    of the GPU's memory, else ``host``.
 
     Example:
         >>> choose_placement("auto", torch.zeros(10, 1, 28, 28, dtype=torch.uint8), torch.device("cpu"))
         'device'
     """
-    if mode not in ("auto", "device", "host"):
-        raise TrainError(f"unknown data placement {mode!r}: choose auto, device or host")
+    if mode not in PLACEMENTS:
+        raise TrainError(f"unknown data placement {mode!r}: choose {', '.join(PLACEMENTS)}")
+    streamed = not isinstance(images, torch.Tensor)
+    if streamed and mode in ("device", "host"):
+        raise TrainError(
+            f"data placement {mode!r}: the training images are streamed from their files "
+            "(too large for memory); use stream or auto"
+        )
+    if streamed or mode == "stream":
+        if not streamed:
+            raise TrainError("data placement 'stream': these training images are in memory")
+        return "stream"
     if mode != "auto":
         return mode
     if device.type != "cuda":
         return "device"
     total = torch.cuda.get_device_properties(device).total_memory
     return "device" if images.numel() <= DEVICE_DATA_SHARE * total else "host"
+
+
+def load_for_training(name: str, placement: str, **options) -> ClassificationData:
+    """:func:`~imrec.data.load_dataset` with a data placement's wish about streaming.
+
+    ``stream`` asks for the training images to stay in their files, ``device``/``host`` for
+    them in memory, ``auto`` lets their size decide.
+    """
+    stream = {"stream": True, "device": False, "host": False}.get(placement)
+    try:
+        return load_dataset(name, stream=stream, **options)
+    except DatasetError as e:
+        if placement != "stream":
+            raise
+        raise TrainError(f"data placement 'stream': {e}") from e
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -279,6 +311,66 @@ def rank_batch(idx: torch.Tensor, world: World) -> torch.Tensor:
     if len(idx) < world.size:
         idx = idx.repeat(world.size)[: world.size]
     return torch.tensor_split(idx, world.size)[world.rank]
+
+
+class _FileSamples(torch.utils.data.Dataset):
+    """One decoded image and its label per index, for DataLoader workers."""
+
+    def __init__(self, images, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images.read(i), self.labels[i]
+
+
+class _EpochBatches(torch.utils.data.Sampler):
+    """The batches of indices of the current epoch (set before each pass)."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)  # decoding workers must not fight the training threads
+
+
+class _StreamLoader:
+    """DataLoader workers that decode the batches of streamed training images ahead.
+
+    The batches are the in-memory path's (the same permutation, the same rank shares), so a
+    streamed run trains exactly as one held in memory; workers stay alive between epochs.
+    """
+
+    PREFETCH = 4  # batches each worker decodes ahead
+
+    def __init__(self, images, labels: torch.Tensor, workers: int, pin: bool):
+        workers = workers or max(1, min(8, (os.cpu_count() or 2) - 1))
+        self.sampler = _EpochBatches()
+        self.loader = torch.utils.data.DataLoader(
+            _FileSamples(images, labels),
+            batch_sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=pin,
+            prefetch_factor=self.PREFETCH,
+            persistent_workers=True,
+            worker_init_fn=_one_thread,
+            # Its own generator: drawing the workers' seed from the global one would change
+            # the dropout masks that follow (and so the run) compared with in-memory training.
+            generator=torch.Generator().manual_seed(0),
+        )
+
+    def epoch(self, batches: list[list[int]]):
+        self.sampler.batches = batches
+        return iter(self.loader)
 
 
 class _LiveStats:
@@ -361,8 +453,9 @@ class Trainer:
         if on_gpu:
             torch.backends.cudnn.benchmark = True  # fixed batch shapes: pick kernels once
         torch.manual_seed(t.seed)
-        self.data = data or load_dataset(
+        self.data = data or load_for_training(
             run.data.name,
+            t.data_placement,
             val_fraction=run.data.val_fraction,
             seed=t.seed,
             size=run.data.size,
@@ -376,7 +469,8 @@ class Trainer:
             raise TrainError(
                 f"dataset {d.name}: empty train ({len(d.train)}) or validation ({len(d.val)}) split"
             )
-        mean, std = norm_stats(d.train.images)
+        streamed = d.train.streamed
+        mean, std = norm_stats(d.train.images.sample(STATS_SAMPLE) if streamed else d.train.images)
         self.mean, self.std = mean, std
         # channels_last is faster on GPUs and, with oneDNN, on CPUs too (measured: 1.5x for cnn).
         self.channels_last = t.channels_last != "off"
@@ -405,8 +499,9 @@ class Trainer:
         )
         self.placement = choose_placement(t.data_placement, d.train.images, self.device)
         home = self.device if self.placement == "device" else torch.device("cpu")
-        self.train_images = d.train.images.to(home)
+        self.train_images = d.train.images if streamed else d.train.images.to(home)
         self.train_labels = d.train.labels.to(home)
+        self._loader: _StreamLoader | None = None  # DataLoader workers, for "stream"
         if self.placement == "host" and self.device.type == "cuda":
             # Page-locked memory lets each batch's copy to the GPU overlap the compute.
             self.train_images = self.train_images.pin_memory()
@@ -448,6 +543,8 @@ class Trainer:
             why_not = "DistributedDataParallel steps are not recorded"
         elif t.compile:
             why_not = "--compile is on"
+        elif self.placement == "stream":
+            why_not = "batches streamed from files arrive through DataLoader workers"
         elif t.optimizer not in ("adam", "adamw"):
             why_not = f"the {t.optimizer} optimiser has no capturable implementation here"
         if why_not and t.cuda_graphs == "on":
@@ -683,6 +780,7 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         graphed = self._graphed_step(model, frozen)
+        streamed = self._stream(order, world) if self.placement == "stream" else None
         live = _LiveStats() if bar is not None else None
         t0 = time.perf_counter()
         for i in range(self.steps_per_epoch):
@@ -700,7 +798,10 @@ class Trainer:
                     live.update(bar, i, self.steps_per_epoch, loss_sum + graphed.loss_sum,
                                 correct + graphed.correct, seen, t0)  # fmt: skip
                 continue
-            images, yb = self.train_images[idx], self.train_labels[idx]
+            if streamed is not None:  # decoded by the workers, already page-locked on a GPU
+                images, yb = next(streamed)
+            else:
+                images, yb = self.train_images[idx], self.train_labels[idx]
             if images.device != self.device:  # host placement: one async copy per batch
                 images, yb = to_device(images, self.device), to_device(yb, self.device)
             xb = self.batcher(images, self.augment, aug_gen)  # (B, C, H, W)
@@ -733,6 +834,19 @@ class Trainer:
         if graphed is not None:
             loss_sum, correct = loss_sum + graphed.loss_sum, correct + graphed.correct
         return loss_sum, correct, seen
+
+    def _stream(self, order: torch.Tensor, world: World):
+        """This epoch's batches, decoded from their files by DataLoader workers, in order."""
+        t = self.run.train
+        batches = []
+        for i in range(self.steps_per_epoch):
+            idx = order[i * t.batch_size : (i + 1) * t.batch_size]
+            batches.append((rank_batch(idx, world) if world.size > 1 else idx).tolist())
+        if self._loader is None:
+            self._loader = _StreamLoader(
+                self.train_images, self.train_labels, t.workers, self.device.type == "cuda"
+            )
+        return self._loader.epoch(batches)
 
     def _graphed_step(self, model: nn.Module, frozen: bool) -> GraphedStep | None:
         """The recorded step for this epoch's set of trained parameters, sums reset."""

@@ -51,14 +51,15 @@ def _epochs(run: Path) -> list[dict]:
     ]
 
 
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+def _kill_and_resume(tmp_path: Path, dataset: str, args: list[str], epochs: int) -> None:
+    """Train ``dataset`` once through, and once killed mid-run and resumed: same numbers."""
     ref = tmp_path / "ref"
-    p = _imrec("train", "digits", "--out", ref, *ARGS)
+    p = _imrec("train", dataset, "--out", ref, *args)
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
 
     run = tmp_path / "killed"
-    p = _imrec("train", "digits", "--out", run, *ARGS)
+    p = _imrec("train", dataset, "--out", run, *args)
     deadline = time.monotonic() + 240
     while len(_epochs(run)) < 2 and p.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -66,7 +67,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     p.communicate()
     assert p.returncode == -signal.SIGKILL
     done = len(_epochs(run))
-    assert 2 <= done < EPOCHS, (
+    assert 2 <= done < epochs, (
         f"the run was killed after {done} epochs; the test needs a mid-run kill"
     )
     assert not (run / "report.json").exists()
@@ -80,6 +81,27 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     a = json.loads((ref / "report.json").read_text())["test"]
     b = json.loads((run / "report.json").read_text())["test"]
     assert b["accuracy"] == a["accuracy"] and b["nll"] == pytest.approx(a["nll"], abs=1e-6)
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+    _kill_and_resume(tmp_path, "digits", ARGS, EPOCHS)
+
+
+def test_a_streamed_folder_run_resumes_too(tmp_path):
+    """Training images decoded by DataLoader workers: killed and resumed, still the same run."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, cls in enumerate(("left", "middle", "right")):
+        (tmp_path / "glyphs" / cls).mkdir(parents=True)
+        for i in range(60):
+            a = rng.integers(0, 60, (16, 16), np.uint8)
+            a[:, 2 + 5 * c : 5 + 5 * c] = 220
+            Image.fromarray(a, "L").save(tmp_path / "glyphs" / cls / f"{i}.png")
+    args = ["--model", "cnn", "--data-placement", "stream", "--workers", "1", "--epochs", "16",
+            "--batch-size", "8", "--seed", "2", "--threads", "1", "--quiet"]  # fmt: skip
+    _kill_and_resume(tmp_path, f"folder:{tmp_path / 'glyphs'}", args, 16)
 
 
 def test_resume_needs_a_completed_epoch(tmp_path):

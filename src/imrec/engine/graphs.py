@@ -84,12 +84,20 @@ class GraphedStep:
             enabled = gc.isenabled()
             gc.disable()
             try:
-                self.graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(self.graph):
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
                     self._body()
+            except RuntimeError as e:
+                from imrec.engine.train import TrainError
+
+                raise TrainError(
+                    f"recording the training step as a CUDA graph failed ({e}); train with "
+                    "--cuda-graphs off"
+                ) from e
             finally:
                 if enabled:
                     gc.enable()
+            self.graph = graph
         self.graph.replay()
 
     # -- inside ------------------------------------------------------------------------------

@@ -666,9 +666,11 @@ class Trainer:
         _refuse_distributed(self.run)
         if self.world.size == 1:
             self.train_loop()
+            self._loader = None  # stops the streaming workers before the evaluation
             return self.finish()
         try:
             self.train_loop()
+            self._loader = None
             # Only rank 0 writes the report; the others wait for it and return the same dict.
             report = distributed.share_from_main(self.finish() if self.world.main else None)
         except RuntimeError as e:

@@ -116,8 +116,9 @@ def _os_name() -> str:
 
 def git_commit() -> str:
     """Short commit of the checkout, with ``+dirty`` when there are uncommitted changes."""
-    if not (REPO / ".git").exists() and os.environ.get("IMREC_BENCH_COMMIT"):
-        return os.environ["IMREC_BENCH_COMMIT"]  # a copy of the tree without git (GPU machine)
+    if os.environ.get("IMREC_BENCH_COMMIT"):
+        # Set by whoever sends a copy of the tree to another machine (its git data may be stale).
+        return os.environ["IMREC_BENCH_COMMIT"]
     commit = command_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO) or "unknown"
     dirty = command_output(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO)
     return commit + ("+dirty" if dirty else "")

@@ -32,7 +32,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms, generalized_box_iou_loss
 
 from imrec.models.registry import coerce_options, fitting_tensors
 
@@ -221,6 +220,8 @@ class TinyDet(Detector):
         return name.startswith(("stem.", "c4.", "c8.", "c16."))
 
     def losses(self, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
+        import torchvision.ops as tvops  # here: importing torchvision costs ~1 s at start-up
+
         cls_logits, dist = self(images)
         heat, box_t, box_w = self._targets(targets, cls_logits.shape, images.device)
         n_obj = max(1.0, float(sum(len(t["boxes"]) for t in targets)))
@@ -230,7 +231,7 @@ class TinyDet(Detector):
         if pos.any():
             pred = self._boxes_from(dist)[pos]  # (P, 4)
             w = box_w[pos]
-            giou = generalized_box_iou_loss(pred, box_t[pos], reduction="none")
+            giou = tvops.generalized_box_iou_loss(pred, box_t[pos], reduction="none")
             box_loss = (giou * w).sum() / w.sum().clamp(min=1e-6)
         loss = cls_loss + self.box_weight * box_loss
         return {"loss": loss, "cls": cls_loss.detach(), "box": box_loss.detach()}
@@ -366,7 +367,9 @@ class TinyDet(Detector):
                 dim=1,
             )  # fmt: skip
             if nms_iou < 1.0 and len(bx):
-                kept = batched_nms(bx, s, lab, nms_iou)[:max_det]
+                import torchvision.ops as tvops  # here: importing torchvision costs ~1 s
+
+                kept = tvops.batched_nms(bx, s, lab, nms_iou)[:max_det]
                 bx, s, lab = bx[kept], s[kept], lab[kept]
             out.append({"boxes": bx[:max_det], "scores": s[:max_det], "labels": lab[:max_det]})
         return out

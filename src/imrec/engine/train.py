@@ -118,6 +118,16 @@ def make_optimizer(
     raise TrainError(f"unknown optimizer {cfg.optimizer!r}: choose adam, adamw or sgd")
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bf16 matrix work natively (oneDNN's check: AVX512-BF16 or AMX)."""
+    try:
+        return bool(
+            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set every group's learning rate to ``lr`` times its ``lr_mult``.
 
@@ -567,8 +577,21 @@ class Trainer:
 
     @staticmethod
     def _amp_dtype(amp: str, on_gpu: bool) -> torch.dtype | None:
-        if not on_gpu or amp == "off":
+        """Autocast dtype: on a GPU bf16 (fp16 where bf16 is missing) unless ``off``; on a CPU
+        only with ``--amp bf16`` and a processor with bf16 instructions (e.g. AVX512-BF16)."""
+        if amp not in ("auto", "bf16", "fp16", "off"):
+            raise TrainError(f"unknown amp {amp!r}: choose auto, bf16, fp16 or off")
+        if amp == "off":
             return None
+        if not on_gpu:
+            if amp == "fp16":
+                raise TrainError("--amp fp16 is for GPUs; on a CPU use --amp bf16 or off")
+            if amp == "bf16" and not cpu_has_bf16():
+                raise TrainError(
+                    "--amp bf16: this CPU has no bf16 instructions (AVX512-BF16 or AMX), so "
+                    "bf16 would be emulated and slower; train with --amp off"
+                )
+            return torch.bfloat16 if amp == "bf16" else None
         if amp == "fp16":
             return torch.float16
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -526,7 +526,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--head-lr-mult", type=float, help="the head's learning rate relative to the backbone's"
     )
     t.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
-    t.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"])
+    t.add_argument(
+        "--amp",
+        choices=["auto", "bf16", "fp16", "off"],
+        help="mixed precision (default auto: bf16 on GPUs, fp32 on CPUs; bf16 on a CPU needs "
+        "AVX512-BF16 or AMX)",
+    )
     t.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     t.add_argument(
         "--data-placement",

@@ -48,7 +48,8 @@ class TrainConfig:
     learning rate relative to the backbone (fine-tuning); ``freeze_epochs`` trains the head
     alone for that many epochs first. ``early_stop`` is the patience in epochs on the
     validation accuracy (0 = off). ``class_weights`` weighs the loss by inverse class
-    frequency. ``amp`` takes effect on a GPU only; ``channels_last`` ("auto" = on) everywhere.
+    frequency. ``amp``: "auto" = bf16 on a GPU, fp32 on a CPU (where "bf16" is opt-in);
+    ``channels_last`` ("auto" = on) everywhere.
     """
 
     epochs: int = 3

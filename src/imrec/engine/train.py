@@ -407,8 +407,10 @@ class _LiveStats:
     def update(self, bar, i: int, steps: int, loss_sum, correct, seen: int, t0: float) -> None:
         """Advance ``bar`` by one step; every 20 steps, show the newest sums that arrived."""
         if i % 20 == 0 or i == steps - 1:
-            self.push(loss_sum, correct, seen)
-            shown = self.latest()
+            self.latest()  # take in the previous copy if it has arrived
+            if self._pending is None:  # at most one copy in flight
+                self.push(loss_sum, correct, seen)
+            shown = self.latest()  # on a CPU: this step's sums; on a GPU: usually older ones
             if shown is not None:
                 bar.set_postfix(
                     loss=f"{shown[0]:.4f}",

@@ -17,19 +17,23 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from imrec.config import RunConfig
 from imrec.data.boxes import DetectionData, DetectionSet
 from imrec.data.detection import load_detection
+from imrec.engine import distributed
 from imrec.engine.checkpoint import CheckpointError, load_checkpoint
 from imrec.engine.ema import ModelEma
 from imrec.engine.train import (
     Trainer,
     TrainError,
     _epoch_seed,
+    _rank_seed,
     lr_factor,
     make_optimizer,
     pick_device,
+    rank_batch,
 )
 from imrec.models.detectors import TinyDet, create_detector, is_detector, load_matching
 from imrec.models.registry import architecture_options
@@ -211,6 +215,7 @@ class DetectionTrainer(Trainer):
                 f"{run.model.name!r} is not a detector; see `imrec models --task detect`"
             )
         self.device = pick_device(t.device)
+        self._join_world()
         torch.manual_seed(t.seed)
         self.data = data or load_detection(
             run.data.name,
@@ -252,6 +257,8 @@ class DetectionTrainer(Trainer):
         self.best = {self.monitor: -1.0, "epoch": 0}
         self.start_epoch = 0
         self.train_seconds = 0.0
+        self._ddp: tuple[bool, DistributedDataParallel] | None = None  # (frozen, wrapper)
+        self._loader = None
 
     def _init_from(self, source: str) -> None:
         """Start from an imrec detector checkpoint; heads for other classes are replaced."""
@@ -300,14 +307,31 @@ class DetectionTrainer(Trainer):
         for name, p in model.named_parameters():
             p.requires_grad_(not (frozen and model.is_backbone(name)))
         model.train()
-        loader = torch.utils.data.DataLoader(
-            self.train_set,
-            batch_size=t.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(seed),
-            collate_fn=collate,
-            num_workers=0,
-        )
+        world = self.world
+        losses = self._losses_module(frozen)
+        if world.size == 1:
+            loader = torch.utils.data.DataLoader(
+                self.train_set,
+                batch_size=t.batch_size,
+                shuffle=True,
+                generator=torch.Generator().manual_seed(seed),
+                collate_fn=collate,
+                num_workers=0,
+            )
+        else:
+            # One permutation on every rank; each takes its share of every global batch, and
+            # draws its own augmentation.
+            order = torch.randperm(
+                len(self.train_set), generator=torch.Generator().manual_seed(seed)
+            )
+            shares = [
+                rank_batch(order[i * t.batch_size : (i + 1) * t.batch_size], world).tolist()
+                for i in range(self.steps_per_epoch)
+            ]
+            torch.manual_seed(_rank_seed(t.seed, epoch, world.rank) + 1)
+            loader = torch.utils.data.DataLoader(
+                self.train_set, batch_sampler=shares, collate_fn=collate, num_workers=0
+            )
         total = t.epochs * self.steps_per_epoch
         warmup = round(t.warmup_epochs * self.steps_per_epoch)
         sums: dict[str, float] = {}
@@ -326,7 +350,7 @@ class DetectionTrainer(Trainer):
             with torch.autocast(
                 self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
             ):
-                parts = model.losses(x, targets)
+                parts = losses(x, targets)
             loss = parts["loss"]
             if not torch.isfinite(loss):
                 raise TrainError(
@@ -334,7 +358,13 @@ class DetectionTrainer(Trainer):
                     "or set --grad-clip"
                 )
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if world.size > 1:
+                # DDP averages the ranks' gradients; weigh each rank by its share of the global
+                # batch, so the result is the gradient of the whole batch's mean loss.
+                batch = min(t.batch_size, len(self.train_set) - i * t.batch_size)
+                (loss * (len(images) * world.size / batch)).backward()
+            else:
+                loss.backward()
             if t.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             self.optimizer.step()
@@ -351,6 +381,11 @@ class DetectionTrainer(Trainer):
                         img_s=f"{seen / (time.perf_counter() - t0):.0f}",
                     )
         train_time = time.perf_counter() - t0
+        if world.size > 1:  # the sums and the count over all ranks
+            keys = sorted(sums)
+            total = torch.tensor([sums[k] for k in keys] + [seen], dtype=torch.float64)
+            *values, seen = distributed.all_reduce_sum(total.to(self.device)).tolist()
+            sums, seen = dict(zip(keys, values, strict=True)), int(seen)
         val = self.validate()
         seconds = time.perf_counter() - t0
         self.train_seconds += seconds
@@ -370,22 +405,60 @@ class DetectionTrainer(Trainer):
         }
         return row
 
+    def _losses_module(self, frozen: bool) -> nn.Module:
+        """What computes the losses: the detector's ``losses``, through DDP under torchrun.
+
+        DDP synchronises gradients only for calls of its own ``forward``, so the losses are
+        wrapped in a module whose forward they are. Rebuilt when freezing changes which
+        parameters train.
+        """
+        if self.world.size == 1:
+            return self.model.losses
+        if self._ddp is None or self._ddp[0] != frozen:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # torchvision detectors may leave a parameter without gradient in a step.
+            unused = not isinstance(self.model, TinyDet)
+            wrapper = DistributedDataParallel(
+                _Losses(self.model), device_ids=ids, find_unused_parameters=unused
+            )
+            self._ddp = (frozen, wrapper)
+        return self._ddp[1]
+
     def validate(self) -> dict:
         from imrec.engine.detection_metrics import coco_evaluate
 
+        val, images = self.data.val, self.val_set.images
+        if self.world.size > 1:  # each rank detects on its part; rank 0 scores them all
+            distributed.broadcast_buffers(self.model)
+            if self.ema:
+                distributed.broadcast_buffers(self.ema.module)
+            part = distributed.shard(len(val), self.world)
+            val = val.subset(range(len(val))[part])
+            images = images[part] if images is not None else None
         preds, _ = detect_split(
-            self.eval_model(),
-            self.data.val,
-            self.data.channels,
-            self.size,
-            self.domain,
-            images=self.val_set.images,
+            self.eval_model(), val, self.data.channels, self.size, self.domain, images=images
         )
-        m = coco_evaluate(self.data.val, preds, self.data.classes)
+        if self.world.size > 1:
+            parts = distributed.gather_objects(preds)
+            if not self.world.main:
+                return {"map": 0.0, "map50": 0.0}  # train_loop takes rank 0's row
+            preds, val = [p for part in parts for p in part], self.data.val
+        m = coco_evaluate(val, preds, self.data.classes)
         return {"map": m["map"], "map50": m["map50"]}
 
     def finish(self) -> dict:
         return finish_detection_run(self)
+
+
+class _Losses(nn.Module):
+    """A detector's training losses as a module's forward (what DDP wraps)."""
+
+    def __init__(self, detector: nn.Module):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
+        return self.detector.losses(images, targets)
 
 
 # ---- report -----------------------------------------------------------------------------
@@ -501,6 +574,7 @@ def finish_detection_run(trainer: DetectionTrainer) -> dict:
             "epochs_run": len(trainer.history),
             "best_epoch": trainer.best["epoch"],
             "device": str(trainer.device),
+            **trainer.parallel_info(),  # world_size, effective_batch_size, lr_scaling
             "init": trainer.init_note,
             "augment": dataclasses.asdict(trainer.augment) if trainer.augment else None,
             "config": run.to_dict(),

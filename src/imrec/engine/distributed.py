@@ -204,6 +204,16 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def gather_objects(obj) -> list | None:
+    """Every rank's ``obj`` on rank 0, in rank order (``None`` on the other ranks).
+
+    Used for results that only rank 0 combines, such as detections for COCO evaluation.
+    """
+    out = [None] * dist.get_world_size() if is_main() else None
+    dist.gather_object(obj, out, dst=0, group=_control)
+    return out
+
+
 def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
     """Copy rank ``src``'s buffers (e.g. BatchNorm running statistics) to every rank."""
     for buffer in module.buffers():

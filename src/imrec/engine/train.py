@@ -688,7 +688,6 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train to the end (or early stop), then evaluate the best checkpoint on the test split."""
-        _refuse_distributed(self.run)
         if self.world.size == 1:
             self.train_loop()
             self._loader = None  # stops the streaming workers before the evaluation
@@ -951,16 +950,6 @@ class Trainer:
             unit="batch",
             leave=True,
             dynamic_ncols=True,
-        )
-
-
-def _refuse_distributed(run: RunConfig) -> None:
-    """Detection trains with DataLoaders and has no data-parallel path yet."""
-    world = distributed.world_from_env()
-    if world.size > 1 and run.task == "detect":
-        raise TrainError(
-            f"detection training runs in one process; this one was started by torchrun as rank "
-            f"{world.rank} of {world.size}: run `imrec train` without torchrun"
         )
 
 

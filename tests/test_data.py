@@ -465,16 +465,17 @@ def _glyph_folder(root: Path, per_class: int = 24) -> Path:
 def test_folder_streams_its_training_split_when_too_large(tmp_path, monkeypatch):
     from imrec.data.folder import FileImages
 
-    root = _glyph_folder(tmp_path / "glyphs")
+    root = _glyph_folder(tmp_path / "glyphs", per_class=30)  # 64+ training images: threads
     held = load_dataset(f"folder:{root}", seed=3)
     assert not held.train.streamed
-    monkeypatch.setenv("IMREC_STREAM_BYTES", "4000")  # ~15 decoded 16x16 images
+    monkeypatch.setenv("IMREC_STREAM_BYTES", "4000")  # ~5 decoded 16x16 RGB images
     lazy = load_dataset(f"folder:{root}", seed=3)
     assert isinstance(lazy.train.images, FileImages) and lazy.train.streamed
     assert not lazy.val.streamed and not lazy.test.streamed  # always decoded into memory
     assert "streamed" in lazy.split_note and lazy.checksum == held.checksum
     # The same pixels, split for split, whichever way they are read.
     assert lazy.train.images.shape == held.train.images.shape
+    assert len(lazy.train) >= 64  # decoded by a thread pool
     assert torch.equal(lazy.train.images[:], held.train.images)
     assert torch.equal(lazy.train.images[torch.tensor([3, 0])], held.train.images[[3, 0]])
     assert torch.equal(lazy.train.images[-1], held.train.images[-1])

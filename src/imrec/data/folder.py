@@ -264,7 +264,11 @@ class FileImages:
         pos = self._positions(index)
         if not pos:
             return torch.empty((0, self.channels, self.side, self.side), dtype=torch.uint8)
-        return torch.stack([self.read(i) for i in pos])  # (n, C, H, W)
+        if len(pos) < 64:
+            return torch.stack([self.read(i) for i in pos])  # (n, C, H, W)
+        workers = min(8, (os.cpu_count() or 1) + 2)  # Pillow releases the GIL while decoding
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return torch.stack(list(pool.map(self.read, pos)))
 
     def subset(self, index) -> FileImages:
         paths = [self.paths[i] for i in self._positions(index)]

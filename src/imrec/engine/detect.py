@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -405,7 +406,7 @@ class DetectionTrainer(Trainer):
         }
         return row
 
-    def _losses_module(self, frozen: bool) -> nn.Module:
+    def _losses_module(self, frozen: bool) -> Callable[..., dict[str, torch.Tensor]]:
         """What computes the losses: the detector's ``losses``, through DDP under torchrun.
 
         DDP synchronises gradients only for calls of its own ``forward``, so the losses are

@@ -451,21 +451,12 @@ def test_group_split_keeps_groups_whole():
         group_split(groups, 0.0, seed=0)
 
 
-def _glyph_folder(root: Path, per_class: int = 24) -> Path:
-    """Three classes of 16x16 grey images a small model can tell apart (bar position)."""
-    rng = np.random.default_rng(0)
-    for c, cls in enumerate(("left", "middle", "right")):
-        for i in range(per_class):
-            a = rng.integers(0, 60, (16, 16), np.uint8)
-            a[:, 2 + 5 * c : 5 + 5 * c] = 220
-            _save(root / cls / f"{i}.png", Image.fromarray(a, "L"))
-    return root
-
-
 def test_folder_streams_its_training_split_when_too_large(tmp_path, monkeypatch):
+    from conftest import bar_folder
+
     from imrec.data.folder import FileImages
 
-    root = _glyph_folder(tmp_path / "glyphs", per_class=30)  # 64+ training images: threads
+    root = bar_folder(tmp_path / "glyphs", per_class=30)  # 64+ training images: threads
     held = load_dataset(f"folder:{root}", seed=3)
     assert not held.train.streamed
     monkeypatch.setenv("IMREC_STREAM_BYTES", "4000")  # ~5 decoded 16x16 RGB images
@@ -495,7 +486,9 @@ def test_folder_streams_its_training_split_when_too_large(tmp_path, monkeypatch)
 
 
 def test_a_streamed_file_that_breaks_later_is_named(tmp_path):
-    root = _glyph_folder(tmp_path / "glyphs", per_class=6)
+    from conftest import bar_folder
+
+    root = bar_folder(tmp_path / "glyphs", per_class=6)
     data = load_dataset(f"folder:{root}", stream=True)
     broken = data.train.images.paths[2]
     broken.write_bytes(b"not a png any more")

@@ -251,18 +251,11 @@ def test_learning_rates_held_as_tensors_survive_a_save_and_load(tmp_path):
 def test_training_images_streamed_from_files_train_exactly_as_in_memory(tmp_path):
     """--data-placement stream: DataLoader workers decode the same batches the in-memory path
     gathers, so the run's numbers are identical; report and config say how it ran."""
-    import numpy as np
-    from PIL import Image
+    from conftest import bar_folder
 
     import imrec
 
-    rng = np.random.default_rng(0)
-    for c, cls in enumerate(("left", "middle", "right")):
-        (tmp_path / "glyphs" / cls).mkdir(parents=True)
-        for i in range(30):
-            a = rng.integers(0, 60, (16, 16), np.uint8)
-            a[:, 2 + 5 * c : 5 + 5 * c] = 220
-            Image.fromarray(a, "L").save(tmp_path / "glyphs" / cls / f"{i}.png")
+    bar_folder(tmp_path / "glyphs", per_class=30)
     reports = {}
     for mode in ("device", "stream"):
         reports[mode] = imrec.fit(

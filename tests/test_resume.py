@@ -89,16 +89,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
 
 def test_a_streamed_folder_run_resumes_too(tmp_path):
     """Training images decoded by DataLoader workers: killed and resumed, still the same run."""
-    import numpy as np
-    from PIL import Image
+    from conftest import bar_folder
 
-    rng = np.random.default_rng(0)
-    for c, cls in enumerate(("left", "middle", "right")):
-        (tmp_path / "glyphs" / cls).mkdir(parents=True)
-        for i in range(60):
-            a = rng.integers(0, 60, (16, 16), np.uint8)
-            a[:, 2 + 5 * c : 5 + 5 * c] = 220
-            Image.fromarray(a, "L").save(tmp_path / "glyphs" / cls / f"{i}.png")
+    bar_folder(tmp_path / "glyphs", per_class=60)
     args = ["--model", "cnn", "--data-placement", "stream", "--workers", "1", "--epochs", "16",
             "--batch-size", "8", "--seed", "2", "--threads", "1", "--quiet"]  # fmt: skip
     _kill_and_resume(tmp_path, f"folder:{tmp_path / 'glyphs'}", args, 16)

@@ -359,13 +359,8 @@ class DetectionTrainer(Trainer):
                     "or set --grad-clip"
                 )
             self.optimizer.zero_grad(set_to_none=True)
-            if world.size > 1:
-                # DDP averages the ranks' gradients; weigh each rank by its share of the global
-                # batch, so the result is the gradient of the whole batch's mean loss.
-                batch = min(t.batch_size, len(self.train_set) - i * t.batch_size)
-                (loss * (len(images) * world.size / batch)).backward()
-            else:
-                loss.backward()
+            batch = min(t.batch_size, len(self.train_set) - i * t.batch_size)
+            self._backward(loss, len(images), batch)
             if t.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             self.optimizer.step()
@@ -384,8 +379,9 @@ class DetectionTrainer(Trainer):
         train_time = time.perf_counter() - t0
         if world.size > 1:  # the sums and the count over all ranks
             keys = sorted(sums)
-            total = torch.tensor([sums[k] for k in keys] + [seen], dtype=torch.float64)
-            *values, seen = distributed.all_reduce_sum(total.to(self.device)).tolist()
+            *values, seen = distributed.sum_over_ranks(
+                [sums[k] for k in keys] + [seen], self.device
+            )
             sums, seen = dict(zip(keys, values, strict=True)), int(seen)
         val = self.validate()
         seconds = time.perf_counter() - t0
@@ -415,15 +411,9 @@ class DetectionTrainer(Trainer):
         """
         if self.world.size == 1:
             return self.model.losses
-        if self._ddp is None or self._ddp[0] != frozen:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            # torchvision detectors may leave a parameter without gradient in a step.
-            unused = not isinstance(self.model, TinyDet)
-            wrapper = DistributedDataParallel(
-                _Losses(self.model), device_ids=ids, find_unused_parameters=unused
-            )
-            self._ddp = (frozen, wrapper)
-        return self._ddp[1]
+        # torchvision detectors may leave a parameter without gradient in a step.
+        unused = not isinstance(self.model, TinyDet)
+        return self._ddp_wrapper(lambda: _Losses(self.model), frozen, find_unused=unused)
 
     def validate(self) -> dict:
         from imrec.engine.detection_metrics import coco_evaluate

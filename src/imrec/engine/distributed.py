@@ -189,6 +189,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Each of ``values`` summed over all ranks, in one collective (float64 on ``device``).
+
+    Example:
+        >>> loss, correct, count = sum_over_ranks([2.5, 30, 32], torch.device("cpu"))  # doctest: +SKIP
+    """
+    return all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
+
+
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     """The mean of ``tensor`` over all ranks, in place (floating-point tensors)."""
     return all_reduce_sum(tensor).div_(dist.get_world_size())

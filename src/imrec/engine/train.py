@@ -17,6 +17,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -839,12 +840,7 @@ class Trainer:
                     logits.float(), yb, weight=self.loss_weight, label_smoothing=t.label_smoothing
                 )
             self.optimizer.zero_grad(set_to_none=True)
-            if world.size > 1:
-                # DDP averages the ranks' gradients; weigh each by its share of the global
-                # batch so that the result is the gradient of the mean over the whole batch.
-                (loss * (len(idx) * world.size / batch)).backward()
-            else:
-                loss.backward()
+            self._backward(loss, len(idx), batch)
             if t.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             self.optimizer.step()
@@ -893,19 +889,36 @@ class Trainer:
             if self.run.train.compile and self._compiled is None:
                 self._compiled = torch.compile(self.model)  # shares the model's parameters
             return self.model if self._compiled is None else self._compiled
+        return self._ddp_wrapper(lambda: self.model, frozen)
+
+    def _ddp_wrapper(
+        self, module: Callable[[], nn.Module], frozen: bool, find_unused: bool = False
+    ) -> DistributedDataParallel:
+        """The DDP wrapper of ``module()``, built again when freezing changes what trains."""
         if self._ddp is None or self._ddp[0] != frozen:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self._ddp = (frozen, DistributedDataParallel(self.model, device_ids=ids))
+            wrapper = DistributedDataParallel(
+                module(), device_ids=ids, find_unused_parameters=find_unused
+            )
+            self._ddp = (frozen, wrapper)
         return self._ddp[1]
+
+    def _backward(self, loss: torch.Tensor, share: int, batch: int) -> None:
+        """``loss.backward()`` for this rank's ``share`` of a global batch of ``batch``.
+
+        DDP averages the ranks' gradients; weighing each rank's loss by its share makes the
+        result the gradient of the mean loss over the whole batch.
+        """
+        if self.world.size > 1:
+            loss = loss * (share * self.world.size / batch)
+        loss.backward()
 
     def _reduce_train_metrics(
         self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Loss sum, correct count and sample count over all ranks (one collective)."""
-        sums = torch.tensor(
-            [loss_sum.item(), correct.item(), seen], dtype=torch.float64, device=self.device
-        )
-        loss, right, count = distributed.all_reduce_sum(sums).tolist()
+        values = [loss_sum.item(), correct.item(), seen]
+        loss, right, count = distributed.sum_over_ranks(values, self.device)
         return torch.tensor(loss), torch.tensor(right), int(count)
 
     def validate(self) -> dict:
@@ -928,15 +941,17 @@ class Trainer:
             distributed.broadcast_buffers(self.ema.module)
         part = distributed.shard(len(self.data.val), self.world)
         images, labels = self.data.val.images[part], self.data.val.labels[part]
-        sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+        sums = [0.0, 0.0, 0.0]  # loss sum, correct, count
         if len(labels):
             logits = predict_logits(
                 self.eval_model(), images, self.batcher, self.run.train.eval_batch_size
             )
-            sums[0] = F.cross_entropy(logits, labels, reduction="sum").item()
-            sums[1] = (logits.argmax(1) == labels).sum().item()
-            sums[2] = len(labels)
-        loss, correct, count = distributed.all_reduce_sum(sums.to(self.device)).tolist()
+            sums = [
+                F.cross_entropy(logits, labels, reduction="sum").item(),
+                (logits.argmax(1) == labels).sum().item(),
+                len(labels),
+            ]
+        loss, correct, count = distributed.sum_over_ranks(sums, self.device)
         return {"loss": round(loss / count, 6), "accuracy": round(correct / count, 6)}
 
     def _bar(self, epoch: int):

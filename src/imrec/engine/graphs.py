@@ -25,7 +25,6 @@ import math
 import weakref
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 WARMUP_STEPS = 3
@@ -130,27 +129,19 @@ class GraphedStep:
             self.params[name] = part.view(shape)
 
     def _body(self) -> None:
-        """Forward, loss, backward, clipping, optimiser and EMA on the fixed buffers."""
-        tr, t = self.trainer, self.trainer.run.train
+        """The trainer's own step (:meth:`~imrec.engine.train.Trainer.step`) on the fixed
+        buffers, with the sums kept on the device."""
+        tr = self.trainer
         x = tr.batcher(self.images, tr.augment, params=self.params)  # (B, C, H, W)
-        with torch.autocast(
-            "cuda", dtype=tr.amp_dtype, enabled=tr.amp_dtype is not None, cache_enabled=False
-        ):
-            logits = self.model(x)  # (B, K)
-            loss = F.cross_entropy(
-                logits.float(),
-                self.labels,
-                weight=tr.loss_weight,
-                label_smoothing=t.label_smoothing,
-            )
-        # Eager warm-up: fresh gradients. While recording: a no-op (they were set to None just
-        # before), so the recorded backward writes the gradients instead of adding to them.
-        tr.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if t.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-        tr.optimizer.step()
-        if tr.ema is not None:
-            tr.ema.blend(tr.model, self.ema_weight)
-        self.loss_sum += loss.detach() * self.batch
-        self.correct += (logits.detach().argmax(1) == self.labels).sum()
+        # Autocast's cast cache must stay off while recording (cached casts go stale).
+        loss, logits = tr.step(
+            self.model,
+            x,
+            self.labels,
+            self.batch,
+            self.batch,
+            self.ema_weight,
+            autocast_cache=False,
+        )
+        self.loss_sum += loss * self.batch
+        self.correct += (logits.argmax(1) == self.labels).sum()

@@ -405,12 +405,15 @@ class _LiveStats:
         else:
             self._pending = (sums, None, seen)
 
-    def update(self, bar, i: int, steps: int, loss_sum, correct, seen: int, t0: float) -> None:
-        """Advance ``bar`` by one step; every 20 steps, show the newest sums that arrived."""
+    def update(self, bar, i: int, steps: int, sums, seen: int, t0: float) -> None:
+        """Advance ``bar`` by one step; every 20 steps, show the newest sums that arrived.
+
+        ``sums()`` gives the running (loss sum, correct count); it is called only then.
+        """
         if i % 20 == 0 or i == steps - 1:
             self.latest()  # take in the previous copy if it has arrived
             if self._pending is None:  # at most one copy in flight
-                self.push(loss_sum, correct, seen)
+                self.push(*sums(), seen)
             shown = self.latest()  # on a CPU: this step's sums; on a GPU: usually older ones
             if shown is not None:
                 bar.set_postfix(
@@ -807,6 +810,13 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         graphed = self._graphed_step(model, frozen)
+
+        def running() -> tuple[torch.Tensor, torch.Tensor]:
+            """The epoch's loss sum and correct count so far (eager and recorded steps)."""
+            if graphed is None:
+                return loss_sum, correct
+            return loss_sum + graphed.loss_sum, correct + graphed.correct
+
         streamed = self._stream(order, world) if self.placement == "stream" else None
         live = _LiveStats() if bar is not None else None
         t0 = time.perf_counter()
@@ -822,8 +832,7 @@ class Trainer:
                 graphed.run(idx, self.augment.draw(shape, aug_gen) if self.augment else {})
                 seen += batch
                 if live is not None:
-                    live.update(bar, i, self.steps_per_epoch, loss_sum + graphed.loss_sum,
-                                correct + graphed.correct, seen, t0)  # fmt: skip
+                    live.update(bar, i, self.steps_per_epoch, running, seen, t0)
                 continue
             if streamed is not None:  # decoded by the workers, already page-locked on a GPU
                 images, yb = next(streamed)
@@ -832,30 +841,54 @@ class Trainer:
             if images.device != self.device:  # host placement: one async copy per batch
                 images, yb = to_device(images, self.device), to_device(yb, self.device)
             xb = self.batcher(images, self.augment, aug_gen)  # (B, C, H, W)
-            with torch.autocast(
-                self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
-            ):
-                logits = model(xb)  # (B, K)
-                loss = F.cross_entropy(
-                    logits.float(), yb, weight=self.loss_weight, label_smoothing=t.label_smoothing
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            self._backward(loss, len(idx), batch)
-            if t.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            self.optimizer.step()
-            if self.ema:
-                self.ema.update(self.model)
-            loss_sum += loss.detach() * len(idx)
-            correct += (logits.detach().argmax(1) == yb).sum()
+            loss, logits = self.step(model, xb, yb, len(idx), batch)
+            loss_sum += loss * len(idx)
+            correct += (logits.argmax(1) == yb).sum()
             seen += len(idx)
             if live is not None:
-                sums = (loss_sum, correct) if graphed is None else (
-                    loss_sum + graphed.loss_sum, correct + graphed.correct)  # fmt: skip
-                live.update(bar, i, self.steps_per_epoch, *sums, seen, t0)
-        if graphed is not None:
-            loss_sum, correct = loss_sum + graphed.loss_sum, correct + graphed.correct
+                live.update(bar, i, self.steps_per_epoch, running, seen, t0)
+        loss_sum, correct = running()
         return loss_sum, correct, seen
+
+    def step(
+        self,
+        model: nn.Module,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        share: int,
+        batch: int,
+        ema_weight: torch.Tensor | None = None,
+        autocast_cache: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on a prepared batch: forward, loss, backward, clipping, update, EMA.
+
+        Returns the (detached) mean loss and logits. ``ema_weight`` is the EMA's blending
+        weight as a device scalar (a recorded CUDA graph reads it; see
+        :mod:`imrec.engine.graphs`), else the EMA counts its own update.
+        """
+        t = self.run.train
+        with torch.autocast(
+            self.device.type,
+            dtype=self.amp_dtype,
+            enabled=self.amp_dtype is not None,
+            cache_enabled=autocast_cache,
+        ):
+            logits = model(xb)  # (B, K)
+            loss = F.cross_entropy(
+                logits.float(), yb, weight=self.loss_weight, label_smoothing=t.label_smoothing
+            )
+        # While a CUDA graph records, gradients are already None: the recorded backward then
+        # writes them instead of adding to them.
+        self.optimizer.zero_grad(set_to_none=True)
+        self._backward(loss, share, batch)
+        if t.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        self.optimizer.step()
+        if self.ema and ema_weight is not None:
+            self.ema.blend(self.model, ema_weight)
+        elif self.ema:
+            self.ema.update(self.model)
+        return loss.detach(), logits.detach()
 
     def _stream(self, order: torch.Tensor, world: World):
         """This epoch's batches, decoded from their files by DataLoader workers, in order."""

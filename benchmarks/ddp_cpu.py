@@ -24,7 +24,6 @@ import argparse
 import os
 import shlex
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -76,21 +75,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---- one run --------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def command(
     dataset: str, args: list[str], processes: int, run_dir: Path, mirror: Path
 ) -> tuple[list[str], dict[str, str]]:
     """``imrec train`` as one process, or under torchrun with ``processes`` ranks on loopback."""
     cmd, env = imrec_train(dataset, args, run_dir, mirror)
     if processes > 1:
-        launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={processes}"]
-        rendezvous = ["--master_addr=127.0.0.1", f"--master_port={_free_port()}"]
-        cmd = [sys.executable, *launcher, *rendezvous, *cmd[1:]]
+        # --standalone: torchrun binds its rendezvous store to a free port and keeps it.
+        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        cmd = [sys.executable, *launcher, *cmd[1:]]
     return cmd, env
 
 

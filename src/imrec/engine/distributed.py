@@ -17,6 +17,8 @@ Example:
 from __future__ import annotations
 
 import ctypes
+import gc
+import importlib
 import os
 import signal
 import sys
@@ -141,6 +143,12 @@ def setup(device: torch.device, timeout_s: float | None = None) -> torch.device:
     if dist.is_initialized():
         return device
     timeout = timedelta(seconds=timeout_s or timeout_seconds())
+    # DistributedDataParallel imports torch._dynamo on first use. Imported while a process
+    # group exists, torch._dynamo keeps references to that group for the life of the process,
+    # so destroy_process_group() cannot end it and its gloo threads outlive the interpreter
+    # (see shutdown). Imported before the group exists, it keeps none.
+    importlib.import_module("torch._dynamo")
+
     try:
         dist.init_process_group(backend_for(device), timeout=timeout)
     except Exception as e:  # the rendezvous raises several types (store, network, value)
@@ -172,11 +180,45 @@ def die_with_launcher() -> None:
 
 
 def shutdown() -> None:
-    """Leave the process group (a no-op when none was joined)."""
+    """Leave the process group and end its worker threads (a no-op when none was joined).
+
+    Call it with no other references to the group left (drop DDP wrappers first). The group's
+    worker threads must end while the interpreter still runs: a gloo worker that releases the
+    tensors of the last collective needs the GIL, and one that asks for it during interpreter
+    finalisation is ended by CPython with ``pthread_exit``, whose unwinding through a C++
+    destructor aborts the process (``terminate called without an active exception``, exit -6)
+    after a successful run. The last reference to a group is dropped with the GIL released,
+    so its destructor joins those threads here.
+    """
     global _control
+    _control = None
     if dist.is_initialized():
         dist.destroy_process_group()
-    _control = None
+    # Objects in reference cycles (a trainer and its DDP wrapper) may still hold the group:
+    # collect them now, not during interpreter shutdown.
+    gc.collect()
+
+
+def collective_threads() -> int:
+    """How many gloo worker threads this process runs (0 once every process group has ended).
+
+    Linux only (it reads thread names from ``/proc``); 0 elsewhere.
+
+    Example:
+        >>> collective_threads()
+        0
+    """
+    tasks = "/proc/self/task"
+    if not os.path.isdir(tasks):
+        return 0
+    names = []
+    for tid in os.listdir(tasks):
+        try:
+            with open(f"{tasks}/{tid}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:  # the thread ended while we looked
+            continue
+    return sum(name == "pt_gloo_runloop" for name in names)
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -276,10 +318,27 @@ _COMM_WORDS = ("gloo", "nccl", "connection reset", "connection closed", "timed o
 
 
 def failure_message(error: BaseException, world: World) -> str:
-    """What to tell the user when a collective fails: most often another rank has died."""
+    """What to tell the user when a collective fails: another rank hung or died.
+
+    Example:
+        >>> error = RuntimeError("Application timeout caused pair closure")
+        >>> "rank 1 of 2 gave no answer within" in failure_message(error, World(size=2))
+        True
+    """
+    text, limit = str(error).lower(), timeout_seconds()
+    if "timed out" in text or "timeout" in text:
+        others = f"rank {1 - world.rank}" if world.size == 2 else "another rank"
+        what = (
+            f"{others} of {world.size} gave no answer within the collective timeout "
+            f"({limit:g} s; set {TIMEOUT_ENV} to change it): it hangs or is too slow"
+        )
+    else:
+        what = (
+            f"another process died or closed its connection (the collective timeout is "
+            f"{limit:g} s, set {TIMEOUT_ENV} to change it)"
+        )
     return (
-        f"distributed training failed on rank {world.rank} of {world.size}: another process "
-        f"died or stopped answering (the collective timeout is {timeout_seconds():g} s, "
-        f"set {TIMEOUT_ENV} to change it); torchrun's summary names the rank that failed "
-        f"first. Continue with `torchrun ... -m imrec train --resume RUN_DIR`. ({error})"
+        f"distributed training failed on rank {world.rank} of {world.size}: {what}; torchrun's "
+        f"summary names the rank that failed first. Continue with "
+        f"`torchrun ... -m imrec train --resume RUN_DIR`. ({error})"
     )

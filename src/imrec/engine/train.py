@@ -700,13 +700,24 @@ class Trainer:
             self.train_loop()
             self._loader = None
             # Only rank 0 writes the report; the others wait for it and return the same dict.
-            report = distributed.share_from_main(self.finish() if self.world.main else None)
+            return distributed.share_from_main(self.finish() if self.world.main else None)
         except RuntimeError as e:
             if not distributed.is_comm_failure(e):
                 raise
             raise TrainError(distributed.failure_message(e, self.world)) from e
+        finally:
+            self.leave_world()
+
+    def leave_world(self) -> None:
+        """Drop everything that holds the process group, then end it (success or failure).
+
+        The DDP wrapper keeps the group alive; a group still alive when the interpreter exits
+        has gloo threads that reach for the GIL during finalisation and abort the process
+        ("terminate called without an active exception") after all its work was done.
+        """
+        self._ddp = None
+        self._loader = None
         distributed.shutdown()
-        return report
 
     def train_loop(self) -> None:
         """The epochs, each followed by its checkpoints and its line in ``metrics.jsonl``."""

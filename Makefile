@@ -24,8 +24,11 @@ mnist: setup
 test: setup
 	$(PY) -m pytest -q
 
+# Style (ruff) and architecture: import-linter checks that every import points down the
+# layers declared in pyproject.toml and that classify/ and detect/ stay independent.
 lint: setup
-	$(VENV)/bin/ruff format --check src tests benchmarks && $(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts && $(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/lint-imports
 
 bench: setup
 	$(PY) benchmarks/mnist_vs_seed.py

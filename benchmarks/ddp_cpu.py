@@ -44,10 +44,10 @@ from _bench import (
     write_section,
 )
 
+from imrec.core.batching import Batcher, predict_logits
+from imrec.core.checkpoint import read_checkpoint_meta
 from imrec.data import load_dataset
-from imrec.engine.checkpoint import read_checkpoint_meta
-from imrec.engine.train import Batcher, predict_logits
-from imrec.inference import load_model
+from imrec.models.load import load_model
 
 START, END = "<!-- ddp_cpu:start -->", "<!-- ddp_cpu:end -->"
 GOALS = (0.990, 0.995)

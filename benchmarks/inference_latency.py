@@ -86,7 +86,7 @@ def mnist_run(args: argparse.Namespace) -> Path:
 
 def export(run: Path) -> tuple[Path, float]:
     """The int8 bundle of ``run`` under .bench/, and the seconds the export took."""
-    from imrec.export import export_bundle
+    from imrec.deploy.export import export_bundle
 
     t0 = time.perf_counter()
     bundle = export_bundle(run, REPO / ".bench" / "mnist-bundle", quantize="int8")
@@ -165,7 +165,7 @@ def render(command: str, info: dict, facts: dict, rows: list[dict], args) -> str
         "All rows call `imrec.load(...).probabilities(uint8 images)` (0-1 conversion and softmax",
         f"included). Single image: one prepared 28x28 test image, {args.calls} timed calls after",
         f"{WARMUPS} warm-ups. Throughput: the 10,000 MNIST test images in batches of {BATCH},",
-        f"images/s of the median of {args.passes} passes. ONNX Runtime (`imrec.runtime.OnnxRunner`)",
+        f"images/s of the median of {args.passes} passes. ONNX Runtime (`imrec.deploy.onnx.OnnxRunner`)",
         "cuts a batch into pieces of 64 images that run side by side, one per core, through a",
         "one-thread session; one image runs on whichever of the one-thread and the all-core",
         "sessions answered faster when the model was loaded.",
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{manifest['parity']['max_abs_prob_diff']:.1e}; int8 accuracy "
         f"{q['accuracy_fp32']:.4f} -> {q['accuracy_int8']:.4f})",
         "threads": f"torch {torch.get_num_threads()}; onnxruntime {_ort_version()}, "
-        f"{imrec.runtime.cores()} pieces at a time",
+        f"{imrec.deploy.onnx.cores()} pieces at a time",
         "1-minute load average": f"{load_before:.2f} before, {load_average():.2f} after",
     }
     command = shlex.join(["python", "benchmarks/inference_latency.py", *(argv or sys.argv[1:])])

@@ -43,10 +43,9 @@ import torch.nn.functional as F
 from _bench import REPO, git_commit, machine, md_table, now, write_section
 from torch import nn
 
+from imrec.core.batching import Batcher, norm_stats, predict_logits
 from imrec.data import load_dataset
-from imrec.engine.train import Batcher, predict_logits
 from imrec.models import create_model
-from imrec.transforms import norm_stats
 
 START, END = "<!-- ort_training:start -->", "<!-- ort_training:end -->"
 INSTALL = (

@@ -52,8 +52,9 @@ from _bench import (
 )
 
 from imrec.config import build_config
+from imrec.core.batching import predict_logits
 from imrec.data import load_dataset
-from imrec.engine.train import Trainer, predict_logits
+from imrec.engine.loop import Trainer
 
 TARGETS = (0.99, 0.995)
 

@@ -16,14 +16,15 @@ import torch
 from PIL import Image
 
 from imrec.cli import main
+from imrec.core.preprocess import letterbox
 from imrec.data.detection import load_detection
+from imrec.detect.augment import DetectAugment, DetectTransform
 from imrec.models.detectors import (
     TinyDet,
     create_detector,
     detector_options,
     list_detectors,
 )
-from imrec.transforms_detect import DetectAugment, DetectTransform, letterbox
 
 TINY = "digits-detect:train=64,val=16,test=16,canvas=64,min_scale=18,max_scale=30,max_digits=3"
 
@@ -293,7 +294,7 @@ def test_predict_json_and_draw(tiny_run, tiny_data, tmp_path, capsys):
             assert 0 <= x1 <= x2 <= r["width"] and 0 <= y1 <= y2 <= r["height"]
     # Boxes come back in the input's own pixels: the model's boxes on the letterboxed
     # 64 px version of the 128 px image, divided by the letterbox scale 0.5.
-    from imrec.inference import DetectionPredictor
+    from imrec.detect.predict import DetectionPredictor
 
     p = DetectionPredictor(tiny_run, score_thresh=0.0, max_det=5)
     _, boxed, scale = p.prepare(big)
@@ -419,7 +420,7 @@ def test_torchvision_detector_fine_tunes_from_a_state_dict_end_to_end(tiny_run, 
     assert main(args) == 0
     report = json.loads((run / "report.json").read_text())
     assert report["model"] == "fasterrcnn_mobilenet" and "map" in report["test"]
-    from imrec.engine.detect import load_detector
+    from imrec.detect.predict import load_detector
 
     model, meta = load_detector(run)
     assert meta["model"]["options"]["pretrained"] == str(weights)

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from imrec.data.boxes import DetectionSet
-from imrec.engine.detection_metrics import STATS_KEYS, coco_evaluate, match_summary
-from imrec.viz_detection import (
+from imrec.detect.metrics import STATS_KEYS, coco_evaluate, match_summary
+from imrec.detect.viz import (
     class_colour,
     draw_boxes,
     save_detection_curves,

@@ -19,7 +19,7 @@ import torch
 
 from imrec.engine import distributed
 from imrec.engine.distributed import World
-from imrec.engine.train import rank_batch
+from imrec.engine.placement import rank_batch
 
 ARGS = ["--batch-size", "32", "--seed", "1", "--quiet"]
 
@@ -238,7 +238,7 @@ def test_two_processes_reach_the_accuracy_of_one(tmp_path):
     assert b["lr_scaling"] == "none"
     assert not list(two.glob(".*.tmp")), "a half-written file was left behind"
 
-    from imrec.engine.checkpoint import load_checkpoint
+    from imrec.core.checkpoint import load_checkpoint
 
     weights, meta = load_checkpoint(two / "best.safetensors")
     assert not [k for k in weights if k.startswith("module.")]

@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from imrec.classify.train import class_weights
 from imrec.config import RunConfig, build_config
-from imrec.engine.checkpoint import (
+from imrec.core.checkpoint import (
     CheckpointError,
     flatten_optimizer,
     load_checkpoint,
@@ -18,8 +19,10 @@ from imrec.engine.checkpoint import (
     save_train_state,
     unflatten_optimizer,
 )
+from imrec.core.errors import TrainError
 from imrec.engine.ema import ModelEma
-from imrec.engine.train import TrainError, class_weights, lr_factor, make_optimizer
+from imrec.engine.loop import Trainer
+from imrec.engine.optim import lr_factor, make_optimizer
 
 
 def _net() -> nn.Module:
@@ -165,7 +168,7 @@ def test_checkpoint_files_get_normal_permissions(tmp_path):
 
 
 def test_checkpoint_metadata_alone_is_readable(tmp_path):
-    from imrec.engine.checkpoint import read_checkpoint_meta
+    from imrec.core.checkpoint import read_checkpoint_meta
 
     meta = {"model": {"name": "x"}, "classes": ["a", "b"]}
     save_checkpoint(tmp_path / "best", {"w": torch.ones(3)}, meta)
@@ -195,7 +198,7 @@ def test_compiled_training_step_trains_the_models_own_weights(tmp_path):
 def test_host_and_device_data_placement_train_alike(tmp_path):
     """The training set kept in host memory (copied per batch) trains exactly as on the device."""
     import imrec
-    from imrec.engine.train import choose_placement
+    from imrec.engine.placement import choose_placement
 
     reports = {}
     for mode in ("device", "host"):
@@ -219,7 +222,7 @@ def test_host_and_device_data_placement_train_alike(tmp_path):
 def test_learning_rates_held_as_tensors_survive_a_save_and_load(tmp_path):
     """GPU optimisers keep lr in tensors (CUDA graphs read them): saved as numbers, restored
     into the same tensor objects, and set in place."""
-    from imrec.engine.train import restore_optimizer_mode, set_lr
+    from imrec.engine.optim import restore_optimizer_mode, set_lr
 
     def tensor_lr_adamw(net):
         groups = [
@@ -279,7 +282,7 @@ def test_bf16_autocast_on_the_cpu_is_opt_in(tmp_path):
     """--amp bf16 on a CPU with bf16 instructions trains in bf16; auto stays fp32 there (bf16
     cost MNIST accuracy: 99.28% vs 99.39%); without the instructions it is refused."""
     import imrec
-    from imrec.engine.train import Trainer, cpu_has_bf16
+    from imrec.engine.optim import cpu_has_bf16
 
     assert Trainer._amp_dtype("auto", on_gpu=False) is None
     with pytest.raises(TrainError, match="fp16 is for GPUs"):

@@ -16,8 +16,8 @@ from torch import nn
 
 import imrec
 from imrec.cli import main
-from imrec.engine.checkpoint import save_checkpoint
-from imrec.engine.train import Batcher
+from imrec.core.batching import Batcher
+from imrec.core.checkpoint import save_checkpoint
 from imrec.explain import explain, explain_image, gradcam, gradcam_images, overlay, saliency
 from imrec.models import create_model, list_models
 from imrec.models.base import Classifier
@@ -330,16 +330,16 @@ def test_detection_models_are_refused_clearly(capsys, digit_files, tmp_path):
 
 
 def test_eval_gallery_gets_gradcam_overlays(capsys, monkeypatch, digits_run):
-    import imrec.viz
+    import imrec.classify.viz
 
     seen = {}
-    original = imrec.viz.save_mistakes
+    original = imrec.classify.viz.save_mistakes
 
     def spy(images, *args, overlays=None, **kwargs):
         seen["images"], seen["overlays"] = images, overlays
         return original(images, *args, overlays=overlays, **kwargs)
 
-    monkeypatch.setattr(imrec.viz, "save_mistakes", spy)
+    monkeypatch.setattr(imrec.classify.viz, "save_mistakes", spy)
     (digits_run / "mistakes.png").unlink()
     assert main(["eval", str(digits_run)]) == 0
     overlays = seen["overlays"]

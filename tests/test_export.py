@@ -15,7 +15,9 @@ from PIL import Image
 
 import imrec
 from imrec.cli import main
-from imrec.export import ExportError, export_bundle, exportable, onnx_model, read_manifest
+from imrec.deploy.bundle import read_manifest
+from imrec.deploy.export import ExportError, export_bundle
+from imrec.deploy.onnx import exportable, onnx_model
 from imrec.models import create_model
 from imrec.models.detectors import create_detector
 
@@ -54,7 +56,7 @@ def test_bundle_holds_model_weights_and_manifest(digits_run, digits_bundle):
     assert (inp["layout"], inp["dtype"], inp["domain"]) == ("NCHW", "float32", "handwriting")
     assert "inside the graph" in inp["pixels"] or "normalises" in inp["pixels"]
     assert inp["ink"] == meta["ink"]
-    assert m["preprocessing"]["function"] == "imrec.preprocess.prepare_image"
+    assert m["preprocessing"]["function"] == "imrec.core.preprocess.prepare_image"
     assert "8x8" in m["preprocessing"]["description"]
     assert (m["dataset"], m["dataset_checksum"]) == (meta["dataset"], meta["dataset_checksum"])
     assert m["imrec_version"] == imrec.__version__
@@ -94,8 +96,8 @@ def test_onnx_checker_passes_on_both_models(digits_bundle):
 
 
 def test_int8_accuracy_is_measured_and_recorded(digits_run, digits_bundle):
-    from imrec.export import load_probe, quality
-    from imrec.runtime import OnnxRunner
+    from imrec.deploy.export import load_probe, quality
+    from imrec.deploy.onnx import OnnxRunner
 
     q = read_manifest(digits_bundle)["quantized"]
     assert q["file"] == "model.int8.onnx" and q["sha256"] == _sha256(digits_bundle / q["file"])
@@ -133,7 +135,7 @@ def test_export_is_atomic_and_replaces_only_bundles(digits_run, tmp_path):
 def test_gate_fails_loudly_on_a_different_graph_and_leaves_nothing(
     digits_run, tmp_path, monkeypatch
 ):
-    import imrec.export as export
+    import imrec.deploy.export as export
 
     meta = json.loads((digits_run / "best.json").read_text())
     torch.manual_seed(123)
@@ -151,7 +153,7 @@ def test_gate_fails_loudly_on_a_different_graph_and_leaves_nothing(
 
 def test_detection_gate_compares_boxes_and_labels_strictly():
     """The gate's comparison of decoded detections: moved boxes or other labels do not match."""
-    from imrec.export import _same_detections
+    from imrec.deploy.export import _same_detections
 
     a = {"boxes": torch.tensor([[1.0, 2.0, 10.0, 12.0]]), "labels": torch.tensor([3])}
     near = {"boxes": a["boxes"] + 5e-4, "labels": torch.tensor([3])}
@@ -193,7 +195,7 @@ def test_missing_test_split_fails_with_the_reason(digits_run, tmp_path):
     shutil.copytree(digits_run, run)
     meta = json.loads((run / "best.json").read_text())
     meta["dataset"] = "folder:" + str(tmp_path / "gone")
-    from imrec.engine.checkpoint import load_checkpoint, save_checkpoint
+    from imrec.core.checkpoint import load_checkpoint, save_checkpoint
 
     weights, _ = load_checkpoint(run)
     save_checkpoint(run / "best", weights, meta)
@@ -242,7 +244,7 @@ def _same_boxes(got: list[dict], ref: list[dict]) -> bool:
 
 def test_detector_export_parity_int8_and_runtime(mirror, tmp_path, capsys):
     from imrec.data.detection import load_detection
-    from imrec.inference import DetectionPredictor
+    from imrec.detect.predict import DetectionPredictor
 
     detect_run = tmp_path / "run"
     imrec.fit(TINY_DETECT, model={"options": {"width": 16, "neck": 32}},
@@ -285,8 +287,7 @@ def test_detector_export_parity_int8_and_runtime(mirror, tmp_path, capsys):
     [(name, False) for name in imrec.list_models()] + [("cnn", True), ("tinydet", False)],
 )
 def test_every_built_in_model_exports_and_matches(name, weight_norm):
-    from imrec.export import torch_outputs
-    from imrec.runtime import ort_session
+    from imrec.deploy.onnx import ort_session, torch_outputs
 
     torch.manual_seed(0)
     inp = {"size": [16, 16], "channels": 1, "mean": [0.3], "std": [0.2]}

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from imrec.config import build_config
+from imrec.core.batching import predict_logits
 from imrec.data import load_dataset
 from imrec.data.types import ClassificationData
-from imrec.engine.train import Trainer, predict_logits
+from imrec.engine.loop import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -14,7 +14,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from imrec.engine.metrics import classification_metrics, reliability, worst_mistakes
+from imrec.classify.metrics import classification_metrics, reliability, worst_mistakes
 
 
 def _logits_with_probs(rows: list[list[float]]) -> torch.Tensor:

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from imrec import preprocess
-from imrec.preprocess import (
+from imrec.core import preprocess
+from imrec.core.preprocess import (
     ImageReadError,
     load_image,
     normalize_ink,

@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 
 import imrec
+from imrec.classify.predict import Predictor
 from imrec.cli import main
-from imrec.engine.checkpoint import CheckpointError
-from imrec.export import ExportError, export_bundle
-from imrec.inference import Predictor
+from imrec.core.checkpoint import CheckpointError
+from imrec.deploy.export import ExportError, export_bundle
 from imrec.models.detectors import TinyDet, create_detector
 
 
@@ -294,7 +294,7 @@ def test_cli_predict_bundle(bundle, image_files, tmp_path, capsys):
 
 
 def test_onnx_runner_spreads_a_batch_without_changing_it(bundle):
-    from imrec.runtime import OnnxRunner, ort_session
+    from imrec.deploy.onnx import OnnxRunner, ort_session
 
     runner = OnnxRunner(bundle / "model.onnx")
     x = np.random.default_rng(1).random((130, 1, 8, 8), dtype=np.float32)  # pieces of 64, 64, 2

@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 import imrec
-from imrec.runtime import load
+from imrec.deploy.runtime import load
 from imrec.serve import Limits, app_from_env, create_app
 from imrec.serve.batching import BatcherStopped, MicroBatcher
 from imrec.serve.metrics import Counter, Histogram
@@ -120,7 +120,7 @@ def test_predict_multipart_json_and_data_urls_give_the_librarys_answer(
 
 
 def test_bundle_serves_like_its_run(run_dir, digit_pngs, tmp_path):
-    from imrec.export import export_bundle
+    from imrec.deploy.export import export_bundle
 
     bundle = export_bundle(run_dir, tmp_path / "bundle", parity_limit=64)
     _, png = digit_pngs[3]
@@ -142,7 +142,7 @@ def test_bundle_serves_like_its_run(run_dir, digit_pngs, tmp_path):
 
 
 def test_a_detector_answers_with_boxes(tmp_path):
-    from imrec.engine.checkpoint import save_checkpoint
+    from imrec.core.checkpoint import save_checkpoint
     from imrec.models.detectors import create_detector
 
     det = create_detector("tinydet", num_classes=3, in_channels=3, input_size=(64, 64),

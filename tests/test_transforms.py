@@ -8,15 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from imrec.transforms import (
+from imrec.classify.augment import (
     AugmentConfig,
     BatchAugment,
     augment_off,
     augment_preset,
-    norm_stats,
-    normalize,
     train_transforms,
 )
+from imrec.core.batching import norm_stats, normalize
 
 PRESETS = [(d, s) for d in ("handwriting", "objects", "photo") for s in ("fast", "best")]
 

@@ -1,4 +1,4 @@
-"""imrec.viz: every plot is a valid PNG, written atomically, with any class names."""
+"""imrec.classify.viz: every plot is a valid PNG, written atomically, with any class names."""
 
 import warnings
 
@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from imrec import viz
+from imrec.classify import viz
+from imrec.core import plots
 
 ZH = list("零一二三四五六七八九十百千万亿")
 
@@ -144,22 +145,22 @@ def test_chinese_class_names_render_without_warnings(tmp_path):
     for name in ("grid", "cm", "m", "t"):
         _assert_png(tmp_path / f"{name}.png")
     # With a CJK font the name itself is drawn; without one, its index and code point.
-    expected = "零" if viz.cjk_font() else "0 (U+96F6)"
-    assert viz._class_label(ZH, 0) == expected
-    mixed = "七 seven" if viz.cjk_font() else "1 (U+4E03 seven)"
-    assert viz._class_label(["seven", "七 seven"], 1) == mixed
-    assert viz._class_label(["seven", "七 seven"], 0) == "seven"
+    expected = "零" if plots.cjk_font() else "0 (U+96F6)"
+    assert plots.class_label(ZH, 0) == expected
+    mixed = "七 seven" if plots.cjk_font() else "1 (U+4E03 seven)"
+    assert plots.class_label(["seven", "七 seven"], 1) == mixed
+    assert plots.class_label(["seven", "七 seven"], 0) == "seven"
 
 
 def test_missing_cjk_font_file_is_named(monkeypatch):
     monkeypatch.setenv("IMREC_CJK_FONT", "/nonexistent/font.ttf")
-    viz.cjk_font.cache_clear()
+    plots.cjk_font.cache_clear()
     try:
         with pytest.raises(FileNotFoundError, match="/nonexistent/font.ttf"):
-            viz.cjk_font()
+            plots.cjk_font()
     finally:
         monkeypatch.delenv("IMREC_CJK_FONT")
-        viz.cjk_font.cache_clear()
+        plots.cjk_font.cache_clear()
 
 
 def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):

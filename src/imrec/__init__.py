@@ -9,17 +9,26 @@ Example:
     >>> imrec.load("runs/mnist/bundle").predict("digit.jpg")  # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
-
-from imrec.api import fit, resume, train_config  # noqa: E402
+from imrec.api import evaluate, fit, load_predictor, resume, train_config  # noqa: E402
+from imrec.classify.predict import Predictor
 from imrec.config import DataConfig, ModelConfig, RunConfig, TrainConfig, build_config  # noqa: E402
+from imrec.core.version import __version__  # noqa: E402, F401
 from imrec.data import list_datasets, load_dataset  # noqa: E402
 from imrec.data.detection import load_detection  # noqa: E402
-from imrec.engine.evaluate import evaluate_run as evaluate  # noqa: E402
-from imrec.inference import DetectionPredictor, Predictor, load_model, load_predictor  # noqa: E402
+from imrec.deploy.runtime import Model, load
 from imrec.models import create_model, list_models  # noqa: E402
 from imrec.models.detectors import create_detector, list_detectors  # noqa: E402
-from imrec.runtime import Model, load  # noqa: E402
+from imrec.models.load import load_model
+
+
+def __getattr__(name: str):
+    # The detection package imports torchvision (about 2 s); it loads on first use only.
+    if name == "DetectionPredictor":
+        from imrec.detect.predict import DetectionPredictor
+
+        return DetectionPredictor
+    raise AttributeError(f"module 'imrec' has no attribute {name!r}")
+
 
 __all__ = [
     "DataConfig",

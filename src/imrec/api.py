@@ -1,11 +1,47 @@
-"""The few calls a user needs, in Python: the CLI is a thin layer over these."""
+"""The few calls a user needs, in Python: the CLI is a thin layer over these.
+
+This is the one place that dispatches on the task. Datasets and checkpoints declare their
+task (``"classify"`` or ``"detect"``); :func:`task_package` maps it to the package that
+provides the task's trainer, data loading, evaluation and predictor under the same names
+(see :mod:`imrec.classify`), imported on first use so that a classification run never
+loads the detection code (nor torchvision).
+
+Example:
+    >>> task_package("classify").TASK
+    'classify'
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 
-from imrec.config import RunConfig, build_config
-from imrec.engine import train as _train
+from imrec.config import RunConfig, TrainConfig, build_config
+from imrec.core.checkpoint import CheckpointError, read_checkpoint_meta
+from imrec.core.errors import TrainError
+from imrec.data.detection import is_detection_dataset
+from imrec.engine.loop import default_run_dir, resumable_config
+from imrec.models.registry import architecture_options
+
+TASKS = ("classify", "detect")
+
+
+def task_package(task: str) -> ModuleType:
+    """The package of ``task``: :mod:`imrec.classify` or :mod:`imrec.detect`."""
+    if task == "classify":
+        from imrec import classify
+
+        return classify
+    if task == "detect":
+        from imrec import detect
+
+        return detect
+    raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+
+
+def dataset_task(dataset: str) -> str:
+    """The task a dataset is made for."""
+    return "detect" if is_detection_dataset(dataset) else "classify"
 
 
 def fit(
@@ -21,8 +57,7 @@ def fit(
 ) -> dict:
     """Train a classifier or a detector on ``dataset`` with the preset's recipe and your overrides.
 
-    ``task`` is ``"classify"`` or ``"detect"``; by default it follows the dataset (detection
-    datasets: ``digits-detect``, ``coco128``, ``coco:...``, ``yolo:...``). Returns the report
+    ``task`` is ``"classify"`` or ``"detect"``; by default the dataset's own. Returns the report
     (also written to ``<out>/report.json`` and ``report.md``), with the run folder under
     ``report["run_dir"]``.
 
@@ -34,58 +69,47 @@ def fit(
         >>> report = imrec.fit("digits-detect", out="runs/dd")  # doctest: +SKIP
         >>> report["test"]["map50"]  # doctest: +SKIP
     """
-    from imrec.data.detection import is_detection_dataset
-
-    data = dict(data or {})
-    seed = (train or {}).get("seed", 0)
-    task = task or ("detect" if is_detection_dataset(dataset) else "classify")
-    if task == "detect":
-        return _fit_detector(dataset, preset, out, data, model, train, progress)
-    loaded = _train.load_for_training(
+    task = task or dataset_task(dataset)
+    pkg = task_package(task)
+    data, train = dict(data or {}), dict(train or {})
+    check_train_fields(pkg, train)
+    loaded = pkg.load_data(
         dataset,
-        (train or {}).get("data_placement", "auto"),
+        placement=train.get("data_placement", "auto"),
         val_fraction=data.get("val_fraction", 0.1),
-        seed=seed,
+        seed=train.get("seed", 0),
         size=data.get("size"),
         channels=data.get("channels"),
         domain=data.get("domain"),
     )
     data.setdefault("domain", loaded.domain)
     model = dict(model or {})
-    if (train or {}).get("init") and "name" not in model:
+    if train.get("init") and "name" not in model and task == "classify":
         model = {**_model_of(train["init"]), **model}  # fine-tune the checkpoint's own network
-    run = build_config(dataset, loaded.domain, preset, data=data, model=model, train=train)
-    run_dir = Path(out) if out else _train.default_run_dir(dataset)
-    report = _train.train(run, run_dir, progress=progress, data=loaded)
-    report["run_dir"] = str(run_dir)
-    return report
-
-
-def _fit_detector(dataset, preset, out, data, model, train, progress) -> dict:
-    from imrec.data.detection import load_detection
-    from imrec.engine.detect import train_detector
-
-    loaded = load_detection(
-        dataset,
-        val_fraction=data.get("val_fraction", 0.1),
-        seed=(train or {}).get("seed", 0),
-        channels=data.get("channels"),
-    )
-    data.setdefault("domain", loaded.domain)
     run = build_config(
-        dataset, loaded.domain, preset, data=data, model=model, train=train, task="detect"
+        dataset, loaded.domain, preset, data=data, model=model, train=train, task=task
     )
-    run_dir = Path(out) if out else _train.default_run_dir(dataset.split(":", 1)[0])
-    report = train_detector(run, run_dir, progress=progress, data=loaded)
+    base = dataset if task == "classify" else dataset.split(":", 1)[0]
+    run_dir = Path(out) if out else default_run_dir(base)
+    report = pkg.train(run, run_dir, progress=progress, data=loaded)
     report["run_dir"] = str(run_dir)
     return report
+
+
+def check_train_fields(pkg: ModuleType, train: dict) -> None:
+    """Refuse settings the task would silently ignore (a value other than the default).
+
+    Example:
+        >>> check_train_fields(task_package("classify"), {"label_smoothing": 0.1})
+    """
+    defaults = TrainConfig()
+    unused = [k for k in pkg.UNUSED_TRAIN_FIELDS if k in train and train[k] != getattr(defaults, k)]
+    if unused:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unused)
+        raise TrainError(f"{flags}: not used when training a {pkg.TASK} model; leave it out")
 
 
 def _model_of(checkpoint: str | Path) -> dict:
-    from imrec.engine.checkpoint import CheckpointError, read_checkpoint_meta
-    from imrec.engine.train import TrainError
-    from imrec.models.registry import architecture_options
-
     try:
         meta = read_checkpoint_meta(checkpoint)
     except CheckpointError as e:
@@ -100,18 +124,41 @@ def _model_of(checkpoint: str | Path) -> dict:
 
 def resume(run_dir: str | Path, *, progress: bool = True) -> dict:
     """Continue a run that was stopped or killed, from its last complete epoch."""
-    report = _train.resume(run_dir, progress=progress)
+    run = resumable_config(run_dir)
+    trainer = task_package(run.task).Trainer(run, run_dir, progress=progress)
+    trainer.load_state()
+    report = trainer.fit()
     report["run_dir"] = str(run_dir)
     return report
 
 
 def train_config(run: RunConfig, out: str | Path, *, progress: bool = True) -> dict:
     """Train from a fully resolved :class:`RunConfig` (e.g. one read from a ``config.json``)."""
-    if run.task == "detect":
-        from imrec.engine.detect import train_detector
-
-        report = train_detector(run, out, progress=progress)
-    else:
-        report = _train.train(run, out, progress=progress)
+    report = task_package(run.task).train(run, out, progress=progress)
     report["run_dir"] = str(out)
     return report
+
+
+def evaluate(
+    run_dir: str | Path, data: str | None = None, *, batch_size: int = 1024, device: str = "cpu"
+) -> dict:
+    """Evaluate a run's best checkpoint on its dataset's test split, or on another dataset.
+
+    Classifiers are scored with accuracy, F1, calibration and the rest; detectors with COCO
+    mAP. With ``data`` naming another dataset (e.g. ``folder:my_digits``), its test split is
+    matched to the model's classes by name and the results go to ``run_dir/eval-<name>/``.
+
+    Example:
+        >>> report = evaluate("runs/mnist-1")  # doctest: +SKIP
+        >>> report["test"]["accuracy"]  # doctest: +SKIP
+    """
+    task = read_checkpoint_meta(run_dir).get("task", "classify")
+    return task_package(task).evaluate_run(run_dir, data, batch_size=batch_size, device=device)
+
+
+def load_predictor(source: str | Path, device: str = "cpu", **detect_options):
+    """A :class:`~imrec.Predictor` or :class:`~imrec.DetectionPredictor`, whichever the
+    checkpoint holds (``detect_options``: ``conf``, ``iou``, ``max_det`` for detectors)."""
+    task = read_checkpoint_meta(source).get("task", "classify")
+    options = detect_options if task == "detect" else {}
+    return task_package(task).Predictor(source, device, **options)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
+
+from imrec.config import TrainConfig
 
 
 def _kv(text: str) -> tuple[str, object]:
@@ -47,9 +50,9 @@ def cmd_data_get(args) -> int:
 def cmd_data_show(args) -> int:
     import torch
 
+    from imrec.classify.viz import save_class_grid
     from imrec.data import load_dataset
     from imrec.data.detection import is_detection_dataset
-    from imrec.viz import save_class_grid
 
     if is_detection_dataset(args.name):
         return _show_detection(args)
@@ -67,8 +70,8 @@ def cmd_data_show(args) -> int:
     images = split.images
     title = f"{data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test, {data.channels}x{data.input_size[0]}x{data.input_size[1]}"
     if args.augment:
+        from imrec.classify.train import build_augment
         from imrec.config import build_config
-        from imrec.engine.train import build_augment
 
         # Exactly what `imrec train NAME --preset P` applies (the recipe may switch options off).
         aug = build_augment(build_config(data.name, data.domain, args.preset), data.domain)
@@ -91,9 +94,9 @@ def _show_detection(args) -> int:
 
     from imrec.config import build_config
     from imrec.data.detection import load_detection
-    from imrec.engine.detect import build_detect_augment
-    from imrec.transforms_detect import DetectTransform
-    from imrec.viz_detection import save_detection_grid
+    from imrec.detect.augment import DetectTransform
+    from imrec.detect.train import build_detect_augment
+    from imrec.detect.viz import save_detection_grid
 
     data = load_detection(args.name, channels=args.channels)
     split, n = data.train, min(len(data.train), max(1, args.per_class) * 2)
@@ -199,33 +202,7 @@ def cmd_train(args) -> int:
             model["options"] = options
         if args.weight_norm:
             model["weight_norm"] = True
-        flags = [
-            "epochs",
-            "batch_size",
-            "optimizer",
-            "lr",
-            "weight_decay",
-            "schedule",
-            "warmup_epochs",
-            "label_smoothing",
-            "grad_clip",
-            "ema_decay",
-            "early_stop",
-            "seed",
-            "init",
-            "freeze_epochs",
-            "head_lr_mult",
-            "device",
-            "amp",
-            "threads",
-            "data_placement",
-            "cuda_graphs",
-            "workers",
-        ]
-        train = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
-        for k in ("ema", "class_weights", "compile"):
-            if getattr(args, k):
-                train[k] = True
+        train = config_values(args, TrainConfig)
         report = imrec.fit(
             args.dataset,
             task=args.task,
@@ -261,9 +238,9 @@ def _print_summary(report: dict) -> None:
 
 
 def cmd_eval(args) -> int:
-    from imrec.engine.evaluate import evaluate_run
+    import imrec
 
-    report = evaluate_run(args.run_dir, args.data, device=args.device)
+    report = imrec.evaluate(args.run_dir, args.data, device=args.device)
     t = report["test"]
     if report.get("task") == "detect":
         print(
@@ -280,8 +257,9 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from imrec.engine.checkpoint import read_checkpoint_meta
-    from imrec.inference import Predictor, expand_inputs
+    from imrec.classify.predict import Predictor
+    from imrec.core.checkpoint import read_checkpoint_meta
+    from imrec.core.preprocess import expand_inputs
 
     paths = expand_inputs(args.images)
     if not paths:
@@ -327,7 +305,7 @@ def _print_results(results: list[dict], as_json: bool) -> int:
 
 
 def _predict_boxes(args, paths: list[Path]) -> int:
-    from imrec.inference import DetectionPredictor
+    from imrec.detect.predict import DetectionPredictor
 
     predictor = DetectionPredictor(
         args.model, args.device, score_thresh=args.conf, nms_iou=args.iou, max_det=args.max_det
@@ -343,7 +321,7 @@ def _draw(pairs, classes: list[str], out_dir: Path) -> None:
     """Write each image with its boxes drawn to ``out_dir/<name>.png`` (one per input)."""
     import torch
 
-    from imrec.viz_detection import draw_boxes
+    from imrec.detect.viz import draw_boxes
 
     out_dir.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
@@ -367,7 +345,8 @@ def _draw(pairs, classes: list[str], out_dir: Path) -> None:
 
 
 def cmd_export(args) -> int:
-    from imrec.export import export_bundle, read_manifest
+    from imrec.deploy.bundle import read_manifest
+    from imrec.deploy.export import export_bundle
 
     bundle = export_bundle(args.run_dir, args.out, quantize=args.quantize, opset=args.opset,
                            parity_limit=args.parity_limit)  # fmt: skip
@@ -405,8 +384,8 @@ def cmd_serve(args) -> int:
 
 
 def cmd_explain(args) -> int:
+    from imrec.core.preprocess import expand_inputs
     from imrec.explain import explain
-    from imrec.inference import expand_inputs
 
     paths = expand_inputs(args.images)
     if not paths:
@@ -471,7 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--task", choices=["classify", "detect"], help="list only this task's models")
     m.set_defaults(func=cmd_models)
 
-    t = sub.add_parser("train", help="train a classifier or a detector")
+    t = sub.add_parser(
+        "train",
+        help="train a classifier or a detector",
+        description="Train a classifier or a detector. A flag left out takes the value of the "
+        "preset's recipe for the dataset (see imrec.config.RECIPES), else the default shown.",
+    )
     t.add_argument("dataset", nargs="?", help="a name from `imrec data list`, or folder:PATH")
     t.add_argument(
         "--task",
@@ -484,79 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", help="a name from `imrec models` (default: the preset's)")
     t.add_argument("--preset", choices=["fast", "best"], default="fast")
     t.add_argument("--out", help="run folder (default: runs/<dataset>-N)")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
-    t.add_argument("--lr", type=float, help="peak learning rate")
-    t.add_argument("--weight-decay", type=float)
-    t.add_argument("--schedule", choices=["onecycle", "cosine", "constant"])
-    t.add_argument("--warmup-epochs", type=float)
-    t.add_argument("--label-smoothing", type=float)
-    t.add_argument("--grad-clip", type=float, help="clip the gradient norm (0 = off)")
-    t.add_argument(
-        "--ema",
-        action="store_true",
-        help="evaluate and save an exponential moving average of the weights",
-    )
-    t.add_argument("--ema-decay", type=float)
-    t.add_argument(
-        "--early-stop",
-        type=int,
-        metavar="PATIENCE",
-        help="stop after this many epochs without a better validation accuracy",
-    )
-    t.add_argument(
-        "--class-weights", action="store_true", help="weigh the loss by inverse class frequency"
-    )
-    t.add_argument("--seed", type=int)
-    t.add_argument(
-        "--init",
-        metavar="CHECKPOINT",
-        help="start from an imrec checkpoint or run folder (fine-tuning)",
-    )
+    config_flags(t, TrainConfig)
     t.add_argument(
         "--pretrained",
         metavar="WEIGHTS",
         help="torchvision/timm weights: a local file or a weights name",
-    )
-    t.add_argument(
-        "--freeze-epochs", type=int, help="train only the head for this many epochs first"
-    )
-    t.add_argument(
-        "--head-lr-mult", type=float, help="the head's learning rate relative to the backbone's"
-    )
-    t.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
-    t.add_argument(
-        "--amp",
-        choices=["auto", "bf16", "fp16", "off"],
-        help="mixed precision (default auto: bf16 on GPUs, fp32 on CPUs; bf16 on a CPU needs "
-        "AVX512-BF16 or AMX)",
-    )
-    t.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    t.add_argument(
-        "--data-placement",
-        choices=["auto", "device", "host", "stream"],
-        help="training images on the training device, in host memory copied per batch, or "
-        "streamed from their files by DataLoader workers (folder datasets; default auto: "
-        "stream when decoded they would take over 1/4 of RAM, else on the device while they "
-        "take at most 1/4 of a GPU's memory)",
-    )
-    t.add_argument(
-        "--workers",
-        type=int,
-        help="DataLoader workers decoding streamed training images (default: cores - 1, max 8)",
-    )
-    t.add_argument(
-        "--cuda-graphs",
-        choices=["auto", "on", "off"],
-        help="record the training step as a CUDA graph and replay it (default auto: on for "
-        "single-GPU Adam/AdamW runs without --compile)",
-    )
-    t.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the model (compiles for ~30 s first; measured no faster for the "
-        "default MNIST cnn on a 2-core CPU or on an H200)",
     )
     t.add_argument(
         "--weight-norm",
@@ -633,6 +549,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def config_flags(p: argparse.ArgumentParser, cls) -> None:
+    """One ``--flag`` per field of the config dataclass ``cls``, from its type, default and
+    metadata (see :func:`imrec.config._flag`). Unset flags stay ``None``: the recipe decides."""
+    for f in dataclasses.fields(cls):
+        meta, flag = dict(f.metadata), "--" + f.name.replace("_", "-")
+        help_text = meta.pop("help", "")
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action="store_true", default=None, help=help_text)
+            continue
+        kind = meta.pop("type", type(f.default))
+        shown = f.default not in (None, "") and "default" not in help_text
+        default = f" (default {f.default})" if shown else ""
+        p.add_argument(flag, type=kind, help=(help_text + default).strip(), **meta)
+
+
+def config_values(args: argparse.Namespace, cls) -> dict:
+    """The fields of ``cls`` given on the command line (the rest are left to the recipe)."""
+    names = (f.name for f in dataclasses.fields(cls))
+    return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+
+
 def _data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--size", type=int, help="folder datasets: image side in pixels; detection: training size"
@@ -649,10 +586,10 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from imrec.core.checkpoint import CheckpointError
+    from imrec.core.errors import TrainError
     from imrec.data import DatasetError
-    from imrec.engine.checkpoint import CheckpointError
-    from imrec.engine.train import TrainError
-    from imrec.export import ExportError
+    from imrec.deploy.export import ExportError
 
     try:
         return args.func(args)

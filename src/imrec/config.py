@@ -40,9 +40,15 @@ class ModelConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+def _flag(default, help: str = "", **cli) -> Any:
+    """A config field that is also an ``imrec train`` flag (see :func:`imrec.cli.config_flags`):
+    ``help`` and the argparse keywords in ``cli`` (``choices``, ``metavar``, ``type``)."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to optimise.
+    """How to optimise; every field is also an ``imrec train --flag`` of the same name.
 
     ``lr`` is the peak learning rate of the schedule. ``head_lr_mult`` scales the head's
     learning rate relative to the backbone (fine-tuning); ``freeze_epochs`` trains the head
@@ -52,35 +58,66 @@ class TrainConfig:
     ``channels_last`` ("auto" = on) everywhere.
     """
 
-    epochs: int = 3
-    batch_size: int = 128
-    optimizer: str = "adamw"  # adam | adamw | sgd (Nesterov momentum)
-    lr: float = 3e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "onecycle"  # onecycle | cosine | constant
-    warmup_epochs: float = 0.3
-    label_smoothing: float = 0.0
-    grad_clip: float = 0.0
-    ema: bool = False
-    ema_decay: float = 0.999
-    early_stop: int = 0
-    class_weights: bool = False
-    amp: str = "auto"  # auto | bf16 | fp16 | off
-    channels_last: str = "auto"  # auto | on | off
-    seed: int = 0
-    init: str | None = None
-    freeze_epochs: int = 0
-    head_lr_mult: float = 1.0
-    device: str = "auto"
-    eval_batch_size: int = 1024
-    threads: int = 0  # 0 = all cores
-    compile: bool = (
-        False  # torch.compile the model (measured: no gain on the 2-core CPU or an H200)
+    epochs: int = _flag(3, "passes over the training set")
+    batch_size: int = _flag(128, "images per optimiser step (the global batch under torchrun)")
+    optimizer: str = _flag("adamw", "SGD uses Nesterov momentum", choices=["adam", "adamw", "sgd"])
+    lr: float = _flag(3e-3, "peak learning rate")
+    momentum: float = _flag(0.9, "SGD momentum")
+    weight_decay: float = _flag(5e-4, "decoupled for AdamW; none on biases and norms")
+    schedule: str = _flag("onecycle", "", choices=["onecycle", "cosine", "constant"])
+    warmup_epochs: float = _flag(0.3, "epochs of linear warm-up")
+    label_smoothing: float = _flag(0.0, "classifiers: smoothing of the cross-entropy targets")
+    grad_clip: float = _flag(0.0, "clip the gradient norm (0 = off)")
+    ema: bool = _flag(False, "evaluate and save an exponential moving average of the weights")
+    ema_decay: float = _flag(0.999, "decay of that average")
+    early_stop: int = _flag(
+        0, "stop after this many epochs without a better validation score", metavar="PATIENCE"
     )
-    data_placement: str = "auto"  # auto | device | host | stream (engine.train.choose_placement)
-    workers: int = 0  # DataLoader workers for streamed training images (0 = cores - 1, at most 8)
-    cuda_graphs: str = "auto"  # auto | on | off (see engine.graphs)
+    class_weights: bool = _flag(False, "classifiers: weigh the loss by inverse class frequency")
+    amp: str = _flag(
+        "auto",
+        "mixed precision (default auto: bf16 on GPUs, fp32 on CPUs; bf16 on a CPU needs "
+        "AVX512-BF16 or AMX)",
+        choices=["auto", "bf16", "fp16", "off"],
+    )
+    channels_last: str = _flag(
+        "auto", "channels-last memory layout (auto = on)", choices=["auto", "on", "off"]
+    )
+    seed: int = _flag(0, "seed of the weights, the splits and every random draw")
+    init: str | None = _flag(
+        None,
+        "start from an imrec checkpoint or run folder (fine-tuning)",
+        metavar="CHECKPOINT",
+        type=str,
+    )
+    freeze_epochs: int = _flag(0, "train only the head for this many epochs first")
+    head_lr_mult: float = _flag(1.0, "the head's learning rate relative to the backbone's")
+    device: str = _flag("auto", "auto, cpu, cuda, cuda:1 ...")
+    eval_batch_size: int = _flag(1024, "classifiers: images per call when evaluating")
+    threads: int = _flag(0, "CPU threads (default 0: all cores)")
+    # torch.compile the model (measured: no gain on the 2-core CPU or an H200)
+    compile: bool = _flag(
+        False,
+        "classifiers: torch.compile the model (compiles for ~30 s first; measured no faster "
+        "for the default MNIST cnn on a 2-core CPU or on an H200)",
+    )
+    data_placement: str = _flag(
+        "auto",
+        "classifiers: training images on the training device, in host memory copied per "
+        "batch, or streamed from their files by DataLoader workers (folder datasets; default "
+        "auto: stream when decoded they would take over 1/4 of RAM, else on the device while "
+        "they take at most 1/4 of a GPU's memory)",
+        choices=["auto", "device", "host", "stream"],
+    )
+    workers: int = _flag(
+        0, "classifiers: DataLoader workers decoding streamed images (0: cores - 1, max 8)"
+    )
+    cuda_graphs: str = _flag(
+        "auto",
+        "classifiers: record the training step as a CUDA graph and replay it (default auto: "
+        "on for single-GPU Adam/AdamW runs without --compile)",
+        choices=["auto", "on", "off"],
+    )
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -200,7 +199,7 @@ def _pil(image):
     """Arrays (H, W) or (H, W, C) uint8 become PIL images; anything else goes to load_image."""
     from PIL import Image
 
-    from imrec.preprocess import load_image
+    from imrec.core.preprocess import load_image
 
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3):
@@ -217,7 +216,7 @@ def prepare(meta: dict, image) -> torch.Tensor:
         >>> prepare(meta, "digit.png").shape  # doctest: +SKIP
         torch.Size([1, 28, 28])
     """
-    from imrec.preprocess import prepare_image
+    from imrec.core.preprocess import prepare_image
 
     inp = meta["input"]
     return prepare_image(
@@ -250,7 +249,7 @@ def explain_image(model: nn.Module, meta: dict, image, target: int | str | None 
         >>> explain_image(model, meta, "digit.png")["label"]  # doctest: +SKIP
         '7'
     """
-    from imrec.engine.train import Batcher
+    from imrec.core.batching import Batcher
 
     classes = _classes(meta)
     device = next(model.parameters()).device
@@ -277,35 +276,6 @@ def explain_image(model: nn.Module, meta: dict, image, target: int | str | None 
 # ---- models from runs, checkpoints and bundles ----------------------------------------------
 
 
-def _is_bundle(source: Path) -> bool:
-    return source.is_dir() and (source / "manifest.json").is_file()
-
-
-def _bundle_meta(bundle: Path) -> dict:
-    """The checkpoint metadata a bundle's weights carry, else the same built from its manifest."""
-    from imrec.engine.checkpoint import CheckpointError, read_checkpoint_meta
-
-    weights = bundle / "weights.safetensors"
-    if not weights.is_file():
-        raise FileNotFoundError(f"bundle {bundle} has no weights.safetensors to explain with")
-    try:  # export copies the best checkpoint byte for byte, metadata and all
-        return read_checkpoint_meta(weights)
-    except CheckpointError:
-        pass
-    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
-    model, inp = manifest.get("model"), manifest.get("input") or {}
-    if not isinstance(model, dict) or "name" not in model or not inp:
-        raise ValueError(f"{bundle}/manifest.json names no model or input; is it an imrec bundle?")
-    return {
-        "task": manifest.get("task", "classify"),
-        "model": model,
-        "classes": manifest.get("labels") or manifest.get("classes"),
-        "input": inp,
-        "domain": manifest.get("domain") or inp.get("domain"),
-        "ink": manifest.get("ink") or inp.get("ink"),
-    }
-
-
 def load_explainable(source: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
     """A classifier in eval mode and its metadata, from a run, a checkpoint or an export bundle.
 
@@ -315,39 +285,14 @@ def load_explainable(source: str | Path, device: str = "cpu") -> tuple[nn.Module
     Example:
         >>> model, meta = load_explainable("runs/mnist-1/bundle")  # doctest: +SKIP
     """
-    from imrec.engine.checkpoint import read_checkpoint_meta
-    from imrec.inference import load_model
+    from imrec.models.load import load_model, read_meta
 
-    path = Path(source)
-    bundle = _is_bundle(path)
-    meta = _bundle_meta(path) if bundle else read_checkpoint_meta(path)
-    if meta.get("task") == "detect":
+    if read_meta(source).get("task") == "detect":
         raise ValueError(
             f"{source} holds a detection model; explanations (Grad-CAM, saliency) are for "
             "classifiers only: use `imrec predict --draw` to see a detector's boxes"
         )
-    if not bundle:
-        return load_model(path, device)
-    return _model_from_bundle(path, meta, device), meta
-
-
-def _model_from_bundle(bundle: Path, meta: dict, device: str) -> nn.Module:
-    from safetensors.torch import load_file
-
-    from imrec.models import create_model
-    from imrec.models.registry import architecture_options
-
-    m, inp = meta["model"], meta["input"]
-    model = create_model(
-        m["name"],
-        num_classes=len(_classes(meta)),
-        in_channels=inp["channels"],
-        input_size=tuple(inp["size"]),
-        weight_norm=m.get("weight_norm", False),
-        **architecture_options(m.get("options", {})),
-    )
-    model.load_state_dict(load_file(str(bundle / "weights.safetensors")))
-    return model.to(device).eval()
+    return load_model(source, device)
 
 
 # ---- the whole job, with PNG overlays -------------------------------------------------------
@@ -384,7 +329,7 @@ def explain(
         >>> r["files"]["gradcam"]  # doctest: +SKIP
         'explain/digit-gradcam.png'
     """
-    from imrec.preprocess import ImageReadError
+    from imrec.core.preprocess import ImageReadError
 
     model, meta = load_explainable(source, device)
     target = class_index(target, _classes(meta))  # an unknown class fails before any work
@@ -447,25 +392,25 @@ def overlay(image_u8: np.ndarray, heat: np.ndarray) -> np.ndarray:
         >>> overlay(np.zeros((1, 8, 8), np.uint8), np.ones((8, 8), np.float32)).shape
         (224, 224, 3)
     """
-    from imrec.viz import _blend, _colour
+    from imrec.core import plots
 
     c, h, w = image_u8.shape
     f = max(1, math.ceil(MIN_OVERLAY_SIDE / min(h, w)))
     big = np.repeat(np.repeat(image_u8, f, axis=1), f, axis=2)  # (C, fH, fW)
-    rgb = _colour(big[0][None] if c == 1 else big.transpose(1, 2, 0)[None])  # (1, fH, fW, 3)
+    rgb = plots.colour(big[0][None] if c == 1 else big.transpose(1, 2, 0)[None])  # (1, fH, fW, 3)
     # The map is smooth by nature: bilinear keeps it so where the pixels stay square.
     heat_t = torch.as_tensor(np.asarray(heat, np.float32))[None, None]  # (1, 1, H, W)
     heat_big = F.interpolate(heat_t, scale_factor=f, mode="bilinear", align_corners=False)
-    return _blend(rgb, heat_big[0].numpy())[0]
+    return plots.blend(rgb, heat_big[0].numpy())[0]
 
 
 def _save_overlay(image_u8: np.ndarray, heat: np.ndarray, caption: str, path: Path) -> None:
-    from imrec.viz import _figure, _readable, _save, _show, _style
+    from imrec.core import plots
 
     img = overlay(image_u8, heat)
-    with _style():
-        fig = _figure(3.4, 3.9)
+    with plots.style():
+        fig = plots.figure(3.4, 3.9)
         ax = fig.subplots()
-        _show(ax, img)
-        ax.set_title(_readable(caption), fontsize=10)
-        _save(fig, path)
+        plots.show(ax, img)
+        ax.set_title(plots.readable(caption), fontsize=10)
+        plots.save(fig, path)

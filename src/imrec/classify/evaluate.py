@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
+from imrec.classify.metrics import classification_metrics, worst_mistakes
+from imrec.classify.report import write_report
+from imrec.core.batching import Batcher, predict_logits
 from imrec.data import ClassificationData, ImageSet, load_dataset
-from imrec.engine.metrics import classification_metrics, worst_mistakes
-from imrec.engine.report import write_report
-from imrec.engine.train import Batcher, predict_logits
 
 PLOTS = {"curves": "curves.png", "confusion": "confusion.png", "mistakes": "mistakes.png"}
 
@@ -57,7 +57,7 @@ def measure(
     if plots:
         import numpy as np
 
-        from imrec.viz import save_confusion, save_mistakes
+        from imrec.classify.viz import save_confusion, save_mistakes
 
         save_confusion(np.array(metrics["confusion"]), classes, out_dir / PLOTS["confusion"])
         worst = worst_mistakes(logits, split.labels, n=32)
@@ -82,9 +82,9 @@ def measure(
 
 def finish_run(trainer) -> dict:
     """After training: load the best checkpoint, measure it on val and test, write the report."""
-    from imrec import __version__
-    from imrec.engine.checkpoint import load_checkpoint
-    from imrec.viz import save_curves
+    from imrec.classify.viz import save_curves
+    from imrec.core.checkpoint import load_checkpoint
+    from imrec.core.version import __version__
 
     run_dir, data, run = trainer.run_dir, trainer.data, trainer.run
     weights, meta = load_checkpoint(run_dir / "best.safetensors")
@@ -147,8 +147,6 @@ def evaluate_run(
 ) -> dict:
     """Evaluate a run's best checkpoint on its dataset's test split, or on another dataset.
 
-    Detection runs are measured with COCO mAP (see :func:`imrec.engine.detect.evaluate_detection_run`).
-
     With ``data`` naming another dataset (e.g. ``folder:my_digits``), its test split is matched
     to the model's classes by name and the results go to ``run_dir/eval-<name>/``.
 
@@ -156,14 +154,9 @@ def evaluate_run(
         >>> report = evaluate_run("runs/mnist-1")  # doctest: +SKIP
         >>> report["test"]["accuracy"]  # doctest: +SKIP
     """
-    from imrec.engine.checkpoint import read_checkpoint_meta
-    from imrec.inference import load_model
+    from imrec.models.load import load_model
 
     run_dir = Path(run_dir)
-    if read_checkpoint_meta(run_dir).get("task") == "detect":
-        from imrec.engine.detect import evaluate_detection_run
-
-        return evaluate_detection_run(run_dir, data, device=device)
     model, meta = load_model(run_dir, device)
     cfg = (
         json.loads((run_dir / "config.json").read_text(encoding="utf-8"))

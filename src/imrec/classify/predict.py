@@ -2,72 +2,12 @@
 
 from __future__ import annotations
 
-import glob
 from pathlib import Path
 
 import torch
 
-from imrec.engine.checkpoint import load_checkpoint
-from imrec.engine.train import Batcher
-from imrec.models import create_model
-from imrec.models.registry import architecture_options
-
-IMAGE_SUFFIXES = {
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-    ".gif",
-    ".tif",
-    ".tiff",
-    ".webp",
-    ".pgm",
-    ".ppm",
-    ".pbm",
-}
-
-
-def load_model(
-    source: str | Path, device: str | torch.device = "cpu"
-) -> tuple[torch.nn.Module, dict]:
-    """Rebuild a model from a run folder or checkpoint; returns ``(model in eval mode, meta)``.
-
-    Example:
-        >>> model, meta = load_model("runs/mnist-1")  # doctest: +SKIP
-        >>> meta["classes"][:3]  # doctest: +SKIP
-        ['0', '1', '2']
-    """
-    weights, meta = load_checkpoint(source)
-    m = meta["model"]
-    model = create_model(
-        m["name"],
-        num_classes=len(meta["classes"]),
-        in_channels=meta["input"]["channels"],
-        input_size=tuple(meta["input"]["size"]),
-        weight_norm=m.get("weight_norm", False),
-        **architecture_options(m.get("options", {})),
-    )
-    model.load_state_dict(weights)
-    return model.to(device).eval(), meta
-
-
-def expand_inputs(items: list[str]) -> list[Path]:
-    """Files, folders (searched recursively for images) and glob patterns, in a stable order."""
-    paths: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            paths += sorted(
-                q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file()
-            )
-        elif any(ch in item for ch in "*?["):
-            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
-            if not matches:
-                raise FileNotFoundError(f"no file matches {item!r}")
-            paths += [m for m in matches if m.is_file()]
-        else:
-            paths.append(p)  # a missing file is reported per image by the predictor
-    return paths
+from imrec.core.batching import Batcher
+from imrec.models.load import load_model
 
 
 class Predictor:
@@ -90,7 +30,7 @@ class Predictor:
 
     def prepare(self, source) -> torch.Tensor:
         """One image (path, bytes or PIL image) -> uint8 ``(C, H, W)`` like the training data."""
-        from imrec.preprocess import load_image, prepare_image
+        from imrec.core.preprocess import load_image, prepare_image
 
         return prepare_image(
             load_image(source),
@@ -108,7 +48,7 @@ class Predictor:
 
     def predict(self, sources: list, top_k: int = 5) -> list[dict]:
         """One dict per input: ``{"input", "top": [{"label", "probability"}...]}`` or ``{"input", "error"}``."""
-        from imrec.preprocess import ImageReadError
+        from imrec.core.preprocess import ImageReadError
 
         results: list[dict] = []
         batch, where = [], []
@@ -130,88 +70,3 @@ class Predictor:
                     for p, i in zip(top_p[row].tolist(), top_i[row].tolist(), strict=True)
                 ]
         return results
-
-
-class DetectionPredictor:
-    """Boxes for images of any size: letterboxed like training, boxes in the input's pixels.
-
-    Example:
-        >>> p = DetectionPredictor("runs/digits-detect-1")  # doctest: +SKIP
-        >>> p.predict(["scene.png"])[0]["boxes"][0]  # doctest: +SKIP
-        {'box': [12.0, 30.5, 33.1, 61.0], 'label': '7', 'score': 0.97}
-    """
-
-    def __init__(
-        self,
-        source: str | Path,
-        device: str = "cpu",
-        *,
-        score_thresh: float = 0.25,
-        nms_iou: float = 0.5,
-        max_det: int = 100,
-    ):
-        from imrec.engine.detect import load_detector
-
-        self.model, self.meta = load_detector(source, device)
-        self.device = torch.device(device)
-        inp = self.meta["input"]
-        self.size, self.channels = inp["size"][0], inp["channels"]
-        self.fill = inp.get("fill", 114)
-        self.classes = self.meta["classes"]
-        self.score_thresh, self.nms_iou, self.max_det = score_thresh, nms_iou, max_det
-
-    def prepare(self, source) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """One image -> (original uint8 (C, H, W), letterboxed uint8 (C, S, S), scale)."""
-        import numpy as np
-
-        from imrec.preprocess import load_image
-        from imrec.transforms_detect import letterbox
-
-        im = load_image(source).convert("L" if self.channels == 1 else "RGB")
-        arr = torch.from_numpy(np.array(im, dtype=np.uint8))
-        original = arr.unsqueeze(0) if arr.ndim == 2 else arr.permute(2, 0, 1).contiguous()
-        boxed, _, scale = letterbox(original, torch.zeros(0, 4), self.size, self.fill)
-        return original, boxed, scale
-
-    @torch.no_grad()
-    def detect(self, sources: list) -> list[tuple[torch.Tensor | None, dict]]:
-        """Per input: (original image or None, result dict with ``boxes`` or ``error``)."""
-        from imrec.preprocess import ImageReadError
-
-        out: list[tuple[torch.Tensor | None, dict]] = []
-        for src in sources:
-            name = str(src) if not isinstance(src, bytes) else "<bytes>"
-            try:
-                original, boxed, scale = self.prepare(src)
-            except (ImageReadError, ValueError, OSError) as e:
-                out.append((None, {"input": name, "error": str(e)}))
-                continue
-            x = boxed.unsqueeze(0).to(self.device).float().div_(255)
-            d = self.model.detect(
-                x, score_thresh=self.score_thresh, nms_iou=self.nms_iou, max_det=self.max_det
-            )[0]
-            boxes = (d["boxes"].float().cpu() / scale).tolist()
-            found = [
-                {
-                    "box": [round(v, 2) for v in b],
-                    "label": self.classes[int(lab)],
-                    "score": round(float(s), 4),
-                }
-                for b, lab, s in zip(boxes, d["labels"].tolist(), d["scores"].tolist(), strict=True)
-            ]
-            out.append((original, {"input": name, "width": original.shape[-1],
-                                   "height": original.shape[-2], "boxes": found}))  # fmt: skip
-        return out
-
-    def predict(self, sources: list) -> list[dict]:
-        """One dict per input: ``{"input", "width", "height", "boxes": [{"box" (xyxy px), "label", "score"}]}``."""
-        return [r for _, r in self.detect(sources)]
-
-
-def load_predictor(source: str | Path, device: str = "cpu", **detect_options):
-    """A :class:`Predictor` or :class:`DetectionPredictor`, whichever the checkpoint holds."""
-    from imrec.engine.checkpoint import read_checkpoint_meta
-
-    if read_checkpoint_meta(source).get("task") == "detect":
-        return DetectionPredictor(source, device, **detect_options)
-    return Predictor(source, device)

@@ -21,6 +21,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from imrec.core.errors import CheckpointError  # noqa: F401
+
 META_KEY = "imrec"
 
 
@@ -32,10 +34,6 @@ def _umask() -> int:
 
 # mkstemp creates files readable by the owner only; results should get the usual permissions.
 FILE_MODE = 0o666 & ~_umask()
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, truncated or not an imrec checkpoint."""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

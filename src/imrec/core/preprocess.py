@@ -12,7 +12,7 @@ uint8 ``(C, H, W)`` tensor a model was trained on:
 * :func:`prepare_image` picks the path from the model's domain.
 
 Example:
-    >>> from imrec.preprocess import load_image, prepare_image
+    >>> from imrec.core.preprocess import load_image, prepare_image
     >>> img = load_image("digit.jpg")  # doctest: +SKIP
     >>> x = prepare_image(img, 28, 1, "handwriting", {"background": "dark", "fraction": 0.71})
     ... # doctest: +SKIP
@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import glob
 import io
 import math
 import warnings
@@ -117,7 +118,7 @@ def _decode(img: Image.Image, name: str) -> Image.Image:
     if w * h > MAX_PIXELS:
         raise ImageReadError(
             f"{name} is too large to decode safely: {w}x{h} = {w * h} pixels "
-            f"(limit imrec.preprocess.MAX_PIXELS = {MAX_PIXELS})"
+            f"(limit imrec.core.preprocess.MAX_PIXELS = {MAX_PIXELS})"
         )
     if w == 0 or h == 0:
         raise ImageReadError(f"{name} has no pixels ({w}x{h})")
@@ -567,3 +568,62 @@ def prepare_image(
     if channels == 1:
         return arr.unsqueeze(0)  # (1, H, W)
     return arr.permute(2, 0, 1).contiguous()  # (3, H, W)
+
+
+IMAGE_SUFFIXES = {
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".pgm",
+    ".ppm",
+    ".pbm",
+}
+
+
+def expand_inputs(items: list[str]) -> list[Path]:
+    """Files, folders (searched recursively for images) and glob patterns, in a stable order."""
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(
+                q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file()
+            )
+        elif any(ch in item for ch in "*?["):
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"no file matches {item!r}")
+            paths += [m for m in matches if m.is_file()]
+        else:
+            paths.append(p)  # a missing file is reported per image by the predictor
+    return paths
+
+
+def letter_fill(domain: str) -> int:
+    """Padding value: black for handwriting canvases (ink is bright), COCO grey for photos."""
+    return 0 if domain == "handwriting" else 114
+
+
+def letterbox(
+    image: torch.Tensor, boxes: torch.Tensor, size: int, fill: int = 114
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Resize so the longer side is ``size`` (aspect kept), pad right and bottom to a square.
+
+    Returns the ``(C, size, size)`` image, the boxes in its pixels and the scale used, so a
+    prediction maps back to the original image by dividing by ``scale``.
+    """
+    from torchvision.transforms.v2 import functional as TF  # torchvision only where needed
+
+    h, w = image.shape[-2:]
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    if (nh, nw) != (h, w):
+        image = TF.resize(image, [nh, nw], antialias=True)
+    if (nh, nw) != (size, size):
+        image = TF.pad(image, [0, 0, size - nw, size - nh], fill=fill)
+    return image, boxes * scale, scale

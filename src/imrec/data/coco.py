@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from imrec.core.checkpoint import atomic_write_text
 from imrec.data.boxes import AnnotationReport, DetectionSet, sanitize_boxes
 from imrec.data.sources import DatasetError
-from imrec.engine.checkpoint import atomic_write_text
 
 BBOX_DECIMALS = 3  # 1/1000 px: far below annotation noise, keeps the JSON short
 

@@ -732,7 +732,7 @@ def _chars74k_char(number: int) -> str:
 
 
 def _decode_chars74k(path: Path) -> dict[str, np.ndarray]:
-    from imrec.preprocess import normalize_ink
+    from imrec.core.preprocess import normalize_ink
 
     members = _tar_members(path, _CHARS74K_NAME)
 

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from imrec.core.preprocess import resize_center_crop
 from imrec.data.sources import DatasetError
 from imrec.data.splits import stratified_split
 from imrec.data.types import ClassificationData, ImageSet
-from imrec.preprocess import resize_center_crop  # the same resize as at prediction time
 
 TEST_FRACTION = 0.2
 TEST_SEED = 0  # the test split never depends on the run seed

@@ -24,6 +24,8 @@ from typing import BinaryIO
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from imrec.core.errors import DatasetError  # noqa: F401
+
 HOME_ENV = "IMREC_HOME"
 MIRROR_ENV = "IMREC_DATA_MIRROR"
 # Seconds to wait before the 2nd and 3rd try of one address (3 tries in all).
@@ -31,10 +33,6 @@ RETRY_DELAYS: tuple[float, ...] = (2.0, 5.0)
 TIMEOUT_S = 60.0
 _CHUNK = 1 << 20
 _FILE_MODE = 0o644  # mkstemp makes 0600 files; cached data is not secret
-
-
-class DatasetError(RuntimeError):
-    """A dataset cannot be found, fetched, verified or read; the message says how to fix it."""
 
 
 @dataclass(frozen=True)

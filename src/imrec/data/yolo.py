@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from imrec.core.checkpoint import atomic_write_text
 from imrec.data.boxes import AnnotationReport, DetectionSet, sanitize_boxes
 from imrec.data.coco import image_size
 from imrec.data.sources import DatasetError
-from imrec.engine.checkpoint import atomic_write_text
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")

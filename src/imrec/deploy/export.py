@@ -25,13 +25,11 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
 import shutil
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,257 +37,32 @@ import numpy as np
 import torch
 from torch import nn
 
-from imrec.engine.checkpoint import FILE_MODE, read_checkpoint_meta, resolve_checkpoint
-
-FORMAT = "imrec-bundle/1"
-MANIFEST, ONNX_FILE, INT8_FILE, WEIGHTS_FILE = (
-    "manifest.json",
-    "model.onnx",
-    "model.int8.onnx",
-    "weights.safetensors",
+from imrec.core.checkpoint import FILE_MODE, resolve_checkpoint
+from imrec.core.errors import ExportError  # noqa: F401
+from imrec.deploy.bundle import (
+    INPUT_NAME,
+    INT8_FILE,
+    MANIFEST,
+    ONNX_FILE,
+    WEIGHTS_FILE,
+    build_manifest,
+    sha256_file,
 )
-INPUT_NAME = "images"
+from imrec.deploy.onnx import batches, exportable, graph_io, onnx_model, torch_outputs
+from imrec.models.load import load_model
+
 MIN_AGREEMENT = 0.999  # share of test images on which both backends must agree
 BOX_TOLERANCE = 1e-3  # px: decoded boxes closer than this count as the same box
 CALIBRATION_IMAGES = 300
-BATCH = 512
 # Detections compared by the gate and scored for int8: mAP's low threshold, so that every box
 # a user could see at any threshold is compared (an untrained model has none at 0.25).
 GATE_SCORE = 0.001
 
 
-class ExportError(RuntimeError):
-    """A run cannot be exported, or its export failed the parity gate (the message says why)."""
-
-
 # ---- the graph ------------------------------------------------------------------------
 
 
-class Normalised(nn.Module):
-    """A classifier taking 0-1 pixels: the normalisation travels inside the exported graph."""
-
-    def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        # clamped like imrec.engine.train.Batcher, so both paths divide by the same number
-        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1).clamp(min=1e-3)
-        self.register_buffer("std", std_t)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model((images - self.mean) / self.std)  # (B, K) logits
-
-
-def output_names(meta: dict) -> list[str]:
-    """The ONNX outputs of a model with checkpoint metadata ``meta``."""
-    return ["cls_logits", "dist"] if meta.get("task") == "detect" else ["logits"]
-
-
-def exportable(model: nn.Module, meta: dict) -> nn.Module:
-    """The module that is exported: 0-1 pixels in, logits or raw detection maps out.
-
-    Raises:
-        ExportError: for a torchvision detector (the torch backend serves those).
-    """
-    from imrec.models.detectors import TinyDet
-
-    if meta.get("task") != "detect":
-        inp = meta["input"]
-        return Normalised(model, inp["mean"], inp["std"]).eval()
-    if not isinstance(model, TinyDet):
-        raise ExportError(
-            f"the {meta['model']['name']} detector cannot be exported to ONNX (torchvision "
-            "decodes its boxes in Python); use imrec.load(RUN_DIR, backend='torch') to serve it"
-        )
-    return model.eval()
-
-
-def onnx_model(model: nn.Module, meta: dict, opset: int = 17) -> bytes:
-    """The serialised ONNX model of ``model`` (as loaded: a classifier or tinydet), checked.
-
-    The graph is :func:`exportable` of ``model``: it takes 0-1 pixels.
-
-    Example:
-        >>> from imrec.inference import load_model
-        >>> model, meta = load_model("runs/mnist-1")  # doctest: +SKIP
-        >>> data = onnx_model(model, meta)  # doctest: +SKIP
-    """
-    import onnx
-
-    module = exportable(model, meta)
-    c, (h, w) = meta["input"]["channels"], meta["input"]["size"]
-    outputs = output_names(meta)
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        # The TorchScript exporter is deprecated but needs no onnxscript and takes a fraction of
-        # a second; these plain conv nets need nothing that only the dynamo exporter handles.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            (torch.zeros(1, c, h, w),),
-            buf,
-            dynamo=False,
-            opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=outputs,
-            dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]},
-        )
-    data = buf.getvalue()
-    onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
-    return data
-
-
-def graph_io(model_bytes: bytes, meta: dict) -> dict:
-    """Names, shapes (``"batch"`` for the dynamic axis) and dtypes of a graph's inputs/outputs.
-
-    Output sizes the graph computes at run time (tinydet's maps) are filled in from one run
-    on a blank image: every input of the bundle's size gives the same.
-    """
-    import onnx
-
-    from imrec.runtime import ort_session
-
-    graph = onnx.load_from_string(model_bytes).graph
-    (h, w), c = meta["input"]["size"], meta["input"]["channels"]
-    blank = np.zeros((1, c, h, w), np.float32)
-    ran = [o.shape for o in ort_session(model_bytes, threads=1).run(None, {INPUT_NAME: blank})]
-
-    def describe(v, known=None) -> dict:
-        dims = [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-        if known is not None:
-            dims = ["batch", *(int(n) for n in known[1:])]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)
-        return {"name": v.name, "shape": dims, "dtype": str(dtype)}
-
-    return {
-        "inputs": [describe(v) for v in graph.input],
-        "outputs": [describe(v, k) for v, k in zip(graph.output, ran, strict=True)],
-    }
-
-
 # ---- the manifest ---------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def build_manifest(meta: dict, weights: Path, run_dir: Path | None = None) -> dict:
-    """The manifest of a checkpoint: what a bundle's ``manifest.json`` holds before ONNX.
-
-    Args:
-        meta: the checkpoint metadata.
-        weights: the checkpoint file; the first 12 hex digits of its SHA-256 are the version.
-        run_dir: the run folder, whose ``report.json`` gives the test metrics.
-
-    Example:
-        >>> meta = read_checkpoint_meta("runs/mnist-1")  # doctest: +SKIP
-        >>> build_manifest(meta, Path("runs/mnist-1/best.safetensors"))["labels"][:2]  # doctest: +SKIP
-        ['0', '1']
-    """
-    from imrec import __version__
-
-    task = meta.get("task", "classify")
-    return {
-        "format": FORMAT,
-        "task": task,
-        "model": {
-            k: meta["model"][k] for k in ("name", "options", "weight_norm") if k in meta["model"]
-        },
-        "model_version": sha256_file(weights)[:12],
-        "labels": list(meta["classes"]),
-        "input": _input_spec(meta),
-        "preprocessing": preprocessing(meta),
-        **({"postprocessing": _decoding(meta)} if task == "detect" else {}),
-        "metrics": headline_metrics(meta, run_dir),
-        "dataset": meta.get("dataset"),
-        "dataset_checksum": meta.get("dataset_checksum"),
-        "imrec_version": __version__,
-        "trained_with": meta.get("imrec_version"),
-    }
-
-
-def _input_spec(meta: dict) -> dict:
-    inp = meta["input"]
-    spec = {
-        "size": list(inp["size"]),
-        "channels": inp["channels"],
-        "mean": list(inp["mean"]),
-        "std": list(inp["std"]),
-        "layout": "NCHW",
-        "dtype": "float32",
-        "pixels": "0-1 (uint8 / 255); the graph normalises with mean and std itself",
-        "domain": meta.get("domain", "photo"),
-        "ink": meta.get("ink"),
-    }
-    if meta.get("task") == "detect":
-        spec.update(resize=inp.get("resize", "letterbox"), fill=inp.get("fill", 114))
-    return spec
-
-
-def preprocessing(meta: dict) -> dict:
-    """How an image becomes the graph's input: a sentence and the parameters it names."""
-    inp, domain, ink = meta["input"], meta.get("domain", "photo"), meta.get("ink")
-    (h, w), c = inp["size"], inp["channels"]
-    grey = "grey (1 channel)" if c == 1 else "RGB (3 channels)"
-    if meta.get("task") == "detect":
-        s = h
-        text = (
-            f"Decode the image (EXIF orientation applied), convert it to {grey}, scale it so "
-            f"its longer side is {s} px (aspect kept, antialiased), pad right and bottom with "
-            f"{inp.get('fill', 114)} to {s}x{s}; divide by 255. Boxes come back in these "
-            f"pixels: divide them by the scale {s} / max(height, width) for the original image."
-        )
-        return {"description": text, "function": "imrec.transforms_detect.letterbox",
-                "size": s, "channels": c, "fill": inp.get("fill", 114)}  # fmt: skip
-    if domain == "handwriting" and ink:
-        text = (
-            f"Decode the image (EXIF orientation applied). Handwriting: make the ink bright on "
-            f"a {ink.get('background', 'dark')} background as in training, crop to the ink, "
-            f"scale its box to {ink.get('fraction')} of the side and centre it by mass on a "
-            f"{h}x{w} canvas (an image already {h}x{w} grey with that background is kept as "
-            f"it is); {grey}; divide by 255."
-        )
-    else:
-        text = (
-            f"Decode the image (EXIF orientation applied), convert it to {grey}, scale it "
-            f"(aspect kept, bilinear, antialiased) until it just covers {h}x{w} and cut out "
-            "the centre; divide by 255."
-        )
-    return {"description": text, "function": "imrec.preprocess.prepare_image",
-            "size": [h, w], "channels": c, "domain": domain, "ink": ink}  # fmt: skip
-
-
-def _decoding(meta: dict) -> dict:
-    return {
-        "description": (
-            "sigmoid(cls_logits); keep cells equal to their 3x3 max; each kept cell (row i, "
-            "column j) gives the box centre ((j + 0.5) * 4, (i + 0.5) * 4) minus/plus the "
-            "distances dist = (left, top, right, bottom) in pixels; clip to the image; "
-            "class-wise NMS"
-        ),
-        "function": "imrec.models.detectors.TinyDet.decode",
-        "stride": 4,
-        "defaults": {"score_thresh": 0.25, "nms_iou": 0.5, "max_det": 100},
-    }
-
-
-def headline_metrics(meta: dict, run_dir: Path | None) -> dict:
-    """The run's test metrics from ``report.json`` (validation ones from the checkpoint without it)."""
-    keys = ("map", "map50", "map75") if meta.get("task") == "detect" else (
-        "accuracy", "macro_f1", "top5", "ece")  # fmt: skip
-    report = Path(run_dir) / "report.json" if run_dir is not None else None
-    if report is not None and report.is_file():
-        test = json.loads(report.read_text(encoding="utf-8")).get("test") or {}
-        found = {k: test[k] for k in keys if k in test}
-        if found:
-            return {"split": "test", "n": test.get("n", test.get("images")), **found}
-    val = {k: v for k, v in meta.get("metrics", {}).items() if k.startswith("val_")}
-    return {"split": "validation", **val}
 
 
 # ---- the test split the gate runs on --------------------------------------------------
@@ -349,8 +122,8 @@ def _classification_probe(meta: dict, cfg: dict, limit: int | None) -> Probe:
 
 
 def _detection_probe(meta: dict, cfg: dict, limit: int | None) -> Probe:
+    from imrec.core.preprocess import letterbox
     from imrec.data.detection import load_detection
-    from imrec.transforms_detect import letterbox
 
     inp = meta["input"]
     data = load_detection(
@@ -383,19 +156,6 @@ def _detection_probe(meta: dict, cfg: dict, limit: int | None) -> Probe:
 # ---- running both backends ------------------------------------------------------------
 
 
-def batches(images: torch.Tensor, size: int = BATCH):
-    """uint8 ``(N, C, H, W)`` -> float32 0-1 numpy batches of at most ``size`` images."""
-    for i in range(0, len(images), size):
-        yield images[i : i + size].numpy().astype(np.float32) / np.float32(255)
-
-
-def torch_outputs(module: nn.Module, x: np.ndarray) -> list[np.ndarray]:
-    """The outputs of ``module`` for one float 0-1 batch, as numpy arrays."""
-    with torch.no_grad():
-        out = module(torch.from_numpy(x))
-    return [o.float().numpy() for o in (out if isinstance(out, tuple) else (out,))]
-
-
 def check_parity(module: nn.Module, meta: dict, model_bytes: bytes, probe: Probe) -> dict:
     """PyTorch against ONNX Runtime on the probe's test images: the gate's numbers.
 
@@ -403,7 +163,7 @@ def check_parity(module: nn.Module, meta: dict, model_bytes: bytes, probe: Probe
     Detectors: the share of images with the same decoded detections (same count, labels and
     boxes within ``BOX_TOLERANCE`` px) and the largest difference of the raw maps.
     """
-    from imrec.runtime import OnnxRunner
+    from imrec.deploy.onnx import OnnxRunner
 
     if len(probe.test) == 0:
         raise ExportError(f"{meta['dataset']}: empty test split, the parity gate has no images")
@@ -527,7 +287,7 @@ def quantize_int8(fp32: Path, out: Path, calibration: torch.Tensor) -> str:
 
 
 def quality(runner, meta: dict, probe: Probe) -> tuple[str, float]:
-    """The headline number of an :class:`~imrec.runtime.OnnxRunner` on the probe: accuracy or mAP."""
+    """The headline number of an :class:`~imrec.deploy.onnx.OnnxRunner` on the probe: accuracy or mAP."""
     if meta.get("task") != "detect":
         labels, hits, seen = probe.labels.numpy(), 0, 0
         for x in batches(probe.test):
@@ -535,7 +295,7 @@ def quality(runner, meta: dict, probe: Probe) -> tuple[str, float]:
             hits += int((predicted == labels[seen : seen + len(x)]).sum())
             seen += len(x)
         return "accuracy", hits / seen
-    from imrec.engine.detection_metrics import coco_evaluate
+    from imrec.detect.metrics import coco_evaluate
 
     size, dets = tuple(meta["input"]["size"]), []
     for x in batches(probe.test, 64):
@@ -546,7 +306,7 @@ def quality(runner, meta: dict, probe: Probe) -> tuple[str, float]:
 
 
 def _int8_report(fp32: Path, int8: Path, meta: dict, probe: Probe, method: str) -> dict:
-    from imrec.runtime import OnnxRunner
+    from imrec.deploy.onnx import OnnxRunner
 
     metric, before = quality(OnnxRunner(fp32), meta, probe)
     _, after = quality(OnnxRunner(int8), meta, probe)
@@ -601,7 +361,7 @@ def export_bundle(
     out = Path(out) if out is not None else run_dir / "bundle"
     _check_target(out)
     weights = resolve_checkpoint(run_dir)
-    model, meta = load_torch_model(weights)
+    model, meta = load_model(weights)
     model_bytes = onnx_model(model, meta, opset)
     probe = load_probe(run_dir, meta, parity_limit)
     parity = check_parity(exportable(model, meta), meta, model_bytes, probe)
@@ -637,17 +397,6 @@ def _check_target(out: Path) -> None:
         raise ExportError(f"{out} exists and is not a bundle; choose another --out")
 
 
-def load_torch_model(weights: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """The PyTorch model of a checkpoint (a bundle's weights.safetensors is one) and its meta."""
-    if read_checkpoint_meta(weights).get("task") == "detect":
-        from imrec.engine.detect import load_detector
-
-        return load_detector(weights, device)
-    from imrec.inference import load_model
-
-    return load_model(weights, device)
-
-
 def _write_bundle(folder, model_bytes, weights, manifest, meta, probe, quantize) -> None:
     (folder / ONNX_FILE).write_bytes(model_bytes)
     shutil.copyfile(weights, folder / WEIGHTS_FILE)
@@ -676,17 +425,3 @@ def _swap_into(tmp: Path, out: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def read_manifest(bundle: str | Path) -> dict:
-    """A bundle's ``manifest.json``, checked for the format it was written in."""
-    path = Path(bundle) / MANIFEST
-    if not path.is_file():
-        raise ExportError(f"{bundle} holds no {MANIFEST}: it is not an imrec bundle")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ExportError(f"{path} is not valid JSON: {e}") from e
-    if manifest.get("format") != FORMAT:
-        raise ExportError(f"{path}: format {manifest.get('format')!r}, this imrec reads {FORMAT!r}")
-    return manifest

@@ -1,7 +1,7 @@
 """Load a bundle, a run folder or a checkpoint, and predict with ONNX Runtime or PyTorch.
 
 ``imrec.load`` gives one :class:`Model` whatever the source and backend: the same
-preprocessing as ``imrec predict`` (:mod:`imrec.preprocess` for classifiers, the letterbox
+preprocessing as ``imrec predict`` (:mod:`imrec.core.preprocess` for classifiers, the letterbox
 for detectors), then either an ONNX Runtime session or the PyTorch module, then the same
 post-processing (softmax and top-k, or :meth:`TinyDet.decode <imrec.models.detectors.TinyDet.decode>`).
 
@@ -20,102 +20,28 @@ Example:
 
 from __future__ import annotations
 
-import os
-import statistics
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from imrec.engine.checkpoint import CheckpointError, read_checkpoint_meta, resolve_checkpoint
-from imrec.export import (
-    INPUT_NAME,
+from imrec.core.checkpoint import CheckpointError, read_checkpoint_meta, resolve_checkpoint
+from imrec.deploy.bundle import (
     INT8_FILE,
     MANIFEST,
     ONNX_FILE,
     WEIGHTS_FILE,
     build_manifest,
-    exportable,
-    load_torch_model,
-    onnx_model,
     read_manifest,
 )
+from imrec.deploy.onnx import OnnxRunner, exportable, onnx_model
+from imrec.models.load import load_model
 
 BACKENDS = ("onnxruntime", "torch")
 CHUNK = 1024  # images per model call: bounds the memory of one predict() on a long list
-# Images per ONNX Runtime call when a batch is spread over the cores: small enough that a
-# piece's feature maps stay in the caches (MNIST cnn, 2 cores: 26k images/s in pieces of 64
-# against 19k for whole batches of 1024 on a two-thread session).
-PIECE = 64
-
-
-def cores() -> int:
-    """CPU cores this process may use."""
-    return len(os.sched_getaffinity(0))
-
-
-def ort_session(model: bytes | str | Path, threads: int | None = None):
-    """An ONNX Runtime CPU session: all graph optimisations, ``threads`` (default: all cores).
-
-    Example:
-        >>> session = ort_session("bundle/model.onnx")  # doctest: +SKIP
-        >>> [i.name for i in session.get_inputs()]  # doctest: +SKIP
-        ['images']
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or cores()
-    options.inter_op_num_threads = 1  # one chain of convs: nothing runs side by side
-    options.log_severity_level = 3  # errors only
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 # ---- the two backends -----------------------------------------------------------------
-
-
-class OnnxRunner:
-    """Float 0-1 batches through ONNX Runtime, on every core.
-
-    A batch is cut into pieces of at most ``PIECE`` images that run side by side on a thread
-    pool, each through one shared one-thread session (ONNX Runtime releases the GIL and one
-    session serves concurrent calls). A single image goes to whichever of the one-thread
-    and the all-cores session answered a blank image faster when the runner was made: one
-    thread for a 28x28 digit, where the threads' hand-off costs more than it saves.
-    """
-
-    def __init__(self, model: bytes | Path):
-        self.cores = cores()
-        self.one = ort_session(model, threads=1)
-        self.pool = ThreadPoolExecutor(self.cores, "imrec-ort") if self.cores > 1 else None
-        self.single = self.one if self.pool is None else self._faster(ort_session(model))
-
-    def _faster(self, wide):
-        shape = [1, *self.one.get_inputs()[0].shape[1:]]  # (1, C, H, W)
-        blank = np.zeros(shape, np.float32)
-        return min((self.one, wide), key=lambda session: _median_seconds(session, blank))
-
-    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
-        if len(x) == 1 or self.pool is None:
-            return (self.single if len(x) == 1 else self.one).run(None, {INPUT_NAME: x})
-        size = min(PIECE, -(-len(x) // self.cores))  # every core gets work, pieces stay small
-        pieces = [x[i : i + size] for i in range(0, len(x), size)]
-        outs = self.pool.map(lambda piece: self.one.run(None, {INPUT_NAME: piece}), pieces)
-        return [np.concatenate(parts) for parts in zip(*outs, strict=True)]
-
-
-def _median_seconds(session, x: np.ndarray, calls: int = 7) -> float:
-    session.run(None, {INPUT_NAME: x})  # warm-up: the first call allocates
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        session.run(None, {INPUT_NAME: x})
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 class TorchRunner:
@@ -243,7 +169,7 @@ class Model:
         self._weights, self._explainer = weights, None
         self._tv_detector = None  # torchvision detectors decode inside their own forward
         if backend == "torch" or onnx is None:
-            model, meta = load_torch_model(weights, self.device)
+            model, meta = load_model(weights, self.device)
             self._explainer = (model, meta) if self.task == "classify" else None
             if backend == "onnxruntime":
                 onnx = onnx_model(model.cpu(), meta)
@@ -271,7 +197,7 @@ class Model:
         """
         if self.task == "detect":
             return self._letterbox(image)[0]
-        from imrec.preprocess import load_image, prepare_image
+        from imrec.core.preprocess import load_image, prepare_image
 
         inp = self.manifest["input"]
         return prepare_image(
@@ -284,8 +210,7 @@ class Model:
 
     def _letterbox(self, image) -> tuple[torch.Tensor, float, tuple[int, int]]:
         """(letterboxed uint8 (C, S, S), scale, original (height, width))."""
-        from imrec.preprocess import load_image
-        from imrec.transforms_detect import letterbox
+        from imrec.core.preprocess import letterbox, load_image
 
         im = load_image(_as_image(image)).convert("L" if self.channels == 1 else "RGB")
         arr = torch.from_numpy(np.array(im, dtype=np.uint8))
@@ -324,7 +249,7 @@ class Model:
         return self._predict_list([images], top_k)[0]
 
     def _predict_list(self, sources: list, top_k: int) -> list[dict]:
-        from imrec.preprocess import ImageReadError
+        from imrec.core.preprocess import ImageReadError
 
         results: list[dict] = [{"input": _name(src)} for src in sources]
         ready, where = [], []
@@ -428,7 +353,7 @@ class Model:
         from imrec.explain import explain_image
 
         if self._explainer is None:
-            self._explainer = load_torch_model(self._weights, self.device)
+            self._explainer = load_model(self._weights, self.device)
         model, meta = self._explainer
         return explain_image(model, meta, image, target)
 
@@ -458,7 +383,7 @@ def _as_image(image):
         return image
     from PIL import Image
 
-    from imrec.preprocess import ImageReadError
+    from imrec.core.preprocess import ImageReadError
 
     if (
         image.dtype != np.uint8

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
+
+from imrec.core.preprocess import letter_fill, letterbox
 
 
 @dataclass(frozen=True)
@@ -53,29 +54,6 @@ def detect_augment_preset(domain: str) -> DetectAugment:
 
 def detect_augment_off() -> DetectAugment:
     return DetectAugment(photometric=False)
-
-
-def letter_fill(domain: str) -> int:
-    """Padding value: black for handwriting canvases (ink is bright), COCO grey for photos."""
-    return 0 if domain == "handwriting" else 114
-
-
-def letterbox(
-    image: torch.Tensor, boxes: torch.Tensor, size: int, fill: int = 114
-) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Resize so the longer side is ``size`` (aspect kept), pad right and bottom to a square.
-
-    Returns the ``(C, size, size)`` image, the boxes in its pixels and the scale used, so a
-    prediction maps back to the original image by dividing by ``scale``.
-    """
-    h, w = image.shape[-2:]
-    scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    if (nh, nw) != (h, w):
-        image = TF.resize(image, [nh, nw], antialias=True)
-    if (nh, nw) != (size, size):
-        image = TF.pad(image, [0, 0, size - nw, size - nh], fill=fill)
-    return image, boxes * scale, scale
 
 
 class DetectTransform:

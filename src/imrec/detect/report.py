@@ -2,7 +2,7 @@
 
 ``report.md`` leads with COCO mAP@[.5:.95], mAP@.5 and mAP@.75 on the test split, then the
 data (with what was wrong in the annotations), the metrics of val and test, AP per class
-(worst first), figures and the config. Shared sections come from :mod:`imrec.engine.report`.
+(worst first), figures and the config. Shared sections come from :mod:`imrec.core.report`.
 """
 
 from __future__ import annotations
@@ -10,18 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from imrec.engine.checkpoint import atomic_write_text
-from imrec.engine.report import (
-    _cell,
-    _config,
-    _data,
-    _figures,
-    _fmt,
-    _headline_facts,
-    _json_default,
-    _main_split,
-    _text,
-)
+from imrec.core import report as parts
+from imrec.core.checkpoint import atomic_write_text
 
 ROWS = (
     ("map", "mAP@[.5:.95]"),
@@ -38,7 +28,7 @@ MAX_CLASSES = 40
 def write_detection_report(run_dir: Path, report: dict) -> tuple[Path, Path]:
     """Write ``report.json`` and ``report.md`` into ``run_dir`` atomically."""
     run_dir = Path(run_dir)
-    text = json.dumps(report, indent=2, ensure_ascii=False, default=_json_default)
+    text = json.dumps(report, indent=2, ensure_ascii=False, default=parts.json_default)
     atomic_write_text(run_dir / "report.json", text + "\n")
     atomic_write_text(run_dir / "report.md", render_detection_markdown(report, run_dir=run_dir))
     return run_dir / "report.json", run_dir / "report.md"
@@ -54,25 +44,25 @@ def render_detection_markdown(report: dict, *, run_dir: Path | None = None) -> s
     """
     sections = [
         _headline(report),
-        _data(report),
+        parts.data(report),
         _annotations(report),
         _metrics(report),
         _per_class(report),
-        _figures(report, run_dir),
-        _config(report),
+        parts.figures(report, run_dir),
+        parts.config(report),
     ]
     return "\n\n".join(s for s in sections if s) + "\n"
 
 
 def _headline(report: dict) -> str:
-    title = " · ".join(_text(report[k]) for k in ("dataset", "model") if report.get(k))
+    title = " · ".join(parts.text(report[k]) for k in ("dataset", "model") if report.get(k))
     lines = [f"# imrec detection report: {title}" if title else "# imrec detection report"]
-    split, m = _main_split(report)
+    split, m = parts.main_split(report)
     if m:
         lines += [
             "",
-            f"{split} mAP@[.5:.95] **{_fmt(m.get('map'), 'num')}** · "
-            f"mAP@.5 **{_fmt(m.get('map50'), 'num')}** · mAP@.75 **{_fmt(m.get('map75'), 'num')}**",
+            f"{split} mAP@[.5:.95] **{parts.fmt(m.get('map'), 'num')}** · "
+            f"mAP@.5 **{parts.fmt(m.get('map50'), 'num')}** · mAP@.75 **{parts.fmt(m.get('map75'), 'num')}**",
         ]
         plain = m.get("at_0.5")
         if plain:
@@ -82,11 +72,14 @@ def _headline(report: dict) -> str:
                 f"{plain.get('true_positives')} objects found, {plain.get('false_positives')} "
                 f"false detections, {plain.get('missed')} missed.",
             ]
-    facts = _headline_facts(report)
+    facts = parts.headline_facts(report)
     timing = report.get("timing") or {}
     if timing.get("single_image_per_second") is not None:
         facts.append(
-            ("one image at a time", f"{_fmt(timing['single_image_per_second'], 'int')} images/s")
+            (
+                "one image at a time",
+                f"{parts.fmt(timing['single_image_per_second'], 'int')} images/s",
+            )
         )
     if facts:
         lines += ["", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in facts]
@@ -114,7 +107,7 @@ def _annotations(report: dict) -> str:
         "Problems found and handled: " + (", ".join(problems) if problems else "none") + ".",
     ]
     for ex in (a.get("examples") or [])[:10]:
-        lines.append(f"- {_text(ex)}")
+        lines.append(f"- {parts.text(ex)}")
     return "\n".join(lines)
 
 
@@ -125,13 +118,13 @@ def _metrics(report: dict) -> str:
     lines = ["## Metrics (COCO, pycocotools)", "", "| metric | " + " | ".join(splits) + " |"]
     lines.append("|---|" + "---:|" * len(splits))
     for key, label in ROWS:
-        values = [_fmt(report[s].get(key), "num") for s in splits]
+        values = [parts.fmt(report[s].get(key), "num") for s in splits]
         lines.append(f"| {label} | " + " | ".join(values) + " |")
     return "\n".join(lines)
 
 
 def _per_class(report: dict) -> str:
-    _, m = _main_split(report)
+    _, m = parts.main_split(report)
     per = (m or {}).get("per_class") or {}
     if not per:
         return ""
@@ -144,8 +137,8 @@ def _per_class(report: dict) -> str:
     lines.append("|---|---:|---:|---:|---:|---:|")
     for name, c in rows[:MAX_CLASSES]:
         lines.append(
-            f"| {_cell(name)} | {_fmt(c.get('ap'), 'num')} | {_fmt(c.get('ap50'), 'num')} | "
-            f"{_fmt(c.get('ap75'), 'num')} | {c.get('gt', '')} | {c.get('detections', '')} |"
+            f"| {parts.cell(name)} | {parts.fmt(c.get('ap'), 'num')} | {parts.fmt(c.get('ap50'), 'num')} | "
+            f"{parts.fmt(c.get('ap75'), 'num')} | {c.get('gt', '')} | {c.get('detections', '')} |"
         )
     if len(rows) > MAX_CLASSES:
         lines += ["", f"… {len(rows) - MAX_CLASSES} more classes in report.json."]

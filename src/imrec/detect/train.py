@@ -1,6 +1,6 @@
 """Training and evaluating detectors: the classification run loop with boxes.
 
-:class:`DetectionTrainer` reuses :class:`~imrec.engine.train.Trainer`'s run folder, checkpoints,
+:class:`DetectionTrainer` reuses :class:`~imrec.engine.loop.Trainer`'s run folder, checkpoints,
 resume, EMA, schedules and progress bar; it changes the data (images with boxes, box-aware
 augmentation in a DataLoader), the step (``model.losses``) and the validation number
 (COCO mAP@[.5:.95] on the validation split, which picks the best checkpoint).
@@ -9,62 +9,36 @@ augmentation in a DataLoader), the step (``model.losses``) and the validation nu
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from imrec.config import RunConfig
+from imrec.core.checkpoint import CheckpointError, load_checkpoint
+from imrec.core.errors import TrainError
+from imrec.core.preprocess import letter_fill
 from imrec.data.boxes import DetectionData, DetectionSet
 from imrec.data.detection import load_detection
-from imrec.engine import distributed
-from imrec.engine.checkpoint import CheckpointError, load_checkpoint
-from imrec.engine.ema import ModelEma
-from imrec.engine.train import (
-    Trainer,
-    TrainError,
-    _epoch_seed,
-    _rank_seed,
-    lr_factor,
-    make_optimizer,
-    pick_device,
-    rank_batch,
-)
-from imrec.models.detectors import TinyDet, create_detector, is_detector, load_matching
-from imrec.models.registry import architecture_options
-from imrec.transforms_detect import (
+from imrec.detect.augment import (
     DetectAugment,
     DetectTransform,
     detect_augment_off,
     detect_augment_preset,
-    letter_fill,
-    letterbox,
 )
+from imrec.detect.evaluate import detect_split, finish_detection_run, preload
+from imrec.engine import distributed
+from imrec.engine.loop import Trainer, check_new_run
+from imrec.engine.optim import lr_factor, set_lr
+from imrec.engine.placement import epoch_seed, rank_batch, rank_seed
+from imrec.models.detectors import TinyDet, create_detector, is_detector, load_matching
 
-PLOTS = {"curves": "curves.png", "pr": "pr.png", "predictions": "predictions.png"}
-PRELOAD_LIMIT_BYTES = 2 << 30  # decode whole splits into memory below this size
 DEFAULT_SIZE = 320
 
 
 # ---- data -------------------------------------------------------------------------------
-
-
-def _preload(split: DetectionSet, channels: int) -> list[torch.Tensor] | None:
-    """Every image of the split decoded once (threads), when the split is small enough."""
-    n = len(split)
-    if n == 0:
-        return []
-    approx = sum(h * w for h, w in split.sizes) * channels
-    if approx > PRELOAD_LIMIT_BYTES:
-        return None
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return list(pool.map(lambda i: split.load_image(i, channels), range(n)))
 
 
 class BoxSamples(torch.utils.data.Dataset):
@@ -72,7 +46,7 @@ class BoxSamples(torch.utils.data.Dataset):
 
     def __init__(self, split: DetectionSet, channels: int, transform: DetectTransform):
         self.split, self.channels, self.transform = split, channels, transform
-        self.images = _preload(split, channels)
+        self.images = preload(split, channels)
 
     def __len__(self) -> int:
         return len(self.split)
@@ -130,61 +104,6 @@ def image_stats(samples: BoxSamples, limit: int = 512) -> tuple[list[float], lis
 # ---- prediction on a split --------------------------------------------------------------
 
 
-@torch.no_grad()
-def detect_split(
-    model,
-    split: DetectionSet,
-    channels: int,
-    size: int,
-    domain: str,
-    *,
-    batch_size: int = 32,
-    score_thresh: float = 0.001,
-    nms_iou: float = 0.5,
-    max_det: int = 100,
-    images: list[torch.Tensor] | None = None,
-) -> tuple[list[dict], dict]:
-    """Predictions for every image of ``split`` in its own pixels, and the timing.
-
-    Images are letterboxed to ``size``; boxes are scaled back by the letterbox scale. A low
-    ``score_thresh`` is right for mAP (the ranking counts, not a cut).
-    """
-    device = next(model.parameters()).device
-    fill = letter_fill(domain)
-    out: list[dict] = []
-    seconds = 0.0
-    for start in range(0, len(split), batch_size):
-        idx = range(start, min(len(split), start + batch_size))
-        batch, scales = [], []
-        for i in idx:
-            img = images[i] if images is not None else split.load_image(i, channels)
-            img, _, scale = letterbox(img, torch.zeros(0, 4), size, fill)
-            batch.append(img)
-            scales.append(scale)
-        x = torch.stack(batch).to(device).float().div_(255)
-        t0 = time.perf_counter()
-        dets = model.detect(x, score_thresh=score_thresh, nms_iou=nms_iou, max_det=max_det)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds += time.perf_counter() - t0
-        for d, scale in zip(dets, scales, strict=True):
-            out.append(
-                {
-                    "boxes": d["boxes"].float().cpu() / scale,
-                    "scores": d["scores"].float().cpu(),
-                    "labels": d["labels"].cpu(),
-                }
-            )
-    timing = {
-        "images_per_second": round(len(split) / max(seconds, 1e-9), 1),
-        "batch_size": batch_size,
-        "image_size": size,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-    }
-    return out, timing
-
-
 # ---- the run ----------------------------------------------------------------------------
 
 
@@ -198,6 +117,8 @@ class DetectionTrainer(Trainer):
     """
 
     monitor = "val_map"
+    # Variable numbers of boxes per image: the step is never recorded as a CUDA graph.
+    capturable_optimizer = False
 
     def __init__(
         self,
@@ -207,24 +128,24 @@ class DetectionTrainer(Trainer):
         data: DetectionData | None = None,
         progress: bool = True,
     ):
-        self.run, self.run_dir, self.progress = run, Path(run_dir), progress
-        t = run.train
-        if t.threads:
-            torch.set_num_threads(t.threads)
         if not is_detector(run.model.name):
             raise TrainError(
                 f"{run.model.name!r} is not a detector; see `imrec models --task detect`"
             )
-        self.device = pick_device(t.device)
-        self._join_world()
-        torch.manual_seed(t.seed)
-        self.data = data or load_detection(
+        super().__init__(run, run_dir, data=data, progress=progress)
+
+    def load_data(self) -> DetectionData:
+        run = self.run
+        return load_detection(
             run.data.name,
             val_fraction=run.data.val_fraction,
-            seed=t.seed,
+            seed=run.train.seed,
             channels=run.data.channels,
         )
-        d = self.data
+
+    def build(self) -> nn.Module:
+        """The detector (normalisation inside it), its letterbox size and box-aware samples."""
+        run, d = self.run, self.data
         self.size = run.data.size or (max(d.image_size) if d.image_size else DEFAULT_SIZE)
         self.domain = run.data.domain or d.domain
         self.augment = build_detect_augment(run, self.domain)
@@ -233,8 +154,7 @@ class DetectionTrainer(Trainer):
         )
         self.val_set = BoxSamples(d.val, d.channels, DetectTransform(self.size, None, self.domain))
         self.mean, self.std = image_stats(self.train_set)
-        self.amp_dtype = self._amp_dtype(t.amp, self.device.type == "cuda")
-        self.model = create_detector(
+        model = create_detector(
             run.model.name,
             num_classes=d.num_classes,
             in_channels=d.channels,
@@ -243,23 +163,15 @@ class DetectionTrainer(Trainer):
             std=self.std,
             **run.model.options,
         ).to(self.device)
-        self.init_note = ""
-        if t.init:
-            self._init_from(t.init)
         # tinydet is plain convolutions: channels_last measured ~10% faster on the 2-core CPU.
         # torchvision detectors take lists of images and resize them themselves.
-        self.channels_last = t.channels_last != "off" and isinstance(self.model, TinyDet)
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = make_optimizer(self.model, t)
-        self.ema = ModelEma(self.model, t.ema_decay) if t.ema else None
-        self.steps_per_epoch = math.ceil(len(d.train) / t.batch_size)
-        self.history: list[dict] = []
-        self.best = {self.monitor: -1.0, "epoch": 0}
-        self.start_epoch = 0
-        self.train_seconds = 0.0
-        self._ddp: tuple[bool, DistributedDataParallel] | None = None  # (frozen, wrapper)
-        self._loader = None
+        self.channels_last = run.train.channels_last != "off" and isinstance(model, TinyDet)
+        return model
+
+    def loss(self, losses, images: torch.Tensor, targets: list[dict]):
+        """The detector's summed loss and its parts (detached), e.g. heat map and box losses."""
+        parts = losses(images, targets)
+        return parts["loss"], {k: v.detach() for k, v in parts.items()}
 
     def _init_from(self, source: str) -> None:
         """Start from an imrec detector checkpoint; heads for other classes are replaced."""
@@ -277,7 +189,7 @@ class DetectionTrainer(Trainer):
         self.init_note = f"initialised from {source} ({n} tensors; {len(skipped)} replaced)"
 
     def meta(self, epoch: int, metrics: dict) -> dict:
-        from imrec import __version__
+        from imrec.core.version import __version__
 
         d, r = self.data, self.run
         return {
@@ -302,7 +214,7 @@ class DetectionTrainer(Trainer):
 
     def train_epoch(self, epoch: int) -> dict:
         t, model = self.run.train, self.model
-        seed = _epoch_seed(t.seed, epoch)
+        seed = epoch_seed(t.seed, epoch)
         torch.manual_seed(seed + 1)  # the transforms' random draws
         frozen = epoch < t.freeze_epochs
         for name, p in model.named_parameters():
@@ -329,7 +241,7 @@ class DetectionTrainer(Trainer):
                 rank_batch(order[i * t.batch_size : (i + 1) * t.batch_size], world).tolist()
                 for i in range(self.steps_per_epoch)
             ]
-            torch.manual_seed(_rank_seed(t.seed, epoch, world.rank) + 1)
+            torch.manual_seed(rank_seed(t.seed, epoch, world.rank) + 1)
             loader = torch.utils.data.DataLoader(
                 self.train_set, batch_sampler=shares, collate_fn=collate, num_workers=0
             )
@@ -346,29 +258,17 @@ class DetectionTrainer(Trainer):
                 x = x.contiguous(memory_format=torch.channels_last)
             targets = [{k: v.to(self.device) for k, v in tg.items()} for tg in targets]
             factor = lr_factor(step, total, warmup, t.schedule)
-            for g in self.optimizer.param_groups:
-                g["lr"] = t.lr * factor * g["lr_mult"]
-            with torch.autocast(
-                self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
-            ):
-                parts = losses(x, targets)
-            loss = parts["loss"]
+            set_lr(self.optimizer, t.lr * factor)
+            batch = min(t.batch_size, len(self.train_set) - i * t.batch_size)
+            loss, parts = self.step(losses, x, targets, len(images), batch)
             if not torch.isfinite(loss):
                 raise TrainError(
                     f"epoch {epoch + 1}, step {i}: the loss is {loss.item()}; lower --lr "
                     "or set --grad-clip"
                 )
-            self.optimizer.zero_grad(set_to_none=True)
-            batch = min(t.batch_size, len(self.train_set) - i * t.batch_size)
-            self._backward(loss, len(images), batch)
-            if t.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            self.optimizer.step()
-            if self.ema:
-                self.ema.update(model)
             seen += len(images)
             for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(images)
+                sums[k] = sums.get(k, 0.0) + float(v) * len(images)
             if bar is not None:
                 bar.update(1)
                 if i % 10 == 0 or i == self.steps_per_epoch - 1:
@@ -416,7 +316,7 @@ class DetectionTrainer(Trainer):
         return self._ddp_wrapper(lambda: _Losses(self.model), frozen, find_unused=unused)
 
     def validate(self) -> dict:
-        from imrec.engine.detection_metrics import coco_evaluate
+        from imrec.detect.metrics import coco_evaluate
 
         val, images = self.data.val, self.val_set.images
         if self.world.size > 1:  # each rank detects on its part; rank 0 scores them all
@@ -455,216 +355,9 @@ class _Losses(nn.Module):
 # ---- report -----------------------------------------------------------------------------
 
 
-def _summary(metrics: dict) -> dict:
-    """The metrics without the bulky PR arrays (those go into pr.png)."""
-    return {k: v for k, v in metrics.items() if k != "pr"}
-
-
-def measure_detection(
-    model,
-    split: DetectionSet,
-    classes: list[str],
-    channels: int,
-    size: int,
-    domain: str,
-    out_dir: Path | None,
-    *,
-    images: list[torch.Tensor] | None = None,
-) -> tuple[dict, dict]:
-    """COCO metrics and timing of ``model`` on ``split``.
-
-    With ``out_dir`` (the split the report is about): pr.png and predictions.png are written
-    there and one-image-at-a-time speed is measured too.
-    """
-    from imrec.engine.detection_metrics import coco_evaluate, match_summary
-
-    model.eval()
-    preds, timing = detect_split(model, split, channels, size, domain, images=images)
-    metrics = coco_evaluate(split, preds, classes)
-    metrics["at_0.5"] = match_summary(split, preds, iou=0.5, score_thresh=0.5)
-    if out_dir is not None:
-        from imrec.viz_detection import save_detection_grid, save_pr_curves
-
-        timing["single_image_per_second"] = _single_image_rate(model, channels, size)
-        save_pr_curves(metrics, out_dir / PLOTS["pr"])
-        n = min(12, len(split))
-        shown = [
-            images[i] if images is not None else split.load_image(i, channels) for i in range(n)
-        ]
-        keep = [
-            {k: v[p["scores"] >= 0.3] for k, v in p.items()} for p in preds[:n]
-        ]  # a readable gallery: confident boxes only
-        save_detection_grid(shown, keep, classes, out_dir / PLOTS["predictions"],
-                            title="test predictions (score >= 0.3)")  # fmt: skip
-    return metrics, timing
-
-
-@torch.no_grad()
-def _single_image_rate(model, channels: int, size: int, repeats: int = 10) -> float:
-    device = next(model.parameters()).device
-    x = torch.rand(1, channels, size, size, device=device)
-    model.detect(x)  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        model.detect(x)
-    return round(repeats / (time.perf_counter() - t0), 1)
-
-
-def _report(
-    trainer_or_meta: dict, data: DetectionData, val: dict | None, test: dict, timing: dict
-) -> dict:
-    from imrec import __version__
-
-    return {
-        "imrec_version": __version__,
-        "task": "detect",
-        "dataset": data.name,
-        "dataset_checksum": data.checksum,
-        "split": data.split_note,
-        "sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
-        "boxes": {
-            "train": data.train.num_boxes(),
-            "val": data.val.num_boxes(),
-            "test": data.test.num_boxes(),
-        },
-        "annotations": data.annotations.to_dict(),
-        "classes": data.classes,
-        **trainer_or_meta,
-        "val": val,
-        "test": test,
-        "timing": timing,
-    }
-
-
-def finish_detection_run(trainer: DetectionTrainer) -> dict:
-    """Best checkpoint on val and test; writes report.json, report.md and the figures."""
-    from imrec.engine.checkpoint import load_checkpoint
-    from imrec.engine.detect_report import write_detection_report
-    from imrec.viz_detection import save_detection_curves
-
-    run_dir, data, run = trainer.run_dir, trainer.data, trainer.run
-    weights, meta = load_checkpoint(run_dir / "best.safetensors")
-    model = trainer.eval_model()
-    model.load_state_dict(weights)
-    val, _ = measure_detection(
-        model, data.val, data.classes, data.channels, trainer.size, trainer.domain, None,
-        images=trainer.val_set.images,
-    )  # fmt: skip
-    test_images = _preload(data.test, data.channels)
-    test, timing = measure_detection(
-        model, data.test, data.classes, data.channels, trainer.size, trainer.domain, run_dir,
-        images=test_images,
-    )  # fmt: skip
-    save_detection_curves(trainer.history, run_dir / PLOTS["curves"])
-    report = _report(
-        {
-            "model": run.model.name,
-            "params": sum(p.numel() for p in model.parameters()),
-            "input": meta["input"],
-            "train_seconds": round(trainer.train_seconds, 2),
-            "epochs_run": len(trainer.history),
-            "best_epoch": trainer.best["epoch"],
-            "device": str(trainer.device),
-            **trainer.parallel_info(),  # world_size, effective_batch_size, lr_scaling
-            "init": trainer.init_note,
-            "augment": dataclasses.asdict(trainer.augment) if trainer.augment else None,
-            "config": run.to_dict(),
-        },
-        data,
-        _summary(val),
-        _summary(test),
-        timing,
-    )
-    report["files"] = {k: v for k, v in PLOTS.items() if (run_dir / v).exists()}
-    write_detection_report(run_dir, report)
-    return report
-
-
-def load_detector(source: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild a detector from a run folder or checkpoint: ``(model in eval mode, meta)``."""
-    weights, meta = load_checkpoint(source)
-    if meta.get("task") != "detect":
-        raise ValueError(f"{source} is a {meta.get('task', 'classify')} model, not a detector")
-    inp = meta["input"]
-    model = create_detector(
-        meta["model"]["name"],
-        num_classes=len(meta["classes"]),
-        in_channels=inp["channels"],
-        input_size=tuple(inp["size"]),
-        mean=inp["mean"],
-        std=inp["std"],
-        **architecture_options(meta["model"].get("options", {})),
-    )
-    model.load_state_dict(weights)
-    return model.to(device).eval(), meta
-
-
-def evaluate_detection_run(
-    run_dir: str | Path, data: str | None = None, *, device: str = "cpu"
-) -> dict:
-    """Evaluate a detection run's best checkpoint on its test split (or another dataset's).
-
-    Results for another dataset go to ``run_dir/eval-<name>/``; classes are matched by name.
-    """
-    from imrec.engine.detect_report import write_detection_report
-
-    run_dir = Path(run_dir)
-    model, meta = load_detector(run_dir, device)
-    cfg_path = run_dir / "config.json"
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
-    name = data or meta["dataset"]
-    dataset = load_detection(
-        name,
-        val_fraction=cfg.get("data", {}).get("val_fraction", 0.1),
-        seed=cfg.get("train", {}).get("seed", 0),
-        channels=meta["input"]["channels"],
-    )
-    unknown = sorted(set(dataset.classes) - set(meta["classes"]))
-    if unknown:
-        raise ValueError(f"{name} has classes the model does not know: {unknown[:10]}")
-    if dataset.classes != meta["classes"]:
-        remap = torch.tensor([meta["classes"].index(c) for c in dataset.classes])
-        dataset.test.labels = [remap[lab] for lab in dataset.test.labels]
-        dataset.classes = meta["classes"]
-    out_dir = run_dir if name == meta["dataset"] else run_dir / f"eval-{_safe(name)}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    size, domain = meta["input"]["size"][0], meta.get("domain", "photo")
-    test, timing = measure_detection(
-        model, dataset.test, dataset.classes, dataset.channels, size, domain, out_dir,
-        images=_preload(dataset.test, dataset.channels),
-    )  # fmt: skip
-    report_path = out_dir / "report.json"
-    old = json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else {}
-    report = {
-        **old,
-        **_report(
-            {"model": meta["model"]["name"], "input": meta["input"]},
-            dataset,
-            old.get("val"),
-            _summary(test),
-            timing,
-        ),
-    }
-    report.setdefault("train_seconds", None)
-    report["files"] = {k: v for k, v in PLOTS.items() if (out_dir / v).exists()}
-    write_detection_report(out_dir, report)
-    report["report_dir"] = str(out_dir)
-    return report
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_")
-
-
 def train_detector(
     run: RunConfig, run_dir: str | Path, *, progress: bool = True, data: DetectionData | None = None
 ) -> dict:
     """Train a detector as ``run`` says into ``run_dir``; return the report."""
-    from imrec.engine.train import STATE_FILE
-
-    run_dir = Path(run_dir)
-    if (run_dir / STATE_FILE).exists():
-        raise TrainError(
-            f"{run_dir} already holds a run; use --resume {run_dir} to continue it, or choose another --out"
-        )
+    check_new_run(run_dir)
     return DetectionTrainer(run, run_dir, progress=progress, data=data).fit()

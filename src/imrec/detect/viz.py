@@ -2,7 +2,7 @@
 
 Boxes are drawn with Pillow straight into the pixels (a caption per box, in its class colour),
 so a gallery costs one image per cell rather than one matplotlib artist per box. Figures reuse
-the machinery of ``imrec.viz``: the Agg canvas without pyplot, the font fallback for class
+the machinery of ``imrec.classify.viz``: the Agg canvas without pyplot, the font fallback for class
 names, and the atomic PNG write.
 
 A class keeps its colour everywhere (``class_colour``): box ``k`` on an image and curve ``k``
@@ -19,19 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from imrec.viz import (
-    BASE_FAMILY,
-    _covered,
-    _families,
-    _figure,
-    _message,
-    _mosaic,
-    _panel,
-    _readable,
-    _save,
-    _show,
-    _style,
-)
+from imrec.core import plots
 
 # Saturated colours that stay apart from each other and from grey backgrounds; class k gets
 # PALETTE[k % len(PALETTE)].
@@ -175,12 +163,12 @@ def _ink(colour: tuple[int, int, int]) -> tuple[int, int, int]:
 def _font(text: str, size: int) -> tuple[ImageFont.FreeTypeFont, str]:
     """A font that can draw ``text`` (Pillow draws with a single font, no fallback), and the
     text to draw: characters that no installed family has are written as ``U+XXXX``."""
-    for family in _families():
-        if all(c.isspace() or ord(c) in _covered((family,)) for c in text):
+    for family in plots.families():
+        if all(c.isspace() or ord(c) in plots.covered((family,)) for c in text):
             return _font_file(family, size), text
-    base = _covered((BASE_FAMILY,))
+    base = plots.covered((plots.BASE_FAMILY,))
     shown = "".join(c if c.isspace() or ord(c) in base else f"U+{ord(c):04X}" for c in text)
-    return _font_file(BASE_FAMILY, size), shown
+    return _font_file(plots.BASE_FAMILY, size), shown
 
 
 @functools.cache
@@ -225,7 +213,7 @@ def save_detection_grid(
     if len(images) != len(targets):
         raise ValueError(f"{len(images)} images but {len(targets)} targets")
     if not images:
-        return _message("no images", path)
+        return plots.message("no images", path)
     pils = [_to_pil(img) for img in images]
     # Cells as large as the largest image, within 160..320 px: tiny digits are blown up enough
     # for a caption, photos shrunk so that a page of them stays a few megapixels.
@@ -234,23 +222,23 @@ def save_detection_grid(
     cols = max(1, min(cols, len(tiles)))
     rows = [tiles[r : r + cols] for r in range(0, len(tiles), cols)]
     rows[-1] = rows[-1] + [None] * (cols - len(rows[-1]))
-    mosaic = _mosaic(rows, cell, cell)  # (H', W', 3)
+    mosaic = plots.mosaic(rows, cell, cell)  # (H', W', 3)
     band = 0.4 if title else 0.0  # inches above the mosaic for the title
-    with _style():
-        # At the 100 dpi of _save one mosaic pixel is one PNG pixel: boxes stay crisp.
-        fig = _figure(mosaic.shape[1] / 100, mosaic.shape[0] / 100 + band, constrained=False)
+    with plots.style():
+        # At the 100 dpi of plots.save one mosaic pixel is one PNG pixel: boxes stay crisp.
+        fig = plots.figure(mosaic.shape[1] / 100, mosaic.shape[0] / 100 + band, constrained=False)
         ax = fig.add_axes((0, 0, 1, 1 - band / fig.get_figheight()))
-        _show(ax, mosaic)
+        plots.show(ax, mosaic)
         if title:
             fig.text(
                 0.5,
                 1 - band / 2 / fig.get_figheight(),
-                _readable(title),
+                plots.readable(title),
                 ha="center",
                 va="center",
                 fontsize=11,
             )
-        return _save(fig, path)
+        return plots.save(fig, path)
 
 
 def _cell(image: Image.Image, target: dict, classes: list[str], cell: int) -> Image.Image:
@@ -277,7 +265,7 @@ def save_pr_curves(result: dict, path: str | os.PathLike, *, max_classes: int = 
     ``max_classes`` classes with the most true boxes are drawn thin, labelled with their AP50.
 
     Args:
-        result: the dict returned by ``imrec.engine.detection_metrics.coco_evaluate``.
+        result: the dict returned by ``imrec.detect.metrics.coco_evaluate``.
         path: PNG file to write.
         max_classes: at most this many per-class curves.
 
@@ -290,12 +278,12 @@ def save_pr_curves(result: dict, path: str | os.PathLike, *, max_classes: int = 
     """
     pr = result.get("pr") or {}
     if not pr.get("all50"):
-        return _message("no ground-truth boxes: no precision-recall curve", path)
+        return plots.message("no ground-truth boxes: no precision-recall curve", path)
     recall, per_class = pr["recall"], result.get("per_class", {})
     names = list(per_class) or list(pr["precision50"])
     shown = sorted(pr["precision50"], key=lambda n: -per_class.get(n, {}).get("gt", 0))
-    with _style():
-        fig = _figure(7, 5.5)
+    with plots.style():
+        fig = plots.figure(7, 5.5)
         ax = fig.subplots()
         for name in shown[:max_classes]:
             ap50 = per_class.get(name, {}).get("ap50")
@@ -306,7 +294,7 @@ def save_pr_curves(result: dict, path: str | os.PathLike, *, max_classes: int = 
                 color=colour,
                 linewidth=1,
                 alpha=0.8,
-                label=_readable(f"{name} (AP50 {_num(ap50)})"),
+                label=plots.readable(f"{name} (AP50 {_num(ap50)})"),
             )
         ax.plot(recall, pr["all50"], color="black", linewidth=2.5, label="all, IoU .5")
         ax.plot(
@@ -324,7 +312,7 @@ def save_pr_curves(result: dict, path: str | os.PathLike, *, max_classes: int = 
         )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
-        return _save(fig, path)
+        return plots.save(fig, path)
 
 
 def _num(value) -> str:
@@ -350,8 +338,8 @@ def save_detection_curves(history: list[dict], path: str | os.PathLike) -> Path:
         ("loss", {"train_loss": "train", "val_loss": "val"}),
         ("validation mAP", {"val_map": "mAP@[.5:.95]", "val_map50": "mAP50"}),
     )
-    with _style():
-        fig = _figure(10, 4)
+    with plots.style():
+        fig = plots.figure(10, 4)
         for ax, (name, keys) in zip(fig.subplots(1, 2), panels, strict=True):
-            _panel(ax, history, keys, name)
-        return _save(fig, path)
+            plots.panel(ax, history, keys, name)
+        return plots.save(fig, path)

@@ -8,8 +8,8 @@ lives in fixed device buffers that the host fills before each replay:
 - the batch: gathered into ``images``/``labels`` (one gather on the device, or one copy from
   page-locked host memory);
 - the augmentation's random parameters, drawn on the host exactly as in eager mode
-  (:meth:`imrec.transforms.BatchAugment.draw`) and copied as one flat buffer;
-- the learning rate (the optimiser's lr tensors, see :func:`imrec.engine.train.set_lr`) and
+  (:meth:`imrec.classify.augment.BatchAugment.draw`) and copied as one flat buffer;
+- the learning rate (the optimiser's lr tensors, see :func:`imrec.engine.optim.set_lr`) and
   the EMA's blending weight.
 
 The first ``WARMUP_STEPS`` steps run eagerly on a side stream (they are real steps of the
@@ -31,7 +31,7 @@ WARMUP_STEPS = 3
 
 
 class GraphedStep:
-    """The training step of one :class:`~imrec.engine.train.Trainer` for batches of ``batch``.
+    """The training step of one :class:`~imrec.engine.loop.Trainer` for batches of ``batch``.
 
     Loss and correct-prediction sums accumulate on the device in :attr:`loss_sum` and
     :attr:`correct` (reset with :meth:`reset_sums`).
@@ -63,7 +63,7 @@ class GraphedStep:
     def run(self, idx: torch.Tensor, aug: dict[str, torch.Tensor]) -> None:
         """One step on the samples ``idx`` with augmentation parameters ``aug`` (host tensors).
 
-        The learning rate must already be set (:func:`~imrec.engine.train.set_lr`).
+        The learning rate must already be set (:func:`~imrec.engine.optim.set_lr`).
         """
         if self.warm_steps < WARMUP_STEPS:
             side = torch.cuda.Stream(self.trainer.device)
@@ -87,7 +87,7 @@ class GraphedStep:
                 with torch.cuda.graph(graph):
                     self._body()
             except RuntimeError as e:
-                from imrec.engine.train import TrainError
+                from imrec.core.errors import TrainError
 
                 raise TrainError(
                     f"recording the training step as a CUDA graph failed ({e}); train with "
@@ -129,7 +129,7 @@ class GraphedStep:
             self.params[name] = part.view(shape)
 
     def _body(self) -> None:
-        """The trainer's own step (:meth:`~imrec.engine.train.Trainer.step`) on the fixed
+        """The trainer's own step (:meth:`~imrec.classify.train.ClassifyTrainer.step`) on the fixed
         buffers, with the sums kept on the device."""
         tr = self.trainer
         x = tr.batcher(self.images, tr.augment, params=self.params)  # (B, C, H, W)

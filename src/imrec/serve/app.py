@@ -62,7 +62,7 @@ def create_app(
 
     Args:
         source: an export bundle folder, a run folder or a checkpoint.
-        backend: ``"onnxruntime"`` or ``"torch"`` (see :func:`imrec.runtime.load`).
+        backend: ``"onnxruntime"`` or ``"torch"`` (see :func:`imrec.deploy.runtime.load`).
         max_batch: the most images in one model call.
         max_wait_ms: how long an image waits for others to share its model call.
         limits: upload size, images per request, pixels per image (default :class:`Limits`).
@@ -71,7 +71,7 @@ def create_app(
         >>> import uvicorn  # doctest: +SKIP
         >>> uvicorn.run(create_app("runs/mnist-1"), port=8000)  # doctest: +SKIP
     """
-    from imrec.runtime import load
+    from imrec.deploy.runtime import load
 
     limits = limits or Limits()
     model = load(source, backend=backend)

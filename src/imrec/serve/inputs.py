@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from imrec.preprocess import MAX_PIXELS, ImageReadError, load_image
+from imrec.core.preprocess import MAX_PIXELS, ImageReadError, load_image
 
 from .schemas import MAX_TOP_K, PredictJSON
 
@@ -46,7 +46,7 @@ class Limits:
         max_upload_bytes: the largest request body.
         max_files: the most images in one request.
         max_pixels: the most pixels (width x height) of one image, checked before decoding
-            (decompression-bomb guard); at most ``imrec.preprocess.MAX_PIXELS``.
+            (decompression-bomb guard); at most ``imrec.core.preprocess.MAX_PIXELS``.
 
     Example:
         >>> Limits(max_upload_bytes=5 * 2**20, max_files=8).max_pixels == MAX_PIXELS
@@ -62,7 +62,7 @@ class Limits:
             raise ValueError(f"limits must be positive: {self}")
         if self.max_pixels > MAX_PIXELS:
             raise ValueError(
-                f"max_pixels {self.max_pixels} is above imrec.preprocess.MAX_PIXELS ({MAX_PIXELS})"
+                f"max_pixels {self.max_pixels} is above imrec.core.preprocess.MAX_PIXELS ({MAX_PIXELS})"
             )
 
 

@@ -1,0 +1,38 @@
+"""Image classification: what the classification task provides to :mod:`imrec.api`.
+
+Every task package exposes the same few names, so that :mod:`imrec.api` (the one place that
+dispatches on the task) treats them alike and a new task is one new sibling package:
+
+- ``TASK``: the task's name, as datasets, models and checkpoints declare it;
+- ``Trainer``: the :class:`imrec.engine.loop.Trainer` subclass with the task's hooks;
+- ``load_data(name, **options)``: the dataset, split into train, validation and test;
+- ``train(run, run_dir, *, progress, data)``: a new run, returning its report;
+- ``evaluate_run(run_dir, data, *, batch_size, device)``: a run's best checkpoint, scored;
+- ``Predictor``: predictions on real-world image files;
+- ``UNUSED_TRAIN_FIELDS``: :class:`~imrec.config.TrainConfig` fields the task does not
+  honour; :func:`imrec.api.fit` refuses them when a user sets them.
+"""
+
+from imrec.classify.evaluate import evaluate_run
+from imrec.classify.predict import Predictor
+from imrec.classify.train import ClassifyTrainer as Trainer
+from imrec.classify.train import load_for_training, train
+
+TASK = "classify"
+UNUSED_TRAIN_FIELDS: tuple[str, ...] = ()
+
+
+def load_data(name: str, *, placement: str = "auto", **options):
+    """The classification dataset ``name`` (see :func:`imrec.data.load_dataset`)."""
+    return load_for_training(name, placement, **options)
+
+
+__all__ = [
+    "TASK",
+    "UNUSED_TRAIN_FIELDS",
+    "Predictor",
+    "Trainer",
+    "evaluate_run",
+    "load_data",
+    "train",
+]

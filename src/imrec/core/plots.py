@@ -1,0 +1,226 @@
+"""What every imrec figure shares: fonts (CJK too), style, figures, mosaics, saving."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import secrets
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+# Families tried in this order; the first one installed is the fallback for CJK text.
+CJK_FAMILIES = (
+    "Noto Sans CJK SC",
+    "Noto Sans CJK TC",
+    "Noto Sans CJK JP",
+    "Noto Sans SC",
+    "Source Han Sans SC",
+    "Source Han Sans CN",
+    "WenQuanYi Micro Hei",
+    "WenQuanYi Zen Hei",
+    "Droid Sans Fallback",
+    "AR PL UMing CN",
+    "AR PL UKai CN",
+    "SimHei",
+    "Microsoft YaHei",
+    "PingFang SC",
+    "Heiti SC",
+    "Arial Unicode MS",
+)
+
+
+BASE_FAMILY = "DejaVu Sans"  # shipped with matplotlib, so always there
+
+
+SEPARATOR = 160  # grey level of the lines between cells of a mosaic
+
+
+@functools.cache
+def cjk_font() -> str | None:
+    """Family name of the CJK-capable font used for class names, or None when none is installed.
+
+    ``IMREC_CJK_FONT=/path/to/font.ttf`` picks a font file that is not installed system-wide.
+
+    Example:
+        >>> cjk_font()  # doctest: +SKIP
+        'Noto Sans CJK SC'
+    """
+    from matplotlib import font_manager
+
+    chosen = os.environ.get("IMREC_CJK_FONT")
+    if chosen:
+        if not Path(chosen).is_file():
+            raise FileNotFoundError(f"IMREC_CJK_FONT={chosen!r}: no such font file")
+        font_manager.fontManager.addfont(chosen)
+        return font_manager.FontProperties(fname=chosen).get_name()
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    return next((name for name in CJK_FAMILIES if name in installed), None)
+
+
+def families() -> list[str]:
+    cjk = cjk_font()
+    return [BASE_FAMILY] + ([cjk] if cjk else [])
+
+
+@functools.cache
+def covered(families: tuple[str, ...]) -> frozenset[int]:
+    """Code points that at least one of ``families`` can draw."""
+    from matplotlib import font_manager, ft2font
+
+    codes: set[int] = set()
+    for family in families:
+        props = font_manager.FontProperties(family=family)
+        path = font_manager.findfont(props, fallback_to_default=False)
+        codes |= ft2font.FT2Font(path).get_charmap().keys()
+    return frozenset(codes)
+
+
+def readable(text: str) -> str:
+    """``text`` with each character no font can draw written as ``U+XXXX``."""
+    drawable = covered(tuple(families()))
+    return "".join(c if c.isspace() or ord(c) in drawable else f"U+{ord(c):04X}" for c in str(text))
+
+
+def class_label(classes: Sequence[str], index: int) -> str:
+    """The class name, or ``"index (U+XXXX...)"`` when the fonts lack some of its characters."""
+    name = str(classes[index])
+    shown = readable(name)
+    return name if shown == name else f"{index} ({shown})"
+
+
+@contextlib.contextmanager
+def style() -> Iterator[None]:
+    """Font settings for one figure; glyph warnings are silenced only when no CJK font exists."""
+    import matplotlib
+
+    # Listed in font.family itself: matplotlib falls back glyph by glyph only along that list,
+    # not along the list behind a generic name such as "sans-serif".
+    rc = {"font.family": families()}
+    with matplotlib.rc_context(rc), warnings.catch_warnings():
+        if cjk_font() is None:
+            warnings.filterwarnings("ignore", message="Glyph .* missing", category=UserWarning)
+        yield
+
+
+def figure(width: float, height: float, *, constrained: bool = True):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    # The constrained layout engine costs seconds on a figure of many small axes (a gallery);
+    # such figures place their axes with a fixed grid instead.
+    fig = Figure(figsize=(width, height), layout="constrained" if constrained else None)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save(fig, path: str | os.PathLike) -> Path:
+    """Write ``fig`` to ``path`` as PNG via a temporary file in the same folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        fig.savefig(tmp, format="png", dpi=100)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        fig.clear()  # drop the artists now rather than at garbage collection
+    return path
+
+
+def message(text: str, path: str | os.PathLike) -> Path:
+    """A small PNG that only says ``text``."""
+    with style():
+        fig = figure(3, 1)
+        fig.text(0.5, 0.5, readable(text), ha="center", va="center", fontsize=12)
+        return save(fig, path)
+
+
+def to_numpy(images) -> np.ndarray:
+    """uint8 (N, C, H, W) tensor or array -> (N, H, W) grey or (N, H, W, 3) colour array."""
+    arr = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[1] not in (1, 3):
+        raise ValueError(
+            f"images must be uint8 (N, C, H, W) with C = 1 or 3, got {arr.dtype} {tuple(arr.shape)}"
+        )
+    return arr[:, 0] if arr.shape[1] == 1 else arr.transpose(0, 2, 3, 1)  # (N,H,W) | (N,H,W,3)
+
+
+def shrink(arr: np.ndarray, max_side: int) -> np.ndarray:
+    """Subsample big images: a grid cell shows at most ``max_side`` pixels anyway."""
+    step = math.ceil(max(arr.shape[1], arr.shape[2]) / max_side)
+    return arr[:, ::step, ::step] if step > 1 else arr
+
+
+def mosaic(cells: list[list[np.ndarray | None]], height: int, width: int) -> np.ndarray:
+    """Rows of images (None = empty cell) pasted into one array, 1 px separator lines."""
+    nrow, ncol = len(cells), max(len(row) for row in cells)
+    sample = next(img for row in cells for img in row if img is not None)
+    shape = (nrow * (height + 1) + 1, ncol * (width + 1) + 1) + sample.shape[2:]
+    out = np.full(shape, SEPARATOR, dtype=np.uint8)  # (H', W') or (H', W', 3)
+    for r, row in enumerate(cells):
+        for c, img in enumerate(row):
+            if img is not None:
+                y, x = 1 + r * (height + 1), 1 + c * (width + 1)
+                out[y : y + height, x : x + width] = img
+    return out
+
+
+def show(ax, img: np.ndarray) -> None:
+    """Draw one grey (H, W) or colour (H, W, 3) uint8 image without axes."""
+    if img.ndim == 2:
+        ax.imshow(img, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    else:
+        ax.imshow(img, interpolation="nearest")
+    ax.set_axis_off()
+
+
+def series(history: list[dict], key: str) -> tuple[list[float], list[float]]:
+    """(epochs, values) of the rows where ``key`` has a value; rows without epoch use 1, 2, ..."""
+    xs, ys = [], []
+    for i, row in enumerate(history):
+        if not isinstance(row, dict):
+            raise TypeError(f"history[{i}] must be a dict, got {type(row).__name__}")
+        if row.get(key) is not None:
+            epoch = row.get("epoch")
+            xs.append(i + 1 if epoch is None else epoch)
+            ys.append(float(row[key]))
+    return xs, ys
+
+
+def panel(ax, history: list[dict], keys: dict[str, str], name: str) -> None:
+    """Curves of ``keys`` (history key -> legend label) against the epoch."""
+    from matplotlib.ticker import MaxNLocator
+
+    epochs: set[float] = set()
+    for key, label in keys.items():
+        xs, ys = series(history, key)
+        if xs:  # markers so that a single epoch still shows as a point
+            ax.plot(xs, ys, marker="o", markersize=4, label=label)
+            epochs.update(xs)
+    if epochs:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    ax.set(title=name, xlabel="epoch", ylabel=name)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(epochs) == 1:  # else the axis spans +-0.05 epoch with fractional ticks
+        ax.set_xlim(min(epochs) - 1, min(epochs) + 1)
+    ax.grid(alpha=0.3)
+
+
+def colour(arr: np.ndarray) -> np.ndarray:
+    """(N, H, W) grey or (N, H, W, 3) colour uint8 -> (N, H, W, 3)."""
+    return np.repeat(arr[..., None], 3, axis=-1) if arr.ndim == 3 else arr
+
+
+def blend(images: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Heatmaps (N, H, W) in [0, 1] drawn with the jet colour map over (N, H, W, 3) images."""
+    from matplotlib import colormaps
+
+    rgb = colormaps["jet"](np.clip(heat, 0, 1))[..., :3] * 255  # (N, H, W, 3)
+    return (images * (1 - alpha) + rgb * alpha).round().astype(np.uint8)

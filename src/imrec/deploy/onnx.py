@@ -1,0 +1,205 @@
+"""A model as an ONNX graph (normalisation inside) and ONNX Runtime sessions that run it."""
+
+from __future__ import annotations
+
+import io
+import os
+import statistics
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from imrec.core.errors import ExportError  # noqa: F401
+from imrec.deploy.bundle import (
+    INPUT_NAME,
+)
+
+BATCH = 512  # images per call when the whole probe is run through a model
+# Images per ONNX Runtime call when a batch is spread over the cores: small enough that a
+# piece's feature maps stay in the caches (MNIST cnn, 2 cores: 26k images/s in pieces of 64
+# against 19k for whole batches of 1024 on a two-thread session).
+PIECE = 64
+
+
+class Normalised(nn.Module):
+    """A classifier taking 0-1 pixels: the normalisation travels inside the exported graph."""
+
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        # clamped like imrec.core.batching.Batcher, so both paths divide by the same number
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1).clamp(min=1e-3)
+        self.register_buffer("std", std_t)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model((images - self.mean) / self.std)  # (B, K) logits
+
+
+def output_names(meta: dict) -> list[str]:
+    """The ONNX outputs of a model with checkpoint metadata ``meta``."""
+    return ["cls_logits", "dist"] if meta.get("task") == "detect" else ["logits"]
+
+
+def exportable(model: nn.Module, meta: dict) -> nn.Module:
+    """The module that is exported: 0-1 pixels in, logits or raw detection maps out.
+
+    Raises:
+        ExportError: for a torchvision detector (the torch backend serves those).
+    """
+    from imrec.models.detectors import TinyDet
+
+    if meta.get("task") != "detect":
+        inp = meta["input"]
+        return Normalised(model, inp["mean"], inp["std"]).eval()
+    if not isinstance(model, TinyDet):
+        raise ExportError(
+            f"the {meta['model']['name']} detector cannot be exported to ONNX (torchvision "
+            "decodes its boxes in Python); use imrec.load(RUN_DIR, backend='torch') to serve it"
+        )
+    return model.eval()
+
+
+def onnx_model(model: nn.Module, meta: dict, opset: int = 17) -> bytes:
+    """The serialised ONNX model of ``model`` (as loaded: a classifier or tinydet), checked.
+
+    The graph is :func:`exportable` of ``model``: it takes 0-1 pixels.
+
+    Example:
+        >>> from imrec.models.load import load_model
+        >>> model, meta = load_model("runs/mnist-1")  # doctest: +SKIP
+        >>> data = onnx_model(model, meta)  # doctest: +SKIP
+    """
+    import onnx
+
+    module = exportable(model, meta)
+    c, (h, w) = meta["input"]["channels"], meta["input"]["size"]
+    outputs = output_names(meta)
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        # The TorchScript exporter is deprecated but needs no onnxscript and takes a fraction of
+        # a second; these plain conv nets need nothing that only the dynamo exporter handles.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (torch.zeros(1, c, h, w),),
+            buf,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]},
+        )
+    data = buf.getvalue()
+    onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
+    return data
+
+
+def graph_io(model_bytes: bytes, meta: dict) -> dict:
+    """Names, shapes (``"batch"`` for the dynamic axis) and dtypes of a graph's inputs/outputs.
+
+    Output sizes the graph computes at run time (tinydet's maps) are filled in from one run
+    on a blank image: every input of the bundle's size gives the same.
+    """
+    import onnx
+
+    from imrec.deploy.onnx import ort_session
+
+    graph = onnx.load_from_string(model_bytes).graph
+    (h, w), c = meta["input"]["size"], meta["input"]["channels"]
+    blank = np.zeros((1, c, h, w), np.float32)
+    ran = [o.shape for o in ort_session(model_bytes, threads=1).run(None, {INPUT_NAME: blank})]
+
+    def describe(v, known=None) -> dict:
+        dims = [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        if known is not None:
+            dims = ["batch", *(int(n) for n in known[1:])]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)
+        return {"name": v.name, "shape": dims, "dtype": str(dtype)}
+
+    return {
+        "inputs": [describe(v) for v in graph.input],
+        "outputs": [describe(v, k) for v, k in zip(graph.output, ran, strict=True)],
+    }
+
+
+def batches(images: torch.Tensor, size: int = BATCH):
+    """uint8 ``(N, C, H, W)`` -> float32 0-1 numpy batches of at most ``size`` images."""
+    for i in range(0, len(images), size):
+        yield images[i : i + size].numpy().astype(np.float32) / np.float32(255)
+
+
+def torch_outputs(module: nn.Module, x: np.ndarray) -> list[np.ndarray]:
+    """The outputs of ``module`` for one float 0-1 batch, as numpy arrays."""
+    with torch.no_grad():
+        out = module(torch.from_numpy(x))
+    return [o.float().numpy() for o in (out if isinstance(out, tuple) else (out,))]
+
+
+def cores() -> int:
+    """CPU cores this process may use."""
+    return len(os.sched_getaffinity(0))
+
+
+def ort_session(model: bytes | str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session: all graph optimisations, ``threads`` (default: all cores).
+
+    Example:
+        >>> session = ort_session("bundle/model.onnx")  # doctest: +SKIP
+        >>> [i.name for i in session.get_inputs()]  # doctest: +SKIP
+        ['images']
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or cores()
+    options.inter_op_num_threads = 1  # one chain of convs: nothing runs side by side
+    options.log_severity_level = 3  # errors only
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+class OnnxRunner:
+    """Float 0-1 batches through ONNX Runtime, on every core.
+
+    A batch is cut into pieces of at most ``PIECE`` images that run side by side on a thread
+    pool, each through one shared one-thread session (ONNX Runtime releases the GIL and one
+    session serves concurrent calls). A single image goes to whichever of the one-thread
+    and the all-cores session answered a blank image faster when the runner was made: one
+    thread for a 28x28 digit, where the threads' hand-off costs more than it saves.
+    """
+
+    def __init__(self, model: bytes | Path):
+        self.cores = cores()
+        self.one = ort_session(model, threads=1)
+        self.pool = ThreadPoolExecutor(self.cores, "imrec-ort") if self.cores > 1 else None
+        self.single = self.one if self.pool is None else self._faster(ort_session(model))
+
+    def _faster(self, wide):
+        shape = [1, *self.one.get_inputs()[0].shape[1:]]  # (1, C, H, W)
+        blank = np.zeros(shape, np.float32)
+        return min((self.one, wide), key=lambda session: _median_seconds(session, blank))
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        if len(x) == 1 or self.pool is None:
+            return (self.single if len(x) == 1 else self.one).run(None, {INPUT_NAME: x})
+        size = min(PIECE, -(-len(x) // self.cores))  # every core gets work, pieces stay small
+        pieces = [x[i : i + size] for i in range(0, len(x), size)]
+        outs = self.pool.map(lambda piece: self.one.run(None, {INPUT_NAME: piece}), pieces)
+        return [np.concatenate(parts) for parts in zip(*outs, strict=True)]
+
+
+def _median_seconds(session, x: np.ndarray, calls: int = 7) -> float:
+    session.run(None, {INPUT_NAME: x})  # warm-up: the first call allocates
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        session.run(None, {INPUT_NAME: x})
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)

@@ -1,0 +1,51 @@
+"""Object detection: what the detection task provides to :mod:`imrec.api`.
+
+The same names as :mod:`imrec.classify` (see there): ``TASK``, ``Trainer``, ``load_data``,
+``train``, ``evaluate_run``, ``Predictor`` and ``UNUSED_TRAIN_FIELDS``.
+"""
+
+from imrec.data.detection import load_detection
+from imrec.detect.evaluate import evaluate_detection_run
+from imrec.detect.predict import DetectionPredictor as Predictor
+from imrec.detect.train import DetectionTrainer as Trainer
+from imrec.detect.train import train_detector as train
+
+TASK = "detect"
+# What the detection trainer does not use: the loss is the detector's own (no smoothing or
+# class weights), scenes are read through a dataset of boxes (no data placement or streaming
+# workers), and steps are neither compiled nor recorded as CUDA graphs.
+UNUSED_TRAIN_FIELDS = (
+    "label_smoothing",
+    "class_weights",
+    "compile",
+    "data_placement",
+    "workers",
+    "cuda_graphs",
+    "eval_batch_size",
+)
+
+
+def load_data(name: str, *, placement: str = "auto", size=None, domain=None, **options):
+    """The detection dataset ``name`` (see :func:`imrec.data.detection.load_detection`).
+
+    Images are letterboxed to the run's size by the trainer, not when loading, and the data
+    placement of classification does not apply: ``size``, ``domain`` and ``placement`` are
+    accepted for the common interface and not used here.
+    """
+    return load_detection(name, **options)
+
+
+def evaluate_run(run_dir, data=None, *, batch_size: int = 1024, device: str = "cpu") -> dict:
+    """A detection run's best checkpoint scored with COCO mAP (``batch_size`` is not used)."""
+    return evaluate_detection_run(run_dir, data, device=device)
+
+
+__all__ = [
+    "TASK",
+    "UNUSED_TRAIN_FIELDS",
+    "Predictor",
+    "Trainer",
+    "evaluate_run",
+    "load_data",
+    "train",
+]

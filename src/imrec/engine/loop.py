@@ -1,0 +1,357 @@
+"""The training loop: one explicit loop over epochs, with a few named hooks for the task.
+
+Every random number of an epoch comes from generators seeded by ``(seed, epoch)``, so a
+run resumed after its last complete epoch continues exactly as the uninterrupted run
+would. Under torchrun (see :mod:`imrec.engine.distributed`) every rank draws the same
+permutation and takes its share of each batch: ``batch_size`` stays the global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from imrec.config import RunConfig
+from imrec.core.checkpoint import (
+    atomic_write_text,
+    flatten_optimizer,
+    load_train_state,
+    save_checkpoint,
+    save_train_state,
+    unflatten_optimizer,
+)
+from imrec.core.errors import TrainError
+from imrec.engine import distributed
+from imrec.engine.distributed import World
+from imrec.engine.ema import ModelEma
+from imrec.engine.optim import cpu_has_bf16, make_optimizer, pick_device, restore_optimizer_mode
+
+STATE_FILE = "state.safetensors"
+
+
+def check_new_run(run_dir: str | Path) -> None:
+    """Refuse to start a new run in a folder that already holds one."""
+    run_dir = Path(run_dir)
+    if (run_dir / STATE_FILE).exists():
+        raise TrainError(
+            f"{run_dir} already holds a run; use --resume {run_dir} to continue it, "
+            "or choose another --out"
+        )
+
+
+def resumable_config(run_dir: str | Path) -> RunConfig:
+    """The config of a run that can be continued: it has ``config.json`` and a saved epoch."""
+    run_dir = Path(run_dir)
+    config = run_dir / "config.json"
+    if not config.is_file():
+        raise TrainError(f"{run_dir} is not an imrec run folder (no config.json)")
+    if not (run_dir / STATE_FILE).is_file():
+        raise TrainError(
+            f"{run_dir} has no completed epoch to resume from ({STATE_FILE} missing): start it again"
+        )
+    return RunConfig.from_dict(json.loads(config.read_text(encoding="utf-8")))
+
+
+def default_run_dir(dataset: str, root: str | Path = "runs") -> Path:
+    """``runs/<dataset>-<n>``: the first free numbered folder."""
+    base = dataset.replace("folder:", "").rstrip("/").split("/")[-1] or "folder"
+    for i in range(1, 10_000):
+        p = Path(root) / f"{base}-{i}"
+        if not p.exists():
+            return p
+    raise TrainError(f"no free run folder under {root}")
+
+
+class Trainer:
+    """The loop every task shares: one run folder, epochs with best/last checkpoints, resume,
+    early stop, EMA, mixed precision, DDP under torchrun and a progress bar.
+
+    A task subclasses it (see :class:`imrec.classify.train.ClassifyTrainer` and
+    :class:`imrec.detect.train.DetectionTrainer`) and provides ``train_epoch`` (one pass,
+    returning the epoch's metrics row), ``validate``, ``meta`` (the checkpoint metadata) and
+    ``finish`` (evaluate the best checkpoint and write the report). ``monitor`` names the
+    validation number that picks the best checkpoint and early stops.
+    """
+
+    monitor = "val_accuracy"
+    world = World()  # a single process unless torchrun started this one
+    # Adam/AdamW fused and capturable on a GPU (learning rates in device tensors), as CUDA
+    # graphs need; a task that never records its step may keep the plain optimiser.
+    capturable_optimizer = True
+
+    def __init__(self, run: RunConfig, run_dir: str | Path, *, data=None, progress: bool = True):
+        self.run, self.run_dir, self.progress = run, Path(run_dir), progress
+        t = run.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.device = pick_device(t.device)
+        self._join_world()
+        torch.manual_seed(t.seed)  # the model's initial weights and the first draws
+        self.data = data or self.load_data()
+        self.amp_dtype = self._amp_dtype(t.amp, self.device.type == "cuda")
+        self.init_note = ""
+        self.channels_last = False
+        self.model = self.build()
+        if t.init:
+            self._init_from(t.init)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        device = self.device if self.capturable_optimizer else None
+        self.optimizer = make_optimizer(self.model, t, device)
+        self.ema = ModelEma(self.model, t.ema_decay) if t.ema else None
+        self.steps_per_epoch = math.ceil(len(self.data.train) / t.batch_size)
+        self.history: list[dict] = []
+        self.best = {self.monitor: -1.0, "epoch": 0}
+        self.start_epoch = 0
+        self.train_seconds = 0.0
+        self._ddp: tuple[bool, DistributedDataParallel] | None = None  # (frozen, wrapper)
+        self._loader = None  # DataLoader workers of a task that streams its data
+
+    # -- the task's hooks --
+
+    def load_data(self):
+        """The run's dataset, split into train, val and test (when none was passed in)."""
+        raise NotImplementedError
+
+    def build(self) -> nn.Module:
+        """The network on ``self.device``, and whatever feeds it; may set ``channels_last``."""
+        raise NotImplementedError
+
+    def _init_from(self, source: str) -> None:
+        """Load the weights of ``--init`` that fit this run's network."""
+        raise NotImplementedError
+
+    def loss(self, model, inputs, targets) -> tuple[torch.Tensor, object]:
+        """The mean loss of one batch and the (detached) outputs to keep score with."""
+        raise NotImplementedError
+
+    # -- the step --
+
+    def step(
+        self,
+        model,
+        inputs,
+        targets,
+        share: int,
+        batch: int,
+        ema_weight: torch.Tensor | None = None,
+        autocast_cache: bool = True,
+    ):
+        """One optimiser step on a prepared batch: forward and loss (the task's :meth:`loss`),
+        backward, clipping, update, EMA. ``model`` computes what the loss needs (the network,
+        its DDP wrapper or a compiled copy); ``share`` of the global ``batch`` is this rank's.
+
+        Returns the detached mean loss and the task's outputs. ``ema_weight`` is the EMA's
+        blending weight as a device scalar (a recorded CUDA graph reads it; see
+        :mod:`imrec.engine.graphs`), else the EMA counts its own update.
+        """
+        t = self.run.train
+        with torch.autocast(
+            self.device.type,
+            dtype=self.amp_dtype,
+            enabled=self.amp_dtype is not None,
+            cache_enabled=autocast_cache,
+        ):
+            loss, outputs = self.loss(model, inputs, targets)
+        # While a CUDA graph records, gradients are already None: the recorded backward then
+        # writes them instead of adding to them.
+        self.optimizer.zero_grad(set_to_none=True)
+        self._backward(loss, share, batch)
+        if t.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.optimizer.step()
+        if self.ema and ema_weight is not None:
+            self.ema.blend(self.model, ema_weight)
+        elif self.ema:
+            self.ema.update(self.model)
+        return loss.detach(), outputs
+
+    # -- the loop --
+
+    def _join_world(self) -> None:
+        """Under torchrun: join the process group, take this rank's device and CPU share."""
+        world = distributed.world_from_env()
+        if world.size == 1:
+            return
+        if not self.run.train.threads and self.device.type == "cpu":
+            # Ranks on one machine share its cores; oversubscribing them is much slower.
+            torch.set_num_threads(distributed.cpu_threads(world.local_size))
+        try:
+            self.device = distributed.setup(self.device)
+        except distributed.DistributedError as e:
+            raise TrainError(str(e)) from e
+        self.world = world
+
+    def parallel_info(self) -> dict:
+        """How the batch is split across processes, for the report.
+
+        The global batch is ``batch_size`` whatever the number of processes, so the learning
+        rate is not scaled.
+        """
+        batch, size = self.run.train.batch_size, self.world.size
+        return {
+            "world_size": size,
+            "effective_batch_size": batch,
+            "per_rank_batch_size": math.ceil(batch / size),
+            "lr_scaling": "none",
+        }
+
+    @staticmethod
+    def _amp_dtype(amp: str, on_gpu: bool) -> torch.dtype | None:
+        """Autocast dtype: on a GPU bf16 (fp16 where bf16 is missing) unless ``off``; on a CPU
+        only with ``--amp bf16`` and a processor with bf16 instructions (e.g. AVX512-BF16)."""
+        if amp not in ("auto", "bf16", "fp16", "off"):
+            raise TrainError(f"unknown amp {amp!r}: choose auto, bf16, fp16 or off")
+        if amp == "off":
+            return None
+        if not on_gpu:
+            if amp == "fp16":
+                raise TrainError("--amp fp16 is for GPUs; on a CPU use --amp bf16 or off")
+            if amp == "bf16" and not cpu_has_bf16():
+                raise TrainError(
+                    "--amp bf16: this CPU has no bf16 instructions (AVX512-BF16 or AMX), so "
+                    "bf16 would be emulated and slower; train with --amp off"
+                )
+            return torch.bfloat16 if amp == "bf16" else None
+        if amp == "fp16":
+            return torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema else self.model
+
+    def save_state(self, epoch: int) -> None:
+        opt_tensors, opt_rest = flatten_optimizer(self.optimizer.state_dict())
+        parts = {"model": self.model.state_dict(), "optim": opt_tensors}
+        if self.ema:
+            parts["ema"] = self.ema.state_dict()
+        meta = {
+            "epoch": epoch,
+            "optim": opt_rest,
+            "ema_updates": self.ema.updates if self.ema else 0,
+            "history": self.history,
+            "best": self.best,
+            "train_seconds": self.train_seconds,
+        }
+        save_train_state(self.run_dir / STATE_FILE, parts, meta)
+        save_checkpoint(
+            self.run_dir / "last",
+            self.eval_model().state_dict(),
+            self.meta(epoch, self.history[-1]),
+        )
+
+    def load_state(self) -> None:
+        parts, meta = load_train_state(self.run_dir / STATE_FILE)
+        self.model.load_state_dict(parts["model"])
+        groups = [dict(g) for g in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(unflatten_optimizer(parts.get("optim", {}), meta["optim"]))
+        restore_optimizer_mode(self.optimizer, groups)
+        if self.ema:
+            self.ema.load_state_dict(parts["ema"], meta["ema_updates"])
+        self.history = meta["history"]
+        self.best = meta["best"]
+        self.train_seconds = meta["train_seconds"]
+        self.start_epoch = meta["epoch"]
+        # metrics.jsonl may hold a line for an epoch whose state never reached disk.
+        if self.world.main:
+            lines = "".join(json.dumps(h, ensure_ascii=False) + "\n" for h in self.history)
+            atomic_write_text(self.run_dir / "metrics.jsonl", lines)
+
+    def fit(self) -> dict:
+        """Train to the end (or early stop), then evaluate the best checkpoint on the test split."""
+        if self.world.size == 1:
+            self.train_loop()
+            self._loader = None  # stops the streaming workers before the evaluation
+            return self.finish()
+        try:
+            self.train_loop()
+            self._loader = None
+            # Only rank 0 writes the report; the others wait for it and return the same dict.
+            return distributed.share_from_main(self.finish() if self.world.main else None)
+        except RuntimeError as e:
+            if not distributed.is_comm_failure(e):
+                raise
+            raise TrainError(distributed.failure_message(e, self.world)) from e
+        finally:
+            self.leave_world()
+
+    def leave_world(self) -> None:
+        """Drop everything that holds the process group, then end it (success or failure).
+
+        The DDP wrapper keeps the group alive; a group still alive when the interpreter exits
+        has gloo threads that reach for the GIL during finalisation and abort the process
+        ("terminate called without an active exception") after all its work was done.
+        """
+        self._ddp = None
+        self._loader = None
+        distributed.shutdown()
+
+    def train_loop(self) -> None:
+        """The epochs, each followed by its checkpoints and its line in ``metrics.jsonl``."""
+        main = self.world.main  # only rank 0 writes the run folder
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if main and self.start_epoch == 0:
+            atomic_write_text(self.run_dir / "config.json", self.run.to_json())
+            (self.run_dir / "metrics.jsonl").write_text("")
+        t, key = self.run.train, self.monitor
+        for epoch in range(self.start_epoch, t.epochs):
+            row = self.train_epoch(epoch)
+            if self.world.size > 1:  # every rank takes rank 0's numbers, so all decide alike
+                row = distributed.broadcast_object(row)
+            self.history.append(row)
+            if row[key] > self.best[key]:
+                self.best = {key: row[key], "epoch": epoch + 1}
+                if main:
+                    save_checkpoint(
+                        self.run_dir / "best",
+                        self.eval_model().state_dict(),
+                        self.meta(epoch + 1, row),
+                    )
+            if main:
+                self.save_state(epoch + 1)
+                with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            if t.early_stop and epoch + 1 - self.best["epoch"] >= t.early_stop:
+                break
+
+    def _ddp_wrapper(
+        self, module: Callable[[], nn.Module], frozen: bool, find_unused: bool = False
+    ) -> DistributedDataParallel:
+        """The DDP wrapper of ``module()``, built again when freezing changes what trains."""
+        if self._ddp is None or self._ddp[0] != frozen:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapper = DistributedDataParallel(
+                module(), device_ids=ids, find_unused_parameters=find_unused
+            )
+            self._ddp = (frozen, wrapper)
+        return self._ddp[1]
+
+    def _backward(self, loss: torch.Tensor, share: int, batch: int) -> None:
+        """``loss.backward()`` for this rank's ``share`` of a global batch of ``batch``.
+
+        DDP averages the ranks' gradients; weighing each rank's loss by its share makes the
+        result the gradient of the mean loss over the whole batch.
+        """
+        if self.world.size > 1:
+            loss = loss * (share * self.world.size / batch)
+        loss.backward()
+
+    def _bar(self, epoch: int):
+        if not self.progress or not self.world.main:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(
+            total=self.steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{self.run.train.epochs}",
+            unit="batch",
+            leave=True,
+            dynamic_ncols=True,
+        )

@@ -27,7 +27,7 @@ import imrec
 from imrec.runtime import load
 from imrec.serve import Limits, app_from_env, create_app
 from imrec.serve.batching import BatcherStopped, MicroBatcher
-from imrec.serve.metrics import Counter, Histogram
+from imrec.serve.metrics import ServiceMetrics
 from imrec.serve.schemas import ErrorResponse, ExplainResponse, PredictResponse
 from imrec.serve.server import SETTINGS_ENV
 
@@ -337,7 +337,8 @@ def test_every_bad_input_is_a_4xx_with_a_reason_and_the_service_lives_on(run_dir
         ErrorResponse.model_validate(r.json())
         assert len(r.json()["error"]["message"]) > 10, name
     assert after.status_code == 200
-    assert app.state.metrics.errors.value(kind="internal") == 0  # the catch-all never ran
+    # The catch-all never ran.
+    assert app.state.metrics.value("imrec_errors_total", kind="internal") == 0
     assert 'status="500"' not in metrics.text
     assert 'imrec_errors_total{kind="not_an_image"} 2' in metrics.text
 
@@ -374,7 +375,7 @@ def test_a_real_bug_is_a_logged_json_500(run_dir, digit_pngs, caplog):
     assert (
         r.json()["error"]["code"] == "internal" and "RuntimeError" in r.json()["error"]["message"]
     )
-    assert app.state.metrics.errors.value(kind="internal") == 1
+    assert app.state.metrics.value("imrec_errors_total", kind="internal") == 1
     assert "simulated bug" in caplog.text
 
 
@@ -411,7 +412,7 @@ def test_concurrent_requests_share_model_calls_and_each_gets_its_own_answer(run_
     assert [a.json()["results"][0]["top"] for a in answers] == want
     assert sum(calls) == len(digit_pngs) and len(calls) < len(digit_pngs)
     assert max(calls) > 1
-    assert app.state.metrics.batch_size.count() == len(calls)
+    assert app.state.metrics.value("imrec_batch_size_count") == len(calls)
 
 
 def test_batcher_respects_max_batch_and_drains_on_stop():
@@ -471,31 +472,56 @@ def test_metrics_are_prometheus_text_with_counts_latency_and_batches(run_dir, di
     r = with_client(app, go)
     assert r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     text = r.text
-    assert 'imrec_requests_total{endpoint="/v1/predict",method="POST",status="200"} 3' in text
-    assert 'imrec_requests_total{endpoint="/v1/predict",method="POST",status="415"} 1' in text
-    assert 'imrec_errors_total{kind="unsupported_media_type"} 1' in text
-    assert 'imrec_request_duration_seconds_bucket{endpoint="/v1/predict",le="+Inf"} 4' in text
-    assert 'imrec_request_duration_seconds_count{endpoint="/v1/predict"} 4' in text
-    assert "imrec_images_predicted_total 3" in text
-    assert 'imrec_batch_size_bucket{le="1"} 3' in text
+    got = samples(text)
+    assert got['imrec_requests_total{endpoint="/v1/predict",method="POST",status="200"}'] == 3
+    assert got['imrec_requests_total{endpoint="/v1/predict",method="POST",status="415"}'] == 1
+    assert got['imrec_errors_total{kind="unsupported_media_type"}'] == 1
+    assert got['imrec_request_duration_seconds_bucket{endpoint="/v1/predict",le="+Inf"}'] == 4
+    assert got['imrec_request_duration_seconds_count{endpoint="/v1/predict"}'] == 4
+    assert got["imrec_images_predicted_total"] == 3
+    assert got['imrec_batch_size_bucket{le="1.0"}'] == 3
     assert "# TYPE imrec_request_duration_seconds histogram" in text
-    assert 'imrec_model_info{name="cnn"' in text
-    for line in text.splitlines():  # every sample line is "name{labels} number"
-        if not line.startswith("#"):
-            float(line.rsplit(" ", 1)[1])
+    # prometheus_client writes labels in alphabetical order.
+    assert 'imrec_model_info{backend="onnxruntime",name="cnn",task="classify",version="' in text
 
 
-def test_histogram_buckets_are_cumulative_and_counter_labels_checked():
-    h = Histogram("t", "T.", (0.1, 1.0))
-    for v in (0.05, 0.1, 0.5, 3.0):
-        h.observe(v)
-    assert h.samples() == ['t_bucket{le="0.1"} 2', 't_bucket{le="1"} 3', 't_bucket{le="+Inf"} 4',
-                           "t_sum 3.65", "t_count 4"]  # fmt: skip
-    c = Counter("c_total", "C.", ("kind",))
-    c.inc(kind='say "hi"\n')
-    assert c.samples() == ['c_total{kind="say \\"hi\\"\\n"} 1']
+def samples(text: str) -> dict[str, float]:
+    """``{'name{labels}': value}`` of an exposition text (fails unless every value is a number)."""
+    lines = [line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#")]
+    return {series: float(value) for series, value in lines}
+
+
+def test_histogram_buckets_are_cumulative_and_labels_escaped_and_checked():
+    m = ServiceMetrics()
+    for n in (1, 2, 3, 300):
+        m.batch_size.observe(n)
+    text = m.render()
+    for le, n in (("1.0", 1), ("2.0", 2), ("4.0", 3), ("256.0", 3), ("+Inf", 4)):
+        assert f'imrec_batch_size_bucket{{le="{le}"}} {n}.0\n' in text
+    assert "imrec_batch_size_sum 306.0\n" in text and "imrec_batch_size_count 4.0\n" in text
+    m.errors.labels(kind='say "hi"\n').inc()
+    assert 'imrec_errors_total{kind="say \\"hi\\"\\n"} 1.0\n' in m.render()
     with pytest.raises(ValueError):
-        c.inc(other="x")
+        m.errors.labels(other="x")
+
+
+def test_two_apps_in_one_process_keep_separate_numbers(run_dir, digit_pngs):
+    first, second = create_app(run_dir), create_app(run_dir)  # no clash of registries
+
+    async def predict_three(c):
+        for _, png in digit_pngs[:3]:
+            await c.post("/v1/predict", files={"files": ("d.png", png, "image/png")})
+
+    async def scrape(c):
+        return (await c.get("/metrics")).text
+
+    with_client(first, predict_three)
+    text = with_client(second, scrape)
+    assert 'imrec_requests_total{endpoint="/v1/predict"' not in text
+    assert "imrec_images_predicted_total 0.0" in text
+    assert first.state.metrics.value("imrec_images_predicted_total") == 3
+    text = with_client(first, scrape)
+    assert 'imrec_requests_total{endpoint="/v1/predict",method="POST",status="200"} 3.0' in text
 
 
 # ---- OpenAPI ----------------------------------------------------------------------------

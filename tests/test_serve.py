@@ -27,7 +27,7 @@ import imrec
 from imrec.runtime import load
 from imrec.serve import Limits, app_from_env, create_app
 from imrec.serve.batching import BatcherStopped, MicroBatcher
-from imrec.serve.metrics import ServiceMetrics
+from imrec.serve.metrics import MULTIPROC_ENV, ServiceMetrics
 from imrec.serve.schemas import ErrorResponse, ExplainResponse, PredictResponse
 from imrec.serve.server import SETTINGS_ENV
 
@@ -578,7 +578,10 @@ def test_workers_listen_on_a_socket_that_gets_tcp_nodelay(monkeypatch):
 
         def run(self):
             seen["ran"] = True
+            seen["metrics_dir"] = folder = os.environ.get(MULTIPROC_ENV)
+            seen["private"] = folder is not None and (os.stat(folder).st_mode & 0o777) == 0o700
 
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
     monkeypatch.setattr(uvicorn.supervisors, "Multiprocess", Supervisor)
     config = uvicorn.Config("imrec.serve.server:app_from_env", factory=True, port=0, workers=2)
     _run_workers(config)
@@ -589,6 +592,38 @@ def test_workers_listen_on_a_socket_that_gets_tcp_nodelay(monkeypatch):
         assert sock.getsockname()[0] == "127.0.0.1"
     finally:
         sock.close()
+    # The workers' metrics folder: private while they ran, gone after, the variable unset again.
+    assert seen["private"] and not os.path.exists(seen["metrics_dir"])
+    assert MULTIPROC_ENV not in os.environ
+
+
+def test_workers_that_end_are_marked_dead_for_the_live_gauges(tmp_path, monkeypatch):
+    from imrec.serve.server import _marking_dead_workers
+
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
+    files = ["gauge_livesum_11.db", "gauge_livemax_11.db", "counter_11.db", "gauge_livesum_12.db"]
+    for name in files:
+        (tmp_path / name).touch()
+
+    class Worker:
+        def __init__(self, pid):
+            self.pid = pid
+
+    class Base:  # uvicorn's supervisor: its processes, and the round that replaces dead ones
+        def __init__(self, config, sockets):
+            self.processes, self.died = [Worker(11), Worker(12)], set()
+
+        def keep_subprocess_alive(self):
+            self.processes = [Worker(p.pid + 2) if p.pid in self.died else p
+                              for p in self.processes]  # fmt: skip
+
+    supervisor = _marking_dead_workers(Base)(None, sockets=[])
+    supervisor.keep_subprocess_alive()
+    assert sorted(f.name for f in tmp_path.iterdir()) == sorted(files)
+    supervisor.died = {11}  # worker 11 died and is replaced by 13
+    supervisor.keep_subprocess_alive()
+    # Its live-only gauges go; what it counted stays in the totals.
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["counter_11.db", "gauge_livesum_12.db"]
 
 
 def test_limits_are_checked():
@@ -677,3 +712,79 @@ def test_sigterm_lets_requests_in_flight_finish(run_dir, digit_pngs):
     assert answer["r"].json()["results"][0]["top"]
     log = proc.stdout.read()
     assert "Waiting for application shutdown" in log and "Finished server process" in log, log
+
+
+def predictions_by_worker(folder: Path) -> dict[str, float]:
+    """The /v1/predict 200s each worker counted, read from its own file in the metrics folder."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    series = {"endpoint": "/v1/predict", "method": "POST", "status": "200"}
+    out = {}
+    for path in folder.glob("counter_*.db"):
+        for metric in MultiProcessCollector.merge([str(path)]):
+            for s in metric.samples:
+                if s.name == "imrec_requests_total" and s.labels == series:
+                    out[path.stem.removeprefix("counter_")] = s.value
+    return out
+
+
+def test_metrics_of_several_workers_are_the_services_totals(run_dir, digit_pngs, tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "imrec", "serve", str(run_dir), "--port", str(port),
+           "--backend", "torch", "--workers", "2"]  # fmt: skip
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path))  # the metrics folder's place
+    env.pop(MULTIPROC_ENV, None)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)  # fmt: skip
+    try:
+        wait_ready(url, proc)
+        (folder,) = tmp_path.glob("imrec-metrics-*")
+        deadline = time.monotonic() + 60  # both workers have built their app (and set the info)
+        while len(list(folder.glob("gauge_livemax_*.db"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # A new connection for each request, so that either worker may take it; on until each
+        # has answered some.
+        png = digit_pngs[0][1]
+        sent = 0
+        while sent < 8 or (len(predictions_by_worker(folder)) < 2 and sent < 300):
+            r = httpx.post(url + "/v1/predict", files={"files": ("d.png", png, "image/png")})
+            assert r.status_code == 200
+            sent += 1
+        deadline = time.monotonic() + 20  # a worker counts a request just after answering it
+        while sum(predictions_by_worker(folder).values()) < sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+        by_worker = predictions_by_worker(folder)
+        assert len(by_worker) == 2 and all(0 < n < sent for n in by_worker.values()), by_worker
+        assert sum(by_worker.values()) == sent
+
+        predict = 'imrec_requests_total{endpoint="/v1/predict",method="POST",status="200"}'
+        for _ in range(6):  # each scrape on a new connection, answered by either worker
+            got = samples(httpx.get(url + "/metrics").text)
+            assert got[predict] == sent
+            assert got["imrec_images_predicted_total"] == sent
+            assert got['imrec_request_duration_seconds_count{endpoint="/v1/predict"}'] == sent
+            # One series for the model (live workers' max), as with one process.
+            (info,) = [k for k in got if k.startswith("imrec_model_info")]
+            assert got[info] == 1 and "pid=" not in info
+
+        # A worker killed outright: uvicorn replaces it and it is marked dead, so its live-only
+        # gauges go, while the requests it answered stay in the totals.
+        victim = min(by_worker)
+        os.kill(int(victim), signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while list(folder.glob(f"gauge_live*_{victim}.db")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not list(folder.glob(f"gauge_live*_{victim}.db"))
+        assert (folder / f"counter_{victim}.db").exists()
+        got = samples(httpx.get(url + "/metrics").text)
+        assert got[predict] == sent
+        assert [got[k] for k in got if k.startswith("imrec_model_info")] == [1]
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not folder.exists(), proc.stdout.read()  # removed when the service stopped

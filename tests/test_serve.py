@@ -27,7 +27,7 @@ import imrec
 from imrec.deploy.runtime import load
 from imrec.serve import Limits, app_from_env, create_app
 from imrec.serve.batching import BatcherStopped, MicroBatcher
-from imrec.serve.metrics import Counter, Histogram
+from imrec.serve.metrics import MULTIPROC_ENV, ServiceMetrics
 from imrec.serve.schemas import ErrorResponse, ExplainResponse, PredictResponse
 from imrec.serve.server import SETTINGS_ENV
 
@@ -337,7 +337,8 @@ def test_every_bad_input_is_a_4xx_with_a_reason_and_the_service_lives_on(run_dir
         ErrorResponse.model_validate(r.json())
         assert len(r.json()["error"]["message"]) > 10, name
     assert after.status_code == 200
-    assert app.state.metrics.errors.value(kind="internal") == 0  # the catch-all never ran
+    # The catch-all never ran.
+    assert app.state.metrics.value("imrec_errors_total", kind="internal") == 0
     assert 'status="500"' not in metrics.text
     assert 'imrec_errors_total{kind="not_an_image"} 2' in metrics.text
 
@@ -374,7 +375,7 @@ def test_a_real_bug_is_a_logged_json_500(run_dir, digit_pngs, caplog):
     assert (
         r.json()["error"]["code"] == "internal" and "RuntimeError" in r.json()["error"]["message"]
     )
-    assert app.state.metrics.errors.value(kind="internal") == 1
+    assert app.state.metrics.value("imrec_errors_total", kind="internal") == 1
     assert "simulated bug" in caplog.text
 
 
@@ -411,7 +412,7 @@ def test_concurrent_requests_share_model_calls_and_each_gets_its_own_answer(run_
     assert [a.json()["results"][0]["top"] for a in answers] == want
     assert sum(calls) == len(digit_pngs) and len(calls) < len(digit_pngs)
     assert max(calls) > 1
-    assert app.state.metrics.batch_size.count() == len(calls)
+    assert app.state.metrics.value("imrec_batch_size_count") == len(calls)
 
 
 def test_batcher_respects_max_batch_and_drains_on_stop():
@@ -471,31 +472,56 @@ def test_metrics_are_prometheus_text_with_counts_latency_and_batches(run_dir, di
     r = with_client(app, go)
     assert r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     text = r.text
-    assert 'imrec_requests_total{endpoint="/v1/predict",method="POST",status="200"} 3' in text
-    assert 'imrec_requests_total{endpoint="/v1/predict",method="POST",status="415"} 1' in text
-    assert 'imrec_errors_total{kind="unsupported_media_type"} 1' in text
-    assert 'imrec_request_duration_seconds_bucket{endpoint="/v1/predict",le="+Inf"} 4' in text
-    assert 'imrec_request_duration_seconds_count{endpoint="/v1/predict"} 4' in text
-    assert "imrec_images_predicted_total 3" in text
-    assert 'imrec_batch_size_bucket{le="1"} 3' in text
+    got = samples(text)
+    assert got['imrec_requests_total{endpoint="/v1/predict",method="POST",status="200"}'] == 3
+    assert got['imrec_requests_total{endpoint="/v1/predict",method="POST",status="415"}'] == 1
+    assert got['imrec_errors_total{kind="unsupported_media_type"}'] == 1
+    assert got['imrec_request_duration_seconds_bucket{endpoint="/v1/predict",le="+Inf"}'] == 4
+    assert got['imrec_request_duration_seconds_count{endpoint="/v1/predict"}'] == 4
+    assert got["imrec_images_predicted_total"] == 3
+    assert got['imrec_batch_size_bucket{le="1.0"}'] == 3
     assert "# TYPE imrec_request_duration_seconds histogram" in text
-    assert 'imrec_model_info{name="cnn"' in text
-    for line in text.splitlines():  # every sample line is "name{labels} number"
-        if not line.startswith("#"):
-            float(line.rsplit(" ", 1)[1])
+    # prometheus_client writes labels in alphabetical order.
+    assert 'imrec_model_info{backend="onnxruntime",name="cnn",task="classify",version="' in text
 
 
-def test_histogram_buckets_are_cumulative_and_counter_labels_checked():
-    h = Histogram("t", "T.", (0.1, 1.0))
-    for v in (0.05, 0.1, 0.5, 3.0):
-        h.observe(v)
-    assert h.samples() == ['t_bucket{le="0.1"} 2', 't_bucket{le="1"} 3', 't_bucket{le="+Inf"} 4',
-                           "t_sum 3.65", "t_count 4"]  # fmt: skip
-    c = Counter("c_total", "C.", ("kind",))
-    c.inc(kind='say "hi"\n')
-    assert c.samples() == ['c_total{kind="say \\"hi\\"\\n"} 1']
+def samples(text: str) -> dict[str, float]:
+    """``{'name{labels}': value}`` of an exposition text (fails unless every value is a number)."""
+    lines = [line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#")]
+    return {series: float(value) for series, value in lines}
+
+
+def test_histogram_buckets_are_cumulative_and_labels_escaped_and_checked():
+    m = ServiceMetrics()
+    for n in (1, 2, 3, 300):
+        m.batch_size.observe(n)
+    text = m.render()
+    for le, n in (("1.0", 1), ("2.0", 2), ("4.0", 3), ("256.0", 3), ("+Inf", 4)):
+        assert f'imrec_batch_size_bucket{{le="{le}"}} {n}.0\n' in text
+    assert "imrec_batch_size_sum 306.0\n" in text and "imrec_batch_size_count 4.0\n" in text
+    m.errors.labels(kind='say "hi"\n').inc()
+    assert 'imrec_errors_total{kind="say \\"hi\\"\\n"} 1.0\n' in m.render()
     with pytest.raises(ValueError):
-        c.inc(other="x")
+        m.errors.labels(other="x")
+
+
+def test_two_apps_in_one_process_keep_separate_numbers(run_dir, digit_pngs):
+    first, second = create_app(run_dir), create_app(run_dir)  # no clash of registries
+
+    async def predict_three(c):
+        for _, png in digit_pngs[:3]:
+            await c.post("/v1/predict", files={"files": ("d.png", png, "image/png")})
+
+    async def scrape(c):
+        return (await c.get("/metrics")).text
+
+    with_client(first, predict_three)
+    text = with_client(second, scrape)
+    assert 'imrec_requests_total{endpoint="/v1/predict"' not in text
+    assert "imrec_images_predicted_total 0.0" in text
+    assert first.state.metrics.value("imrec_images_predicted_total") == 3
+    text = with_client(first, scrape)
+    assert 'imrec_requests_total{endpoint="/v1/predict",method="POST",status="200"} 3.0' in text
 
 
 # ---- OpenAPI ----------------------------------------------------------------------------
@@ -552,7 +578,10 @@ def test_workers_listen_on_a_socket_that_gets_tcp_nodelay(monkeypatch):
 
         def run(self):
             seen["ran"] = True
+            seen["metrics_dir"] = folder = os.environ.get(MULTIPROC_ENV)
+            seen["private"] = folder is not None and (os.stat(folder).st_mode & 0o777) == 0o700
 
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
     monkeypatch.setattr(uvicorn.supervisors, "Multiprocess", Supervisor)
     config = uvicorn.Config("imrec.serve.server:app_from_env", factory=True, port=0, workers=2)
     _run_workers(config)
@@ -563,6 +592,38 @@ def test_workers_listen_on_a_socket_that_gets_tcp_nodelay(monkeypatch):
         assert sock.getsockname()[0] == "127.0.0.1"
     finally:
         sock.close()
+    # The workers' metrics folder: private while they ran, gone after, the variable unset again.
+    assert seen["private"] and not os.path.exists(seen["metrics_dir"])
+    assert MULTIPROC_ENV not in os.environ
+
+
+def test_workers_that_end_are_marked_dead_for_the_live_gauges(tmp_path, monkeypatch):
+    from imrec.serve.server import _marking_dead_workers
+
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
+    files = ["gauge_livesum_11.db", "gauge_livemax_11.db", "counter_11.db", "gauge_livesum_12.db"]
+    for name in files:
+        (tmp_path / name).touch()
+
+    class Worker:
+        def __init__(self, pid):
+            self.pid = pid
+
+    class Base:  # uvicorn's supervisor: its processes, and the round that replaces dead ones
+        def __init__(self, config, sockets):
+            self.processes, self.died = [Worker(11), Worker(12)], set()
+
+        def keep_subprocess_alive(self):
+            self.processes = [Worker(p.pid + 2) if p.pid in self.died else p
+                              for p in self.processes]  # fmt: skip
+
+    supervisor = _marking_dead_workers(Base)(None, sockets=[])
+    supervisor.keep_subprocess_alive()
+    assert sorted(f.name for f in tmp_path.iterdir()) == sorted(files)
+    supervisor.died = {11}  # worker 11 died and is replaced by 13
+    supervisor.keep_subprocess_alive()
+    # Its live-only gauges go; what it counted stays in the totals.
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["counter_11.db", "gauge_livesum_12.db"]
 
 
 def test_limits_are_checked():
@@ -651,3 +712,79 @@ def test_sigterm_lets_requests_in_flight_finish(run_dir, digit_pngs):
     assert answer["r"].json()["results"][0]["top"]
     log = proc.stdout.read()
     assert "Waiting for application shutdown" in log and "Finished server process" in log, log
+
+
+def predictions_by_worker(folder: Path) -> dict[str, float]:
+    """The /v1/predict 200s each worker counted, read from its own file in the metrics folder."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    series = {"endpoint": "/v1/predict", "method": "POST", "status": "200"}
+    out = {}
+    for path in folder.glob("counter_*.db"):
+        for metric in MultiProcessCollector.merge([str(path)]):
+            for s in metric.samples:
+                if s.name == "imrec_requests_total" and s.labels == series:
+                    out[path.stem.removeprefix("counter_")] = s.value
+    return out
+
+
+def test_metrics_of_several_workers_are_the_services_totals(run_dir, digit_pngs, tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "imrec", "serve", str(run_dir), "--port", str(port),
+           "--backend", "torch", "--workers", "2"]  # fmt: skip
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path))  # the metrics folder's place
+    env.pop(MULTIPROC_ENV, None)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)  # fmt: skip
+    try:
+        wait_ready(url, proc)
+        (folder,) = tmp_path.glob("imrec-metrics-*")
+        deadline = time.monotonic() + 60  # both workers have built their app (and set the info)
+        while len(list(folder.glob("gauge_livemax_*.db"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # A new connection for each request, so that either worker may take it; on until each
+        # has answered some.
+        png = digit_pngs[0][1]
+        sent = 0
+        while sent < 8 or (len(predictions_by_worker(folder)) < 2 and sent < 300):
+            r = httpx.post(url + "/v1/predict", files={"files": ("d.png", png, "image/png")})
+            assert r.status_code == 200
+            sent += 1
+        deadline = time.monotonic() + 20  # a worker counts a request just after answering it
+        while sum(predictions_by_worker(folder).values()) < sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+        by_worker = predictions_by_worker(folder)
+        assert len(by_worker) == 2 and all(0 < n < sent for n in by_worker.values()), by_worker
+        assert sum(by_worker.values()) == sent
+
+        predict = 'imrec_requests_total{endpoint="/v1/predict",method="POST",status="200"}'
+        for _ in range(6):  # each scrape on a new connection, answered by either worker
+            got = samples(httpx.get(url + "/metrics").text)
+            assert got[predict] == sent
+            assert got["imrec_images_predicted_total"] == sent
+            assert got['imrec_request_duration_seconds_count{endpoint="/v1/predict"}'] == sent
+            # One series for the model (live workers' max), as with one process.
+            (info,) = [k for k in got if k.startswith("imrec_model_info")]
+            assert got[info] == 1 and "pid=" not in info
+
+        # A worker killed outright: uvicorn replaces it and it is marked dead, so its live-only
+        # gauges go, while the requests it answered stay in the totals.
+        victim = min(by_worker)
+        os.kill(int(victim), signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while list(folder.glob(f"gauge_live*_{victim}.db")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not list(folder.glob(f"gauge_live*_{victim}.db"))
+        assert (folder / f"counter_{victim}.db").exists()
+        got = samples(httpx.get(url + "/metrics").text)
+        assert got[predict] == sent
+        assert [got[k] for k in got if k.startswith("imrec_model_info")] == [1]
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not folder.exists(), proc.stdout.read()  # removed when the service stopped

@@ -147,16 +147,19 @@ def test_draw_a_digit_and_upload_a_file_in_chromium(server, browser, tmp_path):
     _wait(browser, lambda d: "cnn" in _text(d, "model-name"), "the page shows the model")
 
     # Draw stroke by stroke; the answer appears while drawing and after each stroke.
-    predict_calls = lambda: app.state.metrics.requests.value(  # noqa: E731
-        endpoint="/v1/predict", method="POST", status="200"
+    predict_calls = lambda: app.state.metrics.value(  # noqa: E731
+        "imrec_requests_total", endpoint="/v1/predict", method="POST", status="200"
     )
     before = predict_calls()
     _draw_seven(browser)
     _wait(browser, lambda d: _text(d, "top-label") in labels, "a label after drawing")
     _wait(browser, lambda d: (d.find_element(By.ID, "cam").get_attribute("src") or "")
           .startswith("data:image/png"), "the Grad-CAM overlay")  # fmt: skip
-    _wait(browser, lambda d: app.state.metrics.in_flight.value(endpoint="/v1/predict") == 0
-          and app.state.metrics.in_flight.value(endpoint="/v1/explain") == 0, "answers in")  # fmt: skip
+    in_flight = lambda endpoint: app.state.metrics.value(  # noqa: E731
+        "imrec_requests_in_flight", endpoint=endpoint
+    )
+    _wait(browser, lambda d: in_flight("/v1/predict") == 0 and in_flight("/v1/explain") == 0,
+          "answers in")  # fmt: skip
     bars = browser.execute_script(_READ_BARS)  # in one go: a late answer may redraw the bars
     assert len(bars) == 5
     assert all(name in labels for name, _, _ in bars)

@@ -76,13 +76,13 @@ def create_app(
     limits = limits or Limits()
     model = load(source, backend=backend)
     metrics = ServiceMetrics()
-    metrics.info.set(1, name=model.name, version=model.version, task=model.task,
-                     backend=model.backend)  # fmt: skip
+    metrics.info.labels(name=model.name, version=model.version, task=model.task,
+                        backend=model.backend).set(1)  # fmt: skip
     batcher = MicroBatcher(
         lambda items: _run_batch(model, items),
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
-        on_batch=lambda n: metrics.batch_size.observe(n),
+        on_batch=metrics.batch_size.observe,
     )
 
     @asynccontextmanager
@@ -276,7 +276,7 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 
 def _add_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
     def reply(status: int, code: str, message: str) -> JSONResponse:
-        metrics.errors.inc(kind=code)
+        metrics.errors.labels(kind=code).inc()
         return _error(status, code, message)
 
     @app.exception_handler(ApiError)
@@ -321,7 +321,8 @@ class RequestMetrics:
             return await self.app(scope, receive, send)
         start, status = time.perf_counter(), 500  # an exception that escapes is a 500
         endpoint = self._endpoint(scope["path"])
-        self.metrics.in_flight.inc(endpoint=endpoint)
+        in_flight = self.metrics.in_flight.labels(endpoint=endpoint)
+        in_flight.inc()
 
         async def send_and_note(message: Message) -> None:
             nonlocal status
@@ -332,6 +333,8 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            self.metrics.in_flight.dec(endpoint=endpoint)
-            self.metrics.requests.inc(endpoint=endpoint, method=scope["method"], status=status)
-            self.metrics.latency.observe(time.perf_counter() - start, endpoint=endpoint)
+            in_flight.dec()
+            self.metrics.requests.labels(
+                endpoint=endpoint, method=scope["method"], status=status
+            ).inc()
+            self.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - start)

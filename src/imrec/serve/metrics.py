@@ -1,167 +1,139 @@
-"""The service's numbers in the Prometheus text exposition format (version 0.0.4).
+"""The service's numbers, kept by ``prometheus_client`` and served by ``GET /metrics``.
 
-Written here rather than taken from ``prometheus_client``: the service needs three kinds of
-series (counters, histograms, one info gauge), all updated from the event loop's thread, and
-the format is a few lines of text; a dependency would bring a global registry and
-multiprocess machinery this service does not use. With ``--workers N`` each worker process
-keeps its own numbers, and a scrape of ``/metrics`` sees the process that answered it.
+Each :class:`ServiceMetrics` registers its series in a ``CollectorRegistry`` of its own (never
+the library's global default registry), so that two apps built in one process (tests, a program
+that embeds the service) keep separate numbers. ``/metrics`` answers in the Prometheus text
+format 0.0.4.
+
+With ``imrec serve --workers N`` (N > 1) each worker is a process of its own, and a scrape is
+answered by whichever worker accepts the connection. The service then runs prometheus_client's
+multiprocess mode: before the workers start, the parent creates a private temporary folder and
+names it in ``$PROMETHEUS_MULTIPROC_DIR`` (:func:`multiprocess_dir`); each worker's metrics
+write their values to memory-mapped files there, and :meth:`ServiceMetrics.render` merges the
+files of all workers with ``MultiProcessCollector`` into a fresh registry at every scrape, so
+that any worker reports the service's totals. Counters and histograms add up every worker that
+ever ran (a replaced worker's requests still count); requests in flight add up the live workers
+(``livesum``); the model info gauge is the largest over live workers (``livemax``: one series
+with the same labels as with one process). The parent marks each worker that ends as dead and
+removes the folder when the service stops (:mod:`imrec.serve.server`).
 
 Example:
     >>> m = ServiceMetrics()
-    >>> m.requests.inc(endpoint="/v1/predict", method="POST", status="200")
-    >>> 'imrec_requests_total{endpoint="/v1/predict",method="POST",status="200"} 1' in m.render()
+    >>> m.requests.labels(endpoint="/v1/predict", method="POST", status="200").inc()
+    >>> m.value("imrec_requests_total", endpoint="/v1/predict", method="POST", status="200")
+    1.0
+    >>> 'imrec_requests_total{endpoint="/v1/predict",method="POST",status="200"} 1.0' in m.render()
     True
 """
 
 from __future__ import annotations
 
-import bisect
-import math
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client.multiprocess import MultiProcessCollector
+
+# What generate_latest writes (prometheus_client's CONTENT_TYPE_LATEST names a newer version).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Request latency in seconds: fine steps where the service should live (1 to 50 ms).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
-
-
-def _number(x: float) -> str:
-    if math.isinf(x):
-        return "+Inf" if x > 0 else "-Inf"
-    return str(int(x)) if float(x).is_integer() else repr(float(x))
-
-
-class Counter:
-    """A monotonically increasing count per label combination.
-
-    Example:
-        >>> c = Counter("x_total", "Things.", ("kind",))
-        >>> c.inc(kind="a"); c.inc(2, kind="a")
-        >>> c.value(kind="a")
-        3
-    """
-
-    kind = "counter"
-
-    def __init__(self, name: str, help: str, labelnames: tuple[str, ...] = ()):
-        self.name, self.help, self.labelnames = name, help, labelnames
-        self._values: dict[tuple[str, ...], float] = {} if labelnames else {(): 0}
-
-    def _key(self, labels: dict[str, object]) -> tuple[str, ...]:
-        if set(labels) != set(self.labelnames):
-            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {tuple(labels)}")
-        return tuple(str(labels[n]) for n in self.labelnames)
-
-    def inc(self, amount: float = 1, **labels: object) -> None:
-        """Add ``amount`` (>= 0) to the series named by ``labels``."""
-        key = self._key(labels)
-        self._values[key] = self._values.get(key, 0) + amount
-
-    def value(self, **labels: object) -> float:
-        """The current count of one series (0 if it was never touched)."""
-        return self._values.get(self._key(labels), 0)
-
-    def samples(self) -> list[str]:
-        return [
-            f"{self.name}{_labels(self.labelnames, key)} {_number(v)}"
-            for key, v in sorted(self._values.items())
-        ]
-
-
-class Gauge(Counter):
-    """A value that can go up and down (requests in flight; 1 for the model's info labels)."""
-
-    kind = "gauge"
-
-    def set(self, value: float, **labels: object) -> None:
-        """Set the series named by ``labels`` to ``value``."""
-        self._values[self._key(labels)] = value
-
-    def dec(self, amount: float = 1, **labels: object) -> None:
-        """Subtract ``amount`` from the series named by ``labels``."""
-        self.inc(-amount, **labels)
-
-
-class Histogram:
-    """Observations counted into cumulative ``le`` buckets, with their sum and count.
-
-    Example:
-        >>> h = Histogram("t_seconds", "Time.", (0.1, 1.0))
-        >>> h.observe(0.5)
-        >>> h.samples()[:2]
-        ['t_seconds_bucket{le="0.1"} 0', 't_seconds_bucket{le="1"} 1']
-    """
-
-    kind = "histogram"
-
-    def __init__(self, name: str, help: str, buckets: tuple[float, ...], labelnames=()):
-        self.name, self.help, self.labelnames = name, help, tuple(labelnames)
-        self.bounds = tuple(sorted(buckets)) + (math.inf,)
-        # Per series: [count in each bucket (not cumulative), sum of observations].
-        self._series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
-
-    def observe(self, value: float, **labels: object) -> None:
-        """Count one observation into its bucket."""
-        key = tuple(str(labels[n]) for n in self.labelnames)
-        counts, total = self._series.setdefault(key, ([0] * len(self.bounds), [0.0]))
-        counts[bisect.bisect_left(self.bounds, value)] += 1  # first bound >= value
-        total[0] += value
-
-    def count(self, **labels: object) -> int:
-        """How many observations one series holds."""
-        counts, _ = self._series.get(tuple(str(labels[n]) for n in self.labelnames), ([0], [0]))
-        return sum(counts)
-
-    def samples(self) -> list[str]:
-        lines = []
-        for key, (counts, total) in sorted(self._series.items()):
-            running = 0
-            for bound, n in zip(self.bounds, counts, strict=True):
-                running += n
-                le = f'le="{_number(bound)}"'
-                lines.append(f"{self.name}_bucket{_labels(self.labelnames, key, le)} {running}")
-            lines.append(f"{self.name}_sum{_labels(self.labelnames, key)} {_number(total[0])}")
-            lines.append(f"{self.name}_count{_labels(self.labelnames, key)} {running}")
-        return lines
-
-
 class ServiceMetrics:
-    """Everything ``GET /metrics`` reports. Updated only from the event loop's thread."""
+    """Everything ``GET /metrics`` reports, in a registry of its own.
+
+    In multiprocess mode (``$PROMETHEUS_MULTIPROC_DIR`` set when prometheus_client was first
+    imported, as in each worker of ``imrec serve --workers N``), :meth:`render` reports the
+    totals of all the processes that write into that folder.
+
+    Example:
+        >>> a, b = ServiceMetrics(), ServiceMetrics()  # no clash: one registry each
+        >>> a.errors.labels(kind="not_an_image").inc(2)
+        >>> [m.value("imrec_errors_total", kind="not_an_image") for m in (a, b)]
+        [2.0, 0.0]
+    """
 
     def __init__(self):
+        self.multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
+        if self.multiprocess_dir and values.ValueClass is values.MutexValue:
+            raise RuntimeError(
+                f"${MULTIPROC_ENV} was set after prometheus_client was imported: the metrics "
+                "would stay in this process; set it before the process starts"
+            )
+        self.registry = r = CollectorRegistry()
         self.requests = Counter(
             "imrec_requests_total", "HTTP requests by endpoint, method and status code.",
-            ("endpoint", "method", "status"),
+            ("endpoint", "method", "status"), registry=r,
         )  # fmt: skip
         self.latency = Histogram(
             "imrec_request_duration_seconds", "Time from request start to response end.",
-            LATENCY_BUCKETS, ("endpoint",),
+            ("endpoint",), buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.in_flight = Gauge(
-            "imrec_requests_in_flight", "Requests being handled now, by endpoint.", ("endpoint",)
+            "imrec_requests_in_flight", "Requests being handled now, by endpoint.", ("endpoint",),
+            multiprocess_mode="livesum", registry=r,
+        )  # fmt: skip
+        self.errors = Counter(
+            "imrec_errors_total", "Error responses by kind.", ("kind",), registry=r
         )
-        self.errors = Counter("imrec_errors_total", "Error responses by kind.", ("kind",))
-        self.batch_size = Histogram("imrec_batch_size", "Images per model call.", BATCH_BUCKETS)
-        self.images = Counter("imrec_images_predicted_total", "Images the model predicted.")
-        self.info = Gauge("imrec_model_info", "The model served.", ("name", "version", "task", "backend"))  # fmt: skip
+        self.batch_size = Histogram(
+            "imrec_batch_size", "Images per model call.", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.images = Counter(
+            "imrec_images_predicted_total", "Images the model predicted.", registry=r
+        )
+        self.info = Gauge(
+            "imrec_model_info", "The model served.", ("name", "version", "task", "backend"),
+            multiprocess_mode="livemax", registry=r,
+        )  # fmt: skip
 
     def render(self) -> str:
-        """The exposition text of every metric, ending with a newline."""
-        lines = []
-        for metric in (self.requests, self.latency, self.in_flight, self.errors, self.batch_size, self.images,
-                       self.info):  # fmt: skip
-            lines.append(f"# HELP {metric.name} {metric.help}")
-            lines.append(f"# TYPE {metric.name} {metric.kind}")
-            lines.extend(metric.samples())
-        return "\n".join(lines) + "\n"
+        """The exposition text of every metric (all workers' totals in multiprocess mode)."""
+        registry = self.registry
+        if self.multiprocess_dir:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=self.multiprocess_dir)
+        return generate_latest(registry).decode("utf-8")
+
+    def value(self, name: str, **labels: object) -> float:
+        """This process's value of one sample, e.g. ``imrec_batch_size_count`` (0 if unseen).
+
+        Example:
+            >>> ServiceMetrics().value("imrec_requests_in_flight", endpoint="/v1/predict")
+            0.0
+        """
+        found = self.registry.get_sample_value(name, {k: str(v) for k, v in labels.items()})
+        return 0.0 if found is None else found
+
+
+@contextlib.contextmanager
+def multiprocess_dir() -> Iterator[str]:
+    """A fresh private folder for the workers' metric files, named in ``$PROMETHEUS_MULTIPROC_DIR``
+    while the block runs (start the worker processes inside it); removed after, and the variable
+    restored.
+
+    Example:
+        >>> with multiprocess_dir() as path:
+        ...     os.environ[MULTIPROC_ENV] == path and os.path.isdir(path)
+        True
+        >>> os.path.exists(path)
+        False
+    """
+    path = tempfile.mkdtemp(prefix="imrec-metrics-")  # readable by this user only
+    before = os.environ.get(MULTIPROC_ENV)
+    os.environ[MULTIPROC_ENV] = path
+    try:
+        yield path
+    finally:
+        if before is None:
+            os.environ.pop(MULTIPROC_ENV, None)
+        else:
+            os.environ[MULTIPROC_ENV] = before
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,7 +1,8 @@
 """Running the service: ``imrec serve`` in one process, or in uvicorn worker processes.
 
 Each worker process builds its own app (and loads its own copy of the model) from the settings
-that :func:`serve` leaves in ``$IMREC_SERVE_SETTINGS``.
+that :func:`serve` leaves in ``$IMREC_SERVE_SETTINGS``; their metrics are merged through files in
+a private folder named in ``$PROMETHEUS_MULTIPROC_DIR`` (see :mod:`imrec.serve.metrics`).
 
 Example:
     >>> serve("runs/mnist-1", port=8000, workers=2)  # doctest: +SKIP
@@ -20,6 +21,7 @@ from fastapi import FastAPI
 
 from .app import create_app
 from .inputs import Limits
+from .metrics import multiprocess_dir
 
 SETTINGS_ENV = "IMREC_SERVE_SETTINGS"
 
@@ -49,7 +51,8 @@ def serve(
 ) -> None:
     """Serve a model over HTTP until interrupted (SIGINT/SIGTERM finish the requests in flight).
 
-    With ``workers > 1`` each uvicorn worker process loads its own copy of the model.
+    With ``workers > 1`` each uvicorn worker process loads its own copy of the model, and
+    ``/metrics`` reports the totals over all of them.
 
     Example:
         >>> serve("runs/mnist-1", port=8000, workers=2)  # doctest: +SKIP
@@ -71,11 +74,15 @@ def serve(
 
 
 def _run_workers(config) -> None:
-    """uvicorn's worker processes on a socket that asyncio will give TCP_NODELAY.
+    """uvicorn's worker processes on a socket that asyncio will give TCP_NODELAY, their metrics
+    merged.
 
     ``uvicorn.run(workers=N)`` binds a socket whose ``proto`` is 0, and asyncio sets
     TCP_NODELAY only on sockets that say IPPROTO_TCP: the workers' responses (head and body
     written apart) then wait for the client's delayed ACK, ~40 ms each. Bound here instead.
+
+    The metrics folder is made before the first worker starts (prometheus_client chooses its
+    multiprocess mode when a worker imports it) and removed when the supervisor returns.
     """
     from uvicorn.supervisors import Multiprocess
 
@@ -87,4 +94,28 @@ def _run_workers(config) -> None:
     logging.getLogger("uvicorn.error").info(
         "imrec serve: %d workers on http://%s:%d", config.workers, config.host, config.port
     )
-    Multiprocess(config, sockets=[sock]).run()
+    with multiprocess_dir():
+        _marking_dead_workers(Multiprocess)(config, sockets=[sock]).run()
+
+
+def _marking_dead_workers(supervisor: type) -> type:
+    """``supervisor`` (uvicorn's ``Multiprocess``), telling prometheus_client of workers that end.
+
+    In its loop the supervisor replaces workers that died, and on SIGHUP (restart) and SIGTTOU
+    (one fewer) ends live ones; after each round, the workers no longer among its processes are
+    marked dead, so that the gauges of live workers only (requests in flight, the model's info)
+    forget them. Counters and histograms keep what those workers counted.
+    """
+    from prometheus_client.multiprocess import mark_process_dead
+
+    class Supervisor(supervisor):
+        _pids: frozenset[int] = frozenset()
+
+        def keep_subprocess_alive(self) -> None:
+            super().keep_subprocess_alive()
+            pids = frozenset(p.pid for p in self.processes)
+            for pid in self._pids - pids:
+                mark_process_dead(pid)
+            self._pids = pids
+
+    return Supervisor

@@ -241,6 +241,7 @@ class DetectionTrainer(Trainer):
             input_size=(self.size, self.size),
             mean=self.mean,
             std=self.std,
+            progress=self.progress and self.world.main,  # named pretrained weights' download
             **run.model.options,
         ).to(self.device)
         self.init_note = ""

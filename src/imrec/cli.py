@@ -160,7 +160,10 @@ def cmd_models(args) -> int:
             return 0
     for name, desc in list_models().items():
         print(f"{name:24s} {desc}")
-    print(f"{'tv:NAME':24s} any torchvision classifier, e.g. tv:resnet18 (--pretrained FILE)")
+    print(
+        f"{'tv:NAME':24s} any torchvision classifier, e.g. tv:resnet18 "
+        "(--pretrained FILE or a torchvision weights name such as IMAGENET1K_V1)"
+    )
     print(f"{'timm:NAME':24s} any timm model, when timm is installed (pip install timm)")
     return 0
 
@@ -472,7 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--pretrained",
         metavar="WEIGHTS",
-        help="torchvision/timm weights: a local file or a weights name",
+        help="torchvision/timm weights: a local file or a weights name (IMAGENET1K_V1, DEFAULT), "
+        "downloaded into the torch hub cache",
     )
     t.add_argument(
         "--weight-norm",

@@ -170,6 +170,7 @@ class ClassifyTrainer(Trainer):
             in_channels=d.channels,
             input_size=d.input_size,
             weight_norm=run.model.weight_norm,
+            progress=self.progress and self.world.main,  # named pretrained weights' download
             **run.model.options,
         ).to(self.device)
 

@@ -161,6 +161,7 @@ class DetectionTrainer(Trainer):
             input_size=(self.size, self.size),
             mean=self.mean,
             std=self.std,
+            progress=self.progress and self.world.main,  # named pretrained weights' download
             **run.model.options,
         ).to(self.device)
         # tinydet is plain convolutions: channels_last measured ~10% faster on the 2-core CPU.

@@ -54,11 +54,13 @@ def apply_weight_norm(model: Classifier) -> Classifier:
 
 
 def _external(
-    name: str, *, num_classes: int, in_channels: int, options: dict[str, object]
+    name: str, *, num_classes: int, in_channels: int, options: dict[str, object], progress: bool
 ) -> Classifier:
     prefix = "tv:" if name.startswith("tv:") else "timm:"
     builder, valid = _PREFIXES[prefix]
     kwargs = coerce_options(name, options, valid)
+    if prefix == "tv:":
+        kwargs["progress"] = progress
     return builder(name[len(prefix) :], num_classes=num_classes, in_channels=in_channels, **kwargs)
 
 
@@ -69,6 +71,7 @@ def create_model(
     in_channels: int,
     input_size: tuple[int, int],
     weight_norm: bool = False,
+    progress: bool = True,
     **options,
 ) -> Classifier:
     """Build a classifier by name: a registered model, ``tv:<name>`` or ``timm:<name>``.
@@ -79,7 +82,10 @@ def create_model(
         in_channels: image channels (1 or 3).
         input_size: ``(H, W)`` of the training images; picks stems and pooling stages.
         weight_norm: weight-normalise the backbone's conv and linear layers.
-        **options: model options (``width=32``); strings such as ``"32"`` are converted.
+        progress: show a progress bar while torchvision downloads named pretrained weights
+            (``tv:resnet18`` with ``pretrained="IMAGENET1K_V1"``).
+        **options: model options (``width=32``; ``pretrained`` for ``tv:``/``timm:``, a
+            state-dict file or a torchvision weights name); strings such as ``"32"`` are converted.
 
     Returns:
         A :class:`Classifier` whose forward maps ``(B, C, H, W)`` to ``(B, num_classes)`` logits.
@@ -98,7 +104,13 @@ def create_model(
         raise ValueError(f"model {name!r}: input_size must be (H, W), got {input_size!r}")
     input_size = (int(input_size[0]), int(input_size[1]))
     if name.startswith(tuple(_PREFIXES)):
-        model = _external(name, num_classes=num_classes, in_channels=in_channels, options=options)
+        model = _external(
+            name,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            options=options,
+            progress=progress,
+        )
     else:
         model = build_registered(
             name,

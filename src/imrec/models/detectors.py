@@ -34,10 +34,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from imrec.models.registry import coerce_options, fitting_tensors
+from imrec.models.weights import download_state_dict, is_weights_file, torchvision_weights
 
 _DETECTORS: dict[str, Callable[..., Detector]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
-_FIXED = ("num_classes", "in_channels", "input_size", "mean", "std")
+_FIXED = ("num_classes", "in_channels", "input_size", "mean", "std", "progress")
 
 
 class Detector(nn.Module):
@@ -107,6 +108,7 @@ def create_detector(
     input_size: tuple[int, int],
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    progress: bool = True,
     **options,
 ) -> Detector:
     """Build a detector by name for ``num_classes`` classes (no background class to count).
@@ -114,7 +116,12 @@ def create_detector(
     Args:
         mean, std: per-channel pixel statistics on the 0-1 scale that the detector
             normalises with (``tinydet``); torchvision detectors use ImageNet statistics.
+        progress: show a progress bar while torchvision downloads named pretrained weights
+            (passed to builders that take a ``progress`` argument).
         **options: detector options (see :func:`detector_options`); strings are converted.
+            The torchvision detectors take ``pretrained``: a state-dict file or the name of
+            a torchvision weights entry (``DEFAULT``, ``COCO_V1``), downloaded into the torch
+            hub cache when missing.
 
     Example:
         >>> create_detector("tinydet", num_classes=3, in_channels=3, input_size=(96, 96)).num_classes
@@ -125,6 +132,8 @@ def create_detector(
         raise ValueError(f"detector {name!r}: num_classes must be >= 1, got {num_classes}")
     mean = list(mean) if mean is not None else [0.5] * in_channels
     std = list(std) if std is not None else [0.25] * in_channels
+    if "progress" in inspect.signature(_DETECTORS[name]).parameters:
+        kwargs["progress"] = progress
     return _DETECTORS[name](
         num_classes=num_classes,
         in_channels=in_channels,
@@ -508,7 +517,15 @@ def _torchvision(
     input_size: tuple[int, int],
     weights: str,
     backbone_weights: str,
+    progress: bool = True,
 ) -> Detector:
+    """A torchvision detector for ``num_classes`` classes, with optional starting weights.
+
+    ``weights`` is a state-dict file or the name of an entry of the torchvision builder's
+    weights enum (``DEFAULT``, ``COCO_V1``: downloaded into the torch hub cache when missing,
+    see :mod:`imrec.models.weights`); ``backbone_weights`` is a state-dict file. Tensors whose
+    names and shapes fit are loaded, so class heads for other classes stay new.
+    """
     import torchvision.models.detection as tvd
 
     builder = getattr(tvd, _TV_BUILDERS[arch])
@@ -528,7 +545,12 @@ def _torchvision(
         if n == 0:
             raise ValueError(f"{backbone_weights}: no tensor matches the {arch} backbone")
     if weights:
-        n, _ = load_matching(net, _load_state(weights))
+        if is_weights_file(weights):
+            state = _load_state(weights)
+        else:
+            entry = torchvision_weights(_TV_BUILDERS[arch], weights, what=arch)
+            state = download_state_dict(entry, what=arch, progress=progress, label=weights)
+        n, _ = load_matching(net, state)
         if n == 0:
             raise ValueError(f"{weights}: no tensor matches the {arch} model")
     return TorchvisionDetector(arch, net, num_classes, in_channels)
@@ -544,6 +566,7 @@ def _register_tv(arch: str, description: str) -> None:
         std: Sequence[float],
         pretrained: str = "",
         backbone_weights: str = "",
+        progress: bool = True,
     ) -> Detector:
         return _torchvision(
             arch,
@@ -552,6 +575,7 @@ def _register_tv(arch: str, description: str) -> None:
             input_size=input_size,
             weights=pretrained,
             backbone_weights=backbone_weights,
+            progress=progress,
         )
 
     register_detector(arch, description)(build)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from imrec.models.base import Classifier
+from imrec.models.weights import download_state_dict, is_weights_file, torchvision_weights
 
 TV_OPTIONS = {"pretrained": ""}
 TIMM_OPTIONS = {"pretrained": ""}
@@ -54,28 +55,6 @@ def _replace(model: nn.Module, dotted: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def _hub_state_dict(name: str, weights_name: str) -> dict[str, torch.Tensor]:
-    """Torchvision weights by enum name, from the torch hub cache only (no download)."""
-    import torchvision
-
-    try:
-        weights = torchvision.models.get_model_weights(name)[weights_name]
-    except KeyError:
-        valid = ", ".join(w.name for w in torchvision.models.get_model_weights(name))
-        raise ValueError(
-            f"tv:{name}: unknown pretrained weights {weights_name!r}; valid: {valid}, "
-            "or a path to a .pth/.pt/.safetensors state dict"
-        ) from None
-    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"tv:{name}: pretrained weights {weights_name} are not in the torch hub cache; "
-            f"there is no download here: fetch {weights.url} and put it at {path} "
-            "(or pass pretrained=<path to a .pth/.safetensors state dict>)"
-        )
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """Read a state dict from ``.safetensors`` or a (weights-only) ``.pth``/``.pt`` file.
 
@@ -99,15 +78,15 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_pretrained(model: nn.Module, name: str, source: str, dropped: str) -> None:
+def _load_pretrained(
+    model: nn.Module, name: str, source: str, dropped: str, progress: bool
+) -> None:
     """Load backbone weights from ``source`` (weights enum name or file), minus the old head."""
-    looks_like_path = (
-        Path(source).suffix in {".pth", ".pt", ".safetensors"} or Path(source).exists()
-    )
-    if looks_like_path:
-        state = load_state_dict_file(Path(source))
+    if is_weights_file(source):
+        state = load_state_dict_file(Path(source).expanduser())
     else:
-        state = _hub_state_dict(name, source)
+        weights = torchvision_weights(name, source, what=f"tv:{name}")
+        state = download_state_dict(weights, what=f"tv:{name}", progress=progress, label=source)
     skip = (dropped + ".", "AuxLogits.", "aux1.", "aux2.")
     state = {k: v for k, v in state.items() if not k.startswith(skip)}
     try:
@@ -124,14 +103,29 @@ def _cam_layer(model: nn.Module) -> nn.Module | None:
 
 
 def torchvision_model(
-    name: str, *, num_classes: int, in_channels: int, pretrained: str = ""
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int,
+    pretrained: str = "",
+    progress: bool = True,
 ) -> Classifier:
     """``tv:<name>``: a torchvision classification model with an imrec head.
+
+    Args:
+        pretrained: starting weights for everything but the head: a local state-dict file
+            (``.pth``/``.pt``/``.safetensors``) or the name of a member of the model's
+            torchvision weights enum (``IMAGENET1K_V1``, ``DEFAULT``), which torchvision
+            downloads into the torch hub cache unless it is there already (see
+            :mod:`imrec.models.weights`).
+        progress: show the download's progress bar (on stderr).
 
     Example:
         >>> m = torchvision_model("resnet18", num_classes=10, in_channels=1)
         >>> m(torch.zeros(2, 1, 32, 32)).shape
         torch.Size([2, 10])
+        >>> m = torchvision_model("resnet18", num_classes=10, in_channels=3, pretrained="DEFAULT")
+        ... # doctest: +SKIP
     """
     import torchvision
 
@@ -148,7 +142,7 @@ def torchvision_model(
     num_features = model.get_submodule(last).in_features
     _replace(model, last, nn.Identity())
     if pretrained:
-        _load_pretrained(model, name, pretrained, last)
+        _load_pretrained(model, name, pretrained, last, progress)
     backbone = TorchvisionBackbone(model, in_channels)
     return Classifier(backbone, num_features, num_classes, cam_layer=_cam_layer(model))
 

@@ -19,9 +19,9 @@ from types import ModuleType
 from imrec.config import RunConfig, TrainConfig, build_config
 from imrec.core.checkpoint import CheckpointError, read_checkpoint_meta
 from imrec.core.errors import TrainError
-from imrec.data.detection import is_detection_dataset
+from imrec.data.registry import dataset_task
 from imrec.engine.loop import default_run_dir, resumable_config
-from imrec.models.registry import architecture_options
+from imrec.models.registry import architecture_options, model_task
 
 TASKS = ("classify", "detect")
 
@@ -37,11 +37,6 @@ def task_package(task: str) -> ModuleType:
 
         return detect
     raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-
-
-def dataset_task(dataset: str) -> str:
-    """The task a dataset is made for."""
-    return "detect" if is_detection_dataset(dataset) else "classify"
 
 
 def fit(
@@ -73,6 +68,11 @@ def fit(
     pkg = task_package(task)
     data, train = dict(data or {}), dict(train or {})
     check_train_fields(pkg, train)
+    if (model or {}).get("name") and model_task(model["name"]) != task:
+        raise TrainError(
+            f"{model['name']} is a {model_task(model['name'])} model and {dataset} a {task} "
+            f"dataset; see `imrec models --task {task}`"
+        )
     loaded = pkg.load_data(
         dataset,
         placement=train.get("data_placement", "auto"),

@@ -1,4 +1,5 @@
-"""Datasets for image classification: built-ins, your own folders, splits and sources.
+"""Datasets for every task, in one registry (:mod:`imrec.data.registry`): classification
+built-ins and your own folders here, detection sets in :mod:`imrec.data.detection`.
 
 Example:
     >>> from imrec.data import list_datasets, load_dataset
@@ -20,8 +21,10 @@ from imrec.data.datasets import (
     register_dataset,
     resize_images,
 )
+from imrec.data.detection import list_detection_datasets, load_detection
 from imrec.data.folder import load_folder, resize_center_crop
 from imrec.data.idx import read_idx, write_idx
+from imrec.data.registry import dataset_task
 from imrec.data.sources import DatasetError, SourceFile, dataset_dir, imrec_home
 from imrec.data.splits import group_split, stratified_split
 from imrec.data.types import ClassificationData, ImageSet
@@ -34,13 +37,16 @@ __all__ = [
     "SourceFile",
     "convert_channels",
     "dataset_dir",
+    "dataset_task",
     "dataset_info",
     "fetch_dataset",
     "group_split",
     "imrec_home",
     "ink_stats",
     "list_datasets",
+    "list_detection_datasets",
     "load_dataset",
+    "load_detection",
     "load_folder",
     "read_idx",
     "register_dataset",

@@ -7,7 +7,6 @@ a :class:`ClassificationData` with train/val/test, a split note and a checksum o
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import io
 import os
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from imrec.data import registry
 from imrec.data.folder import load_folder, resize_center_crop
 from imrec.data.idx import read_idx
 from imrec.data.sources import (
@@ -81,24 +81,14 @@ class DatasetInfo:
     split: str = ""
 
 
-@dataclass
-class _Entry:
-    description: str
-    loader: Loader
-    info: DatasetInfo
-    fetch: Callable[[], Path] | None = None
-
-
-_REGISTRY: dict[str, _Entry] = {}
-
-
 def register_dataset(
     name: str,
     description: str,
     info: DatasetInfo | None = None,
     fetch: Callable[[], Path] | None = None,
 ) -> Callable[[Loader], Loader]:
-    """Register ``loader(*, val_fraction, seed) -> ClassificationData`` under ``name``.
+    """Register ``loader(*, val_fraction, seed) -> ClassificationData`` under ``name`` as a
+    classification dataset (see :mod:`imrec.data.registry`).
 
     Raises:
         ValueError: ``name`` is already registered or starts with ``folder:``.
@@ -108,26 +98,13 @@ def register_dataset(
         ... def load_tiny(*, val_fraction, seed):
         ...     return ClassificationData(...)
     """
-    if name in _REGISTRY or name.startswith(FOLDER_PREFIX):
-        raise ValueError(f"dataset name {name!r} is already taken")
 
     def decorate(loader: Loader) -> Loader:
         entry_info = info or DatasetInfo(name=name, folder=name, description=description)
-        _REGISTRY[name] = _Entry(description, loader, entry_info, fetch)
+        registry.register(registry.Entry(name, "classify", description, loader, fetch, entry_info))
         return loader
 
     return decorate
-
-
-def _entry(name: str) -> _Entry:
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
-    maybe = f" Did you mean {', '.join(close)}?" if close else ""
-    raise DatasetError(
-        f"unknown dataset {name!r}.{maybe} Known: {', '.join(sorted(_REGISTRY))}, "
-        f"or folder:PATH for your own images (see `imrec data list`)."
-    )
 
 
 def list_datasets() -> dict[str, str]:
@@ -137,9 +114,7 @@ def list_datasets() -> dict[str, str]:
         >>> "mnist" in list_datasets() and "folder:PATH" in list_datasets()
         True
     """
-    names = {name: entry.description for name, entry in _REGISTRY.items()}
-    names["folder:PATH"] = "your own images: one sub-folder per class under PATH"
-    return names
+    return {e.shown or e.name: e.description for e in registry.entries("classify")}
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -162,7 +137,7 @@ def dataset_info(name: str) -> DatasetInfo:
             split="train/test(/val) sub-folders if present, else stratified 20% test "
             "(fixed seed) and val_fraction of the rest",
         )
-    return _entry(name).info
+    return registry.lookup(name, "classify").info
 
 
 def fetch_dataset(name: str) -> Path:
@@ -183,7 +158,7 @@ def fetch_dataset(name: str) -> Path:
         if not path.is_dir():
             raise DatasetError(f"folder dataset {name!r}: no such folder")
         return path
-    entry = _entry(name)
+    entry = registry.lookup(name, "classify")
     if entry.fetch is None:
         return dataset_dir(entry.info.folder)
     return entry.fetch()
@@ -237,7 +212,7 @@ def load_dataset(
                 f"{name} is held in memory; streaming images from files applies to "
                 "folder:PATH datasets"
             )
-        data = _entry(name).loader(val_fraction=val_fraction, seed=seed)
+        data = registry.lookup(name, "classify").load(val_fraction=val_fraction, seed=seed)
         data = _adapt(data, size, channels)
         data.domain = domain or data.domain
     data.ink = ink_stats(data.train.images) if data.domain == "handwriting" else None
@@ -639,7 +614,9 @@ _register_idx(
     "NIST Special Database 19 terms (public, attribution to Cohen et al. 2017)",
 )
 # The EMNIST gz files are fetched from inside the official zip, so that is their address.
-_REGISTRY["emnist-letters"].info.urls = {f.name: [EMNIST_ZIP_URL] for f in EMNIST_LETTERS.files}
+registry.lookup("emnist-letters").info.urls = {
+    f.name: [EMNIST_ZIP_URL] for f in EMNIST_LETTERS.files
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -921,3 +898,15 @@ register_dataset(
     ),
     _sklearn_data_dir,
 )(_load_digits)
+
+
+# Your own images: loaded by load_dataset itself (load_folder), with the folder options.
+registry.register(
+    registry.Entry(
+        FOLDER_PREFIX,
+        "classify",
+        "your own images: one sub-folder per class under PATH",
+        kind="prefix",
+        shown="folder:PATH",
+    )
+)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imrec.data import registry
 from imrec.data.boxes import AnnotationReport, DetectionData, DetectionSet
 from imrec.data.sources import DatasetError, dataset_dir, mirror_root
 
@@ -38,26 +39,16 @@ COCO128_SOURCE = (
 )
 TEST_FRACTION = 0.2  # of a single-split source, held out as the fixed test split
 
-_DESCRIPTIONS = {
-    DIGITS: "detection: generated scenes of MNIST digits (1-6 per 128x128 canvas), COCO JSON",
-    "coco128": "detection: 128 COCO train2017 images (+128 val2017 as test), 80 classes",
-    "coco:PATH.json": "detection: your own COCO instances JSON",
-    "yolo:PATH": "detection: your own YOLO dataset (data.yaml and its folders)",
-}
-
 
 def list_detection_datasets() -> dict[str, str]:
     """Detection dataset names (and name patterns) mapped to a one-line description."""
-    return dict(_DESCRIPTIONS)
+    return {e.shown or e.name: e.description for e in registry.entries("detect")}
 
 
 def is_detection_dataset(name: str) -> bool:
-    """Whether ``name`` names a detection dataset (used to pick ``--task detect``)."""
-    return (
-        name == "coco128"
-        or name.split(":", 1)[0] == DIGITS
-        or name.startswith((COCO_PREFIX, YOLO_PREFIX))
-    )
+    """Whether ``name`` is registered as a detection dataset (see :mod:`imrec.data.registry`)."""
+    entry = registry.find(name)
+    return entry is not None and entry.task == "detect"
 
 
 def load_detection(
@@ -77,16 +68,8 @@ def load_detection(
     """
     if not 0.0 < val_fraction < 1.0:
         raise DatasetError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    if name.split(":", 1)[0] == DIGITS:
-        data = _load_digits(name)
-    elif name == "coco128":
-        data = _load_coco128(val_fraction, seed)
-    elif name.startswith(COCO_PREFIX):
-        data = _load_coco_file(name, val_fraction, seed)
-    elif name.startswith(YOLO_PREFIX):
-        data = _load_yolo(name, val_fraction, seed)
-    else:
-        raise DatasetError(f"unknown detection dataset {name!r}; known: {', '.join(_DESCRIPTIONS)}")
+    entry = registry.lookup(name, "detect")
+    data = entry.load(name, val_fraction=val_fraction, seed=seed)
     if channels is not None:
         if channels not in (1, 3):
             raise DatasetError(f"channels must be 1 or 3, got {channels}")
@@ -101,14 +84,7 @@ def load_detection(
 
 def fetch_detection(name: str) -> Path:
     """Make the dataset's files available locally; return the folder that holds them."""
-    if name.split(":", 1)[0] == DIGITS:
-        return _digits_folder(name)
-    if name == "coco128":
-        return _fetch_coco128()
-    path = Path(name.split(":", 1)[1]).expanduser()
-    if not path.exists():
-        raise DatasetError(f"{name}: {path} does not exist")
-    return path
+    return registry.lookup(name, "detect").fetch(name)
 
 
 # ---- splits -----------------------------------------------------------------------------
@@ -341,3 +317,54 @@ def _load_yolo(name: str, val_fraction: float, seed: int) -> DetectionData:
         annotations=report,
         checksum=_file_checksum([yaml_path]),
     )
+
+
+def _user_path(name: str) -> Path:
+    path = Path(name.split(":", 1)[1]).expanduser()
+    if not path.exists():
+        raise DatasetError(f"{name}: {path} does not exist")
+    return path
+
+
+# The detection datasets, in the one registry (each loader: (name, *, val_fraction, seed)).
+registry.register(
+    registry.Entry(
+        DIGITS,
+        "detect",
+        "detection: generated scenes of MNIST digits (1-6 per 128x128 canvas), COCO JSON",
+        lambda name, *, val_fraction, seed: _load_digits(name),
+        _digits_folder,
+        kind="family",
+    )
+)
+registry.register(
+    registry.Entry(
+        "coco128",
+        "detect",
+        "detection: 128 COCO train2017 images (+128 val2017 as test), 80 classes",
+        lambda name, *, val_fraction, seed: _load_coco128(val_fraction, seed),
+        lambda name: _fetch_coco128(),
+    )
+)
+registry.register(
+    registry.Entry(
+        COCO_PREFIX,
+        "detect",
+        "detection: your own COCO instances JSON",
+        lambda name, *, val_fraction, seed: _load_coco_file(name, val_fraction, seed),
+        _user_path,
+        kind="prefix",
+        shown="coco:PATH.json",
+    )
+)
+registry.register(
+    registry.Entry(
+        YOLO_PREFIX,
+        "detect",
+        "detection: your own YOLO dataset (data.yaml and its folders)",
+        lambda name, *, val_fraction, seed: _load_yolo(name, val_fraction, seed),
+        _user_path,
+        kind="prefix",
+        shown="yolo:PATH",
+    )
+)

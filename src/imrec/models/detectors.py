@@ -33,12 +33,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imrec.models.registry import coerce_options, fitting_tensors
+from imrec.models.registry import (
+    builder,
+    coerce_options,
+    fitting_tensors,
+    list_models,
+    model_options,
+    model_task,
+    register_model,
+)
 from imrec.models.weights import download_state_dict, is_weights_file, torchvision_weights
-
-_DETECTORS: dict[str, Callable[..., Detector]] = {}
-_DESCRIPTIONS: dict[str, str] = {}
-_FIXED = ("num_classes", "in_channels", "input_size", "mean", "std", "progress")
 
 
 class Detector(nn.Module):
@@ -66,21 +70,13 @@ class Detector(nn.Module):
 
 
 def register_detector(name: str, description: str) -> Callable:
-    """Decorator adding a detector builder under ``name``; a duplicate name raises."""
-
-    def wrap(fn: Callable[..., Detector]) -> Callable[..., Detector]:
-        if name in _DETECTORS:
-            raise ValueError(f"detector {name!r} is already registered")
-        _DETECTORS[name] = fn
-        _DESCRIPTIONS[name] = description
-        return fn
-
-    return wrap
+    """Decorator adding a detector builder under ``name`` to the one model registry."""
+    return register_model(name, description, task="detect")
 
 
 def list_detectors() -> dict[str, str]:
     """Registered detector names mapped to a one-line description."""
-    return dict(sorted(_DESCRIPTIONS.items()))
+    return list_models("detect")
 
 
 def detector_options(name: str) -> dict[str, object]:
@@ -90,14 +86,16 @@ def detector_options(name: str) -> dict[str, object]:
         >>> detector_options("tinydet")["width"]
         32
     """
-    if name not in _DETECTORS:
-        raise ValueError(f"unknown detector {name!r}; registered: {', '.join(sorted(_DETECTORS))}")
-    params = inspect.signature(_DETECTORS[name]).parameters.values()
-    return {p.name: p.default for p in params if p.name not in _FIXED}
+    builder(name, "detect")  # an unknown name or a classifier says so
+    return model_options(name)
 
 
 def is_detector(name: str) -> bool:
-    return name in _DETECTORS
+    """Whether ``name`` is registered as a detection model."""
+    try:
+        return model_task(name) == "detect"
+    except ValueError:
+        return False
 
 
 def create_detector(
@@ -132,9 +130,10 @@ def create_detector(
         raise ValueError(f"detector {name!r}: num_classes must be >= 1, got {num_classes}")
     mean = list(mean) if mean is not None else [0.5] * in_channels
     std = list(std) if std is not None else [0.25] * in_channels
-    if "progress" in inspect.signature(_DETECTORS[name]).parameters:
+    build = builder(name, "detect")
+    if "progress" in inspect.signature(build).parameters:
         kwargs["progress"] = progress
-    return _DETECTORS[name](
+    return build(
         num_classes=num_classes,
         in_channels=in_channels,
         input_size=tuple(input_size),

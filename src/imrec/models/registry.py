@@ -1,38 +1,86 @@
-"""A plain model registry: ``register_model`` / ``list_models`` / ``create_model``."""
+"""One plain model registry for every task: ``register_model`` / ``list_models`` and the
+option handling that ``create_model`` and ``create_detector`` share.
+
+Each entry declares its task: ``"classify"`` (a :class:`~imrec.models.base.Classifier`
+builder) or ``"detect"`` (a :class:`~imrec.models.detectors.Detector` builder).
+``tv:NAME`` and ``timm:NAME`` are classifiers too.
+"""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch  # noqa: F401  (the doctest uses it)
 from torch import nn
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
-_DESCRIPTIONS: dict[str, str] = {}
+TASKS = ("classify", "detect")
+EXTERNAL_PREFIXES = ("tv:", "timm:")  # classifiers from torchvision and timm by name
 
 
-def register_model(name: str, description: str = "") -> Callable:
-    """Decorator that adds a model builder under ``name``; a duplicate name raises."""
+@dataclass(frozen=True)
+class ModelEntry:
+    builder: Callable[..., nn.Module]
+    description: str
+    task: str
+
+
+_MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, description: str = "", task: str = "classify") -> Callable:
+    """Decorator that adds a model builder under ``name`` for ``task``; a duplicate name raises."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _MODELS:
             raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = fn
-        _DESCRIPTIONS[name] = description or next(iter((fn.__doc__ or "").strip().splitlines()), "")
+        text = description or next(iter((fn.__doc__ or "").strip().splitlines()), "")
+        _MODELS[name] = ModelEntry(fn, text, task)
         return fn
 
     return wrap
 
 
-def list_models() -> dict[str, str]:
-    """Registered model names mapped to a one-line description."""
-    return dict(sorted(_DESCRIPTIONS.items()))
+def list_models(task: str = "classify") -> dict[str, str]:
+    """Registered model names of ``task`` mapped to a one-line description.
+
+    Example:
+        >>> "cnn" in list_models() and "tinydet" in list_models("detect")
+        True
+    """
+    return dict(sorted((n, e.description) for n, e in _MODELS.items() if e.task == task))
+
+
+def model_task(name: str) -> str:
+    """The task of a registered model (``tv:`` and ``timm:`` models classify).
+
+    Example:
+        >>> model_task("cnn"), model_task("tinydet"), model_task("tv:resnet18")
+        ('classify', 'detect', 'classify')
+    """
+    if name.startswith(EXTERNAL_PREFIXES):
+        return "classify"
+    return _entry(name).task
+
+
+def _entry(name: str, task: str | None = None) -> ModelEntry:
+    entry = _MODELS.get(name)
+    if entry is not None and (task is None or entry.task == task):
+        return entry
+    if entry is not None:
+        raise ValueError(
+            f"{name!r} is a {entry.task} model, not a {task} one; see `imrec models --task {task}`"
+        )
+    raise ValueError(_unknown_model_message(name, task))
 
 
 # ---- create_model ---------------------------------------------------------------------
 
-_FIXED_ARGS = ("num_classes", "in_channels", "input_size")
+# Arguments every builder of a task takes, which are not user options.
+_FIXED_ARGS = ("num_classes", "in_channels", "input_size", "mean", "std", "progress")
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
 
 
@@ -43,19 +91,24 @@ def model_options(name: str) -> dict[str, object]:
         >>> model_options("mlp")
         {'hidden': 64, 'dropout': 0.2}
     """
-    if name not in _MODELS:
-        raise ValueError(_unknown_model_message(name))
-    params = inspect.signature(_MODELS[name]).parameters.values()
+    params = inspect.signature(_entry(name).builder).parameters.values()
     return {p.name: p.default for p in params if p.name not in _FIXED_ARGS}
 
 
-def _unknown_model_message(name: str) -> str:
-    names = ", ".join(sorted(_MODELS))
+def _unknown_model_message(name: str, task: str | None = None) -> str:
+    names = ", ".join(sorted(n for n, e in _MODELS.items() if task is None or e.task == task))
+    if task == "detect":
+        return f"unknown detector {name!r}; registered: {names}"
     return (
         f"unknown model {name!r}; registered models: {names}; "
         "any torchvision classifier works as tv:<name> (e.g. tv:resnet18), "
         "any timm model as timm:<name> (needs `pip install timm`)"
     )
+
+
+def builder(name: str, task: str) -> Callable[..., nn.Module]:
+    """The builder registered as ``name`` for ``task`` (an error names the right task)."""
+    return _entry(name, task).builder
 
 
 def _coerce(model: str, key: str, value: object, default: object) -> object:
@@ -105,12 +158,9 @@ def build_registered(
     name: str, *, num_classes: int, in_channels: int, input_size: tuple[int, int], **options
 ) -> nn.Module:
     """Call the builder registered as ``name`` after checking its options."""
-    if name not in _MODELS:
-        raise ValueError(_unknown_model_message(name))
+    build = builder(name, "classify")
     kwargs = parse_options(name, options)
-    return _MODELS[name](
-        num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs
-    )
+    return build(num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs)
 
 
 # Options that only say where a model's starting weights come from. A trained checkpoint

@@ -409,10 +409,21 @@ def cmd_explain(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="imrec", description="Train, evaluate and use image classifiers."
+        prog="imrec",
+        description="Train, evaluate, export and serve image classifiers and object detectors.",
     )
     sub = p.add_subparsers(dest="command", required=True)
 
+    _data_commands(sub)
+    _models_command(sub)
+    _train_command(sub)
+    _eval_predict_commands(sub)
+    _ship_commands(sub)
+    return p
+
+
+def _data_commands(sub) -> None:
+    """``imrec data list|get|show|convert``."""
     data = sub.add_parser("data", help="list, download and look at datasets").add_subparsers(
         dest="data_command", required=True
     )
@@ -449,10 +460,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     c.set_defaults(func=cmd_data_convert)
 
+
+def _models_command(sub) -> None:
+    """``imrec models``."""
     m = sub.add_parser("models", help="the registered models (classifiers and detectors)")
     m.add_argument("--task", choices=["classify", "detect"], help="list only this task's models")
     m.set_defaults(func=cmd_models)
 
+
+def _train_command(sub) -> None:
+    """``imrec train``: its optimisation flags come from :class:`TrainConfig`."""
     t = sub.add_parser(
         "train",
         help="train a classifier or a detector",
@@ -501,6 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
     _data_flags(t)
     t.set_defaults(func=cmd_train)
 
+
+def _eval_predict_commands(sub) -> None:
+    """``imrec eval`` and ``imrec predict``."""
     e = sub.add_parser("eval", help="evaluate a run's best checkpoint on the test split")
     e.add_argument("run_dir")
     e.add_argument("--data", help="another dataset with the same classes (e.g. folder:PATH)")
@@ -521,6 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="export bundles: which runtime predicts")  # fmt: skip
     pr.set_defaults(func=cmd_predict)
 
+
+def _ship_commands(sub) -> None:
+    """``imrec export``, ``imrec serve`` and ``imrec explain``."""
     ex = sub.add_parser("export", help="write a run's model as a bundle: ONNX, weights, manifest")
     ex.add_argument("run_dir")
     ex.add_argument("--out", metavar="BUNDLE", help="bundle folder (default: RUN_DIR/bundle)")
@@ -550,7 +573,6 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--target", help="explain this class (name or index), not the prediction")
     xp.add_argument("--device", default="cpu")
     xp.set_defaults(func=cmd_explain)
-    return p
 
 
 def config_flags(p: argparse.ArgumentParser, cls) -> None:

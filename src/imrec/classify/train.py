@@ -34,7 +34,7 @@ from imrec.engine import distributed
 from imrec.engine.distributed import World
 from imrec.engine.graphs import GraphedStep
 from imrec.engine.loop import Trainer, check_new_run
-from imrec.engine.optim import lr_factor, set_lr
+from imrec.engine.optim import lr_factor
 from imrec.engine.placement import (
     STATS_SAMPLE,
     StreamLoader,
@@ -295,6 +295,31 @@ class ClassifyTrainer(Trainer):
         Nothing in here waits for the GPU (no ``.item()``, no copies from pageable memory), so
         the host queues steps ahead of the device; the sums stay on the device.
         """
+        model, frozen, order, aug_gen = self._begin_epoch(epoch)
+        sums = _EpochSums(self.device, self._graphed_step(model, frozen))
+        streamed = self._stream(order, self.world) if self.placement == "stream" else None
+        live = LiveStats() if bar is not None else None
+        t0 = time.perf_counter()
+        for i in range(self.steps_per_epoch):
+            idx, batch = self._batch_indices(order, i)
+            self.schedule_lr(epoch * self.steps_per_epoch + i)
+            if sums.graphed is not None and batch == self.run.train.batch_size:
+                shape = (batch, *self.train_images.shape[1:])
+                draws = self.augment.draw(shape, aug_gen) if self.augment else {}
+                sums.graphed.run(idx, draws)
+                sums.seen += batch
+            else:
+                xb, yb = self._batch(idx, streamed, aug_gen)
+                loss, logits = self.step(model, xb, yb, len(idx), batch)
+                sums.add(loss, logits, yb)
+            if live is not None:
+                live.update(bar, i, self.steps_per_epoch, sums.running, sums.seen, t0)
+        loss_sum, correct = sums.running()
+        return loss_sum, correct, sums.seen
+
+    def _begin_epoch(self, epoch: int):
+        """Seed the epoch, set what trains, and draw its order: ``(model, frozen, order,
+        augmentation generator)``; ``model`` is what takes the steps (see _step_module)."""
         t, world = self.run.train, self.world
         gen = torch.Generator().manual_seed(epoch_seed(t.seed, epoch))
         torch.manual_seed(epoch_seed(t.seed, epoch) + 1)  # dropout and other global draws
@@ -303,58 +328,30 @@ class ClassifyTrainer(Trainer):
             p.requires_grad_(not frozen or name.startswith("head."))
         model = self._step_module(frozen)
         model.train()
-        n = len(self.train_labels)
         # The same permutation on every rank: each takes its part of every batch.
-        order = to_device(torch.randperm(n, generator=gen), self.train_images.device)
-        aug_gen = gen
+        order = torch.randperm(len(self.train_labels), generator=gen)
+        order = to_device(order, self.train_images.device)
         if world.size > 1:
-            aug_gen = torch.Generator().manual_seed(rank_seed(t.seed, epoch, world.rank))
+            gen = torch.Generator().manual_seed(rank_seed(t.seed, epoch, world.rank))
             torch.manual_seed(rank_seed(t.seed, epoch, world.rank) + 1)
-        total = t.epochs * self.steps_per_epoch
-        warmup = round(t.warmup_epochs * self.steps_per_epoch)
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
-        graphed = self._graphed_step(model, frozen)
+        return model, frozen, order, gen
 
-        def running() -> tuple[torch.Tensor, torch.Tensor]:
-            """The epoch's loss sum and correct count so far (eager and recorded steps)."""
-            if graphed is None:
-                return loss_sum, correct
-            return loss_sum + graphed.loss_sum, correct + graphed.correct
+    def _batch_indices(self, order: torch.Tensor, i: int) -> tuple[torch.Tensor, int]:
+        """Batch ``i`` of the epoch: this rank's indices and the global batch's size."""
+        size = self.run.train.batch_size
+        idx = order[i * size : (i + 1) * size]
+        batch = len(idx)
+        return (rank_batch(idx, self.world) if self.world.size > 1 else idx), batch
 
-        streamed = self._stream(order, world) if self.placement == "stream" else None
-        live = LiveStats() if bar is not None else None
-        t0 = time.perf_counter()
-        for i in range(self.steps_per_epoch):
-            step = epoch * self.steps_per_epoch + i
-            idx = order[i * t.batch_size : (i + 1) * t.batch_size]
-            batch = len(idx)
-            if world.size > 1:
-                idx = rank_batch(idx, world)
-            set_lr(self.optimizer, t.lr * lr_factor(step, total, warmup, t.schedule))
-            if graphed is not None and batch == t.batch_size:
-                shape = (batch, *self.train_images.shape[1:])
-                graphed.run(idx, self.augment.draw(shape, aug_gen) if self.augment else {})
-                seen += batch
-                if live is not None:
-                    live.update(bar, i, self.steps_per_epoch, running, seen, t0)
-                continue
-            if streamed is not None:  # decoded by the workers, already page-locked on a GPU
-                images, yb = next(streamed)
-            else:
-                images, yb = self.train_images[idx], self.train_labels[idx]
-            if images.device != self.device:  # host placement: one async copy per batch
-                images, yb = to_device(images, self.device), to_device(yb, self.device)
-            xb = self.batcher(images, self.augment, aug_gen)  # (B, C, H, W)
-            loss, logits = self.step(model, xb, yb, len(idx), batch)
-            loss_sum += loss * len(idx)
-            correct += (logits.argmax(1) == yb).sum()
-            seen += len(idx)
-            if live is not None:
-                live.update(bar, i, self.steps_per_epoch, running, seen, t0)
-        loss_sum, correct = running()
-        return loss_sum, correct, seen
+    def _batch(self, idx: torch.Tensor, streamed, generator):
+        """The batch's normalised, augmented images ``(B, C, H, W)`` and labels on the device."""
+        if streamed is not None:  # decoded by the workers, already page-locked on a GPU
+            images, yb = next(streamed)
+        else:
+            images, yb = self.train_images[idx], self.train_labels[idx]
+        if images.device != self.device:  # host placement: one async copy per batch
+            images, yb = to_device(images, self.device), to_device(yb, self.device)
+        return self.batcher(images, self.augment, generator), yb
 
     def loss(self, model, xb: torch.Tensor, yb: torch.Tensor):
         """Cross-entropy (class weights, label smoothing) and the detached logits."""
@@ -457,3 +454,23 @@ def train(
     """
     check_new_run(run_dir)
     return ClassifyTrainer(run, run_dir, progress=progress, data=data).fit()
+
+
+class _EpochSums:
+    """An epoch's loss sum and correct count on the device, from eager and recorded steps."""
+
+    def __init__(self, device: torch.device, graphed: GraphedStep | None):
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.graphed, self.seen = graphed, 0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss_sum += loss * len(labels)
+        self.correct += (logits.argmax(1) == labels).sum()
+        self.seen += len(labels)
+
+    def running(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sums so far (the recorded steps keep theirs in the graph's own buffers)."""
+        if self.graphed is None:
+            return self.loss_sum, self.correct
+        return self.loss_sum + self.graphed.loss_sum, self.correct + self.graphed.correct

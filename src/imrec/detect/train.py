@@ -31,7 +31,6 @@ from imrec.detect.augment import (
 from imrec.detect.evaluate import detect_split, finish_detection_run, preload
 from imrec.engine import distributed
 from imrec.engine.loop import Trainer, check_new_run
-from imrec.engine.optim import lr_factor, set_lr
 from imrec.engine.placement import epoch_seed, rank_batch, rank_seed
 from imrec.models.detectors import TinyDet, create_detector, is_detector, load_matching
 
@@ -214,53 +213,18 @@ class DetectionTrainer(Trainer):
         }
 
     def train_epoch(self, epoch: int) -> dict:
-        t, model = self.run.train, self.model
-        seed = epoch_seed(t.seed, epoch)
-        torch.manual_seed(seed + 1)  # the transforms' random draws
-        frozen = epoch < t.freeze_epochs
-        for name, p in model.named_parameters():
-            p.requires_grad_(not (frozen and model.is_backbone(name)))
-        model.train()
-        world = self.world
-        losses = self._losses_module(frozen)
-        if world.size == 1:
-            loader = torch.utils.data.DataLoader(
-                self.train_set,
-                batch_size=t.batch_size,
-                shuffle=True,
-                generator=torch.Generator().manual_seed(seed),
-                collate_fn=collate,
-                num_workers=0,
-            )
-        else:
-            # One permutation on every rank; each takes its share of every global batch, and
-            # draws its own augmentation.
-            order = torch.randperm(
-                len(self.train_set), generator=torch.Generator().manual_seed(seed)
-            )
-            shares = [
-                rank_batch(order[i * t.batch_size : (i + 1) * t.batch_size], world).tolist()
-                for i in range(self.steps_per_epoch)
-            ]
-            torch.manual_seed(rank_seed(t.seed, epoch, world.rank) + 1)
-            loader = torch.utils.data.DataLoader(
-                self.train_set, batch_sampler=shares, collate_fn=collate, num_workers=0
-            )
-        total = t.epochs * self.steps_per_epoch
-        warmup = round(t.warmup_epochs * self.steps_per_epoch)
+        """One pass over the training scenes, then validation; returns the epoch's metrics row."""
+        losses, loader = self._begin_epoch(epoch)
         sums: dict[str, float] = {}
         seen, t0 = 0, time.perf_counter()
         bar = self._bar(epoch)
         factor = 1.0
         for i, (images, targets) in enumerate(loader):
-            step = epoch * self.steps_per_epoch + i
-            x = images.to(self.device, non_blocking=True).float().div_(255)  # (B, C, S, S)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            targets = [{k: v.to(self.device) for k, v in tg.items()} for tg in targets]
-            factor = lr_factor(step, total, warmup, t.schedule)
-            set_lr(self.optimizer, t.lr * factor)
-            batch = min(t.batch_size, len(self.train_set) - i * t.batch_size)
+            x, targets = self._on_device(images, targets)
+            factor = self.schedule_lr(epoch * self.steps_per_epoch + i)
+            batch = min(
+                self.run.train.batch_size, len(self.train_set) - i * self.run.train.batch_size
+            )
             loss, parts = self.step(losses, x, targets, len(images), batch)
             if not torch.isfinite(loss):
                 raise TrainError(
@@ -278,30 +242,78 @@ class DetectionTrainer(Trainer):
                         img_s=f"{seen / (time.perf_counter() - t0):.0f}",
                     )
         train_time = time.perf_counter() - t0
-        if world.size > 1:  # the sums and the count over all ranks
-            keys = sorted(sums)
-            *values, seen = distributed.sum_over_ranks(
-                [sums[k] for k in keys] + [seen], self.device
-            )
-            sums, seen = dict(zip(keys, values, strict=True)), int(seen)
+        if self.world.size > 1:
+            sums, seen = self._reduce_sums(sums, seen)
         val = self.validate()
         seconds = time.perf_counter() - t0
         self.train_seconds += seconds
         if bar is not None:
             bar.set_postfix(loss=f"{sums['loss'] / max(seen, 1):.4f}", val_map=f"{val['map']:.4f}")
             bar.close()
-        row = {
+        return self._row(epoch, sums, seen, val, factor, seconds, train_time)
+
+    def _begin_epoch(self, epoch: int):
+        """Seed the epoch, set what trains; ``(what computes the losses, the batch loader)``.
+
+        One process shuffles with a seeded DataLoader. Under torchrun every rank draws one
+        permutation and takes its share of every global batch, with its own augmentation.
+        """
+        t, model, world = self.run.train, self.model, self.world
+        seed = epoch_seed(t.seed, epoch)
+        torch.manual_seed(seed + 1)  # the transforms' random draws
+        frozen = epoch < t.freeze_epochs
+        for name, p in model.named_parameters():
+            p.requires_grad_(not (frozen and model.is_backbone(name)))
+        model.train()
+        losses = self._losses_module(frozen)
+        if world.size == 1:
+            loader = torch.utils.data.DataLoader(
+                self.train_set,
+                batch_size=t.batch_size,
+                shuffle=True,
+                generator=torch.Generator().manual_seed(seed),
+                collate_fn=collate,
+                num_workers=0,
+            )
+            return losses, loader
+        order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(seed))
+        shares = [
+            rank_batch(order[i * t.batch_size : (i + 1) * t.batch_size], world).tolist()
+            for i in range(self.steps_per_epoch)
+        ]
+        torch.manual_seed(rank_seed(t.seed, epoch, world.rank) + 1)
+        loader = torch.utils.data.DataLoader(
+            self.train_set, batch_sampler=shares, collate_fn=collate, num_workers=0
+        )
+        return losses, loader
+
+    def _on_device(self, images: torch.Tensor, targets: list[dict]):
+        """uint8 scenes as 0-1 floats ``(B, C, S, S)`` and their targets, on the device."""
+        x = images.to(self.device, non_blocking=True).float().div_(255)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, [{k: v.to(self.device) for k, v in tg.items()} for tg in targets]
+
+    def _reduce_sums(self, sums: dict[str, float], seen: int) -> tuple[dict[str, float], int]:
+        """The loss sums and the image count over all ranks (one collective)."""
+        keys = sorted(sums)
+        *values, seen = distributed.sum_over_ranks([sums[k] for k in keys] + [seen], self.device)
+        return dict(zip(keys, values, strict=True)), int(seen)
+
+    def _row(self, epoch, sums, seen, val, factor, seconds, train_time) -> dict:
+        """The epoch's line in ``metrics.jsonl``."""
+        n = max(seen, 1)
+        return {
             "epoch": epoch + 1,
-            "train_loss": round(sums.get("loss", 0.0) / max(seen, 1), 6),
-            **{f"train_{k}": round(v / max(seen, 1), 6) for k, v in sums.items() if k != "loss"},
+            "train_loss": round(sums.get("loss", 0.0) / n, 6),
+            **{f"train_{k}": round(v / n, 6) for k, v in sums.items() if k != "loss"},
             "val_map": val["map"],
             "val_map50": val["map50"],
-            "lr": round(t.lr * factor, 8),
+            "lr": round(self.run.train.lr * factor, 8),
             "seconds": round(seconds, 3),
             "train_seconds": round(train_time, 3),
             "images_per_second": round(seen / train_time, 1),
         }
-        return row
 
     def _losses_module(self, frozen: bool) -> Callable[..., dict[str, torch.Tensor]]:
         """What computes the losses: the detector's ``losses``, through DDP under torchrun.

@@ -30,7 +30,14 @@ from imrec.core.errors import TrainError
 from imrec.engine import distributed
 from imrec.engine.distributed import World
 from imrec.engine.ema import ModelEma
-from imrec.engine.optim import cpu_has_bf16, make_optimizer, pick_device, restore_optimizer_mode
+from imrec.engine.optim import (
+    cpu_has_bf16,
+    lr_factor,
+    make_optimizer,
+    pick_device,
+    restore_optimizer_mode,
+    set_lr,
+)
 
 STATE_FILE = "state.safetensors"
 
@@ -132,6 +139,15 @@ class Trainer:
         raise NotImplementedError
 
     # -- the step --
+
+    def schedule_lr(self, step: int) -> float:
+        """Set the learning rate of global step ``step`` of the run; return its factor."""
+        t = self.run.train
+        total = t.epochs * self.steps_per_epoch
+        warmup = round(t.warmup_epochs * self.steps_per_epoch)
+        factor = lr_factor(step, total, warmup, t.schedule)
+        set_lr(self.optimizer, t.lr * factor)
+        return factor
 
     def step(
         self,

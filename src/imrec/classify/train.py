@@ -103,6 +103,7 @@ class ClassifyTrainer(Trainer):
         >>> report = Trainer(cfg, "runs/digits").fit()  # doctest: +SKIP
     """
 
+    task = "classify"
     monitor = "val_accuracy"
 
     def __init__(
@@ -218,30 +219,17 @@ class ClassifyTrainer(Trainer):
 
     # -- checkpoints --
 
-    def meta(self, epoch: int, metrics: dict) -> dict:
-        from imrec.core.version import __version__
-
-        d, r = self.data, self.run
+    def input_meta(self) -> dict:
+        d = self.data
         return {
-            "imrec_version": __version__,
-            "task": "classify",
-            "model": dataclasses.asdict(r.model),
-            "classes": d.classes,
-            "input": {
-                "size": list(d.input_size),
-                "channels": d.channels,
-                "mean": self.mean,
-                "std": self.std,
-            },
-            "domain": d.domain,
-            "ink": d.ink,
-            "dataset": d.name,
-            "dataset_checksum": d.checksum,
-            "epoch": epoch,
-            "metrics": metrics,
+            "size": list(d.input_size),
+            "channels": d.channels,
+            "mean": self.mean,
+            "std": self.std,
         }
 
-    # -- the loop --
+    def domain_meta(self) -> dict:
+        return {"domain": self.data.domain, "ink": self.data.ink}
 
     def finish(self) -> dict:
         """Measure the best checkpoint on val and test and write the report."""

@@ -115,6 +115,7 @@ class DetectionTrainer(Trainer):
         >>> DetectionTrainer(cfg, "runs/dd").fit()  # doctest: +SKIP
     """
 
+    task = "detect"
     monitor = "val_map"
     # Variable numbers of boxes per image: the step is never recorded as a CUDA graph.
     capturable_optimizer = False
@@ -188,29 +189,18 @@ class DetectionTrainer(Trainer):
         n, skipped = load_matching(self.model, weights)
         self.init_note = f"initialised from {source} ({n} tensors; {len(skipped)} replaced)"
 
-    def meta(self, epoch: int, metrics: dict) -> dict:
-        from imrec.core.version import __version__
-
-        d, r = self.data, self.run
+    def input_meta(self) -> dict:
         return {
-            "imrec_version": __version__,
-            "task": "detect",
-            "model": dataclasses.asdict(r.model),
-            "classes": d.classes,
-            "input": {
-                "size": [self.size, self.size],
-                "channels": d.channels,
-                "mean": self.mean,
-                "std": self.std,
-                "resize": "letterbox",
-                "fill": letter_fill(self.domain),
-            },
-            "domain": self.domain,
-            "dataset": d.name,
-            "dataset_checksum": d.checksum,
-            "epoch": epoch,
-            "metrics": metrics,
+            "size": [self.size, self.size],
+            "channels": self.data.channels,
+            "mean": self.mean,
+            "std": self.std,
+            "resize": "letterbox",
+            "fill": letter_fill(self.domain),
         }
+
+    def domain_meta(self) -> dict:
+        return {"domain": self.domain}
 
     def train_epoch(self, epoch: int) -> dict:
         """One pass over the training scenes, then validation; returns the epoch's metrics row."""

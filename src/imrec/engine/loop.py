@@ -8,6 +8,7 @@ permutation and takes its share of each batch: ``batch_size`` stays the global b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from imrec.core.checkpoint import (
     unflatten_optimizer,
 )
 from imrec.core.errors import TrainError
+from imrec.core.version import __version__
 from imrec.engine import distributed
 from imrec.engine.distributed import World
 from imrec.engine.ema import ModelEma
@@ -86,6 +88,7 @@ class Trainer:
     validation number that picks the best checkpoint and early stops.
     """
 
+    task = "classify"
     monitor = "val_accuracy"
     world = World()  # a single process unless torchrun started this one
     # Adam/AdamW fused and capturable on a GPU (learning rates in device tensors), as CUDA
@@ -133,6 +136,30 @@ class Trainer:
     def _init_from(self, source: str) -> None:
         """Load the weights of ``--init`` that fit this run's network."""
         raise NotImplementedError
+
+    def input_meta(self) -> dict:
+        """What the network takes: size, channels, normalisation (and how images are resized)."""
+        raise NotImplementedError
+
+    def domain_meta(self) -> dict:
+        """The data's domain (and, for handwriting, its ink statistics)."""
+        raise NotImplementedError
+
+    def meta(self, epoch: int, metrics: dict) -> dict:
+        """The metadata saved with each checkpoint: enough to rebuild and use the model."""
+        d, r = self.data, self.run
+        return {
+            "imrec_version": __version__,
+            "task": self.task,
+            "model": dataclasses.asdict(r.model),
+            "classes": d.classes,
+            "input": self.input_meta(),
+            **self.domain_meta(),
+            "dataset": d.name,
+            "dataset_checksum": d.checksum,
+            "epoch": epoch,
+            "metrics": metrics,
+        }
 
     def loss(self, model, inputs, targets) -> tuple[torch.Tensor, object]:
         """The mean loss of one batch and the (detached) outputs to keep score with."""

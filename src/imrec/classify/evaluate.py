@@ -158,12 +158,29 @@ def evaluate_run(
 
     run_dir = Path(run_dir)
     model, meta = load_model(run_dir, device)
-    cfg = (
-        json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-        if (run_dir / "config.json").is_file()
-        else {}
-    )
     name = data or meta["dataset"]
+    dataset = _load_for_model(name, meta, _run_config(run_dir))
+    split = _align_classes(dataset, meta["classes"])
+    batcher = Batcher.from_stats(meta["input"]["mean"], meta["input"]["std"], device)
+    out_dir = _eval_dir(run_dir, name, meta["dataset"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics, timing = measure(
+        model, split, meta["classes"], batcher, out_dir, batch_size=batch_size
+    )
+    report = _eval_report(out_dir, name, dataset, meta, metrics, timing)
+    write_report(out_dir, report)
+    report["report_dir"] = str(out_dir)  # the run folder, or its eval-<name>/ for other data
+    return report
+
+
+def _run_config(run_dir: Path) -> dict:
+    """The run's saved config, or ``{}`` for a run folder without ``config.json``."""
+    path = run_dir / "config.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _load_for_model(name: str, meta: dict, cfg: dict) -> ClassificationData:
+    """Dataset ``name`` for the model: its own loaded as the run did, another at its input."""
     inp = meta["input"]
     if name == meta["dataset"]:  # the way the run loaded it (its size and channel overrides)
         d = cfg.get("data", {})
@@ -177,17 +194,20 @@ def evaluate_run(
         raise ValueError(
             f"{name} images are {dataset.channels}x{list(dataset.input_size)}, the model takes {inp['channels']}x{inp['size']}"
         )
-    split = _align_classes(dataset, meta["classes"])
-    batcher = Batcher.from_stats(inp["mean"], inp["std"], device)
-    out_dir = (
-        run_dir
-        if name == meta["dataset"]
-        else run_dir / f"eval-{name.replace('folder:', '').strip('/').replace('/', '_')}"
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metrics, timing = measure(
-        model, split, meta["classes"], batcher, out_dir, batch_size=batch_size
-    )
+    return dataset
+
+
+def _eval_dir(run_dir: Path, name: str, own_dataset: str) -> Path:
+    """The run folder for its own dataset, else ``eval-<name>/`` inside it."""
+    if name == own_dataset:
+        return run_dir
+    return run_dir / f"eval-{name.replace('folder:', '').strip('/').replace('/', '_')}"
+
+
+def _eval_report(
+    out_dir: Path, name: str, dataset: ClassificationData, meta: dict, metrics: dict, timing: dict
+) -> dict:
+    """The report already in ``out_dir`` (a training report, say), updated with this evaluation."""
     report_path = out_dir / "report.json"
     report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else {}
     report.update(
@@ -197,7 +217,7 @@ def evaluate_run(
             "model": meta["model"]["name"],
             "split": dataset.split_note,
             "classes": meta["classes"],
-            "input": inp,
+            "input": meta["input"],
             "skipped": dataset.skipped,
             "test": metrics,
             "timing": timing,
@@ -206,6 +226,4 @@ def evaluate_run(
     )
     report.setdefault("task", "classify")
     report.setdefault("train_seconds", None)
-    write_report(out_dir, report)
-    report["report_dir"] = str(out_dir)  # the run folder, or its eval-<name>/ for other data
     return report

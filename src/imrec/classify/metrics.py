@@ -56,22 +56,16 @@ def classification_metrics(
     if len(classes) != k or len(set(classes)) != k:
         raise ValueError(f"need {k} distinct class names, got {len(classes)}: {classes!r}")
 
-    preds = log_probs.argmax(dim=1).numpy()
-    y = labels.numpy()
-    confusion = np.bincount(y * k + preds, minlength=k * k).reshape(k, k)
+    confusion = _confusion(log_probs, labels)
     precision, recall, f1, support = _per_class_scores(confusion)
     present = support > 0  # macro averages run over the classes this split contains
-
     top_k = min(5, k)
-    top = log_probs.topk(top_k, dim=1).indices  # (N, top_k)
-    in_top = (top == labels[:, None]).any(dim=1)
-
     conf, correct = _confidence(log_probs, labels)
     nll = -log_probs.gather(1, labels[:, None]).double().mean()
     return {
         "n": n,
         "accuracy": _round(np.trace(confusion) / n),
-        "top5": _round(in_top.double().mean()),
+        "top5": _round(_top_k_accuracy(log_probs, labels, top_k)),
         "top_k": top_k,
         "macro_f1": _round(f1[present].mean()),
         "macro_precision": _round(precision[present].mean()),
@@ -79,15 +73,7 @@ def classification_metrics(
         "weighted_f1": _round((f1 * support).sum() / n),
         "ece": _round(_ece(*_bin_stats(conf, correct, ece_bins), n)),
         "nll": _round(nll),
-        "per_class": {
-            name: {
-                "precision": _round(precision[i]),
-                "recall": _round(recall[i]),
-                "f1": _round(f1[i]),
-                "support": int(support[i]),
-            }
-            for i, name in enumerate(classes)
-        },
+        "per_class": _per_class_report(classes, precision, recall, f1, support),
         "confusion": confusion.tolist(),
     }
 
@@ -200,6 +186,32 @@ def _bin_stats(
 def _ece(count: np.ndarray, conf_sum: np.ndarray, correct_sum: np.ndarray, n: int) -> float:
     # sum_b (n_b / N) * |acc_b - conf_b| == sum_b |correct_b - conf_sum_b| / N
     return float(np.abs(correct_sum - conf_sum).sum() / n)
+
+
+def _confusion(log_probs: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """``(K, K)`` counts of the argmax predictions, rows = true class, columns = predicted."""
+    k = log_probs.shape[1]
+    preds = log_probs.argmax(dim=1).numpy()
+    return np.bincount(labels.numpy() * k + preds, minlength=k * k).reshape(k, k)
+
+
+def _top_k_accuracy(log_probs: torch.Tensor, labels: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Fraction of samples whose true class is among the ``top_k`` most probable."""
+    top = log_probs.topk(top_k, dim=1).indices  # (N, top_k)
+    return (top == labels[:, None]).any(dim=1).double().mean()
+
+
+def _per_class_report(classes: list[str], precision, recall, f1, support) -> dict:
+    """``{name: {precision, recall, f1, support}}`` in class order, rounded for JSON."""
+    return {
+        name: {
+            "precision": _round(precision[i]),
+            "recall": _round(recall[i]),
+            "f1": _round(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(classes)
+    }
 
 
 def _per_class_scores(confusion: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -110,42 +110,64 @@ def save_class_grid(
         ...                 "mnist.png", per_class=8)  # doctest: +SKIP
     """
     arr = plots.shrink(plots.to_numpy(images), 96)
+    labels = _grid_labels(labels, len(arr), classes, per_class)
+    if len(arr) == 0:
+        return plots.message("no images", path)
+    k, (height, width) = len(classes), arr.shape[1:3]
+    rows = _class_rows(arr, labels, k, per_class)
+    row_in = min(0.6, 30 / k)  # inches per row: ~100 classes still fit in a 30 in tall figure
+    col_in = row_in * width / height
+    width_in = per_class * col_in + 1.8  # the class names take 1.8 in
+    with plots.style():
+        fig = plots.figure(width_in, k * row_in + _title_height(title, width_in))
+        ax = fig.subplots()
+        plots.show(ax, plots.mosaic(rows, height, width))
+        _name_rows(ax, classes, height, row_in)
+        if title:
+            ax.set_title(_wrapped(title, width_in), fontsize=10)
+        return plots.save(fig, path)
+
+
+def _grid_labels(labels, n: int, classes: list[str], per_class: int) -> np.ndarray:
+    """The labels as an (n,) int64 array, after checking the arguments of a class grid."""
     labels = np.asarray(labels.tolist() if hasattr(labels, "tolist") else labels, dtype=np.int64)
-    if labels.shape != (len(arr),):
-        raise ValueError(f"labels has shape {labels.shape}, expected ({len(arr)},)")
+    if labels.shape != (n,):
+        raise ValueError(f"labels has shape {labels.shape}, expected ({n},)")
     if not classes or per_class < 1:
         raise ValueError(
             f"need at least one class and per_class >= 1, got {classes!r}, {per_class}"
         )
-    if len(arr) == 0:
-        return plots.message("no images", path)
-    k, (height, width) = len(classes), arr.shape[1:3]
+    return labels
+
+
+def _class_rows(arr: np.ndarray, labels: np.ndarray, k: int, per_class: int) -> list[list]:
+    """The first ``per_class`` images of each class, padded with empty (None) cells."""
     rows = [list(arr[labels == c][:per_class]) for c in range(k)]
-    rows = [row + [None] * (per_class - len(row)) for row in rows]
-    row_in = min(0.6, 30 / k)  # inches per row: ~100 classes still fit in a 30 in tall figure
-    col_in = row_in * width / height
-    with plots.style():
-        lines = 1 + len(title or "") // max(20, int((per_class * col_in + 1.8) * 7))
-        fig = plots.figure(
-            per_class * col_in + 1.8, k * row_in + (0.2 + 0.3 * lines if title else 0.2)
-        )
-        ax = fig.subplots()
-        plots.show(ax, plots.mosaic(rows, height, width))
-        ax.set_axis_on()
-        ax.set_xticks([])
-        centers = [(r + 0.5) * (height + 1) for r in range(k)]
-        fontsize = max(4.0, min(10.0, row_in * 72 * 0.5))  # half the row height, in points
-        ax.set_yticks(centers, [plots.class_label(classes, c) for c in range(k)], fontsize=fontsize)
-        ax.tick_params(left=False)
-        for side in ax.spines.values():
-            side.set_visible(False)
-        if title:
-            # Wrap a long caption to the figure's width (about 7 characters per inch at 10 pt).
-            width_in = per_class * col_in + 1.8
-            ax.set_title(
-                textwrap.fill(plots.readable(title), max(20, int(width_in * 7))), fontsize=10
-            )
-        return plots.save(fig, path)
+    return [row + [None] * (per_class - len(row)) for row in rows]
+
+
+def _title_height(title: str | None, width_in: float) -> float:
+    """Inches above the grid: a margin, plus room for the wrapped title's lines."""
+    lines = 1 + len(title or "") // max(20, int(width_in * 7))
+    return 0.2 + 0.3 * lines if title else 0.2
+
+
+def _wrapped(title: str, width_in: float) -> str:
+    """A long caption wrapped to the figure's width (about 7 characters per inch at 10 pt)."""
+    return textwrap.fill(plots.readable(title), max(20, int(width_in * 7)))
+
+
+def _name_rows(ax, classes: list[str], height: int, row_in: float) -> None:
+    """Class names as unframed y tick labels, one at the middle of each row of the mosaic."""
+    k = len(classes)
+    ax.set_axis_on()
+    ax.set_xticks([])
+    centers = [(r + 0.5) * (height + 1) for r in range(k)]
+    fontsize = max(4.0, min(10.0, row_in * 72 * 0.5))  # half the row height, in points
+    ax.set_yticks(centers, [plots.class_label(classes, c) for c in range(k)], fontsize=fontsize)
+    ax.tick_params(left=False)
+    for side in ax.spines.values():
+        side.set_visible(False)
 
 
 # ---- training curves ------------------------------------------------------------------
@@ -265,6 +287,26 @@ def save_mistakes(
     """
     arr = plots.to_numpy(images)
     n = len(arr)
+    _check_mistakes(arr, true, pred, prob, overlays)
+    if n == 0:
+        return plots.message("no mistakes", path)
+    ncol = min(8, math.ceil(math.sqrt(n)))
+    nrows = math.ceil(n / ncol)
+    tiles, band = _captioned_tiles(arr, overlays)
+    h, w = tiles.shape[1:3]
+    cells = [[tiles[i] for i in range(r * ncol, min(n, (r + 1) * ncol))] for r in range(nrows)]
+    # One image and one axes for the whole gallery: a grid of 32 axes costs seconds to lay out.
+    with plots.style():
+        fig = plots.figure(ncol * 1.7, nrows * 1.9, constrained=False)
+        ax = fig.add_axes((0.01, 0.01, 0.98, 0.98))
+        plots.show(ax, plots.mosaic(cells, h, w))
+        _caption_tiles(ax, true, pred, prob, classes, ncol, (h, w), band)
+        return plots.save(fig, path)
+
+
+def _check_mistakes(arr: np.ndarray, true, pred, prob, overlays) -> None:
+    """One true/pred/prob per image, and overlays (when given) the size of the images."""
+    n = len(arr)
     if not len(true) == len(pred) == len(prob) == n:
         raise ValueError(
             f"need one true/pred/prob per image: {n} images, "
@@ -274,32 +316,29 @@ def save_mistakes(
         raise ValueError(
             f"overlays must have shape {(n, *arr.shape[1:3])}, got {np.shape(overlays)}"
         )
-    if n == 0:
-        return plots.message("no mistakes", path)
-    ncol = min(8, math.ceil(math.sqrt(n)))
-    nrows = math.ceil(n / ncol)
+
+
+def _captioned_tiles(arr: np.ndarray, overlays) -> tuple[np.ndarray, int]:
+    """The tiles (heatmaps blended in) with a white band above each for its caption; band height."""
     tiles = plots.colour(arr) if overlays is not None or arr.ndim == 4 else arr
     if overlays is not None:
         tiles = plots.blend(tiles, np.asarray(overlays, dtype=np.float32))
-    band = max(6, round(0.5 * tiles.shape[1]))  # white space above each tile for its title
+    band = max(6, round(0.5 * tiles.shape[1]))
     pad = [(0, 0), (band, 0), (0, 0)] + [(0, 0)] * (tiles.ndim - 3)
-    tiles = np.pad(tiles, pad, constant_values=255)
-    h, w = tiles.shape[1:3]
-    cells = [[tiles[i] for i in range(r * ncol, min(n, (r + 1) * ncol))] for r in range(nrows)]
-    # One image and one axes for the whole gallery: a grid of 32 axes costs seconds to lay out.
-    with plots.style():
-        fig = plots.figure(ncol * 1.7, nrows * 1.9, constrained=False)
-        ax = fig.add_axes((0.01, 0.01, 0.98, 0.98))
-        plots.show(ax, plots.mosaic(cells, h, w))
-        for i in range(n):
-            r, c = divmod(i, ncol)
-            t, p = plots.class_label(classes, true[i]), plots.class_label(classes, pred[i])
-            ax.text(
-                1 + c * (w + 1) + w / 2,
-                1 + r * (h + 1) + band / 2,
-                f"true {t} / pred {p} ({prob[i]:.2f})",
-                ha="center",
-                va="center",
-                fontsize=7,
-            )
-        return plots.save(fig, path)
+    return np.pad(tiles, pad, constant_values=255), band
+
+
+def _caption_tiles(ax, true, pred, prob, classes, ncol: int, tile: tuple, band: int) -> None:
+    """Write ``true X / pred Y (0.97)`` in the band above each tile of the mosaic."""
+    h, w = tile
+    for i in range(len(true)):
+        r, c = divmod(i, ncol)
+        t, p = plots.class_label(classes, true[i]), plots.class_label(classes, pred[i])
+        ax.text(
+            1 + c * (w + 1) + w / 2,
+            1 + r * (h + 1) + band / 2,
+            f"true {t} / pred {p} ({prob[i]:.2f})",
+            ha="center",
+            va="center",
+            fontsize=7,
+        )

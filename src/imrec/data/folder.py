@@ -318,36 +318,10 @@ def load_folder(
     items = [(split, f, c) for split, pool in pools.items() for f, c in pool]
     keep = None if stream is False else (0 if stream else stream_threshold())
     decoded, _ = _decode_all([(f, c) for _, f, c in items], size, keep)
-
-    skipped = [
-        {"path": str(f), "reason": d}
-        for (_, f, _), d in zip(items, decoded, strict=True)
-        if isinstance(d, str)
-    ]
-    good = [
-        (s, f, c, d) for (s, f, c), d in zip(items, decoded, strict=True) if not isinstance(d, str)
-    ]
+    skipped, good = _sort_out(items, decoded)
     _check_classes(root, pools, good)
-
-    images = [d for *_, d in good]
-    side = _target_size(images, size)
-    n_channels = channels or (1 if all(d.grey for d in images) else 3)
-    streamed = any(d.pixels is None for d in images)
-    if streamed:
-        files = FileImages([f for _, f, _, _ in good], side, n_channels, size)
-        for d in images:
-            d.pixels = None  # only the file list stays
-    labels = torch.tensor([classes.index(c) for _, _, c, _ in good], dtype=torch.int64)
-    split_of = np.array([s for s, *_ in good])
-    tensor = files if streamed else _stack(images, side, n_channels)
-    train, val, test, note = _make_splits(tensor, labels, split_of, val_fraction, seed)
-    if streamed:
-        val, test = (ImageSet(s.images[:], s.labels, s.groups) for s in (val, test))
-        gib = train.images.numel() / 2**30
-        note += f"; training images streamed from their files ({gib:.1f} GiB decoded)"
-    checksum = hashlib.sha256(
-        "".join(f"{f.relative_to(root)}  {d.sha256}\n" for _, f, _, d in good).encode()
-    ).hexdigest()
+    images = _images(good, size, channels)
+    train, val, test, note = _splits(images, good, classes, val_fraction, seed)
     return ClassificationData(
         name=f"folder:{path}",
         classes=classes,
@@ -357,8 +331,58 @@ def load_folder(
         domain=domain or "photo",
         split_note=note,
         skipped=skipped,
-        checksum=checksum,
+        checksum=_checksum(root, good),
     )
+
+
+def _sort_out(items: list[tuple], decoded: list[_Decoded | str]) -> tuple[list[dict], list]:
+    """The unreadable files with their reasons, and ``(split, path, class, decoded)`` of the rest."""
+    skipped = [
+        {"path": str(f), "reason": d}
+        for (_, f, _), d in zip(items, decoded, strict=True)
+        if isinstance(d, str)
+    ]
+    good = [
+        (s, f, c, d) for (s, f, c), d in zip(items, decoded, strict=True) if not isinstance(d, str)
+    ]
+    return skipped, good
+
+
+def _images(good: list, size: int | None, channels: int | None) -> torch.Tensor | FileImages:
+    """Every readable image at one size and channel count: a tensor, or FileImages to stream."""
+    decoded = [d for *_, d in good]
+    side = _target_size(decoded, size)
+    n_channels = channels or (1 if all(d.grey for d in decoded) else 3)
+    if all(d.pixels is not None for d in decoded):
+        return _stack(decoded, side, n_channels)
+    for d in decoded:
+        d.pixels = None  # only the file list stays
+    return FileImages([f for _, f, _, _ in good], side, n_channels, size)
+
+
+def _splits(
+    images: torch.Tensor | FileImages,
+    good: list,
+    classes: list[str],
+    val_fraction: float,
+    seed: int,
+) -> tuple[ImageSet, ImageSet, ImageSet, str]:
+    """Train, val and test sets and how they were made; val and test always in memory."""
+    labels = torch.tensor([classes.index(c) for _, _, c, _ in good], dtype=torch.int64)
+    split_of = np.array([s for s, *_ in good])
+    train, val, test, note = _make_splits(images, labels, split_of, val_fraction, seed)
+    if isinstance(images, FileImages):
+        val, test = (ImageSet(s.images[:], s.labels, s.groups) for s in (val, test))
+        gib = train.images.numel() / 2**30
+        note += f"; training images streamed from their files ({gib:.1f} GiB decoded)"
+    return train, val, test, note
+
+
+def _checksum(root: Path, good: list) -> str:
+    """SHA-256 over the readable files' paths (relative to ``root``) and contents."""
+    return hashlib.sha256(
+        "".join(f"{f.relative_to(root)}  {d.sha256}\n" for _, f, _, d in good).encode()
+    ).hexdigest()
 
 
 def _check_classes(root: Path, pools: dict, good: list) -> None:

@@ -95,14 +95,7 @@ def create_model(
         ... # doctest: +ELLIPSIS
         Classifier(...)
     """
-    if num_classes < 1 or in_channels < 1:
-        raise ValueError(
-            f"model {name!r}: num_classes and in_channels must be >= 1, "
-            f"got {num_classes} and {in_channels}"
-        )
-    if len(input_size) != 2 or min(input_size) < 1:
-        raise ValueError(f"model {name!r}: input_size must be (H, W), got {input_size!r}")
-    input_size = (int(input_size[0]), int(input_size[1]))
+    input_size = _checked_shape(name, num_classes, in_channels, input_size)
     if name.startswith(tuple(_PREFIXES)):
         model = _external(
             name,
@@ -120,3 +113,17 @@ def create_model(
             **options,
         )
     return apply_weight_norm(model) if weight_norm else model
+
+
+def _checked_shape(
+    name: str, num_classes: int, in_channels: int, input_size: tuple[int, int]
+) -> tuple[int, int]:
+    """Check the sizes a model is built for; ``input_size`` comes back as a pair of ints."""
+    if num_classes < 1 or in_channels < 1:
+        raise ValueError(
+            f"model {name!r}: num_classes and in_channels must be >= 1, "
+            f"got {num_classes} and {in_channels}"
+        )
+    if len(input_size) != 2 or min(input_size) < 1:
+        raise ValueError(f"model {name!r}: input_size must be (H, W), got {input_size!r}")
+    return (int(input_size[0]), int(input_size[1]))

@@ -75,15 +75,39 @@ def create_app(
 
     limits = limits or Limits()
     model = load(source, backend=backend)
-    metrics = ServiceMetrics()
-    metrics.info.labels(name=model.name, version=model.version, task=model.task,
-                        backend=model.backend).set(1)  # fmt: skip
+    metrics = _service_metrics(model)
     batcher = MicroBatcher(
         lambda items: _run_batch(model, items),
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
         on_batch=metrics.batch_size.observe,
     )
+    app = FastAPI(
+        title="imrec",
+        summary=f"{model.name} ({model.task}, {len(model.classes)} labels)",
+        version=model.version,
+        lifespan=_lifespan(batcher),
+    )
+    app.state.model, app.state.batcher = model, batcher
+    app.state.metrics, app.state.limits = metrics, limits
+    _add_error_handlers(app, metrics)
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: sees every status
+    return app
+
+
+def _service_metrics(model) -> ServiceMetrics:
+    """Fresh metrics whose info series names the model being served."""
+    metrics = ServiceMetrics()
+    metrics.info.labels(name=model.name, version=model.version, task=model.task,
+                        backend=model.backend).set(1)  # fmt: skip
+    return metrics
+
+
+def _lifespan(batcher: MicroBatcher):
+    """The app's lifespan: the batching worker runs while the service does."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -96,20 +120,7 @@ def create_app(
         yield
         await batcher.stop()  # requests already queued still get their answers
 
-    app = FastAPI(
-        title="imrec",
-        summary=f"{model.name} ({model.task}, {len(model.classes)} labels)",
-        version=model.version,
-        lifespan=lifespan,
-    )
-    app.state.model, app.state.batcher = model, batcher
-    app.state.metrics, app.state.limits = metrics, limits
-    _add_error_handlers(app, metrics)
-    app.include_router(router)
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes)
-    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: sees every status
-    return app
+    return lifespan
 
 
 def _run_batch(model, items: list) -> list[dict]:

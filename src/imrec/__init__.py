@@ -1,12 +1,14 @@
 """imrec: from images to a deployed recogniser.
 
-Example:
-    >>> import imrec
-    >>> report = imrec.fit("mnist", out="runs/mnist")  # doctest: +SKIP
-    >>> imrec.Predictor("runs/mnist").predict(["digit.jpg"])  # doctest: +SKIP
-    >>> report = imrec.fit("digits-detect", out="runs/dd")  # doctest: +SKIP
-    >>> imrec.DetectionPredictor("runs/dd").predict(["scene.png"])  # doctest: +SKIP
-    >>> imrec.load("runs/mnist/bundle").predict("digit.jpg")  # doctest: +SKIP
+Usage (training MNIST takes about a minute on 2 CPU cores, digits-detect about 8)::
+
+    import imrec
+
+    report = imrec.fit("mnist", out="runs/mnist")
+    imrec.Predictor("runs/mnist").predict(["digit.jpg"])
+    report = imrec.fit("digits-detect", out="runs/dd")
+    imrec.DetectionPredictor("runs/dd").predict(["scene.png"])
+    imrec.load("runs/mnist/bundle").predict("digit.jpg")  # after `imrec export runs/mnist`
 """
 
 from imrec.api import evaluate, fit, load_predictor, resume, train_config  # noqa: E402

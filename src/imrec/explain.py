@@ -12,11 +12,11 @@ Both maps are ``(N, H, W)`` at the input size, normalised per image to ``[0, 1]`
 maximum (a map without any positive evidence stays all zero). Neither function changes the
 model's mode, leaves hooks behind or accumulates gradients into the parameters.
 
-Example:
+Example (``run`` holds a classifier of 8x8 digits, ``digit`` is a PNG of a 0):
     >>> from imrec.explain import explain
-    >>> result = explain("runs/mnist-1", ["digit.png"], out_dir="explain")[0]  # doctest: +SKIP
-    >>> result["label"], result["gradcam"].shape  # doctest: +SKIP
-    ('7', (28, 28))
+    >>> result = explain(run, [digit], out_dir=tmp / "explain")[0]
+    >>> result["label"], result["gradcam"].shape
+    ('0', (8, 8))
 """
 
 from __future__ import annotations
@@ -146,7 +146,13 @@ def gradcam_images(
     ``cam_layer`` (nothing to draw rather than an error: used for the mistakes gallery).
 
     Example:
-        >>> maps = gradcam_images(model, images[:8], batcher)  # doctest: +SKIP
+        >>> from imrec.core.batching import Batcher
+        >>> from imrec.data import load_dataset
+        >>> model, meta = load_explainable(run)
+        >>> batcher = Batcher.from_stats(meta["input"]["mean"], meta["input"]["std"])
+        >>> images = load_dataset("digits").test.images  # (359, 1, 8, 8) uint8
+        >>> gradcam_images(model, images[:5], batcher).shape
+        (5, 8, 8)
     """
     if getattr(model, "cam_layer", None) is None or len(images_u8) == 0:
         return None
@@ -213,8 +219,9 @@ def prepare(meta: dict, image) -> torch.Tensor:
     """One image (path, bytes, PIL, uint8 array) -> uint8 ``(C, H, W)``, as ``imrec predict`` does.
 
     Example:
-        >>> prepare(meta, "digit.png").shape  # doctest: +SKIP
-        torch.Size([1, 28, 28])
+        >>> model, meta = load_explainable(run)
+        >>> prepare(meta, digit).shape
+        torch.Size([1, 8, 8])
     """
     from imrec.core.preprocess import prepare_image
 
@@ -245,9 +252,11 @@ def explain_image(model: nn.Module, meta: dict, image, target: int | str | None 
         ``(C, H, W)`` image the maps belong to).
 
     Example:
-        >>> model, meta = imrec.load_model("runs/mnist-1")  # doctest: +SKIP
-        >>> explain_image(model, meta, "digit.png")["label"]  # doctest: +SKIP
-        '7'
+        >>> import imrec
+        >>> model, meta = imrec.load_model(run)
+        >>> result = explain_image(model, meta, digit)
+        >>> result["label"], result["target"], result["saliency"].shape
+        ('0', '0', (8, 8))
     """
     from imrec.core.batching import Batcher
 
@@ -283,7 +292,9 @@ def load_explainable(source: str | Path, device: str = "cpu") -> tuple[nn.Module
         ValueError: the source holds a detector (explanations are for classifiers).
 
     Example:
-        >>> model, meta = load_explainable("runs/mnist-1/bundle")  # doctest: +SKIP
+        >>> model, meta = load_explainable(bundle)
+        >>> type(model).__name__, meta["classes"][:3]
+        ('Classifier', ['0', '1', '2'])
     """
     from imrec.models.load import load_model, read_meta
 
@@ -325,9 +336,9 @@ def explain(
         ValueError: a detection model, or a target class the model does not have.
 
     Example:
-        >>> r = explain("runs/mnist-1", ["digit.png"], out_dir="explain")[0]  # doctest: +SKIP
-        >>> r["files"]["gradcam"]  # doctest: +SKIP
-        'explain/digit-gradcam.png'
+        >>> r = explain(run, [digit], out_dir=tmp / "explain")[0]
+        >>> r["files"]["gradcam"]
+        '.../explain/digit-gradcam.png'
     """
     from imrec.core.preprocess import ImageReadError
 
@@ -362,8 +373,9 @@ def save_overlays(result: dict, out_dir: Path, stem: str) -> dict[str, str]:
     """Write ``<stem>-gradcam.png`` / ``<stem>-saliency.png`` for one :func:`explain_image` result.
 
     Example:
-        >>> save_overlays(explain_image(model, meta, "7.png"), Path("out"), "7")  # doctest: +SKIP
-        {'gradcam': 'out/7-gradcam.png', 'saliency': 'out/7-saliency.png'}
+        >>> model, meta = load_explainable(run)
+        >>> save_overlays(explain_image(model, meta, digit), tmp / "out", "0")
+        {'gradcam': '.../out/0-gradcam.png', 'saliency': '.../out/0-saliency.png'}
     """
     files = {}
     for kind in ("gradcam", "saliency"):

@@ -150,9 +150,11 @@ def evaluate_run(
     With ``data`` naming another dataset (e.g. ``folder:my_digits``), its test split is matched
     to the model's classes by name and the results go to ``run_dir/eval-<name>/``.
 
-    Example:
-        >>> report = evaluate_run("runs/mnist-1")  # doctest: +SKIP
-        >>> report["test"]["accuracy"]  # doctest: +SKIP
+    Example (the report is written into the run folder, so here into a copy of ``run``):
+        >>> import shutil
+        >>> report = evaluate_run(shutil.copytree(run, tmp / "run"))
+        >>> report["test"]["accuracy"] > 0.9, Path(report["report_dir"]) == tmp / "run"
+        (True, True)
     """
     from imrec.models.load import load_model
 

@@ -13,10 +13,11 @@ from imrec.models.load import load_model
 class Predictor:
     """Top-k predictions for images of any size and kind, prepared like the training data.
 
-    Example:
-        >>> p = Predictor("runs/mnist-1")  # doctest: +SKIP
-        >>> p.predict(["my_digit.jpg"], top_k=3)[0]["top"][0]  # doctest: +SKIP
-        {'label': '7', 'probability': 0.998}
+    Example (``run`` holds a digit classifier, ``digit`` is a PNG of a 0):
+        >>> p = Predictor(run)
+        >>> result = p.predict([digit, "missing.png"], top_k=3)
+        >>> result[0]["top"][0]["label"], len(result[0]["top"]), "error" in result[1]
+        ('0', 3, True)
     """
 
     def __init__(self, source: str | Path, device: str = "cpu"):

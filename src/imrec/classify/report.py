@@ -46,9 +46,7 @@ def write_report(run_dir: Path, report: dict) -> tuple[Path, Path]:
         The paths of ``report.json`` and ``report.md``.
 
     Example:
-        >>> import tempfile
-        >>> run = Path(tempfile.mkdtemp())
-        >>> json_path, md_path = write_report(run, {"dataset": "mnist", "model": "cnn"})
+        >>> json_path, md_path = write_report(tmp, {"dataset": "mnist", "model": "cnn"})
         >>> md_path.read_text(encoding="utf-8").splitlines()[0]
         '# imrec report: mnist · cnn'
     """

@@ -53,8 +53,9 @@ def save_image_grid(
         ``path`` as a Path.
 
     Example:
-        >>> x = torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8)
-        >>> save_image_grid(x, "grid.png", nrow=8)  # doctest: +SKIP
+        >>> x = np.random.default_rng(0).integers(0, 256, (16, 1, 28, 28), dtype=np.uint8)
+        >>> save_image_grid(x, tmp / "grid.png", nrow=8).name
+        'grid.png'
     """
     arr = plots.to_numpy(images)
     n = len(arr)
@@ -106,8 +107,11 @@ def save_class_grid(
         ``path`` as a Path.
 
     Example:
+        >>> from imrec.data import load_dataset
+        >>> data = load_dataset("digits")
         >>> save_class_grid(data.train.images, data.train.labels, data.classes,
-        ...                 "mnist.png", per_class=8)  # doctest: +SKIP
+        ...                 tmp / "digits.png", per_class=8).is_file()
+        True
     """
     arr = plots.shrink(plots.to_numpy(images), 96)
     labels = _grid_labels(labels, len(arr), classes, per_class)
@@ -185,8 +189,8 @@ def save_curves(history: list[dict], path: str | os.PathLike) -> Path:
         ``path`` as a Path.
 
     Example:
-        >>> save_curves([{"epoch": 1, "train_loss": 0.3, "val_accuracy": 0.97}], "curves.png")
-        PosixPath('curves.png')
+        >>> save_curves([{"epoch": 1, "train_loss": 0.3, "val_accuracy": 0.97}], tmp / "curves.png")
+        PosixPath('.../curves.png')
     """
     with plots.style():
         fig = plots.figure(10, 4)
@@ -216,8 +220,8 @@ def save_confusion(
         ``path`` as a Path.
 
     Example:
-        >>> save_confusion(np.array([[5, 1], [0, 4]]), ["cat", "dog"], "cm.png")
-        PosixPath('cm.png')
+        >>> save_confusion(np.array([[5, 1], [0, 4]]), ["cat", "dog"], tmp / "cm.png")
+        PosixPath('.../cm.png')
     """
     cm = np.asarray(cm)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] == 0:
@@ -282,8 +286,10 @@ def save_mistakes(
         ``path`` as a Path. With N = 0 the PNG just says "no mistakes".
 
     Example:
-        >>> save_mistakes(x[:2], [3, 5], [8, 6], [0.91, 0.55], classes, "mistakes.png")
-        ...  # doctest: +SKIP
+        >>> x = np.zeros((2, 1, 28, 28), np.uint8)
+        >>> classes = [str(d) for d in range(10)]
+        >>> save_mistakes(x, [3, 5], [8, 6], [0.91, 0.55], classes, tmp / "mistakes.png").name
+        'mistakes.png'
     """
     arr = plots.to_numpy(images)
     n = len(arr)

@@ -11,11 +11,12 @@ uint8 ``(C, H, W)`` tensor a model was trained on:
   stroke thickening, MNIST-style size and centring.
 * :func:`prepare_image` picks the path from the model's domain.
 
-Example:
+Example (``digit`` is a PNG file of a handwritten 0, 8x8 pixels):
     >>> from imrec.core.preprocess import load_image, prepare_image
-    >>> img = load_image("digit.jpg")  # doctest: +SKIP
+    >>> img = load_image(digit)
     >>> x = prepare_image(img, 28, 1, "handwriting", {"background": "dark", "fraction": 0.71})
-    ... # doctest: +SKIP
+    >>> x.shape, x.dtype
+    (torch.Size([1, 28, 28]), torch.uint8)
 """
 
 from __future__ import annotations
@@ -66,9 +67,13 @@ def load_image(source: str | Path | bytes | Image.Image) -> Image.Image:
             image, a truncated image, or one with more than ``MAX_PIXELS`` pixels.
 
     Example:
-        >>> img = load_image("photo.jpg")  # doctest: +SKIP
-        >>> img.size  # doctest: +SKIP
+        >>> Image.new("RGB", (640, 480)).save(tmp / "photo.jpg")
+        >>> load_image(tmp / "photo.jpg").size
         (640, 480)
+        >>> load_image(b"not an image")
+        Traceback (most recent call last):
+        ...
+        imrec.core.preprocess.ImageReadError: cannot identify image file <bytes>: not an image ...
     """
     if isinstance(source, Image.Image):
         return _decode(source, "<PIL image>")

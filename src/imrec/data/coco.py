@@ -62,7 +62,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
     """``(height, width)`` of an image file, from its header only (no pixels decoded).
 
     Example:
-        >>> image_size("photo.jpg")  # doctest: +SKIP
+        >>> Image.new("RGB", (640, 480)).save(tmp / "photo.jpg")
+        >>> image_size(tmp / "photo.jpg")
         (480, 640)
 
     Raises:
@@ -89,10 +90,10 @@ def read_coco(
     The same as ``load_coco`` without the category ids and image folder; use ``load_coco`` when
     the data will be written back as COCO with its original ids.
 
-    Example:
-        >>> split, classes, report = read_coco("coco128/annotations/instances_train2017.json",
-        ...                                    "coco128/images/train2017")  # doctest: +SKIP
-        >>> len(split), split.num_boxes(), report.crowd  # doctest: +SKIP
+    Example (``coco128`` is the COCO128 folder of the data mirror):
+        >>> split, classes, report = read_coco(coco128 / "annotations/instances_train2017.json",
+        ...                                    coco128 / "images/train2017")
+        >>> len(split), split.num_boxes(), report.crowd
         (128, 929, 10)
     """
     coco = load_coco(json_path, image_dir, report=report)
@@ -116,9 +117,9 @@ def load_coco(
     Crowd boxes are left out and counted; every image's boxes go through ``sanitize_boxes``.
     Images without annotations are kept. Sizes come from ``width``/``height``, else the file.
 
-    Example:
-        >>> coco = load_coco("annotations/instances_val2017.json")  # doctest: +SKIP
-        >>> coco.category_ids[:3], coco.classes[:3]  # doctest: +SKIP
+    Example (``coco128`` is the COCO128 folder of the data mirror):
+        >>> coco = load_coco(coco128 / "annotations/instances_train2017.json")
+        >>> coco.category_ids[:3], coco.classes[:3]
         ([1, 2, 3], ['person', 'bicycle', 'car'])
 
     Raises:
@@ -279,11 +280,11 @@ def write_coco(
         category_ids: COCO id per label (default ``label + 1``), e.g. ``CocoSplit.category_ids``.
         info: the JSON's ``info`` block.
 
-    Example:
-        >>> coco = load_coco("in/instances_val2017.json")  # doctest: +SKIP
-        >>> write_coco(coco.split, coco.classes, "out/instances_val2017.json",
-        ...            image_root=coco.image_dir, category_ids=coco.category_ids)  # doctest: +SKIP
-        PosixPath('out/instances_val2017.json')
+    Example (``coco128`` is the COCO128 folder of the data mirror):
+        >>> coco = load_coco(coco128 / "annotations/instances_train2017.json")
+        >>> write_coco(coco.split, coco.classes, tmp / "out/instances_train2017.json",
+        ...            image_root=coco.image_dir, category_ids=coco.category_ids)
+        PosixPath('.../out/instances_train2017.json')
     """
     json_path = Path(json_path)
     root = Path(image_root) if image_root is not None else json_path.parent

@@ -69,10 +69,10 @@ def convert_dataset(
         images: the image folder of a COCO source (default: searched, see ``imrec.data.coco``).
         overwrite: write into a non-empty ``out_dir``, replacing what this conversion writes.
 
-    Example:
-        >>> result = convert_dataset("coco128/data.yaml", "coco128-coco", to="coco")  # doctest: +SKIP
-        >>> result.path, result.splits, result.report.summary()  # doctest: +SKIP
-        (PosixPath('coco128-coco/annotations'), {'train': 128, 'val': 128}, '1827 boxes; ...')
+    Example (``coco128`` is the COCO128 folder of the data mirror):
+        >>> result = convert_dataset(coco128 / "data.yaml", tmp / "coco128-coco", to="coco")
+        >>> result.path, result.splits, result.report.summary()
+        (PosixPath('.../coco128-coco/annotations'), {'train': 128, 'val': 128}, '1827 boxes; ...')
 
     Raises:
         DatasetError: an unknown ``to`` or source format, or any error reading the source.

@@ -10,9 +10,9 @@ Names:
 
 Example:
     >>> from imrec.data.detection import load_detection
-    >>> data = load_detection("digits-detect:train=50,val=10,test=10")  # doctest: +SKIP
-    >>> data.classes[:3]  # doctest: +SKIP
-    ['0', '1', '2']
+    >>> data = load_detection("digits-detect:train=50,val=10,test=10")
+    >>> data.classes[:3], len(data.train), len(data.val), len(data.test)
+    (['0', '1', '2'], 50, 10, 10)
 """
 
 from __future__ import annotations

@@ -315,14 +315,20 @@ def generate_digits_detect(
     temporary sibling folder first and moved into place at the end, so an interrupted run leaves
     no half dataset. When ``out_dir/spec.json`` exists the dataset is already there and nothing
     is done. The same spec and digits give byte-identical files.
+    :func:`imrec.data.detection.load_detection` generates each spec once, from MNIST, into
+    ``imrec_home() / "datasets" / "digits-detect" / spec.key()``.
 
     Raises:
         DatasetError: the digit arrays are malformed, or ``out_dir`` holds something that is not
             a finished digits-detect dataset.
 
-    Example:
-        >>> root = imrec_home() / "datasets" / "digits-detect" / spec.key()  # doctest: +SKIP
-        >>> generate_digits_detect(root, spec, (x_train, y_train), (x_test, y_test))  # doctest: +SKIP
+    Example (with ten blocks standing in for the digits):
+        >>> digits, labels = np.zeros((10, 28, 28), np.uint8), np.arange(10)
+        >>> digits[:, 4:24, 8:20] = 255
+        >>> spec = DigitsDetectSpec(canvas=64, max_scale=32, train=4, val=2, test=2)
+        >>> root = generate_digits_detect(tmp / "dd", spec, (digits, labels), (digits, labels))
+        >>> sorted(p.name for p in (root / "annotations").iterdir()), len(checksum(root))
+        (['test.json', 'train.json', 'val.json'], 64)
     """
     out_dir = Path(out_dir)
     if (out_dir / "spec.json").is_file():
@@ -434,8 +440,10 @@ def checksum(out_dir: str | Path) -> str:
         DatasetError: an annotation file is missing (named in the message).
 
     Example:
-        >>> checksum(root)  # doctest: +SKIP
-        '3f1c...'
+        >>> checksum(tmp)
+        Traceback (most recent call last):
+        ...
+        imrec.core.errors.DatasetError: .../annotations/train.json does not exist: ...
     """
     digest = hashlib.sha256()
     for split in SPLITS:

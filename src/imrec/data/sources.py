@@ -129,8 +129,14 @@ def verify_file(path: Path, spec: SourceFile) -> str:
         DatasetError: the file does not match its published hash.
 
     Example:
-        >>> verify_file(Path("mnist/t10k-labels-idx1-ubyte.gz"), spec)  # doctest: +SKIP
-        'f7ae60f9...'
+        >>> path = tmp / "t10k-labels-idx1-ubyte.gz"
+        >>> _ = path.write_bytes(b"imrec")
+        >>> verify_file(path, SourceFile(path.name, sha256=hashlib.sha256(b"imrec").hexdigest()))
+        '1b8ca5de...'
+        >>> verify_file(path, SourceFile(path.name, sha256="0" * 64))
+        Traceback (most recent call last):
+        ...
+        imrec.core.errors.DatasetError: ...: checksum mismatch: SHA-256 is 1b8ca5de...
     """
     marker = _read_marker(path)
     if marker is None:
@@ -203,10 +209,11 @@ def fetch_file(folder: str, spec: SourceFile, dataset: str, hint: str = "") -> t
     Raises:
         DatasetError: no source worked; the message lists every address tried and how to fix it.
 
-    Example:
-        >>> spec = SourceFile("t10k-labels-idx1-ubyte.gz", sha256="f7ae...")  # doctest: +SKIP
-        >>> fetch_file("mnist", spec, "mnist")  # doctest: +SKIP
-        (PosixPath('~/.cache/imrec/datasets/mnist/t10k-labels-idx1-ubyte.gz'), 'f7ae...')
+    Usage (copies from the mirror or downloads unless the file is in the cache)::
+
+        spec = SourceFile("t10k-labels-idx1-ubyte.gz", sha256="f7ae...")
+        fetch_file("mnist", spec, "mnist")
+        # (PosixPath('~/.cache/imrec/datasets/mnist/t10k-labels-idx1-ubyte.gz'), 'f7ae...')
     """
     dest = dataset_dir(folder) / spec.name
     tried: list[str] = []
@@ -269,8 +276,11 @@ def cached_arrays(
 
     ``key`` must change whenever the source files or the decoding change (hash + version).
 
-    Example:
-        >>> arrays = cached_arrays("mnist", "abc123-v1", lambda: {"x": np.zeros(3)})  # doctest: +SKIP
+    Example (the second call finds the arrays of the first in the cache):
+        >>> cached_arrays("example", "abc123-v1", lambda: {"x": np.arange(3)})["x"]
+        array([0, 1, 2])
+        >>> cached_arrays("example", "abc123-v1", lambda: {})["x"]
+        array([0, 1, 2])
     """
     path = dataset_dir(folder) / f"decoded-{key}.safetensors"
     if path.is_file():

@@ -51,9 +51,9 @@ def read_yolo(
         split: a key of the yaml, usually ``"train"``, ``"val"`` or ``"test"``.
         report: counts are added to this report when given (else a new one is made).
 
-    Example:
-        >>> split, classes, report = read_yolo("coco128", "train")  # doctest: +SKIP
-        >>> len(split), split.num_boxes(), classes[0]  # doctest: +SKIP
+    Example (``coco128`` is the COCO128 folder of the data mirror):
+        >>> split, classes, report = read_yolo(coco128, "train")
+        >>> len(split), split.num_boxes(), classes[0]
         (128, 929, 'person')
 
     Raises:
@@ -81,8 +81,8 @@ def yolo_splits(source: str | Path) -> list[str]:
     """The splits a YOLO ``data.yaml`` names: ``train``, ``val``, ``test``, then any other key
     whose value is a path or a list of paths (``write_yolo`` may write e.g. ``train2017``).
 
-    Example:
-        >>> yolo_splits("coco128/data.yaml")  # doctest: +SKIP
+    Example (``coco128`` is the COCO128 folder of the data mirror):
+        >>> yolo_splits(coco128 / "data.yaml")
         ['train', 'val']
     """
     return _splits_of(_load_yaml(find_data_yaml(source)))
@@ -101,9 +101,9 @@ def _splits_of(doc: dict) -> list[str]:
 def find_data_yaml(source: str | Path) -> Path:
     """``source`` if it is a yaml file; else its ``data.yaml``, or its only ``*.yaml``.
 
-    Example:
-        >>> find_data_yaml("coco128")  # doctest: +SKIP
-        PosixPath('coco128/data.yaml')
+    Example (``coco128`` is the COCO128 folder of the data mirror):
+        >>> find_data_yaml(coco128)
+        PosixPath('.../coco128/data.yaml')
     """
     source = Path(source)
     if source.is_file():
@@ -269,10 +269,11 @@ def write_yolo(
     Returns:
         The path of ``data.yaml``, written last so a half-written dataset has none.
 
-    Example:
-        >>> split, classes, _ = read_coco("ann/instances_val2017.json")  # doctest: +SKIP
-        >>> write_yolo({"val": split}, classes, "coco-yolo")  # doctest: +SKIP
-        PosixPath('coco-yolo/data.yaml')
+    Example (``coco128`` is the COCO128 folder of the data mirror):
+        >>> from imrec.data.coco import read_coco
+        >>> split, classes, _ = read_coco(coco128 / "annotations/instances_train2017.json")
+        >>> write_yolo({"val": split.subset(range(4))}, classes, tmp / "coco-yolo")
+        PosixPath('.../coco-yolo/data.yaml')
     """
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite)
@@ -294,7 +295,12 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
     """Refuse an output folder that is a file, or is not empty while ``overwrite`` is off.
 
     Example:
-        >>> check_out_dir(Path("new-folder"), overwrite=False)  # doctest: +SKIP
+        >>> check_out_dir(tmp / "new-folder", overwrite=False)  # missing (or empty): fine
+        >>> _ = (tmp / "notes.txt").write_text("mine")
+        >>> check_out_dir(tmp, overwrite=False)
+        Traceback (most recent call last):
+        ...
+        imrec.core.errors.DatasetError: output folder ... is not empty; pass overwrite=True ...
     """
     if out_dir.exists() and not out_dir.is_dir():
         raise DatasetError(f"output {out_dir} is a file, not a folder")
@@ -308,10 +314,11 @@ def place_images(split: DetectionSet, dest: Path, *, link: bool = False) -> Dete
     ``dest`` is emptied first. Images keep their file name, so two with the same name are an
     error, and so is a source image inside ``dest`` (it would be deleted before being copied).
 
-    Example:
-        >>> moved = place_images(split, Path("out/images/val"))  # doctest: +SKIP
-        >>> moved.files[0].parent  # doctest: +SKIP
-        PosixPath('out/images/val')
+    Example (``coco128`` is the COCO128 folder of the data mirror):
+        >>> split, _, _ = read_yolo(coco128, "val")
+        >>> moved = place_images(split.subset([0, 1]), tmp / "out/images/val")
+        >>> moved.files[0].parent
+        PosixPath('.../out/images/val')
     """
     _check_names(split, dest.resolve() if dest.exists() else None)
     if dest.exists():

@@ -39,9 +39,11 @@ def build_manifest(meta: dict, weights: Path, run_dir: Path | None = None) -> di
         run_dir: the run folder, whose ``report.json`` gives the test metrics.
 
     Example:
-        >>> meta = read_checkpoint_meta("runs/mnist-1")  # doctest: +SKIP
-        >>> build_manifest(meta, Path("runs/mnist-1/best.safetensors"))["labels"][:2]  # doctest: +SKIP
-        ['0', '1']
+        >>> from imrec.core.checkpoint import read_checkpoint_meta
+        >>> meta = read_checkpoint_meta(run)
+        >>> manifest = build_manifest(meta, run / "best.safetensors", run)
+        >>> manifest["labels"][:2], manifest["input"]["size"]
+        (['0', '1'], [8, 8])
     """
     from imrec.core.version import __version__
 

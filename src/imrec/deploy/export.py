@@ -17,9 +17,11 @@ bundle on which they disagree. The torchvision detectors are not exported (their
 Python inside the model); serve them with ``imrec.load(RUN_DIR, backend="torch")``.
 
 Example:
-    >>> bundle = export_bundle("runs/mnist-1", quantize="int8")  # doctest: +SKIP
-    >>> json.loads((bundle / "manifest.json").read_text())["parity"]["passed"]  # doctest: +SKIP
+    >>> bundle = export_bundle(run, tmp / "bundle", quantize="int8")
+    >>> json.loads((bundle / "manifest.json").read_text())["parity"]["passed"]
     True
+    >>> sorted(p.name for p in bundle.iterdir())
+    ['manifest.json', 'model.int8.onnx', 'model.onnx', 'weights.safetensors']
 """
 
 from __future__ import annotations
@@ -352,8 +354,8 @@ def export_bundle(
             or PyTorch and ONNX Runtime disagreeing (no bundle is left behind then).
 
     Example:
-        >>> export_bundle("runs/mnist-1", "bundles/mnist")  # doctest: +SKIP
-        PosixPath('bundles/mnist')
+        >>> export_bundle(run, tmp / "bundles" / "digits")
+        PosixPath('.../bundles/digits')
     """
     run_dir = _check_run(run_dir)
     if quantize not in (None, "int8"):

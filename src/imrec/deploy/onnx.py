@@ -71,9 +71,12 @@ def onnx_model(model: nn.Module, meta: dict, opset: int = 17) -> bytes:
     The graph is :func:`exportable` of ``model``: it takes 0-1 pixels.
 
     Example:
+        >>> import onnx
         >>> from imrec.models.load import load_model
-        >>> model, meta = load_model("runs/mnist-1")  # doctest: +SKIP
-        >>> data = onnx_model(model, meta)  # doctest: +SKIP
+        >>> model, meta = load_model(run)
+        >>> data = onnx_model(model, meta)
+        >>> [v.name for v in onnx.load_from_string(data).graph.output]
+        ['logits']
     """
     import onnx
 
@@ -150,8 +153,8 @@ def ort_session(model: bytes | str | Path, threads: int | None = None):
     """An ONNX Runtime CPU session: all graph optimisations, ``threads`` (default: all cores).
 
     Example:
-        >>> session = ort_session("bundle/model.onnx")  # doctest: +SKIP
-        >>> [i.name for i in session.get_inputs()]  # doctest: +SKIP
+        >>> session = ort_session(bundle / "model.onnx")
+        >>> [i.name for i in session.get_inputs()]
         ['images']
     """
     import onnxruntime as ort

@@ -11,11 +11,11 @@ post-processing (softmax and top-k, or :meth:`TinyDet.decode <imrec.models.detec
 - A run folder or checkpoint runs the PyTorch model, or with ``backend="onnxruntime"`` its
   ONNX export made in memory (no files, no parity gate).
 
-Example:
+Example (``bundle`` is an exported digit classifier, ``digit`` a PNG of a 0):
     >>> import imrec
-    >>> model = imrec.load("runs/mnist-1/bundle")  # doctest: +SKIP
-    >>> model.predict("digit.png", top_k=2)  # doctest: +SKIP
-    {'input': 'digit.png', 'top': [{'label': '7', 'probability': 0.998}, ...]}
+    >>> model = imrec.load(bundle)
+    >>> model.predict(digit, top_k=2)
+    {'input': '.../digit.png', 'top': [{'label': '0', 'probability': ...}, {...}]}
 """
 
 from __future__ import annotations
@@ -85,9 +85,9 @@ def load(
         ValueError: an unknown backend, precision or device.
 
     Example:
-        >>> model = load("runs/mnist-1/bundle", backend="torch")  # doctest: +SKIP
-        >>> model.task, model.version  # doctest: +SKIP
-        ('classify', '3f2a9c41d0e7')
+        >>> model = load(bundle, backend="torch")
+        >>> model.task, model.backend, len(model.version)
+        ('classify', 'torch', 12)
     """
     path = Path(source)
     if not path.exists():
@@ -152,9 +152,11 @@ class Model:
         score_thresh, nms_iou, max_det: detectors: the boxes ``predict`` keeps.
 
     Example:
-        >>> model = imrec.load("runs/mnist-1")  # doctest: +SKIP
-        >>> model.predict(["a.png", "b.png"], top_k=1)[0]["top"]  # doctest: +SKIP
-        [{'label': '7', 'probability': 0.998}]
+        >>> model = load(run)  # a run folder: exported to ONNX in memory
+        >>> model
+        Model('cnn', task='classify', backend='onnxruntime', version='...')
+        >>> model.predict([digit, digit], top_k=1)[0]["top"]
+        [{'label': '0', 'probability': ...}]
     """
 
     score_thresh, nms_iou, max_det = 0.25, 0.5, 100
@@ -192,8 +194,8 @@ class Model:
         ``(C, S, S)`` image (scale ``S / max(height, width)``).
 
         Example:
-            >>> model.prepare("digit.png").shape  # doctest: +SKIP
-            torch.Size([1, 28, 28])
+            >>> load(bundle).prepare(digit).shape  # the digits model takes 8x8 grey images
+            torch.Size([1, 8, 8])
         """
         if self.task == "detect":
             return self._letterbox(image)[0]
@@ -237,7 +239,7 @@ class Model:
             ``{"input", "error"}`` (a bad image in a list never raises).
 
         Example:
-            >>> model.predict(["a.png", "missing.png"])[1]  # doctest: +SKIP
+            >>> load(bundle).predict([digit, "missing.png"])[1]
             {'input': 'missing.png', 'error': 'no such file: missing.png'}
         """
         if _is_batch(images):
@@ -345,8 +347,8 @@ class Model:
         see :func:`imrec.explain.explain_image`.
 
         Example:
-            >>> model.explain("digit.png")["gradcam"].shape  # doctest: +SKIP
-            (28, 28)
+            >>> load(bundle).explain(digit)["gradcam"].shape
+            (8, 8)
         """
         if self.task != "classify":
             raise ValueError("explanations are for classifiers; this model is a detector")

@@ -9,8 +9,8 @@ Example:
     >>> import torch
     >>> img, boxes, scale = letterbox(torch.zeros(3, 50, 100, dtype=torch.uint8),
     ...                               torch.tensor([[10., 10., 30., 20.]]), 64)
-    >>> tuple(img.shape), boxes.tolist(), scale
-    ((3, 64, 64), [[6.400000095367432, 6.400000095367432, 19.200000762939453, 12.800000190734863]], 0.64)
+    >>> tuple(img.shape), [round(v, 2) for v in boxes[0].tolist()], scale
+    ((3, 64, 64), [6.4, 6.4, 19.2, 12.8], 0.64)
 """
 
 from __future__ import annotations

@@ -70,6 +70,7 @@ def coco_evaluate(gt: DetectionSet, predictions: list[dict], classes: list[str])
             prediction with a bad shape, a non-finite value or a label outside the classes.
 
     Example:
+        >>> from pathlib import Path
         >>> gt = DetectionSet([Path("a.png")], [[[0, 0, 10, 10]]], [[0]], [(20, 20)], [1])
         >>> pred = [{"boxes": [[0, 0, 10, 10]], "scores": [0.9], "labels": [0]}]
         >>> coco_evaluate(gt, pred, ["cat"])["map"]
@@ -265,6 +266,7 @@ def match_summary(
         precision is None without any and recall None without true boxes.
 
     Example:
+        >>> from pathlib import Path
         >>> gt = DetectionSet([Path("a.png")], [[[0, 0, 10, 10]]], [[0]], [(20, 20)], [1])
         >>> boxes = [[0, 0, 10, 9], [5, 5, 9, 9]]  # IoU 0.9 and 0.16 with the true box
         >>> s = match_summary(gt, [{"boxes": boxes, "scores": [0.9, 0.8], "labels": [0, 0]}])

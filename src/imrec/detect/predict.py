@@ -20,10 +20,12 @@ def load_detector(source: str | Path, device: str | torch.device = "cpu"):
 class DetectionPredictor:
     """Boxes for images of any size: letterboxed like training, boxes in the input's pixels.
 
-    Example:
-        >>> p = DetectionPredictor("runs/digits-detect-1")  # doctest: +SKIP
-        >>> p.predict(["scene.png"])[0]["boxes"][0]  # doctest: +SKIP
-        {'box': [12.0, 30.5, 33.1, 61.0], 'label': '7', 'score': 0.97}
+    Example (``detect_run`` holds a detector trained briefly on ``digits-detect`` scenes):
+        >>> from imrec.data.detection import load_detection
+        >>> scene = load_detection("digits-detect:train=50,val=10,test=10").test.files[0]
+        >>> result = DetectionPredictor(detect_run, score_thresh=0.01).predict([scene])[0]
+        >>> result["width"], result["height"], result["boxes"][0]
+        (128, 128, {'box': [...], 'label': '...', 'score': ...})
     """
 
     def __init__(

@@ -39,7 +39,7 @@ def render_detection_markdown(report: dict, *, run_dir: Path | None = None) -> s
 
     Example:
         >>> md = render_detection_markdown({"dataset": "d", "test": {"map": 0.5, "map50": 0.9}})
-        >>> "mAP@.5 **0.900**" in md
+        >>> "mAP@.5 **0.9000**" in md
         True
     """
     sections = [

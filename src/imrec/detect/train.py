@@ -111,8 +111,11 @@ class DetectionTrainer(Trainer):
 
     Example:
         >>> from imrec.config import build_config
-        >>> cfg = build_config("digits-detect", "handwriting", task="detect")
-        >>> DetectionTrainer(cfg, "runs/dd").fit()  # doctest: +SKIP
+        >>> name = "digits-detect:train=50,val=10,test=10"  # 70 scenes of MNIST digits
+        >>> cfg = build_config(name, "handwriting", task="detect", train={"epochs": 1})
+        >>> report = DetectionTrainer(cfg, tmp / "dd", progress=False).fit()
+        >>> report["epochs_run"], 0 <= report["test"]["map50"] <= 1
+        (1, True)
     """
 
     task = "detect"

@@ -85,7 +85,7 @@ def draw_boxes(
         A new RGB PIL image.
 
     Example:
-        >>> img = torch.zeros(3, 128, 128, dtype=torch.uint8)
+        >>> img = np.zeros((128, 128, 3), np.uint8)
         >>> draw_boxes(img, [[10, 20, 60, 90]], [0], ["cat"], [0.93]).size
         (128, 128)
     """
@@ -206,9 +206,12 @@ def save_detection_grid(
         ``path`` as a Path; with no images the PNG just says so.
 
     Example:
-        >>> imgs = [data.val.load_image(i) for i in range(8)]
-        >>> tgts = [{"boxes": data.val.boxes[i], "labels": data.val.labels[i]} for i in range(8)]
-        >>> save_detection_grid(imgs, tgts, data.classes, "val.png")  # doctest: +SKIP
+        >>> imgs = [np.full((96, 128), 40, np.uint8), np.zeros((64, 64, 3), np.uint8)]
+        >>> truth = {"boxes": [[8, 8, 40, 60]], "labels": [1]}
+        >>> found = {"boxes": [[4, 4, 20, 20]], "labels": [0], "scores": [0.9]}  # predictions
+        >>> tgts = [truth, found]
+        >>> save_detection_grid(imgs, tgts, ["cat", "dog"], tmp / "val.png", cols=2).name
+        'val.png'
     """
     if len(images) != len(targets):
         raise ValueError(f"{len(images)} images but {len(targets)} targets")
@@ -273,8 +276,13 @@ def save_pr_curves(result: dict, path: str | os.PathLike, *, max_classes: int = 
         ``path`` as a Path; without any ground truth the PNG just says so.
 
     Example:
-        >>> save_pr_curves(coco_evaluate(data.test, preds, data.classes), "pr.png")
-        ...  # doctest: +SKIP
+        >>> from imrec.data.boxes import DetectionSet
+        >>> from imrec.detect.metrics import coco_evaluate
+        >>> gt = DetectionSet([Path("a.png")], [[[0, 0, 10, 10]]], [[0]], [(20, 20)], [1])
+        >>> boxes = [[0, 0, 10, 10], [12, 12, 18, 18]]  # a hit, then a false detection
+        >>> preds = [{"boxes": boxes, "scores": [0.9, 0.5], "labels": [0, 0]}]
+        >>> save_pr_curves(coco_evaluate(gt, preds, ["cat"]), tmp / "pr.png").name
+        'pr.png'
     """
     pr = result.get("pr") or {}
     if not pr.get("all50"):
@@ -331,8 +339,8 @@ def save_detection_curves(history: list[dict], path: str | os.PathLike) -> Path:
         ``path`` as a Path.
 
     Example:
-        >>> save_detection_curves([{"epoch": 1, "train_loss": 1.2, "val_map": 0.31}], "c.png")
-        PosixPath('c.png')
+        >>> save_detection_curves([{"epoch": 1, "train_loss": 1.2, "val_map": 0.31}], tmp / "c.png")
+        PosixPath('.../c.png')
     """
     panels = (
         ("loss", {"train_loss": "train", "val_loss": "val"}),

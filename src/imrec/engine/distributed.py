@@ -131,8 +131,9 @@ def setup(device: torch.device, timeout_s: float | None = None) -> torch.device:
     On GPUs each process on a machine takes the GPU of its ``LOCAL_RANK``. The rendezvous
     address comes from torchrun (``MASTER_ADDR``, ``MASTER_PORT``): call it under torchrun only.
 
-    Example:
-        >>> device = setup(torch.device("cpu"))  # doctest: +SKIP
+    Usage (in a process started by torchrun)::
+
+        device = setup(torch.device("cpu"))
     """
     world = world_from_env()
     die_with_launcher()
@@ -224,8 +225,9 @@ def collective_threads() -> int:
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over all ranks, in place; every rank gets the same result.
 
-    Example:
-        >>> counts = all_reduce_sum(torch.tensor([3.0, 1.0]))  # doctest: +SKIP
+    Usage (on every rank, after :func:`setup`)::
+
+        counts = all_reduce_sum(torch.tensor([3.0, 1.0]))
     """
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
@@ -234,8 +236,9 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
     """Each of ``values`` summed over all ranks, in one collective (float64 on ``device``).
 
-    Example:
-        >>> loss, correct, count = sum_over_ranks([2.5, 30, 32], torch.device("cpu"))  # doctest: +SKIP
+    Usage (on every rank, after :func:`setup`)::
+
+        loss, correct, count = sum_over_ranks([2.5, 30, 32], torch.device("cpu"))
     """
     return all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
 
@@ -279,8 +282,9 @@ def barrier() -> None:
 def share_from_main(obj, timeout_s: float = FINISH_TIMEOUT_S):
     """Wait (up to ``timeout_s``) for rank 0 to get here, then return its ``obj`` on every rank.
 
-    Example:
-        >>> report = share_from_main(report if is_main() else None)  # doctest: +SKIP
+    Usage (on every rank, after :func:`setup`)::
+
+        report = share_from_main(report if is_main() else None)
     """
     dist.monitored_barrier(group=_control, timeout=timedelta(seconds=timeout_s))
     return broadcast_object(obj)

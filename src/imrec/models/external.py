@@ -59,7 +59,11 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """Read a state dict from ``.safetensors`` or a (weights-only) ``.pth``/``.pt`` file.
 
     Example:
-        >>> load_state_dict_file(Path("resnet18.safetensors"))  # doctest: +SKIP
+        >>> from safetensors.torch import save_file
+        >>> save_file({"fc.bias": torch.zeros(2)}, tmp / "head.safetensors")
+        >>> torch.save({"fc.bias": torch.ones(2)}, tmp / "head.pth")
+        >>> load_state_dict_file(tmp / "head.safetensors"), load_state_dict_file(tmp / "head.pth")
+        ({'fc.bias': tensor([0., 0.])}, {'fc.bias': tensor([1., 1.])})
     """
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights file not found: {path}")
@@ -124,8 +128,10 @@ def torchvision_model(
         >>> m = torchvision_model("resnet18", num_classes=10, in_channels=1)
         >>> m(torch.zeros(2, 1, 32, 32)).shape
         torch.Size([2, 10])
-        >>> m = torchvision_model("resnet18", num_classes=10, in_channels=3, pretrained="DEFAULT")
-        ... # doctest: +SKIP
+
+    Usage (the ImageNet weights are downloaded unless they are in the torch hub cache)::
+
+        m = torchvision_model("resnet18", num_classes=10, in_channels=3, pretrained="DEFAULT")
     """
     import torchvision
 
@@ -152,8 +158,9 @@ def timm_model(
 ) -> Classifier:
     """``timm:<name>``: a timm model (``pip install timm``) as the backbone of an imrec head.
 
-    Example:
-        >>> m = timm_model("resnet18", num_classes=10, in_channels=1)  # doctest: +SKIP
+    Usage (with ``pip install timm``)::
+
+        m = timm_model("resnet18", num_classes=10, in_channels=1)
     """
     try:
         import timm

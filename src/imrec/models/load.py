@@ -3,10 +3,10 @@
 A checkpoint's metadata says everything needed (task, architecture, classes, input), so
 loading never needs the command line that trained it.
 
-Example:
-    >>> model, meta = load_model("runs/mnist-1")  # doctest: +SKIP
-    >>> meta["task"], meta["classes"][:3]  # doctest: +SKIP
-    ('classify', ['0', '1', '2'])
+Example (``run`` is the run folder of a digit classifier):
+    >>> model, meta = load_model(run)
+    >>> meta["task"], meta["classes"][:3], meta["input"]["size"]
+    ('classify', ['0', '1', '2'], [8, 8])
 """
 
 from __future__ import annotations
@@ -80,10 +80,12 @@ def load_model(
     """Rebuild the model of a run folder, checkpoint or export bundle: ``(model in eval mode,
     meta)``; a classifier or a detector, whichever was saved.
 
-    Example:
-        >>> model, meta = load_model("runs/dd-1")  # doctest: +SKIP
-        >>> meta["task"]  # doctest: +SKIP
-        'detect'
+    Example (``detect_run`` is the run folder of a detector, ``bundle`` an exported classifier):
+        >>> model, meta = load_model(detect_run)
+        >>> meta["task"], type(model).__name__, model.training
+        ('detect', 'TinyDet', False)
+        >>> load_model(bundle)[1]["task"]
+        'classify'
     """
     if is_bundle(source):
         meta, weights = read_meta(source), load_file(str(Path(source) / BUNDLE_WEIGHTS))

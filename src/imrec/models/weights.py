@@ -12,7 +12,10 @@ Example:
     >>> w = torchvision_weights("resnet18", "DEFAULT", what="tv:resnet18")
     >>> w.name, cache_path(w).name
     ('IMAGENET1K_V1', 'resnet18-f37072fd.pth')
-    >>> state = download_state_dict(w, what="tv:resnet18")  # doctest: +SKIP
+
+Usage (downloads the file unless it is in the cache already)::
+
+    state = download_state_dict(w, what="tv:resnet18")
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Serve a model over HTTP: the FastAPI app, its batching, metrics and limits, and the web page.
 
-Example:
-    >>> from imrec.serve import create_app, serve
-    >>> serve("runs/mnist-1", port=8000)  # doctest: +SKIP
+Usage (serves until interrupted)::
+
+    from imrec.serve import serve
+
+    serve("runs/mnist-1/bundle", port=8000)  # http://127.0.0.1:8000/
 """
 
 from __future__ import annotations

@@ -5,8 +5,10 @@ Routes: ``POST /v1/predict`` and ``POST /v1/explain`` (multipart or JSON), ``GET
 Every client error is a 4xx with ``{"error": {"code", "message"}}``; a 500 means a bug in imrec
 and is logged with its traceback.
 
-Example:
-    >>> app = create_app("runs/mnist-1", backend="torch")  # doctest: +SKIP
+Example (``bundle`` is an exported digit classifier):
+    >>> app = create_app(bundle, backend="torch")
+    >>> sorted(app.openapi()["paths"])
+    ['/healthz', '/metrics', '/readyz', '/v1/explain', '/v1/model', '/v1/predict']
 """
 
 from __future__ import annotations
@@ -68,8 +70,15 @@ def create_app(
         limits: upload size, images per request, pixels per image (default :class:`Limits`).
 
     Example:
-        >>> import uvicorn  # doctest: +SKIP
-        >>> uvicorn.run(create_app("runs/mnist-1"), port=8000)  # doctest: +SKIP
+        >>> app = create_app(bundle, max_batch=8, limits=Limits(max_files=4))
+        >>> app.state.model, app.state.limits.max_files
+        (Model('cnn', task='classify', backend='onnxruntime', version='...'), 4)
+
+    Usage (what ``imrec serve`` does, with ``uvicorn`` serving until interrupted)::
+
+        import uvicorn
+
+        uvicorn.run(create_app("runs/mnist-1/bundle"), port=8000)
     """
     from imrec.deploy.runtime import load
 

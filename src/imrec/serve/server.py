@@ -4,8 +4,9 @@ Each worker process builds its own app (and loads its own copy of the model) fro
 that :func:`serve` leaves in ``$IMREC_SERVE_SETTINGS``; their metrics are merged through files in
 a private folder named in ``$PROMETHEUS_MULTIPROC_DIR`` (see :mod:`imrec.serve.metrics`).
 
-Example:
-    >>> serve("runs/mnist-1", port=8000, workers=2)  # doctest: +SKIP
+Usage (serves until interrupted)::
+
+    serve("runs/mnist-1/bundle", port=8000, workers=2)
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ def app_from_env() -> FastAPI:
     """The app described by ``$IMREC_SERVE_SETTINGS`` (JSON): how each uvicorn worker builds it.
 
     Example:
-        >>> os.environ[SETTINGS_ENV] = json.dumps({"source": "runs/mnist-1"})  # doctest: +SKIP
-        >>> app = app_from_env()  # doctest: +SKIP
+        >>> os.environ[SETTINGS_ENV] = json.dumps({"source": str(bundle), "backend": "torch"})
+        >>> app_from_env().state.model
+        Model('cnn', task='classify', backend='torch', version='...')
+        >>> del os.environ[SETTINGS_ENV]
     """
     settings = json.loads(os.environ[SETTINGS_ENV])
     limits = Limits(**settings.pop("limits", {}))
@@ -54,8 +57,9 @@ def serve(
     With ``workers > 1`` each uvicorn worker process loads its own copy of the model, and
     ``/metrics`` reports the totals over all of them.
 
-    Example:
-        >>> serve("runs/mnist-1", port=8000, workers=2)  # doctest: +SKIP
+    Usage (serves until interrupted)::
+
+        serve("runs/mnist-1/bundle", port=8000, workers=2)
     """
     import uvicorn
 

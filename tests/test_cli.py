@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -210,34 +212,419 @@ def test_folder_errors_come_before_training(capsys, tmp_path):
     assert code == 2 and "missing" in err
 
 
-@pytest.mark.parametrize(
-    "flags",
-    [
-        ["--model", "mlp", "--optimizer", "adam", "--schedule", "constant"],
-        [
-            "--optimizer",
-            "sgd",
-            "--schedule",
-            "cosine",
-            "--label-smoothing",
-            "0.1",
-            "--ema",
-            "--grad-clip",
-            "1",
-        ],
-        ["--class-weights", "--early-stop", "1", "--no-augment", "--weight-norm"],
+# ---- every `imrec train` flag reaches config.json and does what it says -----------------
+#
+# Each case is a list of (flag, value or None, config.json field, expected value); the runs
+# pass exactly these flags (with --out and --quiet), check every field, then check what each
+# flag changed. test_every_train_flag_is_checked fails for a flag that no case passes.
+
+TRAIN_CASES: dict[str, list[tuple[str, str | None, str, object]]] = {
+    "adamw": [
+        ("--epochs", "2", "train.epochs", 2),
+        ("--model", "cnn", "model.name", "cnn"),
+        ("--model-opt", "width=16", "model.options", {"width": 16}),
+        ("--optimizer", "adamw", "train.optimizer", "adamw"),
+        ("--lr", "0.004", "train.lr", 0.004),
+        ("--weight-decay", "0.001", "train.weight_decay", 0.001),
+        ("--schedule", "onecycle", "train.schedule", "onecycle"),
+        ("--warmup-epochs", "1.5", "train.warmup_epochs", 1.5),
+        ("--batch-size", "64", "train.batch_size", 64),
+        ("--ema", None, "train.ema", True),
+        ("--ema-decay", "0", "train.ema_decay", 0.0),
+        ("--grad-clip", "1", "train.grad_clip", 1.0),
+        ("--label-smoothing", "0.1", "train.label_smoothing", 0.1),
+        ("--class-weights", None, "train.class_weights", True),
+        ("--compile", None, "train.compile", True),
+        ("--threads", "1", "train.threads", 1),
+        ("--device", "cpu", "train.device", "cpu"),
+        ("--amp", "off", "train.amp", "off"),
+        ("--data-placement", "host", "train.data_placement", "host"),
+        ("--cuda-graphs", "off", "train.cuda_graphs", "off"),
+        ("--augment-off", "rotate,shear", "data.augment_off", ["rotate", "shear"]),
+        ("--val-fraction", "0.2", "data.val_fraction", 0.2),
+        ("--preset", "fast", "preset", "fast"),
+        ("--task", "classify", "task", "classify"),
+        ("--seed", "0", "train.seed", 0),
     ],
-)
-def test_training_options(capsys, tmp_path, flags):
+    "sgd-best": [
+        ("--epochs", "2", "train.epochs", 2),
+        ("--batch-size", "128", "train.batch_size", 128),
+        ("--optimizer", "sgd", "train.optimizer", "sgd"),
+        ("--lr", "0.03", "train.lr", 0.03),
+        ("--schedule", "cosine", "train.schedule", "cosine"),
+        ("--warmup-epochs", "0", "train.warmup_epochs", 0.0),
+        ("--preset", "best", "preset", "best"),
+        ("--seed", "1", "train.seed", 1),
+    ],
+    "mlp-early-stop": [
+        ("--epochs", "3", "train.epochs", 3),
+        ("--batch-size", "32", "train.batch_size", 32),
+        ("--model", "mlp", "model.name", "mlp"),
+        ("--weight-norm", None, "model.weight_norm", True),
+        ("--optimizer", "adam", "train.optimizer", "adam"),
+        ("--lr", "0", "train.lr", 0.0),  # the model never changes: no epoch beats the first
+        ("--early-stop", "1", "train.early_stop", 1),
+    ],
+    "fine-tune": [
+        ("--init", "{digits_run}", "train.init", "{digits_run}"),
+        ("--epochs", "1", "train.epochs", 1),
+        ("--freeze-epochs", "1", "train.freeze_epochs", 1),
+        ("--head-lr-mult", "5", "train.head_lr_mult", 5.0),
+        ("--optimizer", "sgd", "train.optimizer", "sgd"),
+        ("--lr", "0.01", "train.lr", 0.01),
+        ("--schedule", "constant", "train.schedule", "constant"),
+        ("--warmup-epochs", "0", "train.warmup_epochs", 0.0),
+        ("--no-augment", None, "data.augment", "none"),
+    ],
+    "pretrained": [
+        ("--model", "tv:mobilenet_v3_small", "model.name", "tv:mobilenet_v3_small"),
+        ("--pretrained", "{weights}", "model.options", {"pretrained": "{weights}"}),
+        ("--epochs", "1", "train.epochs", 1),
+        ("--freeze-epochs", "1", "train.freeze_epochs", 1),
+        ("--batch-size", "64", "train.batch_size", 64),
+    ],
+    "folder-stream": [
+        ("--size", "12", "data.size", 12),
+        ("--channels", "3", "data.channels", 3),
+        ("--domain", "objects", "data.domain", "objects"),
+        ("--data-placement", "stream", "train.data_placement", "stream"),
+        ("--workers", "2", "train.workers", 2),
+        ("--epochs", "2", "train.epochs", 2),
+        ("--batch-size", "16", "train.batch_size", 16),
+    ],
+}
+# Passed by every run (the run folder is read from --out; --quiet is checked by the seed test)
+# or tested elsewhere.
+ALWAYS_PASSED = {"--out", "--quiet"}
+TESTED_ELSEWHERE = {
+    "--resume": "test_resume_of_a_finished_run_changes_nothing here, tests/test_resume.py",
+}
+BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _train_flags() -> set[str]:
+    import argparse
+
+    from imrec.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {
+        opt
+        for action in sub.choices["train"]._actions
+        for opt in action.option_strings
+        if opt.startswith("--") and action.dest != "help"
+    }
+
+
+def test_every_train_flag_is_checked():
+    """A new `imrec train` flag must join a case below (config field and effect) or be named."""
+    assert set(EFFECTS) == set(TRAIN_CASES)
+    used = {flag for case in TRAIN_CASES.values() for flag, *_ in case}
+    assert _train_flags() == used | ALWAYS_PASSED | set(TESTED_ELSEWHERE)
+
+
+@pytest.fixture
+def train_spies(monkeypatch):
+    """Records what training did with the flags: each step's loss options and gradient
+    clipping, torch.compile calls, the augmentation applied, the streaming workers. Puts the
+    torch thread count back afterwards (--threads changes it for the process)."""
+    import torch
+    import torch.nn.functional as F
+
+    import imrec.engine.train as engine
+    from imrec.transforms import BatchAugment
+
+    spies = SimpleNamespace(losses=[], clips=[], compiled=[], augments=[], workers=[])
+    cross_entropy, clip = F.cross_entropy, torch.nn.utils.clip_grad_norm_
+    forward, stream_init = BatchAugment.forward, engine._StreamLoader.__init__
+
+    def loss(*args, **kw):
+        if "label_smoothing" in kw:  # a training step's loss (validation passes no options)
+            spies.losses.append(
+                {"label_smoothing": kw["label_smoothing"], "weight": kw.get("weight")}
+            )
+        return cross_entropy(*args, **kw)
+
+    def clipped(params, max_norm, *args, **kw):
+        spies.clips.append(max_norm)
+        return clip(params, max_norm, *args, **kw)
+
+    def compiled(model, *args, **kw):
+        spies.compiled.append(model)
+        return model  # compiling takes ~30 s; that it is asked for is the flag's effect
+
+    def augment(self, *args, **kw):
+        spies.augments.append(self.cfg)
+        return forward(self, *args, **kw)
+
+    def loader(self, *args, **kw):
+        stream_init(self, *args, **kw)
+        spies.workers.append(self.loader.num_workers)
+
+    monkeypatch.setattr(F, "cross_entropy", loss)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clipped)
+    monkeypatch.setattr(torch, "compile", compiled)
+    monkeypatch.setattr(BatchAugment, "forward", augment)
+    monkeypatch.setattr(engine._StreamLoader, "__init__", loader)
+    threads = torch.get_num_threads()
+    yield spies
+    torch.set_num_threads(threads)
+
+
+def _tensors(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def _field(cfg: dict, path: str):
+    for key in path.split("."):
+        cfg = cfg[key]
+    return cfg
+
+
+def _filled(value, fill: dict):
+    if isinstance(value, str):
+        return value.format(**fill)
+    if isinstance(value, dict):
+        return {k: _filled(v, fill) for k, v in value.items()}
+    return value
+
+
+def _param_count(name: str, weight_norm: bool = False, **options) -> int:
+    from imrec.models import create_model
+
+    kw = {"num_classes": 10, "in_channels": 1, "input_size": (8, 8)}
+    model = create_model(name, weight_norm=weight_norm, **kw, **options)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _adamw_effects(r: SimpleNamespace) -> None:
+    report, rows, state, groups, spies = r.report, r.rows, r.state, r.groups, r.spies
+    steps, total = r.steps, r.total
+    # --batch-size 64: AdamW's step count is one per 64 images (a shorter last batch).
+    assert float(state["optim/0.step"]) == total and report["effective_batch_size"] == 64
+    # --lr, --schedule onecycle, --warmup-epochs 1.5: epoch 1 ends in the linear warm-up from
+    # 4% of the peak; epoch 2 ends at the last step of the linear decay to 0. The optimiser
+    # ran at the rate the metrics report.
+    warm = round(1.5 * steps)
+    assert rows[0]["lr"] == pytest.approx(0.004 * (0.04 + 0.96 * (steps - 1) / warm), abs=1e-8)
+    decayed = (total - 1 - warm) / (total - warm)
+    assert rows[1]["lr"] == pytest.approx(0.004 * (1 - decayed), abs=1e-8)
+    assert [g["lr"] for g in groups] == pytest.approx([rows[1]["lr"]] * len(groups), abs=1e-8)
+    # --optimizer adamw, --weight-decay 0.001: decoupled decay, on weights (not biases).
+    assert all(g["decoupled_weight_decay"] is True for g in groups)
+    assert sorted({g["weight_decay"] for g in groups}) == [0.0, 0.001]
+    assert any(k.endswith(".exp_avg") for k in state)
+    # --model cnn --model-opt width=16: stages of 12, 16, 32, 64 channels (default 24-128).
+    assert r.best["backbone.features.0.body.0.weight"].shape == (12, 1, 3, 3)
+    assert r.best["head.weight"].shape == (10, 64)
+    assert report["params"] == _param_count("cnn", width=16) < _param_count("cnn")
+    # --ema --ema-decay 0: an average updated every step that, with decay 0, is the model.
+    assert r.meta["ema_updates"] == total
+    model = {k[len("model/") :]: v for k, v in state.items() if k.startswith("model/")}
+    assert all(state[f"ema/{k}"].equal(v) for k, v in model.items())
+    # --grad-clip 1, --label-smoothing 0.1, --class-weights: what every step used.
+    assert spies.clips == [1.0] * total
+    assert [s["label_smoothing"] for s in spies.losses] == [0.1] * total
+    weight = spies.losses[0]["weight"]  # inverse class frequency, mean 1
+    assert weight.shape == (10,) and float(weight.mean()) == pytest.approx(1.0)
+    assert 0.8 < float(weight.min()) < float(weight.max()) < 1.25
+    assert len(spies.compiled) == 1  # --compile
+    assert report["timing"]["threads"] == 1  # --threads 1
+    # --device cpu, --amp off, --data-placement host, --cuda-graphs off (see also
+    # test_device_flags_reach_the_trainer).
+    assert (report["device"], report["amp"]) == ("cpu", "off")
+    assert (report["data_placement"], report["cuda_graphs"]) == ("host", False)
+    # --augment-off rotate,shear: the fast handwriting preset (--preset fast: no elastic
+    # warp), without rotation and shear, at every step.
+    assert len(spies.augments) == total and len(set(spies.augments)) == 1
+    a = spies.augments[0]
+    assert (a.rotate, a.shear, a.translate, a.scale, a.elastic) == (0, 0, 0.1, (0.9, 1.1), 0)
+    sizes = report["sizes"]  # --val-fraction 0.2 of the non-test images
+    assert sizes["val"] / (sizes["train"] + sizes["val"]) == pytest.approx(0.2, abs=0.01)
+    assert report["task"] == "classify" and "(seed 0)" in report["split"]  # --task, --seed
+
+
+def _sgd_best_effects(r: SimpleNamespace) -> None:
+    # --optimizer sgd: Nesterov momentum buffers, no Adam moments.
+    assert all((g["momentum"], g["nesterov"]) == (0.9, True) for g in r.groups)
+    assert any(k.endswith(".momentum_buffer") for k in r.state)
+    assert not any(k.endswith(".exp_avg") for k in r.state)
+    # --lr 0.03 --schedule cosine --warmup-epochs 0: half a cosine from the first step.
+    for row in r.rows:
+        step = row["epoch"] * r.steps - 1
+        assert row["lr"] == pytest.approx(
+            0.015 * (1 + math.cos(math.pi * step / r.total)), abs=1e-8
+        )
+    # --preset best: its handwriting recipe adds an EMA (updated once per 128 images: the
+    # --batch-size), elastic warps and random erasing.
+    assert r.cfg["train"]["ema"] is True and r.meta["ema_updates"] == r.total
+    assert {(a.elastic, a.erasing) for a in r.spies.augments} == {(2.0, 0.25)}
+    assert "(seed 1)" in r.report["split"]  # --seed 1 drew the validation split
+
+
+def _mlp_early_stop_effects(r: SimpleNamespace) -> None:
+    # --early-stop 1: epoch 2 did not beat epoch 1 (lr 0), so epoch 3 never ran.
+    assert [row["epoch"] for row in r.rows] == [1, 2] and r.report["best_epoch"] == 1
+    assert r.rows[0]["val_accuracy"] == r.rows[1]["val_accuracy"]
+    # --model mlp --weight-norm: one weight-normalised hidden layer of 64 units.
+    assert r.best["backbone.1.parametrizations.weight.original1"].shape == (64, 64)
+    assert r.best["head.weight"].shape == (10, 64)
+    assert r.report["params"] == _param_count("mlp", weight_norm=True)
+    # --optimizer adam: Adam's moments, its weight decay not decoupled; --batch-size 32.
+    assert all(g["decoupled_weight_decay"] is False for g in r.groups)
+    assert float(r.state["optim/0.step"]) == 2 * r.steps
+
+
+def _fine_tune_effects(r: SimpleNamespace) -> None:
+    # --init: the digits run's weights; --freeze-epochs 1: its backbone did not move.
+    assert r.report["init"].startswith(f"initialised from {r.digits_run}")
+    init = _tensors(r.digits_run / "best.safetensors")
+    last = _tensors(r.out / "last.safetensors")
+    for k, v in init.items():
+        if k.startswith("backbone.") and not k.endswith(BUFFERS):
+            assert last[k].equal(v), k
+    assert not last["head.weight"].equal(init["head.weight"])
+    # Only the head was stepped: momentum only for its parameters.
+    head = {i for g in r.groups if g["is_head"] for i in g["params"]}
+    moved = {int(k.split("/")[1].split(".")[0]) for k in r.state if k.endswith("momentum_buffer")}
+    assert moved == head
+    # --head-lr-mult 5 on --lr 0.01 --schedule constant --warmup-epochs 0.
+    assert r.rows[0]["lr"] == 0.01
+    for g in r.groups:
+        assert g["lr"] == pytest.approx(0.05 if g["is_head"] else 0.01, abs=1e-12)
+    assert r.spies.augments == []  # --no-augment (the cnn on digits would augment)
+
+
+def _pretrained_effects(r: SimpleNamespace) -> None:
+    # --pretrained: the torchvision backbone starts from the file; frozen, it stays there.
+    for k, v in r.source.items():
+        if not k.startswith("classifier.3.") and not k.endswith(BUFFERS):
+            assert r.best[f"backbone.model.{k}"].equal(v), k
+    assert r.report["model"] == "tv:mobilenet_v3_small"
+
+
+def _folder_stream_effects(r: SimpleNamespace) -> None:
+    # --size 12 --channels 3 --domain objects: 3x12x12 inputs and the objects preset, which
+    # flips images (handwriting never does).
+    card = json.loads((r.out / "best.json").read_text())
+    assert card["input"]["size"] == [12, 12] and card["input"]["channels"] == 3
+    assert card["domain"] == "objects"
+    assert r.best["backbone.features.0.body.0.weight"].shape[1] == 3
+    assert {a.hflip for a in r.spies.augments} == {True}
+    # --data-placement stream --workers 2: two DataLoader workers decoded the files.
+    assert r.report["data_placement"] == "stream" and r.spies.workers == [2]
+    assert float(r.state["optim/0.step"]) == r.total  # --batch-size 16
+
+
+EFFECTS = {
+    "adamw": _adamw_effects,
+    "sgd-best": _sgd_best_effects,
+    "mlp-early-stop": _mlp_early_stop_effects,
+    "fine-tune": _fine_tune_effects,
+    "pretrained": _pretrained_effects,
+    "folder-stream": _folder_stream_effects,
+}
+
+
+@pytest.mark.parametrize("case", list(TRAIN_CASES))
+def test_training_options(request, capsys, tmp_path, shapes_folder, train_spies, case):
+    from safetensors import safe_open
+
+    digits_run = Path("-")
+    if case == "fine-tune":  # the only case that needs the module's digits run, to start from
+        digits_run = request.getfixturevalue("digits_run")
+        for seen in vars(train_spies).values():
+            seen.clear()  # that run's training (when made now) is not this one's
+    fill = {"digits_run": str(digits_run), "weights": str(tmp_path / "mnv3.safetensors")}
+    source = None
+    if case == "pretrained":
+        import torch
+        import torchvision
+        from safetensors.torch import save_file
+
+        torch.manual_seed(1)
+        source = torchvision.models.mobilenet_v3_small(num_classes=5).state_dict()
+        save_file(source, fill["weights"])
+    # The folder of shapes is the smaller set: it keeps the torchvision model's run short.
+    folder = case in ("folder-stream", "pretrained")
+    dataset = f"folder:{shapes_folder}" if folder else "digits"
+    argv = [a.format(**fill) for flag, value, *_ in TRAIN_CASES[case] for a in (flag, value) if a]
     out = tmp_path / "run"
-    code, _, err = run_cli(
-        capsys, "train", "digits", "--out", out, *TINY, "--batch-size", "32", *flags
-    )
+    code, _, err = run_cli(capsys, "train", dataset, "--out", out, "--quiet", *argv)
     assert code == 0, err
+    assert "epoch 1/" not in err  # --quiet: no progress bar
+
+    # Every flag reached config.json with its value.
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["train"]["epochs"] == 2
+    for flag, _, path, expected in TRAIN_CASES[case]:
+        assert _field(cfg, path) == _filled(expected, fill), flag
     report = json.loads((out / "report.json").read_text())
-    assert report["test"]["accuracy"] > 0.3  # learning happened with every combination
+    assert report["config"] == cfg
+
+    # What each flag changed, read from the run folder and from what training did.
+    with safe_open(str(out / "state.safetensors"), framework="pt") as f:
+        meta = json.loads(f.metadata()["imrec"])
+    train = cfg["train"]
+    steps = math.ceil(report["sizes"]["train"] / train["batch_size"])  # per epoch
+    run = SimpleNamespace(
+        out=out,
+        cfg=cfg,
+        report=report,
+        rows=[json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()],
+        state=_tensors(out / "state.safetensors"),
+        best=_tensors(out / "best.safetensors"),
+        meta=meta,
+        groups=meta["optim"]["param_groups"],
+        steps=steps,
+        total=train["epochs"] * steps,
+        spies=train_spies,
+        digits_run=digits_run,
+        source=source,
+    )
+    if case != "mlp-early-stop":  # --epochs (that case stops early)
+        assert [row["epoch"] for row in run.rows] == list(range(1, train["epochs"] + 1))
+    EFFECTS[case](run)
+    if case not in ("mlp-early-stop", "pretrained"):  # (lr 0; a frozen random backbone)
+        assert report["test"]["accuracy"] > 0.3  # and it learned
+
+
+def test_device_flags_reach_the_trainer(capsys, tmp_path):
+    # On a CPU, --device cpu --amp off --cuda-graphs off behave as the defaults do; values the
+    # trainer must refuse show that each flag gets there.
+    base = ["train", "digits", "--device", "cpu", "--epochs", "1", "--quiet"]
+    code, _, err = run_cli(capsys, *base, "--amp", "fp16", "--out", tmp_path / "a")
+    assert code == 2 and "--amp fp16 is for GPUs" in err
+    code, _, err = run_cli(capsys, *base, "--cuda-graphs", "on", "--out", tmp_path / "b")
+    assert code == 2 and "--cuda-graphs on: training does not run on a CUDA GPU" in err
+
+
+def test_seed_makes_runs_identical_and_quiet_hides_the_bar(capsys, tmp_path):
+    import torch
+
+    def run(name: str, seed: int, *extra: str) -> tuple[dict, list[dict], str]:
+        out = tmp_path / name
+        # On the CPU: CUDA kernels need not be deterministic.
+        flags = ["--epochs", "1", "--model-opt", "width=8", "--device", "cpu", "--seed", str(seed)]
+        flags += extra
+        code, _, err = run_cli(capsys, "train", "digits", "--out", out, *flags)
+        assert code == 0, err
+        assert json.loads((out / "config.json").read_text())["train"]["seed"] == seed
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        timeless = [{k: v for k, v in r.items() if "second" not in k} for r in rows]
+        return _tensors(out / "best.safetensors"), timeless, err
+
+    first, rows, err = run("a", 3)
+    assert "epoch 1/1" in err  # without --quiet, the progress bar
+    again, rows_again, quiet_err = run("b", 3, "--quiet")
+    assert "epoch 1/1" not in quiet_err
+    assert rows_again == rows
+    assert first.keys() == again.keys() and all(again[k].equal(v) for k, v in first.items())
+    other, rows_other, _ = run("c", 4, "--quiet")
+    assert rows_other != rows
+    assert not all(torch.equal(other[k], v) for k, v in first.items())
 
 
 def test_fine_tune_from_a_checkpoint_with_other_classes(

@@ -321,18 +321,143 @@ def test_detection_grid_of_mixed_sizes(tmp_path):
         save_detection_grid(images[:1], targets[:2], ["a"], tmp_path / "bad.png")
 
 
-def test_pr_curves_and_message(tmp_path):
+@pytest.fixture
+def drawn(monkeypatch) -> list[list[dict]]:
+    """What every figure saved during a test drew, read just before it was written.
+
+    One entry per saved figure: per axes (in order) its title, x limits, free texts and lines
+    (label -> x, y and RGB colour). The plotting functions clear their figure once saved, so
+    this spies on matplotlib's own ``Figure.savefig``; the PNG is still written.
+    """
+    from matplotlib.colors import to_rgb
+    from matplotlib.figure import Figure
+
+    figures: list[list[dict]] = []
+    real = Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        axes = []
+        for ax in fig.axes:
+            legend = ax.get_legend()
+            axes.append({
+                "title": ax.get_title(),
+                "xlim": tuple(ax.get_xlim()),
+                "texts": [t.get_text() for t in ax.texts],
+                "legend": [t.get_text() for t in legend.get_texts()] if legend else [],
+                "lines": {
+                    line.get_label(): (
+                        np.asarray(line.get_xdata(), dtype=float),
+                        np.asarray(line.get_ydata(), dtype=float),
+                        to_rgb(line.get_color()),
+                    )
+                    for line in ax.get_lines()
+                },
+            })  # fmt: skip
+        figures.append(axes or [{"texts": [t.get_text() for t in fig.texts]}])
+        return real(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    return figures
+
+
+def _pr_case(dog_first: bool):
+    """Two cats and a dog on one image; the cats found exactly, the dog found with a false
+    alarm scored above (``dog_first``) or below its true box, and a stray bird with no truth.
+
+    Cat: AP 1 at every IoU, its interpolated precision 1 at all 101 recall points. Dog with
+    the false alarm first: precision 1/2 at every recall point (AP .5); else 1 (AP 1).
+    """
+    cats, dog, alarm = [[0, 0, 20, 20], [30, 0, 50, 20]], [0, 50, 20, 70], [60, 60, 90, 90]
+    gt = _set([[*cats, dog]], [[0, 0, 1]])
+    scores = [0.9, 0.8, 0.6, 0.7 if dog_first else 0.5, 0.95]
+    pred = _pred([*cats, dog, alarm, alarm], scores, [0, 0, 1, 1, 2])
+    return coco_evaluate(gt, [pred], ["cat", "dog", "bird"])
+
+
+def test_pr_curves_draw_each_class_curve_with_its_ap_and_colour(tmp_path, drawn):
+    poor = _pr_case(dog_first=True)
+    assert (poor["per_class"]["dog"]["ap50"], poor["map50"]) == (0.5, 0.75)  # the known case
+    path = save_pr_curves(poor, tmp_path / "pr.png")
+    [[ax]] = drawn
+    recall = np.linspace(0, 1, 101)
+    # Classes with ground truth, most true boxes first, each in its class colour; the bird
+    # (no ground truth) gets no curve. Then the means over classes at IoU .5 and .75.
+    assert list(ax["lines"]) == ["cat (AP50 1.000)", "dog (AP50 0.500)",
+                                 "all, IoU .5", "all, IoU .75"]  # fmt: skip
+    assert ax["legend"] == list(ax["lines"])
+    expected = {"cat (AP50 1.000)": 1.0, "dog (AP50 0.500)": 0.5,
+                "all, IoU .5": 0.75, "all, IoU .75": 0.75}  # fmt: skip
+    for label, precision in expected.items():
+        x, y, _ = ax["lines"][label]
+        assert x == pytest.approx(recall) and y == pytest.approx([precision] * 101), label
+    assert ax["lines"]["cat (AP50 1.000)"][2] == pytest.approx(np.array(class_colour(0)) / 255)
+    assert ax["lines"]["dog (AP50 0.500)"][2] == pytest.approx(np.array(class_colour(1)) / 255)
+    assert ax["title"] == "mAP 0.750   mAP50 0.750   mAP75 0.750"
+    px = _pixels(path)
+    for c in (0, 1):  # the PNG shows both class curves in their colours (alpha .8 on white)
+        seen = 0.8 * np.array(class_colour(c)) + 0.2 * 255
+        assert (np.abs(px - seen).max(-1) < 12).sum() > 200
+
+    # A perfect detector: the same picture but every curve (and the title) at 1.
+    good = _pr_case(dog_first=False)
+    perfect = save_pr_curves(good, tmp_path / "perfect.png")
+    ax = drawn[1][0]
+    assert list(ax["lines"])[:2] == ["cat (AP50 1.000)", "dog (AP50 1.000)"]
+    for label, (_, y, _) in ax["lines"].items():
+        assert y == pytest.approx([1.0] * 101), label
+    assert ax["title"] == "mAP 1.000   mAP50 1.000   mAP75 1.000"
+    assert not np.array_equal(_pixels(perfect), px)
+
+    # max_classes keeps the classes with the most true boxes: here the cat only.
+    save_pr_curves(poor, tmp_path / "one.png", max_classes=1)
+    assert list(drawn[2][0]["lines"]) == ["cat (AP50 1.000)", "all, IoU .5", "all, IoU .75"]
+
+
+def test_pr_curves_draw_the_evaluated_numbers_and_a_message_without_truth(tmp_path, drawn):
     gt, preds, classes = _random_case()
-    _not_blank(
-        save_pr_curves(coco_evaluate(gt, preds, classes), tmp_path / "pr.png", max_classes=1)
-    )
+    result = coco_evaluate(gt, preds, classes)
+    _not_blank(save_pr_curves(result, tmp_path / "pr.png", max_classes=1))
+    [[ax]] = drawn
+    busiest = max(classes, key=lambda n: result["per_class"][n]["gt"])
+    ap50 = result["per_class"][busiest]["ap50"]
+    assert list(ax["lines"]) == [f"{busiest} (AP50 {ap50:.3f})", "all, IoU .5", "all, IoU .75"]
+    assert ax["lines"]["all, IoU .5"][1] == pytest.approx(result["pr"]["all50"])
+    assert ax["lines"]["all, IoU .75"][1] == pytest.approx(result["pr"]["all75"])
+    own = ax["lines"][f"{busiest} (AP50 {ap50:.3f})"][1]
+    assert own == pytest.approx(result["pr"]["precision50"][busiest])
     nothing = coco_evaluate(_set([[]], [[]]), [_none()], ["cat"])
     _not_blank(save_pr_curves(nothing, tmp_path / "empty.png"))
+    assert drawn[1] == [{"texts": ["no ground-truth boxes: no precision-recall curve"]}]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.png", "pr.png"]  # no temp files
 
 
-def test_detection_curves(tmp_path):
-    history = [{"epoch": e, "train_loss": 2 / e, "val_map": 0.1 * e, "val_map50": 0.2 * e}
-               for e in (1, 2, 3)]  # fmt: skip
-    _not_blank(save_detection_curves(history, tmp_path / "curves.png"))
-    _not_blank(save_detection_curves([{"epoch": 1, "train_loss": 1.0}], tmp_path / "one.png"))
+def test_detection_curves(tmp_path, drawn):
+    history = [
+        {"epoch": 1, "train_loss": 2.0, "val_map": 0.1, "val_map50": 0.2},
+        {"epoch": 2, "train_loss": 1.0, "val_map": None, "val_map50": 0.4},  # mAP not measured
+        {"epoch": 3, "train_loss": 0.5, "val_map": 0.3, "val_map50": 0.6},
+    ]
+    path = save_detection_curves(history, tmp_path / "curves.png")
+    [[loss, val]] = drawn
+    assert (loss["title"], val["title"]) == ("loss", "validation mAP")
+    # Loss: only the train curve (the history has no val_loss), one point per epoch.
+    assert list(loss["lines"]) == loss["legend"] == ["train"]
+    x, y, _ = loss["lines"]["train"]
+    assert x.tolist() == [1, 2, 3] and y.tolist() == [2.0, 1.0, 0.5]
+    # mAP: both curves; the epoch without a value is left out, not drawn as 0.
+    assert list(val["lines"]) == val["legend"] == ["mAP@[.5:.95]", "mAP50"]
+    x, y, _ = val["lines"]["mAP@[.5:.95]"]
+    assert x.tolist() == [1, 3] and y.tolist() == [0.1, 0.3]
+    x, y, _ = val["lines"]["mAP50"]
+    assert x.tolist() == [1, 2, 3] and y.tolist() == [0.2, 0.4, 0.6]
+    assert _pixels(path).shape[:2] == (400, 1000)  # 10 x 4 inches at 100 dpi
+
+    # One epoch with only a loss: a single point, the axis spanning epochs 0-2, and the mAP
+    # panel saying it has no data.
+    one = save_detection_curves([{"epoch": 1, "train_loss": 1.0}], tmp_path / "one.png")
+    [loss, val] = drawn[1]
+    x, y, _ = loss["lines"]["train"]
+    assert x.tolist() == [1] and y.tolist() == [1.0] and loss["xlim"] == (0, 2)
+    assert val["lines"] == {} and val["texts"] == ["no data"]
+    # Other numbers, another picture.
+    assert not np.array_equal(_pixels(one), _pixels(path))

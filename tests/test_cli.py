@@ -331,12 +331,12 @@ def train_spies(monkeypatch):
     import torch
     import torch.nn.functional as F
 
-    import imrec.engine.train as engine
-    from imrec.transforms import BatchAugment
+    import imrec.engine.placement as engine
+    from imrec.classify.augment import BatchAugment
 
     spies = SimpleNamespace(losses=[], clips=[], compiled=[], augments=[], workers=[])
     cross_entropy, clip = F.cross_entropy, torch.nn.utils.clip_grad_norm_
-    forward, stream_init = BatchAugment.forward, engine._StreamLoader.__init__
+    forward, stream_init = BatchAugment.forward, engine.StreamLoader.__init__
 
     def loss(*args, **kw):
         if "label_smoothing" in kw:  # a training step's loss (validation passes no options)
@@ -365,7 +365,7 @@ def train_spies(monkeypatch):
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clipped)
     monkeypatch.setattr(torch, "compile", compiled)
     monkeypatch.setattr(BatchAugment, "forward", augment)
-    monkeypatch.setattr(engine._StreamLoader, "__init__", loader)
+    monkeypatch.setattr(engine.StreamLoader, "__init__", loader)
     threads = torch.get_num_threads()
     yield spies
     torch.set_num_threads(threads)

@@ -323,8 +323,8 @@ INT8_MAP_TOLERANCE = 0.03
 
 
 def test_int8_detector_map_is_within_tolerance_of_fp32(detector_run, tmp_path):
-    from imrec.export import load_probe, quality, quantize_int8
-    from imrec.runtime import OnnxRunner
+    from imrec.deploy.export import load_probe, quality, quantize_int8
+    from imrec.deploy.runtime import OnnxRunner
 
     detect_run, bundle = detector_run
     m = read_manifest(bundle)

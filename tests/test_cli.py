@@ -271,6 +271,7 @@ TRAIN_CASES: dict[str, list[tuple[str, str | None, str, object]]] = {
         ("--freeze-epochs", "1", "train.freeze_epochs", 1),
         ("--head-lr-mult", "5", "train.head_lr_mult", 5.0),
         ("--optimizer", "sgd", "train.optimizer", "sgd"),
+        ("--momentum", "0.8", "train.momentum", 0.8),
         ("--lr", "0.01", "train.lr", 0.01),
         ("--schedule", "constant", "train.schedule", "constant"),
         ("--warmup-epochs", "0", "train.warmup_epochs", 0.0),
@@ -298,6 +299,8 @@ TRAIN_CASES: dict[str, list[tuple[str, str | None, str, object]]] = {
 ALWAYS_PASSED = {"--out", "--quiet"}
 TESTED_ELSEWHERE = {
     "--resume": "test_resume_of_a_finished_run_changes_nothing here, tests/test_resume.py",
+    "--channels-last": "test_layout_and_evaluation_batch_flags_reach_the_trainer",
+    "--eval-batch-size": "test_layout_and_evaluation_batch_flags_reach_the_trainer",
 }
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -491,6 +494,7 @@ def _fine_tune_effects(r: SimpleNamespace) -> None:
     head = {i for g in r.groups if g["is_head"] for i in g["params"]}
     moved = {int(k.split("/")[1].split(".")[0]) for k in r.state if k.endswith("momentum_buffer")}
     assert moved == head
+    assert {g["momentum"] for g in r.groups} == {0.8}  # --momentum 0.8
     # --head-lr-mult 5 on --lr 0.01 --schedule constant --warmup-epochs 0.
     assert r.rows[0]["lr"] == 0.01
     for g in r.groups:
@@ -675,3 +679,33 @@ def test_bad_arguments(capsys, tmp_path):
         capsys, "train", "digits", "--augment-off", "wobble", *TINY, "--out", tmp_path / "r2"
     )
     assert code == 2 and "wobble" in err
+
+
+def test_layout_and_evaluation_batch_flags_reach_the_trainer(tmp_path, monkeypatch):
+    """--channels-last off keeps batches in the default layout; --eval-batch-size is the
+    number of validation images per call (both leave the numbers alone, so spies tell)."""
+    import imrec.classify.train as classify_train
+    from imrec.core.batching import Batcher
+
+    layouts, sizes = [], []
+    from_stats, predict_logits = Batcher.from_stats.__func__, classify_train.predict_logits
+
+    def batcher(cls, mean, std, device="cpu", channels_last=False):
+        layouts.append(channels_last)
+        return from_stats(cls, mean, std, device, channels_last)
+
+    def logits(model, images, batcher, batch_size=1024):
+        sizes.append(batch_size)
+        return predict_logits(model, images, batcher, batch_size)
+
+    monkeypatch.setattr(Batcher, "from_stats", classmethod(batcher))
+    monkeypatch.setattr(classify_train, "predict_logits", logits)
+    for layout, expected in (("off", False), ("auto", True)):
+        out = tmp_path / layout
+        argv = ["train", "digits", "--epochs", "1", "--channels-last", layout]
+        assert main([*argv, "--eval-batch-size", "7", "--out", str(out), "--quiet"]) == 0
+        assert layouts[0] is expected  # the training batcher, built first
+        layouts.clear()
+        saved = json.loads((out / "config.json").read_text())["train"]
+        assert (saved["channels_last"], saved["eval_batch_size"]) == (layout, 7)
+    assert sizes and set(sizes) == {7}

@@ -92,7 +92,7 @@ def fit(
     )
     base = dataset if task == "classify" else dataset.split(":", 1)[0]
     run_dir = Path(out) if out else default_run_dir(base)
-    report = pkg.train(run, run_dir, progress=progress, data=loaded)
+    report = pkg.train_run(run, run_dir, progress=progress, data=loaded)
     report["run_dir"] = str(run_dir)
     return report
 
@@ -135,7 +135,7 @@ def resume(run_dir: str | Path, *, progress: bool = True) -> dict:
 
 def train_config(run: RunConfig, out: str | Path, *, progress: bool = True) -> dict:
     """Train from a fully resolved :class:`RunConfig` (e.g. one read from a ``config.json``)."""
-    report = task_package(run.task).train(run, out, progress=progress)
+    report = task_package(run.task).train_run(run, out, progress=progress)
     report["run_dir"] = str(out)
     return report
 

@@ -6,7 +6,8 @@ dispatches on the task) treats them alike and a new task is one new sibling pack
 - ``TASK``: the task's name, as datasets, models and checkpoints declare it;
 - ``Trainer``: the :class:`imrec.engine.loop.Trainer` subclass with the task's hooks;
 - ``load_data(name, **options)``: the dataset, split into train, validation and test;
-- ``train(run, run_dir, *, progress, data)``: a new run, returning its report;
+- ``train_run(run, run_dir, *, progress, data)``: a new run, returning its report (not
+  ``train``, which would hide the ``train`` module);
 - ``evaluate_run(run_dir, data, *, batch_size, device)``: a run's best checkpoint, scored;
 - ``Predictor``: predictions on real-world image files;
 - ``UNUSED_TRAIN_FIELDS``: :class:`~imrec.config.TrainConfig` fields the task does not
@@ -16,7 +17,8 @@ dispatches on the task) treats them alike and a new task is one new sibling pack
 from imrec.classify.evaluate import evaluate_run
 from imrec.classify.predict import Predictor
 from imrec.classify.train import ClassifyTrainer as Trainer
-from imrec.classify.train import load_for_training, train
+from imrec.classify.train import load_for_training
+from imrec.classify.train import train as train_run
 
 TASK = "classify"
 UNUSED_TRAIN_FIELDS: tuple[str, ...] = ()
@@ -34,5 +36,5 @@ __all__ = [
     "Trainer",
     "evaluate_run",
     "load_data",
-    "train",
+    "train_run",
 ]

@@ -1,14 +1,14 @@
 """Object detection: what the detection task provides to :mod:`imrec.api`.
 
 The same names as :mod:`imrec.classify` (see there): ``TASK``, ``Trainer``, ``load_data``,
-``train``, ``evaluate_run``, ``Predictor`` and ``UNUSED_TRAIN_FIELDS``.
+``train_run``, ``evaluate_run``, ``Predictor`` and ``UNUSED_TRAIN_FIELDS``.
 """
 
 from imrec.data.detection import load_detection
 from imrec.detect.evaluate import evaluate_detection_run
 from imrec.detect.predict import DetectionPredictor as Predictor
 from imrec.detect.train import DetectionTrainer as Trainer
-from imrec.detect.train import train_detector as train
+from imrec.detect.train import train_detector as train_run
 
 TASK = "detect"
 # What the detection trainer does not use: the loss is the detector's own (no smoothing or
@@ -47,5 +47,5 @@ __all__ = [
     "Trainer",
     "evaluate_run",
     "load_data",
-    "train",
+    "train_run",
 ]

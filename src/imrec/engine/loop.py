@@ -82,10 +82,12 @@ class Trainer:
     early stop, EMA, mixed precision, DDP under torchrun and a progress bar.
 
     A task subclasses it (see :class:`imrec.classify.train.ClassifyTrainer` and
-    :class:`imrec.detect.train.DetectionTrainer`) and provides ``train_epoch`` (one pass,
-    returning the epoch's metrics row), ``validate``, ``meta`` (the checkpoint metadata) and
-    ``finish`` (evaluate the best checkpoint and write the report). ``monitor`` names the
-    validation number that picks the best checkpoint and early stops.
+    :class:`imrec.detect.train.DetectionTrainer`) and provides the hooks: ``load_data``,
+    ``build`` (the network and what feeds it), ``loss`` (one batch's loss, used by the shared
+    :meth:`step`), ``train_epoch`` (one pass, returning the epoch's metrics row), ``validate``,
+    ``input_meta`` and ``domain_meta`` (its parts of the checkpoint metadata), ``_init_from``
+    (``--init``) and ``finish`` (evaluate the best checkpoint and write the report).
+    ``monitor`` names the validation number that picks the best checkpoint and early stops.
     """
 
     task = "classify"

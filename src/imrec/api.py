@@ -165,3 +165,13 @@ def load_predictor(source: str | Path, device: str = "cpu", **detect_options):
     task = read_checkpoint_meta(source).get("task", "classify")
     options = detect_options if task == "detect" else {}
     return task_package(task).Predictor(source, device, **options)
+
+
+def summary(report: dict) -> str:
+    """The headline numbers of a training or evaluation report, in one line.
+
+    Example:
+        >>> summary({"task": "detect", "test": {"map": 0.5, "map50": 0.9, "map75": 0.4}})
+        'mAP@[.5:.95] 0.5000, mAP@.5 0.9000, mAP@.75 0.4000'
+    """
+    return task_package(report.get("task", "classify")).summary(report)

@@ -224,37 +224,22 @@ def cmd_train(args) -> int:
 
 
 def _print_summary(report: dict) -> None:
-    t = report["test"]
-    run_dir = Path(report.get("run_dir", "."))
-    if report.get("task") == "detect":
-        print(
-            f"{report['dataset']} / {report['model']}: test mAP@[.5:.95] {t['map']:.4f}, "
-            f"mAP@.5 {t['map50']:.4f}, mAP@.75 {t['map75']:.4f} (trained {report.get('train_seconds')} s)"
-        )
-        print(f"report: {run_dir / 'report.md'}")
-        return
+    from imrec.api import summary
+
     print(
-        f"{report['dataset']} / {report['model']}: test accuracy {t['accuracy']:.4f}, macro F1 {t['macro_f1']:.4f}, "
-        f"top-5 {t['top5']:.4f}, ECE {t['ece']:.4f} (trained {report.get('train_seconds')} s)"
+        f"{report['dataset']} / {report['model']}: test {summary(report)} "
+        f"(trained {report.get('train_seconds')} s)"
     )
-    print(f"report: {run_dir / 'report.md'}")
+    print(f"report: {Path(report.get('run_dir', '.')) / 'report.md'}")
 
 
 def cmd_eval(args) -> int:
     import imrec
+    from imrec.api import summary
 
     report = imrec.evaluate(args.run_dir, args.data, device=args.device)
-    t = report["test"]
-    if report.get("task") == "detect":
-        print(
-            f"{report['dataset']}: mAP@[.5:.95] {t['map']:.4f}, mAP@.5 {t['map50']:.4f}, "
-            f"mAP@.75 {t['map75']:.4f}, {report['timing']['images_per_second']:.0f} images/s"
-        )
-        print(f"report: {Path(report['report_dir']) / 'report.md'}")
-        return 0
-    print(
-        f"{report['dataset']}: accuracy {t['accuracy']:.4f}, macro F1 {t['macro_f1']:.4f}, top-5 {t['top5']:.4f}, ECE {t['ece']:.4f}, {report['timing']['images_per_second']:.0f} images/s"
-    )
+    rate = report["timing"]["images_per_second"]
+    print(f"{report['dataset']}: {summary(report)}, {rate:.0f} images/s")
     print(f"report: {Path(report['report_dir']) / 'report.md'}")
     return 0
 

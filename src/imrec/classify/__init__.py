@@ -10,6 +10,7 @@ dispatches on the task) treats them alike and a new task is one new sibling pack
   ``train``, which would hide the ``train`` module);
 - ``evaluate_run(run_dir, data, *, batch_size, device)``: a run's best checkpoint, scored;
 - ``Predictor``: predictions on real-world image files;
+- ``summary(report)``: the headline numbers of a report, in one line;
 - ``UNUSED_TRAIN_FIELDS``: :class:`~imrec.config.TrainConfig` fields the task does not
   honour; :func:`imrec.api.fit` refuses them when a user sets them.
 """
@@ -24,6 +25,20 @@ TASK = "classify"
 UNUSED_TRAIN_FIELDS: tuple[str, ...] = ()
 
 
+def summary(report: dict) -> str:
+    """The headline numbers of a classification report's test split.
+
+    Example:
+        >>> summary({"test": {"accuracy": 0.99, "macro_f1": 0.98, "top5": 1.0, "ece": 0.01}})
+        'accuracy 0.9900, macro F1 0.9800, top-5 1.0000, ECE 0.0100'
+    """
+    t = report["test"]
+    return (
+        f"accuracy {t['accuracy']:.4f}, macro F1 {t['macro_f1']:.4f}, top-5 {t['top5']:.4f}, "
+        f"ECE {t['ece']:.4f}"
+    )
+
+
 def load_data(name: str, *, placement: str = "auto", **options):
     """The classification dataset ``name`` (see :func:`imrec.data.load_dataset`)."""
     return load_for_training(name, placement, **options)
@@ -36,5 +51,6 @@ __all__ = [
     "Trainer",
     "evaluate_run",
     "load_data",
+    "summary",
     "train_run",
 ]

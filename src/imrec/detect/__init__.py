@@ -1,7 +1,7 @@
 """Object detection: what the detection task provides to :mod:`imrec.api`.
 
 The same names as :mod:`imrec.classify` (see there): ``TASK``, ``Trainer``, ``load_data``,
-``train_run``, ``evaluate_run``, ``Predictor`` and ``UNUSED_TRAIN_FIELDS``.
+``train_run``, ``evaluate_run``, ``Predictor``, ``summary`` and ``UNUSED_TRAIN_FIELDS``.
 """
 
 from imrec.data.detection import load_detection
@@ -23,6 +23,17 @@ UNUSED_TRAIN_FIELDS = (
     "cuda_graphs",
     "eval_batch_size",
 )
+
+
+def summary(report: dict) -> str:
+    """The headline numbers of a detection report's test split.
+
+    Example:
+        >>> summary({"test": {"map": 0.8, "map50": 0.97, "map75": 0.9}})
+        'mAP@[.5:.95] 0.8000, mAP@.5 0.9700, mAP@.75 0.9000'
+    """
+    t = report["test"]
+    return f"mAP@[.5:.95] {t['map']:.4f}, mAP@.5 {t['map50']:.4f}, mAP@.75 {t['map75']:.4f}"
 
 
 def load_data(name: str, *, placement: str = "auto", size=None, domain=None, **options):
@@ -47,5 +58,6 @@ __all__ = [
     "Trainer",
     "evaluate_run",
     "load_data",
+    "summary",
     "train_run",
 ]

@@ -35,97 +35,30 @@ def cmd_data_list(args) -> int:
 
 
 def cmd_data_get(args) -> int:
-    from imrec.data import dataset_info, fetch_dataset
-    from imrec.data.detection import fetch_detection, is_detection_dataset
+    from imrec.api import task_package
+    from imrec.data import dataset_task
 
-    if is_detection_dataset(args.name):
-        print(f"{args.name}: files ready in {fetch_detection(args.name)}")
-        return 0
-    info = dataset_info(args.name)
-    folder = fetch_dataset(args.name)
-    print(f"{info.name}: files verified in {folder}")
+    print(task_package(dataset_task(args.name)).get_data(args.name))
     return 0
 
 
 def cmd_data_show(args) -> int:
-    import torch
+    from imrec.api import task_package
+    from imrec.data import dataset_task
 
-    from imrec.classify.viz import save_class_grid
-    from imrec.data import load_dataset
-    from imrec.data.detection import is_detection_dataset
-
-    if is_detection_dataset(args.name):
-        return _show_detection(args)
-    data = load_dataset(args.name, size=args.size, channels=args.channels, domain=args.domain)
-    split = data.train
-    if split.streamed:  # decode only what the grid shows
-        from imrec.data.types import ImageSet
-
-        split = split.subset(_first_per_class(split.labels, data.num_classes, args.per_class))
-        split = ImageSet(split.images[:], split.labels)
-    out = Path(
-        args.out
-        or f"{data.name.replace('folder:', '').strip('/').replace('/', '_')}{'-augment' if args.augment else ''}.png"
+    out = task_package(dataset_task(args.name)).save_samples(
+        args.name,
+        args.out,
+        augment=args.augment,
+        preset=args.preset,
+        per_class=args.per_class,
+        seed=args.seed,
+        size=args.size,
+        channels=args.channels,
+        domain=args.domain,
     )
-    images = split.images
-    title = f"{data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test, {data.channels}x{data.input_size[0]}x{data.input_size[1]}"
-    if args.augment:
-        from imrec.classify.train import build_augment
-        from imrec.config import build_config
-
-        # Exactly what `imrec train NAME --preset P` applies (the recipe may switch options off).
-        aug = build_augment(build_config(data.name, data.domain, args.preset), data.domain)
-        if aug is None:
-            raise ValueError(f"the {args.preset} recipe for {data.name} uses no augmentation")
-        pick = _first_per_class(split.labels, data.num_classes, args.per_class)
-        gen = torch.Generator().manual_seed(args.seed)
-        x = aug(split.images[pick].float() / 255.0, gen)
-        images = torch.zeros_like(split.images)
-        images[pick] = (x * 255).round().clamp(0, 255).to(torch.uint8)
-        title += f"; {args.preset} '{data.domain}' augmentation"
-    save_class_grid(images, split.labels, data.classes, out, per_class=args.per_class, title=title)
     print(out)
     return 0
-
-
-def _show_detection(args) -> int:
-    """A grid of training images with their boxes (after augmentation with --augment)."""
-    import torch
-
-    from imrec.config import build_config
-    from imrec.data.detection import load_detection
-    from imrec.detect.augment import DetectTransform
-    from imrec.detect.train import build_detect_augment
-    from imrec.detect.viz import save_detection_grid
-
-    data = load_detection(args.name, channels=args.channels)
-    split, n = data.train, min(len(data.train), max(1, args.per_class) * 2)
-    images = [split.load_image(i, data.channels) for i in range(n)]
-    targets = [{"boxes": split.boxes[i], "labels": split.labels[i]} for i in range(n)]
-    title = (
-        f"{data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test "
-        f"images, {split.num_boxes()} train boxes"
-    )
-    if args.augment:
-        run = build_config(data.name, data.domain, args.preset, task="detect")
-        size = args.size or run.data.size or max(data.image_size or (320, 320))
-        tf = DetectTransform(size, build_detect_augment(run, data.domain), data.domain)
-        torch.manual_seed(args.seed)
-        pairs = [
-            tf(img, t["boxes"].clone(), t["labels"].clone())
-            for img, t in zip(images, targets, strict=True)
-        ]
-        images = [p[0] for p in pairs]
-        targets = [{"boxes": p[1], "labels": p[2]} for p in pairs]
-        title += f"; {args.preset} '{data.domain}' augmentation at {size} px"
-    out = Path(args.out or f"{_file_stem(data.name)}{'-augment' if args.augment else ''}.png")
-    save_detection_grid(images, targets, data.classes, out, title=title)
-    print(out)
-    return 0
-
-
-def _file_stem(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_")
 
 
 def cmd_data_convert(args) -> int:
@@ -138,12 +71,6 @@ def cmd_data_convert(args) -> int:
     for line in result.report.examples[:10]:
         print(f"  {line}")
     return 0
-
-
-def _first_per_class(labels, num_classes: int, k: int):
-    import torch
-
-    return torch.cat([torch.nonzero(labels == c).flatten()[:k] for c in range(num_classes)])
 
 
 # ---- models ---------------------------------------------------------------------------

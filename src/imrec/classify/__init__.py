@@ -10,6 +10,8 @@ dispatches on the task) treats them alike and a new task is one new sibling pack
   ``train``, which would hide the ``train`` module);
 - ``evaluate_run(run_dir, data, *, batch_size, device)``: a run's best checkpoint, scored;
 - ``Predictor``: predictions on real-world image files;
+- ``get_data(name)``: fetch and verify the dataset's files; a line saying where they are;
+- ``save_samples(name, out, ...)``: a PNG of samples (``imrec data show``);
 - ``summary(report)``: the headline numbers of a report, in one line;
 - ``UNUSED_TRAIN_FIELDS``: :class:`~imrec.config.TrainConfig` fields the task does not
   honour; :func:`imrec.api.fit` refuses them when a user sets them.
@@ -17,9 +19,11 @@ dispatches on the task) treats them alike and a new task is one new sibling pack
 
 from imrec.classify.evaluate import evaluate_run
 from imrec.classify.predict import Predictor
+from imrec.classify.samples import save_samples
 from imrec.classify.train import ClassifyTrainer as Trainer
 from imrec.classify.train import load_for_training
 from imrec.classify.train import train as train_run
+from imrec.data import dataset_info, fetch_dataset
 
 TASK = "classify"
 UNUSED_TRAIN_FIELDS: tuple[str, ...] = ()
@@ -39,6 +43,17 @@ def summary(report: dict) -> str:
     )
 
 
+def get_data(name: str) -> str:
+    """Fetch and verify the files of ``name``; say where they are.
+
+    Example:
+        >>> get_data("digits").startswith("digits: files verified in ")
+        True
+    """
+    info = dataset_info(name)
+    return f"{info.name}: files verified in {fetch_dataset(name)}"
+
+
 def load_data(name: str, *, placement: str = "auto", **options):
     """The classification dataset ``name`` (see :func:`imrec.data.load_dataset`)."""
     return load_for_training(name, placement, **options)
@@ -50,7 +65,9 @@ __all__ = [
     "Predictor",
     "Trainer",
     "evaluate_run",
+    "get_data",
     "load_data",
+    "save_samples",
     "summary",
     "train_run",
 ]

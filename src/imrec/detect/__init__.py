@@ -1,12 +1,14 @@
 """Object detection: what the detection task provides to :mod:`imrec.api`.
 
 The same names as :mod:`imrec.classify` (see there): ``TASK``, ``Trainer``, ``load_data``,
-``train_run``, ``evaluate_run``, ``Predictor``, ``summary`` and ``UNUSED_TRAIN_FIELDS``.
+``train_run``, ``evaluate_run``, ``Predictor``, ``get_data``, ``save_samples``, ``summary`` and
+``UNUSED_TRAIN_FIELDS``.
 """
 
-from imrec.data.detection import load_detection
+from imrec.data.detection import fetch_detection, load_detection
 from imrec.detect.evaluate import evaluate_detection_run
 from imrec.detect.predict import DetectionPredictor as Predictor
+from imrec.detect.samples import save_samples
 from imrec.detect.train import DetectionTrainer as Trainer
 from imrec.detect.train import train_detector as train_run
 
@@ -36,6 +38,11 @@ def summary(report: dict) -> str:
     return f"mAP@[.5:.95] {t['map']:.4f}, mAP@.5 {t['map50']:.4f}, mAP@.75 {t['map75']:.4f}"
 
 
+def get_data(name: str) -> str:
+    """Make the files of ``name`` available (generated, copied or found); say where they are."""
+    return f"{name}: files ready in {fetch_detection(name)}"
+
+
 def load_data(name: str, *, placement: str = "auto", size=None, domain=None, **options):
     """The detection dataset ``name`` (see :func:`imrec.data.detection.load_detection`).
 
@@ -57,7 +64,9 @@ __all__ = [
     "Predictor",
     "Trainer",
     "evaluate_run",
+    "get_data",
     "load_data",
+    "save_samples",
     "summary",
     "train_run",
 ]

@@ -152,7 +152,7 @@ def test_gate_fails_loudly_on_a_different_graph_and_leaves_nothing(
 
 def test_detection_gate_compares_boxes_and_labels_strictly():
     """The gate's comparison of decoded detections: moved boxes or other labels do not match."""
-    from imrec.deploy.export import _same_detections
+    from imrec.detect.export import same_detections as _same_detections
 
     a = {"boxes": torch.tensor([[1.0, 2.0, 10.0, 12.0]]), "labels": torch.tensor([3])}
     near = {"boxes": a["boxes"] + 5e-4, "labels": torch.tensor([3])}
@@ -359,7 +359,8 @@ def test_int8_detector_map_is_within_tolerance_of_fp32(detector_run, tmp_path):
     [(name, False) for name in imrec.list_models()] + [("cnn", True), ("tinydet", False)],
 )
 def test_every_built_in_model_exports_and_matches(name, weight_norm):
-    from imrec.deploy.onnx import ort_session, torch_outputs
+    from imrec.core.probe import torch_outputs
+    from imrec.deploy.onnx import ort_session
 
     torch.manual_seed(0)
     inp = {"size": [16, 16], "channels": 1, "mean": [0.3], "std": [0.2]}

@@ -1,7 +1,7 @@
 """The few calls a user needs, in Python: the CLI is a thin layer over these.
 
 This is the one place that dispatches on the task. Datasets and checkpoints declare their
-task (``"classify"`` or ``"detect"``); :func:`task_package` maps it to the package that
+task (``"classify"`` or ``"detect"``); :func:`~imrec.tasks.task_package` maps it to the package that
 provides the task's trainer, data loading, evaluation and predictor under the same names
 (see :mod:`imrec.classify`), imported on first use so that a classification run never
 loads the detection code (nor torchvision).
@@ -22,21 +22,7 @@ from imrec.core.errors import TrainError
 from imrec.data.registry import dataset_task
 from imrec.engine.loop import default_run_dir, resumable_config
 from imrec.models.registry import architecture_options, model_task
-
-TASKS = ("classify", "detect")
-
-
-def task_package(task: str) -> ModuleType:
-    """The package of ``task``: :mod:`imrec.classify` or :mod:`imrec.detect`."""
-    if task == "classify":
-        from imrec import classify
-
-        return classify
-    if task == "detect":
-        from imrec import detect
-
-        return detect
-    raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+from imrec.tasks import TASKS, task_package  # noqa: F401  (part of the API)
 
 
 def fit(

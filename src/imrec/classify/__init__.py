@@ -12,11 +12,13 @@ dispatches on the task) treats them alike and a new task is one new sibling pack
 - ``Predictor``: predictions on real-world image files;
 - ``get_data(name)``: fetch and verify the dataset's files; a line saying where they are;
 - ``save_samples(name, out, ...)``: a PNG of samples (``imrec data show``);
+- ``export``: what the bundle, the parity gate and the runtime need (see ``export.py``);
 - ``summary(report)``: the headline numbers of a report, in one line;
 - ``UNUSED_TRAIN_FIELDS``: :class:`~imrec.config.TrainConfig` fields the task does not
   honour; :func:`imrec.api.fit` refuses them when a user sets them.
 """
 
+from imrec.classify import export
 from imrec.classify.evaluate import evaluate_run
 from imrec.classify.predict import Predictor
 from imrec.classify.samples import save_samples
@@ -60,6 +62,7 @@ def load_data(name: str, *, placement: str = "auto", **options):
 
 
 __all__ = [
+    "export",
     "TASK",
     "UNUSED_TRAIN_FIELDS",
     "Predictor",

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from imrec.core.errors import ExportError  # noqa: F401
+from imrec.tasks import task_export
 
 FORMAT = "imrec-bundle/1"
 
@@ -57,8 +58,8 @@ def build_manifest(meta: dict, weights: Path, run_dir: Path | None = None) -> di
         "model_version": sha256_file(weights)[:12],
         "labels": list(meta["classes"]),
         "input": _input_spec(meta),
-        "preprocessing": preprocessing(meta),
-        **({"postprocessing": _decoding(meta)} if task == "detect" else {}),
+        "preprocessing": task_export(meta).preprocessing(meta),
+        **({"postprocessing": post} if (post := task_export(meta).postprocessing(meta)) else {}),
         "metrics": headline_metrics(meta, run_dir),
         "dataset": meta.get("dataset"),
         "dataset_checksum": meta.get("dataset_checksum"),
@@ -80,62 +81,13 @@ def _input_spec(meta: dict) -> dict:
         "domain": meta.get("domain", "photo"),
         "ink": meta.get("ink"),
     }
-    if meta.get("task") == "detect":
-        spec.update(resize=inp.get("resize", "letterbox"), fill=inp.get("fill", 114))
+    spec.update(task_export(meta).input_spec(meta))
     return spec
-
-
-def preprocessing(meta: dict) -> dict:
-    """How an image becomes the graph's input: a sentence and the parameters it names."""
-    inp, domain, ink = meta["input"], meta.get("domain", "photo"), meta.get("ink")
-    (h, w), c = inp["size"], inp["channels"]
-    grey = "grey (1 channel)" if c == 1 else "RGB (3 channels)"
-    if meta.get("task") == "detect":
-        s = h
-        text = (
-            f"Decode the image (EXIF orientation applied), convert it to {grey}, scale it so "
-            f"its longer side is {s} px (aspect kept, antialiased), pad right and bottom with "
-            f"{inp.get('fill', 114)} to {s}x{s}; divide by 255. Boxes come back in these "
-            f"pixels: divide them by the scale {s} / max(height, width) for the original image."
-        )
-        return {"description": text, "function": "imrec.core.preprocess.letterbox",
-                "size": s, "channels": c, "fill": inp.get("fill", 114)}  # fmt: skip
-    if domain == "handwriting" and ink:
-        text = (
-            f"Decode the image (EXIF orientation applied). Handwriting: make the ink bright on "
-            f"a {ink.get('background', 'dark')} background as in training, crop to the ink, "
-            f"scale its box to {ink.get('fraction')} of the side and centre it by mass on a "
-            f"{h}x{w} canvas (an image already {h}x{w} grey with that background is kept as "
-            f"it is); {grey}; divide by 255."
-        )
-    else:
-        text = (
-            f"Decode the image (EXIF orientation applied), convert it to {grey}, scale it "
-            f"(aspect kept, bilinear, antialiased) until it just covers {h}x{w} and cut out "
-            "the centre; divide by 255."
-        )
-    return {"description": text, "function": "imrec.core.preprocess.prepare_image",
-            "size": [h, w], "channels": c, "domain": domain, "ink": ink}  # fmt: skip
-
-
-def _decoding(meta: dict) -> dict:
-    return {
-        "description": (
-            "sigmoid(cls_logits); keep cells equal to their 3x3 max; each kept cell (row i, "
-            "column j) gives the box centre ((j + 0.5) * 4, (i + 0.5) * 4) minus/plus the "
-            "distances dist = (left, top, right, bottom) in pixels; clip to the image; "
-            "class-wise NMS"
-        ),
-        "function": "imrec.models.detectors.TinyDet.decode",
-        "stride": 4,
-        "defaults": {"score_thresh": 0.25, "nms_iou": 0.5, "max_det": 100},
-    }
 
 
 def headline_metrics(meta: dict, run_dir: Path | None) -> dict:
     """The run's test metrics from ``report.json`` (validation ones from the checkpoint without it)."""
-    keys = ("map", "map50", "map75") if meta.get("task") == "detect" else (
-        "accuracy", "macro_f1", "top5", "ece")  # fmt: skip
+    keys = task_export(meta).HEADLINE_METRICS
     report = Path(run_dir) / "report.json" if run_dir is not None else None
     if report is not None and report.is_file():
         test = json.loads(report.read_text(encoding="utf-8")).get("test") or {}

@@ -32,15 +32,14 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from imrec.core.checkpoint import FILE_MODE, resolve_checkpoint
 from imrec.core.errors import ExportError  # noqa: F401
+from imrec.core.probe import Probe, batches
 from imrec.deploy.bundle import (
     INPUT_NAME,
     INT8_FILE,
@@ -50,16 +49,9 @@ from imrec.deploy.bundle import (
     build_manifest,
     sha256_file,
 )
-from imrec.deploy.onnx import batches, exportable, graph_io, onnx_model, torch_outputs
+from imrec.deploy.onnx import exportable, graph_io, onnx_model
 from imrec.models.load import load_model
-
-MIN_AGREEMENT = 0.999  # share of test images on which both backends must agree
-BOX_TOLERANCE = 1e-3  # px: decoded boxes closer than this count as the same box
-CALIBRATION_IMAGES = 300
-# Detections compared by the gate and scored for int8: mAP's low threshold, so that every box
-# a user could see at any threshold is compared (an untrained model has none at 0.25).
-GATE_SCORE = 0.001
-
+from imrec.tasks import task_export
 
 # ---- the graph ------------------------------------------------------------------------
 
@@ -70,21 +62,6 @@ GATE_SCORE = 0.001
 # ---- the test split the gate runs on --------------------------------------------------
 
 
-@dataclass
-class Probe:
-    """Prepared uint8 images of a run's test split and a few training images for calibration.
-
-    ``labels`` (classifiers) or ``truth`` and ``scales`` (detectors: boxes in the images' own
-    pixels and the letterbox scale of each image) score the predictions.
-    """
-
-    test: torch.Tensor  # (N, C, H, W) uint8, exactly what the model is fed
-    calibration: torch.Tensor  # (M, C, H, W) uint8 training images
-    labels: torch.Tensor | None = None
-    truth: object = None  # DetectionSet
-    scales: list[float] | None = None
-
-
 def load_probe(run_dir: Path, meta: dict, limit: int | None = None) -> Probe:
     """The run's test split, loaded the way the run loaded it (its config.json data options)."""
     from imrec.data import DatasetError
@@ -92,67 +69,9 @@ def load_probe(run_dir: Path, meta: dict, limit: int | None = None) -> Probe:
     cfg_path = run_dir / "config.json"
     cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
     try:
-        if meta.get("task") == "detect":
-            return _detection_probe(meta, cfg, limit)
-        return _classification_probe(meta, cfg, limit)
+        return task_export(meta).load_probe(meta, cfg, limit)
     except DatasetError as e:
         raise ExportError(f"the parity gate needs the run's test split: {e}") from e
-
-
-def _classification_probe(meta: dict, cfg: dict, limit: int | None) -> Probe:
-    from imrec.data import load_dataset
-
-    d = cfg.get("data", {})
-    data = load_dataset(
-        meta["dataset"],
-        val_fraction=d.get("val_fraction", 0.1),
-        seed=cfg.get("train", {}).get("seed", 0),
-        **{k: d.get(k) for k in ("size", "channels", "domain")},
-    )
-    inp = meta["input"]
-    if list(data.input_size) != list(inp["size"]) or data.channels != inp["channels"]:
-        raise ExportError(
-            f"{meta['dataset']} now loads as {data.channels}x{list(data.input_size)} images; "
-            f"the model takes {inp['channels']}x{inp['size']}"
-        )
-    if data.classes != meta["classes"]:
-        raise ExportError(f"{meta['dataset']} classes changed since training: {data.classes[:10]}")
-    n = len(data.test) if limit is None else min(limit, len(data.test))
-    pick = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))
-    calibration = data.train.images[pick[:CALIBRATION_IMAGES]]
-    return Probe(data.test.images[:n], calibration, labels=data.test.labels[:n])
-
-
-def _detection_probe(meta: dict, cfg: dict, limit: int | None) -> Probe:
-    from imrec.core.preprocess import letterbox
-    from imrec.data.detection import load_detection
-
-    inp = meta["input"]
-    data = load_detection(
-        meta["dataset"],
-        val_fraction=cfg.get("data", {}).get("val_fraction", 0.1),
-        seed=cfg.get("train", {}).get("seed", 0),
-        channels=inp["channels"],
-    )
-    if data.classes != meta["classes"]:
-        raise ExportError(f"{meta['dataset']} classes changed since training: {data.classes[:10]}")
-    n = len(data.test) if limit is None else min(limit, len(data.test))
-    size, fill, c = inp["size"][0], inp.get("fill", 114), inp["channels"]
-
-    def boxed(split, i: int) -> tuple[torch.Tensor, float]:
-        image, _, scale = letterbox(split.load_image(i, c), torch.zeros(0, 4), size, fill)
-        return image, scale
-
-    test = [boxed(data.test, i) for i in range(n)]
-    cal = [boxed(data.train, i)[0] for i in range(min(CALIBRATION_IMAGES, len(data.train)))]
-    return Probe(
-        torch.stack([t[0] for t in test])
-        if test
-        else torch.zeros(0, c, size, size, dtype=torch.uint8),
-        torch.stack(cal),
-        truth=data.test.subset(range(n)),
-        scales=[t[1] for t in test],
-    )
 
 
 # ---- running both backends ------------------------------------------------------------
@@ -170,68 +89,7 @@ def check_parity(module: nn.Module, meta: dict, model_bytes: bytes, probe: Probe
     if len(probe.test) == 0:
         raise ExportError(f"{meta['dataset']}: empty test split, the parity gate has no images")
     runner = OnnxRunner(model_bytes)
-    if meta.get("task") == "detect":
-        return _detector_parity(module, runner, probe.test, tuple(meta["input"]["size"]))
-    return _classifier_parity(module, runner, probe.test)
-
-
-def _classifier_parity(module: nn.Module, runner, images: torch.Tensor) -> dict:
-    ours, theirs = [], []
-    for x in batches(images):
-        ours.append(_softmax(torch_outputs(module, x)[0]))
-        theirs.append(_softmax(runner(x)[0]))
-    p, q = np.concatenate(ours), np.concatenate(theirs)  # (N, K) probabilities
-    agreement = float((p.argmax(1) == q.argmax(1)).mean())
-    return {
-        "n": len(p),
-        "top1_agreement": round(agreement, 6),
-        "max_abs_prob_diff": float(np.abs(p - q).max()),
-        "required": MIN_AGREEMENT,
-        "passed": agreement >= MIN_AGREEMENT,
-    }
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    return torch.from_numpy(logits).float().softmax(1).numpy()
-
-
-def _detector_parity(module: nn.Module, runner, images: torch.Tensor, size) -> dict:
-    same: list[bool] = []
-    diff = 0.0
-    for x in batches(images, 64):  # raw maps are large: compare batch by batch
-        a, b = torch_outputs(module, x), runner(x)
-        diff = max(diff, *(float(np.abs(u - v).max()) for u, v in zip(a, b, strict=True)))
-        pairs = zip(decode_maps(a, size), decode_maps(b, size), strict=True)
-        same += [_same_detections(u, v) for u, v in pairs]
-    agreement = sum(same) / len(same)
-    return {
-        "n": len(same),
-        "detection_agreement": round(agreement, 6),
-        "max_abs_map_diff": diff,
-        "score_thresh": GATE_SCORE,
-        "box_tolerance_px": BOX_TOLERANCE,
-        "required": MIN_AGREEMENT,
-        "passed": agreement >= MIN_AGREEMENT,
-    }
-
-
-def decode_maps(maps: list[np.ndarray], size: tuple[int, int], score_thresh: float = GATE_SCORE):
-    """tinydet's raw maps (numpy, either backend) -> per image ``{"boxes", "scores", "labels"}``."""
-    from imrec.models.detectors import TinyDet
-
-    cls_logits, dist = (torch.from_numpy(np.ascontiguousarray(m)) for m in maps)
-    return TinyDet.decode(cls_logits, dist, size, score_thresh=score_thresh)
-
-
-def _same_detections(x: dict, y: dict) -> bool:
-    """Same number of boxes, and each matched by one of the same label within the tolerance."""
-    if len(x["boxes"]) != len(y["boxes"]):
-        return False
-    if len(x["boxes"]) == 0:
-        return True
-    close = (x["boxes"][:, None, :] - y["boxes"][None, :, :]).abs().amax(-1) <= BOX_TOLERANCE
-    close &= x["labels"][:, None] == y["labels"][None, :]  # (n, n)
-    return bool(close.any(1).all() and close.any(0).all())
+    return task_export(meta).parity(module, runner, probe.test, meta)
 
 
 # ---- int8 -----------------------------------------------------------------------------
@@ -289,22 +147,9 @@ def quantize_int8(fp32: Path, out: Path, calibration: torch.Tensor) -> str:
 
 
 def quality(runner, meta: dict, probe: Probe) -> tuple[str, float]:
-    """The headline number of an :class:`~imrec.deploy.onnx.OnnxRunner` on the probe: accuracy or mAP."""
-    if meta.get("task") != "detect":
-        labels, hits, seen = probe.labels.numpy(), 0, 0
-        for x in batches(probe.test):
-            predicted = runner(x)[0].argmax(1)  # (B,)
-            hits += int((predicted == labels[seen : seen + len(x)]).sum())
-            seen += len(x)
-        return "accuracy", hits / seen
-    from imrec.detect.metrics import coco_evaluate
-
-    size, dets = tuple(meta["input"]["size"]), []
-    for x in batches(probe.test, 64):
-        dets += decode_maps(runner(x), size)
-    for d, scale in zip(dets, probe.scales, strict=True):
-        d["boxes"] = d["boxes"] / scale  # back to the image's own pixels
-    return "map", float(coco_evaluate(probe.truth, dets, meta["classes"])["map"])
+    """The headline number of an :class:`~imrec.deploy.onnx.OnnxRunner` on the probe: accuracy
+    for classifiers, COCO mAP for detectors (the task's ``export.quality``)."""
+    return task_export(meta).quality(runner, meta, probe)
 
 
 def _int8_report(fp32: Path, int8: Path, meta: dict, probe: Probe, method: str) -> dict:

@@ -18,51 +18,26 @@ from imrec.core.errors import ExportError  # noqa: F401
 from imrec.deploy.bundle import (
     INPUT_NAME,
 )
+from imrec.tasks import task_export
 
-BATCH = 512  # images per call when the whole probe is run through a model
 # Images per ONNX Runtime call when a batch is spread over the cores: small enough that a
 # piece's feature maps stay in the caches (MNIST cnn, 2 cores: 26k images/s in pieces of 64
 # against 19k for whole batches of 1024 on a two-thread session).
 PIECE = 64
 
 
-class Normalised(nn.Module):
-    """A classifier taking 0-1 pixels: the normalisation travels inside the exported graph."""
-
-    def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        # clamped like imrec.core.batching.Batcher, so both paths divide by the same number
-        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1).clamp(min=1e-3)
-        self.register_buffer("std", std_t)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model((images - self.mean) / self.std)  # (B, K) logits
-
-
 def output_names(meta: dict) -> list[str]:
     """The ONNX outputs of a model with checkpoint metadata ``meta``."""
-    return ["cls_logits", "dist"] if meta.get("task") == "detect" else ["logits"]
+    return task_export(meta).OUTPUTS
 
 
 def exportable(model: nn.Module, meta: dict) -> nn.Module:
-    """The module that is exported: 0-1 pixels in, logits or raw detection maps out.
+    """The module that is exported: 0-1 pixels in, the task's outputs (logits, raw maps) out.
 
     Raises:
-        ExportError: for a torchvision detector (the torch backend serves those).
+        ExportError: the model cannot be exported (a torchvision detector).
     """
-    from imrec.models.detectors import TinyDet
-
-    if meta.get("task") != "detect":
-        inp = meta["input"]
-        return Normalised(model, inp["mean"], inp["std"]).eval()
-    if not isinstance(model, TinyDet):
-        raise ExportError(
-            f"the {meta['model']['name']} detector cannot be exported to ONNX (torchvision "
-            "decodes its boxes in Python); use imrec.load(RUN_DIR, backend='torch') to serve it"
-        )
-    return model.eval()
+    return task_export(meta).exportable(model, meta)
 
 
 def onnx_model(model: nn.Module, meta: dict, opset: int = 17) -> bytes:
@@ -129,19 +104,6 @@ def graph_io(model_bytes: bytes, meta: dict) -> dict:
         "inputs": [describe(v) for v in graph.input],
         "outputs": [describe(v, k) for v, k in zip(graph.output, ran, strict=True)],
     }
-
-
-def batches(images: torch.Tensor, size: int = BATCH):
-    """uint8 ``(N, C, H, W)`` -> float32 0-1 numpy batches of at most ``size`` images."""
-    for i in range(0, len(images), size):
-        yield images[i : i + size].numpy().astype(np.float32) / np.float32(255)
-
-
-def torch_outputs(module: nn.Module, x: np.ndarray) -> list[np.ndarray]:
-    """The outputs of ``module`` for one float 0-1 batch, as numpy arrays."""
-    with torch.no_grad():
-        out = module(torch.from_numpy(x))
-    return [o.float().numpy() for o in (out if isinstance(out, tuple) else (out,))]
 
 
 def cores() -> int:

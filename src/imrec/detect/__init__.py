@@ -1,11 +1,12 @@
 """Object detection: what the detection task provides to :mod:`imrec.api`.
 
 The same names as :mod:`imrec.classify` (see there): ``TASK``, ``Trainer``, ``load_data``,
-``train_run``, ``evaluate_run``, ``Predictor``, ``get_data``, ``save_samples``, ``summary`` and
+``train_run``, ``evaluate_run``, ``Predictor``, ``get_data``, ``save_samples``, ``summary``, ``export`` and
 ``UNUSED_TRAIN_FIELDS``.
 """
 
 from imrec.data.detection import fetch_detection, load_detection
+from imrec.detect import export
 from imrec.detect.evaluate import evaluate_detection_run
 from imrec.detect.predict import DetectionPredictor as Predictor
 from imrec.detect.samples import save_samples
@@ -59,6 +60,7 @@ def evaluate_run(run_dir, data=None, *, batch_size: int = 1024, device: str = "c
 
 
 __all__ = [
+    "export",
     "TASK",
     "UNUSED_TRAIN_FIELDS",
     "Predictor",

@@ -1,0 +1,127 @@
+"""What export and the parity gate need from a classifier (see :mod:`imrec.deploy.export`).
+
+The same names as ``imrec.detect.export``: ``OUTPUTS``, ``HEADLINE_METRICS``, ``exportable``,
+``input_spec``, ``preprocessing``, ``postprocessing``, ``load_probe``, ``parity``, ``quality``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from imrec.core.errors import ExportError
+from imrec.core.probe import CALIBRATION_IMAGES, MIN_AGREEMENT, Probe, batches, torch_outputs
+
+OUTPUTS = ["logits"]
+HEADLINE_METRICS = ("accuracy", "macro_f1", "top5", "ece")
+
+
+def exportable(model: nn.Module, meta: dict) -> nn.Module:
+    """The classifier taking 0-1 pixels (its normalisation inside the graph)."""
+    inp = meta["input"]
+    return Normalised(model, inp["mean"], inp["std"]).eval()
+
+
+def input_spec(meta: dict) -> dict:
+    """What a classifier's input adds to the common manifest entry: nothing."""
+    return {}
+
+
+def postprocessing(meta: dict) -> dict | None:
+    """Classifiers output logits: no decoding step to describe."""
+    return None
+
+
+def quality(runner, meta: dict, probe: Probe) -> tuple[str, float]:
+    """Top-1 accuracy of ``runner`` (uint8-scaled batches in, logits out) on the probe."""
+    labels, hits, seen = probe.labels.numpy(), 0, 0
+    for x in batches(probe.test):
+        predicted = runner(x)[0].argmax(1)  # (B,)
+        hits += int((predicted == labels[seen : seen + len(x)]).sum())
+        seen += len(x)
+    return "accuracy", hits / seen
+
+
+class Normalised(nn.Module):
+    """A classifier taking 0-1 pixels: the normalisation travels inside the exported graph."""
+
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        # clamped like imrec.core.batching.Batcher, so both paths divide by the same number
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1).clamp(min=1e-3)
+        self.register_buffer("std", std_t)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model((images - self.mean) / self.std)  # (B, K) logits
+
+
+def load_probe(meta: dict, cfg: dict, limit: int | None) -> Probe:
+    """The run's test split as the model takes it, and training images for int8 calibration."""
+    from imrec.data import load_dataset
+
+    d = cfg.get("data", {})
+    data = load_dataset(
+        meta["dataset"],
+        val_fraction=d.get("val_fraction", 0.1),
+        seed=cfg.get("train", {}).get("seed", 0),
+        **{k: d.get(k) for k in ("size", "channels", "domain")},
+    )
+    inp = meta["input"]
+    if list(data.input_size) != list(inp["size"]) or data.channels != inp["channels"]:
+        raise ExportError(
+            f"{meta['dataset']} now loads as {data.channels}x{list(data.input_size)} images; "
+            f"the model takes {inp['channels']}x{inp['size']}"
+        )
+    if data.classes != meta["classes"]:
+        raise ExportError(f"{meta['dataset']} classes changed since training: {data.classes[:10]}")
+    n = len(data.test) if limit is None else min(limit, len(data.test))
+    pick = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))
+    calibration = data.train.images[pick[:CALIBRATION_IMAGES]]
+    return Probe(data.test.images[:n], calibration, labels=data.test.labels[:n])
+
+
+def parity(module: nn.Module, runner, images: torch.Tensor, meta: dict) -> dict:
+    """Top-1 agreement and the largest difference of any class probability."""
+    ours, theirs = [], []
+    for x in batches(images):
+        ours.append(_softmax(torch_outputs(module, x)[0]))
+        theirs.append(_softmax(runner(x)[0]))
+    p, q = np.concatenate(ours), np.concatenate(theirs)  # (N, K) probabilities
+    agreement = float((p.argmax(1) == q.argmax(1)).mean())
+    return {
+        "n": len(p),
+        "top1_agreement": round(agreement, 6),
+        "max_abs_prob_diff": float(np.abs(p - q).max()),
+        "required": MIN_AGREEMENT,
+        "passed": agreement >= MIN_AGREEMENT,
+    }
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    return torch.from_numpy(logits).float().softmax(1).numpy()
+
+
+def preprocessing(meta: dict) -> dict:
+    """How an image becomes the graph's input: a sentence and the parameters it names."""
+    inp, domain, ink = meta["input"], meta.get("domain", "photo"), meta.get("ink")
+    (h, w), c = inp["size"], inp["channels"]
+    grey = "grey (1 channel)" if c == 1 else "RGB (3 channels)"
+    if domain == "handwriting" and ink:
+        text = (
+            f"Decode the image (EXIF orientation applied). Handwriting: make the ink bright on "
+            f"a {ink.get('background', 'dark')} background as in training, crop to the ink, "
+            f"scale its box to {ink.get('fraction')} of the side and centre it by mass on a "
+            f"{h}x{w} canvas (an image already {h}x{w} grey with that background is kept as "
+            f"it is); {grey}; divide by 255."
+        )
+    else:
+        text = (
+            f"Decode the image (EXIF orientation applied), convert it to {grey}, scale it "
+            f"(aspect kept, bilinear, antialiased) until it just covers {h}x{w} and cut out "
+            "the centre; divide by 255."
+        )
+    return {"description": text, "function": "imrec.core.preprocess.prepare_image",
+            "size": [h, w], "channels": c, "domain": domain, "ink": ink}  # fmt: skip

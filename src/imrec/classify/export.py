@@ -10,17 +10,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from imrec.core.errors import ExportError
+from imrec.core.errors import ExportError, UnusableImage
 from imrec.core.probe import CALIBRATION_IMAGES, MIN_AGREEMENT, Probe, batches, torch_outputs
 
 OUTPUTS = ["logits"]
 HEADLINE_METRICS = ("accuracy", "macro_f1", "top5", "ece")
+EXPLAINABLE = True  # Grad-CAM and saliency (imrec.explain)
 
 
 def exportable(model: nn.Module, meta: dict) -> nn.Module:
     """The classifier taking 0-1 pixels (its normalisation inside the graph)."""
     inp = meta["input"]
     return Normalised(model, inp["mean"], inp["std"]).eval()
+
+
+def exports(meta: dict) -> bool:
+    """Every classifier exports to ONNX."""
+    return True
 
 
 def input_spec(meta: dict) -> dict:
@@ -125,3 +131,66 @@ def preprocessing(meta: dict) -> dict:
         )
     return {"description": text, "function": "imrec.core.preprocess.prepare_image",
             "size": [h, w], "channels": c, "domain": domain, "ink": ink}  # fmt: skip
+
+
+# ---- what the runtime (imrec.load) does with a classifier ------------------------------------
+# ``model`` is the :class:`imrec.deploy.runtime.Model` that predicts.
+
+
+def prepare(model, image) -> torch.Tensor:
+    """One image as ``imrec predict`` prepares it: uint8 ``(C, H, W)``."""
+    from imrec.core.preprocess import as_image, load_image, prepare_image
+
+    inp = model.manifest["input"]
+    return prepare_image(
+        load_image(as_image(image)),
+        size=model.size,
+        channels=model.channels,
+        domain=inp.get("domain", "photo"),
+        ink=inp.get("ink"),
+    )
+
+
+def ready(model, image) -> torch.Tensor:
+    """What one image of a list becomes before the batch runs: the prepared image."""
+    return prepare(model, image)
+
+
+def results(model, ready: list, top_k: int) -> list[dict]:
+    """Top-k labels for the prepared images of a list."""
+    return top(model, torch.stack(ready), top_k)
+
+
+def batch_results(model, images: torch.Tensor, top_k: int) -> list[dict]:
+    """Top-k labels for a prepared uint8 batch."""
+    return top(model, images, top_k)
+
+
+def top(model, images: torch.Tensor, top_k: int) -> list[dict]:
+    """``{"top": [{"label", "probability"}, ...]}`` per image, most probable first."""
+    probs = torch.from_numpy(model.probabilities(images))
+    top_p, top_i = probs.topk(min(top_k, len(model.classes)), dim=1)
+    return [
+        {
+            "top": [
+                {"label": model.classes[i], "probability": round(float(p), 6)}
+                for p, i in zip(ps, idx, strict=True)
+            ]
+        }  # fmt: skip
+        for ps, idx in zip(top_p.tolist(), top_i.tolist(), strict=True)
+    ]
+
+
+def service_item(model, image, data: bytes, top_k: int):
+    """An HTTP request's image waits prepared, with the top-k it asked for."""
+    try:
+        return prepare(model, image), top_k
+    except ValueError as e:  # e.g. too small to find the ink in
+        raise UnusableImage(str(e)) from e
+
+
+def predict_items(model, items: list) -> list[dict]:
+    """One call for a micro-batch of prepared images, each cut to its own top-k."""
+    images, ks = zip(*items, strict=True)
+    found = model.predict(torch.stack(images), top_k=max(ks))  # (N, C, H, W) in
+    return [dict(r, top=r["top"][:k]) for r, k in zip(found, ks, strict=True)]

@@ -17,3 +17,7 @@ class DatasetError(RuntimeError):
 
 class ExportError(RuntimeError):
     """A run cannot be exported, or its export failed the parity gate (the message says why)."""
+
+
+class UnusableImage(ValueError):
+    """An image that decodes but cannot be prepared for the model (e.g. no ink to find)."""

@@ -632,3 +632,21 @@ def letterbox(
     if (nh, nw) != (size, size):
         image = TF.pad(image, [0, 0, size - nw, size - nh], fill=fill)
     return image, boxes * scale, scale
+
+
+def as_image(image):
+    """A numpy ``HxW``/``HxWxC`` uint8 array becomes a PIL image; anything else passes."""
+    if not isinstance(image, np.ndarray):
+        return image
+    from PIL import Image
+
+    if (
+        image.dtype != np.uint8
+        or image.ndim not in (2, 3)
+        or image.ndim == 3
+        and image.shape[2] not in (1, 3, 4)
+    ):
+        raise ImageReadError(
+            f"an image array must be uint8 HxW or HxWxC (C = 1, 3, 4), got {image.dtype} {image.shape}"
+        )
+    return Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)

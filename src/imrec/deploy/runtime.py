@@ -36,6 +36,7 @@ from imrec.deploy.bundle import (
 )
 from imrec.deploy.onnx import OnnxRunner, exportable, onnx_model
 from imrec.models.load import load_model
+from imrec.tasks import task_export
 
 BACKENDS = ("onnxruntime", "torch")
 CHUNK = 1024  # images per model call: bounds the memory of one predict() on a long list
@@ -170,17 +171,23 @@ class Model:
         self.device = torch.device(device)
         self._weights, self._explainer = weights, None
         self._tv_detector = None  # torchvision detectors decode inside their own forward
+        self._task = task_export(manifest)  # what this task's predictions need
         if backend == "torch" or onnx is None:
             model, meta = load_model(weights, self.device)
-            self._explainer = (model, meta) if self.task == "classify" else None
+            self._explainer = (model, meta) if self._task.EXPLAINABLE else None
             if backend == "onnxruntime":
                 onnx = onnx_model(model.cpu(), meta)
-            elif self.task == "detect" and meta["model"]["name"] != "tinydet":
+            elif not self._task.exports(meta):
                 self._tv_detector = model
         if backend == "onnxruntime":
             self._run = OnnxRunner(onnx)
         elif self._tv_detector is None:
             self._run = TorchRunner(exportable(model, meta), self.device)
+
+    @property
+    def explainable(self) -> bool:
+        """Whether :meth:`explain` works for this model (classifiers)."""
+        return self._task.EXPLAINABLE
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, task={self.task!r}, backend={self.backend!r}, version={self.version!r})"
@@ -197,29 +204,7 @@ class Model:
             >>> load(bundle).prepare(digit).shape  # the digits model takes 8x8 grey images
             torch.Size([1, 8, 8])
         """
-        if self.task == "detect":
-            return self._letterbox(image)[0]
-        from imrec.core.preprocess import load_image, prepare_image
-
-        inp = self.manifest["input"]
-        return prepare_image(
-            load_image(_as_image(image)),
-            size=self.size,
-            channels=self.channels,
-            domain=inp.get("domain", "photo"),
-            ink=inp.get("ink"),
-        )
-
-    def _letterbox(self, image) -> tuple[torch.Tensor, float, tuple[int, int]]:
-        """(letterboxed uint8 (C, S, S), scale, original (height, width))."""
-        from imrec.core.preprocess import letterbox, load_image
-
-        im = load_image(_as_image(image)).convert("L" if self.channels == 1 else "RGB")
-        arr = torch.from_numpy(np.array(im, dtype=np.uint8))
-        original = arr.unsqueeze(0) if arr.ndim == 2 else arr.permute(2, 0, 1)  # (C, H, W)
-        fill = self.manifest["input"].get("fill", 114)
-        boxed, _, scale = letterbox(original.contiguous(), torch.zeros(0, 4), self.size[0], fill)
-        return boxed, scale, tuple(original.shape[-2:])
+        return self._task.prepare(self, image)
 
     # -- predicting --
 
@@ -257,27 +242,18 @@ class Model:
         ready, where = [], []
         for i, src in enumerate(sources):
             try:
-                ready.append(self._letterbox(src) if self.task == "detect" else self.prepare(src))
+                ready.append(self._task.ready(self, src))
                 where.append(i)
             except (ImageReadError, ValueError, OSError) as e:
                 results[i]["error"] = str(e)
-        found: list[dict] = []
-        if ready and self.task == "detect":
-            images = torch.stack([r[0] for r in ready])  # (N, C, S, S)
-            found = self._detect(images, [r[1] for r in ready], [r[2] for r in ready])
-        elif ready:
-            found = self._top(torch.stack(ready), top_k)
+        found = self._task.results(self, ready, top_k) if ready else []
         for i, r in zip(where, found, strict=True):
             results[i].update(r)
         return results
 
     def _predict_batch(self, images: torch.Tensor, top_k: int) -> list[dict]:
         names = [{"input": f"<batch[{i}]>"} for i in range(len(images))]
-        if self.task == "detect":
-            side = (int(images.shape[-2]), int(images.shape[-1]))
-            found = self._detect(images, [1.0] * len(images), [side] * len(images))
-        else:
-            found = self._top(images, top_k)
+        found = self._task.batch_results(self, images, top_k)
         return [{**n, **r} for n, r in zip(names, found, strict=True)]
 
     def probabilities(self, images: torch.Tensor) -> np.ndarray:
@@ -288,19 +264,6 @@ class Model:
             logits = torch.from_numpy(self._run(x)[0]).float()
             parts.append(logits.softmax(1).numpy())
         return np.concatenate(parts)
-
-    def _top(self, images: torch.Tensor, top_k: int) -> list[dict]:
-        probs = torch.from_numpy(self.probabilities(images))
-        top_p, top_i = probs.topk(min(top_k, len(self.classes)), dim=1)
-        return [
-            {
-                "top": [
-                    {"label": self.classes[i], "probability": round(float(p), 6)}
-                    for p, i in zip(ps, idx, strict=True)
-                ]
-            }  # fmt: skip
-            for ps, idx in zip(top_p.tolist(), top_i.tolist(), strict=True)
-        ]
 
     def detections(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """Detections ``{"boxes", "scores", "labels"}`` for letterboxed uint8 ``(N, C, S, S)``."""
@@ -317,17 +280,16 @@ class Model:
             out += TinyDet.decode(cls_logits, dist, self.size, **opts)
         return out
 
-    def _detect(self, images, scales: list[float], sizes: list[tuple[int, int]]) -> list[dict]:
-        results = []
-        for d, scale, (h, w) in zip(self.detections(images), scales, sizes, strict=True):
-            boxes = (d["boxes"].float().cpu() / scale).tolist()
-            found = [
-                {"box": [round(v, 2) for v in b], "label": self.classes[int(lab)],
-                 "score": round(float(s), 4)}
-                for b, lab, s in zip(boxes, d["labels"].tolist(), d["scores"].tolist(), strict=True)
-            ]  # fmt: skip
-            results.append({"width": w, "height": h, "boxes": found})
-        return results
+    # -- serving --
+
+    def service_item(self, image, data: bytes, top_k: int):
+        """What one image of an HTTP request waits in the micro-batch queue as (see
+        :mod:`imrec.serve.app`): a classifier's prepared image, a detector's encoded bytes."""
+        return self._task.service_item(self, image, data, top_k)
+
+    def predict_items(self, items: list) -> list[dict]:
+        """Results for a micro-batch of :meth:`service_item` items, in one model call."""
+        return self._task.predict_items(self, items)
 
     def _check_prepared(self, images: torch.Tensor) -> None:
         want = (self.channels, *self.size)
@@ -350,8 +312,8 @@ class Model:
             >>> load(bundle).explain(digit)["gradcam"].shape
             (8, 8)
         """
-        if self.task != "classify":
-            raise ValueError("explanations are for classifiers; this model is a detector")
+        if not self._task.EXPLAINABLE:
+            raise ValueError(f"explanations are for classifiers; this model is a {self.task} model")
         from imrec.explain import explain_image
 
         if self._explainer is None:
@@ -377,26 +339,6 @@ def _as_batch(images, channels: int) -> torch.Tensor:
 def _chunks(images: torch.Tensor):
     for i in range(0, len(images), CHUNK):
         yield images[i : i + CHUNK].numpy().astype(np.float32) / np.float32(255)
-
-
-def _as_image(image):
-    """A numpy ``HxW``/``HxWxC`` uint8 array becomes a PIL image; anything else passes."""
-    if not isinstance(image, np.ndarray):
-        return image
-    from PIL import Image
-
-    from imrec.core.preprocess import ImageReadError
-
-    if (
-        image.dtype != np.uint8
-        or image.ndim not in (2, 3)
-        or image.ndim == 3
-        and image.shape[2] not in (1, 3, 4)
-    ):
-        raise ImageReadError(
-            f"an image array must be uint8 HxW or HxWxC (C = 1, 3, 4), got {image.dtype} {image.shape}"
-        )
-    return Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
 
 
 def _name(src) -> str:

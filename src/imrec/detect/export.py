@@ -25,6 +25,7 @@ from imrec.models.detectors import TinyDet
 
 OUTPUTS = ["cls_logits", "dist"]
 HEADLINE_METRICS = ("map", "map50", "map75")
+EXPLAINABLE = False  # explanations (Grad-CAM, saliency) are for classifiers
 
 
 def exportable(model: nn.Module, meta: dict) -> nn.Module:
@@ -39,6 +40,11 @@ def exportable(model: nn.Module, meta: dict) -> nn.Module:
             "decodes its boxes in Python); use imrec.load(RUN_DIR, backend='torch') to serve it"
         )
     return model.eval()
+
+
+def exports(meta: dict) -> bool:
+    """Whether the detector exports to ONNX (tinydet); the torchvision ones run in PyTorch."""
+    return meta["model"]["name"] == "tinydet"
 
 
 def input_spec(meta: dict) -> dict:
@@ -161,3 +167,67 @@ def postprocessing(meta: dict) -> dict | None:
         "stride": 4,
         "defaults": {"score_thresh": 0.25, "nms_iou": 0.5, "max_det": 100},
     }
+
+
+# ---- what the runtime (imrec.load) does with a detector ---------------------------------------
+# ``model`` is the :class:`imrec.deploy.runtime.Model` that predicts.
+
+
+def prepare(model, image) -> torch.Tensor:
+    """One image letterboxed as the detector takes it: uint8 ``(C, S, S)``."""
+    return letterboxed(model, image)[0]
+
+
+def letterboxed(model, image) -> tuple[torch.Tensor, float, tuple[int, int]]:
+    """(letterboxed uint8 (C, S, S), scale, original (height, width))."""
+    from imrec.core.preprocess import as_image, letterbox, load_image
+
+    im = load_image(as_image(image)).convert("L" if model.channels == 1 else "RGB")
+    arr = torch.from_numpy(np.array(im, dtype=np.uint8))
+    original = arr.unsqueeze(0) if arr.ndim == 2 else arr.permute(2, 0, 1)  # (C, H, W)
+    fill = model.manifest["input"].get("fill", 114)
+    boxed, _, scale = letterbox(original.contiguous(), torch.zeros(0, 4), model.size[0], fill)
+    return boxed, scale, tuple(original.shape[-2:])
+
+
+def ready(model, image) -> tuple[torch.Tensor, float, tuple[int, int]]:
+    """What one image of a list becomes before the batch runs: letterboxed, with the scale
+    and size that map its boxes back."""
+    return letterboxed(model, image)
+
+
+def results(model, ready: list, top_k: int) -> list[dict]:
+    """Boxes in each image's own pixels for the letterboxed images of a list."""
+    images = torch.stack([r[0] for r in ready])  # (N, C, S, S)
+    return boxes(model, images, [r[1] for r in ready], [r[2] for r in ready])
+
+
+def batch_results(model, images: torch.Tensor, top_k: int) -> list[dict]:
+    """Boxes for a letterboxed uint8 batch, in its own pixels."""
+    side = (int(images.shape[-2]), int(images.shape[-1]))
+    return boxes(model, images, [1.0] * len(images), [side] * len(images))
+
+
+def boxes(model, images, scales: list[float], sizes: list[tuple[int, int]]) -> list[dict]:
+    """``{"width", "height", "boxes": [{"box", "label", "score"}]}`` per image."""
+    found_all = []
+    for d, scale, (h, w) in zip(model.detections(images), scales, sizes, strict=True):
+        xyxy = (d["boxes"].float().cpu() / scale).tolist()
+        found = [
+            {"box": [round(v, 2) for v in b], "label": model.classes[int(lab)],
+             "score": round(float(s), 4)}
+            for b, lab, s in zip(xyxy, d["labels"].tolist(), d["scores"].tolist(), strict=True)
+        ]  # fmt: skip
+        found_all.append({"width": w, "height": h, "boxes": found})
+    return found_all
+
+
+def service_item(model, image, data: bytes, top_k: int) -> bytes:
+    """An HTTP request's image waits encoded: decoded again in the batch, one photo in memory
+    at a time."""
+    return data
+
+
+def predict_items(model, items: list) -> list[dict]:
+    """One call for a micro-batch of encoded images."""
+    return model.predict(list(items))

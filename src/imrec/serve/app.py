@@ -31,6 +31,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from imrec.core.errors import UnusableImage
+
 from .batching import BatcherStopped, MicroBatcher
 from .inputs import ApiError, BodyLimit, Limits, open_image, read_images, top_k_field
 from .metrics import CONTENT_TYPE, ServiceMetrics
@@ -133,14 +135,8 @@ def _lifespan(batcher: MicroBatcher):
 
 
 def _run_batch(model, items: list) -> list[dict]:
-    """One model call. Classifier items are ``(uint8 (C, H, W), top_k)``; detector items bytes."""
-    if model.task == "detect":
-        return model.predict(list(items))
-    import torch
-
-    images, ks = zip(*items, strict=True)
-    results = model.predict(torch.stack(images), top_k=max(ks))  # (N, C, H, W) in
-    return [dict(r, top=r["top"][:k]) for r, k in zip(results, ks, strict=True)]
+    """One model call for a micro-batch of the model's own service items."""
+    return model.predict_items(items)
 
 
 # ---- routes ---------------------------------------------------------------------------------
@@ -186,12 +182,9 @@ def _prepare_all(model, images: list[tuple[str, bytes]], top_k: int, limits: Lim
     items = []
     for name, data in images:
         image = open_image(data, name, limits.max_pixels)
-        if model.task == "detect":
-            items.append(data)  # the detector decodes again: one photo in memory at a time
-            continue
         try:
-            items.append((model.prepare(image), top_k))
-        except ValueError as e:  # e.g. too small to find the ink in
+            items.append(model.service_item(image, data, top_k))
+        except UnusableImage as e:
             raise ApiError(422, "unusable_image", f"{name}: {e}") from e
     return items
 
@@ -206,7 +199,7 @@ def _prepare_all(model, images: list[tuple[str, bytes]], top_k: int, limits: Lim
 async def explain(request: Request) -> JSONResponse:
     state = request.app.state
     model = state.model
-    if model.task != "classify":
+    if not model.explainable:
         raise ApiError(400, "not_a_classifier", "explanations are for classifiers; this "
                        f"model is a {model.task} model")  # fmt: skip
     images, fields = await read_images(request, state.limits, ExplainJSON)

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from imrec.core.errors import TrainError
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -273,3 +275,25 @@ def build_config(
         preset=preset,
         task=task,
     )
+
+
+def switch_off(preset, names: tuple[str, ...], off):
+    """The augmentation ``preset`` with the options ``names`` taken from ``off`` (its all-off
+    counterpart): what ``--augment-off elastic,erasing`` does for either task.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass(frozen=True)
+        ... class Aug:
+        ...     flip: bool = True
+        ...     blur: float = 0.5
+        >>> switch_off(Aug(), ("blur",), Aug(flip=False, blur=0.0))
+        Aug(flip=True, blur=0.0)
+    """
+    fields = {f.name for f in dataclasses.fields(preset)}
+    unknown = set(names) - fields
+    if unknown:
+        raise TrainError(
+            f"unknown augmentation option(s) {sorted(unknown)}; known: {sorted(fields)}"
+        )
+    return dataclasses.replace(preset, **{k: getattr(off, k) for k in names})

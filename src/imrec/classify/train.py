@@ -12,7 +12,6 @@ learning rate do not depend on the number of processes.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imrec.classify.augment import BatchAugment, augment_off, augment_preset
-from imrec.config import RunConfig
+from imrec.config import RunConfig, switch_off
 from imrec.core.batching import Batcher, norm_stats, predict_logits, to_device
 from imrec.core.checkpoint import (
     CheckpointError,
@@ -63,14 +62,7 @@ def build_augment(run: RunConfig, domain: str) -> BatchAugment | None:
         return None
     cfg = augment_preset(domain if kind == "auto" else kind, run.preset)
     if run.data.augment_off:
-        fields = {f.name for f in dataclasses.fields(cfg)}
-        unknown = set(run.data.augment_off) - fields
-        if unknown:
-            raise TrainError(
-                f"unknown augmentation option(s) {sorted(unknown)}; known: {sorted(fields)}"
-            )
-        off = augment_off()
-        cfg = dataclasses.replace(cfg, **{k: getattr(off, k) for k in run.data.augment_off})
+        cfg = switch_off(cfg, run.data.augment_off, augment_off())
     return BatchAugment(cfg)
 
 

@@ -8,7 +8,6 @@ augmentation in a DataLoader), the step (``model.losses``) and the validation nu
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from imrec.config import RunConfig
+from imrec.config import RunConfig, switch_off
 from imrec.core.checkpoint import CheckpointError, load_checkpoint
 from imrec.core.errors import TrainError
 from imrec.core.preprocess import letter_fill
@@ -72,14 +71,7 @@ def build_detect_augment(run: RunConfig, domain: str) -> DetectAugment | None:
         return None
     cfg = detect_augment_preset(domain if kind == "auto" else kind)
     if run.data.augment_off:
-        fields = {f.name for f in dataclasses.fields(cfg)}
-        unknown = set(run.data.augment_off) - fields
-        if unknown:
-            raise TrainError(
-                f"unknown augmentation option(s) {sorted(unknown)}; known: {sorted(fields)}"
-            )
-        off = detect_augment_off()
-        cfg = dataclasses.replace(cfg, **{k: getattr(off, k) for k in run.data.augment_off})
+        cfg = switch_off(cfg, run.data.augment_off, detect_augment_off())
     return cfg
 
 

@@ -1,10 +1,10 @@
 """The few calls a user needs, in Python: the CLI is a thin layer over these.
 
-This is the one place that dispatches on the task. Datasets and checkpoints declare their
-task (``"classify"`` or ``"detect"``); :func:`~imrec.tasks.task_package` maps it to the package that
-provides the task's trainer, data loading, evaluation and predictor under the same names
-(see :mod:`imrec.classify`), imported on first use so that a classification run never
-loads the detection code (nor torchvision).
+Datasets and checkpoints declare their task (``"classify"`` or ``"detect"``); the calls here
+reach the task's package (its trainer, data loading, evaluation, predictor, summary) through
+:func:`imrec.tasks.task_package`, the one table of tasks, which export and the runtime use
+too. Task packages are imported on first use, so a classification run never loads the
+detection code (nor torchvision).
 
 Example:
     >>> task_package("classify").TASK

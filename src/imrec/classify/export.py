@@ -1,7 +1,11 @@
-"""What export and the parity gate need from a classifier (see :mod:`imrec.deploy.export`).
+"""What a bundle, the parity gate and the runtime need from a classifier.
 
-The same names as ``imrec.detect.export``: ``OUTPUTS``, ``HEADLINE_METRICS``, ``exportable``,
-``input_spec``, ``preprocessing``, ``postprocessing``, ``load_probe``, ``parity``, ``quality``.
+The same names as ``imrec.detect.export``, looked up through :func:`imrec.tasks.task_export`:
+for the bundle and ONNX (:mod:`imrec.deploy`) ``OUTPUTS``, ``HEADLINE_METRICS``, ``exports``,
+``exportable``, ``input_spec``, ``preprocessing``, ``postprocessing``; for the parity gate and
+int8 ``load_probe``, ``parity``, ``quality``; for :class:`imrec.deploy.runtime.Model` and the
+service ``EXPLAINABLE``, ``prepare``, ``ready``, ``results``, ``batch_results``,
+``service_item``, ``predict_items``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""What export and the parity gate need from a detector (see :mod:`imrec.deploy.export`).
+"""What a bundle, the parity gate and the runtime need from a detector.
 
-The same names as ``imrec.classify.export``. Only tinydet exports: the torchvision detectors
-decode their boxes in Python (the torch backend serves them).
+The same names as ``imrec.classify.export`` (see there). Only tinydet exports to ONNX: the
+torchvision detectors decode their boxes in Python, and the torch backend serves them.
 """
 
 from __future__ import annotations

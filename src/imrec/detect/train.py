@@ -1,9 +1,10 @@
-"""Training and evaluating detectors: the classification run loop with boxes.
+"""Training detectors: the hooks of the shared loop for images with boxes.
 
-:class:`DetectionTrainer` reuses :class:`~imrec.engine.loop.Trainer`'s run folder, checkpoints,
-resume, EMA, schedules and progress bar; it changes the data (images with boxes, box-aware
-augmentation in a DataLoader), the step (``model.losses``) and the validation number
-(COCO mAP@[.5:.95] on the validation split, which picks the best checkpoint).
+:class:`DetectionTrainer` is a :class:`~imrec.engine.loop.Trainer` (run folder, checkpoints,
+resume, EMA, the one training step, schedules, DDP, progress bar); it brings the data (images
+with boxes, box-aware augmentation in a DataLoader), the loss (the detector's own ``losses``)
+and the validation number (COCO mAP@[.5:.95] on the validation split, which picks the best
+checkpoint; see :mod:`imrec.detect.evaluate`).
 """
 
 from __future__ import annotations

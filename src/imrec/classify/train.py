@@ -1,13 +1,9 @@
-"""The training loop: one explicit loop over epochs and batches, with a few named hooks.
+"""Training classifiers: the hooks of the shared loop (:mod:`imrec.engine.loop`).
 
-Data lives in memory as uint8 tensors on the training device; each batch is gathered,
-augmented on the device with per-sample random parameters, normalised and fed to the model.
-Every random number of an epoch comes from generators seeded by ``(seed, epoch)``, so a run
-resumed after its last complete epoch continues exactly as the uninterrupted run would.
-
-Under torchrun (see :mod:`imrec.engine.distributed`) every rank draws the same permutation and
-takes its share of each batch: ``batch_size`` stays the global batch, so the schedule and the
-learning rate do not depend on the number of processes.
+Data lives in memory as uint8 tensors on the training device (or streams from its files);
+each batch is gathered, augmented on the device with per-sample random parameters, normalised
+and fed to the model, whose cross-entropy the loop's one training step minimises. Full batches
+on a GPU replay a recorded CUDA graph of that step (:mod:`imrec.engine.graphs`).
 """
 
 from __future__ import annotations
@@ -22,10 +18,7 @@ from torch import nn
 from imrec.classify.augment import BatchAugment, augment_off, augment_preset
 from imrec.config import RunConfig, switch_off
 from imrec.core.batching import Batcher, norm_stats, predict_logits, to_device
-from imrec.core.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-)
+from imrec.core.checkpoint import CheckpointError, load_checkpoint
 from imrec.core.errors import TrainError
 from imrec.data import ClassificationData, load_dataset
 from imrec.data.sources import DatasetError

@@ -194,7 +194,10 @@ def shutdown() -> None:
     global _control
     _control = None
     if dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.destroy_process_group()
+        except Exception as e:  # e.g. after a peer died: the run's own error must not be hidden
+            print(f"imrec: warning: leaving the process group failed: {e}", file=sys.stderr)
     # Objects in reference cycles (a trainer and its DDP wrapper) may still hold the group:
     # collect them now, not during interpreter shutdown.
     gc.collect()

@@ -175,11 +175,12 @@ def cmd_predict(args) -> int:
     from imrec.classify.predict import Predictor
     from imrec.core.checkpoint import read_checkpoint_meta
     from imrec.core.preprocess import expand_inputs
+    from imrec.models.load import is_bundle
 
     paths = expand_inputs(args.images)
     if not paths:
         raise SystemExit("imrec predict: no images found in " + " ".join(args.images))
-    if (Path(args.model) / "manifest.json").is_file():
+    if is_bundle(args.model):
         return _predict_bundle(args, paths)
     if read_checkpoint_meta(args.model).get("task") == "detect":
         return _predict_boxes(args, paths)

@@ -26,7 +26,6 @@ from imrec.engine import distributed
 from imrec.engine.distributed import World
 from imrec.engine.graphs import GraphedStep
 from imrec.engine.loop import Trainer, check_new_run
-from imrec.engine.optim import lr_factor
 from imrec.engine.placement import (
     STATS_SAMPLE,
     StreamLoader,
@@ -247,13 +246,7 @@ class ClassifyTrainer(Trainer):
                 val_acc=f"{val['accuracy']:.4f}",
             )
             bar.close()
-        last_step = (epoch + 1) * self.steps_per_epoch - 1
-        factor = lr_factor(
-            last_step,
-            t.epochs * self.steps_per_epoch,
-            round(t.warmup_epochs * self.steps_per_epoch),
-            t.schedule,
-        )
+        factor = self.lr_factor_at((epoch + 1) * self.steps_per_epoch - 1)  # its last step
         return {
             "epoch": epoch + 1,
             "train_loss": round(loss_sum.item() / n, 6),

@@ -7,17 +7,15 @@ import json
 from pathlib import Path
 
 from imrec.core.errors import ExportError  # noqa: F401
+from imrec.models.load import BUNDLE_MANIFEST, BUNDLE_WEIGHTS
 from imrec.tasks import task_export
 
 FORMAT = "imrec-bundle/1"
 
 
-MANIFEST, ONNX_FILE, INT8_FILE, WEIGHTS_FILE = (
-    "manifest.json",
-    "model.onnx",
-    "model.int8.onnx",
-    "weights.safetensors",
-)
+# The manifest and weights names are those models.load reads a bundle by.
+MANIFEST, WEIGHTS_FILE = BUNDLE_MANIFEST, BUNDLE_WEIGHTS
+ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
 
 
 INPUT_NAME = "images"

@@ -35,7 +35,7 @@ from imrec.deploy.bundle import (
     read_manifest,
 )
 from imrec.deploy.onnx import OnnxRunner, exportable, onnx_model
-from imrec.models.load import load_model
+from imrec.models.load import is_bundle, load_model
 from imrec.tasks import task_export
 
 BACKENDS = ("onnxruntime", "torch")
@@ -94,7 +94,7 @@ def load(
     if not path.exists():
         raise FileNotFoundError(f"no bundle, run folder or checkpoint at {source}")
     _check_options(backend, device, precision)
-    if (path / MANIFEST).is_file():
+    if is_bundle(path):
         manifest, weights, onnx = _bundle_parts(path, precision)
     else:
         manifest, weights, onnx = _checkpoint_parts(path, precision)

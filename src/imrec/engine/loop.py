@@ -169,13 +169,17 @@ class Trainer:
 
     # -- the step --
 
-    def schedule_lr(self, step: int) -> float:
-        """Set the learning rate of global step ``step`` of the run; return its factor."""
+    def lr_factor_at(self, step: int) -> float:
+        """The schedule's factor of the peak learning rate at global step ``step`` of the run."""
         t = self.run.train
         total = t.epochs * self.steps_per_epoch
         warmup = round(t.warmup_epochs * self.steps_per_epoch)
-        factor = lr_factor(step, total, warmup, t.schedule)
-        set_lr(self.optimizer, t.lr * factor)
+        return lr_factor(step, total, warmup, t.schedule)
+
+    def schedule_lr(self, step: int) -> float:
+        """Set the learning rate of global step ``step`` of the run; return its factor."""
+        factor = self.lr_factor_at(step)
+        set_lr(self.optimizer, self.run.train.lr * factor)
         return factor
 
     def step(

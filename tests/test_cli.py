@@ -220,78 +220,78 @@ def test_folder_errors_come_before_training(capsys, tmp_path):
 
 TRAIN_CASES: dict[str, list[tuple[str, str | None, str, object]]] = {
     "adamw": [
-        ("--epochs", "2", "train.epochs", 2),
+        ("--epochs", "2", "loop.epochs", 2),
         ("--model", "cnn", "model.name", "cnn"),
         ("--model-opt", "width=16", "model.options", {"width": 16}),
-        ("--optimizer", "adamw", "train.optimizer", "adamw"),
-        ("--lr", "0.004", "train.lr", 0.004),
-        ("--weight-decay", "0.001", "train.weight_decay", 0.001),
-        ("--schedule", "onecycle", "train.schedule", "onecycle"),
-        ("--warmup-epochs", "1.5", "train.warmup_epochs", 1.5),
-        ("--batch-size", "64", "train.batch_size", 64),
-        ("--ema", None, "train.ema", True),
-        ("--ema-decay", "0", "train.ema_decay", 0.0),
-        ("--grad-clip", "1", "train.grad_clip", 1.0),
-        ("--label-smoothing", "0.1", "train.label_smoothing", 0.1),
-        ("--class-weights", None, "train.class_weights", True),
-        ("--compile", None, "train.compile", True),
-        ("--threads", "1", "train.threads", 1),
-        ("--device", "cpu", "train.device", "cpu"),
-        ("--amp", "off", "train.amp", "off"),
-        ("--data-placement", "host", "train.data_placement", "host"),
-        ("--cuda-graphs", "off", "train.cuda_graphs", "off"),
+        ("--optimizer", "adamw", "optim.optimizer", "adamw"),
+        ("--lr", "0.004", "optim.lr", 0.004),
+        ("--weight-decay", "0.001", "optim.weight_decay", 0.001),
+        ("--schedule", "onecycle", "optim.schedule", "onecycle"),
+        ("--warmup-epochs", "1.5", "optim.warmup_epochs", 1.5),
+        ("--batch-size", "64", "loop.batch_size", 64),
+        ("--ema", None, "optim.ema", True),
+        ("--ema-decay", "0", "optim.ema_decay", 0.0),
+        ("--grad-clip", "1", "optim.grad_clip", 1.0),
+        ("--label-smoothing", "0.1", "optim.label_smoothing", 0.1),
+        ("--class-weights", None, "optim.class_weights", True),
+        ("--compile", None, "hardware.compile", True),
+        ("--threads", "1", "hardware.threads", 1),
+        ("--device", "cpu", "hardware.device", "cpu"),
+        ("--amp", "off", "hardware.amp", "off"),
+        ("--data-placement", "host", "hardware.data_placement", "host"),
+        ("--cuda-graphs", "off", "hardware.cuda_graphs", "off"),
         ("--augment-off", "rotate,shear", "data.augment_off", ["rotate", "shear"]),
         ("--val-fraction", "0.2", "data.val_fraction", 0.2),
         ("--preset", "fast", "preset", "fast"),
         ("--task", "classify", "task", "classify"),
-        ("--seed", "0", "train.seed", 0),
+        ("--seed", "0", "loop.seed", 0),
     ],
     "sgd-best": [
-        ("--epochs", "2", "train.epochs", 2),
-        ("--batch-size", "128", "train.batch_size", 128),
-        ("--optimizer", "sgd", "train.optimizer", "sgd"),
-        ("--lr", "0.03", "train.lr", 0.03),
-        ("--schedule", "cosine", "train.schedule", "cosine"),
-        ("--warmup-epochs", "0", "train.warmup_epochs", 0.0),
+        ("--epochs", "2", "loop.epochs", 2),
+        ("--batch-size", "128", "loop.batch_size", 128),
+        ("--optimizer", "sgd", "optim.optimizer", "sgd"),
+        ("--lr", "0.03", "optim.lr", 0.03),
+        ("--schedule", "cosine", "optim.schedule", "cosine"),
+        ("--warmup-epochs", "0", "optim.warmup_epochs", 0.0),
         ("--preset", "best", "preset", "best"),
-        ("--seed", "1", "train.seed", 1),
+        ("--seed", "1", "loop.seed", 1),
     ],
     "mlp-early-stop": [
-        ("--epochs", "3", "train.epochs", 3),
-        ("--batch-size", "32", "train.batch_size", 32),
+        ("--epochs", "3", "loop.epochs", 3),
+        ("--batch-size", "32", "loop.batch_size", 32),
         ("--model", "mlp", "model.name", "mlp"),
         ("--weight-norm", None, "model.weight_norm", True),
-        ("--optimizer", "adam", "train.optimizer", "adam"),
-        ("--lr", "0", "train.lr", 0.0),  # the model never changes: no epoch beats the first
-        ("--early-stop", "1", "train.early_stop", 1),
+        ("--optimizer", "adam", "optim.optimizer", "adam"),
+        ("--lr", "0", "optim.lr", 0.0),  # the model never changes: no epoch beats the first
+        ("--early-stop", "1", "loop.early_stop", 1),
     ],
     "fine-tune": [
-        ("--init", "{digits_run}", "train.init", "{digits_run}"),
-        ("--epochs", "1", "train.epochs", 1),
-        ("--freeze-epochs", "1", "train.freeze_epochs", 1),
-        ("--head-lr-mult", "5", "train.head_lr_mult", 5.0),
-        ("--optimizer", "sgd", "train.optimizer", "sgd"),
-        ("--momentum", "0.8", "train.momentum", 0.8),
-        ("--lr", "0.01", "train.lr", 0.01),
-        ("--schedule", "constant", "train.schedule", "constant"),
-        ("--warmup-epochs", "0", "train.warmup_epochs", 0.0),
+        ("--init", "{digits_run}", "optim.init", "{digits_run}"),
+        ("--epochs", "1", "loop.epochs", 1),
+        ("--freeze-epochs", "1", "optim.freeze_epochs", 1),
+        ("--head-lr-mult", "5", "optim.head_lr_mult", 5.0),
+        ("--optimizer", "sgd", "optim.optimizer", "sgd"),
+        ("--momentum", "0.8", "optim.momentum", 0.8),
+        ("--lr", "0.01", "optim.lr", 0.01),
+        ("--schedule", "constant", "optim.schedule", "constant"),
+        ("--warmup-epochs", "0", "optim.warmup_epochs", 0.0),
         ("--no-augment", None, "data.augment", "none"),
     ],
     "pretrained": [
         ("--model", "tv:mobilenet_v3_small", "model.name", "tv:mobilenet_v3_small"),
         ("--pretrained", "{weights}", "model.options", {"pretrained": "{weights}"}),
-        ("--epochs", "1", "train.epochs", 1),
-        ("--freeze-epochs", "1", "train.freeze_epochs", 1),
-        ("--batch-size", "64", "train.batch_size", 64),
+        ("--epochs", "1", "loop.epochs", 1),
+        ("--freeze-epochs", "1", "optim.freeze_epochs", 1),
+        ("--batch-size", "64", "loop.batch_size", 64),
     ],
     "folder-stream": [
         ("--size", "12", "data.size", 12),
         ("--channels", "3", "data.channels", 3),
         ("--domain", "objects", "data.domain", "objects"),
-        ("--data-placement", "stream", "train.data_placement", "stream"),
-        ("--workers", "2", "train.workers", 2),
-        ("--epochs", "2", "train.epochs", 2),
-        ("--batch-size", "16", "train.batch_size", 16),
+        ("--data-placement", "stream", "hardware.data_placement", "stream"),
+        ("--workers", "2", "hardware.workers", 2),
+        ("--epochs", "2", "loop.epochs", 2),
+        ("--batch-size", "16", "loop.batch_size", 16),
     ],
 }
 # Passed by every run (the run folder is read from --out; --quiet is checked by the seed test)
@@ -463,7 +463,7 @@ def _sgd_best_effects(r: SimpleNamespace) -> None:
         )
     # --preset best: its handwriting recipe adds an EMA (updated once per 128 images: the
     # --batch-size), elastic warps and random erasing.
-    assert r.cfg["train"]["ema"] is True and r.meta["ema_updates"] == r.total
+    assert r.cfg["optim"]["ema"] is True and r.meta["ema_updates"] == r.total
     assert {(a.elastic, a.erasing) for a in r.spies.augments} == {(2.0, 0.25)}
     assert "(seed 1)" in r.report["split"]  # --seed 1 drew the validation split
 
@@ -571,8 +571,8 @@ def test_training_options(request, capsys, tmp_path, shapes_folder, train_spies,
     # What each flag changed, read from the run folder and from what training did.
     with safe_open(str(out / "state.safetensors"), framework="pt") as f:
         meta = json.loads(f.metadata()["imrec"])
-    train = cfg["train"]
-    steps = math.ceil(report["sizes"]["train"] / train["batch_size"])  # per epoch
+    loop = cfg["loop"]
+    steps = math.ceil(report["sizes"]["train"] / loop["batch_size"])  # per epoch
     run = SimpleNamespace(
         out=out,
         cfg=cfg,
@@ -583,13 +583,13 @@ def test_training_options(request, capsys, tmp_path, shapes_folder, train_spies,
         meta=meta,
         groups=meta["optim"]["param_groups"],
         steps=steps,
-        total=train["epochs"] * steps,
+        total=loop["epochs"] * steps,
         spies=train_spies,
         digits_run=digits_run,
         source=source,
     )
     if case != "mlp-early-stop":  # --epochs (that case stops early)
-        assert [row["epoch"] for row in run.rows] == list(range(1, train["epochs"] + 1))
+        assert [row["epoch"] for row in run.rows] == list(range(1, loop["epochs"] + 1))
     EFFECTS[case](run)
     if case not in ("mlp-early-stop", "pretrained"):  # (lr 0; a frozen random backbone)
         assert report["test"]["accuracy"] > 0.3  # and it learned
@@ -615,7 +615,7 @@ def test_seed_makes_runs_identical_and_quiet_hides_the_bar(capsys, tmp_path):
         flags += extra
         code, _, err = run_cli(capsys, "train", "digits", "--out", out, *flags)
         assert code == 0, err
-        assert json.loads((out / "config.json").read_text())["train"]["seed"] == seed
+        assert json.loads((out / "config.json").read_text())["loop"]["seed"] == seed
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         timeless = [{k: v for k, v in r.items() if "second" not in k} for r in rows]
         return _tensors(out / "best.safetensors"), timeless, err
@@ -706,6 +706,6 @@ def test_layout_and_evaluation_batch_flags_reach_the_trainer(tmp_path, monkeypat
         assert main([*argv, "--eval-batch-size", "7", "--out", str(out), "--quiet"]) == 0
         assert layouts[0] is expected  # the training batcher, built first
         layouts.clear()
-        saved = json.loads((out / "config.json").read_text())["train"]
-        assert (saved["channels_last"], saved["eval_batch_size"]) == (layout, 7)
+        saved = json.loads((out / "config.json").read_text())
+        assert (saved["hardware"]["channels_last"], saved["loop"]["eval_batch_size"]) == (layout, 7)
     assert sizes and set(sizes) == {7}

@@ -7,6 +7,7 @@ predictions that code gave for the first 32 digits test images (``expected.json`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -56,6 +57,12 @@ def test_old_bundle_loads_as_a_model_too(expected, images):
 def test_old_config_loads_and_the_run_evaluates(tmp_path, expected):
     run = RunConfig.from_dict(json.loads((OLD / "config.json").read_text()))
     assert run.model.name == "mlp" and run.model.options == {"hidden": 16}
+    # The flat "train" object of old runs lands field by field in optim, loop and hardware.
+    old = json.loads((OLD / "config.json").read_text())["train"]
+    assert dataclasses.asdict(run.train) == old
+    assert (run.loop.epochs, run.optim.optimizer, run.hardware.device) == (2, "adamw", "auto")
+    assert RunConfig.from_dict(json.loads(run.to_json())) == run  # and saves in the new layout
+    assert "train" not in json.loads(run.to_json())
     copy = tmp_path / "run"
     shutil.copytree(OLD, copy)
     report = imrec.evaluate(copy)

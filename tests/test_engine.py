@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 from torch import nn
 
+import imrec
 from imrec.classify.train import class_weights
 from imrec.config import RunConfig, build_config
 from imrec.core.checkpoint import (
@@ -42,13 +44,29 @@ def test_config_round_trips_through_json():
     )
     back = RunConfig.from_dict(json.loads(cfg.to_json()))
     assert back == cfg
-    assert back.train.epochs == 2 and back.data.augment_off == ("elastic",)
+    assert back.loop.epochs == 2 and back.data.augment_off == ("elastic",)
+
+
+def test_training_options_are_grouped_and_typos_are_named():
+    from imrec.config import TRAIN_GROUPS, TrainConfig, split_train
+
+    # Every flat option belongs to exactly one group, and the flat view has them all.
+    names = [f.name for cls in TRAIN_GROUPS.values() for f in dataclasses.fields(cls)]
+    assert len(names) == len(set(names))
+    assert names == [f.name for f in dataclasses.fields(TrainConfig)]
+    cfg = build_config("mnist", "handwriting", train={"lr": 0.02, "epochs": 1, "threads": 1})
+    assert (cfg.optim.lr, cfg.loop.epochs, cfg.hardware.threads) == (0.02, 1, 1)
+    assert cfg.train.lr == 0.02 and cfg.train.batch_size == cfg.loop.batch_size
+    with pytest.raises(TrainError, match=r"unknown training option\(s\) \['epoch'\]"):
+        split_train({"epoch": 2})
+    with pytest.raises(TrainError, match="'epoch'"):
+        imrec.fit("digits", train={"epoch": 2}, progress=False)
 
 
 def test_user_overrides_win_over_recipe_and_other_model_drops_recipe_options():
     cfg = build_config("mnist", "handwriting", "best", model={"name": "mlp"})
     assert cfg.model.name == "mlp" and cfg.model.options == {}
-    assert cfg.train.ema  # the rest of the best recipe still applies
+    assert cfg.optim.ema  # the rest of the best recipe still applies
     with pytest.raises(ValueError, match="preset"):
         build_config("mnist", "handwriting", "huge")
 
@@ -120,14 +138,14 @@ def test_lr_schedules():
 
 
 def test_optimizer_groups_skip_decay_on_biases_and_scale_the_head():
-    cfg = build_config("x", "handwriting", train={"head_lr_mult": 10.0, "optimizer": "sgd"}).train
+    cfg = build_config("x", "handwriting", train={"head_lr_mult": 10.0, "optimizer": "sgd"}).optim
     opt = make_optimizer(_net(), cfg)
     assert isinstance(opt, torch.optim.SGD) and opt.defaults["nesterov"]
     for g in opt.param_groups:
         assert (g["weight_decay"] > 0) == all(p.ndim > 1 for p in g["params"])
         assert g["lr_mult"] == (10.0 if g["is_head"] else 1.0)
     with pytest.raises(TrainError, match="optimizer"):
-        make_optimizer(_net(), build_config("x", "handwriting", train={"optimizer": "lbfgs"}).train)
+        make_optimizer(_net(), build_config("x", "handwriting", train={"optimizer": "lbfgs"}).optim)
 
 
 def test_class_weights_are_inverse_frequency():
@@ -189,7 +207,7 @@ def test_compiled_training_step_trains_the_models_own_weights(tmp_path):
         train={"epochs": 2, "compile": True},
         progress=False,
     )
-    assert report["config"]["train"]["compile"] is True
+    assert report["config"]["hardware"]["compile"] is True
     assert report["test"]["accuracy"] > 0.8  # 10 classes: it learnt, through the compiled step
     weights, _ = load_checkpoint(tmp_path / "run")
     assert not any(k.startswith("_orig_mod.") for k in weights)

@@ -84,7 +84,7 @@ def test_a_cpu_run_resumes_on_the_gpu(digits, tmp_path):
     cpu = Trainer(cfg, tmp_path / "run", data=digits, progress=False)
     cpu.history.append(cpu.train_epoch(0))
     cpu.save_state(1)
-    gpu_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device="cuda"))
+    gpu_cfg = dataclasses.replace(cfg, hardware=dataclasses.replace(cfg.hardware, device="cuda"))
     gpu = Trainer(gpu_cfg, tmp_path / "run", data=digits, progress=False)
     gpu.load_state()
     assert gpu.start_epoch == 1 and gpu.cuda_graphs

@@ -13,7 +13,16 @@ Usage (training MNIST takes about a minute on 2 CPU cores, digits-detect about 8
 
 from imrec.api import evaluate, fit, load_predictor, resume, train_config  # noqa: E402
 from imrec.classify.predict import Predictor
-from imrec.config import DataConfig, ModelConfig, RunConfig, TrainConfig, build_config  # noqa: E402
+from imrec.config import (  # noqa: E402
+    DataConfig,
+    HardwareConfig,
+    LoopConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+    build_config,
+)
 from imrec.core.version import __version__  # noqa: E402, F401
 from imrec.data import list_datasets, load_dataset  # noqa: E402
 from imrec.data.detection import load_detection  # noqa: E402
@@ -34,9 +43,12 @@ def __getattr__(name: str):
 
 __all__ = [
     "DataConfig",
+    "HardwareConfig",
+    "LoopConfig",
     "DetectionPredictor",
     "Model",
     "ModelConfig",
+    "OptimConfig",
     "Predictor",
     "RunConfig",
     "TrainConfig",

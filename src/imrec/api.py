@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from imrec.config import RunConfig, TrainConfig, build_config
+from imrec.config import RunConfig, TrainConfig, build_config, split_train
 from imrec.core.checkpoint import CheckpointError, read_checkpoint_meta
 from imrec.core.errors import TrainError
 from imrec.data.registry import dataset_task
@@ -38,7 +38,8 @@ def fit(
 ) -> dict:
     """Train a classifier or a detector on ``dataset`` with the preset's recipe and your overrides.
 
-    ``task`` is ``"classify"`` or ``"detect"``; by default the dataset's own. Returns the report
+    ``task`` is ``"classify"`` or ``"detect"``; by default the dataset's own. ``train`` takes
+    any training option by its flat name (see :class:`~imrec.config.TrainConfig`). Returns the report
     (also written to ``<out>/report.json`` and ``report.md``), with the run folder under
     ``report["run_dir"]``.
 
@@ -84,11 +85,13 @@ def fit(
 
 
 def check_train_fields(pkg: ModuleType, train: dict) -> None:
-    """Refuse settings the task would silently ignore (a value other than the default).
+    """Refuse unknown training options, and settings the task would silently ignore (a value
+    other than the default).
 
     Example:
         >>> check_train_fields(task_package("classify"), {"label_smoothing": 0.1})
     """
+    split_train(train)  # names every unknown option
     defaults = TrainConfig()
     unused = [k for k in pkg.UNUSED_TRAIN_FIELDS if k in train and train[k] != getattr(defaults, k)]
     if unused:

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from imrec.config import TrainConfig
+from imrec.config import TRAIN_GROUPS, TrainConfig
 
 
 def _kv(text: str) -> tuple[str, object]:
@@ -382,7 +382,7 @@ def _models_command(sub) -> None:
 
 
 def _train_command(sub) -> None:
-    """``imrec train``: its optimisation flags come from :class:`TrainConfig`."""
+    """``imrec train``: its training flags come from the groups of :class:`TrainConfig`."""
     t = sub.add_parser(
         "train",
         help="train a classifier or a detector",
@@ -401,7 +401,8 @@ def _train_command(sub) -> None:
     t.add_argument("--model", help="a name from `imrec models` (default: the preset's)")
     t.add_argument("--preset", choices=["fast", "best"], default="fast")
     t.add_argument("--out", help="run folder (default: runs/<dataset>-N)")
-    config_flags(t, TrainConfig)
+    for title, cls in TRAIN_GROUPS.items():
+        config_flags(t.add_argument_group(_GROUP_TITLES[title]), cls)
     t.add_argument(
         "--pretrained",
         metavar="WEIGHTS",
@@ -488,7 +489,14 @@ def _ship_commands(sub) -> None:
     xp.set_defaults(func=cmd_explain)
 
 
-def config_flags(p: argparse.ArgumentParser, cls) -> None:
+_GROUP_TITLES = {
+    "optim": "optimisation (OptimConfig)",
+    "loop": "loop (LoopConfig)",
+    "hardware": "hardware (HardwareConfig)",
+}
+
+
+def config_flags(p, cls) -> None:
     """One ``--flag`` per field of the config dataclass ``cls``, from its type, default and
     metadata (see :func:`imrec.config._flag`). Unset flags stay ``None``: the recipe decides."""
     for f in dataclasses.fields(cls):

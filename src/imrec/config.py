@@ -49,19 +49,15 @@ def _flag(default, help: str = "", **cli) -> Any:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """How to optimise; every field is also an ``imrec train --flag`` of the same name.
+class OptimConfig:
+    """How to optimise, and from where (fine-tuning).
 
-    ``lr`` is the peak learning rate of the schedule. ``head_lr_mult`` scales the head's
-    learning rate relative to the backbone (fine-tuning); ``freeze_epochs`` trains the head
-    alone for that many epochs first. ``early_stop`` is the patience in epochs on the
-    validation accuracy (0 = off). ``class_weights`` weighs the loss by inverse class
-    frequency. ``amp``: "auto" = bf16 on a GPU, fp32 on a CPU (where "bf16" is opt-in);
-    ``channels_last`` ("auto" = on) everywhere.
+    ``lr`` is the peak learning rate of the schedule. ``init`` starts from an imrec checkpoint
+    or run folder; ``freeze_epochs`` then trains the head alone for that many epochs and
+    ``head_lr_mult`` scales the head's learning rate relative to the backbone.
+    ``class_weights`` weighs the loss by inverse class frequency.
     """
 
-    epochs: int = _flag(3, "passes over the training set")
-    batch_size: int = _flag(128, "images per optimiser step (the global batch under torchrun)")
     optimizer: str = _flag("adamw", "SGD uses Nesterov momentum", choices=["adam", "adamw", "sgd"])
     lr: float = _flag(3e-3, "peak learning rate")
     momentum: float = _flag(0.9, "SGD momentum")
@@ -72,10 +68,39 @@ class TrainConfig:
     grad_clip: float = _flag(0.0, "clip the gradient norm (0 = off)")
     ema: bool = _flag(False, "evaluate and save an exponential moving average of the weights")
     ema_decay: float = _flag(0.999, "decay of that average")
+    class_weights: bool = _flag(False, "classifiers: weigh the loss by inverse class frequency")
+    init: str | None = _flag(
+        None,
+        "start from an imrec checkpoint or run folder (fine-tuning)",
+        metavar="CHECKPOINT",
+        type=str,
+    )
+    freeze_epochs: int = _flag(0, "train only the head for this many epochs first")
+    head_lr_mult: float = _flag(1.0, "the head's learning rate relative to the backbone's")
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """The run's loop: how long, in which batches, with which seed, when to stop early.
+
+    ``early_stop`` is the patience in epochs on the validation score (0 = off).
+    """
+
+    epochs: int = _flag(3, "passes over the training set")
+    batch_size: int = _flag(128, "images per optimiser step (the global batch under torchrun)")
     early_stop: int = _flag(
         0, "stop after this many epochs without a better validation score", metavar="PATIENCE"
     )
-    class_weights: bool = _flag(False, "classifiers: weigh the loss by inverse class frequency")
+    seed: int = _flag(0, "seed of the weights, the splits and every random draw")
+    eval_batch_size: int = _flag(1024, "classifiers: images per call when evaluating")
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    """Where and how the run computes; none of it changes what the model learns, only how
+    fast (``amp`` aside: "auto" = bf16 on a GPU, fp32 on a CPU, where "bf16" is opt-in)."""
+
+    device: str = _flag("auto", "auto, cpu, cuda, cuda:1 ...")
     amp: str = _flag(
         "auto",
         "mixed precision (default auto: bf16 on GPUs, fp32 on CPUs; bf16 on a CPU needs "
@@ -85,17 +110,6 @@ class TrainConfig:
     channels_last: str = _flag(
         "auto", "channels-last memory layout (auto = on)", choices=["auto", "on", "off"]
     )
-    seed: int = _flag(0, "seed of the weights, the splits and every random draw")
-    init: str | None = _flag(
-        None,
-        "start from an imrec checkpoint or run folder (fine-tuning)",
-        metavar="CHECKPOINT",
-        type=str,
-    )
-    freeze_epochs: int = _flag(0, "train only the head for this many epochs first")
-    head_lr_mult: float = _flag(1.0, "the head's learning rate relative to the backbone's")
-    device: str = _flag("auto", "auto, cpu, cuda, cuda:1 ...")
-    eval_batch_size: int = _flag(1024, "classifiers: images per call when evaluating")
     threads: int = _flag(0, "CPU threads (default 0: all cores)")
     # torch.compile the model (measured: no gain on the 2-core CPU or an H200)
     compile: bool = _flag(
@@ -122,15 +136,71 @@ class TrainConfig:
     )
 
 
+# The groups of training options: RunConfig's field name -> its dataclass.
+TRAIN_GROUPS: dict[str, type] = {
+    "optim": OptimConfig,
+    "loop": LoopConfig,
+    "hardware": HardwareConfig,
+}
+_GROUP_OF = {f.name: g for g, cls in TRAIN_GROUPS.items() for f in dataclasses.fields(cls)}
+
+TrainConfig = dataclasses.make_dataclass(
+    "TrainConfig",
+    [
+        (f.name, f.type, field(default=f.default, metadata=f.metadata))
+        for cls in TRAIN_GROUPS.values()
+        for f in dataclasses.fields(cls)
+    ],
+    frozen=True,
+    namespace={"__module__": __name__},
+)
+TrainConfig.__doc__ = """Every training option in one flat view: the fields of :class:`OptimConfig`,
+:class:`LoopConfig` and :class:`HardwareConfig`, each also an ``imrec train --flag`` of the same
+name and a key of ``imrec.fit(train={...})``. :attr:`RunConfig.train` gives a run's.
+
+Example:
+    >>> TrainConfig(epochs=2).epochs, TrainConfig().optimizer
+    (2, 'adamw')
+"""
+
+
+def split_train(options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Route flat training options (``{"lr": 0.01, "epochs": 2}``) to their groups.
+
+    Example:
+        >>> split_train({"lr": 0.01, "epochs": 2})
+        {'optim': {'lr': 0.01}, 'loop': {'epochs': 2}, 'hardware': {}}
+    """
+    unknown = sorted(set(options) - set(_GROUP_OF))
+    if unknown:
+        raise TrainError(f"unknown training option(s) {unknown}; known: {sorted(_GROUP_OF)}")
+    groups: dict[str, dict[str, Any]] = {g: {} for g in TRAIN_GROUPS}
+    for key, value in options.items():
+        groups[_GROUP_OF[key]][key] = value
+    return groups
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that defines a training run."""
+    """Everything that defines a training run.
+
+    ``config.json`` files written before the training options were split into ``optim``,
+    ``loop`` and ``hardware`` (one flat ``"train"`` object) still load with :meth:`from_dict`.
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
     preset: str = "fast"
     task: str = "classify"  # classify | detect
+
+    @property
+    def train(self) -> TrainConfig:
+        """All training options in one flat, read-only view (see :class:`TrainConfig`)."""
+        groups = (self.optim, self.loop, self.hardware)
+        return TrainConfig(**{k: v for g in groups for k, v in dataclasses.asdict(g).items()})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -142,10 +212,13 @@ class RunConfig:
     def from_dict(cls, d: dict) -> RunConfig:
         data = dict(d.get("data", {}))
         data["augment_off"] = tuple(data.get("augment_off", ()))
+        groups = split_train(d.get("train", {}))  # the flat layout of older runs
+        for g in TRAIN_GROUPS:
+            groups[g].update(d.get(g, {}))
         return cls(
             data=DataConfig(**data),
             model=ModelConfig(**d.get("model", {})),
-            train=TrainConfig(**d.get("train", {})),
+            **{g: TRAIN_GROUPS[g](**kw) for g, kw in groups.items()},
             preset=d.get("preset", "fast"),
             task=d.get("task", "classify"),
         )
@@ -153,7 +226,8 @@ class RunConfig:
 
 SGD_LR = 0.05  # peak learning rate for SGD with Nesterov momentum when none is given
 
-# Recipes: (preset, dataset or domain) -> field overrides. The dataset name wins over the
+# Recipes: (preset, dataset or domain) -> field overrides ("train": the flat training options,
+# routed to optim / loop / hardware by split_train). The dataset name wins over the
 # domain. Numbers come from the runs recorded in BENCHMARKS.md.
 RECIPES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     # The default `imrec train mnist`: 99.35-99.37% test accuracy over seeds 0-1 in about
@@ -250,8 +324,8 @@ def build_config(
 
     Example:
         >>> cfg = build_config("mnist", "handwriting", "fast", train={"epochs": 1})
-        >>> cfg.train.epochs
-        1
+        >>> cfg.loop.epochs, cfg.optim.lr
+        (1, 0.01)
     """
     if task not in ("classify", "detect"):
         raise ValueError(f"unknown task {task!r}; choose 'classify' or 'detect'")
@@ -260,7 +334,7 @@ def build_config(
     if model and "name" in model and model["name"] != r.get("model", {}).get("name"):
         # A different model than the recipe's: the recipe's model options do not apply.
         model_kw["options"] = dict((model or {}).get("options", {}))
-    train_kw = {**r.get("train", {}), **(train or {})}
+    train_kw = {**r.get("train", {}), **(train or {})}  # flat: the recipe's, then the user's
     if train_kw.get("optimizer") == "sgd" and "lr" not in train_kw:
         train_kw["lr"] = SGD_LR  # the Adam-family default is far too small for plain SGD
     data_kw = {**r.get("data", {}), **(data or {})}
@@ -271,7 +345,7 @@ def build_config(
     return RunConfig(
         data=DataConfig(name=dataset, **data_kw),
         model=ModelConfig(**model_kw),
-        train=TrainConfig(**train_kw),
+        **{g: TRAIN_GROUPS[g](**kw) for g, kw in split_train(train_kw).items()},
         preset=preset,
         task=task,
     )

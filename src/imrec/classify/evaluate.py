@@ -10,6 +10,7 @@ import torch
 
 from imrec.classify.metrics import classification_metrics, worst_mistakes
 from imrec.classify.report import write_report
+from imrec.config import RunConfig
 from imrec.core.batching import Batcher, predict_logits
 from imrec.data import ClassificationData, ImageSet, load_dataset
 
@@ -90,7 +91,7 @@ def finish_run(trainer) -> dict:
     weights, meta = load_checkpoint(run_dir / "best.safetensors")
     model = trainer.eval_model()
     model.load_state_dict(weights)
-    bs = run.train.eval_batch_size
+    bs = run.loop.eval_batch_size
     val_metrics, _ = measure(
         model, data.val, data.classes, trainer.batcher, run_dir, batch_size=bs, plots=False
     )
@@ -189,7 +190,7 @@ def _load_for_model(name: str, meta: dict, cfg: dict) -> ClassificationData:
         kwargs = {k: d.get(k) for k in ("size", "channels", "domain")}
     else:  # another dataset is brought to the model's input
         kwargs = {"size": inp["size"][0], "channels": inp["channels"], "domain": meta.get("domain")}
-    seed = cfg.get("train", {}).get("seed", 0)
+    seed = RunConfig.from_dict(cfg).loop.seed
     val_fraction = cfg.get("data", {}).get("val_fraction", 0.1)
     dataset = load_dataset(name, val_fraction=val_fraction, seed=seed, **kwargs)
     if list(dataset.input_size) != list(inp["size"]) or dataset.channels != inp["channels"]:

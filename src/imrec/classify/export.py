@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from imrec.config import RunConfig
 from imrec.core.errors import ExportError, UnusableImage
 from imrec.core.probe import CALIBRATION_IMAGES, MIN_AGREEMENT, Probe, batches, torch_outputs
 
@@ -76,7 +77,7 @@ def load_probe(meta: dict, cfg: dict, limit: int | None) -> Probe:
     data = load_dataset(
         meta["dataset"],
         val_fraction=d.get("val_fraction", 0.1),
-        seed=cfg.get("train", {}).get("seed", 0),
+        seed=RunConfig.from_dict(cfg).loop.seed,
         **{k: d.get(k) for k in ("size", "channels", "domain")},
     )
     inp = meta["input"]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imrec.classify.augment import BatchAugment, augment_off, augment_preset
-from imrec.config import RunConfig, switch_off
+from imrec.config import HardwareConfig, RunConfig, switch_off
 from imrec.core.batching import Batcher, norm_stats, predict_logits, to_device
 from imrec.core.checkpoint import CheckpointError, load_checkpoint
 from imrec.core.errors import TrainError
@@ -103,13 +103,13 @@ class ClassifyTrainer(Trainer):
         progress: bool = True,
     ):
         super().__init__(run, run_dir, data=data, progress=progress)
-        t, d = run.train, self.data
+        d = self.data
         self.loss_weight = (
             class_weights(d.train.labels, d.num_classes).to(self.device)
-            if t.class_weights
+            if run.optim.class_weights
             else None
         )
-        self.placement = choose_placement(t.data_placement, d.train.images, self.device)
+        self.placement = choose_placement(run.hardware.data_placement, d.train.images, self.device)
         home = self.device if self.placement == "device" else torch.device("cpu")
         self.train_images = d.train.images if d.train.streamed else d.train.images.to(home)
         self.train_labels = d.train.labels.to(home)
@@ -119,16 +119,16 @@ class ClassifyTrainer(Trainer):
             self.train_images = self.train_images.pin_memory()
             self.train_labels = self.train_labels.pin_memory()
         self._compiled: nn.Module | None = None  # torch.compile of the model, with --compile
-        self.cuda_graphs = self._use_graphs(t)
+        self.cuda_graphs = self._use_graphs(run.hardware, run.optim.optimizer)
         self._graphed: tuple[bool, GraphedStep] | None = None  # (frozen, recorded step)
 
     def load_data(self) -> ClassificationData:
         run = self.run
         return load_for_training(
             run.data.name,
-            run.train.data_placement,
+            run.hardware.data_placement,
             val_fraction=run.data.val_fraction,
-            seed=run.train.seed,
+            seed=run.loop.seed,
             size=run.data.size,
             channels=run.data.channels,
             domain=run.data.domain,
@@ -150,7 +150,7 @@ class ClassifyTrainer(Trainer):
             images.sample(STATS_SAMPLE) if d.train.streamed else images
         )
         # channels_last is faster on GPUs and, with oneDNN, on CPUs too (measured: 1.5x for cnn).
-        self.channels_last = run.train.channels_last != "off"
+        self.channels_last = run.hardware.channels_last != "off"
         self.batcher = Batcher.from_stats(self.mean, self.std, self.device, self.channels_last)
         self.augment = build_augment(run, d.domain)
         return create_model(
@@ -163,24 +163,24 @@ class ClassifyTrainer(Trainer):
             **run.model.options,
         ).to(self.device)
 
-    def _use_graphs(self, t) -> bool:
+    def _use_graphs(self, hw: HardwareConfig, optimizer: str) -> bool:
         """Whether full batches replay a recorded CUDA graph (see :mod:`imrec.engine.graphs`)."""
-        if t.cuda_graphs not in ("auto", "on", "off"):
-            raise TrainError(f"unknown cuda_graphs {t.cuda_graphs!r}: choose auto, on or off")
-        if t.cuda_graphs == "off":
+        if hw.cuda_graphs not in ("auto", "on", "off"):
+            raise TrainError(f"unknown cuda_graphs {hw.cuda_graphs!r}: choose auto, on or off")
+        if hw.cuda_graphs == "off":
             return False
         why_not = None
         if self.device.type != "cuda":
             why_not = "training does not run on a CUDA GPU"
         elif self.world.size > 1:
             why_not = "DistributedDataParallel steps are not recorded"
-        elif t.compile:
+        elif hw.compile:
             why_not = "--compile is on"
         elif self.placement == "stream":
             why_not = "batches streamed from files arrive through DataLoader workers"
-        elif t.optimizer not in ("adam", "adamw"):
-            why_not = f"the {t.optimizer} optimiser has no capturable implementation here"
-        if why_not and t.cuda_graphs == "on":
+        elif optimizer not in ("adam", "adamw"):
+            why_not = f"the {optimizer} optimiser has no capturable implementation here"
+        if why_not and hw.cuda_graphs == "on":
             raise TrainError(f"--cuda-graphs on: {why_not}")
         return why_not is None
 
@@ -227,7 +227,7 @@ class ClassifyTrainer(Trainer):
 
     def train_epoch(self, epoch: int) -> dict:
         """One pass over the training set, then validation; returns the epoch's metrics row."""
-        t, world = self.run.train, self.world
+        run, world = self.run, self.world
         t0 = time.perf_counter()
         bar = self._bar(epoch)
         loss_sum, correct, n = self.train_steps(epoch, bar)
@@ -253,7 +253,7 @@ class ClassifyTrainer(Trainer):
             "train_accuracy": round(correct.item() / n, 6),
             "val_loss": val["loss"],
             "val_accuracy": val["accuracy"],
-            "lr": round(t.lr * factor, 8),
+            "lr": round(run.optim.lr * factor, 8),
             "seconds": round(seconds, 3),
             "train_seconds": round(train_time, 3),
             "images_per_second": round(n / train_time, 1),
@@ -273,7 +273,7 @@ class ClassifyTrainer(Trainer):
         for i in range(self.steps_per_epoch):
             idx, batch = self._batch_indices(order, i)
             self.schedule_lr(epoch * self.steps_per_epoch + i)
-            if sums.graphed is not None and batch == self.run.train.batch_size:
+            if sums.graphed is not None and batch == self.run.loop.batch_size:
                 shape = (batch, *self.train_images.shape[1:])
                 draws = self.augment.draw(shape, aug_gen) if self.augment else {}
                 sums.graphed.run(idx, draws)
@@ -290,10 +290,10 @@ class ClassifyTrainer(Trainer):
     def _begin_epoch(self, epoch: int):
         """Seed the epoch, set what trains, and draw its order: ``(model, frozen, order,
         augmentation generator)``; ``model`` is what takes the steps (see _step_module)."""
-        t, world = self.run.train, self.world
-        gen = torch.Generator().manual_seed(epoch_seed(t.seed, epoch))
-        torch.manual_seed(epoch_seed(t.seed, epoch) + 1)  # dropout and other global draws
-        frozen = epoch < t.freeze_epochs
+        run, world = self.run, self.world
+        gen = torch.Generator().manual_seed(epoch_seed(run.loop.seed, epoch))
+        torch.manual_seed(epoch_seed(run.loop.seed, epoch) + 1)  # dropout and other global draws
+        frozen = epoch < run.optim.freeze_epochs
         for name, p in self.model.named_parameters():
             p.requires_grad_(not frozen or name.startswith("head."))
         model = self._step_module(frozen)
@@ -302,13 +302,13 @@ class ClassifyTrainer(Trainer):
         order = torch.randperm(len(self.train_labels), generator=gen)
         order = to_device(order, self.train_images.device)
         if world.size > 1:
-            gen = torch.Generator().manual_seed(rank_seed(t.seed, epoch, world.rank))
-            torch.manual_seed(rank_seed(t.seed, epoch, world.rank) + 1)
+            gen = torch.Generator().manual_seed(rank_seed(run.loop.seed, epoch, world.rank))
+            torch.manual_seed(rank_seed(run.loop.seed, epoch, world.rank) + 1)
         return model, frozen, order, gen
 
     def _batch_indices(self, order: torch.Tensor, i: int) -> tuple[torch.Tensor, int]:
         """Batch ``i`` of the epoch: this rank's indices and the global batch's size."""
-        size = self.run.train.batch_size
+        size = self.run.loop.batch_size
         idx = order[i * size : (i + 1) * size]
         batch = len(idx)
         return (rank_batch(idx, self.world) if self.world.size > 1 else idx), batch
@@ -325,23 +325,26 @@ class ClassifyTrainer(Trainer):
 
     def loss(self, model, xb: torch.Tensor, yb: torch.Tensor):
         """Cross-entropy (class weights, label smoothing) and the detached logits."""
-        t = self.run.train
+        run = self.run
         logits = model(xb)  # (B, K)
         loss = F.cross_entropy(
-            logits.float(), yb, weight=self.loss_weight, label_smoothing=t.label_smoothing
+            logits.float(), yb, weight=self.loss_weight, label_smoothing=run.optim.label_smoothing
         )
         return loss, logits.detach()
 
     def _stream(self, order: torch.Tensor, world: World):
         """This epoch's batches, decoded from their files by DataLoader workers, in order."""
-        t = self.run.train
+        run = self.run
         batches = []
         for i in range(self.steps_per_epoch):
-            idx = order[i * t.batch_size : (i + 1) * t.batch_size]
+            idx = order[i * run.loop.batch_size : (i + 1) * run.loop.batch_size]
             batches.append((rank_batch(idx, world) if world.size > 1 else idx).tolist())
         if self._loader is None:
             self._loader = StreamLoader(
-                self.train_images, self.train_labels, t.workers, self.device.type == "cuda"
+                self.train_images,
+                self.train_labels,
+                run.hardware.workers,
+                self.device.type == "cuda",
             )
         return self._loader.epoch(batches)
 
@@ -350,7 +353,7 @@ class ClassifyTrainer(Trainer):
         if not self.cuda_graphs:
             return None
         if self._graphed is None or self._graphed[0] != frozen:
-            self._graphed = (frozen, GraphedStep(self, model, self.run.train.batch_size))
+            self._graphed = (frozen, GraphedStep(self, model, self.run.loop.batch_size))
         self._graphed[1].reset_sums()
         return self._graphed[1]
 
@@ -361,7 +364,7 @@ class ClassifyTrainer(Trainer):
         built again when freezing the backbone changes that set.
         """
         if self.world.size == 1:
-            if self.run.train.compile and self._compiled is None:
+            if self.run.hardware.compile and self._compiled is None:
                 self._compiled = torch.compile(self.model)  # shares the model's parameters
             return self.model if self._compiled is None else self._compiled
         return self._ddp_wrapper(lambda: self.model, frozen)
@@ -379,7 +382,7 @@ class ClassifyTrainer(Trainer):
             return self._validate_sharded()
         val = self.data.val
         logits = predict_logits(
-            self.eval_model(), val.images, self.batcher, self.run.train.eval_batch_size
+            self.eval_model(), val.images, self.batcher, self.run.loop.eval_batch_size
         )
         return {
             "loss": round(F.cross_entropy(logits, val.labels).item(), 6),
@@ -397,7 +400,7 @@ class ClassifyTrainer(Trainer):
         sums = [0.0, 0.0, 0.0]  # loss sum, correct, count
         if len(labels):
             logits = predict_logits(
-                self.eval_model(), images, self.batcher, self.run.train.eval_batch_size
+                self.eval_model(), images, self.batcher, self.run.loop.eval_batch_size
             )
             sums = [
                 F.cross_entropy(logits, labels, reduction="sum").item(),

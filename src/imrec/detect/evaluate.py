@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from imrec.config import RunConfig
 from imrec.core.preprocess import letter_fill, letterbox
 from imrec.data.boxes import DetectionData, DetectionSet
 from imrec.data.detection import load_detection
@@ -229,7 +230,7 @@ def evaluate_detection_run(
     dataset = load_detection(
         name,
         val_fraction=cfg.get("data", {}).get("val_fraction", 0.1),
-        seed=cfg.get("train", {}).get("seed", 0),
+        seed=RunConfig.from_dict(cfg).loop.seed,
         channels=meta["input"]["channels"],
     )
     unknown = sorted(set(dataset.classes) - set(meta["classes"]))

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from imrec.config import RunConfig
 from imrec.core.errors import ExportError
 from imrec.core.probe import (
     BOX_TOLERANCE,
@@ -73,7 +74,7 @@ def load_probe(meta: dict, cfg: dict, limit: int | None) -> Probe:
     data = load_detection(
         meta["dataset"],
         val_fraction=cfg.get("data", {}).get("val_fraction", 0.1),
-        seed=cfg.get("train", {}).get("seed", 0),
+        seed=RunConfig.from_dict(cfg).loop.seed,
         channels=inp["channels"],
     )
     if data.classes != meta["classes"]:

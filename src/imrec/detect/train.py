@@ -135,7 +135,7 @@ class DetectionTrainer(Trainer):
         return load_detection(
             run.data.name,
             val_fraction=run.data.val_fraction,
-            seed=run.train.seed,
+            seed=run.loop.seed,
             channels=run.data.channels,
         )
 
@@ -162,7 +162,7 @@ class DetectionTrainer(Trainer):
         ).to(self.device)
         # tinydet is plain convolutions: channels_last measured ~10% faster on the 2-core CPU.
         # torchvision detectors take lists of images and resize them themselves.
-        self.channels_last = run.train.channels_last != "off" and isinstance(model, TinyDet)
+        self.channels_last = run.hardware.channels_last != "off" and isinstance(model, TinyDet)
         return model
 
     def loss(self, losses, images: torch.Tensor, targets: list[dict]):
@@ -209,7 +209,7 @@ class DetectionTrainer(Trainer):
             x, targets = self._on_device(images, targets)
             factor = self.schedule_lr(epoch * self.steps_per_epoch + i)
             batch = min(
-                self.run.train.batch_size, len(self.train_set) - i * self.run.train.batch_size
+                self.run.loop.batch_size, len(self.train_set) - i * self.run.loop.batch_size
             )
             loss, parts = self.step(losses, x, targets, len(images), batch)
             if not torch.isfinite(loss):
@@ -244,10 +244,10 @@ class DetectionTrainer(Trainer):
         One process shuffles with a seeded DataLoader. Under torchrun every rank draws one
         permutation and takes its share of every global batch, with its own augmentation.
         """
-        t, model, world = self.run.train, self.model, self.world
-        seed = epoch_seed(t.seed, epoch)
+        run, model, world = self.run, self.model, self.world
+        seed = epoch_seed(run.loop.seed, epoch)
         torch.manual_seed(seed + 1)  # the transforms' random draws
-        frozen = epoch < t.freeze_epochs
+        frozen = epoch < run.optim.freeze_epochs
         for name, p in model.named_parameters():
             p.requires_grad_(not (frozen and model.is_backbone(name)))
         model.train()
@@ -255,7 +255,7 @@ class DetectionTrainer(Trainer):
         if world.size == 1:
             loader = torch.utils.data.DataLoader(
                 self.train_set,
-                batch_size=t.batch_size,
+                batch_size=run.loop.batch_size,
                 shuffle=True,
                 generator=torch.Generator().manual_seed(seed),
                 collate_fn=collate,
@@ -264,10 +264,12 @@ class DetectionTrainer(Trainer):
             return losses, loader
         order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(seed))
         shares = [
-            rank_batch(order[i * t.batch_size : (i + 1) * t.batch_size], world).tolist()
+            rank_batch(
+                order[i * run.loop.batch_size : (i + 1) * run.loop.batch_size], world
+            ).tolist()
             for i in range(self.steps_per_epoch)
         ]
-        torch.manual_seed(rank_seed(t.seed, epoch, world.rank) + 1)
+        torch.manual_seed(rank_seed(run.loop.seed, epoch, world.rank) + 1)
         loader = torch.utils.data.DataLoader(
             self.train_set, batch_sampler=shares, collate_fn=collate, num_workers=0
         )
@@ -295,7 +297,7 @@ class DetectionTrainer(Trainer):
             **{f"train_{k}": round(v / n, 6) for k, v in sums.items() if k != "loss"},
             "val_map": val["map"],
             "val_map50": val["map50"],
-            "lr": round(self.run.train.lr * factor, 8),
+            "lr": round(self.run.optim.lr * factor, 8),
             "seconds": round(seconds, 3),
             "train_seconds": round(train_time, 3),
             "images_per_second": round(seen / train_time, 1),

@@ -99,25 +99,24 @@ class Trainer:
 
     def __init__(self, run: RunConfig, run_dir: str | Path, *, data=None, progress: bool = True):
         self.run, self.run_dir, self.progress = run, Path(run_dir), progress
-        t = run.train
-        if t.threads:
-            torch.set_num_threads(t.threads)
-        self.device = pick_device(t.device)
+        if run.hardware.threads:
+            torch.set_num_threads(run.hardware.threads)
+        self.device = pick_device(run.hardware.device)
         self._join_world()
-        torch.manual_seed(t.seed)  # the model's initial weights and the first draws
+        torch.manual_seed(run.loop.seed)  # the model's initial weights and the first draws
         self.data = data or self.load_data()
-        self.amp_dtype = self._amp_dtype(t.amp, self.device.type == "cuda")
+        self.amp_dtype = self._amp_dtype(run.hardware.amp, self.device.type == "cuda")
         self.init_note = ""
         self.channels_last = False
         self.model = self.build()
-        if t.init:
-            self._init_from(t.init)
+        if run.optim.init:
+            self._init_from(run.optim.init)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         device = self.device if self.capturable_optimizer else None
-        self.optimizer = make_optimizer(self.model, t, device)
-        self.ema = ModelEma(self.model, t.ema_decay) if t.ema else None
-        self.steps_per_epoch = math.ceil(len(self.data.train) / t.batch_size)
+        self.optimizer = make_optimizer(self.model, run.optim, device)
+        self.ema = ModelEma(self.model, run.optim.ema_decay) if run.optim.ema else None
+        self.steps_per_epoch = math.ceil(len(self.data.train) / run.loop.batch_size)
         self.history: list[dict] = []
         self.best = {self.monitor: -1.0, "epoch": 0}
         self.start_epoch = 0
@@ -171,15 +170,15 @@ class Trainer:
 
     def lr_factor_at(self, step: int) -> float:
         """The schedule's factor of the peak learning rate at global step ``step`` of the run."""
-        t = self.run.train
-        total = t.epochs * self.steps_per_epoch
-        warmup = round(t.warmup_epochs * self.steps_per_epoch)
-        return lr_factor(step, total, warmup, t.schedule)
+        run = self.run
+        total = run.loop.epochs * self.steps_per_epoch
+        warmup = round(run.optim.warmup_epochs * self.steps_per_epoch)
+        return lr_factor(step, total, warmup, run.optim.schedule)
 
     def schedule_lr(self, step: int) -> float:
         """Set the learning rate of global step ``step`` of the run; return its factor."""
         factor = self.lr_factor_at(step)
-        set_lr(self.optimizer, self.run.train.lr * factor)
+        set_lr(self.optimizer, self.run.optim.lr * factor)
         return factor
 
     def step(
@@ -200,7 +199,7 @@ class Trainer:
         blending weight as a device scalar (a recorded CUDA graph reads it; see
         :mod:`imrec.engine.graphs`), else the EMA counts its own update.
         """
-        t = self.run.train
+        run = self.run
         with torch.autocast(
             self.device.type,
             dtype=self.amp_dtype,
@@ -212,8 +211,8 @@ class Trainer:
         # writes them instead of adding to them.
         self.optimizer.zero_grad(set_to_none=True)
         self._backward(loss, share, batch)
-        if t.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        if run.optim.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), run.optim.grad_clip)
         self.optimizer.step()
         if self.ema and ema_weight is not None:
             self.ema.blend(self.model, ema_weight)
@@ -228,7 +227,7 @@ class Trainer:
         world = distributed.world_from_env()
         if world.size == 1:
             return
-        if not self.run.train.threads and self.device.type == "cpu":
+        if not self.run.hardware.threads and self.device.type == "cpu":
             # Ranks on one machine share its cores; oversubscribing them is much slower.
             torch.set_num_threads(distributed.cpu_threads(world.local_size))
         try:
@@ -243,7 +242,7 @@ class Trainer:
         The global batch is ``batch_size`` whatever the number of processes, so the learning
         rate is not scaled.
         """
-        batch, size = self.run.train.batch_size, self.world.size
+        batch, size = self.run.loop.batch_size, self.world.size
         return {
             "world_size": size,
             "effective_batch_size": batch,
@@ -349,8 +348,8 @@ class Trainer:
         if main and self.start_epoch == 0:
             atomic_write_text(self.run_dir / "config.json", self.run.to_json())
             (self.run_dir / "metrics.jsonl").write_text("")
-        t, key = self.run.train, self.monitor
-        for epoch in range(self.start_epoch, t.epochs):
+        run, key = self.run, self.monitor
+        for epoch in range(self.start_epoch, run.loop.epochs):
             row = self.train_epoch(epoch)
             if self.world.size > 1:  # every rank takes rank 0's numbers, so all decide alike
                 row = distributed.broadcast_object(row)
@@ -367,7 +366,7 @@ class Trainer:
                 self.save_state(epoch + 1)
                 with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            if t.early_stop and epoch + 1 - self.best["epoch"] >= t.early_stop:
+            if run.loop.early_stop and epoch + 1 - self.best["epoch"] >= run.loop.early_stop:
                 break
 
     def _ddp_wrapper(
@@ -399,7 +398,7 @@ class Trainer:
 
         return tqdm(
             total=self.steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{self.run.train.epochs}",
+            desc=f"epoch {epoch + 1}/{self.run.loop.epochs}",
             unit="batch",
             leave=True,
             dynamic_ncols=True,

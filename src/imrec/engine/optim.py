@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from imrec.config import OptimConfig
 from imrec.core.errors import TrainError
 
 
@@ -35,7 +36,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 def make_optimizer(
-    model: nn.Module, cfg, device: torch.device | None = None
+    model: nn.Module, cfg: OptimConfig, device: torch.device | None = None
 ) -> torch.optim.Optimizer:
     """AdamW/Adam/SGD with no weight decay on biases and norms, and a head learning rate.
 

@@ -51,7 +51,7 @@ def bar_folder(root: Path, per_class: int = 24) -> Path:
     for c, cls in enumerate(("left", "middle", "right")):
         (root / cls).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            a = rng.integers(0, 60, (16, 16), np.uint8)
+            a = rng.integers(0, 160, (16, 16), np.uint8)  # a busy ground: not handwriting
             a[:, 2 + 5 * c : 5 + 5 * c] = 220
             Image.fromarray(a, "L").save(root / cls / f"{i}.png")
     return root

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from imrec.config import RunConfig, TrainConfig, build_config, split_train
+from imrec.config import RunConfig, TrainConfig, build_config, folder_recipe, split_train
 from imrec.core.checkpoint import CheckpointError, read_checkpoint_meta
 from imrec.core.errors import TrainError
 from imrec.data.registry import dataset_task
@@ -74,8 +74,14 @@ def fit(
     model = dict(model or {})
     if train.get("init") and "name" not in model and task == "classify":
         model = {**_model_of(train["init"]), **model}  # fine-tune the checkpoint's own network
+    notes: tuple[str, ...] = ()
+    if dataset.startswith("folder:") and "epochs" not in train:
+        scaled, why = folder_recipe(
+            len(loaded.train), loaded.domain, preset, train.get("batch_size")
+        )
+        train, notes = {**scaled, **train}, (why,)
     run = build_config(
-        dataset, loaded.domain, preset, data=data, model=model, train=train, task=task
+        dataset, loaded.domain, preset, data=data, model=model, train=train, task=task, notes=notes
     )
     base = dataset if task == "classify" else dataset.split(":", 1)[0]
     run_dir = Path(out) if out else default_run_dir(base)

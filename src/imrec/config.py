@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,6 +196,7 @@ class RunConfig:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     preset: str = "fast"
     task: str = "classify"  # classify | detect
+    notes: tuple[str, ...] = ()  # how the recipe was chosen, for the report
 
     @property
     def train(self) -> TrainConfig:
@@ -221,6 +223,7 @@ class RunConfig:
             **{g: TRAIN_GROUPS[g](**kw) for g, kw in groups.items()},
             preset=d.get("preset", "fast"),
             task=d.get("task", "classify"),
+            notes=tuple(d.get("notes", ())),
         )
 
 
@@ -297,6 +300,48 @@ RECIPES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
 }
 
 
+# Your own folders: the training length follows the data. A budget of training images seen
+# (epochs = budget / images, within the floor and MAX_EPOCHS), small sets in batches of 64,
+# and early stopping on validation. Measured: a 62-class folder of 4,464 photographed
+# characters needed ~30 epochs (134k images) where the 3 epochs tuned for MNIST gave 22%;
+# the built-in recipes see 40k-160k images.
+FOLDER_BUDGET = {"handwriting": 100_000, "objects": 100_000, "photo": 60_000}
+FOLDER_MIN_EPOCHS = {"handwriting": 3, "objects": 5, "photo": 10}
+MAX_EPOCHS = 60
+SMALL_SET = 5_000  # fewer training images than this: batches of 64
+
+
+def folder_recipe(
+    n_train: int, domain: str, preset: str = "fast", batch_size: int | None = None
+) -> tuple[dict[str, Any], str]:
+    """Training length for a folder dataset of ``n_train`` training images: the flat options
+    (``epochs``, ``batch_size``, ``early_stop``) and a sentence saying why, for the report.
+
+    Example:
+        >>> folder_recipe(4464, "handwriting")[0]
+        {'batch_size': 64, 'epochs': 23, 'early_stop': 11}
+        >>> folder_recipe(54000, "handwriting")[0]["epochs"]
+        3
+    """
+    scale = 2 if preset == "best" else 1
+    budget = FOLDER_BUDGET.get(domain, FOLDER_BUDGET["photo"]) * scale
+    floor = FOLDER_MIN_EPOCHS.get(domain, FOLDER_MIN_EPOCHS["photo"])
+    batch = batch_size or (64 if n_train < SMALL_SET else 128)
+    epochs = min(MAX_EPOCHS, max(floor, math.ceil(budget / max(1, n_train))))
+    steps = epochs * math.ceil(n_train / batch)
+    # Patience is a safety net, not a schedule: the one-cycle schedule gains most in its last
+    # epochs, and a validation split of the training writers saturates early (measured: a
+    # patience of epochs/5 stopped Chars74K at epoch 32 of 100, 97.2% instead of 99%+).
+    patience = max(10, epochs // 2)
+    why = (
+        f"folder of {n_train} training images ({domain}): {epochs} epochs of batch {batch} "
+        f"({steps} steps; a budget of {budget:,} images seen, at least {floor} and at most "
+        f"{MAX_EPOCHS} epochs), stopping early after {patience} epochs without a better "
+        "validation score"
+    )
+    return {"batch_size": batch, "epochs": epochs, "early_stop": patience}, why
+
+
 def recipe(preset: str, dataset: str, domain: str) -> dict[str, dict[str, Any]]:
     """The field overrides of a preset for a dataset (falling back to its domain)."""
     if preset not in ("fast", "best"):
@@ -319,6 +364,7 @@ def build_config(
     model: dict | None = None,
     train: dict | None = None,
     task: str = "classify",
+    notes: tuple[str, ...] = (),
 ) -> RunConfig:
     """Resolve a run's config: dataclass defaults, then the recipe, then the user's overrides.
 
@@ -348,6 +394,7 @@ def build_config(
         **{g: TRAIN_GROUPS[g](**kw) for g, kw in split_train(train_kw).items()},
         preset=preset,
         task=task,
+        notes=notes,
     )
 
 

@@ -12,6 +12,7 @@ from imrec.classify.metrics import classification_metrics, worst_mistakes
 from imrec.classify.report import write_report
 from imrec.config import RunConfig
 from imrec.core.batching import Batcher, predict_logits
+from imrec.core.preprocess import as_image, prepare_image
 from imrec.data import ClassificationData, ImageSet, load_dataset
 
 PLOTS = {"curves": "curves.png", "confusion": "confusion.png", "mistakes": "mistakes.png"}
@@ -107,6 +108,7 @@ def finish_run(trainer) -> dict:
         "model": run.model.name,
         "params": sum(p.numel() for p in model.parameters()),
         "split": data.split_note,
+        "domain": {"name": data.domain, **(data.domain_evidence or {}), "ink": data.ink},
         "sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
         "classes": data.classes,
         "input": meta["input"],
@@ -183,21 +185,55 @@ def _run_config(run_dir: Path) -> dict:
 
 
 def _load_for_model(name: str, meta: dict, cfg: dict) -> ClassificationData:
-    """Dataset ``name`` for the model: its own loaded as the run did, another at its input."""
+    """Dataset ``name`` for the model: its own loaded as the run did, another at its input.
+
+    Another dataset for a model trained on the handwriting normal form is prepared the way
+    ``imrec predict`` prepares files: a folder is read into the model's form; a built-in in
+    another form (or none) goes image by image through :func:`prepare_image`.
+    """
     inp = meta["input"]
+    ink = meta.get("ink") or {}
     if name == meta["dataset"]:  # the way the run loaded it (its size and channel overrides)
         d = cfg.get("data", {})
         kwargs = {k: d.get(k) for k in ("size", "channels", "domain")}
+    elif ink.get("form") and meta.get("domain") == "handwriting":
+        folder = name.startswith("folder:")
+        kwargs = {"size": inp["size"][0] if folder else None, "domain": "handwriting"}
     else:  # another dataset is brought to the model's input
         kwargs = {"size": inp["size"][0], "channels": inp["channels"], "domain": meta.get("domain")}
     seed = RunConfig.from_dict(cfg).loop.seed
     val_fraction = cfg.get("data", {}).get("val_fraction", 0.1)
     dataset = load_dataset(name, val_fraction=val_fraction, seed=seed, **kwargs)
+    if name != meta["dataset"] and ink.get("form") and meta.get("domain") == "handwriting":
+        dataset.test = _in_model_form(dataset, meta)
     if list(dataset.input_size) != list(inp["size"]) or dataset.channels != inp["channels"]:
         raise ValueError(
             f"{name} images are {dataset.channels}x{list(dataset.input_size)}, the model takes {inp['channels']}x{inp['size']}"
         )
     return dataset
+
+
+def _in_model_form(dataset: ClassificationData, meta: dict) -> ImageSet:
+    """The test split as the model's inputs: as it is when it already has the model's form
+    and size, else each image prepared like a file given to ``imrec predict``."""
+    inp, test = meta["input"], dataset.test
+    same = dataset.ink == meta["ink"] and list(dataset.input_size) == list(inp["size"])
+    if same and dataset.channels == inp["channels"]:
+        return test
+    images = test.images[:]  # (N, C, H, W) uint8
+    if same:  # only the channels differ: grey either way
+        return ImageSet(images[:, :1].expand(-1, inp["channels"], -1, -1).contiguous(), test.labels)
+    prepared = [
+        prepare_image(
+            as_image(x[0].numpy() if len(x) == 1 else x.permute(1, 2, 0).numpy()),
+            inp["size"],
+            inp["channels"],
+            "handwriting",
+            meta["ink"],
+        )
+        for x in images
+    ]
+    return ImageSet(torch.stack(prepared), test.labels, test.groups)
 
 
 def _eval_dir(run_dir: Path, name: str, own_dataset: str) -> Path:

@@ -120,7 +120,16 @@ def preprocessing(meta: dict) -> dict:
     inp, domain, ink = meta["input"], meta.get("domain", "photo"), meta.get("ink")
     (h, w), c = inp["size"], inp["channels"]
     grey = "grey (1 channel)" if c == 1 else "RGB (3 channels)"
-    if domain == "handwriting" and ink:
+    if domain == "handwriting" and ink and ink.get("form"):
+        text = (
+            f"Decode the image (EXIF orientation applied). Handwriting normal form version "
+            f"{ink['form']} (imrec.core.preprocess.to_ink_form): grey, ink made bright on "
+            f"black, lighting flattened, cropped to the ink, strokes brought to "
+            f"{ink.get('stroke')} of the ink box, the box scaled (aspect kept) to "
+            f"{ink.get('fraction'):.3f} of the side and centred by mass on a {h}x{w} canvas; an "
+            f"image already in that form is kept as it is; {grey}; divide by 255."
+        )
+    elif domain == "handwriting" and ink:
         text = (
             f"Decode the image (EXIF orientation applied). Handwriting: make the ink bright on "
             f"a {ink.get('background', 'dark')} background as in training, crop to the ink, "

@@ -25,6 +25,7 @@ import glob
 import io
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -270,6 +271,139 @@ def normalize_ink(
     return 255 - out if background == "light" else out
 
 
+def to_ink_form(img: Image.Image | np.ndarray, form: InkForm) -> np.ndarray:
+    """One handwritten character in the normal form ``form``: the one preparation every
+    handwriting image goes through, in training, evaluation, prediction and the service.
+
+    Steps as in :func:`normalize_ink` (greyscale, polarity, lighting, ink box, aspect kept,
+    centre by mass, contrast), plus a stroke-width normalisation into ``form.stroke`` (thin
+    pens widened, broad brushes thinned). Large images are first reduced by an integer
+    factor to about 8x the form (the ink search is then fast; the result hardly changes).
+    An image already in the form (its size, dark, its ink box and centre) is returned as it
+    is, so preparing twice changes nothing.
+
+    Returns:
+        uint8 array ``(form.size, form.size)``.
+
+    Example:
+        >>> from PIL import Image, ImageDraw
+        >>> page = Image.new("L", (300, 200), 230)
+        >>> ImageDraw.Draw(page).line([(40, 40), (120, 40), (70, 160)], fill=20, width=12)
+        >>> out = to_ink_form(page, InkForm())
+        >>> out.shape, int(out.max()), bool((to_ink_form(out, InkForm()) == out).all())
+        ((28, 28), 255, True)
+    """
+    square = _square_grey(img, form.size)
+    if square is not None and in_ink_form(square, form):
+        return square
+    grey = _grey_float(_reduced(img, form.size))
+    if min(grey.shape) < 2:
+        raise ValueError(f"image too small for ink normalisation: {grey.shape}")
+    ink = _ink_map(grey)
+    found = _ink_mask(ink)
+    if found is None:
+        return np.zeros((form.size, form.size), np.uint8)
+    mask, level_lo, level_hi = found
+    return _place_ink(ink, mask, level_lo, level_hi, form.size, form.box, form.stroke)
+
+
+def in_ink_form(a: np.ndarray, form: InkForm) -> bool:
+    """Whether the uint8 ``(H, W)`` image ``a`` is already in ``form``: its size, a dark
+    border, the ink's longer side ``form.box`` pixels (counting pixels over half the peak,
+    which trims soft edges: 8% of the box either way, at least 1 px) and its centre of mass
+    within a pixel of the centre."""
+    if a.shape != (form.size, form.size):
+        return False
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    peak = int(a.max())
+    if peak < 128 or int(np.median(border)) > 32:
+        return False
+    y0, y1, x0, x1 = _bbox(a > peak // 2)
+    if abs(max(y1 - y0, x1 - x0) - form.box) > max(1, round(0.08 * form.box)):
+        return False
+    w = a.astype(np.float64)
+    ys, xs = np.indices(a.shape)
+    cy, cx = (w * ys).sum() / w.sum(), (w * xs).sum() / w.sum()
+    return abs(cy + 0.5 - form.size / 2) <= 1 and abs(cx + 0.5 - form.size / 2) <= 1
+
+
+def _square_grey(img: Image.Image | np.ndarray, size: int) -> np.ndarray | None:
+    """``img`` as uint8 grey when it is ``size`` square and single-channel, else None."""
+    if isinstance(img, Image.Image):
+        if img.size != (size, size) or img.mode not in ("L", "1", "I;16", "I"):
+            return None
+        return np.asarray(to_channels(img, 1), dtype=np.uint8)
+    a = np.asarray(img)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    return a if a.shape == (size, size) and a.dtype == np.uint8 else None
+
+
+def _reduced(img: Image.Image | np.ndarray, size: int) -> Image.Image | np.ndarray:
+    """A large PIL image reduced by an integer factor to about 8x ``size`` (box average)."""
+    if not isinstance(img, Image.Image):
+        return img
+    factor = min(img.size) // (8 * size)
+    if factor < 2:
+        return img
+    if img.mode not in ("L", "RGB", "RGBA", "LA", "I", "F"):
+        img = img.convert("RGBA")
+    return img.reduce(factor)
+
+
+INK_FORM_VERSION = 2
+"""Version of the handwriting normal form (:func:`to_ink_form`). Models whose ``ink`` metadata
+has no ``form`` (saved before it) keep version 1: :func:`normalize_ink` at prediction time only."""
+
+
+# Stroke widths of the normal form, as fractions of the ink box (MNIST's: about 0.1-0.2).
+STROKE_BAND = (0.06, 0.2)
+
+
+@dataclass(frozen=True)
+class InkForm:
+    """The handwriting normal form of one character: white ink on black, ``size`` pixels
+    square, the ink's longer side ``box`` pixels (aspect kept), centred by mass, strokes
+    between ``stroke[0]`` and ``stroke[1]`` pixels wide.
+
+    MNIST defined it (a 20 px box in 28 px, centred by mass); other sizes keep its
+    proportions. Thin characters keep their shape: ``一`` becomes a ``box``-wide bar as thick
+    as any other stroke, never a block.
+
+    Example:
+        >>> InkForm.for_size(64)
+        InkForm(size=64, box=46, stroke=(2.8, 9.2))
+        >>> InkForm.from_meta(InkForm.for_size(64).meta(), 64) == InkForm.for_size(64)
+        True
+    """
+
+    size: int = 28
+    box: int = 20
+    stroke: tuple[float, float] = (2.0, 4.0)
+
+    @classmethod
+    def for_size(cls, size: int, fraction: float = 20 / 28, band=STROKE_BAND) -> InkForm:
+        """The form at ``size`` with the ink box ``fraction`` of it and strokes ``band`` of
+        the box wide."""
+        box = max(4, min(size, round(fraction * size)))
+        lo, hi = band
+        return cls(size, box, (max(MIN_STROKE, round(lo * box, 1)), round(hi * box, 1)))
+
+    def meta(self) -> dict:
+        """What a checkpoint or bundle records (``ink``): enough to rebuild the form."""
+        return {
+            "form": INK_FORM_VERSION,
+            "background": "dark",
+            "fraction": self.box / self.size,
+            "stroke": list(STROKE_BAND),
+        }
+
+    @classmethod
+    def from_meta(cls, ink: dict, size: int) -> InkForm:
+        """The form recorded in ``ink`` metadata, for a model taking ``size`` pixels."""
+        return cls.for_size(size, float(ink["fraction"]), tuple(ink.get("stroke", STROKE_BAND)))
+
+
 def _grey_float(img: Image.Image | np.ndarray) -> np.ndarray:
     """Any PIL image or array -> ``(H, W)`` float32 grey in [0, 1] (alpha on white)."""
     if isinstance(img, Image.Image):
@@ -463,21 +597,21 @@ def _running_max(a: np.ndarray, k: int, axis: int) -> np.ndarray:
 
 
 def _place_ink(
-    ink: np.ndarray, mask: np.ndarray, lo: float, hi: float, size: int, box: int
+    ink: np.ndarray,
+    mask: np.ndarray,
+    lo: float,
+    hi: float,
+    size: int,
+    box: int,
+    band: tuple[float, float] = (MIN_STROKE, math.inf),
 ) -> np.ndarray:
-    """Crop to the ink, thicken, scale to ``box``, centre by mass in a ``size`` square."""
+    """Crop to the ink, bring the strokes into ``band`` (output pixels), scale to ``box``,
+    centre by mass in a ``size`` square."""
     y0, y1, x0, x1 = _bbox(mask)
     extent = max(y1 - y0, x1 - x0)
     width = _stroke_width(mask[y0:y1, x0:x1])
-    grow = 1
-    if width * box / extent < MIN_STROKE:
-        # Thin pen on a big canvas would fade to nothing when shrunk: widen strokes first,
-        # so that they end up MIN_STROKE output pixels wide.
-        grow = max(
-            1, int(round((MIN_STROKE * extent / box - width) / max(0.1, 1 - MIN_STROKE / box)))
-        )
-        grow |= 1
-    scale = (extent + grow - 1) / box  # source pixels per output pixel
+    grow, shrink = _stroke_filters(width, extent, box, band)
+    scale = (extent + grow - shrink) / box  # source pixels per output pixel
     # Keep soft stroke edges (about one output pixel around the mask) but not dropped specks.
     edge = max(3, int(round(scale)) | 1)
     r = (grow + edge) // 2 + 1
@@ -487,6 +621,8 @@ def _place_ink(
     strength = strength * _max_filter(mask[y0:y1, x0:x1].astype(np.float32), edge)
     if grow >= 3:
         strength = _max_filter(strength, grow)
+    if shrink >= 3:
+        strength = 1.0 - _max_filter(1.0 - strength, shrink)  # grey erosion
     ch, cw = strength.shape
     nh, nw = max(1, round(ch / scale)), max(1, round(cw / scale))
     small = Image.fromarray(strength.astype(np.float32), "F").resize(
@@ -494,6 +630,31 @@ def _place_ink(
     )
     patch = np.clip(np.asarray(small, dtype=np.float32), 0.0, None)  # (nh, nw)
     return _paste_by_mass(patch, size)
+
+
+def _stroke_filters(
+    width: float, extent: int, box: int, band: tuple[float, float]
+) -> tuple[int, int]:
+    """Odd window sizes ``(grow, shrink)`` (1 = none) that bring a stroke ``width`` source
+    pixels wide into ``band`` output pixels once ``extent`` is scaled to ``box``.
+
+    Example (a 2 px pen on a 400 px drawing would end up 0.1 px wide at box 20; a 120 px
+    brush would end up 6 px wide):
+        >>> _stroke_filters(2.0, 400, 20, (2.0, 5.0)), _stroke_filters(120.0, 400, 20, (2.0, 5.0))
+        ((43, 1), (1, 27))
+    """
+    lo, hi = band
+    grow = shrink = 1
+    if width * box / extent < lo:
+        # Thin pen on a big canvas would fade to nothing when shrunk: widen strokes first,
+        # so that they end up ``lo`` output pixels wide.
+        grow = max(1, int(round((lo * extent / box - width) / max(0.1, 1 - lo / box)))) | 1
+    elif width * box / extent > hi:
+        # A broad brush fills the glyph: thin its strokes to ``hi`` output pixels, but never
+        # by more than half their width (thin parts beside thick ones must survive).
+        k = (width - hi * extent / box) / max(0.1, 1 - hi / box)
+        shrink = max(1, int(round(min(k, 0.5 * width)))) | 1
+    return grow, shrink
 
 
 def _paste_by_mass(patch: np.ndarray, size: int) -> np.ndarray:
@@ -540,9 +701,11 @@ def prepare_image(
 ) -> torch.Tensor:
     """One decoded image -> uint8 ``(C, H, W)`` shaped like the model's training data.
 
-    Handwriting models with ``ink`` (``{"background": "dark"|"light", "fraction": f}``)
-    get :func:`normalize_ink` with an ink box of ``round(f * side)``; everything else is
-    converted to ``channels`` and resized with a centre crop.
+    Handwriting models whose ``ink`` names a ``form`` (trained on the normal form) get
+    :func:`to_ink_form`, the preparation their training images had. Older handwriting models
+    with ``ink`` (``{"background": "dark"|"light", "fraction": f}``) keep the preparation of
+    their time: :func:`normalize_ink` with an ink box of ``round(f * side)``. Everything else
+    is converted to ``channels`` and resized with a centre crop.
 
     Example:
         >>> from PIL import Image
@@ -552,6 +715,11 @@ def prepare_image(
     h, w = _hw(size)
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if domain == "handwriting" and ink and ink.get("form"):
+        square = to_ink_form(img, InkForm.from_meta(ink, max(h, w)))
+        top, left = (square.shape[0] - h) // 2, (square.shape[1] - w) // 2
+        grey = torch.from_numpy(square[top : top + h, left : left + w].copy())  # (H, W)
+        return grey.unsqueeze(0).expand(channels, h, w).contiguous()  # (C, H, W)
     if domain == "handwriting" and ink:
         background = ink.get("background", "dark")
         fraction = float(ink.get("fraction", 20 / 28))

@@ -70,6 +70,7 @@ def data(report: dict) -> str:
     details = input_summary(report)
     if details:
         lines += ["", details]
+    lines += _domain_and_recipe(report)
     if report.get("test"):
         lines += [
             "",
@@ -78,6 +79,28 @@ def data(report: dict) -> str:
             "the test split was scored once at the end.",
         ]
     return "\n".join(lines) if len(lines) > 1 else ""
+
+
+def _domain_and_recipe(report: dict) -> list[str]:
+    """How the domain, the preparation and the training length were chosen, when known.
+
+    Example:
+        >>> _domain_and_recipe({"domain": {"name": "handwriting", "note": "set by --domain",
+        ...     "ink": {"form": 2}}, "config": {"notes": ["3 epochs"]}})
+        ['', 'Domain: handwriting (set by --domain); images in the handwriting normal form (version 2)', '', 'Recipe: 3 epochs']
+    """
+    lines = []
+    dom = report.get("domain") or {}
+    if dom.get("name"):
+        line = f"Domain: {text(dom['name'])}"
+        if dom.get("note"):
+            line += f" ({text(dom['note'])})"
+        if (dom.get("ink") or {}).get("form"):
+            line += f"; images in the handwriting normal form (version {dom['ink']['form']})"
+        lines += ["", line]
+    for note in (report.get("config") or {}).get("notes", []):
+        lines += ["", f"Recipe: {text(note)}"]
+    return lines
 
 
 def input_summary(report: dict) -> str:

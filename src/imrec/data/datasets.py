@@ -24,6 +24,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from imrec.core.preprocess import (
+    INK_FORM_VERSION,
+    STROKE_BAND,
+    InkForm,
+    in_ink_form,
+    to_ink_form,
+)
 from imrec.data import registry
 from imrec.data.folder import load_folder, resize_center_crop
 from imrec.data.idx import read_idx
@@ -46,7 +53,9 @@ TEST_SEED = 0
 TEST_FRACTION = 0.2
 # Bump when a decoder changes, so old decoded caches are not reused.
 DECODE_VERSION = "v1"
-CHARS74K_VERSION = "v1-normalize_ink-28-20-reduce4"
+_FORM = f"v{INK_FORM_VERSION}-ink-form-{STROKE_BAND[0]}-{STROKE_BAND[1]}"
+CHARS74K_VERSION = f"{_FORM}-28"  # the cached images' preparation
+CHINESE_VERSION = f"{_FORM}-64"
 
 Loader = Callable[..., ClassificationData]
 
@@ -222,7 +231,7 @@ def load_dataset(
         data = registry.lookup(name, "classify").load(val_fraction=val_fraction, seed=seed)
         data = _adapt(data, size, channels)
         data.domain = domain or data.domain
-    data.ink = ink_stats(data.train.images) if data.domain == "handwriting" else None
+    data.ink = ink_meta(data.train.images) if data.domain == "handwriting" else None
     return data
 
 
@@ -303,6 +312,25 @@ def _extent(on: torch.Tensor) -> torch.Tensor:
     first = on.int().argmax(1)  # (n,)
     last = length - 1 - on.flip(1).int().argmax(1)  # (n,)
     return last - first + 1
+
+
+def ink_meta(images: torch.Tensor, sample: int = 256) -> dict:
+    """What a handwriting model records about its training images (``ink``): the normal
+    form's metadata when at least 90% of a sample are in it (:func:`~imrec.core.preprocess.
+    in_ink_form`; MNIST is by construction, the other built-ins and folders are prepared so),
+    else the older statistics of :func:`ink_stats` (e.g. 8x8 ``digits``).
+
+    Example:
+        >>> ink_meta(load_dataset("digits").train.images)["fraction"]
+        1.0
+    """
+    if len(images) and images.shape[-1] == images.shape[-2]:
+        form = InkForm.for_size(images.shape[-1])
+        pick = torch.linspace(0, len(images) - 1, min(sample, len(images))).round().long()
+        grey = images[pick].float().mean(1).round().to(torch.uint8).numpy()  # (n, H, W)
+        if np.mean([in_ink_form(a, form) for a in grey]) >= 0.9:
+            return form.meta()
+    return ink_stats(images)
 
 
 def ink_stats(images: torch.Tensor, sample: int = 512) -> dict:
@@ -693,9 +721,9 @@ def _decode_chinese(path: Path) -> dict[str, np.ndarray]:
             img = img.convert("L")
             if img.size != (64, 64):
                 img = resize_center_crop(img, 64)
-            return np.asarray(img, dtype=np.uint8)
+            return to_ink_form(img, InkForm.for_size(64))  # thin strokes, small: the form
 
-    _notice(f"decoding {len(members)} Chinese MNIST images once (seconds); later loads are fast")
+    _notice(f"preparing {len(members)} Chinese MNIST images once (seconds); later loads are fast")
     images = _parallel(grey64, [data for _, data in members])
     return {
         "images": np.stack(images),  # (N, 64, 64)
@@ -716,16 +744,12 @@ def _chars74k_char(number: int) -> str:
 
 
 def _decode_chars74k(path: Path) -> dict[str, np.ndarray]:
-    from imrec.core.preprocess import normalize_ink
-
     members = _tar_members(path, _CHARS74K_NAME)
 
     def mnist_like(data: bytes) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as img:
-            # 1200x900 tablet drawings with thick strokes: a 4x reduction first keeps the
-            # 28x28 result nearly the same and makes the ink search about 8x faster.
-            small = img.convert("L").reduce(4)
-        return normalize_ink(small, size=28, box=20, background="dark")
+            img.load()
+            return to_ink_form(img, InkForm())  # 1200x900 drawings: the 28 px normal form
 
     _notice(
         f"preparing {len(members)} Chars74K drawings once (a few minutes on a small CPU); "
@@ -751,7 +775,7 @@ def _fetch_chars74k(name: str = "chars74k") -> tuple[Path, str]:
 def _load_chinese(*, val_fraction: float, seed: int) -> ClassificationData:
     path, sha = _fetch_chinese()
     checksum = dataset_checksum({CHINESE_MNIST_FILE.name: sha})
-    key = f"chinese-mnist-{checksum[:16]}-{DECODE_VERSION}"
+    key = f"chinese-mnist-{checksum[:16]}-{CHINESE_VERSION}"
     arrays = cached_arrays("chinese-mnist", key, lambda: _decode_chinese(path))
     full = _image_set(arrays["images"], arrays["labels"], arrays["groups"])
     train, val, test, note = _writer_split(full, val_fraction, seed, "writer")

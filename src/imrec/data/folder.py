@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from imrec.core.preprocess import resize_center_crop
+from imrec.core.preprocess import InkForm, resize_center_crop, to_ink_form
+from imrec.data.domain import SAMPLE, guess_domain
 from imrec.data.sources import DatasetError
 from imrec.data.splits import stratified_split
 from imrec.data.types import ClassificationData, ImageSet
@@ -92,8 +93,9 @@ def _is_grey(img: Image.Image) -> bool:
     return False
 
 
-def _decode(path: Path, size: int | None) -> _Decoded | str:
-    """Decode one file, or say why it cannot be used."""
+def _decode(path: Path, size: int | None, form: InkForm | None = None) -> _Decoded | str:
+    """Decode one file, or say why it cannot be used. With ``form`` (handwriting), the
+    image is brought into that normal form (:func:`~imrec.core.preprocess.to_ink_form`)."""
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -111,13 +113,20 @@ def _decode(path: Path, size: int | None) -> _Decoded | str:
                 rgb = _to_rgb(img)
     except Exception as e:  # Pillow raises many types for bad files: all mean "skip it"
         return f"not a readable image: {type(e).__name__}: {e}"
+    sha = hashlib.sha256(data).hexdigest()
+    if form is not None:
+        try:
+            ink = to_ink_form(rgb, form)  # (S, S)
+        except ValueError as e:  # e.g. a 1-pixel image
+            return f"cannot be prepared as handwriting: {e}"
+        return _Decoded(np.repeat(ink[:, :, None], 3, axis=2), True, sha)
     w, h = rgb.size
     if size is not None:
         rgb = resize_center_crop(rgb, size)
     elif not (w == h and w <= MAX_NATIVE_SIZE):
         # Sizes differ from a small common square, so the fallback size is certain.
         rgb = resize_center_crop(rgb, DEFAULT_SIZE)
-    return _Decoded(np.asarray(rgb, dtype=np.uint8), grey, hashlib.sha256(data).hexdigest())
+    return _Decoded(np.asarray(rgb, dtype=np.uint8), grey, sha)
 
 
 def _class_files(class_dir: Path) -> list[Path]:
@@ -161,7 +170,10 @@ def _list_classes(root: Path) -> list[tuple[Path, str]]:
 
 
 def _decode_all(
-    items: list[tuple[Path, str]], size: int | None, keep_bytes: int | None = None
+    items: list[tuple[Path, str]],
+    size: int | None,
+    keep_bytes: int | None = None,
+    form: InkForm | None = None,
 ) -> tuple[list[_Decoded | str], int]:
     """Decode every file (to find the unreadable ones, sizes, colour and checksums).
 
@@ -172,7 +184,7 @@ def _decode_all(
     decoded: list[_Decoded | str] = []
     kept = 0
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for d in pool.map(lambda item: _decode(item[0], size), items):
+        for d in pool.map(lambda item: _decode(item[0], size, form), items):
             if isinstance(d, _Decoded) and keep_bytes is not None:
                 kept += d.pixels.nbytes
                 if kept > keep_bytes:
@@ -224,9 +236,16 @@ class FileImages:
     ndim = 4
     device = torch.device("cpu")
 
-    def __init__(self, paths: list[Path], side: int, channels: int, size: int | None = None):
+    def __init__(
+        self,
+        paths: list[Path],
+        side: int,
+        channels: int,
+        size: int | None = None,
+        form: InkForm | None = None,
+    ):
         self.paths = list(paths)
-        self.side, self.channels, self.size = side, channels, size
+        self.side, self.channels, self.size, self.form = side, channels, size, form
 
     @property
     def shape(self) -> torch.Size:
@@ -244,7 +263,7 @@ class FileImages:
     def read(self, i: int) -> torch.Tensor:
         """Image ``i`` as a ``(C, H, W)`` uint8 tensor."""
         path = self.paths[i]
-        d = _decode(path, self.size)
+        d = _decode(path, self.size, self.form)
         if isinstance(d, str):
             raise DatasetError(f"{path}: {d} (it was readable when the dataset was loaded)")
         pixels = _fit(d.pixels, self.side, self.channels)
@@ -272,7 +291,7 @@ class FileImages:
 
     def subset(self, index) -> FileImages:
         paths = [self.paths[i] for i in self._positions(index)]
-        return FileImages(paths, self.side, self.channels, self.size)
+        return FileImages(paths, self.side, self.channels, self.size, self.form)
 
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
         """Up to ``n`` images picked at random (fixed ``seed``), decoded: for statistics."""
@@ -296,6 +315,13 @@ def load_folder(
     splits; otherwise test is a stratified 20% (fixed seed) and val is ``val_fraction`` of the
     rest (run seed). Channels: 1 when every image is grey, else 3. Size: ``size``, else the
     common square size when all images share one up to 128 px, else 64.
+
+    ``domain`` (``None``: decided from a sample of the images, :func:`~imrec.data.domain.
+    guess_domain`, with the evidence in ``domain_evidence``): a handwriting folder is brought
+    into the handwriting normal form (:func:`~imrec.core.preprocess.to_ink_form`: white ink
+    on black, grey, the ink's box and strokes like MNIST's) at ``size``, else the common
+    square size up to 128 px, else 28 px; a folder that mixes handwriting and photos warns
+    and follows the majority.
 
     Every file is decoded once here. ``stream``: ``True`` leaves the training split on disk
     (a :class:`FileImages`, decoded again by DataLoader workers at every epoch), ``False``
@@ -321,10 +347,11 @@ def load_folder(
     classes = sorted({name for items in pools.values() for _, name in items})
     items = [(split, f, c) for split, pool in pools.items() for f, c in pool]
     keep = None if stream is False else (0 if stream else stream_threshold())
-    decoded, _ = _decode_all([(f, c) for _, f, c in items], size, keep)
+    domain, evidence, form = _domain_and_form([f for _, f, _ in items], size, domain)
+    decoded, _ = _decode_all([(f, c) for _, f, c in items], size, keep, form)
     skipped, good = _sort_out(items, decoded)
     _check_classes(root, pools, good)
-    images = _images(good, size, channels)
+    images = _images(good, size, channels, form)
     train, val, test, note = _splits(images, good, classes, val_fraction, seed)
     return ClassificationData(
         name=f"folder:{path}",
@@ -332,11 +359,53 @@ def load_folder(
         train=train,
         val=val,
         test=test,
-        domain=domain or "photo",
+        domain=domain,
         split_note=note,
         skipped=skipped,
         checksum=_checksum(root, good),
+        domain_evidence=evidence,
     )
+
+
+def _domain_and_form(
+    files: list[Path], size: int | None, domain: str | None
+) -> tuple[str, dict, InkForm | None]:
+    """The folder's domain (``domain`` if given, else guessed from a sample of its images),
+    the evidence for the report, and for handwriting the normal form to prepare it in: at
+    the images' common square size when a sample shares one up to 128 px, else 28 px."""
+    step = max(1, len(files) // SAMPLE)
+    sample = [(f, s) for f in files[::step][:SAMPLE] if (s := _thumbnail(f)) is not None]
+    if domain is None:
+        if not sample:
+            domain, evidence = "photo", {"note": "no readable image to look at"}
+        else:
+            guess = guess_domain([a for _, (a, _) in sample], [f.name for f, _ in sample])
+            domain, evidence = guess.domain, {**guess.to_dict(), "examples": guess.examples}
+            if guess.mixed:
+                warnings.warn(guess.note, stacklevel=3)
+    else:
+        evidence = {"note": "set by --domain"}
+    if domain != "handwriting":
+        return domain, evidence, None
+    shapes = {shape for _, (_, shape) in sample}
+    native = next(iter(shapes)) if len(shapes) == 1 else (0, 1)
+    side = size or (native[0] if native[0] == native[1] <= MAX_NATIVE_SIZE else 28)
+    return domain, evidence, InkForm.for_size(side)
+
+
+def _thumbnail(path: Path) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """A small RGB copy of an image (for the domain vote) and its full ``(H, W)``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                shape = (img.height, img.width)
+                img = _to_rgb(ImageOps.exif_transpose(img))
+    except Exception:  # unreadable files are reported by the full decode
+        return None
+    img.thumbnail((96, 96), Image.Resampling.BOX)
+    return np.asarray(img, dtype=np.uint8), shape
 
 
 def _sort_out(items: list[tuple], decoded: list[_Decoded | str]) -> tuple[list[dict], list]:
@@ -352,16 +421,18 @@ def _sort_out(items: list[tuple], decoded: list[_Decoded | str]) -> tuple[list[d
     return skipped, good
 
 
-def _images(good: list, size: int | None, channels: int | None) -> torch.Tensor | FileImages:
+def _images(
+    good: list, size: int | None, channels: int | None, form: InkForm | None = None
+) -> torch.Tensor | FileImages:
     """Every readable image at one size and channel count: a tensor, or FileImages to stream."""
     decoded = [d for *_, d in good]
-    side = _target_size(decoded, size)
+    side = form.size if form else _target_size(decoded, size)
     n_channels = channels or (1 if all(d.grey for d in decoded) else 3)
     if all(d.pixels is not None for d in decoded):
         return _stack(decoded, side, n_channels)
     for d in decoded:
         d.pixels = None  # only the file list stays
-    return FileImages([f for _, f, _, _ in good], side, n_channels, size)
+    return FileImages([f for _, f, _, _ in good], side, n_channels, size, form)
 
 
 def _splits(
@@ -375,11 +446,34 @@ def _splits(
     labels = torch.tensor([classes.index(c) for _, _, c, _ in good], dtype=torch.int64)
     split_of = np.array([s for s, *_ in good])
     train, val, test, note = _make_splits(images, labels, split_of, val_fraction, seed)
+    note += _unscored_classes(classes, val, test)
     if isinstance(images, FileImages):
         val, test = (ImageSet(s.images[:], s.labels, s.groups) for s in (val, test))
         gib = train.images.numel() / 2**30
         note += f"; training images streamed from their files ({gib:.1f} GiB decoded)"
     return train, val, test, note
+
+
+def _unscored_classes(classes: list[str], val: ImageSet, test: ImageSet) -> str:
+    """Warn about (and return a note on) classes with no validation or no test image: too
+    few files to split, so the model trains on them but no score covers them."""
+    counts = {
+        name: torch.bincount(s.labels, minlength=len(classes)).tolist()
+        for name, s in (("validation", val), ("test", test))
+    }
+    missing = {
+        name: [c for c, n in zip(classes, n_per, strict=True) if n == 0]
+        for name, n_per in counts.items()
+    }
+    parts = [f"no {name} image for {', '.join(cs)}" for name, cs in missing.items() if cs]
+    if not parts:
+        return ""
+    message = (
+        "; ".join(parts) + ": those classes have too few images to be scored (a class needs "
+        "at least 3 for train, val and test); add images to them"
+    )
+    warnings.warn(message, stacklevel=4)
+    return "; " + message
 
 
 def _checksum(root: Path, good: list) -> str:

@@ -68,7 +68,11 @@ class ClassificationData:
         ink: for handwriting, how a character sits in its image:
             ``{"background": "dark"|"light", "fraction": f}`` where ``f`` is the typical
             longest side of the ink box over the image side. Prediction uses it to place
-            real-world strokes the way the training data has them.
+            real-world strokes the way the training data has them. Data in the handwriting
+            normal form records that form instead (``{"form": 2, ...}``, see
+            :class:`~imrec.core.preprocess.InkForm`).
+        domain_evidence: for folders, how the domain was decided (the votes and measurements
+            of :func:`~imrec.data.domain.guess_domain`, or that ``--domain`` set it).
     """
 
     name: str
@@ -81,6 +85,7 @@ class ClassificationData:
     skipped: list[dict] = field(default_factory=list)
     checksum: str = ""
     ink: dict | None = None
+    domain_evidence: dict | None = None
 
     @property
     def channels(self) -> int:

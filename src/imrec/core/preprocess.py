@@ -544,22 +544,11 @@ def _drop_specks(mask: np.ndarray) -> np.ndarray:
 
 
 def _label(on: np.ndarray) -> np.ndarray:
-    """8-connected component labels (0 = off) by repeated min-propagation on a small grid."""
-    big = on.size + 1
-    lab = np.where(on, np.arange(1, on.size + 1).reshape(on.shape), big)
-    while True:
-        p = np.pad(lab, 1, constant_values=big)
-        h, w = on.shape
-        m = lab
-        for dy in range(3):
-            for dx in range(3):
-                m = np.minimum(m, p[dy : dy + h, dx : dx + w])
-        m = np.where(on, m, big)
-        if np.array_equal(m, lab):
-            break
-        lab = m
-    _, dense = np.unique(np.where(on, lab, 0), return_inverse=True)
-    return dense.reshape(on.shape)  # 0 stays 0 because it is the smallest value
+    """8-connected component labels (0 = off, then 1, 2, ...), by scipy.ndimage."""
+    from scipy import ndimage  # imported here: most imrec commands never need it
+
+    labels, _ = ndimage.label(on, structure=np.ones((3, 3), bool))
+    return labels
 
 
 def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:

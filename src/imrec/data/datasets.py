@@ -33,6 +33,10 @@ from imrec.core.preprocess import (
 )
 from imrec.data import registry
 from imrec.data.folder import load_folder, resize_center_crop
+from imrec.data.hanzi import LICENSE as HANZI_LICENSE
+from imrec.data.hanzi import PACKAGE as HANZI_PACKAGE
+from imrec.data.hanzi import fetch_package as hanzi_fetch
+from imrec.data.hanzi import load_hanzi
 from imrec.data.idx import read_idx
 from imrec.data.sources import (
     DatasetError,
@@ -228,7 +232,11 @@ def load_dataset(
                 f"{name} is held in memory; streaming images from files applies to "
                 "folder:PATH datasets"
             )
-        data = registry.lookup(name, "classify").load(val_fraction=val_fraction, seed=seed)
+        entry = registry.lookup(name, "classify")
+        if entry.kind == "family":  # its options are in the name (hanzi:chars=...)
+            data = entry.load(name, val_fraction=val_fraction, seed=seed)
+        else:
+            data = entry.load(val_fraction=val_fraction, seed=seed)
         data = _adapt(data, size, channels)
         data.domain = domain or data.domain
     data.ink = ink_meta(data.train.images) if data.domain == "handwriting" else None
@@ -930,6 +938,31 @@ register_dataset(
     _sklearn_data_dir,
 )(_load_digits)
 
+
+registry.register(
+    registry.Entry(
+        "hanzi",
+        "classify",
+        "handwritten Chinese rendered from stroke data: GB2312 level 1 (3,755 characters); "
+        "hanzi:level=2, hanzi:chars=永中国 or chars=@FILE for others",
+        load_hanzi,
+        lambda: hanzi_fetch().parent,
+        DatasetInfo(
+            name="hanzi",
+            folder="hanzi-writer-data",
+            files=[HANZI_PACKAGE.name],
+            urls={HANZI_PACKAGE.name: list(HANZI_PACKAGE.urls)},
+            sha256={HANZI_PACKAGE.name: HANZI_PACKAGE.sha256},
+            domain="handwriting",
+            license=HANZI_LICENSE,
+            classes=3755,
+            description="rendered handwriting from the hanzi-writer-data stroke centre-lines",
+            split="renders with a different seed per split",
+        ),
+        kind="family",
+        shown="hanzi[:options]",
+    )
+)
 
 # Your own images: loaded by load_dataset itself (load_folder), with the folder options.
 registry.register(

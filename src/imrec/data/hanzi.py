@@ -1,0 +1,227 @@
+"""``hanzi``: handwritten Chinese characters rendered from stroke data, thousands of classes.
+
+``hanzi`` is the 3,755 characters of GB2312 level 1; ``hanzi:level=2`` all 6,763 of levels 1
+and 2; ``hanzi:chars=永中国`` or ``hanzi:chars=@FILE`` any subset (the file holds characters,
+whitespace ignored). More options after the colon, comma-separated: ``train=`` renders per
+class in the training split, ``val=`` and ``test=`` per class in those splits, ``size=`` the
+image side, ``seed=`` the renders' seed (see :class:`HanziSpec`). Class names are the
+characters themselves.
+
+The strokes come from the npm package ``hanzi-writer-data`` 2.0.1 (stroke centre-lines of
+9,574 characters, derived from the Arphic fonts by the Make Me a Hanzi project; Arphic Public
+License, whose text is kept beside the package in the cache). The three splits are drawn with
+different seeds, so no test image was ever a training image; every image is in the handwriting
+normal form like every other handwriting source (see :mod:`imrec.data.render`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imrec.data.render import render_strokes
+from imrec.data.sources import DatasetError, SourceFile, cached_arrays, fetch_file
+from imrec.data.types import ClassificationData, ImageSet
+
+FOLDER = "hanzi-writer-data"
+PACKAGE = SourceFile(
+    "hanzi-writer-data-2.0.1.tgz",
+    sha256="72baf3d82b114e60d6e40ea05f24d2262a05cd39d544e2f322ba2fceb7beff15",
+    urls=("https://registry.npmjs.org/hanzi-writer-data/-/hanzi-writer-data-2.0.1.tgz",),
+)
+LICENSE = "Arphic Public License (stroke data from hanzi-writer-data 2.0.1 / Make Me a Hanzi)"
+LICENSE_FILE = "ARPHICPL.TXT"
+STROKES_VERSION = "v1"
+SPLIT_SEEDS = {"train": 0, "val": 1_000_003, "test": 2_000_003}  # added to the spec's seed
+
+
+def gb2312(level: int = 1) -> str:
+    """The characters of GB2312 level 1 (3,755, rows 16-55) or levels 1 and 2 (6,763), in
+    code order, read from Python's own GB2312 codec.
+
+    Example:
+        >>> len(gb2312(1)), len(gb2312(2)), gb2312(1)[:4]
+        (3755, 6763, '啊阿埃挨')
+    """
+    if level not in (1, 2):
+        raise ValueError(f"GB2312 level must be 1 or 2, got {level}")
+    out = []
+    for row in range(16, 56 if level == 1 else 88):
+        for cell in range(1, 95):
+            try:
+                out.append(bytes([0xA0 + row, 0xA0 + cell]).decode("gb2312"))
+            except UnicodeDecodeError:  # the unused cells at the end of row 55
+                continue
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class HanziSpec:
+    """What ``hanzi:...`` asks for.
+
+    Example:
+        >>> spec = HanziSpec.parse("hanzi:chars=永中国,train=4,size=32")
+        >>> spec.characters(), spec.train, spec.size
+        ('永中国', 4, 32)
+    """
+
+    chars: str = ""  # "" = the GB2312 level's characters; "@FILE" = read from a file
+    level: int = 1
+    train: int = 40
+    val: int = 2
+    test: int = 4
+    size: int = 64
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, name: str) -> HanziSpec:
+        base, _, opts = name.partition(":")
+        if base != "hanzi":
+            raise DatasetError(f"not a hanzi dataset name: {name!r}")
+        kinds = {f.name: f.type for f in fields(cls)}
+        values: dict = {}
+        for part in filter(None, opts.split(",")) if opts else []:
+            key, eq, value = part.partition("=")
+            if not eq or key not in kinds:
+                raise DatasetError(
+                    f"{name}: unknown option {part!r}; options: {', '.join(kinds)} "
+                    "(e.g. hanzi:chars=永中国,train=40)"
+                )
+            try:
+                values[key] = value if key == "chars" else int(value)
+            except ValueError as e:
+                raise DatasetError(f"{name}: {key} must be a whole number, got {value!r}") from e
+        spec = cls(**values)
+        spec._check(name)
+        return spec
+
+    def _check(self, name: str) -> None:
+        if self.level not in (1, 2):
+            raise DatasetError(f"{name}: level must be 1 or 2")
+        if min(self.train, self.val, self.test) < 1:
+            raise DatasetError(f"{name}: train, val and test need at least 1 render per class")
+        if not 16 <= self.size <= 128:
+            raise DatasetError(f"{name}: size must be 16-128 pixels")
+
+    def characters(self) -> str:
+        """The classes, in order, without duplicates or whitespace."""
+        text = self.chars
+        if text.startswith("@"):
+            path = Path(text[1:]).expanduser()
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise DatasetError(f"hanzi:chars=@{path}: cannot read it ({e})") from e
+        if not text:
+            return gb2312(self.level)
+        chars = "".join(dict.fromkeys(c for c in text if not c.isspace()))
+        if not chars:
+            raise DatasetError("hanzi:chars= names no character")
+        return chars
+
+
+def fetch_package() -> Path:
+    """The stroke package in the cache (verified), with its licence text beside it."""
+    path, _ = fetch_file(
+        FOLDER,
+        PACKAGE,
+        "hanzi",
+        "The stroke data is the npm package hanzi-writer-data 2.0.1; put the tarball in "
+        f"$IMREC_DATA_MIRROR/{FOLDER}/ when the registry cannot be reached.",
+    )
+    license_path = path.parent / LICENSE_FILE
+    if not license_path.is_file():
+        with tarfile.open(path, "r:gz") as tar:
+            text = tar.extractfile(f"package/{LICENSE_FILE}").read()  # type: ignore[union-attr]
+        tmp = license_path.with_suffix(".part")
+        tmp.write_bytes(text)
+        tmp.replace(license_path)
+    return path
+
+
+def _decode_package(path: Path) -> dict[str, np.ndarray]:
+    """Every character's stroke centre-lines, flattened: the points ``(P, 2)``, where each
+    stroke starts (``(S + 1,)``), where each character's strokes start (``(C + 1,)``) and the
+    characters' code points ``(C,)``."""
+    chars, points, stroke_starts, char_starts = [], [], [0], [0]
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for member in tar:
+                name = Path(member.name).name
+                if not (member.isfile() and name.endswith(".json") and len(name) == 6):
+                    continue
+                medians = json.load(io.BytesIO(tar.extractfile(member).read()))["medians"]
+                for stroke in medians:
+                    points.append(np.asarray(stroke, np.float32).reshape(-1, 2))
+                    stroke_starts.append(stroke_starts[-1] + len(points[-1]))
+                chars.append(ord(name[0]))
+                char_starts.append(char_starts[-1] + len(medians))
+    except (tarfile.TarError, OSError, EOFError, KeyError, ValueError) as e:
+        raise DatasetError(
+            f"{path}: cannot read the stroke package ({e}); delete it to fetch again"
+        ) from e
+    return {
+        "points": np.concatenate(points),
+        "stroke_starts": np.asarray(stroke_starts, np.int64),
+        "char_starts": np.asarray(char_starts, np.int64),
+        "codes": np.asarray(chars, np.int64),
+    }
+
+
+def load_strokes(chars: str) -> list[list[np.ndarray]]:
+    """The strokes of each character in ``chars`` (``(n, 2)`` polylines, 1024-unit box, y up).
+
+    Raises:
+        DatasetError: a character the stroke data does not have (all such are named).
+    """
+    path = fetch_package()
+    arrays = cached_arrays(
+        FOLDER, f"strokes-{PACKAGE.sha256[:16]}-{STROKES_VERSION}", lambda: _decode_package(path)
+    )
+    where = {int(c): i for i, c in enumerate(arrays["codes"])}
+    missing = [c for c in chars if ord(c) not in where]
+    if missing:
+        raise DatasetError(
+            f"no stroke data for {len(missing)} character(s): {''.join(missing[:50])}; the "
+            f"stroke data covers GB2312 levels 1 and 2 (9,574 characters): remove them"
+        )
+    points, s, c = arrays["points"], arrays["stroke_starts"], arrays["char_starts"]
+    out = []
+    for ch in chars:
+        i = where[ord(ch)]
+        out.append([points[s[k] : s[k + 1]] for k in range(c[i], c[i + 1])])
+    return out
+
+
+def load_hanzi(name: str, *, val_fraction: float = 0.1, seed: int = 0) -> ClassificationData:
+    """The ``hanzi`` dataset ``name`` (its renders; ``val_fraction`` and ``seed`` do not apply:
+    the splits are sized by the name's ``val=``/``test=`` and drawn with their own seeds)."""
+    spec = HanziSpec.parse(name)
+    chars = spec.characters()
+    strokes = load_strokes(chars)
+    splits = {}
+    for split in ("train", "val", "test"):
+        per_class = getattr(spec, split)
+        labels = np.tile(np.arange(len(chars)), per_class)  # (n,) class of each render
+        images = render_strokes(strokes, spec.seed + SPLIT_SEEDS[split], labels, spec.size)
+        splits[split] = ImageSet(
+            torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).long()
+        )
+    return ClassificationData(
+        name=name,
+        classes=list(chars),
+        domain="handwriting",
+        split_note=(
+            f"{len(chars)} characters rendered from stroke data: {spec.train} / {spec.val} / "
+            f"{spec.test} renders per class for train / val / test, each split with its own "
+            f"seed ({spec.seed} + {SPLIT_SEEDS['val']} / {SPLIT_SEEDS['test']}); licence: {LICENSE}"
+        ),
+        checksum=PACKAGE.sha256 or "",
+        **splits,
+    )

@@ -1,0 +1,97 @@
+"""``hanzi``: Chinese characters rendered from the Hanzi Writer stroke data (first part of the
+large-vocabulary issue: the data family, the stroke renderer, training on a subset)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import imrec
+from imrec.core.errors import DatasetError
+from imrec.core.preprocess import InkForm, in_ink_form
+from imrec.data import load_dataset
+from imrec.data.hanzi import HanziSpec, gb2312, load_strokes
+from imrec.data.render import PenStyle, render_strokes
+
+TEN = "永中国人大小山水火木"
+
+
+def test_names_and_options():
+    assert len(gb2312(1)) == 3755 and len(gb2312(2)) == 6763
+    assert set(gb2312(1)) < set(gb2312(2))
+    spec = HanziSpec.parse("hanzi:chars=永 永中,train=3,size=32")
+    assert spec.characters() == "永中" and (spec.train, spec.size) == (3, 32)
+    assert HanziSpec.parse("hanzi").characters() == gb2312(1)
+    assert len(HanziSpec.parse("hanzi:level=2").characters()) == 6763
+    for bad, message in [
+        ("hanzi:colour=red", "unknown option 'colour=red'"),
+        ("hanzi:train=many", "train must be a whole number"),
+        ("hanzi:level=3", "level must be 1 or 2"),
+        ("hanzi:test=0", "at least 1 render"),
+        ("hanzi:size=512", "size must be 16-128"),
+    ]:
+        with pytest.raises(DatasetError, match=message):
+            HanziSpec.parse(bad)
+
+
+def test_chars_from_a_file(tmp_path):
+    path = tmp_path / "chars.txt"
+    path.write_text("永 中\n国\n", encoding="utf-8")
+    assert HanziSpec.parse(f"hanzi:chars=@{path}").characters() == "永中国"
+    with pytest.raises(DatasetError, match="cannot read it"):
+        HanziSpec.parse(f"hanzi:chars=@{tmp_path / 'missing.txt'}").characters()
+
+
+def test_characters_without_strokes_are_named(mirror):
+    with pytest.raises(DatasetError, match=r"no stroke data for 2 character\(s\): AB"):
+        load_strokes("永AB")
+
+
+def test_renders_are_deterministic_varied_and_in_the_normal_form(mirror):
+    strokes = load_strokes(TEN)
+    index = np.arange(40) % len(TEN)
+    a = render_strokes(strokes, seed=5, index=index, size=32)
+    assert np.array_equal(a, render_strokes(strokes, seed=5, index=index, size=32))
+    assert not np.array_equal(a, render_strokes(strokes, seed=6, index=index, size=32))
+    assert not np.array_equal(a[0], a[10])  # the same character, drawn twice, differs
+    form = InkForm.for_size(32)
+    assert np.mean([in_ink_form(x, form) for x in a]) >= 0.9
+    # A pen that never varies draws the same character the same way every time.
+    still = PenStyle(width=(0.05, 0.05), pressure=0, scale=(1, 1), aspect=0, shear=0,
+                     rotate=0, shift=0, stretch=0, bend=0, link=0, elastic=0)  # fmt: skip
+    b = render_strokes(strokes, seed=0, index=[0, 0], size=32, style=still)
+    assert np.array_equal(b[0], b[1])
+
+
+def test_a_corrupted_stroke_package_is_refused_and_not_cached(tmp_path, monkeypatch):
+    bad = tmp_path / "mirror" / "hanzi-writer-data"
+    bad.mkdir(parents=True)
+    (bad / "hanzi-writer-data-2.0.1.tgz").write_bytes(b"not the package")
+    monkeypatch.setenv("IMREC_DATA_MIRROR", str(tmp_path / "mirror"))
+    monkeypatch.setenv("IMREC_HOME", str(tmp_path / "home"))
+    with pytest.raises(DatasetError, match="hanzi-writer-data-2.0.1.tgz"):
+        load_dataset("hanzi:chars=永中")
+    cached = tmp_path / "home" / "datasets" / "hanzi-writer-data"
+    assert not cached.exists() or not any(cached.glob("*.tgz"))
+
+
+def test_a_small_vocabulary_trains_and_predicts_characters(mirror, tmp_path):
+    name = f"hanzi:chars={TEN},train=60,val=4,test=8,size=32"
+    data = load_dataset(name)
+    assert data.classes == list(TEN) and data.domain == "handwriting"
+    assert (len(data.train), len(data.val), len(data.test)) == (600, 40, 80)
+    assert data.ink["form"] == 2 and "Arphic Public License" in data.split_note
+    out = tmp_path / "run"
+    report = imrec.fit(name, out=out, train={"epochs": 10, "batch_size": 32}, progress=False)
+    assert report["test"]["accuracy"] > 0.8  # 10 classes, renders never seen in training
+    # The licence text travels with the data, and predictions are characters.
+    assert (imrec.data.fetch_dataset("hanzi") / "ARPHICPL.TXT").is_file()
+    picture = tmp_path / "yong.png"
+    from PIL import Image
+
+    Image.fromarray(255 - data.test.images[0, 0].numpy()).save(picture)  # dark ink on white
+    top = imrec.Predictor(out).predict([picture], top_k=3)[0]["top"]
+    assert top[0]["label"] == TEN[int(data.test.labels[0])]
+    assert json.loads((out / "config.json").read_text())["data"]["name"] == name

@@ -95,3 +95,14 @@ def test_a_small_vocabulary_trains_and_predicts_characters(mirror, tmp_path):
     top = imrec.Predictor(out).predict([picture], top_k=3)[0]["top"]
     assert top[0]["label"] == TEN[int(data.test.labels[0])]
     assert json.loads((out / "config.json").read_text())["data"]["name"] == name
+    # Another dataset with fewer of the model's classes, every image scored in its full space.
+    other = tmp_path / "three"
+    for k in range(3):
+        (other / TEN[k]).mkdir(parents=True)
+        for j in np.flatnonzero(data.test.labels.numpy() == k):
+            Image.fromarray(255 - data.test.images[j, 0].numpy()).save(other / TEN[k] / f"{j}.png")
+    scored = imrec.evaluate(out, f"folder:{other}", split="all")
+    assert scored["test"]["n"] == 3 * 8 and scored["split_scored"] == "all"
+    assert scored["test"]["accuracy"] > 0.6 and len(scored["classes"]) == 10
+    with pytest.raises(ValueError, match="another dataset"):
+        imrec.evaluate(out, split="all")

@@ -136,13 +136,19 @@ def train_config(run: RunConfig, out: str | Path, *, progress: bool = True) -> d
 
 
 def evaluate(
-    run_dir: str | Path, data: str | None = None, *, batch_size: int = 1024, device: str = "cpu"
+    run_dir: str | Path,
+    data: str | None = None,
+    *,
+    batch_size: int = 1024,
+    device: str = "cpu",
+    split: str = "test",
 ) -> dict:
     """Evaluate a run's best checkpoint on its dataset's test split, or on another dataset.
 
     Classifiers are scored with accuracy, F1, calibration and the rest; detectors with COCO
     mAP. With ``data`` naming another dataset (e.g. ``folder:my_digits``), its test split is
-    matched to the model's classes by name and the results go to ``run_dir/eval-<name>/``.
+    matched to the model's classes by name (it may have fewer) and the results go to
+    ``run_dir/eval-<name>/``; ``split="all"`` scores all of its images (classifiers).
 
     Example (the report is written into the run folder, so here into a copy of ``run``):
         >>> import shutil
@@ -151,7 +157,10 @@ def evaluate(
         (True, ['accuracy', 'confusion', 'ece'])
     """
     task = read_checkpoint_meta(run_dir).get("task", "classify")
-    return task_package(task).evaluate_run(run_dir, data, batch_size=batch_size, device=device)
+    pkg = task_package(task)
+    if split != "test":
+        return pkg.evaluate_run(run_dir, data, batch_size=batch_size, device=device, split=split)
+    return pkg.evaluate_run(run_dir, data, batch_size=batch_size, device=device)
 
 
 def load_predictor(source: str | Path, device: str = "cpu", **detect_options):

@@ -164,7 +164,7 @@ def cmd_eval(args) -> int:
     import imrec
     from imrec.api import summary
 
-    report = imrec.evaluate(args.run_dir, args.data, device=args.device)
+    report = imrec.evaluate(args.run_dir, args.data, device=args.device, split=args.split)
     rate = report["timing"]["images_per_second"]
     print(f"{report['dataset']}: {summary(report)}, {rate:.0f} images/s")
     print(f"report: {Path(report['report_dir']) / 'report.md'}")
@@ -437,7 +437,17 @@ def _eval_predict_commands(sub) -> None:
     """``imrec eval`` and ``imrec predict``."""
     e = sub.add_parser("eval", help="evaluate a run's best checkpoint on the test split")
     e.add_argument("run_dir")
-    e.add_argument("--data", help="another dataset with the same classes (e.g. folder:PATH)")
+    e.add_argument(
+        "--data",
+        help="another dataset whose classes the model knows (the same or fewer, e.g. "
+        "folder:PATH or chinese-mnist for a hanzi model)",
+    )
+    e.add_argument(
+        "--split",
+        choices=["test", "all"],
+        default="test",
+        help="with --data: its test split (default) or all its images (zero-shot scoring)",
+    )
     e.add_argument("--device", default="cpu")
     e.set_defaults(func=cmd_eval)
 

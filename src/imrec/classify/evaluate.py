@@ -132,26 +132,46 @@ def finish_run(trainer) -> dict:
     return report
 
 
-def _align_classes(data: ClassificationData, classes: list[str]) -> ImageSet:
-    """The test split of ``data`` relabelled into the model's class order (matched by name)."""
+def _align_classes(data: ClassificationData, chosen: ImageSet, classes: list[str]) -> ImageSet:
+    """``chosen`` (images of ``data``) relabelled into the model's class order, matched by
+    name: ``data`` may have fewer classes than the model (scored in the model's full space)."""
     if data.classes == classes:
-        return data.test
+        return chosen
     unknown = sorted(set(data.classes) - set(classes))
     if unknown:
         raise ValueError(
             f"dataset {data.name} has classes the model does not know: {unknown[:10]}; model classes: {classes[:20]}"
         )
-    remap = torch.tensor([classes.index(c) for c in data.classes])
-    return ImageSet(data.test.images, remap[data.test.labels], data.test.groups)
+    where = {c: i for i, c in enumerate(classes)}
+    remap = torch.tensor([where[c] for c in data.classes])
+    return ImageSet(chosen.images, remap[chosen.labels], chosen.groups)
+
+
+def _chosen_split(data: ClassificationData, split: str) -> ImageSet:
+    """The test split, or with ``split="all"`` every image of the dataset (for a model that
+    never trained on it: zero-shot scoring of another dataset)."""
+    if split == "test":
+        return data.test
+    if split != "all":
+        raise ValueError(f"split must be 'test' or 'all', got {split!r}")
+    parts = [data.train, data.val, data.test]
+    return ImageSet(torch.cat([p.images[:] for p in parts]), torch.cat([p.labels for p in parts]))
 
 
 def evaluate_run(
-    run_dir: str | Path, data: str | None = None, *, batch_size: int = 1024, device: str = "cpu"
+    run_dir: str | Path,
+    data: str | None = None,
+    *,
+    batch_size: int = 1024,
+    device: str = "cpu",
+    split: str = "test",
 ) -> dict:
     """Evaluate a run's best checkpoint on its dataset's test split, or on another dataset.
 
     With ``data`` naming another dataset (e.g. ``folder:my_digits``), its test split is matched
-    to the model's classes by name and the results go to ``run_dir/eval-<name>/``.
+    to the model's classes by name (the other dataset may have fewer classes: they are scored
+    in the model's full space) and the results go to ``run_dir/eval-<name>/``. ``split="all"``
+    scores every image of the other dataset instead (never of the run's own).
 
     Example (the report is written into the run folder, so here into a copy of ``run``):
         >>> import shutil
@@ -164,15 +184,21 @@ def evaluate_run(
     run_dir = Path(run_dir)
     model, meta = load_model(run_dir, device)
     name = data or meta["dataset"]
+    if split == "all" and name == meta["dataset"]:
+        raise ValueError("--split all scores another dataset; the run trained on this one")
     dataset = _load_for_model(name, meta, _run_config(run_dir))
-    split = _align_classes(dataset, meta["classes"])
+    chosen = _chosen_split(dataset, split)
+    if name != meta["dataset"] and (meta.get("ink") or {}).get("form"):  # handwriting
+        chosen = _in_model_form(dataset, chosen, meta)
+    split_set = _align_classes(dataset, chosen, meta["classes"])
     batcher = Batcher.from_stats(meta["input"]["mean"], meta["input"]["std"], device)
     out_dir = _eval_dir(run_dir, name, meta["dataset"])
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics, timing = measure(
-        model, split, meta["classes"], batcher, out_dir, batch_size=batch_size
+        model, split_set, meta["classes"], batcher, out_dir, batch_size=batch_size
     )
     report = _eval_report(out_dir, name, dataset, meta, metrics, timing)
+    report["split_scored"] = split
     write_report(out_dir, report)
     report["report_dir"] = str(out_dir)  # the run folder, or its eval-<name>/ for other data
     return report
@@ -204,8 +230,6 @@ def _load_for_model(name: str, meta: dict, cfg: dict) -> ClassificationData:
     seed = RunConfig.from_dict(cfg).loop.seed
     val_fraction = cfg.get("data", {}).get("val_fraction", 0.1)
     dataset = load_dataset(name, val_fraction=val_fraction, seed=seed, **kwargs)
-    if name != meta["dataset"] and ink.get("form") and meta.get("domain") == "handwriting":
-        dataset.test = _in_model_form(dataset, meta)
     if list(dataset.input_size) != list(inp["size"]) or dataset.channels != inp["channels"]:
         raise ValueError(
             f"{name} images are {dataset.channels}x{list(dataset.input_size)}, the model takes {inp['channels']}x{inp['size']}"
@@ -213,10 +237,11 @@ def _load_for_model(name: str, meta: dict, cfg: dict) -> ClassificationData:
     return dataset
 
 
-def _in_model_form(dataset: ClassificationData, meta: dict) -> ImageSet:
-    """The test split as the model's inputs: as it is when it already has the model's form
-    and size, else each image prepared like a file given to ``imrec predict``."""
-    inp, test = meta["input"], dataset.test
+def _in_model_form(dataset: ClassificationData, test: ImageSet, meta: dict) -> ImageSet:
+    """Images ``test`` of ``dataset`` as the model's inputs: as they are when the dataset is
+    already in the model's form and size, else each prepared like a file given to ``imrec
+    predict``."""
+    inp = meta["input"]
     same = dataset.ink == meta["ink"] and list(dataset.input_size) == list(inp["size"])
     if same and dataset.channels == inp["channels"]:
         return test

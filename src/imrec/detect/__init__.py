@@ -54,8 +54,12 @@ def load_data(name: str, *, placement: str = "auto", size=None, domain=None, **o
     return load_detection(name, **options)
 
 
-def evaluate_run(run_dir, data=None, *, batch_size: int = 1024, device: str = "cpu") -> dict:
+def evaluate_run(
+    run_dir, data=None, *, batch_size: int = 1024, device: str = "cpu", split: str = "test"
+) -> dict:
     """A detection run's best checkpoint scored with COCO mAP (``batch_size`` is not used)."""
+    if split != "test":
+        raise ValueError("detectors are scored on a test split; --split all is for classifiers")
     return evaluate_detection_run(run_dir, data, device=device)
 
 

@@ -7,13 +7,15 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import imrec
 from imrec.core.errors import DatasetError
 from imrec.core.preprocess import InkForm, in_ink_form
 from imrec.data import load_dataset
-from imrec.data.hanzi import HanziSpec, gb2312, load_strokes
+from imrec.data.hanzi import HanziSpec, RenderedImages, gb2312, load_strokes
 from imrec.data.render import PenStyle, render_strokes
+from imrec.deploy.export import export_bundle
 
 TEN = "永中国人大小山水火木"
 
@@ -65,6 +67,23 @@ def test_renders_are_deterministic_varied_and_in_the_normal_form(mirror):
     assert np.array_equal(b[0], b[1])
 
 
+def test_training_renders_are_drawn_afresh_every_epoch(mirror):
+    data = load_dataset(f"hanzi:chars={TEN[:3]},train=4,val=1,test=1,size=32")
+    images = data.train.images
+    assert isinstance(images, RenderedImages) and data.train.streamed and len(images) == 12
+    n = len(images)
+    # Epoch 1 asks for i + n: the same character, drawn anew, and the same on every rerun.
+    assert not torch.equal(images.read(0), images.read(n))
+    assert torch.equal(images.read(n), images.read(n))
+    assert int(data.train.labels[0]) == int(data.train.labels[n % n])
+    assert images.sample(5).shape == (5, 1, 32, 32)
+    sub = images.subset(torch.tensor([2, 5]))
+    assert torch.equal(sub.read(1), images.read(5))  # the same drawing as in the full set
+    static = load_dataset(f"hanzi:chars={TEN[:3]},train=4,val=1,test=1,size=32,fresh=0")
+    assert isinstance(static.train.images, torch.Tensor)
+    assert torch.equal(static.train.images[0], images.read(0))  # epoch 0 = the static renders
+
+
 def test_a_corrupted_stroke_package_is_refused_and_not_cached(tmp_path, monkeypatch):
     bad = tmp_path / "mirror" / "hanzi-writer-data"
     bad.mkdir(parents=True)
@@ -86,8 +105,12 @@ def test_a_small_vocabulary_trains_and_predicts_characters(mirror, tmp_path):
     out = tmp_path / "run"
     report = imrec.fit(name, out=out, train={"epochs": 10, "batch_size": 32}, progress=False)
     assert report["test"]["accuracy"] > 0.8  # 10 classes, renders never seen in training
-    # The licence text travels with the data, and predictions are characters.
+    # The licence text travels with the data and the model, and predictions are characters.
     assert (imrec.data.fetch_dataset("hanzi") / "ARPHICPL.TXT").is_file()
+    bundle = export_bundle(out, tmp_path / "bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["data_license"]["file"] == "ARPHICPL.TXT"
+    assert "ARPHIC PUBLIC LICENSE" in (bundle / "ARPHICPL.TXT").read_text().upper()
     picture = tmp_path / "yong.png"
     from PIL import Image
 

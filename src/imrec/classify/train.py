@@ -267,7 +267,7 @@ class ClassifyTrainer(Trainer):
         """
         model, frozen, order, aug_gen = self._begin_epoch(epoch)
         sums = _EpochSums(self.device, self._graphed_step(model, frozen))
-        streamed = self._stream(order, self.world) if self.placement == "stream" else None
+        streamed = self._stream(order, self.world, epoch) if self.placement == "stream" else None
         live = LiveStats() if bar is not None else None
         t0 = time.perf_counter()
         for i in range(self.steps_per_epoch):
@@ -332,13 +332,16 @@ class ClassifyTrainer(Trainer):
         )
         return loss, logits.detach()
 
-    def _stream(self, order: torch.Tensor, world: World):
-        """This epoch's batches, decoded from their files by DataLoader workers, in order."""
+    def _stream(self, order: torch.Tensor, world: World, epoch: int):
+        """This epoch's batches, decoded from their files (or drawn, for images made afresh
+        every epoch: asked for as index + epoch x len) by DataLoader workers, in order."""
         run = self.run
+        offset = epoch * len(self.train_labels) if getattr(self.train_images, "fresh", False) else 0
         batches = []
         for i in range(self.steps_per_epoch):
             idx = order[i * run.loop.batch_size : (i + 1) * run.loop.batch_size]
-            batches.append((rank_batch(idx, world) if world.size > 1 else idx).tolist())
+            idx = rank_batch(idx, world) if world.size > 1 else idx
+            batches.append((idx + offset).tolist())
         if self._loader is None:
             self._loader = StreamLoader(
                 self.train_images,

@@ -78,6 +78,7 @@ class HanziSpec:
     test: int = 4
     size: int = 64
     seed: int = 0
+    fresh: int = 1  # 1: training draws new renders every epoch; 0: the same renders
 
     @classmethod
     def parse(cls, name: str) -> HanziSpec:
@@ -199,6 +200,71 @@ def load_strokes(chars: str) -> list[list[np.ndarray]]:
     return out
 
 
+class RenderedImages:
+    """Training images drawn on demand, afresh every epoch: stands in for the ``(N, 1, S, S)``
+    uint8 tensor of a split like :class:`~imrec.data.folder.FileImages` does (``shape``,
+    ``len``, indexing, ``subset``, ``sample``, ``read``), so training streams it through
+    DataLoader workers. Item ``i`` is character ``labels[i % N]`` drawn with key ``i``: the
+    trainer asks for ``i + epoch * N`` in epoch ``epoch``, a new drawing each time, the same
+    one on every rerun (``fresh`` tells it to).
+
+    Example:
+        >>> imgs = RenderedImages([[np.array([[100.0, 400.0], [900.0, 400.0]])]], [0, 0], 0, 32)
+        >>> imgs.shape, bool((imgs.read(0) != imgs.read(2)).any())
+        (torch.Size([2, 1, 32, 32]), True)
+    """
+
+    dtype = torch.uint8
+    ndim = 4
+    device = torch.device("cpu")
+    fresh = True
+
+    def __init__(self, strokes: list, labels, seed: int, size: int, keys=None):
+        self.strokes, self.labels = strokes, np.asarray(labels, np.int64)
+        self.seed, self.size = seed, size
+        self.keys = np.arange(len(self.labels)) if keys is None else np.asarray(keys, np.int64)
+        self.period = int(self.keys.max(initial=0)) + 1  # keys of a later epoch start here
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size([len(self.labels), 1, self.size, self.size])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __repr__(self) -> str:
+        return f"RenderedImages({len(self)} drawings of {len(self.strokes)} characters, {self.size} px)"
+
+    def numel(self) -> int:
+        return len(self) * self.size * self.size
+
+    def read(self, i: int) -> torch.Tensor:
+        """Item ``i`` (``i >= len``: a later epoch's drawing of item ``i % len``): ``(1, S, S)``."""
+        n = len(self.labels)
+        key = int(self.keys[i % n]) + (i // n) * self.period
+        image = render_strokes(self.strokes, self.seed, [self.labels[i % n]], self.size, keys=[key])
+        return torch.from_numpy(image)  # (1, S, S)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, int):
+            return self.read(index)
+        pos = (
+            torch.arange(len(self))[index]
+            if not isinstance(index, torch.Tensor) or index.dtype == torch.bool
+            else index
+        )
+        return torch.stack([self.read(int(i)) for i in torch.as_tensor(pos).flatten()])
+
+    def subset(self, index) -> RenderedImages:
+        pos = torch.arange(len(self))[index].numpy()
+        return RenderedImages(self.strokes, self.labels[pos], self.seed, self.size, self.keys[pos])
+
+    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        """Up to ``n`` items picked at random (fixed ``seed``), drawn: for statistics."""
+        pick = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        return self[pick.sort().values]
+
+
 def load_hanzi(name: str, *, val_fraction: float = 0.1, seed: int = 0) -> ClassificationData:
     """The ``hanzi`` dataset ``name`` (its renders; ``val_fraction`` and ``seed`` do not apply:
     the splits are sized by the name's ``val=``/``test=`` and drawn with their own seeds)."""
@@ -209,19 +275,28 @@ def load_hanzi(name: str, *, val_fraction: float = 0.1, seed: int = 0) -> Classi
     for split in ("train", "val", "test"):
         per_class = getattr(spec, split)
         labels = np.tile(np.arange(len(chars)), per_class)  # (n,) class of each render
-        images = render_strokes(strokes, spec.seed + SPLIT_SEEDS[split], labels, spec.size)
-        splits[split] = ImageSet(
-            torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).long()
-        )
+        split_seed = spec.seed + SPLIT_SEEDS[split]
+        if split == "train" and spec.fresh:
+            images = RenderedImages(strokes, labels, split_seed, spec.size)
+        else:
+            images = torch.from_numpy(render_strokes(strokes, split_seed, labels, spec.size))
+            images = images.unsqueeze(1)  # (n, 1, S, S)
+        splits[split] = ImageSet(images, torch.from_numpy(labels).long())
     return ClassificationData(
         name=name,
         classes=list(chars),
         domain="handwriting",
         split_note=(
             f"{len(chars)} characters rendered from stroke data: {spec.train} / {spec.val} / "
-            f"{spec.test} renders per class for train / val / test, each split with its own "
+            f"{spec.test} renders per class for train / val / test"
+            f"{' (training renders drawn afresh every epoch)' if spec.fresh else ''}, each split with its own "
             f"seed ({spec.seed} + {SPLIT_SEEDS['val']} / {SPLIT_SEEDS['test']}); licence: {LICENSE}"
         ),
         checksum=PACKAGE.sha256 or "",
+        license={
+            "name": LICENSE,
+            "file": LICENSE_FILE,
+            "text": (fetch_package().parent / LICENSE_FILE).read_text(encoding="utf-8"),
+        },
         **splits,
     )

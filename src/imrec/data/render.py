@@ -33,13 +33,16 @@ class PenStyle:
     pressure: float = 0.35  # relative change of the width along a stroke
     scale: tuple[float, float] = (0.75, 1.0)
     aspect: float = 0.15  # width/height changed by up to this factor either way
-    shear: float = 0.2
-    rotate: float = 8.0  # degrees
-    shift: float = 0.025  # per stroke
-    stretch: float = 0.08  # per stroke, relative length
-    bend: float = 0.025  # per stroke, the largest sideways bow
+    shear: float = 0.3
+    rotate: float = 12.0  # degrees
+    shift: float = 0.045  # per stroke
+    stretch: float = 0.15  # per stroke, relative length
+    bend: float = 0.05  # per stroke, the largest sideways bow
     link: float = 0.15  # chance that a stroke is joined to the next one
-    elastic: float = 0.02  # amplitude of the smooth warp
+    elastic: float = 0.03  # amplitude of the smooth warp
+    # Measured on 15 characters (200 renders each, 15 epochs, scored on all 15,000 real
+    # Chinese MNIST images): shift .025 / stretch .08 / bend .025 / rotate 8 / shear .2 /
+    # elastic .02 gave 68.9% top-1; these larger variations 78.4%.
 
 
 def smooth(points: np.ndarray, rounds: int = 2) -> np.ndarray:
@@ -136,9 +139,11 @@ def render_strokes(
     index: np.ndarray | list[int],
     size: int = 64,
     style: PenStyle = PenStyle(),
+    keys: np.ndarray | list[int] | None = None,
 ) -> np.ndarray:
     """Images of ``characters[k]`` for each ``k`` in ``index``, as uint8 ``(N, size, size)`` in
-    the handwriting normal form; image ``j`` depends only on ``(seed, j, the character)``.
+    the handwriting normal form; image ``j`` depends only on ``(seed, keys[j], the
+    character)`` (``keys`` default to the positions ``0, 1, ...``).
 
     Example:
         >>> stroke = [np.array([[100.0, 400.0], [900.0, 400.0]])]  # 一
@@ -149,7 +154,8 @@ def render_strokes(
     form = InkForm.for_size(size)
     out = np.zeros((len(index), size, size), np.uint8)
     canvas = 2 * size  # drawn large, brought into the form (which antialiases it)
-    for j, k in enumerate(index):
-        segs = character_segments(characters[k], np.random.default_rng([seed, j]), style)
+    keys = range(len(index)) if keys is None else keys
+    for j, (k, key) in enumerate(zip(index, keys, strict=True)):
+        segs = character_segments(characters[k], np.random.default_rng([seed, int(key)]), style)
         out[j] = to_ink_form(draw_segments(segs, canvas), form)
     return out

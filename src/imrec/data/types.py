@@ -71,6 +71,8 @@ class ClassificationData:
             real-world strokes the way the training data has them. Data in the handwriting
             normal form records that form instead (``{"form": 2, ...}``, see
             :class:`~imrec.core.preprocess.InkForm`).
+        license: for data whose licence must travel with models trained on it:
+            ``{"name", "file", "text"}`` (kept in the checkpoint, written into bundles).
         domain_evidence: for folders, how the domain was decided (the votes and measurements
             of :func:`~imrec.data.domain.guess_domain`, or that ``--domain`` set it).
     """
@@ -86,6 +88,7 @@ class ClassificationData:
     checksum: str = ""
     ink: dict | None = None
     domain_evidence: dict | None = None
+    license: dict | None = None
 
     @property
     def channels(self) -> int:

@@ -247,6 +247,10 @@ def _check_target(out: Path) -> None:
 def _write_bundle(folder, model_bytes, weights, manifest, meta, probe, quantize) -> None:
     (folder / ONNX_FILE).write_bytes(model_bytes)
     shutil.copyfile(weights, folder / WEIGHTS_FILE)
+    lic = meta.get("data_license")
+    if lic:  # the training data's licence travels with the model (e.g. the Arphic PL)
+        (folder / lic["file"]).write_text(lic["text"], encoding="utf-8")
+        manifest["data_license"] = {"name": lic["name"], "file": lic["file"]}
     if quantize == "int8":
         method = quantize_int8(folder / ONNX_FILE, folder / INT8_FILE, probe.calibration)
         manifest["quantized"] = _int8_report(

@@ -158,6 +158,7 @@ class Trainer:
             **self.domain_meta(),
             "dataset": d.name,
             "dataset_checksum": d.checksum,
+            **({"data_license": d.license} if getattr(d, "license", None) else {}),
             "epoch": epoch,
             "metrics": metrics,
         }

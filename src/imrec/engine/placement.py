@@ -89,7 +89,9 @@ class _FileSamples(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images.read(i), self.labels[i]
+        # Images drawn afresh each epoch are asked for by index + epoch x len (see
+        # imrec.data.hanzi.RenderedImages); their labels repeat.
+        return self.images.read(i), self.labels[i % len(self.labels)]
 
 
 class _EpochBatches(torch.utils.data.Sampler):

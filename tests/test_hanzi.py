@@ -4,6 +4,7 @@ large-vocabulary issue: the data family, the stroke renderer, training on a subs
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -129,3 +130,40 @@ def test_a_small_vocabulary_trains_and_predicts_characters(mirror, tmp_path):
     assert scored["test"]["accuracy"] > 0.6 and len(scored["classes"]) == 10
     with pytest.raises(ValueError, match="another dataset"):
         imrec.evaluate(out, split="all")
+
+
+def _fonts_or_skip():
+    from imrec.data.render import system_fonts
+
+    fonts = system_fonts()
+    if not fonts:
+        if os.environ.get("CI"):  # .ci/run installs fonts-arphic-ukai: its absence is a failure
+            pytest.fail("no CJK font found; .ci/run should have installed fonts-arphic-ukai")
+        pytest.skip("no CJK font installed (Debian: apt install fonts-arphic-ukai)")
+    return fonts
+
+
+def test_font_renders_and_their_errors(mirror, tmp_path):
+    _fonts_or_skip()
+    data = load_dataset(
+        f"hanzi:chars={TEN[:4]},train=2,val=1,test=1,size=32,renderers=strokes+fonts,fresh=0"
+    )
+    form = InkForm.for_size(32)
+    assert all(in_ink_form(x, form) for x in data.train.images[:, 0].numpy())
+    fonts_only = load_dataset(
+        f"hanzi:chars={TEN[:4]},train=2,val=1,test=1,size=32,renderers=fonts,fresh=0"
+    )
+    assert not torch.equal(fonts_only.train.images, data.train.images)
+    with pytest.raises(DatasetError, match="no font has a glyph for 1 character"):
+        load_dataset("hanzi:chars=永\U0001f600,renderers=fonts")  # noqa: RUF001
+    with pytest.raises(DatasetError, match="choose strokes, fonts or strokes\\+fonts"):
+        load_dataset("hanzi:chars=永,renderers=brush")
+    (tmp_path / "fonts").mkdir()
+    (tmp_path / "fonts" / "broken.ttf").write_bytes(b"not a font")
+    with pytest.raises(DatasetError, match="broken.ttf cannot be read"):
+        load_dataset(f"hanzi:chars=永,renderers=fonts,fonts={tmp_path / 'fonts'}")
+    with pytest.raises(DatasetError, match="no such folder"):
+        load_dataset(f"hanzi:chars=永,renderers=fonts,fonts={tmp_path / 'none'}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no CJK font found.*fonts-arphic-ukai"):
+        load_dataset(f"hanzi:chars=永,renderers=fonts,fonts={tmp_path / 'empty'}")

@@ -4,8 +4,10 @@
 and 2; ``hanzi:chars=永中国`` or ``hanzi:chars=@FILE`` any subset (the file holds characters,
 whitespace ignored). More options after the colon, comma-separated: ``train=`` renders per
 class in the training split, ``val=`` and ``test=`` per class in those splits, ``size=`` the
-image side, ``seed=`` the renders' seed (see :class:`HanziSpec`). Class names are the
-characters themselves.
+image side, ``seed=`` the renders' seed, ``fresh=0`` to keep one set of training renders,
+``renderers=strokes|fonts|strokes+fonts`` and ``fonts=DIR`` (default: the CJK fonts fontconfig
+knows; Debian: ``fonts-arphic-ukai``), see :class:`HanziSpec`. Class names are the characters
+themselves.
 
 The strokes come from the npm package ``hanzi-writer-data`` 2.0.1 (stroke centre-lines of
 9,574 characters, derived from the Arphic fonts by the Make Me a Hanzi project; Arphic Public
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imrec.data.render import render_strokes
+from imrec.data.render import GlyphFonts, folder_fonts, render_fonts, render_strokes, system_fonts
 from imrec.data.sources import DatasetError, SourceFile, cached_arrays, fetch_file
 from imrec.data.types import ClassificationData, ImageSet
 
@@ -79,6 +81,8 @@ class HanziSpec:
     size: int = 64
     seed: int = 0
     fresh: int = 1  # 1: training draws new renders every epoch; 0: the same renders
+    renderers: str = "strokes"  # strokes, fonts or strokes+fonts
+    fonts: str = ""  # a folder of font files; "" = the CJK fonts fontconfig knows
 
     @classmethod
     def parse(cls, name: str) -> HanziSpec:
@@ -95,7 +99,7 @@ class HanziSpec:
                     "(e.g. hanzi:chars=永中国,train=40)"
                 )
             try:
-                values[key] = value if key == "chars" else int(value)
+                values[key] = value if kinds[key] == "str" else int(value)
             except ValueError as e:
                 raise DatasetError(f"{name}: {key} must be a whole number, got {value!r}") from e
         spec = cls(**values)
@@ -200,6 +204,47 @@ def load_strokes(chars: str) -> list[list[np.ndarray]]:
     return out
 
 
+RENDERERS = ("strokes", "fonts")
+
+
+class Renderer:
+    """Draws characters by the renderers named (``strokes``, ``fonts``, or both joined by
+    ``+``: item ``key`` uses renderer ``key % count``)."""
+
+    def __init__(self, chars: str, renderers: str = "strokes", fonts: str = ""):
+        names = renderers.split("+")
+        unknown = [n for n in names if n not in RENDERERS]
+        if unknown or not names:
+            raise DatasetError(f"renderers={renderers}: choose strokes, fonts or strokes+fonts")
+        self.chars, self.names = chars, names
+        self.strokes = load_strokes(chars) if "strokes" in names else None
+        self.fonts = None
+        if "fonts" in names:
+            try:
+                found = folder_fonts(fonts) if fonts else system_fonts()
+                self.fonts = GlyphFonts(found, chars)
+            except ValueError as e:
+                raise DatasetError(f"renderers={renderers}: {e}") from e
+
+    def draw(self, seed: int, labels, size: int, keys=None) -> np.ndarray:
+        """uint8 ``(N, size, size)`` drawings of the classes ``labels`` (keys: as in
+        :func:`~imrec.data.render.render_strokes`)."""
+        labels = np.asarray(labels)
+        keys = np.arange(len(labels)) if keys is None else np.asarray(keys)
+        out = np.zeros((len(labels), size, size), np.uint8)
+        for r, name in enumerate(self.names):
+            pick = np.flatnonzero(keys % len(self.names) == r)
+            if not len(pick):
+                continue
+            if name == "strokes":
+                out[pick] = render_strokes(self.strokes, seed, labels[pick], size, keys=keys[pick])
+            else:
+                out[pick] = render_fonts(
+                    self.chars, self.fonts, seed, labels[pick], size, keys=keys[pick]
+                )
+        return out
+
+
 class RenderedImages:
     """Training images drawn on demand, afresh every epoch: stands in for the ``(N, 1, S, S)``
     uint8 tensor of a split like :class:`~imrec.data.folder.FileImages` does (``shape``,
@@ -219,8 +264,8 @@ class RenderedImages:
     device = torch.device("cpu")
     fresh = True
 
-    def __init__(self, strokes: list, labels, seed: int, size: int, keys=None):
-        self.strokes, self.labels = strokes, np.asarray(labels, np.int64)
+    def __init__(self, renderer: Renderer, labels, seed: int, size: int, keys=None):
+        self.renderer, self.labels = renderer, np.asarray(labels, np.int64)
         self.seed, self.size = seed, size
         self.keys = np.arange(len(self.labels)) if keys is None else np.asarray(keys, np.int64)
         self.period = int(self.keys.max(initial=0)) + 1  # keys of a later epoch start here
@@ -233,7 +278,8 @@ class RenderedImages:
         return len(self.labels)
 
     def __repr__(self) -> str:
-        return f"RenderedImages({len(self)} drawings of {len(self.strokes)} characters, {self.size} px)"
+        chars = len(self.renderer.chars)
+        return f"RenderedImages({len(self)} drawings of {chars} characters, {self.size} px)"
 
     def numel(self) -> int:
         return len(self) * self.size * self.size
@@ -242,7 +288,7 @@ class RenderedImages:
         """Item ``i`` (``i >= len``: a later epoch's drawing of item ``i % len``): ``(1, S, S)``."""
         n = len(self.labels)
         key = int(self.keys[i % n]) + (i // n) * self.period
-        image = render_strokes(self.strokes, self.seed, [self.labels[i % n]], self.size, keys=[key])
+        image = self.renderer.draw(self.seed, [self.labels[i % n]], self.size, keys=[key])
         return torch.from_numpy(image)  # (1, S, S)
 
     def __getitem__(self, index) -> torch.Tensor:
@@ -257,7 +303,7 @@ class RenderedImages:
 
     def subset(self, index) -> RenderedImages:
         pos = torch.arange(len(self))[index].numpy()
-        return RenderedImages(self.strokes, self.labels[pos], self.seed, self.size, self.keys[pos])
+        return RenderedImages(self.renderer, self.labels[pos], self.seed, self.size, self.keys[pos])
 
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
         """Up to ``n`` items picked at random (fixed ``seed``), drawn: for statistics."""
@@ -270,16 +316,16 @@ def load_hanzi(name: str, *, val_fraction: float = 0.1, seed: int = 0) -> Classi
     the splits are sized by the name's ``val=``/``test=`` and drawn with their own seeds)."""
     spec = HanziSpec.parse(name)
     chars = spec.characters()
-    strokes = load_strokes(chars)
+    renderer = Renderer(chars, spec.renderers, spec.fonts)
     splits = {}
     for split in ("train", "val", "test"):
         per_class = getattr(spec, split)
         labels = np.tile(np.arange(len(chars)), per_class)  # (n,) class of each render
         split_seed = spec.seed + SPLIT_SEEDS[split]
         if split == "train" and spec.fresh:
-            images = RenderedImages(strokes, labels, split_seed, spec.size)
+            images = RenderedImages(renderer, labels, split_seed, spec.size)
         else:
-            images = torch.from_numpy(render_strokes(strokes, split_seed, labels, spec.size))
+            images = torch.from_numpy(renderer.draw(split_seed, labels, spec.size))
             images = images.unsqueeze(1)  # (n, 1, S, S)
         splits[split] = ImageSet(images, torch.from_numpy(labels).long())
     return ClassificationData(
@@ -288,7 +334,7 @@ def load_hanzi(name: str, *, val_fraction: float = 0.1, seed: int = 0) -> Classi
         domain="handwriting",
         split_note=(
             f"{len(chars)} characters rendered from stroke data: {spec.train} / {spec.val} / "
-            f"{spec.test} renders per class for train / val / test"
+            f"{spec.test} renders per class for train / val / test by {spec.renderers}"
             f"{' (training renders drawn afresh every epoch)' if spec.fresh else ''}, each split with its own "
             f"seed ({spec.seed} + {SPLIT_SEEDS['val']} / {SPLIT_SEEDS['test']}); licence: {LICENSE}"
         ),

@@ -159,3 +159,113 @@ def render_strokes(
         segs = character_segments(characters[k], np.random.default_rng([seed, int(key)]), style)
         out[j] = to_ink_form(draw_segments(segs, canvas), form)
     return out
+
+
+# ---- fonts -----------------------------------------------------------------------------------
+
+FONT_SUFFIXES = (".ttf", ".otf", ".ttc")
+
+
+def system_fonts(lang: str = "zh-cn") -> list[tuple[str, int]]:
+    """Fonts fontconfig knows for ``lang``, as ``(file, face index)``: one face per file
+    (the lowest index); empty when fontconfig (``fc-list``) is missing."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("fc-list"):
+        return []
+    out = subprocess.run(
+        ["fc-list", f":lang={lang}", "file", "index"], capture_output=True, text=True, check=False
+    ).stdout
+    faces: dict[str, int] = {}
+    for line in out.splitlines():
+        path, _, rest = line.partition(":")
+        index = int(rest.split("index=")[-1]) if "index=" in rest else 0
+        faces[path.strip()] = min(index, faces.get(path.strip(), index))
+    return sorted(faces.items())
+
+
+def folder_fonts(folder: str) -> list[tuple[str, int]]:
+    """Every font file (``.ttf``, ``.otf``, ``.ttc``: its first face) under ``folder``."""
+    from pathlib import Path
+
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"fonts={folder}: no such folder")
+    return [(str(p), 0) for p in sorted(root.rglob("*")) if p.suffix.lower() in FONT_SUFFIXES]
+
+
+class GlyphFonts:
+    """Loaded fonts and, per character, the fonts that have a real glyph for it (not the
+    missing-glyph box)."""
+
+    SIZE = 80  # font size in pixels, on a canvas of 128
+
+    def __init__(self, fonts: list[tuple[str, int]], chars: str):
+        from PIL import ImageFont
+
+        if not fonts:
+            raise ValueError(
+                "no CJK font found: install one (Debian: apt install fonts-arphic-ukai) or give "
+                "fonts=DIR, or use renderers=strokes"
+            )
+        self.fonts = []
+        for path, index in fonts:
+            try:
+                self.fonts.append(ImageFont.truetype(path, self.SIZE, index=index))
+            except OSError as e:
+                raise ValueError(f"font {path} cannot be read: {e}") from e
+        self.has = [[i for i, f in enumerate(self.fonts) if _has_glyph(f, c)] for c in chars]
+        missing = [c for c, fs in zip(chars, self.has, strict=True) if not fs]
+        if missing:
+            raise ValueError(
+                f"no font has a glyph for {len(missing)} character(s): {''.join(missing[:50])}; "
+                "add a font that has them (fonts=DIR) or use renderers=strokes"
+            )
+
+
+def _has_glyph(font, char: str) -> bool:
+    """True when ``font`` draws ``char`` as something other than its missing-glyph box."""
+    mask = font.getmask(char)
+    if mask.getbbox() is None:
+        return False
+    notdef = font.getmask("\U0010fffd")
+    return bytes(mask) != bytes(notdef) or mask.size != notdef.size
+
+
+def draw_glyph(font, char: str, rng: np.random.Generator, style: PenStyle, size: int) -> np.ndarray:
+    """``char`` in ``font`` on a ``size`` square, white on black, with a random weight (a
+    stroke around the glyph, or none), affine change and elastic warp: uint8 ``(size, size)``."""
+    img = Image.new("L", (size, size), 0)
+    weight = int(rng.integers(0, 3))
+    ImageDraw.Draw(img).text(
+        (size / 2, size / 2), char, font=font, fill=255, anchor="mm",
+        stroke_width=weight, stroke_fill=255,
+    )  # fmt: skip
+    m = np.linalg.inv(_affine(rng, style))
+    c = np.array([size / 2, size / 2])
+    offset = c - m @ c
+    img = img.transform(
+        img.size, Image.Transform.AFFINE, (*m[0], offset[0], *m[1], offset[1]), Image.BILINEAR
+    )
+    return np.asarray(img)
+
+
+def render_fonts(
+    chars: str,
+    fonts: GlyphFonts,
+    seed: int,
+    index: np.ndarray | list[int],
+    size: int = 64,
+    style: PenStyle = PenStyle(),
+    keys: np.ndarray | list[int] | None = None,
+) -> np.ndarray:
+    """Like :func:`render_strokes`, drawn from fonts: a random font that has the character."""
+    form = InkForm.for_size(size)
+    out = np.zeros((len(index), size, size), np.uint8)
+    keys = range(len(index)) if keys is None else keys
+    for j, (k, key) in enumerate(zip(index, keys, strict=True)):
+        rng = np.random.default_rng([seed, int(key)])
+        font = fonts.fonts[fonts.has[k][int(rng.integers(len(fonts.has[k])))]]
+        out[j] = to_ink_form(draw_glyph(font, chars[k], rng, style, 128), form)
+    return out

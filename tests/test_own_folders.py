@@ -257,3 +257,24 @@ def test_a_class_too_small_to_score_is_named(folders, tmp_path):
         data = load_dataset(f"folder:{root}")
     assert "too few images to be scored" in data.split_note
     assert (data.train.labels == 1).sum() == 1  # kept for training, not lost
+
+
+def test_eval_data_brings_another_size_to_the_models_form(mirror, tmp_path):
+    # A 40 px handwriting folder model scored on MNIST's 28 px test split: each MNIST image is
+    # prepared like a file given to `imrec predict` (no size mismatch error).
+    mnist = load_dataset("mnist")
+    root = tmp_path / "digits40"
+    for k in range(10):
+        (root / str(k)).mkdir(parents=True)
+        for j in np.flatnonzero(mnist.train.labels.numpy() == k)[:60]:
+            img = Image.fromarray(mnist.train.images[j, 0].numpy()).resize((40, 40))
+            img.save(root / str(k) / f"{j}.png")
+    out = tmp_path / "run"
+    report = imrec.fit(
+        f"folder:{root}", out=out, train={"epochs": 15, "batch_size": 32}, progress=False
+    )
+    assert report["input"]["size"] == [40, 40] and report["domain"]["name"] == "handwriting"
+    scored = imrec.evaluate(out, "mnist")
+    assert scored["test"]["n"] == 10_000 and scored["test"]["accuracy"] > 0.8
+    # The same preparation: on MNIST's own test images about as good as on the folder's.
+    assert scored["test"]["accuracy"] > report["test"]["accuracy"] - 0.08

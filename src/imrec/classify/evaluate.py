@@ -219,18 +219,23 @@ def _load_for_model(name: str, meta: dict, cfg: dict) -> ClassificationData:
     """
     inp = meta["input"]
     ink = meta.get("ink") or {}
+    prepared_later = False  # by _in_model_form, to the model's size and channels
     if name == meta["dataset"]:  # the way the run loaded it (its size and channel overrides)
         d = cfg.get("data", {})
         kwargs = {k: d.get(k) for k in ("size", "channels", "domain")}
     elif ink.get("form") and meta.get("domain") == "handwriting":
         folder = name.startswith("folder:")
         kwargs = {"size": inp["size"][0] if folder else None, "domain": "handwriting"}
+        prepared_later = True
     else:  # another dataset is brought to the model's input
         kwargs = {"size": inp["size"][0], "channels": inp["channels"], "domain": meta.get("domain")}
     seed = RunConfig.from_dict(cfg).loop.seed
     val_fraction = cfg.get("data", {}).get("val_fraction", 0.1)
     dataset = load_dataset(name, val_fraction=val_fraction, seed=seed, **kwargs)
-    if list(dataset.input_size) != list(inp["size"]) or dataset.channels != inp["channels"]:
+    shape_differs = (
+        list(dataset.input_size) != list(inp["size"]) or dataset.channels != inp["channels"]
+    )
+    if shape_differs and not prepared_later:
         raise ValueError(
             f"{name} images are {dataset.channels}x{list(dataset.input_size)}, the model takes {inp['channels']}x{inp['size']}"
         )

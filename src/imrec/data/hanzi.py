@@ -211,13 +211,15 @@ class Renderer:
     """Draws characters by the renderers named (``strokes``, ``fonts``, or both joined by
     ``+``: item ``key`` uses renderer ``key % count``)."""
 
-    def __init__(self, chars: str, renderers: str = "strokes", fonts: str = ""):
+    def __init__(self, chars: str, renderers: str = "strokes", fonts: str = "", strokes=None):
         names = renderers.split("+")
         unknown = [n for n in names if n not in RENDERERS]
         if unknown or not names:
             raise DatasetError(f"renderers={renderers}: choose strokes, fonts or strokes+fonts")
         self.chars, self.names = chars, names
-        self.strokes = load_strokes(chars) if "strokes" in names else None
+        if strokes is None and "strokes" in names:
+            strokes = load_strokes(chars)
+        self.strokes = strokes  # per character, its (n, 2) stroke polylines
         self.fonts = None
         if "fonts" in names:
             try:
@@ -254,7 +256,8 @@ class RenderedImages:
     one on every rerun (``fresh`` tells it to).
 
     Example:
-        >>> imgs = RenderedImages([[np.array([[100.0, 400.0], [900.0, 400.0]])]], [0, 0], 0, 32)
+        >>> yi = [[np.array([[100.0, 400.0], [900.0, 400.0]])]]  # 一: one stroke
+        >>> imgs = RenderedImages(Renderer("一", strokes=yi), [0, 0], seed=0, size=32)
         >>> imgs.shape, bool((imgs.read(0) != imgs.read(2)).any())
         (torch.Size([2, 1, 32, 32]), True)
     """

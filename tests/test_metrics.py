@@ -199,3 +199,37 @@ def test_accepts_half_precision_logits_and_int32_labels():
     m = classification_metrics(logits.half(), labels.int(), list("abcd"))
     assert m["confusion"] == ref["confusion"]
     assert m["nll"] == pytest.approx(ref["nll"], abs=1e-2)
+
+
+def test_many_classes_report_the_most_confused_pairs_not_a_matrix(tmp_path):
+    import numpy as np
+    import torch
+
+    from imrec.classify.metrics import DENSE_CONFUSION, TOP_PAIRS, classification_metrics
+    from imrec.classify.report import render_markdown
+    from imrec.classify.viz import save_confused_pairs
+
+    k, n = 150, 3000
+    assert k > DENSE_CONFUSION
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, k, (n,), generator=gen)
+    logits = torch.nn.functional.one_hot(labels, k).float() * 5 + torch.randn(n, k, generator=gen)
+    wrong = labels == 7
+    logits[wrong, 9] += 20  # class 7 is always taken for class 9
+    classes = [chr(0x4E00 + i) for i in range(k)]  # CJK names
+    m = classification_metrics(logits, labels, classes)
+    assert "confusion" not in m and len(m["confused_pairs"]) <= TOP_PAIRS
+    t, p, count = m["confused_pairs"][0]
+    assert (t, p, count) == (7, 9, int(wrong.sum()))
+    counts = [c for *_, c in m["confused_pairs"]]
+    assert counts == sorted(counts, reverse=True)
+    md = render_markdown({"classes": classes, "test": m})
+    assert f"| {classes[7]} | {classes[9]} | {count} | 100.0% |" in md
+    images = torch.randint(0, 255, (n, 1, 16, 16), dtype=torch.uint8, generator=gen)
+    pred = logits.argmax(1).tolist()
+    path = save_confused_pairs(
+        images, labels.tolist(), pred, m["confused_pairs"], classes, tmp_path / "p.png"
+    )
+    from PIL import Image
+
+    assert np.asarray(Image.open(path).convert("L")).std() > 10  # drawn, not blank

@@ -15,7 +15,12 @@ from imrec.core.batching import Batcher, predict_logits
 from imrec.core.preprocess import as_image, prepare_image
 from imrec.data import ClassificationData, ImageSet, load_dataset
 
-PLOTS = {"curves": "curves.png", "confusion": "confusion.png", "mistakes": "mistakes.png"}
+PLOTS = {
+    "curves": "curves.png",
+    "confusion": "confusion.png",
+    "confused_pairs": "confused_pairs.png",
+    "mistakes": "mistakes.png",
+}
 
 
 def _timed_logits(
@@ -59,9 +64,16 @@ def measure(
     if plots:
         import numpy as np
 
-        from imrec.classify.viz import save_confusion, save_mistakes
+        from imrec.classify.viz import save_confused_pairs, save_confusion, save_mistakes
 
-        save_confusion(np.array(metrics["confusion"]), classes, out_dir / PLOTS["confusion"])
+        if "confusion" in metrics:
+            save_confusion(np.array(metrics["confusion"]), classes, out_dir / PLOTS["confusion"])
+        else:  # too many classes for a matrix: the most frequent mistakes, as images
+            pred = logits.argmax(1).tolist()
+            save_confused_pairs(
+                split.images, split.labels.tolist(), pred, metrics["confused_pairs"], classes,
+                out_dir / PLOTS["confused_pairs"],
+            )  # fmt: skip
         worst = worst_mistakes(logits, split.labels, n=32)
         if worst:
             from imrec.explain import gradcam_images

@@ -38,7 +38,9 @@ def classification_metrics(
         ``top_k = min(5, K)``), ``macro_f1``, ``macro_precision``, ``macro_recall``,
         ``weighted_f1``, ``ece`` (of the max softmax probability), ``nll`` (mean cross-entropy,
         nats), ``per_class`` (``{name: {precision, recall, f1, support}}``) and ``confusion``
-        (``K x K`` counts, rows = true class, columns = predicted class). See the module
+        (``K x K`` counts, rows = true class, columns = predicted class; above
+        ``DENSE_CONFUSION`` classes ``confused_pairs`` instead, the ``TOP_PAIRS`` most frequent
+        ``[true, predicted, count]``). See the module
         docstring for how classes without predictions or without samples are counted.
 
     Raises:
@@ -74,8 +76,30 @@ def classification_metrics(
         "ece": _round(_ece(*_bin_stats(conf, correct, ece_bins), n)),
         "nll": _round(nll),
         "per_class": _per_class_report(classes, precision, recall, f1, support),
-        "confusion": confusion.tolist(),
+        **_confusion_entry(confusion),
     }
+
+
+DENSE_CONFUSION = 100  # up to this many classes the report keeps the whole matrix
+TOP_PAIRS = 200  # beyond it, the most frequent (true, predicted) mistakes
+
+
+def _confusion_entry(confusion: np.ndarray) -> dict:
+    """``{"confusion": K x K}`` for a readable number of classes, else ``{"confused_pairs":
+    [[true, predicted, count], ...]}``: the most frequent mistakes (a 3,755-class matrix would
+    be 14 M numbers no one reads).
+
+    Example:
+        >>> _confusion_entry(np.eye(101, dtype=int) + np.eye(101, k=1, dtype=int) * 3)["confused_pairs"][:2]
+        [[0, 1, 3], [1, 2, 3]]
+    """
+    if len(confusion) <= DENSE_CONFUSION:
+        return {"confusion": confusion.tolist()}
+    off = confusion.copy()
+    np.fill_diagonal(off, 0)
+    t, p = np.nonzero(off)
+    order = np.lexsort((p, t, -off[t, p]))[:TOP_PAIRS]
+    return {"confused_pairs": [[int(t[i]), int(p[i]), int(off[t[i], p[i]])] for i in order]}
 
 
 def reliability(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> dict:

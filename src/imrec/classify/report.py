@@ -162,22 +162,30 @@ def _class_order(item: tuple[str, dict]) -> tuple:
 def _confused_pairs(report: dict) -> str:
     split, metrics = parts.main_split(report)
     confusion = (metrics or {}).get("confusion")
-    if not confusion:
+    sparse = (metrics or {}).get("confused_pairs")
+    if not confusion and sparse is None:
         return ""
-    names = _class_names(report, metrics, len(confusion))
-    pairs = [
-        (count, t, p)
-        for t, row in enumerate(confusion)
-        for p, count in enumerate(row)
-        if t != p and count > 0
-    ]
+    if confusion:
+        names = _class_names(report, metrics, len(confusion))
+        pairs = [
+            (count, t, p)
+            for t, row in enumerate(confusion)
+            for p, count in enumerate(row)
+            if t != p and count > 0
+        ]
+        totals = [sum(row) for row in confusion]
+    else:
+        names = _class_names(report, metrics, len(report.get("classes") or []))
+        pairs = [(count, t, p) for t, p, count in sparse]
+        per_class = metrics.get("per_class") or {}
+        totals = [(per_class.get(n) or {}).get("support", 0) for n in names]
     pairs.sort(key=lambda c: (-c[0], c[1], c[2]))
     lines = [f"## Most confused pairs ({split})", ""]
     if not pairs:
         return "\n".join(lines + ["No mistakes."])
     lines += ["| true | predicted as | count | share of true class |", "|---|---|---:|---:|"]
     for count, t, p in pairs[:MAX_CONFUSED]:
-        share = count / max(sum(confusion[t]), 1)
+        share = count / max(totals[t], 1)
         lines.append(f"| {parts.cell(names[t])} | {parts.cell(names[p])} | {count} | {share:.1%} |")
     return "\n".join(lines)
 

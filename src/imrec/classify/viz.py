@@ -348,3 +348,54 @@ def _caption_tiles(ax, true, pred, prob, classes, ncol: int, tile: tuple, band: 
             va="center",
             fontsize=7,
         )
+
+
+# ---- confused pairs (many classes) ---------------------------------------------------------
+
+
+def save_confused_pairs(
+    images,
+    true: list[int],
+    pred: list[int],
+    pairs: list[list[int]],
+    classes: list[str],
+    path: str | os.PathLike,
+    *,
+    top: int = 12,
+) -> Path:
+    """For a model with too many classes for a confusion matrix: the ``top`` most frequent
+    mistakes ``[true, predicted, count]`` of ``pairs``, each as a real mistaken image beside an
+    image of the class it was taken for (when the split has one), titled with both names.
+
+    Example:
+        >>> x = np.zeros((3, 1, 16, 16), np.uint8); x[1, 0, 4:12, 6:10] = 255
+        >>> save_confused_pairs(x, [0, 1, 1], [0, 0, 1], [[1, 0, 1]], ["a", "b"], tmp / "p.png").name
+        'p.png'
+    """
+    arr = plots.to_numpy(images)  # (N, H, W) or (N, H, W, 3)
+    true, pred = np.asarray(true), np.asarray(pred)
+    rows = []
+    for t, p, count in pairs[:top]:
+        mistaken = np.flatnonzero((true == t) & (pred == p))
+        other = np.flatnonzero((true == p) & (pred == p))
+        if len(mistaken):
+            rows.append((t, p, count, mistaken[0], other[0] if len(other) else None))
+    if not rows:
+        return plots.message("no mistakes", path)
+    per_row = min(3, len(rows))
+    nrows = math.ceil(len(rows) / per_row)
+    with plots.style():
+        fig = plots.figure(3.2 * per_row, 1.9 * nrows)
+        axes = fig.subplots(nrows, 2 * per_row, squeeze=False).flat
+        for ax in axes:
+            ax.set_axis_off()
+        for i, (t, p, count, a, b) in enumerate(rows):
+            shown = [
+                (a, f"{plots.class_label(classes, t)} → {plots.class_label(classes, p)} ×{count}")
+            ]
+            shown += [(b, f"a {plots.class_label(classes, p)}")] if b is not None else []
+            for j, (k, title) in enumerate(shown):
+                plots.show(axes[2 * i + j], arr[k])
+                axes[2 * i + j].set_title(title, fontsize=9)
+        fig.suptitle("most frequent mistakes: a mistaken image, and the class it was taken for")
+        return plots.save(fig, path)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -144,7 +145,7 @@ def fetch_package() -> Path:
     if not license_path.is_file():
         with tarfile.open(path, "r:gz") as tar:
             text = tar.extractfile(f"package/{LICENSE_FILE}").read()  # type: ignore[union-attr]
-        tmp = license_path.with_suffix(".part")
+        tmp = license_path.with_name(f".{LICENSE_FILE}.{os.getpid()}.part")  # ranks, workers
         tmp.write_bytes(text)
         tmp.replace(license_path)
     return path

@@ -151,13 +151,22 @@ def render_strokes(
         >>> out.shape, out.dtype.name, bool((out[0] != out[1]).any())
         ((2, 64, 64), 'uint8', True)
     """
+    canvas = 2 * size  # drawn large, brought into the form (which antialiases it)
+
+    def draw(k: int, rng: np.random.Generator) -> np.ndarray:
+        return draw_segments(character_segments(characters[k], rng, style), canvas)
+
+    return _in_form(draw, seed, index, size, keys)
+
+
+def _in_form(draw, seed: int, index, size: int, keys) -> np.ndarray:
+    """``draw(k, rng)`` for each class ``k`` of ``index``, with the random generator of
+    ``(seed, keys[j])``, each drawing brought into the normal form: ``(N, size, size)``."""
     form = InkForm.for_size(size)
     out = np.zeros((len(index), size, size), np.uint8)
-    canvas = 2 * size  # drawn large, brought into the form (which antialiases it)
     keys = range(len(index)) if keys is None else keys
     for j, (k, key) in enumerate(zip(index, keys, strict=True)):
-        segs = character_segments(characters[k], np.random.default_rng([seed, int(key)]), style)
-        out[j] = to_ink_form(draw_segments(segs, canvas), form)
+        out[j] = to_ink_form(draw(k, np.random.default_rng([seed, int(key)])), form)
     return out
 
 
@@ -261,11 +270,9 @@ def render_fonts(
     keys: np.ndarray | list[int] | None = None,
 ) -> np.ndarray:
     """Like :func:`render_strokes`, drawn from fonts: a random font that has the character."""
-    form = InkForm.for_size(size)
-    out = np.zeros((len(index), size, size), np.uint8)
-    keys = range(len(index)) if keys is None else keys
-    for j, (k, key) in enumerate(zip(index, keys, strict=True)):
-        rng = np.random.default_rng([seed, int(key)])
+
+    def draw(k: int, rng: np.random.Generator) -> np.ndarray:
         font = fonts.fonts[fonts.has[k][int(rng.integers(len(fonts.has[k])))]]
-        out[j] = to_ink_form(draw_glyph(font, chars[k], rng, style, 128), form)
-    return out
+        return draw_glyph(font, chars[k], rng, style, 128)
+
+    return _in_form(draw, seed, index, size, keys)

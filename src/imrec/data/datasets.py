@@ -239,7 +239,10 @@ def load_dataset(
             data = entry.load(val_fraction=val_fraction, seed=seed)
         data = _adapt(data, size, channels)
         data.domain = domain or data.domain
-    data.ink = ink_meta(data.train.images) if data.domain == "handwriting" else None
+    if data.domain != "handwriting":
+        data.ink = None
+    elif data.ink is None:  # not said by a loader that prepared the normal form itself
+        data.ink = ink_meta(data.train.images)
     return data
 
 

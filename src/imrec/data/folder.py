@@ -364,6 +364,7 @@ def load_folder(
         skipped=skipped,
         checksum=_checksum(root, good),
         domain_evidence=evidence,
+        ink=form.meta() if form else None,
     )
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imrec.core.preprocess import InkForm
 from imrec.data.render import GlyphFonts, folder_fonts, render_fonts, render_strokes, system_fonts
 from imrec.data.sources import DatasetError, SourceFile, cached_arrays, fetch_file
 from imrec.data.types import ClassificationData, ImageSet
@@ -343,6 +344,7 @@ def load_hanzi(name: str, *, val_fraction: float = 0.1, seed: int = 0) -> Classi
             f"seed ({spec.seed} + {SPLIT_SEEDS['val']} / {SPLIT_SEEDS['test']}); licence: {LICENSE}"
         ),
         checksum=PACKAGE.sha256 or "",
+        ink=InkForm.for_size(spec.size).meta(),  # every render went through to_ink_form
         license={
             "name": LICENSE,
             "file": LICENSE_FILE,

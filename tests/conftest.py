@@ -41,6 +41,24 @@ def digits_run(tmp_path_factory) -> Path:
     return out
 
 
+HANZI_TEN = "永中国人大小山水火木"
+HANZI_RUN_DATA = f"hanzi:chars={HANZI_TEN},train=60,val=4,test=8,size=32"
+
+
+@pytest.fixture(scope="session")
+def hanzi_run(tmp_path_factory) -> Path:
+    """A 10-character ``hanzi`` model at 32 px (about 20 s on 2 cores), shared by the session:
+    tests must only read it."""
+    import imrec
+
+    if not (MIRROR / "hanzi-writer-data").is_dir():
+        pytest.skip(f"no hanzi-writer-data in the mirror at {MIRROR} (set IMREC_DATA_MIRROR)")
+    os.environ["IMREC_DATA_MIRROR"] = str(MIRROR)
+    out = tmp_path_factory.mktemp("runs") / "hanzi"
+    imrec.fit(HANZI_RUN_DATA, out=out, train={"epochs": 10, "batch_size": 32}, progress=False)
+    return out
+
+
 def bar_folder(root: Path, per_class: int = 24) -> Path:
     """A ``folder:`` dataset of three classes of 16x16 grey PNGs told apart by a bright bar's
     position (left, middle, right) on dim noise: learnable in a few epochs."""

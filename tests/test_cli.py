@@ -301,6 +301,11 @@ TESTED_ELSEWHERE = {
     "--resume": "test_resume_of_a_finished_run_changes_nothing here, tests/test_resume.py",
     "--channels-last": "test_layout_and_evaluation_batch_flags_reach_the_trainer",
     "--eval-batch-size": "test_layout_and_evaluation_batch_flags_reach_the_trainer",
+    # Fine-tuning and outlier options, through the same config fields (imrec.fit(train=...)):
+    "--keep-classes": "tests/test_hanzi.py::test_fine_tuning_keeps_every_class_and_rehearses_them",
+    "--rehearse": "tests/test_hanzi.py::test_fine_tuning_keeps_every_class_and_rehearses_them",
+    "--outliers": "tests/test_confidence.py::test_outlier_exposure_teaches_the_model_to_be_unsure",
+    "--outlier-weight": "tests/test_confidence.py::test_outlier_exposure_teaches_the_model_to_be_unsure",
 }
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 

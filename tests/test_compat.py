@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import imrec
-from imrec.config import RunConfig
+from imrec.config import RunConfig, TrainConfig
 from imrec.core.batching import Batcher, predict_logits
 from imrec.data import load_dataset
 
@@ -59,7 +59,10 @@ def test_old_config_loads_and_the_run_evaluates(tmp_path, expected):
     assert run.model.name == "mlp" and run.model.options == {"hidden": 16}
     # The flat "train" object of old runs lands field by field in optim, loop and hardware.
     old = json.loads((OLD / "config.json").read_text())["train"]
-    assert dataclasses.asdict(run.train) == old
+    flat = dataclasses.asdict(run.train)
+    assert {k: flat[k] for k in old} == old
+    new = {k: v for k, v in flat.items() if k not in old}  # options added since: defaults
+    assert new == {k: getattr(TrainConfig(), k) for k in new}
     assert (run.loop.epochs, run.optim.optimizer, run.hardware.device) == (2, "adamw", "auto")
     assert RunConfig.from_dict(json.loads(run.to_json())) == run  # and saves in the new layout
     assert "train" not in json.loads(run.to_json())

@@ -306,7 +306,8 @@ def test_explain_reads_an_export_bundle(digits_run, digit_files, tmp_path):
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     inp = {**meta["input"], "domain": meta["domain"], "ink": meta["ink"]}
-    manifest = {"task": "classify", "model": meta["model"], "labels": meta["classes"], "input": inp}
+    manifest = {"task": "classify", "model": meta["model"], "labels": meta["classes"], "input": inp,
+                "postprocessing": {"confidence": meta["confidence"]}}  # fmt: skip
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     shutil.copy(digits_run / "best.safetensors", bundle / "weights.safetensors")
     from_run = explain(digits_run, paths)

@@ -11,14 +11,15 @@ import pytest
 import torch
 
 import imrec
-from imrec.core.errors import DatasetError
-from imrec.core.preprocess import InkForm, in_ink_form
+from imrec.core.errors import DatasetError, TrainError
+from imrec.core.preprocess import InkForm, in_ink_form, to_ink_form
 from imrec.data import load_dataset
 from imrec.data.hanzi import HanziSpec, RenderedImages, gb2312, load_strokes
-from imrec.data.render import PenStyle, render_strokes
+from imrec.data.render import PenStyle, character_segments, draw_segments, render_strokes
 from imrec.deploy.export import export_bundle
+from tests.conftest import HANZI_RUN_DATA, HANZI_TEN
 
-TEN = "永中国人大小山水火木"
+TEN = HANZI_TEN
 
 
 def test_names_and_options():
@@ -68,6 +69,23 @@ def test_renders_are_deterministic_varied_and_in_the_normal_form(mirror):
     assert np.array_equal(b[0], b[1])
 
 
+def test_the_renderers_fast_normal_form_matches_the_general_one(mirror):
+    """Renders skip the lighting and threshold search of to_ink_form (they are clean): the
+    result must be what to_ink_form makes of the same drawing, up to antialiasing."""
+    from imrec.core.preprocess import drawing_to_ink_form
+
+    strokes, form = load_strokes(TEN), InkForm.for_size(48)
+    diffs = []
+    for k in range(len(TEN)):
+        rng = np.random.default_rng(k)
+        drawing = draw_segments(character_segments(strokes[k], rng, PenStyle()), 96)
+        fast, general = drawing_to_ink_form(drawing, form), to_ink_form(drawing, form)
+        assert in_ink_form(fast, form)
+        diffs.append(np.abs(fast.astype(int) - general.astype(int)).mean())
+    assert np.mean(diffs) < 4, diffs  # grey levels out of 255 (measured about 1.1)
+    assert not drawing_to_ink_form(np.zeros((96, 96), np.uint8), form).any()  # blank stays blank
+
+
 def test_training_renders_are_drawn_afresh_every_epoch(mirror):
     data = load_dataset(f"hanzi:chars={TEN[:3]},train=4,val=1,test=1,size=32")
     images = data.train.images
@@ -97,14 +115,13 @@ def test_a_corrupted_stroke_package_is_refused_and_not_cached(tmp_path, monkeypa
     assert not cached.exists() or not any(cached.glob("*.tgz"))
 
 
-def test_a_small_vocabulary_trains_and_predicts_characters(mirror, tmp_path):
-    name = f"hanzi:chars={TEN},train=60,val=4,test=8,size=32"
+def test_a_small_vocabulary_trains_and_predicts_characters(hanzi_run, tmp_path):
+    name, out = HANZI_RUN_DATA, hanzi_run
     data = load_dataset(name)
     assert data.classes == list(TEN) and data.domain == "handwriting"
     assert (len(data.train), len(data.val), len(data.test)) == (600, 40, 80)
     assert data.ink["form"] == 2 and "Arphic Public License" in data.split_note
-    out = tmp_path / "run"
-    report = imrec.fit(name, out=out, train={"epochs": 10, "batch_size": 32}, progress=False)
+    report = json.loads((out / "report.json").read_text())
     assert report["test"]["accuracy"] > 0.8  # 10 classes, renders never seen in training
     # The licence text travels with the data and the model, and predictions are characters.
     assert (imrec.data.fetch_dataset("hanzi") / "ARPHICPL.TXT").is_file()
@@ -112,12 +129,18 @@ def test_a_small_vocabulary_trains_and_predicts_characters(mirror, tmp_path):
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["data_license"]["file"] == "ARPHICPL.TXT"
     assert "ARPHIC PUBLIC LICENSE" in (bundle / "ARPHICPL.TXT").read_text().upper()
-    picture = tmp_path / "yong.png"
     from PIL import Image
 
-    Image.fromarray(255 - data.test.images[0, 0].numpy()).save(picture)  # dark ink on white
-    top = imrec.Predictor(out).predict([picture], top_k=3)[0]["top"]
-    assert top[0]["label"] == TEN[int(data.test.labels[0])]
+    pictures = []
+    for j in range(20):  # dark ink on white, as a person's scan would be
+        pictures.append(tmp_path / f"test-{j}.png")
+        Image.fromarray(255 - data.test.images[j, 0].numpy()).save(pictures[-1])
+    predictor = imrec.Predictor(out)
+    answers = [r["top"][0]["label"] for r in predictor.predict(pictures, top_k=3)]
+    in_memory = predictor.logits(data.test.images[:20]).argmax(1).tolist()
+    assert answers == [TEN[i] for i in in_memory]  # files go the way of the evaluated tensors
+    truth = [TEN[int(i)] for i in data.test.labels[:20]]
+    assert np.mean([a == t for a, t in zip(answers, truth, strict=True)]) >= 0.75
     assert json.loads((out / "config.json").read_text())["data"]["name"] == name
     # Another dataset with fewer of the model's classes, every image scored in its full space.
     other = tmp_path / "three"
@@ -125,7 +148,7 @@ def test_a_small_vocabulary_trains_and_predicts_characters(mirror, tmp_path):
         (other / TEN[k]).mkdir(parents=True)
         for j in np.flatnonzero(data.test.labels.numpy() == k):
             Image.fromarray(255 - data.test.images[j, 0].numpy()).save(other / TEN[k] / f"{j}.png")
-    scored = imrec.evaluate(out, f"folder:{other}", split="all")
+    scored = imrec.evaluate(_copy(out, tmp_path), f"folder:{other}", split="all")
     assert scored["test"]["n"] == 3 * 8 and scored["split_scored"] == "all"
     assert scored["test"]["accuracy"] > 0.6 and len(scored["classes"]) == 10
     with pytest.raises(ValueError, match="another dataset"):
@@ -167,3 +190,63 @@ def test_font_renders_and_their_errors(mirror, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="no CJK font found.*fonts-arphic-ukai"):
         load_dataset(f"hanzi:chars=永,renderers=fonts,fonts={tmp_path / 'empty'}")
+
+
+def _copy(run, tmp_path):
+    """A copy of the shared run (evaluations write into the run folder)."""
+    import shutil
+
+    return shutil.copytree(run, tmp_path / "run-copy", dirs_exist_ok=True)
+
+
+def test_renderers_auto_use_fonts_when_they_have_every_character(mirror, tmp_path):
+    _fonts_or_skip()
+    assert (
+        "by strokes+fonts" in load_dataset(f"hanzi:chars={TEN[:2]},train=1,val=1,test=1").split_note
+    )
+    (tmp_path / "empty").mkdir()
+    with pytest.warns(UserWarning, match="renderers=auto: strokes only.*no CJK font found"):
+        data = load_dataset(
+            f"hanzi:chars={TEN[:2]},train=1,val=1,test=1,fonts={tmp_path / 'empty'}"
+        )
+    assert "by strokes " in data.split_note
+
+
+def test_fine_tuning_keeps_every_class_and_rehearses_them(hanzi_run, tmp_path):
+    """A user's own writing of 3 of the model's 10 characters: the run keeps all 10 classes
+    and the head, its labels are the model's, and renders of all 10 are mixed in."""
+    from PIL import Image
+
+    own = tmp_path / "own"
+    data = load_dataset(f"hanzi:chars={TEN[2::-1]},train=1,val=1,test=12,size=32,seed=7")
+    for j, (img, label) in enumerate(zip(data.test.images, data.test.labels, strict=True)):
+        (own / data.classes[int(label)]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(255 - img[0].numpy()).save(own / data.classes[int(label)] / f"{j}.png")
+    out = tmp_path / "tuned"
+    report = imrec.fit(
+        f"folder:{own}",
+        out=out,
+        train={"init": str(hanzi_run), "keep_classes": True, "rehearse": 3, "epochs": 2,
+               "lr": 1e-3, "batch_size": 32},
+        progress=False,
+    )  # fmt: skip
+    assert report["classes"] == list(TEN)
+    assert "head kept" in report["init"] and "Rehearsal: 30 images" in report["split"]
+    tuned = imrec.Predictor(out)
+    assert tuned.classes == list(TEN)
+    # Its own classes map to the model's indices: 国 (class 2 of the model, 0 of the folder).
+    picture = next((own / "国").iterdir())
+    assert tuned.predict([picture], top_k=10)[0]["top"][0]["label"] in TEN
+    scored = imrec.evaluate(out, data.name)  # renders of the 3, scored in the 10-way space
+    assert scored["test"]["accuracy"] > 0.6
+    with pytest.raises(TrainError, match="need --init"):
+        imrec.fit(f"folder:{own}", out=tmp_path / "x", train={"keep_classes": True}, progress=False)
+    other = tmp_path / "other"
+    (other / "龙").mkdir(parents=True)
+    (other / "永").mkdir()
+    for d in ("龙", "永"):
+        for j in range(4):
+            Image.fromarray(255 - data.test.images[j, 0].numpy()).save(other / d / f"{j}.png")
+    with pytest.raises(TrainError, match=r"1 class\(es\) of .* are not among the 10.*龙"):
+        imrec.fit(f"folder:{other}", out=tmp_path / "y",
+                  train={"init": str(hanzi_run), "keep_classes": True}, progress=False)  # fmt: skip

@@ -11,7 +11,7 @@ Usage (training MNIST takes about a minute on 2 CPU cores, digits-detect about 8
     imrec.load("runs/mnist/bundle").predict("digit.jpg")  # after `imrec export runs/mnist`
 """
 
-from imrec.api import evaluate, fit, load_predictor, resume, train_config  # noqa: E402
+from imrec.api import calibrate, evaluate, fit, load_predictor, resume, train_config  # noqa: E402
 from imrec.classify.predict import Predictor
 from imrec.config import (  # noqa: E402
     DataConfig,
@@ -55,6 +55,7 @@ __all__ = [
     "build_config",
     "create_detector",
     "create_model",
+    "calibrate",
     "evaluate",
     "fit",
     "list_datasets",

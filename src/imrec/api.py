@@ -66,7 +66,7 @@ def fit(
         placement=train.get("data_placement", "auto"),
         val_fraction=data.get("val_fraction", 0.1),
         seed=train.get("seed", 0),
-        size=data.get("size"),
+        size=data.get("size") or _kept_size(train),
         channels=data.get("channels"),
         domain=data.get("domain"),
     )
@@ -103,6 +103,19 @@ def check_train_fields(pkg: ModuleType, train: dict) -> None:
     if unused:
         flags = ", ".join("--" + k.replace("_", "-") for k in unused)
         raise TrainError(f"{flags}: not used when training a {pkg.TASK} model; leave it out")
+
+
+def _kept_size(train: dict) -> int | None:
+    """With ``keep_classes``, the image side of the checkpoint fine-tuned from: the new data
+    is loaded at it, so that the checkpoint's own images mix in (``rehearse``)."""
+    if not train.get("keep_classes"):
+        return None
+    if not train.get("init"):
+        raise TrainError("--keep-classes and --rehearse need --init CHECKPOINT")
+    try:
+        return int(read_checkpoint_meta(train["init"])["input"]["size"][0])
+    except CheckpointError as e:
+        raise TrainError(f"--init: {e}") from e
 
 
 def _model_of(checkpoint: str | Path) -> dict:
@@ -161,6 +174,27 @@ def evaluate(
     if split != "test":
         return pkg.evaluate_run(run_dir, data, batch_size=batch_size, device=device, split=split)
     return pkg.evaluate_run(run_dir, data, batch_size=batch_size, device=device)
+
+
+def calibrate(
+    run_dir: str | Path,
+    data: str | None = None,
+    *,
+    accept_rate: float = 0.99,
+    split: str | None = None,
+    device: str = "cpu",
+) -> dict:
+    """Refit a classifier run's temperature and "unknown" threshold: on its validation split
+    for another ``accept_rate`` (the share of in-distribution images accepted, in (0, 1]), or
+    on another dataset whose classes the model knows (``folder:PATH`` of your own real images).
+    Returns the new ``confidence`` section (also in ``run_dir/calibration.json``)."""
+    from imrec.classify.confidence import check_accept_rate
+    from imrec.classify.evaluate import calibrate_run
+
+    if read_checkpoint_meta(run_dir).get("task", "classify") != "classify":
+        raise ValueError("calibrate: classifiers only (detectors keep their score threshold)")
+    check_accept_rate(accept_rate)
+    return calibrate_run(run_dir, data, accept_rate=accept_rate, split=split, device=device)
 
 
 def load_predictor(source: str | Path, device: str = "cpu", **detect_options):

@@ -171,6 +171,20 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    import imrec
+
+    c = imrec.calibrate(args.run_dir, args.data, accept_rate=args.accept_rate, split=args.split)
+    print(
+        f"temperature {c['temperature']}, {c['score']} threshold {c['threshold']:.6g} "
+        f"(accepts {c['accept_rate']:.1%} of {c['fitted_on']}); "
+        f"NLL {c['val']['nll_before']} -> {c['val']['nll_after']}, "
+        f"ECE {c['val']['ece_before']} -> {c['val']['ece_after']}"
+    )
+    print(f"written to {Path(args.run_dir) / 'best.safetensors'}; export again for bundles")
+    return 0
+
+
 def cmd_predict(args) -> int:
     from imrec.classify.predict import Predictor
     from imrec.core.checkpoint import read_checkpoint_meta
@@ -184,8 +198,23 @@ def cmd_predict(args) -> int:
         return _predict_bundle(args, paths)
     if read_checkpoint_meta(args.model).get("task") == "detect":
         return _predict_boxes(args, paths)
-    results = Predictor(args.model, device=args.device).predict(paths, top_k=args.top_k)
+    results = Predictor(args.model, device=args.device).predict(
+        paths, top_k=args.top_k, **_reject_options(args)
+    )
     return _print_results(results, args.json)
+
+
+def _reject_options(args) -> dict:
+    """``--accept-rate`` and ``--no-reject`` as predict options (classifiers)."""
+    from imrec.classify.confidence import check_accept_rate
+
+    options: dict = {}
+    if args.accept_rate is not None:
+        check_accept_rate(args.accept_rate)
+        options["accept_rate"] = args.accept_rate
+    if args.no_reject:
+        options["reject"] = False
+    return options
 
 
 def _predict_bundle(args, paths: list[Path]) -> int:
@@ -196,7 +225,9 @@ def _predict_bundle(args, paths: list[Path]) -> int:
         raise ValueError("--draw needs a run folder; a bundle prints or --json its boxes")
     model = imrec.load(args.model, backend=args.backend, device=args.device,
                        score_thresh=args.conf, nms_iou=args.iou, max_det=args.max_det)  # fmt: skip
-    return _print_results(model.predict(paths, top_k=args.top_k), args.json)
+    return _print_results(
+        model.predict(paths, top_k=args.top_k, **_reject_options(args)), args.json
+    )
 
 
 def _print_results(results: list[dict], as_json: bool) -> int:
@@ -210,7 +241,8 @@ def _print_results(results: list[dict], as_json: bool) -> int:
             print(f"{r['input']}: ERROR {r['error']}")
         elif "top" in r:
             tops = "  ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"])
-            print(f"{r['input']}: {tops}")
+            verdict = "blank  " if r.get("blank") else "unknown  " if r.get("unknown") else ""
+            print(f"{r['input']}: {verdict}{tops}")
         else:
             found = ", ".join(
                 f"{b['label']} {b['score']:.2f} [{', '.join(f'{v:.0f}' for v in b['box'])}]"
@@ -435,6 +467,19 @@ def _train_command(sub) -> None:
 
 def _eval_predict_commands(sub) -> None:
     """``imrec eval`` and ``imrec predict``."""
+    c = sub.add_parser(
+        "calibrate",
+        help="refit a classifier's temperature and unknown threshold (its validation split, "
+        "or your own images)",
+    )
+    c.add_argument("run_dir")
+    c.add_argument("--data", help="another dataset whose classes the model knows, e.g. folder:PATH")
+    c.add_argument("--accept-rate", type=float, default=0.99, metavar="R",
+                   help="share of in-distribution images to accept, in (0, 1] (default 0.99)")  # fmt: skip
+    c.add_argument("--split", choices=["test", "all"],
+                   help="with --data: its test split or all its images (default all)")  # fmt: skip
+    c.set_defaults(func=cmd_calibrate)
+
     e = sub.add_parser("eval", help="evaluate a run's best checkpoint on the test split")
     e.add_argument("run_dir")
     e.add_argument(
@@ -456,6 +501,12 @@ def _eval_predict_commands(sub) -> None:
     pr.add_argument("images", nargs="+")
     pr.add_argument("--top-k", type=int, default=5)
     pr.add_argument("--json", action="store_true")
+    pr.add_argument("--accept-rate", type=float, metavar="R",
+                    help="classifiers: accept this share of in-distribution images, in (0, 1]; "
+                    "below the score threshold it sets an image is unknown (default: the "
+                    "model's stored threshold, 0.99)")  # fmt: skip
+    pr.add_argument("--no-reject", action="store_true",
+                    help="classifiers: never answer unknown (blank images are still marked)")  # fmt: skip
     pr.add_argument("--device", default="cpu")
     pr.add_argument("--conf", type=float, default=0.25, help="detectors: lowest box score kept")
     pr.add_argument("--iou", type=float, default=0.5, help="detectors: NMS IoU threshold")

@@ -265,8 +265,9 @@ def explain_image(model: nn.Module, meta: dict, image, target: int | str | None 
     inp = meta["input"]
     u8 = prepare(meta, image)  # (C, H, W)
     x = Batcher.from_stats(inp["mean"], inp["std"], device)(u8[None].to(device))  # (1, C, H, W)
-    with torch.no_grad():
-        probs = model(x).float().softmax(1)[0]  # (K,)
+    conf = meta.get("confidence") or (meta.get("postprocessing") or {}).get("confidence") or {}
+    with torch.no_grad():  # calibrated like every prediction (softmax(logits / T))
+        probs = (model(x).float() / conf.get("temperature", 1.0)).softmax(1)[0]  # (K,)
     pred = int(probs.argmax())
     t = class_index(target, classes)
     t = pred if t is None else t

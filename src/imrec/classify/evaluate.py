@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from imrec.classify.metrics import classification_metrics, worst_mistakes
+from imrec.classify.confidence import DEFAULT_ACCEPT, decide, fit_confidence
+from imrec.classify.metrics import classification_metrics, reliability, worst_mistakes
 from imrec.classify.report import write_report
 from imrec.config import RunConfig
 from imrec.core.batching import Batcher, predict_logits
@@ -20,6 +21,7 @@ PLOTS = {
     "confusion": "confusion.png",
     "confused_pairs": "confused_pairs.png",
     "mistakes": "mistakes.png",
+    "reliability": "reliability.png",
 }
 
 
@@ -53,13 +55,16 @@ def measure(
     *,
     batch_size: int = 1024,
     plots: bool = True,
+    logits_out: list | None = None,
 ) -> tuple[dict, dict]:
     """Metrics and timing of ``model`` on ``split``; writes confusion.png and mistakes.png.
 
     The mistakes gallery shows the (at most 32) worst mistakes with their Grad-CAM overlays
-    when the model has a ``cam_layer``.
+    when the model has a ``cam_layer``. ``logits_out``, a list, receives the logits.
     """
     logits, timing = _timed_logits(model, split.images, batcher, batch_size)
+    if logits_out is not None:
+        logits_out.append(logits)
     metrics = classification_metrics(logits, split.labels, classes)
     if plots:
         import numpy as np
@@ -105,12 +110,20 @@ def finish_run(trainer) -> dict:
     model = trainer.eval_model()
     model.load_state_dict(weights)
     bs = run.loop.eval_batch_size
+    val_logits: list = []
     val_metrics, _ = measure(
-        model, data.val, data.classes, trainer.batcher, run_dir, batch_size=bs, plots=False
-    )
+        model, data.val, data.classes, trainer.batcher, run_dir, batch_size=bs, plots=False,
+        logits_out=val_logits,
+    )  # fmt: skip
+    test_logits: list = []
     test_metrics, timing = measure(
-        model, data.test, data.classes, trainer.batcher, run_dir, batch_size=bs
-    )
+        model, data.test, data.classes, trainer.batcher, run_dir, batch_size=bs,
+        logits_out=test_logits,
+    )  # fmt: skip
+    confidence = calibrate_checkpoint(
+        run_dir / "best", weights, meta, (val_logits[0], data.val), (test_logits[0], data.test),
+        f"the validation split of {data.name} ({len(data.val)} images)",
+    )  # fmt: skip
     save_curves(trainer.history, run_dir / PLOTS["curves"])
     report = {
         "imrec_version": __version__,
@@ -137,11 +150,58 @@ def finish_run(trainer) -> dict:
         "skipped": data.skipped,
         "val": val_metrics,
         "test": test_metrics,
+        "confidence": confidence,
         "timing": timing,
         "files": dict(PLOTS),
     }
     write_report(run_dir, report)
     return report
+
+
+def calibrate_checkpoint(
+    stem: Path,
+    weights: dict,
+    meta: dict,
+    fit: tuple[torch.Tensor, ImageSet],
+    check: tuple[torch.Tensor, ImageSet],
+    fitted_on: str,
+    accept_rate: float = DEFAULT_ACCEPT,
+) -> dict:
+    """Fit the temperature and rejection threshold on ``fit`` (logits, split), store them in
+    the checkpoint ``stem`` (its ``confidence`` metadata) and measure them on ``check``: the
+    report's ``confidence`` section (NLL and ECE before and after, acceptance on both splits,
+    accuracy of the accepted), with the reliability diagram beside the checkpoint."""
+    from imrec.classify.viz import save_reliability
+    from imrec.core.checkpoint import save_checkpoint
+
+    (fit_logits, fit_set), (check_logits, check_set) = fit, check
+    conf = fit_confidence(fit_logits, fit_set.labels, accept_rate=accept_rate, fitted_on=fitted_on)
+    save_checkpoint(stem, weights, {**meta, "confidence": conf.meta()})
+    section = {k: v for k, v in conf.meta().items() if k != "quantiles"}
+    for name, logits, split in (("val", fit_logits, fit_set), ("test", check_logits, check_set)):
+        before = reliability(logits, split.labels)
+        after = reliability(logits / conf.temperature, split.labels)
+        _, decided = decide(logits, split.images, conf)
+        accepted = torch.tensor([not d["unknown"] for d in decided])
+        right = logits.argmax(1) == split.labels
+        section[name] = {
+            "nll_before": _nll(logits, split.labels),
+            "nll_after": _nll(logits / conf.temperature, split.labels),
+            "ece_before": before["ece"],
+            "ece_after": after["ece"],
+            "accepted": round(float(accepted.float().mean()), 6),
+            "accuracy_of_accepted": round(float(right[accepted].float().mean()), 6)
+            if accepted.any()
+            else None,
+            "blank": sum(d["blank"] for d in decided),
+        }
+        if name == "test":
+            save_reliability(before, after, stem.parent / PLOTS["reliability"])
+    return section
+
+
+def _nll(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return round(float(torch.nn.functional.cross_entropy(logits.float(), labels)), 6)
 
 
 def _align_classes(data: ClassificationData, chosen: ImageSet, classes: list[str]) -> ImageSet:
@@ -214,6 +274,48 @@ def evaluate_run(
     write_report(out_dir, report)
     report["report_dir"] = str(out_dir)  # the run folder, or its eval-<name>/ for other data
     return report
+
+
+def calibrate_run(
+    run_dir: str | Path,
+    data: str | None = None,
+    *,
+    accept_rate: float = DEFAULT_ACCEPT,
+    split: str | None = None,
+    batch_size: int = 1024,
+    device: str = "cpu",
+) -> dict:
+    """Fit a run's temperature and rejection threshold again: on its own validation split
+    (another ``accept_rate``), or on another dataset's images (``data``, e.g. a folder of
+    the user's own real images: all of them unless ``split="test"``), since a threshold set on
+    one source does not always carry to another. The best checkpoint's ``confidence`` is
+    replaced (export again to carry it into a bundle); returns the new ``confidence`` section,
+    also written to ``run_dir/calibration.json``.
+    """
+    from imrec.core.checkpoint import atomic_write_text, load_checkpoint
+    from imrec.models.load import load_model
+
+    run_dir = Path(run_dir)
+    model, meta = load_model(run_dir, device)
+    name = data or meta["dataset"]
+    dataset = _load_for_model(name, meta, _run_config(run_dir))
+    if name == meta["dataset"]:
+        chosen = dataset.val
+    else:
+        chosen = _chosen_split(dataset, split or "all")
+        if (meta.get("ink") or {}).get("form"):
+            chosen = _in_model_form(dataset, chosen, meta)
+        chosen = _align_classes(dataset, chosen, meta["classes"])
+    batcher = Batcher.from_stats(meta["input"]["mean"], meta["input"]["std"], device)
+    logits = predict_logits(model, chosen.images, batcher, batch_size)
+    weights, stored = load_checkpoint(run_dir / "best.safetensors")
+    where = "validation split" if name == meta["dataset"] else f"{split or 'all'} images"
+    section = calibrate_checkpoint(
+        run_dir / "best", weights, stored, (logits, chosen), (logits, chosen),
+        f"the {where} of {name} ({len(chosen)} images)", accept_rate,
+    )  # fmt: skip
+    atomic_write_text(run_dir / "calibration.json", json.dumps(section, indent=2))
+    return section
 
 
 def _run_config(run_dir: Path) -> dict:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from imrec.classify.confidence import decide
 from imrec.config import RunConfig
 from imrec.core.errors import ExportError, UnusableImage
 from imrec.core.probe import CALIBRATION_IMAGES, MIN_AGREEMENT, Probe, batches, torch_outputs
@@ -40,8 +41,20 @@ def input_spec(meta: dict) -> dict:
 
 
 def postprocessing(meta: dict) -> dict | None:
-    """Classifiers output logits: no decoding step to describe."""
-    return None
+    """Classifiers output logits; a calibrated one also its temperature and rejection rule."""
+    conf = meta.get("confidence")
+    if not conf:
+        return None
+    return {
+        "description": (
+            f"Probabilities are softmax(logits / {conf['temperature']}). An image is unknown "
+            f"when its {conf['score']} score (imrec.classify.confidence.scores) is below "
+            f"{conf['threshold']:.6g} (accepts {conf['accept_rate']:.1%} of the validation "
+            "images; the quantile table sets other rates) or when it is blank (grey levels "
+            "spanning under 16)."
+        ),
+        "confidence": conf,
+    }
 
 
 def quality(runner, meta: dict, probe: Probe) -> tuple[str, float]:
@@ -95,24 +108,35 @@ def load_probe(meta: dict, cfg: dict, limit: int | None) -> Probe:
 
 
 def parity(module: nn.Module, runner, images: torch.Tensor, meta: dict) -> dict:
-    """Top-1 agreement and the largest difference of any class probability."""
+    """Top-1 agreement, the largest difference of any (calibrated) class probability and, for
+    a calibrated model, agreement on the unknown decisions and the largest score difference."""
+    from imrec.classify.confidence import Confidence
+
+    conf = Confidence.from_meta(meta.get("confidence"))
     ours, theirs = [], []
     for x in batches(images):
-        ours.append(_softmax(torch_outputs(module, x)[0]))
-        theirs.append(_softmax(runner(x)[0]))
-    p, q = np.concatenate(ours), np.concatenate(theirs)  # (N, K) probabilities
-    agreement = float((p.argmax(1) == q.argmax(1)).mean())
-    return {
+        ours.append(torch.from_numpy(torch_outputs(module, x)[0]).float())
+        theirs.append(torch.from_numpy(runner(x)[0]).float())
+    a, b = torch.cat(ours), torch.cat(theirs)  # (N, K) logits
+    p, da = decide(a, images, conf)  # images: the probe's uint8 (N, C, H, W)
+    q, db = decide(b, images, conf)
+    agreement = float((p.argmax(1) == q.argmax(1)).float().mean())
+    out = {
         "n": len(p),
         "top1_agreement": round(agreement, 6),
-        "max_abs_prob_diff": float(np.abs(p - q).max()),
+        "max_abs_prob_diff": float((p - q).abs().max()),
         "required": MIN_AGREEMENT,
-        "passed": agreement >= MIN_AGREEMENT,
     }
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    return torch.from_numpy(logits).float().softmax(1).numpy()
+    passed = agreement >= MIN_AGREEMENT
+    if conf is not None:
+        same = np.mean([x["unknown"] == y["unknown"] for x, y in zip(da, db, strict=True)])
+        out["unknown_agreement"] = round(float(same), 6)
+        out["max_abs_score_diff"] = max(
+            abs(x["score"] - y["score"]) for x, y in zip(da, db, strict=True)
+        )
+        passed = passed and same >= MIN_AGREEMENT
+    out["passed"] = bool(passed)
+    return out
 
 
 def preprocessing(meta: dict) -> dict:
@@ -170,41 +194,57 @@ def ready(model, image) -> torch.Tensor:
     return prepare(model, image)
 
 
-def results(model, ready: list, top_k: int) -> list[dict]:
+def results(model, ready: list, top_k: int, **reject_options) -> list[dict]:
     """Top-k labels for the prepared images of a list."""
-    return top(model, torch.stack(ready), top_k)
+    return top(model, torch.stack(ready), top_k, **reject_options)
 
 
-def batch_results(model, images: torch.Tensor, top_k: int) -> list[dict]:
+def batch_results(model, images: torch.Tensor, top_k: int, **reject_options) -> list[dict]:
     """Top-k labels for a prepared uint8 batch."""
-    return top(model, images, top_k)
+    return top(model, images, top_k, **reject_options)
 
 
-def top(model, images: torch.Tensor, top_k: int) -> list[dict]:
-    """``{"top": [{"label", "probability"}, ...]}`` per image, most probable first."""
-    probs = torch.from_numpy(model.probabilities(images))
-    top_p, top_i = probs.topk(min(top_k, len(model.classes)), dim=1)
+def top(
+    model, images: torch.Tensor, top_k: int, accept_rate: float | None = None, reject: bool = True
+) -> list[dict]:
+    """``{"top": [{"label", "probability"}, ...], "score", "unknown", "blank"}`` per image,
+    most probable first (see :func:`imrec.classify.confidence.decide`)."""
+    logits = torch.from_numpy(model.logits(images))
+    return labelled(logits, images, model.classes, model.confidence, top_k, accept_rate, reject)
+
+
+def labelled(logits, images, classes, confidence, top_k, accept_rate=None, reject=True):
+    """The per-image answers of :func:`top` from logits (shared with the PyTorch predictor)."""
+    probs, decided = decide(logits, images, confidence, accept_rate=accept_rate, reject=reject)
+    top_p, top_i = probs.topk(min(top_k, len(classes)), dim=1)
     return [
         {
             "top": [
-                {"label": model.classes[i], "probability": round(float(p), 6)}
+                {"label": classes[i], "probability": round(float(p), 6)}
                 for p, i in zip(ps, idx, strict=True)
-            ]
+            ],
+            **d,
         }  # fmt: skip
-        for ps, idx in zip(top_p.tolist(), top_i.tolist(), strict=True)
+        for ps, idx, d in zip(top_p.tolist(), top_i.tolist(), decided, strict=True)
     ]
 
 
-def service_item(model, image, data: bytes, top_k: int):
-    """An HTTP request's image waits prepared, with the top-k it asked for."""
+def service_item(model, image, data: bytes, top_k: int, **reject_options):
+    """An HTTP request's image waits prepared, with the top-k and rejection options it asked
+    for."""
     try:
-        return prepare(model, image), top_k
+        return prepare(model, image), top_k, reject_options
     except ValueError as e:  # e.g. too small to find the ink in
         raise UnusableImage(str(e)) from e
 
 
 def predict_items(model, items: list) -> list[dict]:
-    """One call for a micro-batch of prepared images, each cut to its own top-k."""
-    images, ks = zip(*items, strict=True)
-    found = model.predict(torch.stack(images), top_k=max(ks))  # (N, C, H, W) in
-    return [dict(r, top=r["top"][:k]) for r, k in zip(found, ks, strict=True)]
+    """One call for a micro-batch of prepared images, each cut to its own top-k and judged
+    with its own rejection options."""
+    images, ks, opts = zip(*items, strict=True)
+    batch = torch.stack(images)  # (N, C, H, W)
+    logits = torch.from_numpy(model.logits(batch))
+    return [
+        labelled(logits[i : i + 1], batch[i : i + 1], model.classes, model.confidence, k, **o)[0]
+        for i, (k, o) in enumerate(zip(ks, opts, strict=True))
+    ]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from imrec.classify.confidence import Confidence
 from imrec.core.batching import Batcher
 from imrec.models.load import load_model
 
@@ -28,6 +29,7 @@ class Predictor:
         self.channels = inp["channels"]
         self.batcher = Batcher.from_stats(inp["mean"], inp["std"], self.device)
         self.classes = self.meta["classes"]
+        self.confidence = Confidence.from_meta(self.meta.get("confidence"))
 
     def prepare(self, source) -> torch.Tensor:
         """One image (path, bytes or PIL image) -> uint8 ``(C, H, W)`` like the training data."""
@@ -42,13 +44,23 @@ class Predictor:
         )
 
     @torch.no_grad()
-    def probabilities(self, images_u8: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``(B, K)`` for prepared uint8 images ``(B, C, H, W)``."""
+    def logits(self, images_u8: torch.Tensor) -> torch.Tensor:
+        """Raw class scores ``(B, K)`` for prepared uint8 images ``(B, C, H, W)``."""
         x = self.batcher(images_u8.to(self.device))  # (B, C, H, W) normalised
-        return self.model(x).float().softmax(1).cpu()
+        return self.model(x).float().cpu()
 
-    def predict(self, sources: list, top_k: int = 5) -> list[dict]:
-        """One dict per input: ``{"input", "top": [{"label", "probability"}...]}`` or ``{"input", "error"}``."""
+    def probabilities(self, images_u8: torch.Tensor) -> torch.Tensor:
+        """Calibrated class probabilities ``(B, K)``: ``softmax(logits / T)``."""
+        t = self.confidence.temperature if self.confidence else 1.0
+        return (self.logits(images_u8) / t).softmax(1)
+
+    def predict(
+        self, sources: list, top_k: int = 5, accept_rate: float | None = None, reject: bool = True
+    ) -> list[dict]:
+        """One dict per input: ``{"input", "top": [{"label", "probability"}...], "score",
+        "unknown", "blank"}`` or ``{"input", "error"}`` (``accept_rate``, ``reject``: see
+        :func:`imrec.classify.confidence.decide`)."""
+        from imrec.classify.export import labelled
         from imrec.core.preprocess import ImageReadError
 
         results: list[dict] = []
@@ -62,12 +74,16 @@ class Predictor:
             except (ImageReadError, ValueError, OSError) as e:
                 results.append({"input": name, "error": str(e)})
         if batch:
-            probs = self.probabilities(torch.stack(batch))
-            k = min(top_k, len(self.classes))
-            top_p, top_i = probs.topk(k, dim=1)
-            for row, pos in enumerate(where):
-                results[pos]["top"] = [
-                    {"label": self.classes[i], "probability": round(float(p), 6)}
-                    for p, i in zip(top_p[row].tolist(), top_i[row].tolist(), strict=True)
-                ]
+            images = torch.stack(batch)
+            found = labelled(
+                self.logits(images),
+                images,
+                self.classes,
+                self.confidence,
+                top_k,
+                accept_rate,
+                reject,
+            )
+            for pos, answer in zip(where, found, strict=True):
+                results[pos].update(answer)
         return results

@@ -81,6 +81,7 @@ def render_markdown(report: dict, *, run_dir: Path | None = None) -> str:
         _headline(report),
         parts.data(report),
         _metrics_table(report),
+        _confidence(report),
         _per_class(report),
         _confused_pairs(report),
         parts.figures(report, run_dir),
@@ -125,6 +126,40 @@ def _metrics_table(report: dict) -> str:
             label = f"top-{report[splits[-1]].get('top_k', 5)} accuracy"
         values = " | ".join(parts.fmt(report[s].get(key), kind) for s in splits)
         lines.append(f"| {label} | {values} |")
+    return "\n".join(lines)
+
+
+def _confidence(report: dict) -> str:
+    """Calibration and the unknown threshold (see imrec.classify.confidence)."""
+    c = report.get("confidence")
+    if not c:
+        return ""
+    lines = [
+        "## Confidence",
+        "",
+        f"Temperature **{c['temperature']}**, fitted on {c['fitted_on']}; an image is unknown "
+        f"when its {c['score']} score is below {parts.fmt(c['threshold'], 'num')} (set to accept "
+        f"{parts.fmt(c['accept_rate'], 'pct')} of those images) or when it is blank.",
+        "",
+        "| | " + " | ".join(s for s in ("val", "test") if s in c) + " |",
+        "|---|" + "---:|" * sum(s in c for s in ("val", "test")),
+    ]
+    rows = [
+        ("NLL before / after", "nll_before", "nll_after", "num"),
+        ("ECE before / after", "ece_before", "ece_after", "num"),
+    ]
+    splits = [s for s in ("val", "test") if s in c]
+    for label, a, b, kind in rows:
+        cells = [f"{parts.fmt(c[s][a], kind)} / {parts.fmt(c[s][b], kind)}" for s in splits]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for label, key in (
+        ("accepted", "accepted"),
+        ("accuracy of the accepted", "accuracy_of_accepted"),
+    ):
+        lines.append(
+            f"| {label} | " + " | ".join(parts.fmt(c[s][key], "pct") for s in splits) + " |"
+        )
+    lines.append("| blank images | " + " | ".join(str(c[s]["blank"]) for s in splits) + " |")
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imrec.classify.augment import BatchAugment, augment_off, augment_preset
+from imrec.classify.finetune import check_options, keep_checkpoint_classes, kept_size
 from imrec.config import HardwareConfig, RunConfig, switch_off
 from imrec.core.batching import Batcher, norm_stats, predict_logits, to_device
 from imrec.core.checkpoint import CheckpointError, load_checkpoint
@@ -56,6 +57,44 @@ def build_augment(run: RunConfig, domain: str) -> BatchAugment | None:
     if run.data.augment_off:
         cfg = switch_off(cfg, run.data.augment_off, augment_off())
     return BatchAugment(cfg)
+
+
+OUTLIER_POOL = 60_000  # at most this many outlier images are kept (a fixed random subset)
+
+
+def load_outliers(names: str, data: ClassificationData, device: torch.device) -> torch.Tensor:
+    """The training images of the datasets ``names`` (comma-separated), at the size and
+    channels of ``data``: ``(N, C, H, W)`` uint8, at most :data:`OUTLIER_POOL` of them. A
+    folder is read in the domain of ``data`` (for handwriting: into its normal form, as
+    ``imrec predict`` will prepare such images).
+
+    Raises:
+        TrainError: a dataset with the same classes as ``data`` (those are not outliers), or
+            one that cannot be loaded.
+    """
+    pools = []
+    for name in filter(None, (n.strip() for n in names.split(","))):
+        try:
+            domain = data.domain if name.startswith("folder:") else None
+            other = load_dataset(
+                name, size=data.input_size[0], channels=data.channels, domain=domain
+            )
+        except DatasetError as e:
+            raise TrainError(f"--outliers {name}: {e}") from e
+        if set(other.classes) == set(data.classes) or name == data.name:
+            raise TrainError(
+                f"--outliers {name}: it has the same classes as {data.name}; outliers must be "
+                "things that are none of the classes (e.g. letters for a digit model)"
+            )
+        images = other.train.images
+        pools.append(images if isinstance(images, torch.Tensor) else images[:OUTLIER_POOL])
+    if not pools:
+        raise TrainError("--outliers: name at least one dataset")
+    pool = torch.cat(pools)
+    if len(pool) > OUTLIER_POOL:
+        pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))
+        pool = pool[pick[:OUTLIER_POOL]]
+    return pool.to(device)
 
 
 def load_for_training(name: str, placement: str, **options) -> ClassificationData:
@@ -121,6 +160,16 @@ class ClassifyTrainer(Trainer):
         self._compiled: nn.Module | None = None  # torch.compile of the model, with --compile
         self.cuda_graphs = self._use_graphs(run.hardware, run.optim.optimizer)
         self._graphed: tuple[bool, GraphedStep] | None = None  # (frozen, recorded step)
+        # Outlier exposure: a pool of images that are none of the classes (uint8, on the
+        # training images' device) and how many of them the current batch carries.
+        self.outliers = load_outliers(run.optim.outliers, d, home) if run.optim.outliers else None
+        self._outlier_rows = 0
+        if self.outliers is not None:
+            d.split_note = d.split_note.rstrip(". ") + (
+                f". Outlier exposure: {len(self.outliers):,} images of {run.optim.outliers} trained "
+                f"towards a uniform prediction (weight {run.optim.outlier_weight}), half a batch "
+                "of them with every batch."
+            )
 
     def load_data(self) -> ClassificationData:
         run = self.run
@@ -129,10 +178,19 @@ class ClassifyTrainer(Trainer):
             run.hardware.data_placement,
             val_fraction=run.data.val_fraction,
             seed=run.loop.seed,
-            size=run.data.size,
+            size=run.data.size or kept_size(run.optim),
             channels=run.data.channels,
             domain=run.data.domain,
         )
+
+    def prepare_data(self, data: ClassificationData) -> ClassificationData:
+        """With ``keep_classes``: the data in the class space of the checkpoint fine-tuned
+        from, with its rehearsal images (see :mod:`imrec.classify.finetune`)."""
+        optim = self.run.optim
+        check_options(optim)
+        if not optim.keep_classes:
+            return data
+        return keep_checkpoint_classes(data, optim.init, optim.rehearse)
 
     def build(self) -> nn.Module:
         """The classifier, its batcher (normalisation from the training images) and augment."""
@@ -178,6 +236,8 @@ class ClassifyTrainer(Trainer):
             why_not = "--compile is on"
         elif self.placement == "stream":
             why_not = "batches streamed from files arrive through DataLoader workers"
+        elif self.run.optim.outliers:
+            why_not = "outlier exposure adds batches of another size"
         elif optimizer not in ("adam", "adamw"):
             why_not = f"the {optimizer} optimiser has no capturable implementation here"
         if why_not and hw.cuda_graphs == "on":
@@ -280,6 +340,7 @@ class ClassifyTrainer(Trainer):
                 sums.seen += batch
             else:
                 xb, yb = self._batch(idx, streamed, aug_gen)
+                xb = self._with_outliers(xb, aug_gen)
                 loss, logits = self.step(model, xb, yb, len(idx), batch)
                 sums.add(loss, logits, yb)
             if live is not None:
@@ -324,13 +385,32 @@ class ClassifyTrainer(Trainer):
         return self.batcher(images, self.augment, generator), yb
 
     def loss(self, model, xb: torch.Tensor, yb: torch.Tensor):
-        """Cross-entropy (class weights, label smoothing) and the detached logits."""
+        """Cross-entropy (class weights, label smoothing) and the detached logits; with outlier
+        exposure, plus the outliers' cross-entropy to the uniform distribution (their rows
+        follow the batch's own and are not returned)."""
         run = self.run
-        logits = model(xb)  # (B, K)
+        logits = model(xb)  # (B + outliers, K)
+        k = self._outlier_rows
+        inside = logits[: len(logits) - k]
         loss = F.cross_entropy(
-            logits.float(), yb, weight=self.loss_weight, label_smoothing=run.optim.label_smoothing
+            inside.float(), yb, weight=self.loss_weight, label_smoothing=run.optim.label_smoothing
         )
-        return loss, logits.detach()
+        if k:
+            uniform = -logits[-k:].float().log_softmax(1).mean(1).mean()  # >= log K
+            loss = loss + run.optim.outlier_weight * uniform
+        return loss, inside.detach()
+
+    def _with_outliers(self, xb: torch.Tensor, generator) -> torch.Tensor:
+        """The batch with half as many outlier images after it (prepared the same way)."""
+        if self.outliers is None:
+            return xb
+        n = max(1, len(xb) // 2)
+        pick = torch.randint(len(self.outliers), (n,), generator=generator)
+        images = self.outliers[pick.to(self.outliers.device)]
+        if images.device != self.device:
+            images = to_device(images, self.device)
+        self._outlier_rows = n
+        return torch.cat([xb, self.batcher(images, self.augment, generator)])
 
     def _stream(self, order: torch.Tensor, world: World, epoch: int):
         """This epoch's batches, decoded from their files (or drawn, for images made afresh

@@ -199,6 +199,35 @@ def save_curves(history: list[dict], path: str | os.PathLike) -> Path:
         return plots.save(fig, path)
 
 
+def save_reliability(before: dict, after: dict, path: str | os.PathLike) -> Path:
+    """A reliability diagram: accuracy against confidence per bin, before and after
+    calibration (each a :func:`imrec.classify.metrics.reliability` dict), with the diagonal.
+
+    Example:
+        >>> import torch
+        >>> from imrec.classify.metrics import reliability
+        >>> r = reliability(torch.tensor([[3.0, 0.0], [0.0, 3.0]]), torch.tensor([0, 0]), bins=2)
+        >>> save_reliability(r, r, tmp / "rel.png").name
+        'rel.png'
+    """
+    with plots.style():
+        fig = plots.figure(5, 4.5)
+        ax = fig.subplots()
+        ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect")
+        for r, name, colour in ((before, "before", "tab:red"), (after, "after", "tab:blue")):
+            keep = [i for i, c in enumerate(r["count"]) if c > 0]
+            conf = [r["confidence"][i] for i in keep]
+            acc = [r["accuracy"][i] for i in keep]
+            ax.plot(conf, acc, marker="o", color=colour, label=f"{name} (ECE {r['ece']:.4f})")
+        ax.set_xlabel("confidence (largest probability)")
+        ax.set_ylabel("accuracy")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title("Reliability on the test split, before and after calibration")
+        ax.legend(loc="upper left")
+        return plots.save(fig, path)
+
+
 # ---- confusion matrix -----------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from imrec.core.preprocess import InkForm, to_ink_form
+from imrec.core.preprocess import InkForm, drawing_to_ink_form
 
 BOX = 1024.0  # the stroke data's coordinate box
 BASELINE = 900.0  # y' = BASELINE - y puts the glyph upright in the box (y down)
@@ -166,7 +166,7 @@ def _in_form(draw, seed: int, index, size: int, keys) -> np.ndarray:
     out = np.zeros((len(index), size, size), np.uint8)
     keys = range(len(index)) if keys is None else keys
     for j, (k, key) in enumerate(zip(index, keys, strict=True)):
-        out[j] = to_ink_form(draw(k, np.random.default_rng([seed, int(key)])), form)
+        out[j] = drawing_to_ink_form(draw(k, np.random.default_rng([seed, int(key)])), form)
     return out
 
 

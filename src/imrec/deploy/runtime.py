@@ -15,7 +15,7 @@ Example (``bundle`` is an exported digit classifier, ``digit`` a PNG of a 0):
     >>> import imrec
     >>> model = imrec.load(bundle)
     >>> model.predict(digit, top_k=2)
-    {'input': '.../digit.png', 'top': [{'label': '0', 'probability': ...}, {...}]}
+    {'input': '.../digit.png', 'top': [{'label': '0', 'probability': ...}, {...}], 'score': ..., 'unknown': False, 'blank': False}
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ class Model:
 
     # -- predicting --
 
-    def predict(self, images, top_k: int = 5):
+    def predict(self, images, top_k: int = 5, **reject_options):
         """Predictions for one image, a list of images, or a prepared uint8 batch.
 
         Args:
@@ -216,9 +216,14 @@ class Model:
                 prepared uint8 ``(C, H, W)`` tensor) -> one dict; a list of them -> a list;
                 a prepared uint8 ``(N, C, H, W)`` tensor or array -> a list.
             top_k: classifiers: how many labels each result lists.
+            **reject_options: classifiers: ``accept_rate`` (the share of in-distribution
+                images to accept, in (0, 1]; default the model's stored threshold) and
+                ``reject=False`` to never answer unknown (blanks are still marked).
 
         Returns:
-            Classifiers: ``{"input", "top": [{"label", "probability"}, ...]}``; detectors:
+            Classifiers: ``{"input", "top": [{"label", "probability"}, ...], "score",
+            "unknown", "blank"}`` (calibrated probabilities; see
+            :mod:`imrec.classify.confidence`); detectors:
             ``{"input", "width", "height", "boxes": [{"box": [x1, y1, x2, y2], "label",
             "score"}]}`` in the input's pixels; an image that cannot be read gives
             ``{"input", "error"}`` (a bad image in a list never raises).
@@ -227,15 +232,20 @@ class Model:
             >>> load(bundle).predict([digit, "missing.png"])[1]
             {'input': 'missing.png', 'error': 'no such file: missing.png'}
         """
+        if reject_options and self.task != "classify":
+            raise ValueError(
+                f"{sorted(reject_options)}: classifiers only (detectors keep a score threshold)"
+            )
+        opts = reject_options
         if _is_batch(images):
-            return self._predict_batch(_as_batch(images, self.channels), top_k)
+            return self._predict_batch(_as_batch(images, self.channels), top_k, opts)
         if isinstance(images, torch.Tensor) and images.ndim == 3:  # one prepared image
-            return self._predict_batch(_as_batch(images[None], self.channels), top_k)[0]
+            return self._predict_batch(_as_batch(images[None], self.channels), top_k, opts)[0]
         if isinstance(images, list | tuple):
-            return self._predict_list(list(images), top_k)
-        return self._predict_list([images], top_k)[0]
+            return self._predict_list(list(images), top_k, opts)
+        return self._predict_list([images], top_k, opts)[0]
 
-    def _predict_list(self, sources: list, top_k: int) -> list[dict]:
+    def _predict_list(self, sources: list, top_k: int, opts: dict) -> list[dict]:
         from imrec.core.preprocess import ImageReadError
 
         results: list[dict] = [{"input": _name(src)} for src in sources]
@@ -246,24 +256,35 @@ class Model:
                 where.append(i)
             except (ImageReadError, ValueError, OSError) as e:
                 results[i]["error"] = str(e)
-        found = self._task.results(self, ready, top_k) if ready else []
+        found = self._task.results(self, ready, top_k, **opts) if ready else []
         for i, r in zip(where, found, strict=True):
             results[i].update(r)
         return results
 
-    def _predict_batch(self, images: torch.Tensor, top_k: int) -> list[dict]:
+    def _predict_batch(self, images: torch.Tensor, top_k: int, opts: dict) -> list[dict]:
         names = [{"input": f"<batch[{i}]>"} for i in range(len(images))]
-        found = self._task.batch_results(self, images, top_k)
+        found = self._task.batch_results(self, images, top_k, **opts)
         return [{**n, **r} for n, r in zip(names, found, strict=True)]
 
-    def probabilities(self, images: torch.Tensor) -> np.ndarray:
-        """Class probabilities ``(N, K)`` for prepared uint8 images ``(N, C, H, W)``."""
+    @property
+    def confidence(self):
+        """The classifier's calibration and rejection rule
+        (:class:`~imrec.classify.confidence.Confidence`), None for an uncalibrated model."""
+        from imrec.classify.confidence import Confidence
+
+        return Confidence.from_meta((self.manifest.get("postprocessing") or {}).get("confidence"))
+
+    def logits(self, images: torch.Tensor) -> np.ndarray:
+        """Raw class scores ``(N, K)`` for prepared uint8 images ``(N, C, H, W)``."""
         self._check_prepared(images)
-        parts = []
-        for x in _chunks(images):
-            logits = torch.from_numpy(self._run(x)[0]).float()
-            parts.append(logits.softmax(1).numpy())
-        return np.concatenate(parts)
+        return np.concatenate([self._run(x)[0] for x in _chunks(images)]).astype(np.float32)
+
+    def probabilities(self, images: torch.Tensor) -> np.ndarray:
+        """Calibrated class probabilities ``(N, K)`` (``softmax(logits / T)``, ``T`` the
+        model's temperature) for prepared uint8 images ``(N, C, H, W)``."""
+        conf = self.confidence
+        logits = torch.from_numpy(self.logits(images)).float()
+        return (logits / (conf.temperature if conf else 1.0)).softmax(1).numpy()
 
     def detections(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """Detections ``{"boxes", "scores", "labels"}`` for letterboxed uint8 ``(N, C, S, S)``."""
@@ -282,10 +303,11 @@ class Model:
 
     # -- serving --
 
-    def service_item(self, image, data: bytes, top_k: int):
+    def service_item(self, image, data: bytes, top_k: int, **reject_options):
         """What one image of an HTTP request waits in the micro-batch queue as (see
-        :mod:`imrec.serve.app`): a classifier's prepared image, a detector's encoded bytes."""
-        return self._task.service_item(self, image, data, top_k)
+        :mod:`imrec.serve.app`): a classifier's prepared image (with its options), a
+        detector's encoded bytes."""
+        return self._task.service_item(self, image, data, top_k, **reject_options)
 
     def predict_items(self, items: list) -> list[dict]:
         """Results for a micro-batch of :meth:`service_item` items, in one model call."""

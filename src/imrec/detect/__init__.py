@@ -15,7 +15,7 @@ from imrec.detect.train import train_detector as train_run
 
 TASK = "detect"
 # What the detection trainer does not use: the loss is the detector's own (no smoothing or
-# class weights), scenes are read through a dataset of boxes (no data placement or streaming
+# class weights, keeping a checkpoint's classes), scenes are read through a dataset of boxes (no data placement or streaming
 # workers), and steps are neither compiled nor recorded as CUDA graphs.
 UNUSED_TRAIN_FIELDS = (
     "label_smoothing",
@@ -25,6 +25,10 @@ UNUSED_TRAIN_FIELDS = (
     "workers",
     "cuda_graphs",
     "eval_batch_size",
+    "keep_classes",
+    "rehearse",
+    "outliers",
+    "outlier_weight",
 )
 
 

@@ -223,7 +223,7 @@ def boxes(model, images, scales: list[float], sizes: list[tuple[int, int]]) -> l
     return found_all
 
 
-def service_item(model, image, data: bytes, top_k: int) -> bytes:
+def service_item(model, image, data: bytes, top_k: int, **_) -> bytes:
     """An HTTP request's image waits encoded: decoded again in the batch, one photo in memory
     at a time."""
     return data

@@ -104,7 +104,7 @@ class Trainer:
         self.device = pick_device(run.hardware.device)
         self._join_world()
         torch.manual_seed(run.loop.seed)  # the model's initial weights and the first draws
-        self.data = data or self.load_data()
+        self.data = self.prepare_data(data or self.load_data())
         self.amp_dtype = self._amp_dtype(run.hardware.amp, self.device.type == "cuda")
         self.init_note = ""
         self.channels_last = False
@@ -125,6 +125,11 @@ class Trainer:
         self._loader = None  # DataLoader workers of a task that streams its data
 
     # -- the task's hooks --
+
+    def prepare_data(self, data):
+        """The loaded data as the run trains on it (a task may change it: the classes of the
+        checkpoint fine-tuned from); as loaded by default."""
+        return data
 
     def load_data(self):
         """The run's dataset, split into train, val and test (when none was passed in)."""

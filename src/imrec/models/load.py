@@ -57,6 +57,7 @@ def _meta_from_manifest(bundle: Path) -> dict:
         "input": inp,
         "domain": manifest.get("domain") or inp.get("domain"),
         "ink": manifest.get("ink") or inp.get("ink"),
+        "confidence": (manifest.get("postprocessing") or {}).get("confidence"),
     }
 
 

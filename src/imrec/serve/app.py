@@ -34,7 +34,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from imrec.core.errors import UnusableImage
 
 from .batching import BatcherStopped, MicroBatcher
-from .inputs import ApiError, BodyLimit, Limits, open_image, read_images, top_k_field
+from .inputs import (
+    ApiError,
+    BodyLimit,
+    Limits,
+    open_image,
+    read_images,
+    reject_fields,
+    top_k_field,
+)
 from .metrics import CONTENT_TYPE, ServiceMetrics
 from .schemas import (
     FILE,
@@ -144,7 +152,11 @@ def _run_batch(model, items: list) -> list[dict]:
 _PREDICT_BODIES = request_bodies(
     PredictJSON,
     files={"files": {"type": "array", "items": FILE, "description": "One or more images."}},
-    form={"top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K, "default": 5}},
+    form={
+        "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K, "default": 5},
+        "accept_rate": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "reject": {"type": "boolean", "default": True},
+    },
 )
 _EXPLAIN_BODIES = request_bodies(
     ExplainJSON,
@@ -163,8 +175,16 @@ _EXPLAIN_BODIES = request_bodies(
 async def predict(request: Request) -> JSONResponse:
     state = request.app.state
     images, fields = await read_images(request, state.limits, PredictJSON)
-    top_k = fields.top_k if isinstance(fields, PredictJSON) else top_k_field(fields.get("top_k"))
-    items = await asyncio.to_thread(_prepare_all, state.model, images, top_k, state.limits)
+    if isinstance(fields, PredictJSON):
+        top_k = fields.top_k
+        options = fields.model_dump(include={"accept_rate", "reject"}, exclude_defaults=True)
+    else:
+        top_k = top_k_field(fields.get("top_k"))
+        options = reject_fields(fields.get("accept_rate"), fields.get("reject"))
+    if options and state.model.task != "classify":
+        raise ApiError(422, "invalid_field", "accept_rate and reject are for classifiers; "
+                       "detectors keep their score threshold")  # fmt: skip
+    items = await asyncio.to_thread(_prepare_all, state.model, images, top_k, state.limits, options)
     try:
         results = await state.batcher.submit(items)
     except BatcherStopped as e:
@@ -177,13 +197,15 @@ async def predict(request: Request) -> JSONResponse:
                          "results": results})  # fmt: skip
 
 
-def _prepare_all(model, images: list[tuple[str, bytes]], top_k: int, limits: Limits) -> list:
+def _prepare_all(
+    model, images: list[tuple[str, bytes]], top_k: int, limits: Limits, options: dict
+) -> list:
     """Decode and check every image of a request (in a thread: big photos take a while)."""
     items = []
     for name, data in images:
         image = open_image(data, name, limits.max_pixels)
         try:
-            items.append(model.service_item(image, data, top_k))
+            items.append(model.service_item(image, data, top_k, **options))
         except UnusableImage as e:
             raise ApiError(422, "unusable_image", f"{name}: {e}") from e
     return items

@@ -209,6 +209,27 @@ async def _upload_bytes(upload, i: int) -> tuple[str, bytes]:
     return name, data
 
 
+def reject_fields(accept_rate: str | None, reject: str | None) -> dict:
+    """The multipart ``accept_rate`` and ``reject`` fields as predict options."""
+    out: dict = {}
+    if accept_rate is not None:
+        try:
+            rate = float(accept_rate)
+        except ValueError:
+            rate = -1.0
+        if not 0 < rate <= 1:
+            raise ApiError(
+                422, "invalid_field", f"accept_rate must be a number in (0, 1], got {accept_rate!r}"
+            )
+        out["accept_rate"] = rate
+    if reject is not None:
+        flag = reject.strip().lower()
+        if flag not in ("true", "false", "1", "0"):
+            raise ApiError(422, "invalid_field", f"reject must be true or false, got {reject!r}")
+        out["reject"] = flag in ("true", "1")
+    return out
+
+
 def top_k_field(value: str | None, default: int = 5) -> int:
     """The multipart ``top_k`` field as an int in 1..MAX_TOP_K."""
     if value is None:

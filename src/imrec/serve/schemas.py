@@ -24,6 +24,14 @@ class PredictJSON(BaseModel):
         "('data:image/png;base64,...').",
     )
     top_k: int = Field(5, ge=1, le=MAX_TOP_K, description="Labels per image (classifiers).")
+    accept_rate: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Classifiers: the share of in-distribution images to accept, which sets "
+        "the score threshold below which an image is unknown (default: the model's own).",
+    )
+    reject: bool = Field(True, description="Classifiers: false never answers unknown.")
 
 
 class ExplainJSON(BaseModel):
@@ -51,6 +59,13 @@ class Result(BaseModel):
 
     input: str = Field(description="The file name (multipart) or 'images[i]' (JSON).")
     top: list[Label] | None = None
+    score: float | None = Field(
+        None, description="Classifiers: the out-of-distribution score (higher = more familiar)."
+    )
+    unknown: bool | None = Field(
+        None, description="Classifiers: true when the image is not confidently one of the classes."
+    )
+    blank: bool | None = Field(None, description="Classifiers: true for a blank image.")
     width: int | None = None
     height: int | None = None
     boxes: list[Box] | None = None

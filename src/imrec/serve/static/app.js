@@ -6,10 +6,13 @@ const $ = (id) => document.getElementById(id);
 const pad = $("pad");
 const ctx = pad.getContext("2d");
 const THROTTLE_MS = 150; // at most one prediction per 150 ms while drawing
-const TOP_K = 5;
+const HAN = /^\p{Script=Han}$/u; // one Chinese character
 
 const state = {
   task: "classify",
+  writer: false, // handwriting-pad mode: many classes or CJK labels, candidates to pick from
+  topK: 5,
+  strokes: [], // the strokes drawn on the pad (lists of points), for undo
   ink: "#fff", // stroke colour; the background is the other one
   paper: "#000",
   inked: false, // nothing to predict on a blank pad
@@ -36,6 +39,15 @@ async function loadModel() {
   $("model-name").textContent = `${name} · ${state.task} · ${labels.length} labels`;
   $("model-labels").textContent = `Labels: ${labels.slice(0, 40).join(", ")}${labels.length > 40 ? ", …" : ""}`;
   if (state.task === "detect") $("cam-panel").classList.add("hidden");
+  // A vocabulary of characters (or just many classes) is written, not guessed one at a time:
+  // show the top 10 as candidates to pick into a text.
+  state.writer = state.task === "classify" && (labels.length > 50 || (labels.length > 0 && labels.every((l) => HAN.test(l))));
+  if (state.writer) {
+    state.topK = 10;
+    $("writer").classList.remove("hidden");
+    $("bars").classList.add("hidden");
+    $("pad-title").textContent = "Write a character";
+  }
   clearPad();
 }
 
@@ -45,12 +57,14 @@ function clearPad() {
   ctx.fillStyle = state.paper;
   ctx.fillRect(0, 0, pad.width, pad.height);
   state.inked = false;
+  state.strokes = [];
   state.sent += 1; // drop answers still on their way for the old drawing
   state.shown = state.sent;
   state.camSent += 1;
   $("top-label").textContent = "";
   $("top-prob").textContent = "";
   $("bars").replaceChildren();
+  $("candidates").replaceChildren();
   $("cam").classList.add("hidden");
   $("cam").removeAttribute("src");
   $("status").textContent = "";
@@ -61,17 +75,34 @@ function point(e) {
   return [((e.clientX - r.left) * pad.width) / r.width, ((e.clientY - r.top) * pad.height) / r.height];
 }
 
-function strokeTo(p) {
+function line(from, to) {
   ctx.strokeStyle = state.ink;
-  ctx.lineWidth = pad.width / 14; // thick, like a pen digit scaled to 28 px
+  // Thick, like a pen digit scaled to 28 px; thinner for characters of many strokes.
+  ctx.lineWidth = pad.width / (state.writer ? 28 : 14);
   ctx.lineCap = "round";
   ctx.lineJoin = "round";
   ctx.beginPath();
-  ctx.moveTo(...(state.last || p));
-  ctx.lineTo(...p);
+  ctx.moveTo(...from);
+  ctx.lineTo(...to);
   ctx.stroke();
+}
+
+function strokeTo(p) {
+  line(state.last || p, p);
+  state.strokes[state.strokes.length - 1].push(p);
   state.last = p;
   state.inked = true;
+}
+
+function undoStroke() {
+  const kept = state.strokes.slice(0, -1);
+  clearPad();
+  if (!kept.length) return;
+  for (const stroke of kept) stroke.forEach((p, i) => line(stroke[Math.max(0, i - 1)], p));
+  state.strokes = kept;
+  state.inked = true;
+  predictPad();
+  explain(pad.toDataURL("image/png"));
 }
 
 pad.addEventListener("pointerdown", (e) => {
@@ -79,6 +110,7 @@ pad.addEventListener("pointerdown", (e) => {
   pad.setPointerCapture(e.pointerId);
   state.drawing = true;
   state.last = null;
+  state.strokes.push([]);
   strokeTo(point(e));
 });
 
@@ -106,6 +138,38 @@ function schedulePredict() {
 }
 
 $("clear").addEventListener("click", clearPad);
+$("undo").addEventListener("click", undoStroke);
+
+// ---- handwriting-pad mode: pick a candidate into the text ----------------------------------
+
+function pick(label) {
+  const text = $("text");
+  text.value += label;
+  text.dataset.picked = String(Number(text.dataset.picked || 0) + 1);
+  clearPad();
+}
+
+async function copyText() {
+  const text = $("text");
+  try {
+    await navigator.clipboard.writeText(text.value);
+    $("status").textContent = "";
+  } catch {
+    text.select(); // no clipboard permission (plain http on another host): select it instead
+    document.execCommand("copy");
+  }
+}
+$("copy").addEventListener("click", copyText);
+
+function candidate({ label, probability }) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = label;
+  b.title = `${(100 * probability).toFixed(1)}%`;
+  b.setAttribute("aria-label", `${label}: ${(100 * probability).toFixed(1)} percent`);
+  b.addEventListener("click", () => pick(label));
+  return b;
+}
 
 // ---- asking the service --------------------------------------------------------------------
 
@@ -124,7 +188,7 @@ async function predictPad() {
   if (!state.inked) return;
   state.lastSent = performance.now();
   const image = pad.toDataURL("image/png");
-  await predict(() => postJSON("/v1/predict", { images: [image], top_k: TOP_K }), "draw", image);
+  await predict(() => postJSON("/v1/predict", { images: [image], top_k: state.topK }), "draw", image);
 }
 
 async function predict(send, source, image) {
@@ -146,9 +210,20 @@ function showResult(result, source, image) {
   box.dataset.seq = String(state.shown);
   if (result.boxes) return showBoxes(result, image);
   const top = result.top;
-  $("top-label").textContent = top[0].label;
-  $("top-prob").textContent = `${(100 * top[0].probability).toFixed(1)}%`;
+  box.dataset.unknown = String(Boolean(result.unknown));
+  if (result.blank) {
+    $("top-label").textContent = "nothing drawn";
+    $("top-prob").textContent = "";
+  } else if (result.unknown) {
+    // Not one of the model's classes, as far as it can tell: say so, and show the candidates.
+    $("top-label").textContent = "not sure";
+    $("top-prob").textContent = `maybe ${top.slice(0, 3).map((t) => t.label).join(", ")}`;
+  } else {
+    $("top-label").textContent = top[0].label;
+    $("top-prob").textContent = `${(100 * top[0].probability).toFixed(1)}%`;
+  }
   $("bars").replaceChildren(...top.map(bar));
+  if (state.writer) $("candidates").replaceChildren(...top.map(candidate));
 }
 
 function bar({ label, probability }) {
@@ -201,7 +276,7 @@ function showBoxes(result, image) {
   const best = result.boxes[0];
   $("top-label").textContent = best ? best.label : "nothing found";
   $("top-prob").textContent = `${result.boxes.length} box(es)`;
-  $("bars").replaceChildren(...result.boxes.slice(0, TOP_K).map((b) => bar({ label: b.label, probability: b.score })));
+  $("bars").replaceChildren(...result.boxes.slice(0, state.topK).map((b) => bar({ label: b.label, probability: b.score })));
 }
 
 // ---- files: the upload button and drag-and-drop --------------------------------------------
@@ -221,7 +296,7 @@ async function useFile(file) {
   showOnPad(image);
   const form = new FormData();
   form.append("files", file, file.name);
-  form.append("top_k", String(TOP_K));
+  form.append("top_k", String(state.topK));
   const send = async () => {
     const res = await fetch("/v1/predict", { method: "POST", body: form });
     const data = await res.json();
@@ -238,6 +313,7 @@ function showOnPad(src) {
   img.onload = () => {
     ctx.fillStyle = state.paper;
     ctx.fillRect(0, 0, pad.width, pad.height);
+    state.strokes = []; // an image, not strokes: undo clears it
     const s = Math.min(pad.width / img.naturalWidth, pad.height / img.naturalHeight);
     const w = img.naturalWidth * s;
     const h = img.naturalHeight * s;

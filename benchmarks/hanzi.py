@@ -1,0 +1,155 @@
+"""Chinese handwriting at real vocabulary: the goals of BENCHMARKS.md "hanzi" (issue 13).
+
+    python benchmarks/hanzi.py --work /tmp/hanzi [--run RUN] [--held-out-fonts DIR]
+                               [--finetune-epochs 3] [--skip train,finetune,export]
+
+Every step is a whole ``imrec`` process, as a user runs it:
+
+1. ``imrec train hanzi`` (the default run: 3,755 GB2312 level-1 characters) unless ``--run``
+   names one already trained; its wall time (cold, rendering included) and the synthetic test
+   top-1/top-5 of its report (renders drawn with seeds never used in training).
+2. Held-out style: ``imrec eval RUN --data hanzi:renderers=fonts,fonts=DIR`` with fonts that
+   training never saw (default: the Arphic GB Kai and Ming fonts of Debian's
+   fonts-arphic-gkai00mp and fonts-arphic-uming, when installed).
+3. Real handwriting, zero-shot: ``imrec eval RUN --data chinese-mnist --split all`` (all 15,000
+   images of 100 writers, scored in the full 3,755-way space).
+4. Fine-tuning that keeps every class: ``imrec train chinese-mnist --init RUN --keep-classes
+   --rehearse 8``, then its Chinese MNIST test accuracy (test writers) and
+   ``imrec eval FT --data hanzi`` (the synthetic test after fine-tuning).
+5. ``imrec export RUN --quantize int8`` (parity gate), the int8 accuracy, and one character's
+   latency through ONNX Runtime (``benchmarks/inference_latency.py``'s way: p50 of 500 calls).
+
+Results go to ``<work>/results.json`` and a markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HELD_OUT_FONTS = ("/usr/share/fonts/truetype/arphic-gkai00mp", "/usr/share/fonts/truetype/arphic")
+
+
+def imrec(*args: str) -> tuple[float, str]:
+    """Run ``python -m imrec ARGS`` (a whole process); its wall time and stdout."""
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "imrec", *args], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"imrec {' '.join(args)} failed:\n{out.stderr[-3000:]}")
+    return time.perf_counter() - t0, out.stdout
+
+
+def scores(report: dict) -> dict:
+    test = report["test"]
+    return {"top1": test["accuracy"], "top5": test.get("top5"), "n": test.get("n")}
+
+
+def held_out_fonts(work: Path, given: str | None) -> Path | None:
+    """A folder with fonts training never saw: ``given``, or links to the Debian fonts other
+    than AR PL UKai (the one fontconfig gives training here)."""
+    if given:
+        return Path(given)
+    folder = work / "held-out-fonts"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for root in map(Path, HELD_OUT_FONTS):
+        for font in sorted(root.glob("*")) if root.is_dir() else []:
+            if font.suffix.lower() in (".ttf", ".ttc") and "ukai" not in font.name.lower():
+                (folder / font.name).symlink_to(font)
+    return folder if any(folder.iterdir()) else None
+
+
+def latency(bundle: Path, model: str) -> dict:
+    """p50/p99 ms of one prepared character through ``imrec.load(bundle)`` (ONNX Runtime)."""
+    code = f"""
+import json, time, numpy as np, torch, imrec
+m = imrec.load({str(bundle)!r}, precision={model!r})
+x = torch.zeros((1, m.channels, *m.size), dtype=torch.uint8)
+for _ in range(100): m.probabilities(x)
+t = []
+for _ in range(500):
+    t0 = time.perf_counter(); m.probabilities(x); t.append(time.perf_counter() - t0)
+print(json.dumps({{"p50_ms": 1e3 * float(np.median(t)), "p99_ms": 1e3 * float(np.percentile(t, 99))}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--run", type=Path, help="an `imrec train hanzi` run (default: train one)")
+    ap.add_argument("--held-out-fonts", help="a folder of CJK fonts training never saw")
+    ap.add_argument("--finetune-epochs", type=int, default=3)
+    ap.add_argument("--finetune-lr", default="1e-3")
+    ap.add_argument("--rehearse", default="8", help="renders per class mixed into fine-tuning")
+    ap.add_argument("--skip", default="", help="comma-separated: finetune, export, held-out")
+    args = ap.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict = (
+        json.loads((work / "results.json").read_text()) if (work / "results.json").is_file() else {}
+    )
+    run = args.run or work / "hanzi"
+    if args.run is None:
+        wall, _ = imrec("train", "hanzi", "--out", str(run), "--quiet")
+        results["train_wall_seconds"] = round(wall, 1)
+    report = json.loads((run / "report.json").read_text())
+    results["run"] = str(run)
+    results["train_seconds"] = report.get("train_seconds")
+    results["synthetic"] = scores(report)
+
+    fonts = None if "held-out" in skip else held_out_fonts(work, args.held_out_fonts)
+    if fonts is not None:
+        _, _ = imrec("eval", str(run), "--data", f"hanzi:renderers=fonts,fonts={fonts}")
+        (ev,) = run.glob("eval-hanzi*fonts*/report.json")
+        results["held_out_fonts"] = {**scores(json.loads(ev.read_text())), "fonts": str(fonts)}
+
+    imrec("eval", str(run), "--data", "chinese-mnist", "--split", "all")
+    results["chinese_mnist_zero_shot"] = scores(
+        json.loads((run / "eval-chinese-mnist" / "report.json").read_text())
+    )
+
+    if "finetune" not in skip:
+        ft = work / "finetuned"
+        shutil.rmtree(ft, ignore_errors=True)
+        wall, _ = imrec(
+            "train", "chinese-mnist", "--init", str(run), "--keep-classes",
+            "--rehearse", args.rehearse, "--epochs", str(args.finetune_epochs),
+            "--lr", args.finetune_lr, "--out", str(ft), "--quiet",
+        )  # fmt: skip
+        results["finetuned"] = {
+            "chinese_mnist_test": scores(json.loads((ft / "report.json").read_text())),
+            "wall_seconds": round(wall, 1),
+        }
+        imrec("eval", str(ft), "--data", "hanzi")
+        (ev,) = ft.glob("eval-hanzi*/report.json")
+        results["finetuned"]["synthetic"] = scores(json.loads(ev.read_text()))
+
+    if "export" not in skip:
+        bundle = work / "bundle"
+        shutil.rmtree(bundle, ignore_errors=True)
+        imrec(
+            "export", str(run), "--out", str(bundle), "--quantize", "int8", "--parity-limit", "2000"
+        )
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        results["export"] = {
+            "manifest": {k: manifest.get(k) for k in ("parity", "quantized", "files")},
+            "onnx_mib": round((bundle / "model.onnx").stat().st_size / 2**20, 2),
+            "latency_fp32": latency(bundle, "fp32"),
+            "latency_int8": latency(bundle, "int8"),
+        }
+    (work / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    print(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Calibrated confidence and "unknown" answers (issue 14, first part): the temperature and
+threshold fitted after training, carried by checkpoints and bundles, applied the same way by
+the PyTorch predictor, ONNX Runtime and the service; blank images; refitting."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import imrec
+from imrec.classify.confidence import Confidence, blank, decide, fit_confidence, scores
+from imrec.classify.predict import Predictor
+from imrec.core.checkpoint import read_checkpoint_meta
+from imrec.deploy.export import export_bundle
+from imrec.serve import create_app
+
+OLD = Path(__file__).parent / "fixtures" / "old_run"
+
+
+def _png(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _digit(k: int = 0) -> np.ndarray:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return (d.images[list(d.target).index(k)] * 255 / 16).astype(np.uint8)  # (8, 8) light on dark
+
+
+def test_the_threshold_accepts_the_stated_share_and_blanks_are_unknown():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2000, 10, generator=g) * 3
+    labels = logits.argmax(1)
+    conf = fit_confidence(logits, labels, score="msp", accept_rate=0.9)
+    s = scores(logits, conf.temperature, "msp")
+    assert abs(float((s >= conf.threshold).float().mean()) - 0.9) < 0.01
+    assert conf.threshold_for(0.5) > conf.threshold > conf.threshold_for(1.0)
+    images = torch.full((3, 1, 8, 8), 7, dtype=torch.uint8)
+    images[1, 0, 2:6, 3] = 255
+    _, decided = decide(logits[:3], images, conf, reject=False)
+    assert [d["blank"] for d in decided] == [True, False, True]
+    assert [d["unknown"] for d in decided] == [True, False, True]  # blanks even without reject
+    assert blank(images).tolist() == [True, False, True]
+    for bad in (0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=r"accept rate must be in \(0, 1\]"):
+            conf.threshold_for(bad)
+    with pytest.raises(ValueError, match="unknown confidence score 'odin'"):
+        fit_confidence(logits, labels, score="odin")
+
+
+def test_training_calibrates_and_every_backend_answers_the_same(digits_run, tmp_path):
+    report = json.loads((digits_run / "report.json").read_text())
+    c = report["confidence"]
+    assert c["temperature"] > 0 and c["score"] in ("msp", "energy") and c["accept_rate"] == 0.99
+    assert c["val"]["nll_after"] <= c["val"]["nll_before"] + 1e-6  # T minimises the val NLL
+    assert c["val"]["accepted"] >= 0.97 and 0.9 <= c["test"]["accepted"] <= 1.0
+    assert (digits_run / "reliability.png").stat().st_size > 0
+    conf = Confidence.from_meta(read_checkpoint_meta(digits_run)["confidence"])
+    assert conf.threshold == c["threshold"] and len(conf.quantiles) == 201
+
+    pictures = [_png(_digit(k)) for k in range(4)] + [_png(np.zeros((8, 8), np.uint8))]
+    torch_answers = Predictor(digits_run).predict(pictures, top_k=3)
+    bundle = export_bundle(digits_run, tmp_path / "bundle", parity_limit=200)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["postprocessing"]["confidence"]["temperature"] == conf.temperature
+    assert manifest["parity"]["unknown_agreement"] == 1.0
+    onnx_answers = imrec.load(bundle).predict(pictures, top_k=3)
+    for a, b in zip(torch_answers, onnx_answers, strict=True):
+        assert a["unknown"] == b["unknown"] and a["blank"] == b["blank"]
+        assert [t["label"] for t in a["top"]] == [t["label"] for t in b["top"]]
+        assert a["score"] == pytest.approx(b["score"], abs=1e-4)
+    assert onnx_answers[-1]["blank"] and onnx_answers[-1]["unknown"]
+    assert not any(r["blank"] for r in onnx_answers[:-1])
+    # Probabilities are calibrated in both.
+    p = imrec.load(bundle).probabilities(imrec.load(bundle).prepare(pictures[0])[None])
+    assert np.isclose(p.sum(), 1.0, atol=1e-5)
+    # Accept everything the validation split had, or never reject: fewer or no unknowns.
+    loose = Predictor(digits_run).predict(pictures[:4], accept_rate=1.0)
+    none = Predictor(digits_run).predict(pictures[:4], reject=False)
+    assert sum(r["unknown"] for r in none) == 0
+    assert sum(r["unknown"] for r in loose) <= sum(r["unknown"] for r in torch_answers[:4])
+
+
+def test_the_service_takes_the_options_and_refuses_bad_ones(digits_run):
+    app = create_app(digits_run)
+    blank_png, digit_png = _png(np.zeros((8, 8), np.uint8)), _png(_digit(3))
+    b64 = lambda d: base64.b64encode(d).decode("ascii")  # noqa: E731
+
+    async def go():
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                ok = await c.post("/v1/predict", json={"images": [b64(blank_png), b64(digit_png)]})
+                off = await c.post(
+                    "/v1/predict", json={"images": [b64(digit_png)], "reject": False}
+                )
+                form = await c.post(
+                    "/v1/predict",
+                    files=[("files", ("d.png", digit_png, "image/png"))],
+                    data={"accept_rate": "1", "reject": "true"},
+                )
+                bad = [
+                    await c.post(
+                        "/v1/predict", json={"images": [b64(digit_png)], "accept_rate": 0}
+                    ),
+                    await c.post(
+                        "/v1/predict",
+                        files=[("files", ("d.png", digit_png, "image/png"))],
+                        data={"accept_rate": "1.5"},
+                    ),
+                    await c.post(
+                        "/v1/predict",
+                        files=[("files", ("d.png", digit_png, "image/png"))],
+                        data={"reject": "maybe"},
+                    ),
+                ]
+                return ok, off, form, bad
+
+    ok, off, form, bad = asyncio.run(go())
+    first, second = ok.json()["results"]
+    assert first["blank"] and first["unknown"] and not second["blank"]
+    assert isinstance(second["score"], float)
+    assert off.json()["results"][0]["unknown"] is False
+    assert form.status_code == 200 and "unknown" in form.json()["results"][0]
+    assert [r.status_code for r in bad] == [422, 422, 422]
+    assert "accept_rate" in bad[1].text and "reject must be true or false" in bad[2].text
+
+
+def test_refitting_on_other_data_and_old_models(digits_run, tmp_path):
+    run = shutil.copytree(digits_run, tmp_path / "run")
+    before = read_checkpoint_meta(run)["confidence"]
+    stricter = imrec.calibrate(run, accept_rate=0.9)
+    assert stricter["accept_rate"] == 0.9 and abs(stricter["val"]["accepted"] - 0.9) < 0.05
+    assert stricter["threshold"] > before["threshold"]
+    assert read_checkpoint_meta(run)["confidence"]["threshold"] == stricter["threshold"]
+    assert json.loads((run / "calibration.json").read_text())["threshold"] == stricter["threshold"]
+    # The user's own images, as a folder with the model's class names.
+    own = tmp_path / "own"
+    for k in range(3):
+        (own / str(k)).mkdir(parents=True)
+        for j in range(6):
+            Image.fromarray(np.roll(_digit(k), j % 2, axis=1)).save(own / str(k) / f"{j}.png")
+    mine = imrec.calibrate(run, f"folder:{own}")
+    assert f"folder:{own}" in mine["fitted_on"] and "18 images" in mine["fitted_on"]
+    with pytest.raises(ValueError, match=r"accept rate must be in \(0, 1\]"):
+        imrec.calibrate(run, accept_rate=0)
+    # A model trained before calibration existed predicts as before, and says it has no score.
+    old = Predictor(OLD).predict([_png(_digit(1)), _png(np.zeros((8, 8), np.uint8))])
+    assert old[0]["score"] is None and old[0]["unknown"] is False
+    assert old[1]["blank"] and old[1]["unknown"]
+
+
+def test_outlier_exposure_teaches_the_model_to_be_unsure_of_other_things(digits_run, tmp_path):
+    """Digits trained with scribble-like bars as outliers: the bars' predictions move towards
+    uniform (their largest probability drops well below the unexposed model's)."""
+    from imrec.core.errors import TrainError
+    from tests.conftest import bar_folder
+
+    bars = bar_folder(tmp_path / "bars", per_class=40)
+    out = tmp_path / "exposed"
+    report = imrec.fit(
+        "digits", out=out, train={"epochs": 2, "outliers": f"folder:{bars}"}, progress=False
+    )
+    assert re.search(r"\. Outlier exposure: \d+ images of folder:", report["split"])
+    pictures = sorted(bars.rglob("*.png"))[:30]
+
+    def answers(run) -> tuple[float, float]:
+        found = Predictor(run).predict(pictures)
+        return np.mean([r["top"][0]["probability"] for r in found]), np.mean(
+            [r["unknown"] for r in found]
+        )
+
+    (exposed_top, exposed_unknown), (plain_top, plain_unknown) = answers(out), answers(digits_run)
+    assert exposed_top < plain_top - 0.1, (exposed_top, plain_top)
+    assert exposed_unknown >= plain_unknown  # (the 8x8 digits model already doubts bars)
+    assert report["test"]["accuracy"] > 0.85  # the digits themselves are still learnt
+    with pytest.raises(TrainError, match="same classes as digits"):
+        imrec.fit("digits", out=tmp_path / "x", train={"outliers": "digits"}, progress=False)

@@ -14,8 +14,10 @@ pass, so every backend computes them the same way:
   that the softmax throws away.
 
 The threshold is stored with a table of the validation scores' quantiles, so that another
-acceptance rate (``accept_rate``) maps to its threshold without the data. Which score is the
-default is decided by measurement (BENCHMARKS.md "Unknown answers").
+acceptance rate (``accept_rate``) maps to its threshold without the data. ``energy`` is the
+default: on the MNIST model it separated Fashion-MNIST, Chars74K letters and Chinese MNIST at
+least as well as ``msp`` (AUROC 0.837 / 0.946 / 0.992 against 0.812 / 0.931 / 0.986) and equally
+well after outlier exposure (BENCHMARKS.md "Unknown answers").
 """
 
 from __future__ import annotations

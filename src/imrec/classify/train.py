@@ -59,6 +59,23 @@ def build_augment(run: RunConfig, domain: str) -> BatchAugment | None:
     return BatchAugment(cfg)
 
 
+def dataset_names(text: str) -> list[str]:
+    """Comma-separated dataset names, where a name's own options may hold commas too: a part
+    with ``=`` and no ``:`` continues the name before it.
+
+    Example:
+        >>> dataset_names("chars74k,hanzi:size=28,train=4,folder:/data/junk")
+        ['chars74k', 'hanzi:size=28,train=4', 'folder:/data/junk']
+    """
+    names: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if names and "=" in part and ":" not in part:
+            names[-1] += "," + part
+        elif part:
+            names.append(part)
+    return names
+
+
 OUTLIER_POOL = 60_000  # at most this many outlier images are kept (a fixed random subset)
 
 
@@ -73,7 +90,7 @@ def load_outliers(names: str, data: ClassificationData, device: torch.device) ->
             one that cannot be loaded.
     """
     pools = []
-    for name in filter(None, (n.strip() for n in names.split(","))):
+    for name in dataset_names(names):
         try:
             domain = data.domain if name.startswith("folder:") else None
             other = load_dataset(

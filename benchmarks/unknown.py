@@ -86,8 +86,13 @@ class Features:
     def all_scores(self, images: torch.Tensor) -> dict[str, np.ndarray]:
         f, logits = self(images)
         t = self.conf.temperature
-        d = f[:, None, :] - self.means[None]  # (N, K, D)
-        maha = torch.einsum("nkd,de,nke->nk", d, self.precision, d).min(1).values
+        # (f - m)' P (f - m) = f'Pf - 2 f'Pm + m'Pm, for all classes at once, in chunks
+        mp = self.means @ self.precision  # (K, D)
+        mm = (mp * self.means).sum(1)  # (K,)
+        maha = torch.cat([
+            ((c @ self.precision) * c).sum(1, keepdim=True) - 2 * c @ mp.T + mm
+            for c in f.split(2048)
+        ]).min(1).values  # fmt: skip
         return {
             "msp": scores(logits, t, "msp").numpy(),
             "energy": scores(logits, t, "energy").numpy(),

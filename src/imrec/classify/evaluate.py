@@ -289,8 +289,9 @@ def calibrate_run(
     (another ``accept_rate``), or on another dataset's images (``data``, e.g. a folder of
     the user's own real images: all of them unless ``split="test"``), since a threshold set on
     one source does not always carry to another. The best checkpoint's ``confidence`` is
-    replaced (export again to carry it into a bundle); returns the new ``confidence`` section,
-    also written to ``run_dir/calibration.json``.
+    replaced (export again to carry it into a bundle); returns the new ``confidence`` section
+    (``val``: the images it was fitted on; ``test``: the run's test split, or for other data
+    the same images again), also written to ``run_dir/calibration.json``.
     """
     from imrec.core.checkpoint import atomic_write_text, load_checkpoint
     from imrec.models.load import load_model
@@ -299,8 +300,9 @@ def calibrate_run(
     model, meta = load_model(run_dir, device)
     name = data or meta["dataset"]
     dataset = _load_for_model(name, meta, _run_config(run_dir))
-    if name == meta["dataset"]:
-        chosen = dataset.val
+    check = None
+    if name == meta["dataset"]:  # fitted on validation, measured on test
+        chosen, check = dataset.val, dataset.test
     else:
         chosen = _chosen_split(dataset, split or "all")
         if (meta.get("ink") or {}).get("form"):
@@ -308,10 +310,13 @@ def calibrate_run(
         chosen = _align_classes(dataset, chosen, meta["classes"])
     batcher = Batcher.from_stats(meta["input"]["mean"], meta["input"]["std"], device)
     logits = predict_logits(model, chosen.images, batcher, batch_size)
+    measured = (logits, chosen)  # other data: measured on the images it was fitted on
+    if check is not None:
+        measured = (predict_logits(model, check.images, batcher, batch_size), check)
     weights, stored = load_checkpoint(run_dir / "best.safetensors")
-    where = "validation split" if name == meta["dataset"] else f"{split or 'all'} images"
+    where = "validation split" if check is not None else f"{split or 'all'} images"
     section = calibrate_checkpoint(
-        run_dir / "best", weights, stored, (logits, chosen), (logits, chosen),
+        run_dir / "best", weights, stored, (logits, chosen), measured,
         f"the {where} of {name} ({len(chosen)} images)", accept_rate,
     )  # fmt: skip
     atomic_write_text(run_dir / "calibration.json", json.dumps(section, indent=2))

@@ -223,7 +223,7 @@ def save_reliability(before: dict, after: dict, path: str | os.PathLike) -> Path
         ax.set_ylabel("accuracy")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
-        ax.set_title("Reliability on the test split, before and after calibration")
+        ax.set_title("Reliability before and after calibration")
         ax.legend(loc="upper left")
         return plots.save(fig, path)
 

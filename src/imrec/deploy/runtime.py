@@ -20,6 +20,7 @@ Example (``bundle`` is an exported digit classifier, ``digit`` a PNG of a 0):
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -266,7 +267,7 @@ class Model:
         found = self._task.batch_results(self, images, top_k, **opts)
         return [{**n, **r} for n, r in zip(names, found, strict=True)]
 
-    @property
+    @functools.cached_property
     def confidence(self):
         """The classifier's calibration and rejection rule
         (:class:`~imrec.classify.confidence.Confidence`), None for an uncalibrated model."""

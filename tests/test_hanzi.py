@@ -201,9 +201,8 @@ def _copy(run, tmp_path):
 
 def test_renderers_auto_use_fonts_when_they_have_every_character(mirror, tmp_path):
     _fonts_or_skip()
-    assert (
-        "by strokes+fonts" in load_dataset(f"hanzi:chars={TEN[:2]},train=1,val=1,test=1").split_note
-    )
+    note = load_dataset(f"hanzi:chars={TEN[:2]},train=1,val=1,test=1").split_note
+    assert "by strokes+fonts (fonts: " in note and "AR PL UKai" in note  # the fonts, named
     (tmp_path / "empty").mkdir()
     with pytest.warns(UserWarning, match="renderers=auto: strokes only.*no CJK font found"):
         data = load_dataset(

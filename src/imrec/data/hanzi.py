@@ -361,6 +361,7 @@ def load_hanzi(name: str, *, val_fraction: float = 0.1, seed: int = 0) -> Classi
         split_note=(
             f"{len(chars)} characters rendered from stroke data: {spec.train} / {spec.val} / "
             f"{spec.test} renders per class for train / val / test by {renderer.renderers}"
+            f"{f' (fonts: {renderer.fonts.names()})' if renderer.fonts else ''}"
             f"{' (training renders drawn afresh every epoch)' if spec.fresh else ''}, each split with its own "
             f"seed ({spec.seed} + {SPLIT_SEEDS['val']} / {SPLIT_SEEDS['test']}); licence: {LICENSE}"
         ),

@@ -232,6 +232,13 @@ class GlyphFonts:
                 "add a font that has them (fonts=DIR) or use renderers=strokes"
             )
 
+    def names(self) -> str:
+        """The fonts, as ``family style (file)``, for a run's record (tested in
+        tests/test_hanzi.py: the fonts differ from machine to machine)."""
+        from pathlib import Path
+
+        return ", ".join(f"{' '.join(f.getname())} ({Path(str(f.path)).name})" for f in self.fonts)
+
 
 def _has_glyph(font, char: str) -> bool:
     """True when ``font`` draws ``char`` as something other than its missing-glyph box."""

@@ -17,6 +17,7 @@ import torch
 from imrec.core.checkpoint import CheckpointError, read_checkpoint_meta
 from imrec.core.errors import TrainError
 from imrec.data import load_dataset
+from imrec.data.sources import DatasetError
 from imrec.data.types import ClassificationData, ImageSet
 
 
@@ -78,7 +79,7 @@ def keep_checkpoint_classes(
         f"of {data.name} mapped into them by name."
     )
     if rehearse > 0:
-        old = _checkpoint_data(meta, data)
+        old = _checkpoint_data(meta)
         picked = _per_class(old.train.labels, rehearse)
         images = old.train.images[picked]  # streamed or rendered splits are drawn here
         train = _concat(train, ImageSet(images, old.train.labels[picked]))
@@ -98,14 +99,14 @@ def keep_checkpoint_classes(
     )
 
 
-def _checkpoint_data(meta: dict, data: ClassificationData) -> ClassificationData:
+def _checkpoint_data(meta: dict) -> ClassificationData:
     name = meta.get("dataset")
     if not name:
         raise TrainError("--rehearse: the checkpoint does not name the dataset it was trained on")
     size = meta["input"]["size"][0]
     try:
         return load_dataset(name, size=size, channels=meta["input"]["channels"])
-    except Exception as e:  # noqa: BLE001 - any failure to load is the same advice
+    except (DatasetError, OSError, ValueError) as e:
         raise TrainError(
             f"--rehearse: cannot load {name}, the checkpoint's training data ({e}); "
             "use --rehearse 0 to fine-tune without it"

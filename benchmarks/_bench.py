@@ -54,6 +54,18 @@ def run_measured(cmd: list[str], log: Path, env: dict[str, str]) -> tuple[float,
     return wall, usage.ru_maxrss / 1024, text  # ru_maxrss is in KiB on Linux
 
 
+def imrec_cli(*args: str) -> tuple[float, str]:
+    """Run ``python -m imrec ARGS`` (a whole process, as a user runs it): its wall time and
+    stdout; a failure ends the benchmark with the tail of its stderr."""
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "imrec", *args], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"imrec {' '.join(args)} failed:\n{out.stderr[-3000:]}")
+    return time.perf_counter() - t0, out.stdout
+
+
 def command_output(cmd: list[str], cwd: Path | None = None) -> str:
     """The stripped stdout of ``cmd`` ('' when it prints nothing or fails)."""
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd).stdout.strip()

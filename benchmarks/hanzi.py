@@ -29,21 +29,11 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from _bench import imrec_cli as imrec
+
 HELD_OUT_FONTS = ("/usr/share/fonts/truetype/arphic-gkai00mp", "/usr/share/fonts/truetype/arphic")
-
-
-def imrec(*args: str) -> tuple[float, str]:
-    """Run ``python -m imrec ARGS`` (a whole process); its wall time and stdout."""
-    t0 = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, "-m", "imrec", *args], capture_output=True, text=True, check=False
-    )
-    if out.returncode != 0:
-        raise SystemExit(f"imrec {' '.join(args)} failed:\n{out.stderr[-3000:]}")
-    return time.perf_counter() - t0, out.stdout
 
 
 def scores(report: dict) -> dict:

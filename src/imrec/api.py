@@ -16,7 +16,15 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from imrec.config import RunConfig, TrainConfig, build_config, folder_recipe, split_train
+from imrec.classify.finetune import kept_size
+from imrec.config import (
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+    build_config,
+    folder_recipe,
+    split_train,
+)
 from imrec.core.checkpoint import CheckpointError, read_checkpoint_meta
 from imrec.core.errors import TrainError
 from imrec.data.registry import dataset_task
@@ -61,12 +69,15 @@ def fit(
             f"{model['name']} is a {model_task(model['name'])} model and {dataset} a {task} "
             f"dataset; see `imrec models --task {task}`"
         )
+    size = data.get("size")
+    if size is None and task == "classify":  # fine-tuning that keeps classes: the model's size
+        size = kept_size(OptimConfig(**split_train(train)["optim"]))
     loaded = pkg.load_data(
         dataset,
         placement=train.get("data_placement", "auto"),
         val_fraction=data.get("val_fraction", 0.1),
         seed=train.get("seed", 0),
-        size=data.get("size") or _kept_size(train),
+        size=size,
         channels=data.get("channels"),
         domain=data.get("domain"),
     )
@@ -103,19 +114,6 @@ def check_train_fields(pkg: ModuleType, train: dict) -> None:
     if unused:
         flags = ", ".join("--" + k.replace("_", "-") for k in unused)
         raise TrainError(f"{flags}: not used when training a {pkg.TASK} model; leave it out")
-
-
-def _kept_size(train: dict) -> int | None:
-    """With ``keep_classes``, the image side of the checkpoint fine-tuned from: the new data
-    is loaded at it, so that the checkpoint's own images mix in (``rehearse``)."""
-    if not train.get("keep_classes"):
-        return None
-    if not train.get("init"):
-        raise TrainError("--keep-classes and --rehearse need --init CHECKPOINT")
-    try:
-        return int(read_checkpoint_meta(train["init"])["input"]["size"][0])
-    except CheckpointError as e:
-        raise TrainError(f"--init: {e}") from e
 
 
 def _model_of(checkpoint: str | Path) -> dict:

@@ -38,6 +38,7 @@ from .inputs import (
     ApiError,
     BodyLimit,
     Limits,
+    bool_field,
     open_image,
     read_images,
     reject_fields,
@@ -242,10 +243,7 @@ async def explain(request: Request) -> JSONResponse:
 def _explain_fields(fields) -> tuple[str | None, bool]:
     if isinstance(fields, ExplainJSON):
         return fields.target, fields.raw
-    raw = fields.get("raw", "false").strip().lower()
-    if raw not in ("true", "false", "1", "0"):
-        raise ApiError(422, "invalid_field", f"raw must be true or false, got {raw!r}")
-    return fields.get("target") or None, raw in ("true", "1")
+    return fields.get("target") or None, bool_field("raw", fields.get("raw", "false"))
 
 
 def _explain_body(model, result: dict, raw: bool) -> dict[str, Any]:

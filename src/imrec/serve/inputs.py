@@ -223,11 +223,16 @@ def reject_fields(accept_rate: str | None, reject: str | None) -> dict:
             )
         out["accept_rate"] = rate
     if reject is not None:
-        flag = reject.strip().lower()
-        if flag not in ("true", "false", "1", "0"):
-            raise ApiError(422, "invalid_field", f"reject must be true or false, got {reject!r}")
-        out["reject"] = flag in ("true", "1")
+        out["reject"] = bool_field("reject", reject)
     return out
+
+
+def bool_field(name: str, value: str) -> bool:
+    """A multipart boolean field: ``true``/``false``/``1``/``0`` (any case)."""
+    flag = value.strip().lower()
+    if flag not in ("true", "false", "1", "0"):
+        raise ApiError(422, "invalid_field", f"{name} must be true or false, got {value!r}")
+    return flag in ("true", "1")
 
 
 def top_k_field(value: str | None, default: int = 5) -> int:

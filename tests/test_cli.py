@@ -75,6 +75,7 @@ def test_data_list_names_every_builtin(capsys):
         "chinese-mnist",
         "emnist-letters",
         "chars74k",
+        "letters[:options]",
         "digits",
         "folder:",
     ):

@@ -24,6 +24,7 @@ from imrec.data.datasets import (
 from imrec.data.detection import list_detection_datasets, load_detection
 from imrec.data.folder import load_folder, resize_center_crop
 from imrec.data.idx import read_idx, write_idx
+from imrec.data.letters import load_letters
 from imrec.data.registry import dataset_task
 from imrec.data.sources import DatasetError, SourceFile, dataset_dir, imrec_home
 from imrec.data.splits import group_split, stratified_split
@@ -48,6 +49,7 @@ __all__ = [
     "load_dataset",
     "load_detection",
     "load_folder",
+    "load_letters",
     "read_idx",
     "register_dataset",
     "resize_center_crop",

@@ -402,7 +402,7 @@ def _val_from_train(full: ImageSet, val_fraction: float, seed: int) -> tuple[Ima
     return _take(full, keep), _take(full, held)
 
 
-def _writer_split(
+def writer_split(
     full: ImageSet, val_fraction: float, seed: int, what: str
 ) -> tuple[ImageSet, ImageSet, ImageSet, str]:
     """Test = 20% of the writers (fixed seed), val = ``val_fraction`` of the other writers."""
@@ -534,21 +534,48 @@ def _fetch_idx(spec: _IdxSet) -> dict[str, str]:
 def _fetch_emnist() -> dict[str, str]:
     """The four EMNIST-letters gz files: from cache or mirror, else out of the official zip."""
     spec = EMNIST_LETTERS
-    cache, mirror = dataset_dir(spec.folder), mirror_root()
-    have = [
-        (cache / f.name).is_file()
-        or (mirror is not None and (mirror / spec.folder / f.name).is_file())
-        for f in spec.files
-    ]
-    if not all(have):
+    if not emnist_letters_present():
         hint = (
             f"The official archive is {EMNIST_ZIP_URL} (about 560 MB, MD5 {EMNIST_ZIP.md5}); "
             f"a mirror may instead hold the four files {', '.join(f.name for f in spec.files)} "
             f"in DIR/{spec.folder}/ {_mirror_hint()}."
         )
         zip_path, _ = fetch_file(spec.folder, EMNIST_ZIP, spec.name, hint)
-        _extract_members(zip_path, [f.name for f in spec.files], cache)
+        _extract_members(zip_path, [f.name for f in spec.files], dataset_dir(spec.folder))
     return {f.name: fetch_file(spec.folder, f, spec.name)[1] for f in spec.files}
+
+
+def emnist_letters_present() -> bool:
+    """Whether EMNIST letters' four files are in the cache or the mirror (nothing fetched)."""
+    cache, mirror = dataset_dir(EMNIST_LETTERS.folder), mirror_root()
+    return all(
+        (cache / f.name).is_file()
+        or (mirror is not None and (mirror / EMNIST_LETTERS.folder / f.name).is_file())
+        for f in EMNIST_LETTERS.files
+    )
+
+
+def emnist_letters_train() -> tuple[np.ndarray, np.ndarray]:
+    """EMNIST letters' official training images in the handwriting normal form (uint8
+    ``(N, 28, 28)``, prepared once into the cache) and their labels (0-25 = A-Z)."""
+    spec = EMNIST_LETTERS
+    checksum = dataset_checksum(_fetch_idx(spec))
+    paths = [dataset_dir(spec.folder) / f.name for f in spec.files]
+    arrays = cached_arrays(
+        spec.folder,
+        f"{spec.name}-{checksum[:16]}-{DECODE_VERSION}",
+        lambda: _decode_idx(spec, paths),
+    )
+
+    def formed() -> dict[str, np.ndarray]:
+        form = InkForm()
+        _notice(f"preparing {len(arrays['x_train'])} EMNIST letters once in the normal form")
+        return {
+            "images": np.stack(_parallel(lambda a: to_ink_form(a, form), list(arrays["x_train"])))
+        }
+
+    key = f"{spec.name}-train-{checksum[:16]}-{_FORM}"
+    return cached_arrays(spec.folder, key, formed)["images"], arrays["y_train"]
 
 
 def _extract_members(zip_path: Path, names: list[str], dest: Path) -> None:
@@ -780,7 +807,7 @@ def _fetch_chinese() -> tuple[Path, str]:
     return fetch_file("chinese-mnist", CHINESE_MNIST_FILE, "chinese-mnist", hint)
 
 
-def _fetch_chars74k(name: str = "chars74k") -> tuple[Path, str]:
+def fetch_chars74k(name: str = "chars74k") -> tuple[Path, str]:
     return fetch_file(CHARS74K_FOLDER, CHARS74K_FILE, name, f"{CHARS74K_HINT} {_mirror_hint()}")
 
 
@@ -790,7 +817,7 @@ def _load_chinese(*, val_fraction: float, seed: int) -> ClassificationData:
     key = f"chinese-mnist-{checksum[:16]}-{CHINESE_VERSION}"
     arrays = cached_arrays("chinese-mnist", key, lambda: _decode_chinese(path))
     full = _image_set(arrays["images"], arrays["labels"], arrays["groups"])
-    train, val, test, note = _writer_split(full, val_fraction, seed, "writer")
+    train, val, test, note = writer_split(full, val_fraction, seed, "writer")
     return ClassificationData(
         name="chinese-mnist",
         classes=list(CHINESE_CLASSES),
@@ -803,19 +830,26 @@ def _load_chinese(*, val_fraction: float, seed: int) -> ClassificationData:
     )
 
 
+def chars74k_arrays(name: str = "chars74k") -> tuple[dict[str, np.ndarray], str]:
+    """Every Chars74K drawing here in the 28 px normal form (``images``), its class number
+    (``class_numbers``, 1-62) and writer (``groups``), decoded once into the cache; and the
+    source's checksum."""
+    path, sha = fetch_chars74k(name)
+    checksum = dataset_checksum({CHARS74K_FILE.name: sha})
+    key = f"chars74k-{checksum[:16]}-{CHARS74K_VERSION}"
+    return cached_arrays(CHARS74K_FOLDER, key, lambda: _decode_chars74k(path)), checksum
+
+
 def _load_chars74k(
     name: str, upper_only: bool, val_fraction: float, seed: int
 ) -> ClassificationData:
-    path, sha = _fetch_chars74k(name)
-    checksum = dataset_checksum({CHARS74K_FILE.name: sha})
-    key = f"chars74k-{checksum[:16]}-{CHARS74K_VERSION}"
-    arrays = cached_arrays(CHARS74K_FOLDER, key, lambda: _decode_chars74k(path))
+    arrays, checksum = chars74k_arrays(name)
     numbers = arrays["class_numbers"]
     keep = (numbers >= 11) & (numbers <= 36) if upper_only else np.ones(len(numbers), bool)
     present = np.unique(numbers[keep])  # class order = Chars74K numbering
     labels = np.searchsorted(present, numbers[keep])
     full = _image_set(arrays["images"][keep], labels, arrays["groups"][keep])
-    train, val, test, note = _writer_split(full, val_fraction, seed, "writer")
+    train, val, test, note = writer_split(full, val_fraction, seed, "writer")
     return ClassificationData(
         name=name,
         classes=[_chars74k_char(int(n)) for n in present],
@@ -878,7 +912,7 @@ register_dataset(
     "chars74k",
     _CHARS74K_DESC,
     _tar_info("chars74k", CHARS74K_FOLDER, CHARS74K_FILE, 44, _CHARS74K_DESC, _CHARS74K_LICENSE),
-    _fetch_folder(_fetch_chars74k),
+    _fetch_folder(fetch_chars74k),
 )(lambda *, val_fraction, seed: _load_chars74k("chars74k", False, val_fraction, seed))
 
 _UPPER_DESC = "Chars74K EnglishHnd upper-case letters A-Z as 28x28, 55 writers"
@@ -886,7 +920,7 @@ register_dataset(
     "chars74k-upper",
     _UPPER_DESC,
     _tar_info("chars74k-upper", CHARS74K_FOLDER, CHARS74K_FILE, 26, _UPPER_DESC, _CHARS74K_LICENSE),
-    _fetch_folder(lambda: _fetch_chars74k("chars74k-upper")),
+    _fetch_folder(lambda: fetch_chars74k("chars74k-upper")),
 )(lambda *, val_fraction, seed: _load_chars74k("chars74k-upper", True, val_fraction, seed))
 
 

@@ -251,7 +251,8 @@ def _has_glyph(font, char: str) -> bool:
 
 def draw_glyph(font, char: str, rng: np.random.Generator, style: PenStyle, size: int) -> np.ndarray:
     """``char`` in ``font`` on a ``size`` square, white on black, with a random weight (a
-    stroke around the glyph, or none), affine change and elastic warp: uint8 ``(size, size)``."""
+    stroke around the glyph, or none) and affine change: uint8 ``(size, size)`` (see
+    :func:`elastic_warp` for a warp on top)."""
     img = Image.new("L", (size, size), 0)
     weight = int(rng.integers(0, 3))
     ImageDraw.Draw(img).text(
@@ -283,3 +284,26 @@ def render_fonts(
         return draw_glyph(font, chars[k], rng, style, 128)
 
     return _in_form(draw, seed, index, size, keys)
+
+
+def elastic_warp(a: np.ndarray, rng: np.random.Generator, amplitude: float) -> np.ndarray:
+    """``a`` (uint8 ``(H, W)``) bent by a smooth random displacement field: a random shift
+    of about ``amplitude`` pixels at each point of a 4x4 grid, interpolated over the image.
+
+    Example:
+        >>> a = np.zeros((64, 64), np.uint8); a[20:44, 30:34] = 255
+        >>> b = elastic_warp(a, np.random.default_rng(0), 1.5)
+        >>> centre = lambda x: np.argwhere(x > 128).mean(0)  # the ink stays where it was
+        >>> b.shape, bool((a != b).any()), bool(abs(centre(a) - centre(b)).max() < 3)
+        ((64, 64), True, True)
+    """
+    from scipy.ndimage import map_coordinates, zoom
+
+    if amplitude <= 0:
+        return a
+    h, w = a.shape
+    field = rng.normal(0, amplitude, (2, 4, 4))
+    dy, dx = (zoom(f, (h / 4, w / 4), order=3, mode="nearest")[:h, :w] for f in field)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    out = map_coordinates(a.astype(np.float32), [ys + dy, xs + dx], order=1, mode="constant")
+    return out.clip(0, 255).astype(np.uint8)

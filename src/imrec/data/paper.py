@@ -1,0 +1,128 @@
+"""Pen on paper, photographed: what a clean drawing looks like after it was written on paper
+and taken with a phone.
+
+Training data drawn on a tablet or rendered from fonts is white ink on an exactly black ground;
+what users send is dark ink on grey, unevenly lit, slightly tilted, blurred and JPEG-compressed
+paper. :func:`on_paper` turns a drawing into such a photo (an RGB PIL image, ink and paper
+coloured), and :func:`to_form_via_paper` brings it back into the handwriting normal form with
+the same :func:`~imrec.core.preprocess.to_ink_form` that prepares real photos, so a model
+trained on it has seen what that preparation leaves of a photo (soft edges, uneven strokes,
+grain kept as faint ink) instead of only perfect drawings.
+
+Every photo is a pure function of the drawing and the random generator.
+
+Example:
+    >>> a = np.zeros((128, 128), np.uint8); a[30:100, 60:70] = 255  # a white bar
+    >>> photo = on_paper(a, np.random.default_rng(0))
+    >>> photo.mode, photo.size, bool(np.asarray(photo).mean() > 100)  # light paper, dark ink
+    ('RGB', (128, 128), True)
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from imrec.core.preprocess import InkForm, drawing_to_ink_form, to_ink_form
+
+# Ink colours (RGB): black, blue and red ballpoint, dark pencil grey.
+INKS = np.array([[20, 20, 25], [25, 40, 120], [20, 60, 160], [150, 25, 30], [70, 70, 75]])
+
+
+@dataclass(frozen=True)
+class PaperLook:
+    """How far a photo of paper strays from a clean drawing.
+
+    Attributes:
+        chance: the fraction of drawings given the paper look (the others stay clean).
+        paper: grey level range of the paper (0-255) before lighting.
+        tint: largest colour cast of the paper (a fraction of its level per channel).
+        ink_alpha: how dark the ink is against the paper: 1 = the ink's own colour.
+        light: the largest drop of light across the page (a shadow or a lamp at the side).
+        grain: the noise's standard deviation range (grey levels): sensor noise and paper fibre.
+        blur: Gaussian blur radius range, in pixels of the drawing.
+        tilt: the largest perspective change, as a fraction of the side (a phone held askew).
+        jpeg: JPEG quality range; applied to half of the photos.
+    """
+
+    chance: float = 0.5
+    paper: tuple[int, int] = (150, 250)
+    tint: float = 0.08
+    ink_alpha: tuple[float, float] = (0.55, 1.0)
+    light: float = 0.45
+    grain: tuple[float, float] = (1.0, 9.0)
+    blur: tuple[float, float] = (0.0, 1.6)
+    tilt: float = 0.06
+    jpeg: tuple[int, int] = (30, 90)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.chance <= 1.0:
+            raise ValueError(f"paper chance must be in [0, 1], got {self.chance}")
+
+
+def _perspective(img: Image.Image, rng: np.random.Generator, tilt: float) -> Image.Image:
+    """``img`` seen slightly askew: each corner moved by up to ``tilt`` of the side."""
+    w, h = img.size
+    corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float64)
+    moved = corners + rng.uniform(-tilt, tilt, (4, 2)) * [w, h]
+    # Solve for the 8 coefficients mapping output (corners) to input (moved) pixels.
+    rows, rhs = [], []
+    for (x, y), (u, v) in zip(corners, moved, strict=True):
+        rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+        rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+        rhs += [u, v]
+    coeffs = np.linalg.solve(np.array(rows), np.array(rhs))
+    return img.transform(img.size, Image.Transform.PERSPECTIVE, tuple(coeffs), Image.BILINEAR)
+
+
+def on_paper(
+    drawing: np.ndarray, rng: np.random.Generator, look: PaperLook = PaperLook()
+) -> Image.Image:
+    """A clean drawing (uint8 ``(H, W)``, white ink on black) as a photo of ink on paper: RGB."""
+    h, w = drawing.shape
+    alpha = Image.fromarray(drawing)
+    if look.tilt:
+        alpha = _perspective(alpha, rng, look.tilt)
+    a = np.asarray(alpha, np.float32)[:, :, None] / 255.0 * rng.uniform(*look.ink_alpha)
+    paper = rng.uniform(*look.paper) * (1 + rng.uniform(-look.tint, look.tint, 3))
+    ink = INKS[rng.integers(len(INKS))] * rng.uniform(0.7, 1.2)
+    img = paper * (1 - a) + ink * a  # (H, W, 3)
+    # Uneven light: a linear falloff in a random direction times a soft bright spot.
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = np.cos(angle) * xs / w + np.sin(angle) * ys / h
+    ramp = (ramp - ramp.min()) / (np.ptp(ramp) + 1e-6)  # 0 -> 1 across the page
+    spot = np.exp(-(((xs / w - rng.uniform()) ** 2 + (ys / h - rng.uniform()) ** 2) / 0.3))
+    light = 1 - look.light * rng.uniform() * (0.7 * ramp + 0.3 * (1 - spot))
+    img = img * light[:, :, None]
+    grain = rng.uniform(*look.grain)
+    fibre = np.asarray(
+        Image.fromarray(rng.normal(128, 40, (h // 8 + 1, w // 8 + 1)).clip(0, 255).astype(np.uint8))
+        .resize((w, h), Image.BICUBIC),
+        np.float32,
+    )  # fmt: skip
+    img = img + rng.normal(0, grain, (h, w, 1)) + (fibre[:, :, None] - 128) * grain / 40
+    photo = Image.fromarray(img.clip(0, 255).astype(np.uint8), "RGB")
+    radius = rng.uniform(*look.blur)
+    if radius > 0.2:
+        photo = photo.filter(ImageFilter.GaussianBlur(radius))
+    if rng.random() < 0.5:
+        buffer = io.BytesIO()
+        photo.save(buffer, "JPEG", quality=int(rng.integers(*look.jpeg)))
+        buffer.seek(0)
+        photo = Image.open(buffer).convert("RGB")
+    return photo
+
+
+def to_form_via_paper(
+    drawing: np.ndarray, rng: np.random.Generator, form: InkForm, look: PaperLook | None
+) -> np.ndarray:
+    """A clean drawing in the normal form ``form``: with chance ``look.chance`` by way of a
+    photo of it on paper (:func:`on_paper`, then :func:`to_ink_form` as for a user's
+    photo), else directly; uint8 ``(form.size, form.size)``."""
+    if look is None or rng.random() >= look.chance:
+        return drawing_to_ink_form(drawing, form)
+    return to_ink_form(on_paper(drawing, rng, look), form)

@@ -1,0 +1,177 @@
+"""The ``letters`` family: rendered handwriting fonts mixed with real Chars74K writers, the
+photographed-paper look, writer folds, EMNIST merging and the bad-input paths."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imrec.core.preprocess import InkForm, in_ink_form, to_ink_form
+from imrec.data import DatasetError, load_dataset, write_idx
+from imrec.data import letters as L
+from imrec.data.paper import PaperLook, on_paper, to_form_via_paper
+
+
+def _font_dir(tmp_path: Path, n: int = 2) -> Path:
+    """A folder with ``n`` of the installed handwriting fonts (CI installs Comic Neue)."""
+    fonts = L.installed_handwriting_fonts()
+    assert fonts, L.NO_FONTS  # .ci/run installs fonts-comic-neue
+    out = tmp_path / "fonts"
+    out.mkdir()
+    for f in fonts[:n]:
+        shutil.copy(f.path, out / Path(f.path).name)
+    return out
+
+
+def _load(name: str):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = load_dataset(name)
+    return data, [str(w.message) for w in caught]
+
+
+def test_spec_options_and_errors():
+    spec = L.LettersSpec.parse("letters:case=sensitive,rendered=7,paper=0.25,fold=2")
+    assert (spec.case, spec.rendered, spec.paper, spec.fold) == ("sensitive", 7, 0.25, 2)
+    assert spec.classes()[26:28] == ["a", "b"] and L.LettersSpec().class_chars()[0] == "Aa"
+    for bad, says in [
+        ("letters:case=upper", "case must be"),
+        ("letters:colour=red", "unknown option 'colour=red'"),
+        ("letters:rendered=0,real=0", "nothing to train on"),
+        ("letters:case=sensitive,emnist=1", "merge upper and lower case"),
+        ("letters:fold=5", "fold must be"),
+        ("letters:paper=2", "paper must be in"),
+        ("letters:rendered=lots", "rendered must be a int"),
+        ("letters:size=32", "size must be 28"),
+    ]:
+        with pytest.raises(DatasetError, match=says):
+            load_dataset(bad)
+
+
+def test_mix_is_rendered_plus_real_and_test_is_real_writers_only(mirror, tmp_path):
+    fonts = _font_dir(tmp_path)
+    data, _ = _load(f"letters:rendered=3,fonts={fonts}")
+    upper = load_dataset("chars74k")  # the same writer split (test: 20% of writers, seed 0)
+    assert data.classes == list(L.UPPER) and data.domain == "handwriting"
+    # Test: the Chars74K test writers' letters, upper and lower case, lower mapped to upper.
+    assert torch.equal(data.test.images, upper.test.images)
+    lower = [upper.classes[int(y)] for y in upper.test.labels]
+    assert data.test.labels.tolist() == [ord(c.upper()) - ord("A") for c in lower]
+    real = len(upper.train)
+    assert len(data.train) == 3 * real + 3 * 26
+    assert f"{real} real images" in data.split_note and "78 renders per epoch" in data.split_note
+    assert "each 3 times per epoch" in data.split_note
+    images = data.train.images
+    # Items drawn again in a later epoch are new drawings; the same epoch repeats exactly.
+    last = len(images) - 1
+    assert torch.equal(images.read(last), images.read(last))
+    assert not torch.equal(images.read(last), images.read(last + len(images)))
+    form = InkForm()
+    for i in (0, last, last + len(images)):
+        assert in_ink_form(images.read(i)[0].numpy(), form) or images.read(i).max() > 128
+    sub = images.subset(torch.tensor([last, 0]))
+    assert torch.equal(sub.read(0), images.read(last)) and sub.labels.tolist() == [
+        int(data.train.labels[last]),
+        int(data.train.labels[0]),
+    ]
+
+
+def test_case_sensitive_keeps_lower_case_and_skips_small_capitals(mirror, tmp_path):
+    data, notes = _load("letters:case=sensitive,rendered=1")
+    assert len(data.classes) == 52 and data.classes[26] == "a"
+    assert data.test.labels.max() >= 26  # Chars74K's lower-case i-z are their own classes
+    fonts = L.installed_handwriting_fonts()
+    if any(f.family == "Because We" for f in fonts):  # fonts-bwht: lower case = small caps
+        assert any("small capitals" in n for n in notes)
+
+
+def test_no_font_goes_on_with_real_letters_and_unreadable_fonts_are_named(mirror, tmp_path):
+    empty = tmp_path / "none"
+    empty.mkdir()
+    data, notes = _load(f"letters:fonts={empty}")
+    assert any("fonts-comic-neue" in n and "no handwriting font" in n for n in notes)
+    assert len(data.train) == 3 * len(load_dataset("chars74k").train)  # real letters only
+    with pytest.raises(DatasetError, match="rendered alone, but no handwriting font"):
+        load_dataset(f"letters:fonts={empty},real=0")
+    fonts = _font_dir(tmp_path, 1)
+    (fonts / "broken.ttf").write_bytes(b"not a font at all")
+    data, notes = _load(f"letters:fonts={fonts},rendered=2")
+    assert any("broken.ttf cannot be read" in n for n in notes)
+    assert "52 renders per epoch" in data.split_note
+    with pytest.raises(DatasetError, match="holdout=Nope: no such font family"):
+        load_dataset(f"letters:fonts={fonts},holdout=Nope")
+
+
+def test_a_letter_no_font_has_is_left_to_the_real_images(mirror, tmp_path, monkeypatch):
+    fonts = _font_dir(tmp_path, 1)
+    real = L._has_glyph
+    monkeypatch.setattr(L, "_has_glyph", lambda font, c: c not in "Qq" and real(font, c))
+    data, notes = _load(f"letters:fonts={fonts},rendered=2")
+    assert any("lacks Qq" in n for n in notes) and any("no font draws Q" in n for n in notes)
+    rendered = data.train.labels[3 * len(load_dataset("chars74k").train) :]
+    assert len(rendered) == 2 * 25 and 16 not in rendered.tolist()
+
+
+def test_writer_folds_cover_every_writer_once(mirror, tmp_path):
+    empty = tmp_path / "none"
+    empty.mkdir()
+    tests = []
+    for k in range(L.FOLDS):
+        data, _ = _load(f"letters:fold={k},fonts={empty}")
+        assert "writer fold" in data.split_note
+        tests.append(data.test)
+        assert len(data.val) and len(data.train)
+    total = sum(len(t) for t in tests)
+    assert total == len(load_dataset("chars74k").train) + len(load_dataset("chars74k").val) + len(
+        load_dataset("chars74k").test
+    )
+
+
+def test_paper_look_is_reproducible_and_undone_by_the_normal_form():
+    a = np.zeros((128, 128), np.uint8)
+    a[25:105, 58:70] = 255  # an "I"
+    one = np.asarray(on_paper(a, np.random.default_rng(3)))
+    two = np.asarray(on_paper(a, np.random.default_rng(3)))
+    assert np.array_equal(one, two) and one.ndim == 3
+    assert one.mean() > 80 and one[60, 64].mean() < one[5, 5].mean()  # dark ink, light paper
+    form = InkForm()
+    out = to_form_via_paper(a, np.random.default_rng(3), form, PaperLook(chance=1.0))
+    clean = to_ink_form(a, form)
+    # The photo's normal form is the same bar: most of the ink where the clean one has it.
+    assert out.shape == (28, 28) and (out[clean > 128] > 100).mean() > 0.8
+    with pytest.raises(ValueError, match="chance"):
+        PaperLook(chance=1.5)
+
+
+def _write_emnist_letters(folder: Path) -> None:
+    bar = np.zeros((28, 28), np.uint8)
+    bar[4:24, 12:16] = 255
+    images = np.stack([bar.T] * 6)  # stored transposed, as the official files are
+    labels = np.array([9] * 6, np.uint8)  # 1-based: "I"
+    folder.mkdir(parents=True)
+    for part, arr in (("train-images-idx3", images), ("train-labels-idx1", labels)):
+        write_idx(folder / f"emnist-letters-{part}-ubyte.gz", arr)
+    for part, arr in (("test-images-idx3", images[:2]), ("test-labels-idx1", labels[:2])):
+        write_idx(folder / f"emnist-letters-{part}-ubyte.gz", arr)
+
+
+def test_emnist_letters_join_the_real_ones_when_present(mirror, tmp_path, monkeypatch):
+    local = tmp_path / "mirror"
+    local.mkdir()
+    (local / "chars74k-englishhnd-subset").symlink_to(mirror / "chars74k-englishhnd-subset")
+    _write_emnist_letters(local / "emnist")
+    monkeypatch.setenv("IMREC_DATA_MIRROR", str(local))
+    empty = tmp_path / "none"
+    empty.mkdir()
+    data, _ = _load(f"letters:fonts={empty}")
+    chars74k = len(load_dataset("chars74k").train)
+    assert len(data.train) == 3 * (chars74k + 6) and "6 EMNIST" in data.split_note
+    assert data.train.labels[-6:].tolist() == [8] * 6  # "I"
+    assert data.train.images.read(chars74k)[0].max() == 255
+    data, _ = _load(f"letters:fonts={empty},emnist=0")
+    assert len(data.train) == 3 * chars74k

@@ -1,15 +1,17 @@
 """Letters on other people's handwriting: the goals of BENCHMARKS.md "letters" (issue 16).
 
     python benchmarks/letters.py --work /tmp/letters [--folds 0,1,2,3,4]
-                                 [--variants chars74k,rendered,mix] [--holdouts all|none|F,G]
+                                 [--variants chars74k,rendered,mix,upper]
+                                 [--holdouts all|none|F,G]
 
 Every training is a whole ``imrec train`` process with the default ``letters`` recipe:
 
 1. Writer folds (cross-validation: one test split holds under 300 images): for each fold K of
-   5, ``letters:fold=K`` trained three ways: on Chars74K alone (``rendered=0``), on renders
-   alone (``real=0,rendered=200``) and on the mix (the default). Scored on fold K's writers, never seen in
-   training: upper-case drawings (A-Z) and all drawings (A-Z plus the lower-case i-z here,
-   case-insensitive). Wall time of each training (cold, rendering included).
+   5, ``letters:fold=K`` trained four ways: on Chars74K alone (``rendered=0``), on renders
+   alone (``real=0,rendered=200``), on the mix (the default), and on the mix of upper-case
+   letters only (``case=upper``). Scored on fold K's writers, never seen in training:
+   upper-case drawings (A-Z) and all drawings (A-Z plus the lower-case i-z here,
+   case-insensitive; not for ``upper``, which never saw lower case). Wall time of each training (cold, rendering included).
 2. Photos, simulated: the standard split's test letters drawn onto paper and photographed by
    :func:`imrec.data.paper.on_paper` (another seed, stronger blur), saved as JPEG files and
    read back by ``imrec predict RUN DIR --json``, as the held-back real photos will be; for
@@ -52,7 +54,12 @@ import imrec
 from imrec.data import letters as L
 from imrec.data.paper import PaperLook, on_paper
 
-VARIANTS = {"chars74k": "rendered=0", "rendered": "real=0,rendered=200", "mix": ""}
+VARIANTS = {
+    "chars74k": "rendered=0",
+    "rendered": "real=0,rendered=200",
+    "mix": "",
+    "upper": "case=upper",  # the mix of upper-case letters only
+}
 START, END = "<!-- letters:start -->", "<!-- letters:end -->"
 
 
@@ -130,7 +137,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--folds", default="0,1,2,3,4")
-    ap.add_argument("--variants", default="chars74k,rendered,mix")
+    ap.add_argument("--variants", default="chars74k,rendered,mix,upper")
     ap.add_argument("--holdouts", default="all", help="font families: all, none or F,G")
     ap.add_argument("--write", action="store_true", help="record the results in BENCHMARKS.md")
     args = ap.parse_args()
@@ -224,8 +231,8 @@ def report(results: dict, args) -> list[str]:
                 len(got),
                 f"{pct(up)} ({n_up})",
                 " / ".join(pct(g["upper"]) for g in got),
-                f"{pct(al)} ({n_all})",
-                " / ".join(pct(g["all"]) for g in got),
+                f"{pct(al)} ({n_all})" if variant != "upper" else "-",
+                " / ".join(pct(g["all"]) for g in got) if variant != "upper" else "-",
                 f"{statistics.median(g['train_s'] for g in got):.0f}",
             ]
         )

@@ -40,7 +40,7 @@ def test_spec_options_and_errors():
     assert (spec.case, spec.rendered, spec.paper, spec.fold) == ("sensitive", 7, 0.25, 2)
     assert spec.classes()[26:28] == ["a", "b"] and L.LettersSpec().class_chars()[0] == "Aa"
     for bad, says in [
-        ("letters:case=upper", "case must be"),
+        ("letters:case=title", "case must be"),
         ("letters:colour=red", "unknown option 'colour=red'"),
         ("letters:rendered=0,real=0", "nothing to train on"),
         ("letters:case=sensitive,emnist=1", "merge upper and lower case"),
@@ -88,6 +88,15 @@ def test_case_sensitive_keeps_lower_case_and_skips_small_capitals(mirror, tmp_pa
     fonts = L.installed_handwriting_fonts()
     if any(f.family == "Because We" for f in fonts):  # fonts-bwht: lower case = small caps
         assert any("small capitals" in n for n in notes)
+
+
+def test_upper_case_only_classes(mirror):
+    data, _ = _load("letters:case=upper,rendered=1,paper=0")
+    upper = load_dataset("chars74k-upper")
+    assert data.classes == list(L.UPPER) and torch.equal(data.test.images, upper.test.images)
+    assert len(data.train) == 3 * len(upper.train) + 26
+    with pytest.raises(DatasetError, match="merge upper and lower case"):
+        load_dataset("letters:case=upper,emnist=1")
 
 
 def test_no_font_goes_on_with_real_letters_and_unreadable_fonts_are_named(mirror, tmp_path):
@@ -175,3 +184,47 @@ def test_emnist_letters_join_the_real_ones_when_present(mirror, tmp_path, monkey
     assert data.train.images.read(chars74k)[0].max() == 255
     data, _ = _load(f"letters:fonts={empty},emnist=0")
     assert len(data.train) == 3 * chars74k
+
+
+def test_a_short_training_on_the_mix_recognises_held_out_writers_and_photos(mirror, tmp_path):
+    """A few epochs of the mix score well on Chars74K writers never seen in training, and
+    ``imrec predict`` reads a photo of a letter on paper (JPEG) into the right class."""
+    import json
+
+    import imrec
+    from imrec.cli import main
+
+    fonts = _font_dir(tmp_path)
+    out = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = imrec.fit(
+            f"letters:rendered=10,real=1,fonts={fonts}",
+            out=out,
+            train={"epochs": 6, "batch_size": 64},
+            progress=False,
+        )
+    assert report["test"]["accuracy"] > 0.85  # 26 classes, 11 unseen writers
+    assert "real images" in report["split"] and "renders per epoch" in report["split"]
+    data = load_dataset("chars74k-upper")
+    rng = np.random.default_rng(5)
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for k in (0, 7):  # two upper-case test letters photographed on paper
+        letter = data.classes[int(data.test.labels[k])]
+        big = Image.fromarray(data.test.images[k, 0].numpy()).resize((200, 200), Image.BICUBIC)
+        on_paper(np.asarray(big), rng, PaperLook(blur=(0.5, 1.0))).save(
+            photos / f"photo_{k}_{letter}.jpg", quality=85
+        )
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert main(["predict", str(out), str(photos), "--json", "--no-reject"]) == 0
+    answers = json.loads(buffer.getvalue())
+    assert len(answers) == 2
+    right = [Path(a["input"]).stem.split("_")[2] == a["top"][0]["label"] for a in answers]
+    assert sum(right) >= 1, answers  # a 6-epoch model: at least one of the two photos

@@ -10,8 +10,9 @@ normal form that prepares a user's photo. With EMNIST letters' files in the cach
 mirror, their training images join the real ones (EMNIST merges upper and lower case, so only
 for the case-insensitive classes).
 
-Classes: ``A``-``Z``, case-insensitive (``a`` is an ``A``) by default; ``case=sensitive`` gives
-52 classes ``A``-``Z``, ``a``-``z``. Validation and test are real handwriting only: Chars74K
+Classes: ``A``-``Z``, case-insensitive (``a`` is an ``A``) by default; ``case=upper`` the same
+26 classes from upper-case letters only (where a plain bar must read as ``I``, not as an ``l``
+of class ``L``); ``case=sensitive`` gives 52 classes ``A``-``Z``, ``a``-``z``. Validation and test are real handwriting only: Chars74K
 writers never seen in training (``fold=K`` picks writer fold ``K`` of 5 as the test split, for
 cross-validation). Options after the colon, comma-separated, are the fields of
 :class:`LettersSpec`, e.g. ``letters:rendered=300,paper=0.3`` or ``letters:real=0`` (rendered
@@ -54,6 +55,7 @@ from imrec.data.types import ClassificationData, ImageSet
 UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 LOWER = UPPER.lower()
 FOLDS = 5
+CASES = ("insensitive", "upper", "sensitive")
 FOLD_SEED = 0
 
 # Handwriting-style fonts packaged by Debian: family name (as fontconfig gives it, matched as a
@@ -113,7 +115,7 @@ class LettersSpec:
         (['A', 'B', 'C'], 52, 50)
     """
 
-    case: str = "insensitive"  # insensitive (26 classes) or sensitive (52)
+    case: str = "insensitive"  # insensitive or upper (26 classes) or sensitive (52)
     rendered: int = 50  # renders per class per epoch (0: none)
     real: int = 3  # each real training image this many times per epoch; 0: rendered alone
     emnist: str = "auto"  # auto: EMNIST letters' training images when present; 1: fetch; 0
@@ -133,15 +135,15 @@ class LettersSpec:
         return spec
 
     def _check(self, name: str) -> None:
-        if self.case not in ("insensitive", "sensitive"):
-            raise DatasetError(f"{name}: case must be insensitive or sensitive")
+        if self.case not in CASES:
+            raise DatasetError(f"{name}: case must be {', '.join(CASES)}")
         if self.rendered < 0 or self.real < 0:
             raise DatasetError(f"{name}: rendered and real must be >= 0")
         if not self.rendered and not self.real:
             raise DatasetError(f"{name}: rendered=0 and real=0 leave nothing to train on")
         if self.emnist not in ("auto", "0", "1"):
             raise DatasetError(f"{name}: emnist must be auto, 0 or 1")
-        if self.emnist == "1" and self.case == "sensitive":
+        if self.emnist == "1" and self.case != "insensitive":
             raise DatasetError(
                 f"{name}: EMNIST letters merge upper and lower case; use case=insensitive"
             )
@@ -157,7 +159,7 @@ class LettersSpec:
 
     def class_chars(self) -> list[str]:
         """Per class, the characters drawn for it (``A`` and ``a`` when case-insensitive)."""
-        if self.case == "sensitive":
+        if self.case != "insensitive":
             return self.classes()
         return [u + u.lower() for u in UPPER]
 
@@ -416,7 +418,8 @@ def _chars74k(spec: LettersSpec) -> tuple[dict[str, np.ndarray], str]:
     lower = (numbers >= 37) & (numbers <= 62)
     labels = np.full(len(numbers), -1, np.int64)
     labels[upper] = numbers[upper] - 11
-    labels[lower] = numbers[lower] - 37 + (26 if spec.case == "sensitive" else 0)
+    if spec.case != "upper":
+        labels[lower] = numbers[lower] - 37 + (26 if spec.case == "sensitive" else 0)
     return {"images": arrays["images"], "labels": labels, "groups": arrays["groups"]}, checksum
 
 
@@ -478,7 +481,7 @@ def _real_splits(spec: LettersSpec, val_fraction: float, seed: int):
 def _emnist(spec: LettersSpec) -> tuple[np.ndarray, np.ndarray] | None:
     """EMNIST letters' training images in the normal form and their labels, when asked for
     (``emnist=1``) or present (``auto``, case-insensitive only); else None."""
-    if spec.emnist == "0" or spec.case == "sensitive":
+    if spec.emnist == "0" or spec.case != "insensitive":
         return None
     if spec.emnist == "auto" and not emnist_letters_present():
         return None

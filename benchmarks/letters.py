@@ -15,7 +15,7 @@ Every training is a whole ``imrec train`` process with the default ``letters`` r
 2. Photos, simulated: the standard split's test letters drawn onto paper and photographed by
    :func:`imrec.data.paper.on_paper` (another seed, stronger blur), saved as JPEG files and
    read back by ``imrec predict RUN DIR --json``, as the held-back real photos will be; for
-   the mix and for Chars74K alone. The simulator is the one training uses, so this checks the
+   the mix, for Chars74K alone and for Chars74K alone without the paper look. The simulator is the one training uses, so this checks the
    path from a photo file to an answer, not independence from the simulator.
 3. Font hold-outs: for each installed handwriting font family F, the mix trained without F
    (``holdout=F``), scored on the standard test writers and on 20 clean renders per class of
@@ -179,9 +179,12 @@ def main() -> None:
         photos = photo_folder(images, labels, args.work / "photos")
         alone = args.work / "standard-chars74k"
         train(dataset(-1, "chars74k"), alone, mirror)
+        clean = args.work / "standard-chars74k-no-paper"
+        train(dataset(-1, "chars74k", "paper=0"), clean, mirror)
         results["photos"] = {
             "mix": predict_folder(base_run, photos),
             "chars74k": predict_folder(alone, photos),
+            "chars74k_no_paper": predict_folder(clean, photos),
             "n": len(labels),
         }
         print("photos", results["photos"], flush=True)
@@ -256,7 +259,8 @@ def report(results: dict, args) -> list[str]:
             "",
             f"Simulated photos of the standard test writers' {ph['n']} letters through "
             f"`imrec predict RUN DIR --json`: the mix {pct(ph['mix'])}%, Chars74K alone "
-            f"{pct(ph['chars74k'])}%.",
+            f"{pct(ph['chars74k'])}%, Chars74K alone without the paper look (`paper=0`) "
+            f"{pct(ph['chars74k_no_paper'])}%.",
         ]
     if results["holdouts"]:
         mix = results["standard_mix"]

@@ -497,7 +497,7 @@ def load_letters(name: str, *, val_fraction: float = 0.1, seed: int = 0) -> Clas
     train, val, test, note, checksum = _real_splits(spec, val_fraction, seed)
     notes: list[str] = []
     real_images, real_labels = train.images, train.labels
-    emnist = _emnist(spec)
+    emnist = _emnist(spec) if spec.real else None
     if emnist is not None:
         real_images = torch.cat([real_images, torch.from_numpy(emnist[0]).unsqueeze(1)])
         real_labels = torch.cat([real_labels, torch.from_numpy(emnist[1])])
@@ -516,7 +516,7 @@ def load_letters(name: str, *, val_fraction: float = 0.1, seed: int = 0) -> Clas
     )
     for n in notes:
         warnings.warn(n, stacklevel=2)
-    n_real, n_emnist = len(real_labels), 0 if emnist is None or not spec.real else len(emnist[1])
+    n_real, n_emnist = len(real_labels), 0 if emnist is None else len(emnist[1])
     mix = (
         f"training: {n_real} real images ({n_real - n_emnist} Chars74K"
         f"{f', {n_emnist} EMNIST' if n_emnist else ''}"

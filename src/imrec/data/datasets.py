@@ -559,13 +559,7 @@ def emnist_letters_train() -> tuple[np.ndarray, np.ndarray]:
     """EMNIST letters' official training images in the handwriting normal form (uint8
     ``(N, 28, 28)``, prepared once into the cache) and their labels (0-25 = A-Z)."""
     spec = EMNIST_LETTERS
-    checksum = dataset_checksum(_fetch_idx(spec))
-    paths = [dataset_dir(spec.folder) / f.name for f in spec.files]
-    arrays = cached_arrays(
-        spec.folder,
-        f"{spec.name}-{checksum[:16]}-{DECODE_VERSION}",
-        lambda: _decode_idx(spec, paths),
-    )
+    arrays, checksum = _idx_arrays(spec)
 
     def formed() -> dict[str, np.ndarray]:
         form = InkForm()
@@ -620,12 +614,17 @@ def _decode_idx(spec: _IdxSet, paths: list[Path]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _load_idx(spec: _IdxSet, val_fraction: float, seed: int) -> ClassificationData:
-    hashes = _fetch_idx(spec)
-    checksum = dataset_checksum(hashes)
+def _idx_arrays(spec: _IdxSet) -> tuple[dict[str, np.ndarray], str]:
+    """The four files of an IDX set fetched and decoded once into the cache, and their
+    checksum."""
+    checksum = dataset_checksum(_fetch_idx(spec))
     paths = [dataset_dir(spec.folder) / f.name for f in spec.files]
     key = f"{spec.name}-{checksum[:16]}-{DECODE_VERSION}"
-    arrays = cached_arrays(spec.folder, key, lambda: _decode_idx(spec, paths))
+    return cached_arrays(spec.folder, key, lambda: _decode_idx(spec, paths)), checksum
+
+
+def _load_idx(spec: _IdxSet, val_fraction: float, seed: int) -> ClassificationData:
+    arrays, checksum = _idx_arrays(spec)
     train, val = _val_from_train(
         _image_set(arrays["x_train"], arrays["y_train"]), val_fraction, seed
     )

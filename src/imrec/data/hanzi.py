@@ -33,7 +33,7 @@ import torch
 from imrec.core.preprocess import InkForm
 from imrec.data.render import GlyphFonts, folder_fonts, render_fonts, render_strokes, system_fonts
 from imrec.data.sources import DatasetError, SourceFile, cached_arrays, fetch_file
-from imrec.data.types import ClassificationData, ImageSet
+from imrec.data.types import ClassificationData, DrawnImages, ImageSet
 
 FOLDER = "hanzi-writer-data"
 PACKAGE = SourceFile(
@@ -268,13 +268,11 @@ def _auto_renderers(chars: str, fonts: str) -> tuple[str, GlyphFonts | None, str
         return "strokes", None, f"renderers=auto: strokes only ({e})"
 
 
-class RenderedImages:
-    """Training images drawn on demand, afresh every epoch: stands in for the ``(N, 1, S, S)``
-    uint8 tensor of a split like :class:`~imrec.data.folder.FileImages` does (``shape``,
-    ``len``, indexing, ``subset``, ``sample``, ``read``), so training streams it through
-    DataLoader workers. Item ``i`` is character ``labels[i % N]`` drawn with key ``i``: the
-    trainer asks for ``i + epoch * N`` in epoch ``epoch``, a new drawing each time, the same
-    one on every rerun (``fresh`` tells it to).
+class RenderedImages(DrawnImages):
+    """Training renders drawn on demand, afresh every epoch (see
+    :class:`~imrec.data.types.DrawnImages`). Item ``i`` is character ``labels[i % N]`` drawn
+    with key ``i``; in epoch ``epoch`` the trainer asks for ``i + epoch * N``, a new drawing
+    each time, the same one on every rerun.
 
     Example:
         >>> yi = [[np.array([[100.0, 400.0], [900.0, 400.0]])]]  # 一: one stroke
@@ -283,20 +281,11 @@ class RenderedImages:
         (torch.Size([2, 1, 32, 32]), True)
     """
 
-    dtype = torch.uint8
-    ndim = 4
-    device = torch.device("cpu")
-    fresh = True
-
     def __init__(self, renderer: Renderer, labels, seed: int, size: int, keys=None):
         self.renderer, self.labels = renderer, np.asarray(labels, np.int64)
         self.seed, self.size = seed, size
         self.keys = np.arange(len(self.labels)) if keys is None else np.asarray(keys, np.int64)
         self.period = int(self.keys.max(initial=0)) + 1  # keys of a later epoch start here
-
-    @property
-    def shape(self) -> torch.Size:
-        return torch.Size([len(self.labels), 1, self.size, self.size])
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -305,9 +294,6 @@ class RenderedImages:
         chars = len(self.renderer.chars)
         return f"RenderedImages({len(self)} drawings of {chars} characters, {self.size} px)"
 
-    def numel(self) -> int:
-        return len(self) * self.size * self.size
-
     def read(self, i: int) -> torch.Tensor:
         """Item ``i`` (``i >= len``: a later epoch's drawing of item ``i % len``): ``(1, S, S)``."""
         n = len(self.labels)
@@ -315,24 +301,9 @@ class RenderedImages:
         image = self.renderer.draw(self.seed, [self.labels[i % n]], self.size, keys=[key])
         return torch.from_numpy(image)  # (1, S, S)
 
-    def __getitem__(self, index) -> torch.Tensor:
-        if isinstance(index, int):
-            return self.read(index)
-        pos = (
-            torch.arange(len(self))[index]
-            if not isinstance(index, torch.Tensor) or index.dtype == torch.bool
-            else index
-        )
-        return torch.stack([self.read(int(i)) for i in torch.as_tensor(pos).flatten()])
-
     def subset(self, index) -> RenderedImages:
         pos = torch.arange(len(self))[index].numpy()
         return RenderedImages(self.renderer, self.labels[pos], self.seed, self.size, self.keys[pos])
-
-    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
-        """Up to ``n`` items picked at random (fixed ``seed``), drawn: for statistics."""
-        pick = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
-        return self[pick.sort().values]
 
 
 def load_hanzi(name: str, *, val_fraction: float = 0.1, seed: int = 0) -> ClassificationData:

@@ -34,11 +34,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from imrec.core.preprocess import InkForm, to_ink_form
-from imrec.data import registry
+from imrec.data import registry, render
 from imrec.data.datasets import (
     CHARS74K_FOLDER,
-    TEST_FRACTION,
-    TEST_SEED,
     DatasetInfo,
     chars74k_arrays,
     emnist_letters_present,
@@ -47,10 +45,10 @@ from imrec.data.datasets import (
     writer_split,
 )
 from imrec.data.paper import PaperLook, to_form_via_paper
-from imrec.data.render import FONT_SUFFIXES, PenStyle, _has_glyph, draw_glyph, elastic_warp
+from imrec.data.render import PenStyle, _has_glyph, draw_glyph, elastic_warp
 from imrec.data.sources import DatasetError
 from imrec.data.splits import group_split
-from imrec.data.types import ClassificationData, ImageSet
+from imrec.data.types import ClassificationData, DrawnImages, ImageSet
 
 UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 LOWER = UPPER.lower()
@@ -202,18 +200,19 @@ def installed_handwriting_fonts() -> list[Font]:
 
 
 def folder_fonts(folder: str) -> list[Font]:
-    """Every font file under ``folder`` (its family read from the file when it can be)."""
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise DatasetError(f"fonts={folder}: no such folder")
+    """Every font file under ``folder`` (:func:`imrec.data.render.folder_fonts`), with its
+    family read from the file when it can be."""
+    try:
+        found = render.folder_fonts(folder)
+    except ValueError as e:
+        raise DatasetError(str(e)) from e
     out = []
-    for p in sorted(root.rglob("*")):
-        if p.suffix.lower() in FONT_SUFFIXES:
-            try:
-                family = ImageFont.truetype(str(p), 20).getname()[0] or p.stem
-            except OSError:
-                family = p.stem  # reported as unreadable when loaded
-            out.append(Font(str(p), 0, family))
+    for path, index in found:
+        try:
+            family = ImageFont.truetype(path, 20, index=index).getname()[0] or Path(path).stem
+        except OSError:
+            family = Path(path).stem  # reported as unreadable when loaded
+        out.append(Font(path, index, family))
     return out
 
 
@@ -320,14 +319,13 @@ def load_fonts(spec: LettersSpec) -> tuple[LetterFonts | None, list[str]]:
 # ---- images ----------------------------------------------------------------------------------
 
 
-class MixedImages:
-    """Real images and renders in one training split, drawn on demand, anew every epoch.
+class MixedImages(DrawnImages):
+    """Real images and renders in one training split, drawn on demand, anew every epoch (see
+    :class:`~imrec.data.types.DrawnImages`).
 
     Item ``p`` of the first ``len(real)`` is real image ``p`` (with chance ``look.chance`` as
     a photo of it on paper, brought back into the normal form); the rest are renders of their
-    class. Stands in for the ``(N, 1, S, S)`` tensor like
-    :class:`~imrec.data.hanzi.RenderedImages`: the trainer asks for ``i + epoch * N`` in
-    epoch ``epoch`` and gets a new drawing of item ``i``, the same on every rerun.
+    class.
 
     Example:
         >>> real = torch.zeros(2, 1, 28, 28, dtype=torch.uint8); real[:, :, 8:20, 12:16] = 255
@@ -335,11 +333,6 @@ class MixedImages:
         >>> imgs.shape, bool((imgs.read(0) == real[0]).all())
         (torch.Size([2, 1, 28, 28]), True)
     """
-
-    dtype = torch.uint8
-    ndim = 4
-    device = torch.device("cpu")
-    fresh = True
 
     def __init__(self, real, real_labels, fonts, rendered_labels, seed, size, look=None, repeat=1):
         self.real, self.fonts, self.seed, self.size = real, fonts, seed, size
@@ -359,19 +352,12 @@ class MixedImages:
     def labels(self) -> torch.Tensor:
         return torch.from_numpy(self.all_labels[self.at])
 
-    @property
-    def shape(self) -> torch.Size:
-        return torch.Size([len(self.at), 1, self.size, self.size])
-
     def __len__(self) -> int:
         return len(self.at)
 
     def __repr__(self) -> str:
         real = int((self.at < len(self.real)).sum())
         return f"MixedImages({real} real + {len(self) - real} rendered, {self.size} px)"
-
-    def numel(self) -> int:
-        return len(self) * self.size * self.size
 
     def read(self, i: int) -> torch.Tensor:
         """Item ``i`` (``i >= len``: epoch ``i // len``'s drawing of item ``i % len``)."""
@@ -389,24 +375,11 @@ class MixedImages:
             image = to_form_via_paper(drawing, rng, self.form, self.look)
         return torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0)  # (1, S, S)
 
-    def __getitem__(self, index) -> torch.Tensor:
-        if isinstance(index, int):
-            return self.read(index)
-        pos = torch.arange(len(self))[index] if not isinstance(index, torch.Tensor) else index
-        if pos.dtype == torch.bool:
-            pos = pos.nonzero().flatten()
-        return torch.stack([self.read(int(i)) for i in torch.as_tensor(pos).flatten()])
-
     def subset(self, index) -> MixedImages:
         pos = torch.arange(len(self))[index].numpy()
         out = MixedImages.__new__(MixedImages)
         out.__dict__.update(self.__dict__, at=self.at[pos], keys=self.keys[pos])
         return out
-
-    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
-        """Up to ``n`` items picked at random (fixed ``seed``), drawn: for statistics."""
-        pick = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
-        return self[pick.sort().values]
 
 
 # ---- real letters ----------------------------------------------------------------------------
@@ -435,20 +408,10 @@ def writer_folds(groups: np.ndarray) -> list[np.ndarray]:
 
 def upper_case_in_test(spec: LettersSpec) -> np.ndarray:
     """For each image of ``spec``'s test split, in order: whether it is an upper-case drawing
-    (benchmarks score upper case and all letters apart)."""
-    arrays, _ = _chars74k(spec)
-    keep = arrays["labels"] >= 0
-    numbers = chars74k_arrays()[0]["class_numbers"][keep]
-    groups = arrays["groups"][keep]
-    if spec.fold >= 0:
-        in_test = np.isin(groups, writer_folds(groups)[spec.fold])
-    else:
-        _, test_idx = group_split(
-            torch.from_numpy(groups.astype(np.int64)), TEST_FRACTION, TEST_SEED
-        )
-        in_test = np.zeros(len(groups), bool)
-        in_test[test_idx.numpy()] = True
-    return numbers[in_test] <= 36
+    (benchmarks score upper case and all letters apart). The test split is the same whatever
+    the case option (the same writers, letters and order): its case-sensitive labels say it."""
+    _, _, test, _, _ = _real_splits(dataclasses.replace(spec, case="sensitive"), 0.1, 0)
+    return test.labels.numpy() < len(UPPER)
 
 
 def _real_splits(spec: LettersSpec, val_fraction: float, seed: int):

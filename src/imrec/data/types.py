@@ -51,6 +51,52 @@ class ImageSet:
         return not isinstance(self.images, torch.Tensor)
 
 
+class DrawnImages:
+    """Training images drawn on demand, anew every epoch, standing in for a split's
+    ``(N, 1, S, S)`` uint8 tensor (``shape``, ``len``, indexing, ``subset``, ``sample``) so
+    training streams them through DataLoader workers like
+    :class:`~imrec.data.folder.FileImages`. ``fresh``: the trainer asks for item
+    ``i + epoch * N`` in epoch ``epoch`` and gets a new drawing of item ``i``, the same one on
+    every rerun.
+
+    Subclasses set ``size`` and give ``__len__``, ``read(i) -> (1, S, S)`` and ``subset``.
+    """
+
+    dtype = torch.uint8
+    ndim = 4
+    device = torch.device("cpu")
+    fresh = True
+    size: int
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def read(self, i: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size([len(self), 1, self.size, self.size])
+
+    def numel(self) -> int:
+        return len(self) * self.size * self.size
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, int):
+            return self.read(index)
+        pos = (
+            torch.arange(len(self))[index]
+            if not isinstance(index, torch.Tensor) or index.dtype == torch.bool
+            else index
+        )
+        return torch.stack([self.read(int(i)) for i in torch.as_tensor(pos).flatten()])
+
+    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        """Up to ``n`` items picked at random (fixed ``seed``), drawn: for statistics."""
+        pick = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        return self[pick.sort().values]
+
+
 @dataclass
 class ClassificationData:
     """A classification dataset split into train, validation and test, ready to train on.

@@ -90,7 +90,7 @@ class _FileSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         # Images drawn afresh each epoch are asked for by index + epoch x len (see
-        # imrec.data.hanzi.RenderedImages); their labels repeat.
+        # imrec.data.types.DrawnImages); their labels repeat.
         return self.images.read(i), self.labels[i % len(self.labels)]
 
 

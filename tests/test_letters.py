@@ -3,6 +3,7 @@ photographed-paper look, writer folds, EMNIST merging and the bad-input paths.""
 
 from __future__ import annotations
 
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -20,7 +21,10 @@ from imrec.data.paper import PaperLook, on_paper, to_form_via_paper
 def _font_dir(tmp_path: Path, n: int = 2) -> Path:
     """A folder with ``n`` of the installed handwriting fonts (CI installs Comic Neue)."""
     fonts = L.installed_handwriting_fonts()
-    assert fonts, L.NO_FONTS  # .ci/run installs fonts-comic-neue
+    if not fonts:
+        if os.environ.get("CI"):  # .ci/run installs fonts-comic-neue: its absence is a failure
+            pytest.fail(f"{L.NO_FONTS}; .ci/run should have installed fonts-comic-neue")
+        pytest.skip("no handwriting font installed (Debian: apt install fonts-comic-neue)")
     out = tmp_path / "fonts"
     out.mkdir()
     for f in fonts[:n]:

@@ -307,6 +307,8 @@ TESTED_ELSEWHERE = {
     "--rehearse": "tests/test_hanzi.py::test_fine_tuning_keeps_every_class_and_rehearses_them",
     "--outliers": "tests/test_confidence.py::test_outlier_exposure_teaches_the_model_to_be_unsure",
     "--outlier-weight": "tests/test_confidence.py::test_outlier_exposure_teaches_the_model_to_be_unsure",
+    "--exclude": "tests/test_doctor.py::test_exclude_and_relabel_lists_apply_to_training",
+    "--relabel": "tests/test_doctor.py::test_exclude_and_relabel_lists_apply_to_training",
 }
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 

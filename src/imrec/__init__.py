@@ -11,7 +11,15 @@ Usage (training MNIST takes about a minute on 2 CPU cores, digits-detect about 8
     imrec.load("runs/mnist/bundle").predict("digit.jpg")  # after `imrec export runs/mnist`
 """
 
-from imrec.api import calibrate, evaluate, fit, load_predictor, resume, train_config  # noqa: E402
+from imrec.api import (  # noqa: E402
+    calibrate,
+    doctor,
+    evaluate,
+    fit,
+    load_predictor,
+    resume,
+    train_config,
+)
 from imrec.classify.predict import Predictor
 from imrec.config import (  # noqa: E402
     DataConfig,
@@ -56,6 +64,7 @@ __all__ = [
     "create_detector",
     "create_model",
     "calibrate",
+    "doctor",
     "evaluate",
     "fit",
     "list_datasets",

@@ -63,6 +63,8 @@ def fit(
     task = task or dataset_task(dataset)
     pkg = task_package(task)
     data, train = dict(data or {}), dict(train or {})
+    if task != "classify" and (data.get("exclude") or data.get("relabel")):
+        raise TrainError("--exclude and --relabel apply to classification data only")
     check_train_fields(pkg, train)
     if (model or {}).get("name") and model_task(model["name"]) != task:
         raise TrainError(
@@ -193,6 +195,53 @@ def calibrate(
         raise ValueError("calibrate: classifiers only (detectors keep their score threshold)")
     check_accept_rate(accept_rate)
     return calibrate_run(run_dir, data, accept_rate=accept_rate, split=split, device=device)
+
+
+def doctor(
+    dataset: str,
+    out: str | Path | None = None,
+    *,
+    run: str | Path | None = None,
+    splits: tuple[str, ...] = ("train", "val", "test"),
+    folds: int = 5,
+    epochs: int | None = None,
+    write_exclude: str | Path | None = None,
+    write_relabel: str | Path | None = None,
+    progress: bool = True,
+    **options,
+) -> dict:
+    """Examine a classification dataset for broken and odd images, duplicates and leakage,
+    label errors, outliers and imbalance (:mod:`imrec.classify.doctor`); write ``doctor.json``,
+    ``doctor.md`` and galleries into ``out`` (default ``runs/doctor-<dataset>``), and on request
+    fixes lists for ``imrec train --exclude/--relabel``. Returns the report.
+
+    ``options``: the other fields of :class:`~imrec.classify.doctor.DoctorConfig` (``near``,
+    ``top``, ``gallery``, ``model``, ``val_fraction``, ``seed``).
+    """
+    from imrec.classify.doctor import DoctorConfig, diagnose
+
+    if dataset_task(dataset) != "classify":
+        raise TrainError(
+            f"doctor: {dataset} is a detection dataset; the doctor checks classification data"
+        )
+    try:
+        cfg = DoctorConfig(
+            splits=tuple(splits),
+            folds=folds,
+            epochs=epochs,
+            run=None if run is None else str(run),
+            progress=progress,
+            **options,
+        )
+    except TypeError as e:
+        raise TrainError(f"doctor: {e}") from None
+    name = dataset.replace("folder:", "").strip("/").replace("/", "_")
+    folder = Path(out) if out else Path("runs") / f"doctor-{name}"
+    report = diagnose(
+        dataset, folder, cfg, write_exclude=write_exclude, write_relabel=write_relabel
+    )
+    report["report_dir"] = str(folder)
+    return report
 
 
 def load_predictor(source: str | Path, device: str = "cpu", **detect_options):

@@ -122,6 +122,9 @@ def cmd_train(args) -> int:
             data["augment"] = "none"
         if args.augment_off:
             data["augment_off"] = tuple(s for s in args.augment_off.split(",") if s)
+        for key in ("exclude", "relabel"):  # absolute: a resumed run finds them from anywhere
+            if getattr(args, key):
+                data[key] = str(Path(getattr(args, key)).expanduser().resolve())
         model: dict = {}
         if args.model:
             model["name"] = args.model
@@ -168,6 +171,38 @@ def cmd_eval(args) -> int:
     rate = report["timing"]["images_per_second"]
     print(f"{report['dataset']}: {summary(report)}, {rate:.0f} images/s")
     print(f"report: {Path(report['report_dir']) / 'report.md'}")
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    import imrec
+
+    report = imrec.doctor(
+        args.dataset,
+        args.out,
+        run=args.run,
+        splits=tuple(s for s in args.splits.split(",") if s),
+        folds=args.folds,
+        epochs=args.epochs,
+        write_exclude=args.write_exclude,
+        write_relabel=args.write_relabel,
+        progress=not args.quiet,
+        near=args.near,
+        top=args.top,
+        size=args.size,
+    )
+    found = ", ".join(f"{s} {v['flagged']}" for s, v in report["labels"].items())
+    dup = report["duplicates"]["counts"]
+    print(
+        f"{report['dataset']}: label issues {found}; duplicate groups {dup['exact_groups']} "
+        f"exact, {dup['near_groups']} near ({dup['across_splits']} across splits, "
+        f"{dup['conflicting']} with conflicting labels); blank {len(report['integrity']['blank'])}, "
+        f"unreadable {len(report['integrity']['unreadable'])}; {report['seconds']} s"
+    )
+    print(f"report: {Path(report['report_dir']) / 'doctor.md'}")
+    for kind, path in report["files"].items():
+        if kind in ("exclude", "relabel"):
+            print(f"{kind} list: {path} (use with imrec train --{kind})")
     return 0
 
 
@@ -362,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_commands(sub)
     _models_command(sub)
     _train_command(sub)
+    _doctor_command(sub)
     _eval_predict_commands(sub)
     _ship_commands(sub)
     return p
@@ -460,9 +496,52 @@ def _train_command(sub) -> None:
         help="switch single augmentations off, e.g. elastic,erasing",
     )
     t.add_argument("--val-fraction", type=float)
+    t.add_argument(
+        "--exclude",
+        metavar="FILE",
+        help="leave out the images an `imrec doctor` exclude list names",
+    )
+    t.add_argument(
+        "--relabel", metavar="FILE", help="relabel the images an `imrec doctor` relabel list names"
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     _data_flags(t)
     t.set_defaults(func=cmd_train)
+
+
+def _doctor_command(sub) -> None:
+    """``imrec doctor``: the data doctor."""
+    d = sub.add_parser(
+        "doctor",
+        help="find label errors, duplicates, leakage and broken images in a classification dataset",
+        description="Examine a classification dataset and write doctor.json, doctor.md and "
+        "galleries. Nothing is deleted or moved; --write-exclude/--write-relabel write lists "
+        "for imrec train --exclude/--relabel.",
+    )
+    d.add_argument("dataset", help="a name from `imrec data list`, or folder:PATH")
+    d.add_argument(
+        "--run", metavar="RUN_DIR", help="a run on this data whose model scores val and test"
+    )
+    d.add_argument("--out", help="report folder (default: runs/doctor-<dataset>)")
+    d.add_argument("--splits", default="train,val,test", help="splits to examine (default all)")
+    d.add_argument(
+        "--folds", type=int, default=5, help="K of the K-fold cross-validation (default 5)"
+    )
+    d.add_argument(
+        "--epochs", type=int, help="epochs of each fold model (default: the fast recipe's)"
+    )
+    d.add_argument("--near", type=float, default=0.995,
+                   help="lowest correlation of near duplicates at 32 px (default 0.995)")  # fmt: skip
+    d.add_argument("--top", type=int, default=100, help="entries listed per section of doctor.md")
+    d.add_argument("--size", type=int, help="folder datasets: image side in pixels")
+    d.add_argument(
+        "--write-exclude", metavar="FILE", help="write the flagged images as an exclude list"
+    )
+    d.add_argument(
+        "--write-relabel", metavar="FILE", help="write the suggested labels as a relabel list"
+    )
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=cmd_doctor)
 
 
 def _eval_predict_commands(sub) -> None:

@@ -22,7 +22,8 @@ class DataConfig:
     ``augment`` is ``"auto"`` (the preset for the dataset's domain and the run's preset),
     ``"none"``, or a domain name (``"handwriting"``, ``"objects"``, ``"photo"``) to force a
     preset. ``augment_off`` switches single options of that preset off by name
-    (e.g. ``("elastic", "erasing")``).
+    (e.g. ``("elastic", "erasing")``). ``exclude`` and ``relabel``: fixes lists written by
+    ``imrec doctor`` (:mod:`imrec.data.fixes`), applied to the loaded splits.
     """
 
     name: str = "mnist"
@@ -32,6 +33,8 @@ class DataConfig:
     domain: str | None = None
     augment: str = "auto"
     augment_off: tuple[str, ...] = ()
+    exclude: str | None = None
+    relabel: str | None = None
 
 
 @dataclass(frozen=True)

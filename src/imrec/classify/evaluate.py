@@ -148,6 +148,7 @@ def finish_run(trainer) -> dict:
         "init": trainer.init_note,
         "config": run.to_dict(),
         "skipped": data.skipped,
+        "fixes": data.fixes,
         "val": val_metrics,
         "test": test_metrics,
         "confidence": confidence,
@@ -258,7 +259,7 @@ def evaluate_run(
     name = data or meta["dataset"]
     if split == "all" and name == meta["dataset"]:
         raise ValueError("--split all scores another dataset; the run trained on this one")
-    dataset = _load_for_model(name, meta, _run_config(run_dir))
+    dataset = load_for_model(name, meta, _run_config(run_dir))
     chosen = _chosen_split(dataset, split)
     if name != meta["dataset"] and (meta.get("ink") or {}).get("form"):  # handwriting
         chosen = _in_model_form(dataset, chosen, meta)
@@ -299,7 +300,7 @@ def calibrate_run(
     run_dir = Path(run_dir)
     model, meta = load_model(run_dir, device)
     name = data or meta["dataset"]
-    dataset = _load_for_model(name, meta, _run_config(run_dir))
+    dataset = load_for_model(name, meta, _run_config(run_dir))
     check = None
     if name == meta["dataset"]:  # fitted on validation, measured on test
         chosen, check = dataset.val, dataset.test
@@ -329,7 +330,7 @@ def _run_config(run_dir: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def _load_for_model(name: str, meta: dict, cfg: dict) -> ClassificationData:
+def load_for_model(name: str, meta: dict, cfg: dict) -> ClassificationData:
     """Dataset ``name`` for the model: its own loaded as the run did, another at its input.
 
     Another dataset for a model trained on the handwriting normal form is prepared the way

@@ -22,6 +22,7 @@ from imrec.core.batching import Batcher, norm_stats, predict_logits, to_device
 from imrec.core.checkpoint import CheckpointError, load_checkpoint
 from imrec.core.errors import TrainError
 from imrec.data import ClassificationData, load_dataset
+from imrec.data.fixes import apply_fixes
 from imrec.data.sources import DatasetError
 from imrec.engine import distributed
 from imrec.engine.distributed import World
@@ -201,10 +202,13 @@ class ClassifyTrainer(Trainer):
         )
 
     def prepare_data(self, data: ClassificationData) -> ClassificationData:
-        """With ``keep_classes``: the data in the class space of the checkpoint fine-tuned
-        from, with its rehearsal images (see :mod:`imrec.classify.finetune`)."""
-        optim = self.run.optim
+        """The ``--exclude``/``--relabel`` lists applied (:mod:`imrec.data.fixes`); with
+        ``keep_classes``: the data in the class space of the checkpoint fine-tuned from, with
+        its rehearsal images (see :mod:`imrec.classify.finetune`)."""
+        optim, cfg = self.run.optim, self.run.data
         check_options(optim)
+        if cfg.exclude or cfg.relabel:
+            data = apply_fixes(data, exclude=cfg.exclude, relabel=cfg.relabel)
         if not optim.keep_classes:
             return data
         return keep_checkpoint_classes(data, optim.init, optim.rehearse)

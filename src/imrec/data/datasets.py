@@ -311,7 +311,7 @@ def _adapt(data: ClassificationData, size: int | None, channels: int | None) -> 
             images = resize_images(images, size)
         if channels == 3:
             images = convert_channels(images, 3)
-        return ImageSet(images, split.labels, split.groups)
+        return split.with_images(images)
 
     if size is None and channels is None:
         return data
@@ -380,20 +380,32 @@ def ink_stats(images: torch.Tensor, sample: int = 512) -> dict:
 
 
 def _image_set(
-    images: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None
+    images: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray | None = None,
+    part: str = "all",
+    origin: np.ndarray | None = None,
 ) -> ImageSet:
-    """``(N, H, W)`` uint8 + labels (+ groups) arrays -> an :class:`ImageSet` with C = 1."""
+    """``(N, H, W)`` uint8 + labels (+ groups) arrays -> an :class:`ImageSet` with C = 1 whose
+    ``origin`` is each sample's position in ``part`` of the source (default: in order)."""
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)).unsqueeze(1)  # (N,1,H,W)
     g = None if groups is None else torch.from_numpy(np.asarray(groups, dtype=np.int64))
-    return ImageSet(x, torch.from_numpy(np.asarray(labels, dtype=np.int64)), g)
+    where = np.arange(len(x)) if origin is None else np.asarray(origin, dtype=np.int64)
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    return ImageSet(x, y, g, torch.from_numpy(where), part)
 
 
 def _take(split: ImageSet, index: torch.Tensor) -> ImageSet:
     """``split.subset(index)`` via numpy ``take``: several times faster on 60k images."""
     i = index.numpy()
     groups = None if split.groups is None else split.groups[index]
+    origin = None if split.origin is None else split.origin[index]
     return ImageSet(
-        torch.from_numpy(split.images.numpy().take(i, axis=0)), split.labels[index], groups
+        torch.from_numpy(split.images.numpy().take(i, axis=0)),
+        split.labels[index],
+        groups,
+        origin,
+        split.part,
     )
 
 
@@ -626,14 +638,14 @@ def _idx_arrays(spec: _IdxSet) -> tuple[dict[str, np.ndarray], str]:
 def _load_idx(spec: _IdxSet, val_fraction: float, seed: int) -> ClassificationData:
     arrays, checksum = _idx_arrays(spec)
     train, val = _val_from_train(
-        _image_set(arrays["x_train"], arrays["y_train"]), val_fraction, seed
+        _image_set(arrays["x_train"], arrays["y_train"], part="train"), val_fraction, seed
     )
     return ClassificationData(
         name=spec.name,
         classes=list(spec.classes),
         train=train,
         val=val,
-        test=_image_set(arrays["x_test"], arrays["y_test"]),
+        test=_image_set(arrays["x_test"], arrays["y_test"], part="test"),
         domain=spec.domain,
         split_note=(
             f"official test set; val = stratified {val_fraction:.0%} of the official "
@@ -847,7 +859,9 @@ def _load_chars74k(
     keep = (numbers >= 11) & (numbers <= 36) if upper_only else np.ones(len(numbers), bool)
     present = np.unique(numbers[keep])  # class order = Chars74K numbering
     labels = np.searchsorted(present, numbers[keep])
-    full = _image_set(arrays["images"][keep], labels, arrays["groups"][keep])
+    full = _image_set(
+        arrays["images"][keep], labels, arrays["groups"][keep], origin=np.flatnonzero(keep)
+    )
     train, val, test, note = writer_split(full, val_fraction, seed, "writer")
     return ClassificationData(
         name=name,

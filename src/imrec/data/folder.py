@@ -365,6 +365,7 @@ def load_folder(
         checksum=_checksum(root, good),
         domain_evidence=evidence,
         ink=form.meta() if form else None,
+        files=[f.relative_to(root).as_posix() for _, f, _, _ in good],
     )
 
 
@@ -449,7 +450,7 @@ def _splits(
     train, val, test, note = _make_splits(images, labels, split_of, val_fraction, seed)
     note += _unscored_classes(classes, val, test)
     if isinstance(images, FileImages):
-        val, test = (ImageSet(s.images[:], s.labels, s.groups) for s in (val, test))
+        val, test = (s.with_images(s.images[:]) for s in (val, test))
         gib = train.images.numel() / 2**30
         note += f"; training images streamed from their files ({gib:.1f} GiB decoded)"
     return train, val, test, note
@@ -500,7 +501,7 @@ def _check_classes(root: Path, pools: dict, good: list) -> None:
 def _make_splits(
     images: torch.Tensor, labels: torch.Tensor, split_of: np.ndarray, val_fraction: float, seed: int
 ) -> tuple[ImageSet, ImageSet, ImageSet, str]:
-    full = ImageSet(images, labels)
+    full = ImageSet(images, labels, origin=torch.arange(len(labels)), part="files")
     if "all" in split_of:
         train_idx, test_idx = stratified_split(labels, TEST_FRACTION, TEST_SEED)
         note = (

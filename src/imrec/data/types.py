@@ -16,11 +16,21 @@ class ImageSet:
         labels: ``(N,)`` int64 class indices.
         groups: optional ``(N,)`` int64 group ids (the writer of each sample) used for
             group-disjoint splits; ``None`` when the source has no such notion.
+        origin: optional ``(N,)`` int64: where each sample sits in its source, in the source's
+            own order (the index into the official file the split came from, named by
+            ``part``, or into :attr:`ClassificationData.files`), so that a sample can be named
+            whatever the validation fraction and seed: the data doctor's reports and the
+            ``--exclude``/``--relabel`` lists use it. ``None`` for drawn or merged data.
+        part: which part of the source ``origin`` indexes: ``"train"``/``"test"`` (the
+            official files), ``"all"`` (one archive split by writer or at random) or
+            ``"files"`` (a folder's readable files).
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     groups: torch.Tensor | None = None
+    origin: torch.Tensor | None = None
+    part: str = ""
 
     def __post_init__(self) -> None:
         # ``images`` may also be a lazy stand-in with the same shape/dtype/indexing (a split
@@ -34,6 +44,10 @@ class ImageSet:
                 f"labels must have shape ({self.images.shape[0]},), got {tuple(self.labels.shape)}"
             )
         self.labels = self.labels.long()
+        if self.origin is not None and self.origin.shape != self.labels.shape:
+            raise ValueError(
+                f"origin must have shape ({len(self.labels)},), got {tuple(self.origin.shape)}"
+            )
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -41,9 +55,14 @@ class ImageSet:
     def subset(self, index: torch.Tensor) -> ImageSet:
         """The samples at ``index`` (a LongTensor of positions or a bool mask)."""
         groups = None if self.groups is None else self.groups[index]
+        origin = None if self.origin is None else self.origin[index]
         images = self.images
         images = images.subset(index) if hasattr(images, "subset") else images[index]
-        return ImageSet(images, self.labels[index], groups)
+        return ImageSet(images, self.labels[index], groups, origin, self.part)
+
+    def with_images(self, images) -> ImageSet:
+        """The same samples (labels, groups, origin) with other images (resized, converted)."""
+        return ImageSet(images, self.labels, self.groups, self.origin, self.part)
 
     @property
     def streamed(self) -> bool:
@@ -121,6 +140,9 @@ class ClassificationData:
             ``{"name", "file", "text"}`` (kept in the checkpoint, written into bundles).
         domain_evidence: for folders, how the domain was decided (the votes and measurements
             of :func:`~imrec.data.domain.guess_domain`, or that ``--domain`` set it).
+        files: for folders, the readable files' paths relative to the folder, in the order
+            the splits' ``origin`` (part ``"files"``) indexes.
+        fixes: what ``--exclude``/``--relabel`` lists changed (:mod:`imrec.data.fixes`).
     """
 
     name: str
@@ -135,6 +157,8 @@ class ClassificationData:
     ink: dict | None = None
     domain_evidence: dict | None = None
     license: dict | None = None
+    files: list[str] | None = None
+    fixes: dict | None = None
 
     @property
     def channels(self) -> int:

@@ -365,12 +365,12 @@ def _file_checks(data: ClassificationData, root: Path, entries) -> dict:
 
 
 def _vectors(x: torch.Tensor) -> torch.Tensor:
-    """Images ``(N, C, H, W)`` -> grey, at most :data:`LOOK` px (area average),
-    zero-mean unit vectors: the dot product of two is their correlation."""
+    """Images ``(N, C, H, W)`` -> grey, at most :data:`LOOK` px (antialiased bilinear, like
+    PIL's), zero-mean unit vectors: the dot product of two is their correlation."""
     x = x.float()
     x = x.mean(1, keepdim=True) if x.shape[1] == 3 else x
     if max(x.shape[-2:]) > LOOK:
-        x = F.interpolate(x, size=(LOOK, LOOK), mode="area")
+        x = F.interpolate(x, size=(LOOK, LOOK), mode="bilinear", antialias=True)
     x = x.flatten(1)
     return F.normalize(x - x.mean(1, keepdim=True), dim=1)
 
@@ -397,7 +397,7 @@ def _looks(data: ClassificationData, entries) -> tuple[list[bytes], torch.Tensor
             digests.append(hashlib.blake2b(im.tobytes(), digest_size=16).digest())
             grey = im.convert("L")
         if max(grey.size) > LOOK or grey.size[0] != grey.size[1]:
-            grey = grey.resize((LOOK, LOOK), Image.Resampling.BOX)
+            grey = grey.resize((LOOK, LOOK), Image.Resampling.BILINEAR)
         thumbs.append(np.asarray(grey))
     return digests, _vectors(torch.from_numpy(np.stack(_same_size(thumbs))).unsqueeze(1))
 

@@ -209,21 +209,25 @@ def part_exclude(work: Path, seeds: list[int]) -> dict:
     return {"second_doctor_s": round(wall, 1), "excluded": len(items), "why": why, "runs": rows}
 
 
+def _when(part: dict) -> str:
+    return f"commit {part.get('commit', '?')}, {part.get('date', '?')}"
+
+
 def section(results: dict) -> str:
     lines = [
         START,
         "## The data doctor (issue 15): label errors, duplicates and retraining",
         "",
-        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores. Commit "
-        f"{results['commit']}, {results['date']}. Command: `python benchmarks/doctor.py --work "
-        f"{results['work']}` (each step a whole `imrec` process).",
+        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores. Command: "
+        f"`python benchmarks/doctor.py --work {results['work']}` (each step a whole `imrec` "
+        "process; the commit and date of each part are given with it).",
         "",
     ]
     m = results.get("mnist")
     if m:
         ranks = ", ".join(f"{i}: {r}" for i, r in sorted(m["ranks"].items(), key=lambda x: x[1]))
         lines += [
-            f"**MNIST** (`imrec doctor mnist`: 5 folds, all splits, every check): {m['wall_s']} s "
+            f"**MNIST** ({_when(m)}; `imrec doctor mnist`: 5 folds, all splits, every check): {m['wall_s']} s "
             f"whole process (goal ≤ 15 min). Of the 15 crowd-confirmed test label errors "
             f"({MTURK_SOURCE}; given label confirmed by fewer than 3 of 5 workers), "
             f"**{m['top100']} are in the top 100** of the test ranking (goal ≥ 12) and "
@@ -237,7 +241,7 @@ def section(results: dict) -> str:
     p = results.get("planted")
     if p:
         lines += [
-            f"**Planted problems** (Chinese MNIST as a folder: {p['train_files']:,} training files, "
+            f"**Planted problems** ({_when(p)}; Chinese MNIST as a folder: {p['train_files']:,} training files, "
             f"{p['flipped']} labels flipped (3%), 50 duplicates planted in test/; `imrec doctor "
             f"folder:... --folds {p['folds']} --size {p['size']}`, {p['wall_s']} s):",
             "",
@@ -270,7 +274,7 @@ def section(results: dict) -> str:
             for r in e["runs"]
         ]  # fmt: skip
         lines += [
-            f"**Retraining without the flagged training images** (`imrec doctor mnist --splits "
+            f"**Retraining without the flagged training images** ({_when(e)}; `imrec doctor mnist --splits "
             f"train,val --write-exclude F`: {e['excluded']} images, {e['why']}; "
             f"{e['second_doctor_s']} s with the cached predictions; then `imrec train mnist "
             f"--seed S [--exclude F]`; the test split is unchanged):",
@@ -300,15 +304,14 @@ def main() -> None:
     results = json.loads(path.read_text()) if path.exists() else {}
     results.update(machine=machine(), commit=git_commit(), date=now(), work=str(args.work))
     parts = args.parts.split(",")
-    if "mnist" in parts:
-        results["mnist"] = part_mnist(args.work)
-        print(json.dumps(results["mnist"]))
-    if "planted" in parts:
-        results["planted"] = part_planted(args.work, args.planted_folds, args.planted_size)
-        print(json.dumps(results["planted"]))
-    if "exclude" in parts:
-        results["exclude"] = part_exclude(args.work, [int(s) for s in args.seeds.split(",")])
-        print(json.dumps(results["exclude"]))
+    steps = {
+        "mnist": lambda: part_mnist(args.work),
+        "planted": lambda: part_planted(args.work, args.planted_folds, args.planted_size),
+        "exclude": lambda: part_exclude(args.work, [int(s) for s in args.seeds.split(",")]),
+    }
+    for name in parts:
+        results[name] = {**steps[name](), "commit": results["commit"], "date": results["date"]}
+        print(json.dumps(results[name]))
     path.write_text(json.dumps(results, indent=1))
     text = section(results)
     print(text)

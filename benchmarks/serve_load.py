@@ -103,10 +103,12 @@ def digit_png() -> bytes:
     return buf.getvalue()
 
 
-def predict_request(port: int, png: bytes) -> bytes:
-    """The bytes of one ``POST /v1/predict`` with the PNG as JSON base64, keep-alive."""
+def predict_request(port: int, png: bytes, token: str | None = None) -> bytes:
+    """The bytes of one ``POST /v1/predict`` with the PNG as JSON base64, keep-alive (with
+    ``token``: its ``Authorization: Bearer`` header)."""
     body = json.dumps({"images": [base64.b64encode(png).decode("ascii")]}).encode()
-    head = (f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    head = (f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")  # fmt: skip
     return head.encode() + body
 
@@ -117,13 +119,18 @@ def predict_request(port: int, png: bytes) -> bytes:
 class Server:
     """``imrec serve`` in a subprocess on a free loopback port; ``with`` stops it (SIGTERM)."""
 
-    def __init__(self, bundle: Path, workers: int, wait_ms: float, args, log: Path):
+    def __init__(
+        self, bundle: Path, workers: int, wait_ms: float, args, log: Path, extra: tuple = ()
+    ):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
+        # One client sends all the load: the per-client rate limit is off (--rate-limit 0)
+        # unless ``extra`` says otherwise.
         self.cmd = [sys.executable, "-m", "imrec", "serve", str(bundle), "--port", str(self.port),
                     "--workers", str(workers), "--backend", args.backend,
-                    "--max-batch", str(args.max_batch), "--max-wait-ms", f"{wait_ms:g}"]  # fmt: skip
+                    "--max-batch", str(args.max_batch), "--max-wait-ms", f"{wait_ms:g}",
+                    "--rate-limit", "0", *extra]  # fmt: skip
         self.log = log
 
     def __enter__(self) -> Server:
@@ -277,7 +284,8 @@ def render(command: str, info: dict, commit: str, args, results: list[dict]) -> 
         f"- commit `{commit}`, {now()}",
         *(f"- {k}: {v}" for k, v in info.items()),
         f"- server: `imrec serve BUNDLE --backend {args.backend} --max-batch {args.max_batch} "
-        "--max-wait-ms W --workers N` (the default MNIST model, exported with `imrec export`)",
+        "--max-wait-ms W --workers N --rate-limit 0` (the default MNIST model, exported with "
+        "`imrec export`; one client sends all the load, so no per-client limit)",
         "",
         "Closed loop: `concurrency` keep-alive connections each send the next request as soon as",
         "the previous answer is in, until `requests` are answered; every request posts one 28x28",

@@ -646,10 +646,22 @@ def test_cli_serve_passes_its_flags_on(run_dir, monkeypatch):
     monkeypatch.setattr(imrec.serve, "serve", lambda source, **kw: seen.update(source=source, **kw))
     assert main(["serve", str(run_dir), "--port", "9123", "--workers", "2", "--backend", "torch",
                  "--max-batch", "16", "--max-wait-ms", "2", "--max-upload-mb", "1",
-                 "--max-files", "3", "--max-pixels", "1000"]) == 0  # fmt: skip
+                 "--max-files", "3", "--max-pixels", "1000", "--host", "0.0.0.0",
+                 "--token-file", "t.txt", "--tls-cert", "c.pem", "--tls-key", "k.pem",
+                 "--rate-limit", "5", "--burst", "7", "--token-rate-limit", "2",
+                 "--trust-proxy", "--cors-origin", "https://a.example",
+                 "--cors-origin", "http://b.example:8080"]) == 0  # fmt: skip
     assert seen["source"] == str(run_dir) and seen["port"] == 9123 and seen["workers"] == 2
     assert (seen["backend"], seen["max_batch"], seen["max_wait_ms"]) == ("torch", 16, 2)
     assert seen["limits"] == Limits(max_upload_bytes=2**20, max_files=3, max_pixels=1000)
+    assert (seen["host"], seen["token_file"], seen["no_auth"]) == ("0.0.0.0", "t.txt", False)
+    assert (seen["tls_cert"], seen["tls_key"]) == ("c.pem", "k.pem")
+    assert seen["access"] == imrec.serve.Access(
+        rate=5, burst=7, token_rate=2, trust_proxy=True,
+        cors_origins=("https://a.example", "http://b.example:8080"),
+    )  # fmt: skip
+    main(["serve", str(run_dir), "--no-auth"])
+    assert seen["no_auth"] is True and seen["access"] == imrec.serve.Access()
 
 
 def test_cli_serve_refuses_a_missing_model(tmp_path, capsys):
@@ -737,7 +749,7 @@ def test_metrics_of_several_workers_are_the_services_totals(run_dir, digit_pngs,
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "imrec", "serve", str(run_dir), "--port", str(port),
-           "--backend", "torch", "--workers", "2"]  # fmt: skip
+           "--backend", "torch", "--workers", "2", "--rate-limit", "0"]  # fmt: skip
     env = dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path))  # the metrics folder's place
     env.pop(MULTIPROC_ENV, None)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -54,11 +54,11 @@ def server(digits_run):
     yield from _serve(digits_run)
 
 
-def _serve(run):
+def _serve(run, access=None):
     import uvicorn
 
     _require_browser()
-    app = create_app(run)
+    app = create_app(run, access=access)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -271,6 +271,47 @@ def test_handwriting_pad_mode_for_a_character_model(hanzi_run, tmp_path):
             )
             assert blank
             assert driver.find_element(By.ID, "text").get_attribute("value") == char  # kept
+        finally:
+            driver.quit()
+    finally:
+        next(gen, None)
+
+
+def test_the_page_asks_for_the_token_once_and_keeps_it_for_the_tab(digits_run, tmp_path):
+    """A service that needs a token: the page asks for it, says when one is refused, then
+    works; the token stays in the tab's sessionStorage, not in any URL or lasting storage."""
+    from selenium.webdriver.common.by import By
+
+    from imrec.serve import Access
+
+    token = "page-token-0123456789abcdef"
+    gen = _serve(digits_run, Access(tokens=(token,), rate=0))
+    app, url = next(gen)
+    try:
+        driver = _browser(tmp_path)
+        try:
+            driver.get(url + "/")
+            _wait(driver, lambda d: d.find_element(By.ID, "auth").is_displayed(), "the token form")
+            assert "loading" in _text(driver, "model-name")  # nothing served without the token
+            driver.find_element(By.ID, "token").send_keys("wrong-token-0123456789")
+            driver.find_element(By.ID, "auth-submit").click()
+            _wait(driver, lambda d: "refused" in _text(d, "auth-status"), "the refusal")
+            driver.find_element(By.ID, "token").send_keys(token)
+            driver.find_element(By.ID, "auth-submit").click()
+            _wait(driver, lambda d: "cnn" in _text(d, "model-name"), "the model, with the token")
+            assert not driver.find_element(By.ID, "auth").is_displayed()
+            _draw_seven(driver)
+            _wait(driver, lambda d: d.find_element(By.ID, "predictions").get_attribute(
+                "data-source") == "draw", "a prediction with the token")  # fmt: skip
+            kept = driver.execute_script(
+                "return [sessionStorage.getItem('imrec-token'), localStorage.length, location.href]"
+            )
+            assert kept == [token, 0, url + "/"]
+            refused = app.state.metrics.value(
+                "imrec_rejected_requests_total", reason="invalid_token"
+            )
+            assert refused >= 1
+            _screenshot(driver, "web-token.png")
         finally:
             driver.quit()
     finally:

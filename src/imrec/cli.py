@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from imrec.config import TRAIN_GROUPS, TrainConfig
+from imrec.config import SERVE_BURST, SERVE_RATE, TRAIN_GROUPS, TrainConfig
 
 
 def _kv(text: str) -> tuple[str, object]:
@@ -351,15 +351,24 @@ def cmd_export(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from imrec.serve import Limits, serve
+    from imrec.serve import Access, Limits, serve
 
     limits = Limits(
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_files=args.max_files,
         max_pixels=args.max_pixels,
     )
+    access = Access(
+        rate=args.rate_limit,
+        burst=args.burst,
+        token_rate=args.token_rate_limit,
+        trust_proxy=args.trust_proxy,
+        cors_origins=tuple(args.cors_origin or ()),
+    )
     serve(args.model, host=args.host, port=args.port, workers=args.workers, backend=args.backend,
-          max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, limits=limits)  # fmt: skip
+          max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, limits=limits,
+          token_file=args.token_file, no_auth=args.no_auth, access=access,
+          tls_cert=args.tls_cert, tls_key=args.tls_key)  # fmt: skip
     return 0
 
 
@@ -618,6 +627,29 @@ def _ship_commands(sub) -> None:
     sv.add_argument("--max-upload-mb", type=float, default=20, help="largest request body")
     sv.add_argument("--max-files", type=int, default=64, help="most images per request")
     sv.add_argument("--max-pixels", type=int, default=40_000_000, help="most pixels per image")
+    sec = sv.add_argument_group("access (see README 'Exposing the service')")
+    sec.add_argument("--token-file", metavar="FILE",
+                     help="bearer tokens, one per line, required on /v1/*, /metrics and /docs "
+                     "(or $IMREC_SERVE_TOKEN; beyond loopback one is generated if none is given)")  # fmt: skip
+    sec.add_argument("--no-auth", action="store_true",
+                     help="serve beyond loopback without a token (anyone on the network may use it)")  # fmt: skip
+    sec.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate")
+    sec.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    sec.add_argument("--rate-limit", type=float, default=SERVE_RATE, metavar="R",
+                     help=f"requests per second per client address, per worker (default {SERVE_RATE:g}; 0: off)")  # fmt: skip
+    sec.add_argument("--burst", type=int, default=SERVE_BURST,
+                     help=f"requests a client may make at once (default {SERVE_BURST})")  # fmt: skip
+    sec.add_argument(
+        "--token-rate-limit",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="requests per second per token (default 0: off)",
+    )
+    sec.add_argument("--trust-proxy", action="store_true",
+                     help="behind a reverse proxy: the client is the last X-Forwarded-For address")  # fmt: skip
+    sec.add_argument("--cors-origin", action="append", metavar="ORIGIN",
+                     help="let pages of this exact origin call the API (repeatable; default none)")  # fmt: skip
     sv.set_defaults(func=cmd_serve)
 
     xp = sub.add_parser("explain", help="Grad-CAM and saliency overlays (PNG) for classifiers")

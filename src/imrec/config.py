@@ -14,6 +14,11 @@ from typing import Any
 
 from imrec.core.errors import TrainError
 
+# `imrec serve`'s request-rate limit per client address (see imrec.serve.security): a person
+# drawing on the page sends a few requests a second; a script gets 429 with Retry-After.
+SERVE_RATE = 20.0  # requests per second
+SERVE_BURST = 40  # requests at once before the rate applies
+
 
 @dataclass(frozen=True)
 class DataConfig:

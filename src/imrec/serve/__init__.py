@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .app import create_app
 from .inputs import Limits
+from .security import Access, AccessError
 from .server import app_from_env, serve
 
-__all__ = ["Limits", "app_from_env", "create_app", "serve"]
+__all__ = ["Access", "AccessError", "Limits", "app_from_env", "create_app", "serve"]

@@ -25,6 +25,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
@@ -56,8 +57,10 @@ from .schemas import (
     error_responses,
     request_bodies,
 )
+from .security import Access, Gate, redact_access_log
 
 log = logging.getLogger("imrec.serve")
+LIMIT_CODES = frozenset({"upload_too_large", "too_many_files", "image_too_large"})
 STATIC = Path(__file__).parent / "static"
 
 router = APIRouter()
@@ -70,6 +73,7 @@ def create_app(
     max_batch: int = 32,
     max_wait_ms: float = 5,
     limits: Limits | None = None,
+    access: Access | None = None,
 ) -> FastAPI:
     """The service for one model (loaded now, so a bad source fails before serving).
 
@@ -79,6 +83,9 @@ def create_app(
         max_batch: the most images in one model call.
         max_wait_ms: how long an image waits for others to share its model call.
         limits: upload size, images per request, pixels per image (default :class:`Limits`).
+        access: tokens, rate limits, CORS origins (:class:`~imrec.serve.security.Access`);
+            ``None``: open and unlimited, as for a test client (``imrec serve`` always passes
+            one). Security headers are sent either way.
 
     Example:
         >>> app = create_app(bundle, max_batch=8, limits=Limits(max_files=4))
@@ -110,11 +117,24 @@ def create_app(
     )
     app.state.model, app.state.batcher = model, batcher
     app.state.metrics, app.state.limits = metrics, limits
+    app.state.access = access = access or Access(rate=0)
     _add_error_handlers(app, metrics)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    # Outermost last: metrics see every status; CORS answers preflights (which carry no
+    # token) before the gate; the gate refuses before any body is read.
     app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes)
-    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: sees every status
+    app.add_middleware(Gate, access=access, on_reject=metrics.reject)
+    if access.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(access.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    redact_access_log()
     return app
 
 
@@ -309,7 +329,10 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 
 def _add_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
     def reply(status: int, code: str, message: str) -> JSONResponse:
-        metrics.errors.labels(kind=code).inc()
+        if code in LIMIT_CODES:
+            metrics.reject(code)
+        else:
+            metrics.errors.labels(kind=code).inc()
         return _error(status, code, message)
 
     @app.exception_handler(ApiError)

@@ -83,6 +83,12 @@ class ServiceMetrics:
         self.errors = Counter(
             "imrec_errors_total", "Error responses by kind.", ("kind",), registry=r
         )
+        self.rejected = Counter(
+            "imrec_rejected_requests_total",
+            "Requests refused before the model by reason: unauthorized, invalid_token, "
+            "token_in_query, rate_limited, upload_too_large, too_many_files, image_too_large.",
+            ("reason",), registry=r,
+        )  # fmt: skip
         self.batch_size = Histogram(
             "imrec_batch_size", "Images per model call.", buckets=BATCH_BUCKETS, registry=r
         )
@@ -93,6 +99,11 @@ class ServiceMetrics:
             "imrec_model_info", "The model served.", ("name", "version", "task", "backend"),
             multiprocess_mode="livemax", registry=r,
         )  # fmt: skip
+
+    def reject(self, reason: str) -> None:
+        """Count a refused request (also an error response of that kind)."""
+        self.rejected.labels(reason=reason).inc()
+        self.errors.labels(kind=reason).inc()
 
     def render(self) -> str:
         """The exposition text of every metric (all workers' totals in multiprocess mode)."""

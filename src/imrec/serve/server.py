@@ -20,9 +20,12 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from imrec.data.sources import imrec_home
+
 from .app import create_app
 from .inputs import Limits
 from .metrics import multiprocess_dir
+from .security import Access, AccessError, load_tokens, resolve_tokens
 
 SETTINGS_ENV = "IMREC_SERVE_SETTINGS"
 
@@ -38,7 +41,11 @@ def app_from_env() -> FastAPI:
     """
     settings = json.loads(os.environ[SETTINGS_ENV])
     limits = Limits(**settings.pop("limits", {}))
-    return create_app(settings.pop("source"), limits=limits, **settings)
+    access = settings.pop("access", None)
+    if access is not None:
+        tokens = load_tokens(access.pop("tokens_from", None))
+        access = Access(tokens=tokens, **{**access, "cors_origins": tuple(access["cors_origins"])})
+    return create_app(settings.pop("source"), limits=limits, access=access, **settings)
 
 
 def serve(
@@ -51,11 +58,22 @@ def serve(
     max_batch: int = 32,
     max_wait_ms: float = 5,
     limits: Limits | None = None,
+    token_file: str | None = None,
+    no_auth: bool = False,
+    access: Access | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
 ) -> None:
     """Serve a model over HTTP until interrupted (SIGINT/SIGTERM finish the requests in flight).
 
     With ``workers > 1`` each uvicorn worker process loads its own copy of the model, and
-    ``/metrics`` reports the totals over all of them.
+    ``/metrics`` reports the totals over all of them (rate limits are counted per worker).
+
+    Tokens (:func:`~imrec.serve.security.resolve_tokens`): ``token_file``, else
+    ``$IMREC_SERVE_TOKEN``, else, on a host other than loopback, a token generated into
+    ``$IMREC_HOME/serve-token``; ``no_auth=True`` serves without one (said in the log).
+    ``access``: rate limits, proxy trust and CORS origins (its ``tokens`` are ignored: they
+    come from the sources above). ``tls_cert``/``tls_key``: PEM files to serve HTTPS.
 
     Usage (serves until interrupted)::
 
@@ -63,18 +81,61 @@ def serve(
     """
     import uvicorn
 
-    settings = {"source": str(source), "backend": backend, "max_batch": max_batch,
-                "max_wait_ms": max_wait_ms, "limits": asdict(limits or Limits())}  # fmt: skip
-    os.environ[SETTINGS_ENV] = json.dumps(settings)
     if not Path(source).exists():
         raise FileNotFoundError(f"no such bundle, run folder or checkpoint: {source}")
+    tls = _tls_files(tls_cert, tls_key)
+    tokens_from, how = resolve_tokens(host, token_file, no_auth, imrec_home())
+    access = access or Access()
+    guard = {**asdict(access), "tokens": None, "tokens_from": tokens_from}
+    del guard["tokens"]
+    settings = {"source": str(source), "backend": backend, "max_batch": max_batch,
+                "max_wait_ms": max_wait_ms, "limits": asdict(limits or Limits()),
+                "access": guard}  # fmt: skip
+    os.environ[SETTINGS_ENV] = json.dumps(settings)
+    scheme = "https" if tls else "http"
+    level = logging.WARNING if no_auth else logging.INFO
+    _say(level, f"imrec serve: {scheme}://{host}:{port}/ ; {how}; {_limits_sentence(access)}")
     if workers <= 1:
         app = app_from_env()  # fails here, before the port opens, on a bad source
-        uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=30)
+        uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=30, **tls)
         return
     config = uvicorn.Config("imrec.serve.server:app_from_env", factory=True, host=host, port=port,
-                            workers=workers, timeout_graceful_shutdown=30)  # fmt: skip
+                            workers=workers, timeout_graceful_shutdown=30, **tls)  # fmt: skip
     _run_workers(config)
+
+
+def _tls_files(cert: str | None, key: str | None) -> dict:
+    """uvicorn's TLS settings, checked: both files or neither."""
+    if not cert and not key:
+        return {}
+    if not (cert and key):
+        raise AccessError("--tls-cert and --tls-key go together (PEM certificate and its key)")
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if not Path(path).expanduser().is_file():
+            raise AccessError(f"{flag} {path}: no such file")
+    return {
+        "ssl_certfile": str(Path(cert).expanduser()),
+        "ssl_keyfile": str(Path(key).expanduser()),
+    }
+
+
+def _limits_sentence(access: Access) -> str:
+    if access.rate <= 0:
+        return "no rate limit"
+    per_token = f", {access.token_rate:g}/s per token" if access.token_rate else ""
+    proxy = " (client = last X-Forwarded-For)" if access.trust_proxy else ""
+    return (
+        f"rate limit {access.rate:g} requests/s per client{proxy}, bursts of {access.burst}"
+        f"{per_token}, per worker process"
+    )
+
+
+def _say(level: int, message: str) -> None:
+    """A line for the person starting the service: on stderr and in the log."""
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
+    logging.getLogger("imrec.serve").log(level, message)
 
 
 def _run_workers(config) -> None:

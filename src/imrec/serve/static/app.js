@@ -25,10 +25,54 @@ const state = {
   camSent: 0,
 };
 
+// ---- the token -----------------------------------------------------------------------------
+// A service started with a token (imrec serve --token-file, or beyond loopback) answers 401
+// without it: the page asks once and keeps the token for this tab only (sessionStorage), and
+// sends it in the Authorization header, never in a URL.
+
+const TOKEN_KEY = "imrec-token";
+let tokenWaiters = [];
+
+function withToken(options = {}) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const headers = { ...(options.headers || {}) };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  return { ...options, headers };
+}
+
+function askToken(refused) {
+  $("auth").classList.remove("hidden");
+  $("auth-status").textContent = refused ? "That token was refused; try again." : "";
+  $("token").focus();
+  return new Promise((resolve) => tokenWaiters.push(resolve));
+}
+
+$("auth-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const token = $("token").value.trim();
+  if (!token) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $("token").value = "";
+  $("auth").classList.add("hidden");
+  const waiting = tokenWaiters;
+  tokenWaiters = [];
+  waiting.forEach((resolve) => resolve());
+});
+
+async function call(url, options) {
+  for (;;) {
+    const res = await fetch(url, withToken(options));
+    if (res.status !== 401) return res;
+    const refused = sessionStorage.getItem(TOKEN_KEY) !== null;
+    sessionStorage.removeItem(TOKEN_KEY);
+    await askToken(refused);
+  }
+}
+
 // ---- the model -----------------------------------------------------------------------------
 
 async function loadModel() {
-  const res = await fetch("/v1/model");
+  const res = await call("/v1/model");
   const m = await res.json();
   const labels = m.labels || m.classes || [];
   state.task = m.task || "classify";
@@ -174,7 +218,7 @@ function candidate({ label, probability }) {
 // ---- asking the service --------------------------------------------------------------------
 
 async function postJSON(url, body) {
-  const res = await fetch(url, {
+  const res = await call(url, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify(body),
@@ -298,7 +342,7 @@ async function useFile(file) {
   form.append("files", file, file.name);
   form.append("top_k", String(state.topK));
   const send = async () => {
-    const res = await fetch("/v1/predict", { method: "POST", body: form });
+    const res = await call("/v1/predict", { method: "POST", body: form });
     const data = await res.json();
     if (!res.ok) throw new Error(data.error ? data.error.message : `HTTP ${res.status}`);
     return data;

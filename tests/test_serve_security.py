@@ -19,6 +19,7 @@ from test_serve import b64, free_port, png_bytes, wait_ready
 from imrec.serve import Access, AccessError, create_app
 from imrec.serve.security import (
     CSP,
+    DOCS_CSP,
     TOKEN_ENV,
     RedactTokens,
     generated_token,
@@ -178,9 +179,13 @@ def test_every_response_has_the_security_headers_and_the_page_no_inline_script(d
 
     async def go():
         async with clients(app, "10.0.0.1") as (c,):
-            return {p: await c.get(p) for p in ("/", "/static/app.js", "/v1/model", "/nothing")}
+            paths = ("/", "/static/app.js", "/v1/model", "/nothing", "/docs")
+            return {p: await c.get(p) for p in paths}
 
     answers = run(go())
+    docs = answers.pop("/docs")
+    assert docs.headers["content-security-policy"] == DOCS_CSP  # Swagger UI from jsDelivr
+    assert "cdn.jsdelivr.net" in docs.text and docs.headers["x-frame-options"] == "DENY"
     for path, r in answers.items():
         h = r.headers
         assert h["content-security-policy"] == CSP, path

@@ -18,8 +18,9 @@ every request before it reaches a route:
    page asks for the token and keeps it for the tab).
 
 Every response carries a Content-Security-Policy that allows only the service's own scripts,
-styles and connections (no inline script, no third-party origin), and the usual headers
-against sniffing, framing and referrer leaks.
+styles and connections (no inline script, no third-party origin; FastAPI's ``/docs`` and
+``/redoc`` pages, which load Swagger UI and ReDoc from jsDelivr, get a policy that allows
+that), and the usual headers against sniffing, framing and referrer leaks.
 
 Example:
     >>> gate = Access(tokens=("s3cret",), rate=2, burst=2)
@@ -61,8 +62,16 @@ CSP = (
     "connect-src 'self'; font-src 'self'; manifest-src 'self'; base-uri 'none'; "
     "form-action 'self'; frame-ancestors 'none'"
 )
-SECURITY_HEADERS = [
-    (b"content-security-policy", CSP.encode()),
+# FastAPI's /docs and /redoc pages load Swagger UI / ReDoc from jsDelivr with an inline
+# script: they get their own, looser policy (they sit behind the token when there is one).
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: "
+    "https://fastapi.tiangolo.com https://cdn.redoc.ly; connect-src 'self'; "
+    "worker-src blob:; font-src https://fonts.gstatic.com; frame-ancestors 'none'"
+)
+DOCS_PATHS = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
+COMMON_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
@@ -70,6 +79,8 @@ SECURITY_HEADERS = [
     (b"cross-origin-resource-policy", b"same-origin"),
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=(), usb=()"),
 ]
+SECURITY_HEADERS = [(b"content-security-policy", CSP.encode()), *COMMON_HEADERS]
+DOCS_HEADERS = [(b"content-security-policy", DOCS_CSP.encode()), *COMMON_HEADERS]
 
 log = logging.getLogger("imrec.serve")
 
@@ -291,9 +302,11 @@ class Gate:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
 
+        extra = DOCS_HEADERS if scope["path"] in DOCS_PATHS else SECURITY_HEADERS
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         refusal = self._check(scope)

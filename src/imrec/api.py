@@ -25,6 +25,7 @@ from imrec.config import (
     folder_recipe,
     split_train,
 )
+from imrec.core import timing
 from imrec.core.checkpoint import CheckpointError, read_checkpoint_meta
 from imrec.core.errors import TrainError
 from imrec.data.registry import dataset_task
@@ -60,6 +61,11 @@ def fit(
     A detector trains the same way: ``imrec.fit("digits-detect", out="runs/dd")`` (about 8
     minutes on 2 CPU cores) reports its mAP@.5 under ``report["test"]["map50"]``.
     """
+    with timing.run_clock():  # report.json "timing.phases": where the seconds went
+        return _fit(dataset, preset, out, data, model, train, progress, task)
+
+
+def _fit(dataset, preset, out, data, model, train, progress, task) -> dict:
     task = task or dataset_task(dataset)
     pkg = task_package(task)
     data, train = dict(data or {}), dict(train or {})
@@ -74,15 +80,16 @@ def fit(
     size = data.get("size")
     if size is None and task == "classify":  # fine-tuning that keeps classes: the model's size
         size = kept_size(OptimConfig(**split_train(train)["optim"]))
-    loaded = pkg.load_data(
-        dataset,
-        placement=train.get("data_placement", "auto"),
-        val_fraction=data.get("val_fraction", 0.1),
-        seed=train.get("seed", 0),
-        size=size,
-        channels=data.get("channels"),
-        domain=data.get("domain"),
-    )
+    with timing.phase("data_load"):
+        loaded = pkg.load_data(
+            dataset,
+            placement=train.get("data_placement", "auto"),
+            val_fraction=data.get("val_fraction", 0.1),
+            seed=train.get("seed", 0),
+            size=size,
+            channels=data.get("channels"),
+            domain=data.get("domain"),
+        )
     data.setdefault("domain", loaded.domain)
     model = dict(model or {})
     if train.get("init") and "name" not in model and task == "classify":

@@ -12,6 +12,7 @@ from imrec.classify.confidence import DEFAULT_ACCEPT, decide, fit_confidence
 from imrec.classify.metrics import classification_metrics, reliability, worst_mistakes
 from imrec.classify.report import write_report
 from imrec.config import RunConfig
+from imrec.core import timing
 from imrec.core.batching import Batcher, predict_logits
 from imrec.core.preprocess import as_image, prepare_image
 from imrec.data import ClassificationData, ImageSet, load_dataset
@@ -62,45 +63,56 @@ def measure(
     The mistakes gallery shows the (at most 32) worst mistakes with their Grad-CAM overlays
     when the model has a ``cam_layer``. ``logits_out``, a list, receives the logits.
     """
-    logits, timing = _timed_logits(model, split.images, batcher, batch_size)
+    logits, timing_ = _timed_logits(model, split.images, batcher, batch_size)
     if logits_out is not None:
         logits_out.append(logits)
     metrics = classification_metrics(logits, split.labels, classes)
     if plots:
-        import numpy as np
+        with timing.phase("report"):
+            _plots(model, split, classes, batcher, out_dir, logits, metrics)
+    return metrics, timing_
 
-        from imrec.classify.viz import save_confused_pairs, save_confusion, save_mistakes
 
-        if "confusion" in metrics:
-            save_confusion(np.array(metrics["confusion"]), classes, out_dir / PLOTS["confusion"])
-        else:  # too many classes for a matrix: the most frequent mistakes, as images
-            pred = logits.argmax(1).tolist()
-            save_confused_pairs(
-                split.images, split.labels.tolist(), pred, metrics["confused_pairs"], classes,
-                out_dir / PLOTS["confused_pairs"],
-            )  # fmt: skip
-        worst = worst_mistakes(logits, split.labels, n=32)
-        if worst:
-            from imrec.explain import gradcam_images
+def _plots(model, split, classes, batcher, out_dir, logits, metrics) -> None:
+    """confusion.png (or confused_pairs.png) and mistakes.png with Grad-CAM."""
+    import numpy as np
 
-            probs = logits[worst].softmax(1)
-            pred = probs.argmax(1)
-            # Grad-CAM of the predicted class: where the model saw what it wrongly reported.
-            overlays = gradcam_images(model, split.images[worst], batcher, target=pred)
-            save_mistakes(
-                split.images[worst],
-                split.labels[worst].tolist(),
-                pred.tolist(),
-                probs.max(1).values.tolist(),
-                classes,
-                out_dir / PLOTS["mistakes"],
-                overlays=overlays,
-            )
-    return metrics, timing
+    from imrec.classify.viz import save_confused_pairs, save_confusion, save_mistakes
+
+    if "confusion" in metrics:
+        save_confusion(np.array(metrics["confusion"]), classes, out_dir / PLOTS["confusion"])
+    else:  # too many classes for a matrix: the most frequent mistakes, as images
+        pred = logits.argmax(1).tolist()
+        save_confused_pairs(
+            split.images, split.labels.tolist(), pred, metrics["confused_pairs"], classes,
+            out_dir / PLOTS["confused_pairs"],
+        )  # fmt: skip
+    worst = worst_mistakes(logits, split.labels, n=32)
+    if worst:
+        from imrec.explain import gradcam_images
+
+        probs = logits[worst].softmax(1)
+        pred = probs.argmax(1)
+        # Grad-CAM of the predicted class: where the model saw what it wrongly reported.
+        overlays = gradcam_images(model, split.images[worst], batcher, target=pred)
+        save_mistakes(
+            split.images[worst],
+            split.labels[worst].tolist(),
+            pred.tolist(),
+            probs.max(1).values.tolist(),
+            classes,
+            out_dir / PLOTS["mistakes"],
+            overlays=overlays,
+        )
 
 
 def finish_run(trainer) -> dict:
     """After training: load the best checkpoint, measure it on val and test, write the report."""
+    with timing.phase("evaluation"):
+        return _finish_run(trainer)
+
+
+def _finish_run(trainer) -> dict:
     from imrec.classify.viz import save_curves
     from imrec.core.checkpoint import load_checkpoint
     from imrec.core.version import __version__
@@ -116,7 +128,7 @@ def finish_run(trainer) -> dict:
         logits_out=val_logits,
     )  # fmt: skip
     test_logits: list = []
-    test_metrics, timing = measure(
+    test_metrics, timing_ = measure(
         model, data.test, data.classes, trainer.batcher, run_dir, batch_size=bs,
         logits_out=test_logits,
     )  # fmt: skip
@@ -124,7 +136,8 @@ def finish_run(trainer) -> dict:
         run_dir / "best", weights, meta, (val_logits[0], data.val), (test_logits[0], data.test),
         f"the validation split of {data.name} ({len(data.val)} images)",
     )  # fmt: skip
-    save_curves(trainer.history, run_dir / PLOTS["curves"])
+    with timing.phase("report"):
+        save_curves(trainer.history, run_dir / PLOTS["curves"])
     report = {
         "imrec_version": __version__,
         "task": "classify",
@@ -152,10 +165,11 @@ def finish_run(trainer) -> dict:
         "val": val_metrics,
         "test": test_metrics,
         "confidence": confidence,
-        "timing": timing,
+        "timing": {**timing_, **(timing.summary() or {})},
         "files": dict(PLOTS),
     }
-    write_report(run_dir, report)
+    with timing.phase("report"):
+        write_report(run_dir, report)
     return report
 
 

@@ -6,6 +6,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+from imrec.core import timing
+
 MISSING = "—"
 
 
@@ -29,6 +31,8 @@ def headline_facts(report: dict) -> list[tuple[str, str]]:
     rate = throughput(report.get("timing") or {})
     if rate:
         facts.append(("inference", rate))
+    if (report.get("timing") or {}).get("phases"):
+        facts.append(("where the time went", timing.describe(report["timing"])))
     if report.get("imrec_version"):
         facts.append(("imrec", text(report["imrec_version"])))
     return facts

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from imrec.config import RunConfig
+from imrec.core import timing
 from imrec.core.preprocess import letter_fill, letterbox
 from imrec.data.boxes import DetectionData, DetectionSet
 from imrec.data.detection import load_detection
@@ -171,6 +172,11 @@ def _report(
 
 def finish_detection_run(trainer) -> dict:
     """Best checkpoint on val and test; writes report.json, report.md and the figures."""
+    with timing.phase("evaluation"):
+        return _finish_detection_run(trainer)
+
+
+def _finish_detection_run(trainer) -> dict:
     from imrec.core.checkpoint import load_checkpoint
     from imrec.detect.report import write_detection_report
     from imrec.detect.viz import save_detection_curves
@@ -184,11 +190,12 @@ def finish_detection_run(trainer) -> dict:
         images=trainer.val_set.images,
     )  # fmt: skip
     test_images = preload(data.test, data.channels)
-    test, timing = measure_detection(
+    test, speed = measure_detection(
         model, data.test, data.classes, data.channels, trainer.size, trainer.domain, run_dir,
         images=test_images,
     )  # fmt: skip
-    save_detection_curves(trainer.history, run_dir / PLOTS["curves"])
+    with timing.phase("report"):
+        save_detection_curves(trainer.history, run_dir / PLOTS["curves"])
     report = _report(
         {
             "model": run.model.name,
@@ -206,10 +213,11 @@ def finish_detection_run(trainer) -> dict:
         data,
         _summary(val),
         _summary(test),
-        timing,
+        {**speed, **(timing.summary() or {})},
     )
     report["files"] = {k: v for k, v in PLOTS.items() if (run_dir / v).exists()}
-    write_detection_report(run_dir, report)
+    with timing.phase("report"):
+        write_detection_report(run_dir, report)
     return report
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from imrec.config import RunConfig
+from imrec.core import timing
 from imrec.core.checkpoint import (
     atomic_write_text,
     flatten_optimizer,
@@ -99,23 +100,29 @@ class Trainer:
 
     def __init__(self, run: RunConfig, run_dir: str | Path, *, data=None, progress: bool = True):
         self.run, self.run_dir, self.progress = run, Path(run_dir), progress
+        # Where the run's seconds go (report.json "timing.phases"): the API's clock when it
+        # made one (it loads the data), else a clock of this trainer's own.
+        self.clock = timing.current() or timing.new_clock()
+        self._first_step = True
         if run.hardware.threads:
             torch.set_num_threads(run.hardware.threads)
         self.device = pick_device(run.hardware.device)
         self._join_world()
         torch.manual_seed(run.loop.seed)  # the model's initial weights and the first draws
-        self.data = self.prepare_data(data or self.load_data())
+        with self.clock.phase("data_load"):
+            self.data = self.prepare_data(data or self.load_data())
         self.amp_dtype = self._amp_dtype(run.hardware.amp, self.device.type == "cuda")
         self.init_note = ""
         self.channels_last = False
-        self.model = self.build()
-        if run.optim.init:
-            self._init_from(run.optim.init)
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        device = self.device if self.capturable_optimizer else None
-        self.optimizer = make_optimizer(self.model, run.optim, device)
-        self.ema = ModelEma(self.model, run.optim.ema_decay) if run.optim.ema else None
+        with self.clock.phase("model_build"):
+            self.model = self.build()
+            if run.optim.init:
+                self._init_from(run.optim.init)
+            if self.channels_last:
+                self.model = self.model.to(memory_format=torch.channels_last)
+            device = self.device if self.capturable_optimizer else None
+            self.optimizer = make_optimizer(self.model, run.optim, device)
+            self.ema = ModelEma(self.model, run.optim.ema_decay) if run.optim.ema else None
         self.steps_per_epoch = math.ceil(len(self.data.train) / run.loop.batch_size)
         self.history: list[dict] = []
         self.best = {self.monitor: -1.0, "epoch": 0}
@@ -204,7 +211,20 @@ class Trainer:
         Returns the detached mean loss and the task's outputs. ``ema_weight`` is the EMA's
         blending weight as a device scalar (a recorded CUDA graph reads it; see
         :mod:`imrec.engine.graphs`), else the EMA counts its own update.
+
+        The run's first step is timed on its own (``warm_up``: lazy initialisation, kernel
+        selection), waiting for the GPU to finish it.
         """
+        if self._first_step:
+            self._first_step = False
+            with self.clock.phase("warm_up"):
+                out = self._step(model, inputs, targets, share, batch, ema_weight, autocast_cache)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+            return out
+        return self._step(model, inputs, targets, share, batch, ema_weight, autocast_cache)
+
+    def _step(self, model, inputs, targets, share, batch, ema_weight, autocast_cache):
         run = self.run
         with torch.autocast(
             self.device.type,
@@ -319,13 +339,19 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train to the end (or early stop), then evaluate the best checkpoint on the test split."""
+        with timing.using(self.clock):
+            return self._fit()
+
+    def _fit(self) -> dict:
         if self.world.size == 1:
-            self.train_loop()
-            self._loader = None  # stops the streaming workers before the evaluation
+            with self.clock.phase("training"):
+                self.train_loop()
+                self._loader = None  # stops the streaming workers before the evaluation
             return self.finish()
         try:
-            self.train_loop()
-            self._loader = None
+            with self.clock.phase("training"):
+                self.train_loop()
+                self._loader = None
             # Only rank 0 writes the report; the others wait for it and return the same dict.
             return distributed.share_from_main(self.finish() if self.world.main else None)
         except RuntimeError as e:

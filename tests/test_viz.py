@@ -163,6 +163,37 @@ def test_missing_cjk_font_file_is_named(monkeypatch):
         plots.cjk_font.cache_clear()
 
 
+def test_a_cjk_font_installed_after_matplotlibs_font_cache_is_found(monkeypatch):
+    """matplotlib lists the fonts once and caches the list; a CJK font installed later (apt
+    install fonts-arphic-ukai after a first run) must still draw class names."""
+    import os
+    import shutil
+    import subprocess
+
+    from matplotlib import font_manager
+
+    listed = (
+        shutil.which("fc-list")
+        and subprocess.run(
+            ["fc-list", ":lang=zh-cn"], capture_output=True, text=True
+        ).stdout.strip()
+    )
+    if not listed:
+        if os.environ.get("CI"):
+            pytest.fail("no CJK font found; .ci/run should have installed fonts-arphic-ukai")
+        pytest.skip("no CJK font installed (Debian: apt install fonts-arphic-ukai)")
+    manager = font_manager.fontManager
+    stale = [f for f in manager.ttflist if f.name not in plots.CJK_FAMILIES]
+    monkeypatch.setattr(manager, "ttflist", stale)  # as if cached before the font came
+    plots.cjk_font.cache_clear()
+    try:
+        found = plots.cjk_font()
+        assert found in plots.CJK_FAMILIES
+        assert found in {f.name for f in manager.ttflist}  # added for this process
+    finally:
+        plots.cjk_font.cache_clear()
+
+
 def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 

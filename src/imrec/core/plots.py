@@ -60,7 +60,29 @@ def cjk_font() -> str | None:
         font_manager.fontManager.addfont(chosen)
         return font_manager.FontProperties(fname=chosen).get_name()
     installed = {f.name for f in font_manager.fontManager.ttflist}
-    return next((name for name in CJK_FAMILIES if name in installed), None)
+    found = next((name for name in CJK_FAMILIES if name in installed), None)
+    return found or _installed_after_cache(font_manager)
+
+
+def _installed_after_cache(font_manager) -> str | None:
+    """A CJK font installed after matplotlib cached its list of fonts (it builds the list
+    once, so such a font stays unknown to it): found among the system's font files and added.
+    """
+    known = {f.fname for f in font_manager.fontManager.ttflist}
+    new: dict[str, str] = {}
+    for path in font_manager.findSystemFonts():
+        if path in known:
+            continue
+        try:
+            name = font_manager.FontProperties(fname=path).get_name()
+        except (OSError, RuntimeError, ValueError):
+            continue
+        if name in CJK_FAMILIES:
+            new.setdefault(name, path)
+    name = next((n for n in CJK_FAMILIES if n in new), None)
+    if name:
+        font_manager.fontManager.addfont(new[name])
+    return name
 
 
 def families() -> list[str]:

@@ -10,6 +10,9 @@ the model's input like its own data:
   (``T * logsumexp(logits / T)``) and ``mahalanobis`` (minus the smallest Mahalanobis distance
   of the penultimate features to the class means, with one covariance shared by all classes,
   both fitted on up to 20,000 training images);
+- AUROC of two combinations, each score standardised by its mean and spread on the run's
+  validation split: ``msp+maha`` = z(msp) + z(mahalanobis) and ``energy+maha`` =
+  z(energy) + z(mahalanobis) (one score from the logits, one from the features);
 - the share of each set accepted at the run's stored threshold (its stored score, fitted on
   the validation split at 99% acceptance) and the test accuracy of the accepted.
 
@@ -101,6 +104,16 @@ class Features:
         }
 
 
+COMBINED = {"msp+maha": ("msp", "mahalanobis"), "energy+maha": ("energy", "mahalanobis")}
+
+
+def combined(got: dict[str, np.ndarray], val: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``got`` with the :data:`COMBINED` scores: the sum of the parts, each standardised by
+    its mean and standard deviation on the validation split ``val``."""
+    z = {k: (got[k] - val[k].mean()) / val[k].std() for k in ("msp", "energy", "mahalanobis")}
+    return {**got, **{name: z[a] + z[b] for name, (a, b) in COMBINED.items()}}
+
+
 def everything(name: str, size: int) -> tuple[torch.Tensor, list[str]]:
     """All images of dataset ``name`` at ``size`` pixels (the model's), and their class names."""
     d = load_dataset(name, size=size, channels=1)
@@ -118,7 +131,8 @@ def measure(run: Path, ood: list[str]) -> dict:
     train = own.train.images[:20000]
     feats.fit_mahalanobis(train[:] if not isinstance(train, torch.Tensor) else train,
                           own.train.labels[:20000])  # fmt: skip
-    inside = feats.all_scores(own.test.images)
+    val = feats.all_scores(own.val.images)  # standardises the combined scores
+    inside = combined(feats.all_scores(own.test.images), val)
     right = inside["_pred"] == own.test.labels.numpy()
     conf = feats.conf
     out: dict = {"run": str(run), "dataset": meta["dataset"], "stored": conf.score,
@@ -140,10 +154,10 @@ def measure(run: Path, ood: list[str]) -> dict:
                 f"{name} letters": letters & ~like,
                 f"{name} digit-like letters": letters & like,
             }
-        got = feats.all_scores(images)
+        got = combined(feats.all_scores(images), val)
         for label, mask in groups.items():
             row = {"n": int(mask.sum())}
-            for s in ("msp", "energy", "mahalanobis"):
+            for s in ("msp", "energy", "mahalanobis", *COMBINED):
                 row[f"auroc_{s}"] = round(auroc(inside[s], got[s][mask]), 4)
             row["accepted_at_threshold"] = round(
                 float((got[conf.score][mask] >= conf.threshold).mean()), 4

@@ -111,7 +111,7 @@ def diagnose(
         DatasetError: unknown or unreadable data, a class too small for K folds, a run whose
             classes differ from the dataset's.
 
-    Example (a tiny folder, 2 folds):
+    Example (scikit-learn's digits, 2 folds of one epoch, the test split):
         >>> report = diagnose("digits", tmp / "doc", DoctorConfig(folds=2, epochs=1,
         ...                   splits=("test",), progress=False))
         >>> sorted(report["labels"]), (tmp / "doc" / "doctor.md").is_file()
@@ -148,9 +148,7 @@ def diagnose(
         report["labels"] = {s: label_issues(data, s, probs[s]) for s in cfg.splits}
         phases.start("outliers")
         report["outliers"] = outliers(data, cfg, feats, probs)
-        report["seconds"] = round(time.perf_counter() - t0, 1)
         phases.start("writing the report")
-        _write(out, data, report, cfg)
         if write_exclude:
             report["files"]["exclude"] = str(
                 write_fixes(write_exclude, "exclude", data, exclusions(report))
@@ -159,8 +157,8 @@ def diagnose(
             report["files"]["relabel"] = str(
                 write_fixes(write_relabel, "relabel", data, relabels(report))
             )
-        if write_exclude or write_relabel:
-            _write_json(out / "doctor.json", report)
+        report["seconds"] = round(time.perf_counter() - t0, 1)
+        _write(out, data, report, cfg)
     return report
 
 

@@ -148,6 +148,9 @@ def test_exclude_and_relabel_lists_apply_to_training(doctored, tmp_path):
     gone = sum(fixed.fixes["excluded"].values())
     sizes = [sum(len(getattr(d, s)) for s in ("train", "val", "test")) for d in (data, fixed)]
     assert sizes[0] - sizes[1] == gone == len(excl["items"])
+    reasons = fixed.fixes["reasons"]  # counted by kind, for the run's report
+    assert {"label issue", "blank image", "duplicate"} <= set(reasons)
+    assert set(reasons) <= {"label issue", "blank image", "duplicate", "conflicting duplicate"}
     relabelled = apply_fixes(data, relabel=tmp / "relabel.json")
     red = data.classes.index("red")
     split = next(s for s in ("train", "val") if planted["mislabelled"] in _split_files(data, s))

@@ -750,9 +750,11 @@ def outliers(data: ClassificationData, cfg: DoctorConfig, feats: dict, probs: di
 
 
 def exclusions(report: dict) -> list[dict]:
-    """What an exclude list holds: flagged label issues, blank and unreadable-looking images,
-    every image of a duplicate group whose labels conflict, and the extra copies of the
-    other groups (the copy in the test split, else the first, is kept)."""
+    """What an exclude list holds: flagged label issues, blank images, every image of a
+    duplicate group whose labels conflict, and the extra copies of the other groups (the copy
+    in the test split, else the first, is kept). Each item's ``why`` starts with its kind
+    before a colon (``label issue``, ``blank image``, ``conflicting duplicate``,
+    ``duplicate``): training counts them by it."""
     chosen: dict[tuple, dict] = {}
 
     def add(item: dict, why: str) -> None:
@@ -765,17 +767,18 @@ def exclusions(report: dict) -> list[dict]:
                 add(item, f"label issue: given {item['label']}, looks like {item['suggested']} "
                     f"(quality {item['score']:.3g})")  # fmt: skip
     for item in report["integrity"]["blank"]:
-        add(item, "blank image")
+        add(item, "blank image: no visible content")
     for g in report["duplicates"]["groups"]:
         items = g["items"]
         if g["conflicting_labels"]:
             for item in items:
-                add(item, f"{g['kind']} duplicate with conflicting labels")
+                labels = " / ".join(sorted({i["label"] for i in items}))
+                add(item, f"conflicting duplicate: {g['kind']} copies labelled {labels}")
             continue
         keep = next((i for i in items if i["split"] == "test"), items[0])
         for item in items:
             if item is not keep:
-                add(item, f"{g['kind']} duplicate of {_where(keep)}")
+                add(item, f"duplicate: {g['kind']} copy of {_where(keep)}")
     examined = set(report["examined"])
     return [i for i in chosen.values() if i["split"] in examined]
 

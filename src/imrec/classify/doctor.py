@@ -38,6 +38,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,23 +232,28 @@ def _check_data(data: ClassificationData, cfg: DoctorConfig) -> None:
 def integrity(data: ClassificationData, cfg: DoctorConfig) -> dict:
     """Unreadable files, blank images, tiny files and cleanvision's image properties."""
     result: dict = {"unreadable": [_unreadable(s) for s in data.skipped]}
-    kinds: dict[str, int] = {}
-    for item in result["unreadable"]:
-        kinds[item["kind"]] = kinds.get(item["kind"], 0) + 1
-    result["unreadable_kinds"] = kinds
+    result["unreadable_kinds"] = dict(Counter(item["kind"] for item in result["unreadable"]))
     entries = _entries(data)
-    blank = []
-    for split, pos, key in entries:
-        img = getattr(data, split).images[pos]
-        if float(img.float().std()) < BLANK_STD:
-            blank.append(_item(data, split, pos, key, why="blank: no visible content"))
-    result["blank"] = blank
+    spread = torch.cat([_pixel_std(getattr(data, s).images) for s in SPLITS])
+    result["blank"] = [
+        _item(data, *entries[i], why="blank: no visible content")
+        for i in torch.nonzero(spread < BLANK_STD).flatten().tolist()
+    ]
     if data.files is not None:
-        root = Path(data.name.split(":", 1)[1]).expanduser()
-        result.update(_file_checks(data, root, entries))
+        result.update(_file_checks(data, _folder_root(data), entries))
     else:
         result.update(_array_checks(data, entries))
     return result
+
+
+def _pixel_std(images: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """The standard deviation of each image's pixels ``(N,)``, a chunk at a time."""
+    return torch.cat([x.float().flatten(1).std(1) for x in images.split(chunk)] or [torch.zeros(0)])
+
+
+def _folder_root(data: ClassificationData) -> Path:
+    """The folder of a ``folder:PATH`` dataset, which ``data.files`` are relative to."""
+    return Path(data.name.split(":", 1)[1]).expanduser()
 
 
 def _unreadable(item: dict) -> dict:
@@ -387,7 +393,7 @@ def _looks(data: ClassificationData, entries) -> tuple[list[bytes], torch.Tensor
         return digests, _vectors(images)
     from PIL import Image
 
-    root = Path(data.name.split(":", 1)[1]).expanduser()
+    root = _folder_root(data)
     digests, thumbs = [], []
     for _, _, key in entries:
         with Image.open(root / key[1]) as im:
@@ -831,7 +837,8 @@ class _Phases:
     """A progress bar over the doctor's phases (tqdm, on stderr)."""
 
     def __init__(self, cfg: DoctorConfig):
-        self.total = 8 + cfg.folds
+        # loading, integrity, duplicates, the folds, scoring, labels, outliers, writing
+        self.total = 7 + cfg.folds
         self.enabled = cfg.progress
         self.bar = None
         self.started = 0

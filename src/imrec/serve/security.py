@@ -126,13 +126,26 @@ class Access:
     def authorised(self, header: str | None) -> bool:
         """Whether an ``Authorization`` header value carries an accepted token (constant
         time in the token's content; every token is compared)."""
-        if not header or not header[:7].lower() == "bearer ":
+        presented = bearer(header)
+        if presented is None:
             return False
-        given = header[7:].strip().encode()
+        given = presented.encode()
         ok = False
         for token in self.tokens:
             ok |= hmac.compare_digest(given, token.encode())
         return ok
+
+
+def bearer(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value, None for any other.
+
+    Example:
+        >>> bearer("Bearer abc "), bearer("Basic abc"), bearer(None)
+        ('abc', None, None)
+    """
+    if not header or header[:7].lower() != "bearer ":
+        return None
+    return header[7:].strip()
 
 
 def read_tokens(path: str | Path) -> tuple[str, ...]:
@@ -330,15 +343,14 @@ class Gate:
         if access.tokens and _protected(path):
             auth = headers.get(b"authorization", b"").decode("latin-1") or None
             if not access.authorised(auth):
-                if auth is None or auth[:7].lower() != "bearer ":  # no bearer token at all
+                if bearer(auth) is None:  # no bearer token at all
                     return (401, "unauthorized", "this endpoint needs 'Authorization: Bearer "
                             "<token>' (imrec serve printed where the token is)",
                             [(b"www-authenticate", b'Bearer realm="imrec"')])  # fmt: skip
                 return (401, "invalid_token", "the token was refused",
                         [(b"www-authenticate", b'Bearer realm="imrec", error="invalid_token"')])  # fmt: skip
             if self.by_token:
-                key = auth[7:].strip()
-                wait = self.by_token.take(key, time.monotonic())
+                wait = self.by_token.take(bearer(auth), time.monotonic())
                 if wait:
                     return _too_many(wait, "this token")
         return None

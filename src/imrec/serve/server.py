@@ -86,8 +86,10 @@ def serve(
     tls = _tls_files(tls_cert, tls_key)
     tokens_from, how = resolve_tokens(host, token_file, no_auth, imrec_home())
     access = access or Access()
-    guard = {**asdict(access), "tokens": None, "tokens_from": tokens_from}
-    del guard["tokens"]
+    # The settings name where each worker reads the tokens, never the tokens themselves.
+    guard = {k: v for k, v in asdict(access).items() if k != "tokens"} | {
+        "tokens_from": tokens_from
+    }
     settings = {"source": str(source), "backend": backend, "max_batch": max_batch,
                 "max_wait_ms": max_wait_ms, "limits": asdict(limits or Limits()),
                 "access": guard}  # fmt: skip

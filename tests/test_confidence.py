@@ -65,7 +65,9 @@ def test_the_threshold_accepts_the_stated_share_and_blanks_are_unknown():
 def test_training_calibrates_and_every_backend_answers_the_same(digits_run, tmp_path):
     report = json.loads((digits_run / "report.json").read_text())
     c = report["confidence"]
-    assert c["temperature"] > 0 and c["score"] in ("msp", "energy") and c["accept_rate"] == 0.99
+    # 10 classes: the combined score, with the feature statistics fitted on training images
+    assert c["temperature"] > 0 and c["score"] == "energy+maha" and c["accept_rate"] == 0.99
+    assert c["features"]["images"] > 100 and set(c["standardise"]) == {"energy", "mahalanobis"}
     assert c["val"]["nll_after"] <= c["val"]["nll_before"] + 1e-6  # T minimises the val NLL
     assert c["val"]["accepted"] >= 0.97 and 0.9 <= c["test"]["accepted"] <= 1.0
     assert (digits_run / "reliability.png").stat().st_size > 0
@@ -190,3 +192,125 @@ def test_outlier_exposure_teaches_the_model_to_be_unsure_of_other_things(digits_
     assert report["test"]["accuracy"] > 0.85  # the digits themselves are still learnt
     with pytest.raises(TrainError, match="same classes as digits"):
         imrec.fit("digits", out=tmp_path / "x", train={"outliers": "digits"}, progress=False)
+
+
+def test_the_feature_distance_is_the_mahalanobis_distance_to_the_nearest_centre():
+    from imrec.classify.confidence import Distance, fit_distance
+
+    g = torch.Generator().manual_seed(1)
+    f = torch.randn(3000, 6, generator=g) @ torch.randn(6, 6, generator=g)  # correlated
+    labels = torch.randint(0, 4, (3000,), generator=g)
+    f += labels[:, None].float() * 3
+    stats = fit_distance(f, labels)
+    x = torch.randn(50, 6, generator=g) * 4
+    got = Distance(**stats)(x).double()
+    # The textbook formula, in float64 with numpy: shared covariance (+ the same small ridge).
+    fn, ln = f.double().numpy(), labels.numpy()
+    means = np.stack([fn[ln == c].mean(0) for c in range(4)])
+    centred = fn - means[ln]
+    cov = centred.T @ centred / len(fn)
+    cov += 1e-4 * cov.diagonal().mean() * np.eye(6)
+    p = np.linalg.inv(cov)
+    xn = x.double().numpy()
+    want = np.min([np.einsum("nd,de,ne->n", xn - m, p, xn - m) for m in means], axis=0)
+    assert np.allclose(got.numpy(), want, rtol=1e-3, atol=1e-3)
+
+
+def test_the_combined_score_needs_features_and_large_vocabularies_get_msp():
+    from imrec.classify.confidence import default_score
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(500, 10, generator=g) * 3
+    labels = logits.argmax(1)
+    with pytest.raises(ValueError, match="needs feature statistics"):
+        fit_confidence(logits, labels, score="energy+maha")
+    assert fit_confidence(logits, labels).score == "msp"  # no features: msp
+    distance = torch.rand(500, generator=g) * 100
+    conf = fit_confidence(logits, labels, distance=distance)
+    assert conf.score == "energy+maha" and set(conf.standardise) == {"energy", "mahalanobis"}
+    s = conf.score_of(logits, distance)
+    assert abs(float((s >= conf.threshold).float().mean()) - 0.99) < 0.01
+    assert abs(float(s.mean())) < 1e-3  # two parts, each standardised on the same images
+    with pytest.raises(ValueError, match="needs the model's feature distance"):
+        conf.score_of(logits)
+    # Stored and read back (a checkpoint's JSON), and an older rule without the new fields.
+    assert Confidence.from_meta(json.loads(json.dumps(conf.meta()))) == conf
+    old = {k: v for k, v in conf.meta().items() if k not in ("standardise", "features")}
+    assert Confidence.from_meta({**old, "score": "msp"}).standardise is None
+    assert default_score(3755, True) == "msp"  # energy and Mahalanobis fail at 3,755 classes
+
+
+def test_eval_ood_measures_unknown_answers_against_other_images(digits_run, tmp_path):
+    from tests.conftest import bar_folder
+
+    run = shutil.copytree(digits_run, tmp_path / "run")
+    bars = bar_folder(tmp_path / "bars", per_class=10)
+    report = imrec.evaluate(run, ood="noise,blank,scribbles," + f"folder:{bars}")
+    o = report["ood"]
+    assert o["score"] == "energy+maha" and o["in_distribution"]["accepted"] >= 0.9
+    sets = o["sets"]
+    assert list(sets) == ["noise", "blank", "scribbles", f"folder:{bars}"]
+    assert sets["noise"]["n"] == 1000 and sets[f"folder:{bars}"]["n"] == 30
+    # Noise is nothing like a digit for the features; blanks are always unknown.
+    assert sets["noise"]["auroc"] > 0.95 and sets["noise"]["rejected"] > 0.9
+    assert sets["blank"]["rejected"] == 1.0 and sets["blank"]["blank"] == 1000
+    for row in sets.values():
+        assert 0 <= row["auroc"] <= 1 and 0 <= row["fpr_at_95_tpr"] <= 1
+        assert set(row["auroc_by_score"]) == {"msp", "energy", "mahalanobis", "energy+maha"}
+    assert {m["class"] for m in sets[f"folder:{bars}"]["most_accepted"]} <= {
+        "left",
+        "middle",
+        "right",
+    }
+    assert (run / "ood.png").stat().st_size > 0 and report["files"]["ood"] == "ood.png"
+    md = (run / "report.md").read_text()
+    assert "## Unknown answers against other images" in md and "| scribbles | 1,000 |" in md
+    saved = json.loads((run / "report.json").read_text())
+    assert saved["ood"]["sets"]["noise"] == sets["noise"]
+    # Bad input: nothing named, a set twice, a dataset made of the model's own classes.
+    for bad, why in ((" , ", "name at least one"), ("noise,noise", "twice"), ("digits", "own")):
+        with pytest.raises(ValueError, match=why):
+            imrec.evaluate(run, ood=bad)
+    from imrec.data import DatasetError
+
+    with pytest.raises(DatasetError, match="unknown dataset 'no-such-set'"):
+        imrec.evaluate(run, ood="no-such-set")
+
+
+def test_calibrate_chooses_the_score_and_old_models_get_features(digits_run, tmp_path):
+    from imrec.core.checkpoint import load_checkpoint_extras
+
+    run = shutil.copytree(digits_run, tmp_path / "run")
+    msp = imrec.calibrate(run, score="msp")
+    assert msp["score"] == "msp" and read_checkpoint_meta(run)["confidence"]["score"] == "msp"
+    back = imrec.calibrate(run)
+    assert back["score"] == "energy+maha"
+    with pytest.raises(ValueError, match="unknown confidence score 'odin'"):
+        imrec.calibrate(run, score="odin")
+    # A model from before the feature statistics: calibrating on its own data adds them,
+    # and its export then carries the distance through ONNX Runtime.
+    old = shutil.copytree(OLD, tmp_path / "old", ignore=shutil.ignore_patterns("bundle"))
+    assert load_checkpoint_extras(old) == {}
+    c = imrec.calibrate(old)
+    assert c["score"] == "energy+maha" and set(load_checkpoint_extras(old)) == {
+        "whitener",
+        "centres",
+    }
+    bundle = export_bundle(old, tmp_path / "old-bundle", parity_limit=100)
+    answer = imrec.load(bundle).predict(_png(_digit(2)))
+    assert answer["score"] is not None and isinstance(answer["unknown"], bool)
+
+
+def test_the_command_line_measures_and_recalibrates(digits_run, tmp_path, capsys):
+    from imrec.cli import main
+
+    run = shutil.copytree(digits_run, tmp_path / "run")
+    assert main(["eval", str(run), "--ood", "noise,scribbles", "--ood-limit", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "unknown answers (energy+maha): own test images" in out
+    assert re.search(r"  noise: AUROC [01]\.\d{4}, [\d.]+% rejected at the threshold", out)
+    assert main(["calibrate", str(run), "--score", "energy"]) == 0
+    assert "energy threshold" in capsys.readouterr().out
+    assert read_checkpoint_meta(run)["confidence"]["score"] == "energy"
+    with pytest.raises(SystemExit):  # argparse refuses a score it does not know
+        main(["calibrate", str(run), "--score", "odin"])

@@ -15,6 +15,7 @@ from PIL import Image
 
 import imrec
 from imrec.cli import main
+from imrec.core.checkpoint import load_checkpoint_extras
 from imrec.deploy.bundle import read_manifest
 from imrec.deploy.export import ExportError, export_bundle
 from imrec.deploy.onnx import exportable, onnx_model
@@ -74,7 +75,10 @@ def test_onnx_section_describes_the_graph(digits_bundle):
     assert o["file"] == "model.onnx" and o["opset"] == 17
     assert o["sha256"] == _sha256(digits_bundle / "model.onnx")
     assert o["inputs"] == [{"name": "images", "shape": ["batch", 1, 8, 8], "dtype": "float32"}]
-    assert o["outputs"] == [{"name": "logits", "shape": ["batch", 10], "dtype": "float32"}]
+    assert o["outputs"] == [
+        {"name": "logits", "shape": ["batch", 10], "dtype": "float32"},
+        {"name": "distance", "shape": ["batch"], "dtype": "float32"},  # for the unknown score
+    ]
 
 
 def test_parity_gate_numbers_cover_the_whole_test_split(digits_run, digits_bundle):
@@ -110,6 +114,16 @@ def test_int8_accuracy_is_measured_and_recorded(digits_run, digits_bundle):
     _, measured = quality(OnnxRunner(digits_bundle / "model.int8.onnx"), meta, probe)
     assert measured == pytest.approx(q["accuracy_int8"], abs=1e-6)
     assert abs(q["change"]) < 0.05
+    # The unknown decisions go through int8 too: fp32 and int8 compared, image by image.
+    assert q["top1_agreement"] >= 0.95 and q["unknown_agreement"] >= 0.95
+    assert 0 <= q["max_abs_score_diff"] < 5
+    # The feature distance is computed in float (float weights) inside the int8 graph.
+    graph = onnx.load(str(digits_bundle / "model.int8.onnx")).graph
+    made_by = {out: n.op_type for n in graph.node for out in n.output}
+    matmuls = [n for n in graph.node if n.name.startswith("/distance/") and n.op_type == "MatMul"]
+    assert matmuls and all(made_by.get(n.input[1]) != "DequantizeLinear" for n in matmuls)
+    assert any(t == "DequantizeLinear" for t in made_by.values())  # the rest is quantized
+    assert "distance" in [o.name for o in graph.output]
 
 
 def test_export_is_atomic_and_replaces_only_bundles(digits_run, tmp_path):
@@ -139,6 +153,7 @@ def test_gate_fails_loudly_on_a_different_graph_and_leaves_nothing(
     meta = json.loads((digits_run / "best.json").read_text())
     torch.manual_seed(123)
     stranger = create_model("cnn", num_classes=10, in_channels=1, input_size=(8, 8)).eval()
+    stranger.checkpoint_extras = load_checkpoint_extras(digits_run)  # its feature statistics
     wrong = onnx_model(stranger, meta)  # same inputs and outputs, other weights
     monkeypatch.setattr(export, "onnx_model", lambda model, meta, opset=17: wrong)
     out = tmp_path / "bundle"
@@ -197,7 +212,7 @@ def test_missing_test_split_fails_with_the_reason(digits_run, tmp_path):
     from imrec.core.checkpoint import load_checkpoint, save_checkpoint
 
     weights, _ = load_checkpoint(run)
-    save_checkpoint(run / "best", weights, meta)
+    save_checkpoint(run / "best", weights, meta, extras=load_checkpoint_extras(run))
     cfg = json.loads((run / "config.json").read_text())
     cfg["data"]["name"] = meta["dataset"]
     (run / "config.json").write_text(json.dumps(cfg))

@@ -370,7 +370,7 @@ def test_a_real_bug_is_a_logged_json_500(run_dir, digit_pngs, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("simulated bug")
 
-    app.state.model.logits = broken
+    app.state.model.outputs = broken
 
     async def go(c):
         return await c.post("/v1/predict", json={"images": [b64(digit_pngs[0][1])]})
@@ -401,13 +401,13 @@ def test_concurrent_requests_share_model_calls_and_each_gets_its_own_answer(run_
     model = app.state.model
     want = [expected_top(model, png) for _, png in digit_pngs]
     assert len({w[0]["label"] for w in want}) >= 3  # the images really differ for the model
-    calls, real_logits = [], model.logits
+    calls, real_outputs = [], model.outputs
 
     def counted(images):
         calls.append(len(images))
-        return real_logits(images)
+        return real_outputs(images)
 
-    model.logits = counted
+    model.outputs = counted
 
     async def go(c):
         posts = [c.post("/v1/predict", json={"images": [b64(png)]}) for _, png in digit_pngs]

@@ -183,8 +183,11 @@ def test_a_cjk_font_installed_after_matplotlibs_font_cache_is_found(monkeypatch)
             pytest.fail("no CJK font found; .ci/run should have installed fonts-arphic-ukai")
         pytest.skip("no CJK font installed (Debian: apt install fonts-arphic-ukai)")
     manager = font_manager.fontManager
-    stale = [f for f in manager.ttflist if f.name not in plots.CJK_FAMILIES]
-    monkeypatch.setattr(manager, "ttflist", stale)  # as if cached before the font came
+    # As if cached before the font files came: every face of a file that holds a CJK family
+    # goes (a .ttc collection such as AR PL UKai lists several faces under one file name).
+    cjk_files = {f.fname for f in manager.ttflist if f.name in plots.CJK_FAMILIES}
+    stale = [f for f in manager.ttflist if f.fname not in cjk_files]
+    monkeypatch.setattr(manager, "ttflist", stale)
     plots.cjk_font.cache_clear()
     try:
         found = plots.cjk_font()

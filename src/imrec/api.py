@@ -162,6 +162,8 @@ def evaluate(
     batch_size: int = 1024,
     device: str = "cpu",
     split: str = "test",
+    ood: str | list[str] | None = None,
+    ood_limit: int | None = None,
 ) -> dict:
     """Evaluate a run's best checkpoint on its dataset's test split, or on another dataset.
 
@@ -169,6 +171,12 @@ def evaluate(
     mAP. With ``data`` naming another dataset (e.g. ``folder:my_digits``), its test split is
     matched to the model's classes by name (it may have fewer) and the results go to
     ``run_dir/eval-<name>/``; ``split="all"`` scores all of its images (classifiers).
+
+    ``ood`` (classifiers): out-of-distribution sets, ``"fashion-mnist,chars74k"`` or a list;
+    datasets, or generated ``noise``, ``blank``, ``scribbles``. The report's ``ood`` section
+    gives per set the AUROC, the share accepted at 95% of the model's own images (FPR at 95%
+    TPR) and the share rejected at the stored threshold, with ``ood.png``
+    (:mod:`imrec.classify.ood`); ``ood_limit`` caps each dataset (default 10,000 images).
 
     Example (the report is written into the run folder, so here into a copy of ``run``):
         >>> import shutil
@@ -178,9 +186,14 @@ def evaluate(
     """
     task = read_checkpoint_meta(run_dir).get("task", "classify")
     pkg = task_package(task)
+    options = {}
+    if ood is not None:
+        if task != "classify":
+            raise ValueError("--ood: classifiers only (detectors keep their score threshold)")
+        options = {"ood": ood, "ood_limit": ood_limit}
     if split != "test":
-        return pkg.evaluate_run(run_dir, data, batch_size=batch_size, device=device, split=split)
-    return pkg.evaluate_run(run_dir, data, batch_size=batch_size, device=device)
+        options["split"] = split
+    return pkg.evaluate_run(run_dir, data, batch_size=batch_size, device=device, **options)
 
 
 def calibrate(
@@ -190,18 +203,25 @@ def calibrate(
     accept_rate: float = 0.99,
     split: str | None = None,
     device: str = "cpu",
+    score: str | None = None,
 ) -> dict:
     """Refit a classifier run's temperature and "unknown" threshold: on its validation split
     for another ``accept_rate`` (the share of in-distribution images accepted, in (0, 1]), or
     on another dataset whose classes the model knows (``folder:PATH`` of your own real images).
+    ``score``: ``msp``, ``energy``, ``mahalanobis`` or ``energy+maha`` (default: energy+maha
+    up to 100 classes, msp above; see :mod:`imrec.classify.confidence`).
     Returns the new ``confidence`` section (also in ``run_dir/calibration.json``)."""
-    from imrec.classify.confidence import check_accept_rate
+    from imrec.classify.confidence import check_accept_rate, check_score
     from imrec.classify.evaluate import calibrate_run
 
     if read_checkpoint_meta(run_dir).get("task", "classify") != "classify":
         raise ValueError("calibrate: classifiers only (detectors keep their score threshold)")
     check_accept_rate(accept_rate)
-    return calibrate_run(run_dir, data, accept_rate=accept_rate, split=split, device=device)
+    if score is not None:
+        check_score(score)
+    return calibrate_run(
+        run_dir, data, accept_rate=accept_rate, split=split, device=device, score=score
+    )
 
 
 def doctor(

@@ -167,9 +167,21 @@ def cmd_eval(args) -> int:
     import imrec
     from imrec.api import summary
 
-    report = imrec.evaluate(args.run_dir, args.data, device=args.device, split=args.split)
+    report = imrec.evaluate(
+        args.run_dir, args.data, device=args.device, split=args.split, ood=args.ood,
+        ood_limit=args.ood_limit,
+    )  # fmt: skip
     rate = report["timing"]["images_per_second"]
     print(f"{report['dataset']}: {summary(report)}, {rate:.0f} images/s")
+    if report.get("ood"):
+        o = report["ood"]
+        i = o["in_distribution"]
+        print(f"unknown answers ({o['score']}): own test images {i['accepted']:.1%} accepted")
+        for name, s in o["sets"].items():
+            print(
+                f"  {name}: AUROC {s['auroc']:.4f}, {s['rejected']:.1%} rejected at the "
+                f"threshold, {s['fpr_at_95_tpr']:.1%} accepted at 95% TPR ({s['n']} images)"
+            )
     print(f"report: {Path(report['report_dir']) / 'report.md'}")
     return 0
 
@@ -209,7 +221,9 @@ def cmd_doctor(args) -> int:
 def cmd_calibrate(args) -> int:
     import imrec
 
-    c = imrec.calibrate(args.run_dir, args.data, accept_rate=args.accept_rate, split=args.split)
+    c = imrec.calibrate(
+        args.run_dir, args.data, accept_rate=args.accept_rate, split=args.split, score=args.score
+    )
     print(
         f"temperature {c['temperature']}, {c['score']} threshold {c['threshold']:.6g} "
         f"(accepts {c['accept_rate']:.1%} of {c['fitted_on']}); "
@@ -566,6 +580,9 @@ def _eval_predict_commands(sub) -> None:
                    help="share of in-distribution images to accept, in (0, 1] (default 0.99)")  # fmt: skip
     c.add_argument("--split", choices=["test", "all"],
                    help="with --data: its test split or all its images (default all)")  # fmt: skip
+    c.add_argument("--score", choices=["msp", "energy", "mahalanobis", "energy+maha"],
+                   help="the out-of-distribution score (default: energy+maha up to 100 "
+                   "classes, msp above)")  # fmt: skip
     c.set_defaults(func=cmd_calibrate)
 
     e = sub.add_parser("eval", help="evaluate a run's best checkpoint on the test split")
@@ -581,6 +598,14 @@ def _eval_predict_commands(sub) -> None:
         default="test",
         help="with --data: its test split (default) or all its images (zero-shot scoring)",
     )
+    e.add_argument(
+        "--ood",
+        metavar="SET[,SET]",
+        help="classifiers: how well unknown answers work against other images: datasets "
+        "(fashion-mnist, chars74k, folder:PATH, ...) or generated noise, blank, scribbles",
+    )
+    e.add_argument("--ood-limit", type=int, metavar="N",
+                   help="images of each --ood dataset at most (default 10000, at random)")  # fmt: skip
     e.add_argument("--device", default="cpu")
     e.set_defaults(func=cmd_eval)
 

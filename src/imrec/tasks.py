@@ -9,7 +9,7 @@ run never loads the detection code (nor torchvision).
 Example:
     >>> task_package("detect").TASK
     'detect'
-    >>> task_export({"task": "classify"}).OUTPUTS
+    >>> task_export({"task": "classify"}).outputs({})
     ['logits']
 """
 

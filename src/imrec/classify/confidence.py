@@ -6,20 +6,31 @@ service) and sets a threshold on an out-of-distribution score so that a stated s
 validation images is accepted (default 99%). An image whose score falls below it is answered
 ``"unknown": true`` with its candidates; a blank image is ``"blank": true`` and unknown.
 
-Scores (higher = more like the training data), computed from the logits of the same forward
+Scores (higher = more like the training data), computed from the outputs of the same forward
 pass, so every backend computes them the same way:
 
 - ``msp``: the largest calibrated probability (Hendrycks & Gimpel, 2017);
 - ``energy``: ``T * logsumexp(logits / T)`` (Liu et al., 2020), which keeps the logits' scale
-  that the softmax throws away.
+  that the softmax throws away;
+- ``mahalanobis``: minus the smallest squared Mahalanobis distance of the penultimate features
+  to the class centres, with one covariance shared by all classes (Lee et al., 2018), both
+  fitted on training images (:func:`fit_distance`). The distance is a second output of the
+  graph (``distance``, computed by :class:`Distance` inside the exported ONNX model), so
+  ONNX Runtime, int8 and PyTorch compute it alike;
+- ``energy+maha``: ``z(energy) + z(mahalanobis)``, each standardised by its mean and spread
+  on the validation split: one score that sees the logits and one that sees the features.
 
 The threshold is stored with a table of the validation scores' quantiles, so that another
-acceptance rate (``accept_rate``) maps to its threshold without the data. ``msp`` is the
-default because it never fails badly: on the MNIST model ``energy`` separated Fashion-MNIST,
-Chars74K letters and Chinese MNIST a little better (AUROC 0.837 / 0.946 / 0.992 against 0.812 /
-0.931 / 0.986), but on the 3,755-class hanzi model it ranked MNIST digits and letters as *more*
-familiar than its own characters (AUROC 0.415 and 0.255, where ``msp`` gets 0.961 and 0.879;
-BENCHMARKS.md "Unknown answers").
+acceptance rate (``accept_rate``) maps to its threshold without the data.
+
+The default (:func:`default_score`) is ``energy+maha`` for models of up to
+:data:`COMBINED_MAX_CLASSES` classes and ``msp`` above. Measured (BENCHMARKS.md "Unknown
+answers"): on the MNIST model ``energy+maha`` separates Fashion-MNIST, Chars74K letters and
+Chinese MNIST with AUROC 0.992 / 0.977 / 0.986 where ``msp`` gets 0.812 / 0.931 / 0.986, and it
+is the best or within 0.006 of the best on the Chinese MNIST model too; but on the 3,755-class
+hanzi model energy and Mahalanobis both rank MNIST digits and letters as *more* familiar than
+its own characters (AUROC 0.415 / 0.174 against digits), where ``msp`` gets 0.961: ``msp``
+never fails badly, so it is the rule for large vocabularies.
 """
 
 from __future__ import annotations
@@ -29,9 +40,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
-SCORES = ("msp", "energy")
-DEFAULT_SCORE = "msp"
+SCORES = ("msp", "energy", "mahalanobis", "energy+maha")
+FEATURE_SCORES = ("mahalanobis", "energy+maha")  # need the graph's ``distance`` output
+DEFAULT_SCORE = "msp"  # for large vocabularies, and models without feature statistics
+COMBINED_MAX_CLASSES = 100  # up to this many classes the default is energy+maha
+FEATURE_IMAGES = 10_000  # training images the class centres and covariance are fitted on
 DEFAULT_ACCEPT = 0.99
 QUANTILES = 201  # points of the stored table of validation scores (every 0.5%)
 BLANK_RANGE = 16  # a prepared image whose grey levels span less than this is blank
@@ -54,6 +69,10 @@ class Confidence:
     accept_rate: float
     quantiles: list[float]  # the validation scores at 0, 1/(Q-1), ..., 1
     fitted_on: str
+    # energy+maha: {"energy": [mean, std], "mahalanobis": [mean, std]} on the fitting images
+    standardise: dict[str, list[float]] | None = None
+    # the feature statistics in the checkpoint (extras "whitener", "centres"): how they were fitted
+    features: dict | None = None
 
     def meta(self) -> dict:
         return asdict(self)
@@ -63,7 +82,12 @@ class Confidence:
         """The stored rule, or None for a model trained before calibration existed."""
         if not meta:
             return None
-        return cls(**{k: meta[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: meta[k] for k in cls.__dataclass_fields__ if k in meta})
+
+    def score_of(self, logits: torch.Tensor, distance: torch.Tensor | None = None) -> torch.Tensor:
+        """This rule's score ``(N,)`` of a batch's logits ``(N, K)`` (and ``distance`` ``(N,)``,
+        the graph's second output, for the feature scores)."""
+        return scores(logits, self.temperature, self.score, distance, self.standardise)
 
     def threshold_for(self, accept_rate: float | None) -> float:
         """The score threshold that accepts ``accept_rate`` of the validation images (the
@@ -122,42 +146,160 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return round(math.exp((lo + hi) / 2), 4)
 
 
-def scores(logits: torch.Tensor, temperature: float, kind: str) -> torch.Tensor:
+def default_score(num_classes: int, features: bool) -> str:
+    """The score a model gets when none is asked for: ``energy+maha`` for up to
+    :data:`COMBINED_MAX_CLASSES` classes when its feature statistics exist, else ``msp``.
+
+    Example:
+        >>> default_score(10, True), default_score(3755, True), default_score(10, False)
+        ('energy+maha', 'msp', 'msp')
+    """
+    return "energy+maha" if features and num_classes <= COMBINED_MAX_CLASSES else DEFAULT_SCORE
+
+
+def check_score(kind: str) -> None:
+    """Refuse a score name that is not one of :data:`SCORES`."""
+    if kind not in SCORES:
+        raise ValueError(f"unknown confidence score {kind!r}; choose one of {', '.join(SCORES)}")
+
+
+def scores(
+    logits: torch.Tensor,
+    temperature: float,
+    kind: str,
+    distance: torch.Tensor | None = None,
+    standardise: dict[str, list[float]] | None = None,
+) -> torch.Tensor:
     """The out-of-distribution score of each row of ``logits`` ``(N, K)``: ``(N,)``, higher
-    = more like the training data.
+    = more like the training data. ``distance`` ``(N,)``: the smallest squared Mahalanobis
+    distance of each image's features (:class:`Distance`), for ``mahalanobis`` and
+    ``energy+maha``; ``standardise``: the means and spreads that ``energy+maha`` divides by.
 
     Example:
         >>> z = torch.tensor([[4.0, 0.0], [0.0, 0.1]])
         >>> [round(v, 3) for v in scores(z, 1.0, "msp").tolist()]
         [0.982, 0.525]
+        >>> d = torch.tensor([10.0, 90.0])
+        >>> both = {"energy": [2.0, 1.0], "mahalanobis": [-20.0, 10.0]}
+        >>> [round(v, 3) for v in scores(z, 1.0, "energy+maha", d, both).tolist()]
+        [3.018, -8.256]
     """
+    check_score(kind)
     z = logits.float() / temperature
     if kind == "msp":
         return z.softmax(1).max(1).values
+    energy = temperature * torch.logsumexp(z, 1)
     if kind == "energy":
-        return temperature * torch.logsumexp(z, 1)
-    raise ValueError(f"unknown confidence score {kind!r}; choose one of {', '.join(SCORES)}")
+        return energy
+    if distance is None:
+        raise ValueError(
+            f"the {kind} score needs the model's feature distance (the graph's 'distance' "
+            "output); this model gives only logits: calibrate it again (imrec calibrate RUN)"
+        )
+    maha = -distance.float().reshape(-1)
+    if kind == "mahalanobis":
+        return maha
+    if not standardise:
+        raise ValueError("energy+maha needs the means and spreads it was standardised with")
+    (me, se), (mm, sm) = standardise["energy"], standardise["mahalanobis"]
+    return (energy - me) / se + (maha - mm) / sm
+
+
+class Distance(nn.Module):
+    """The smallest squared Mahalanobis distance of features to the class centres: ``(B, D)``
+    -> ``(B,)``, with one covariance shared by all classes.
+
+    ``whitener`` ``(D, D)`` is a factor ``L`` of the precision matrix (``P = L L^T``) and
+    ``centres`` ``(K, D)`` are the class means times ``L``, so the distance to class ``k`` is
+    ``|f L - c_k|^2``; it is part of the exported graph (plain MatMul, ReduceMin).
+
+    Example:
+        >>> d = Distance(torch.eye(2), torch.tensor([[0.0, 0.0], [3.0, 4.0]]))
+        >>> d(torch.tensor([[3.0, 3.0], [0.0, 1.0]])).tolist()
+        [1.0, 1.0]
+    """
+
+    def __init__(self, whitener: torch.Tensor, centres: torch.Tensor):
+        super().__init__()
+        self.register_buffer("whitener", whitener.float())
+        self.register_buffer("centres_t", centres.float().T.contiguous())  # (D, K)
+        self.register_buffer("centres_sq", (centres.float() ** 2).sum(1))  # (K,)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        g = features.float() @ self.whitener  # (B, D) whitened
+        d = (g * g).sum(1, keepdim=True) - 2 * (g @ self.centres_t) + self.centres_sq  # (B, K)
+        return d.min(1).values.clamp(min=0.0)
+
+
+def fit_distance(features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The checkpoint extras of :class:`Distance` fitted on training ``features`` ``(N, D)``
+    and their ``labels``: ``{"whitener": (D, D), "centres": (K, D)}`` (classes absent from
+    the sample have no centre). The shared covariance gets a ridge of 1e-4 of its mean
+    variance, so a feature that never varies in training still has a finite precision.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> f = torch.randn(4000, 3, generator=g) * torch.tensor([1.0, 2.0, 0.5])
+        >>> labels = torch.arange(4000) % 2
+        >>> f[labels == 1] += 10
+        >>> stats = fit_distance(f, labels)
+        >>> d = Distance(**stats)(torch.tensor([[0.0, 0.0, 0.0], [10.0, 10.0, 11.0]]))
+        >>> [round(v) for v in d.tolist()]  # the second: 1 / 0.5^2 from its centre
+        [0, 4]
+    """
+    f, labels = features.double(), labels.long()
+    present = torch.unique(labels)
+    means = torch.stack([f[labels == c].mean(0) for c in present])  # (K', D)
+    centred = f - means[torch.searchsorted(present, labels)]
+    cov = centred.T @ centred / len(f)
+    ridge = 1e-4 * max(float(cov.diagonal().mean()), 1e-12)
+    cov = cov + ridge * torch.eye(f.shape[1], dtype=torch.float64)
+    precision = torch.linalg.inv(cov)
+    precision = (precision + precision.T) / 2
+    whitener = torch.linalg.cholesky(precision)  # P = L L^T
+    return {"whitener": whitener.float(), "centres": (means @ whitener).float()}
 
 
 def fit_confidence(
     logits: torch.Tensor,
     labels: torch.Tensor,
     *,
-    score: str = DEFAULT_SCORE,
+    distance: torch.Tensor | None = None,
+    score: str | None = None,
     accept_rate: float = DEFAULT_ACCEPT,
     fitted_on: str = "validation split",
+    features: dict | None = None,
 ) -> Confidence:
-    """Temperature and threshold from held-out ``logits`` ``(N, K)`` and their ``labels``."""
+    """Temperature and threshold from held-out ``logits`` ``(N, K)`` and their ``labels``
+    (``distance`` ``(N,)``: their feature distances, for the feature scores; ``score`` None:
+    :func:`default_score`; ``features``: how the feature statistics were fitted, stored as is).
+    """
     check_accept_rate(accept_rate)
-    if score not in SCORES:
-        raise ValueError(f"unknown confidence score {score!r}; choose one of {', '.join(SCORES)}")
+    if score is None:
+        score = default_score(logits.shape[1], distance is not None)
+    check_score(score)
+    if score in FEATURE_SCORES and distance is None:
+        raise ValueError(
+            f"the {score} score needs feature statistics, which this model does not have yet: "
+            "calibrate it on its own dataset first (imrec calibrate RUN)"
+        )
     temperature = fit_temperature(logits, labels)
-    s = scores(logits, temperature, score).double()
+    standardise = None
+    if distance is not None:
+        parts = {"energy": scores(logits, temperature, "energy"), "mahalanobis": -distance}
+        standardise = {
+            k: [round(float(v.double().mean()), 6), round(max(float(v.double().std()), 1e-6), 6)]
+            for k, v in parts.items()
+        }
+    s = scores(logits, temperature, score, distance, standardise).double()
     table = torch.quantile(s, torch.linspace(0, 1, QUANTILES, dtype=torch.float64))
     quantiles = [round(float(v), 6) for v in table]
     q = np.linspace(0.0, 1.0, QUANTILES)
     threshold = float(np.interp(1.0 - accept_rate, q, quantiles))
-    return Confidence(temperature, score, threshold, accept_rate, quantiles, fitted_on)
+    return Confidence(
+        temperature, score, threshold, accept_rate, quantiles, fitted_on, standardise,
+        features if distance is not None else None,
+    )  # fmt: skip
 
 
 def blank(images: torch.Tensor) -> torch.Tensor:
@@ -180,17 +322,19 @@ def decide(
     images: torch.Tensor,
     confidence: Confidence | None,
     *,
+    distance: torch.Tensor | None = None,
     accept_rate: float | None = None,
     reject: bool = True,
 ) -> tuple[torch.Tensor, list[dict]]:
     """Calibrated probabilities ``(N, K)`` and, per image, ``{"score", "unknown", "blank"}``
-    (``score`` is None for a model without calibration, which then rejects only blanks)."""
+    (``score`` is None for a model without calibration, which then rejects only blanks;
+    ``distance``: the graph's second output, which the feature scores need)."""
     temperature = confidence.temperature if confidence else 1.0
     probs = (logits.float() / temperature).softmax(1)
     empty = blank(images).tolist()
     if confidence is None:
         return probs, [{"score": None, "unknown": e, "blank": e} for e in empty]
-    s = scores(logits, temperature, confidence.score).tolist()
+    s = confidence.score_of(logits, distance).tolist()
     threshold = confidence.threshold_for(accept_rate)
     out = [
         {"score": round(v, 6), "unknown": e or (reject and v < threshold), "blank": e}

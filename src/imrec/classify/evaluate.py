@@ -8,7 +8,15 @@ from pathlib import Path
 
 import torch
 
-from imrec.classify.confidence import DEFAULT_ACCEPT, decide, fit_confidence
+from imrec.classify.confidence import (
+    COMBINED_MAX_CLASSES,
+    DEFAULT_ACCEPT,
+    FEATURE_IMAGES,
+    Distance,
+    decide,
+    fit_confidence,
+    fit_distance,
+)
 from imrec.classify.metrics import classification_metrics, reliability, worst_mistakes
 from imrec.classify.report import write_report
 from imrec.config import RunConfig
@@ -27,7 +35,7 @@ PLOTS = {
 
 
 def _timed_logits(
-    model, images: torch.Tensor, batcher: Batcher, batch_size: int
+    model, images: torch.Tensor, batcher: Batcher, batch_size: int, features_out=None
 ) -> tuple[torch.Tensor, dict]:
     device = next(model.parameters()).device
     predict_logits(
@@ -36,7 +44,7 @@ def _timed_logits(
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    logits = predict_logits(model, images, batcher, batch_size)
+    logits = predict_logits(model, images, batcher, batch_size, features_out)
     seconds = time.perf_counter() - t0
     timing = {
         "images_per_second": round(len(images) / max(seconds, 1e-9), 1),
@@ -57,13 +65,15 @@ def measure(
     batch_size: int = 1024,
     plots: bool = True,
     logits_out: list | None = None,
+    features_out: list | None = None,
 ) -> tuple[dict, dict]:
     """Metrics and timing of ``model`` on ``split``; writes confusion.png and mistakes.png.
 
     The mistakes gallery shows the (at most 32) worst mistakes with their Grad-CAM overlays
-    when the model has a ``cam_layer``. ``logits_out``, a list, receives the logits.
+    when the model has a ``cam_layer``. ``logits_out``, a list, receives the logits;
+    ``features_out`` the penultimate features.
     """
-    logits, timing_ = _timed_logits(model, split.images, batcher, batch_size)
+    logits, timing_ = _timed_logits(model, split.images, batcher, batch_size, features_out)
     if logits_out is not None:
         logits_out.append(logits)
     metrics = classification_metrics(logits, split.labels, classes)
@@ -122,19 +132,27 @@ def _finish_run(trainer) -> dict:
     model = trainer.eval_model()
     model.load_state_dict(weights)
     bs = run.loop.eval_batch_size
+    wants_features = len(data.classes) <= COMBINED_MAX_CLASSES  # for the default score
     val_logits: list = []
+    val_feats: list | None = [] if wants_features else None
     val_metrics, _ = measure(
         model, data.val, data.classes, trainer.batcher, run_dir, batch_size=bs, plots=False,
-        logits_out=val_logits,
+        logits_out=val_logits, features_out=val_feats,
     )  # fmt: skip
     test_logits: list = []
+    test_feats: list | None = [] if wants_features else None
     test_metrics, timing_ = measure(
         model, data.test, data.classes, trainer.batcher, run_dir, batch_size=bs,
-        logits_out=test_logits,
+        logits_out=test_logits, features_out=test_feats,
     )  # fmt: skip
+    stats = None
+    if wants_features:
+        stats = feature_stats(model, data.train, trainer.batcher, bs, run.loop.seed)
     confidence = calibrate_checkpoint(
-        run_dir / "best", weights, meta, (val_logits[0], data.val), (test_logits[0], data.test),
-        f"the validation split of {data.name} ({len(data.val)} images)",
+        run_dir / "best", weights, meta,
+        (val_logits[0], data.val, val_feats[0] if stats else None),
+        (test_logits[0], data.test, test_feats[0] if stats else None),
+        f"the validation split of {data.name} ({len(data.val)} images)", stats=stats,
     )  # fmt: skip
     with timing.phase("report"):
         save_curves(trainer.history, run_dir / PLOTS["curves"])
@@ -173,30 +191,66 @@ def _finish_run(trainer) -> dict:
     return report
 
 
+def feature_stats(
+    model, train: ImageSet, batcher: Batcher, batch_size: int, seed: int = 0
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """The feature statistics of :class:`~imrec.classify.confidence.Distance` fitted on up to
+    :data:`~imrec.classify.confidence.FEATURE_IMAGES` training images picked at random
+    (unaugmented, the model in eval mode): ``(extras, how)``."""
+    with timing.phase("evaluation"):
+        n = min(FEATURE_IMAGES, len(train))
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
+        pick = pick.sort().values
+        feats: list = []
+        predict_logits(model, train.images[pick], batcher, batch_size, features_out=feats)
+        stats = fit_distance(feats[0], train.labels[pick])
+    how = {
+        "images": n,
+        "dim": int(feats[0].shape[1]),
+        "fitted_on": f"{n:,} training images (no augmentation): class centres and one shared covariance",
+    }
+    return stats, how
+
+
 def calibrate_checkpoint(
     stem: Path,
     weights: dict,
     meta: dict,
-    fit: tuple[torch.Tensor, ImageSet],
-    check: tuple[torch.Tensor, ImageSet],
+    fit: tuple[torch.Tensor, ImageSet, torch.Tensor | None],
+    check: tuple[torch.Tensor, ImageSet, torch.Tensor | None],
     fitted_on: str,
     accept_rate: float = DEFAULT_ACCEPT,
+    *,
+    stats: tuple[dict[str, torch.Tensor], dict] | None = None,
+    score: str | None = None,
 ) -> dict:
-    """Fit the temperature and rejection threshold on ``fit`` (logits, split), store them in
-    the checkpoint ``stem`` (its ``confidence`` metadata) and measure them on ``check``: the
-    report's ``confidence`` section (NLL and ECE before and after, acceptance on both splits,
-    accuracy of the accepted), with the reliability diagram beside the checkpoint."""
+    """Fit the temperature and rejection threshold on ``fit`` (logits, split, penultimate
+    features or None), store them in the checkpoint ``stem`` (its ``confidence`` metadata,
+    and the feature statistics ``stats`` = ``(extras, how)`` beside the weights) and measure
+    them on ``check``: the report's ``confidence`` section (NLL and ECE before and after,
+    acceptance on both splits, accuracy of the accepted), with the reliability diagram
+    beside the checkpoint. ``score`` None: the default for the model's vocabulary."""
     from imrec.classify.viz import save_reliability
     from imrec.core.checkpoint import save_checkpoint
 
-    (fit_logits, fit_set), (check_logits, check_set) = fit, check
-    conf = fit_confidence(fit_logits, fit_set.labels, accept_rate=accept_rate, fitted_on=fitted_on)
-    save_checkpoint(stem, weights, {**meta, "confidence": conf.meta()})
+    (fit_logits, fit_set, fit_f), (check_logits, check_set, check_f) = fit, check
+    distance = Distance(**stats[0]) if stats else None
+    with torch.no_grad():
+        fit_d = distance(fit_f) if distance is not None else None
+        check_d = distance(check_f) if distance is not None else None
+    conf = fit_confidence(
+        fit_logits, fit_set.labels, distance=fit_d, score=score, accept_rate=accept_rate,
+        fitted_on=fitted_on, features=stats[1] if stats else None,
+    )  # fmt: skip
+    save_checkpoint(
+        stem, weights, {**meta, "confidence": conf.meta()}, extras=stats[0] if stats else None
+    )
     section = {k: v for k, v in conf.meta().items() if k != "quantiles"}
-    for name, logits, split in (("val", fit_logits, fit_set), ("test", check_logits, check_set)):
+    parts = (("val", fit_logits, fit_set, fit_d), ("test", check_logits, check_set, check_d))
+    for name, logits, split, dist in parts:
         before = reliability(logits, split.labels)
         after = reliability(logits / conf.temperature, split.labels)
-        _, decided = decide(logits, split.images, conf)
+        _, decided = decide(logits, split.images, conf, distance=dist)
         accepted = torch.tensor([not d["unknown"] for d in decided])
         right = logits.argmax(1) == split.labels
         section[name] = {
@@ -252,6 +306,8 @@ def evaluate_run(
     batch_size: int = 1024,
     device: str = "cpu",
     split: str = "test",
+    ood: str | list[str] | None = None,
+    ood_limit: int | None = None,
 ) -> dict:
     """Evaluate a run's best checkpoint on its dataset's test split, or on another dataset.
 
@@ -259,6 +315,11 @@ def evaluate_run(
     to the model's classes by name (the other dataset may have fewer classes: they are scored
     in the model's full space) and the results go to ``run_dir/eval-<name>/``. ``split="all"``
     scores every image of the other dataset instead (never of the run's own).
+
+    ``ood`` (``"fashion-mnist,chars74k,scribbles"`` or a list): out-of-distribution sets,
+    datasets or generated (``noise``, ``blank``, ``scribbles``), measured against the images
+    evaluated (:mod:`imrec.classify.ood`): the report's ``ood`` section and ``ood.png``.
+    ``ood_limit``: images of each dataset at most (default 10,000, picked at random).
 
     Example (the report is written into the run folder, so here into a copy of ``run``):
         >>> import shutil
@@ -281,11 +342,24 @@ def evaluate_run(
     batcher = Batcher.from_stats(meta["input"]["mean"], meta["input"]["std"], device)
     out_dir = _eval_dir(run_dir, name, meta["dataset"])
     out_dir.mkdir(parents=True, exist_ok=True)
+    ood_names = None
+    if ood is not None:
+        from imrec.classify.ood import parse_names
+
+        ood_names = parse_names(ood)  # refused before any work
     metrics, timing = measure(
         model, split_set, meta["classes"], batcher, out_dir, batch_size=batch_size
     )
     report = _eval_report(out_dir, name, dataset, meta, metrics, timing)
     report["split_scored"] = split
+    if ood_names:
+        from imrec.classify.ood import LIMIT, measure_ood
+
+        report["ood"] = measure_ood(
+            model, meta, _run_config(run_dir), split_set, ood_names, batcher,
+            out_dir / "ood.png", limit=ood_limit or LIMIT, batch_size=batch_size,
+        )  # fmt: skip
+        report["files"]["ood"] = report["ood"]["figure"]
     write_report(out_dir, report)
     report["report_dir"] = str(out_dir)  # the run folder, or its eval-<name>/ for other data
     return report
@@ -299,6 +373,7 @@ def calibrate_run(
     split: str | None = None,
     batch_size: int = 1024,
     device: str = "cpu",
+    score: str | None = None,
 ) -> dict:
     """Fit a run's temperature and rejection threshold again: on its own validation split
     (another ``accept_rate``), or on another dataset's images (``data``, e.g. a folder of
@@ -307,7 +382,13 @@ def calibrate_run(
     replaced (export again to carry it into a bundle); returns the new ``confidence`` section
     (``val``: the images it was fitted on; ``test``: the run's test split, or for other data
     the same images again), also written to ``run_dir/calibration.json``.
+
+    ``score`` (one of :data:`~imrec.classify.confidence.SCORES`; None: the default for the
+    model's vocabulary). On its own dataset the feature statistics are fitted again on its
+    training split (a model trained before they existed gets them here); on other data the
+    stored ones are kept (the classes' centres come from the training data).
     """
+    from imrec.classify.confidence import FEATURE_SCORES, check_score
     from imrec.core.checkpoint import atomic_write_text, load_checkpoint
     from imrec.models.load import load_model
 
@@ -323,16 +404,30 @@ def calibrate_run(
         if (meta.get("ink") or {}).get("form"):
             chosen = _in_model_form(dataset, chosen, meta)
         chosen = _align_classes(dataset, chosen, meta["classes"])
+    if score is not None:
+        check_score(score)
     batcher = Batcher.from_stats(meta["input"]["mean"], meta["input"]["std"], device)
-    logits = predict_logits(model, chosen.images, batcher, batch_size)
-    measured = (logits, chosen)  # other data: measured on the images it was fitted on
+    stats = None
+    if name == meta["dataset"]:
+        if len(meta["classes"]) <= COMBINED_MAX_CLASSES or score in FEATURE_SCORES:
+            seed = RunConfig.from_dict(_run_config(run_dir)).loop.seed
+            stats = feature_stats(model, dataset.train, batcher, batch_size, seed)
+    elif model.checkpoint_extras.get("whitener") is not None:
+        stats = (model.checkpoint_extras, (meta.get("confidence") or {}).get("features"))
+    feats: list = []
+    logits = predict_logits(model, chosen.images, batcher, batch_size, features_out=feats)
+    measured = (logits, chosen, feats[0])  # other data: measured on the images it was fitted on
     if check is not None:
-        measured = (predict_logits(model, check.images, batcher, batch_size), check)
+        check_feats: list = []
+        check_logits = predict_logits(
+            model, check.images, batcher, batch_size, features_out=check_feats
+        )
+        measured = (check_logits, check, check_feats[0])
     weights, stored = load_checkpoint(run_dir / "best.safetensors")
     where = "validation split" if check is not None else f"{split or 'all'} images"
     section = calibrate_checkpoint(
-        run_dir / "best", weights, stored, (logits, chosen), measured,
-        f"the {where} of {name} ({len(chosen)} images)", accept_rate,
+        run_dir / "best", weights, stored, (logits, chosen, feats[0]), measured,
+        f"the {where} of {name} ({len(chosen)} images)", accept_rate, stats=stats, score=score,
     )  # fmt: skip
     atomic_write_text(run_dir / "calibration.json", json.dumps(section, indent=2))
     return section

@@ -1,7 +1,7 @@
 """What a bundle, the parity gate and the runtime need from a classifier.
 
 The same names as ``imrec.detect.export``, looked up through :func:`imrec.tasks.task_export`:
-for the bundle and ONNX (:mod:`imrec.deploy`) ``OUTPUTS``, ``HEADLINE_METRICS``, ``exports``,
+for the bundle and ONNX (:mod:`imrec.deploy`) ``outputs``, ``HEADLINE_METRICS``, ``exports``,
 ``exportable``, ``input_spec``, ``preprocessing``, ``postprocessing``; for the parity gate and
 int8 ``load_probe``, ``parity``, ``quality``; for :class:`imrec.deploy.runtime.Model` and the
 service ``EXPLAINABLE``, ``prepare``, ``ready``, ``results``, ``batch_results``,
@@ -14,20 +14,49 @@ import numpy as np
 import torch
 from torch import nn
 
-from imrec.classify.confidence import decide
+from imrec.classify.confidence import Distance, decide
 from imrec.config import RunConfig
 from imrec.core.errors import ExportError, UnusableImage
 from imrec.core.probe import CALIBRATION_IMAGES, MIN_AGREEMENT, Probe, batches, torch_outputs
 
-OUTPUTS = ["logits"]
 HEADLINE_METRICS = ("accuracy", "macro_f1", "top5", "ece")
 EXPLAINABLE = True  # Grad-CAM and saliency (imrec.explain)
 
 
+def outputs(meta: dict) -> list[str]:
+    """The graph's outputs: ``logits``, and ``distance`` for a model with feature statistics
+    (:class:`~imrec.classify.confidence.Distance`, for the feature scores).
+
+    Example:
+        >>> outputs({"confidence": {"features": {"images": 10000}}}), outputs({})
+        (['logits', 'distance'], ['logits'])
+    """
+    return ["logits", "distance"] if has_features(meta) else ["logits"]
+
+
+def has_features(meta: dict) -> bool:
+    """Whether the checkpoint holds feature statistics (its calibration says how they were fitted)."""
+    return bool((meta.get("confidence") or {}).get("features"))
+
+
 def exportable(model: nn.Module, meta: dict) -> nn.Module:
-    """The classifier taking 0-1 pixels (its normalisation inside the graph)."""
+    """The classifier taking 0-1 pixels (its normalisation inside the graph); with feature
+    statistics it also outputs each image's feature distance.
+
+    Raises:
+        ExportError: the metadata promises feature statistics the checkpoint does not hold.
+    """
     inp = meta["input"]
-    return Normalised(model, inp["mean"], inp["std"]).eval()
+    distance = None
+    if has_features(meta):
+        extras = getattr(model, "checkpoint_extras", None) or {}
+        if not {"whitener", "centres"} <= extras.keys():
+            raise ExportError(
+                "the checkpoint's calibration uses feature statistics that are not in its "
+                "weights file (extras/whitener, extras/centres): calibrate it again"
+            )
+        distance = Distance(extras["whitener"], extras["centres"])
+    return Normalised(model, inp["mean"], inp["std"], distance).eval()
 
 
 def exports(meta: dict) -> bool:
@@ -40,6 +69,18 @@ def input_spec(meta: dict) -> dict:
     return {}
 
 
+SCORE_TEXT = {
+    "msp": "the largest probability;",
+    "energy": "T * logsumexp(logits / T);",
+    "mahalanobis": "minus the graph's 'distance' output;",
+    "energy+maha": (
+        "(energy - m_e) / s_e + (-distance - m_m) / s_m with energy = T * logsumexp(logits / T), "
+        "distance the graph's second output, [m_e, s_e] = confidence.standardise.energy and "
+        "[m_m, s_m] = confidence.standardise.mahalanobis;"
+    ),
+}
+
+
 def postprocessing(meta: dict) -> dict | None:
     """Classifiers output logits; a calibrated one also its temperature and rejection rule."""
     conf = meta.get("confidence")
@@ -48,7 +89,8 @@ def postprocessing(meta: dict) -> dict | None:
     return {
         "description": (
             f"Probabilities are softmax(logits / {conf['temperature']}). An image is unknown "
-            f"when its {conf['score']} score (imrec.classify.confidence.scores) is below "
+            f"when its {conf['score']} score ({SCORE_TEXT.get(conf['score'], 'see')} "
+            "imrec.classify.confidence.scores) is below "
             f"{conf['threshold']:.6g} (accepts {conf['accept_rate']:.1%} of the validation "
             "images; the quantile table sets other rates) or when it is blank (grey levels "
             "spanning under 16)."
@@ -68,18 +110,30 @@ def quality(runner, meta: dict, probe: Probe) -> tuple[str, float]:
 
 
 class Normalised(nn.Module):
-    """A classifier taking 0-1 pixels: the normalisation travels inside the exported graph."""
+    """A classifier taking 0-1 pixels: the normalisation travels inside the exported graph.
+    With a :class:`~imrec.classify.confidence.Distance` it outputs ``(logits, distance)``."""
 
-    def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: list[float],
+        std: list[float],
+        distance: nn.Module | None = None,
+    ):
         super().__init__()
         self.model = model
+        self.distance = distance
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         # clamped like imrec.core.batching.Batcher, so both paths divide by the same number
         std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1).clamp(min=1e-3)
         self.register_buffer("std", std_t)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model((images - self.mean) / self.std)  # (B, K) logits
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        x = (images - self.mean) / self.std
+        if self.distance is None:
+            return self.model(x)  # (B, K) logits
+        features = self.model.forward_features(x)  # (B, D)
+        return self.model.head(features), self.distance(features)  # (B, K), (B,)
 
 
 def load_probe(meta: dict, cfg: dict, limit: int | None) -> Probe:
@@ -115,11 +169,14 @@ def parity(module: nn.Module, runner, images: torch.Tensor, meta: dict) -> dict:
     conf = Confidence.from_meta(meta.get("confidence"))
     ours, theirs = [], []
     for x in batches(images):
-        ours.append(torch.from_numpy(torch_outputs(module, x)[0]).float())
-        theirs.append(torch.from_numpy(runner(x)[0]).float())
-    a, b = torch.cat(ours), torch.cat(theirs)  # (N, K) logits
-    p, da = decide(a, images, conf)  # images: the probe's uint8 (N, C, H, W)
-    q, db = decide(b, images, conf)
+        ours.append([torch.from_numpy(o).float() for o in torch_outputs(module, x)])
+        theirs.append([torch.from_numpy(o).float() for o in runner(x)])
+    a, b = (torch.cat([o[0] for o in ours]), torch.cat([o[0] for o in theirs]))  # (N, K) logits
+    da_, db_ = None, None
+    if has_features(meta):  # (N,) feature distances
+        da_, db_ = torch.cat([o[1] for o in ours]), torch.cat([o[1] for o in theirs])
+    p, da = decide(a, images, conf, distance=da_)  # images: the probe's uint8 (N, C, H, W)
+    q, db = decide(b, images, conf, distance=db_)
     agreement = float((p.argmax(1) == q.argmax(1)).float().mean())
     out = {
         "n": len(p),
@@ -209,13 +266,20 @@ def top(
 ) -> list[dict]:
     """``{"top": [{"label", "probability"}, ...], "score", "unknown", "blank"}`` per image,
     most probable first (see :func:`imrec.classify.confidence.decide`)."""
-    logits = torch.from_numpy(model.logits(images))
-    return labelled(logits, images, model.classes, model.confidence, top_k, accept_rate, reject)
+    logits, distance = model.outputs(images)
+    return labelled(
+        logits, images, model.classes, model.confidence, top_k, accept_rate, reject, distance
+    )
 
 
-def labelled(logits, images, classes, confidence, top_k, accept_rate=None, reject=True):
-    """The per-image answers of :func:`top` from logits (shared with the PyTorch predictor)."""
-    probs, decided = decide(logits, images, confidence, accept_rate=accept_rate, reject=reject)
+def labelled(
+    logits, images, classes, confidence, top_k, accept_rate=None, reject=True, distance=None
+):
+    """The per-image answers of :func:`top` from logits (and feature distances), shared with
+    the PyTorch predictor."""
+    probs, decided = decide(
+        logits, images, confidence, distance=distance, accept_rate=accept_rate, reject=reject
+    )
     top_p, top_i = probs.topk(min(top_k, len(classes)), dim=1)
     return [
         {
@@ -243,8 +307,16 @@ def predict_items(model, items: list) -> list[dict]:
     with its own rejection options."""
     images, ks, opts = zip(*items, strict=True)
     batch = torch.stack(images)  # (N, C, H, W)
-    logits = torch.from_numpy(model.logits(batch))
+    logits, distance = model.outputs(batch)
     return [
-        labelled(logits[i : i + 1], batch[i : i + 1], model.classes, model.confidence, k, **o)[0]
+        labelled(
+            logits[i : i + 1],
+            batch[i : i + 1],
+            model.classes,
+            model.confidence,
+            k,
+            distance=None if distance is None else distance[i : i + 1],
+            **o,
+        )[0]  # fmt: skip
         for i, (k, o) in enumerate(zip(ks, opts, strict=True))
     ]

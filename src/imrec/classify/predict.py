@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from imrec.classify.confidence import Confidence
+from imrec.classify.confidence import Confidence, Distance
+from imrec.classify.export import has_features
 from imrec.core.batching import Batcher
 from imrec.models.load import load_model
 
@@ -30,6 +31,10 @@ class Predictor:
         self.batcher = Batcher.from_stats(inp["mean"], inp["std"], self.device)
         self.classes = self.meta["classes"]
         self.confidence = Confidence.from_meta(self.meta.get("confidence"))
+        self.distance = None  # the feature distance the feature scores need
+        if has_features(self.meta):
+            extras = self.model.checkpoint_extras
+            self.distance = Distance(extras["whitener"], extras["centres"]).to(self.device)
 
     def prepare(self, source) -> torch.Tensor:
         """One image (path, bytes or PIL image) -> uint8 ``(C, H, W)`` like the training data."""
@@ -43,11 +48,20 @@ class Predictor:
             ink=self.meta.get("ink"),
         )
 
-    @torch.no_grad()
     def logits(self, images_u8: torch.Tensor) -> torch.Tensor:
         """Raw class scores ``(B, K)`` for prepared uint8 images ``(B, C, H, W)``."""
+        return self.outputs(images_u8)[0]
+
+    @torch.no_grad()
+    def outputs(self, images_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits ``(B, K)`` and, for a model with feature statistics, each image's feature
+        distance ``(B,)`` (None otherwise), for prepared uint8 images ``(B, C, H, W)``."""
         x = self.batcher(images_u8.to(self.device))  # (B, C, H, W) normalised
-        return self.model(x).float().cpu()
+        if self.distance is None:
+            return self.model(x).float().cpu(), None
+        features = self.model.forward_features(x)
+        logits, distance = self.model.head(features), self.distance(features)
+        return logits.float().cpu(), distance.float().cpu()
 
     def probabilities(self, images_u8: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities ``(B, K)``: ``softmax(logits / T)``."""
@@ -75,14 +89,9 @@ class Predictor:
                 results.append({"input": name, "error": str(e)})
         if batch:
             images = torch.stack(batch)
+            logits, distance = self.outputs(images)
             found = labelled(
-                self.logits(images),
-                images,
-                self.classes,
-                self.confidence,
-                top_k,
-                accept_rate,
-                reject,
+                logits, images, self.classes, self.confidence, top_k, accept_rate, reject, distance
             )
             for pos, answer in zip(where, found, strict=True):
                 results[pos].update(answer)

@@ -82,6 +82,7 @@ def render_markdown(report: dict, *, run_dir: Path | None = None) -> str:
         parts.data(report),
         _metrics_table(report),
         _confidence(report),
+        _ood(report),
         _per_class(report),
         _confused_pairs(report),
         parts.figures(report, run_dir),
@@ -160,6 +161,36 @@ def _confidence(report: dict) -> str:
             f"| {label} | " + " | ".join(parts.fmt(c[s][key], "pct") for s in splits) + " |"
         )
     lines.append("| blank images | " + " | ".join(str(c[s]["blank"]) for s in splits) + " |")
+    return "\n".join(lines)
+
+
+def _ood(report: dict) -> str:
+    """Unknown answers against other images (``imrec eval --ood``; imrec.classify.ood)."""
+    o = report.get("ood")
+    if not o:
+        return ""
+    i = o["in_distribution"]
+    lines = [
+        "## Unknown answers against other images",
+        "",
+        f"Score **{o['score']}**, threshold {parts.fmt(o['threshold'], 'num')}. The model's own "
+        f"{i['n']:,} images: {parts.fmt(i['accepted'], 'pct')} accepted, "
+        f"{parts.fmt(i['accuracy_of_accepted'], 'pct')} of those right "
+        f"({parts.fmt(i['accuracy'], 'pct')} of all).",
+        "",
+        "| other set | images | AUROC | rejected at the threshold | accepted at 95% TPR | "
+        "AUROC of each score | most accepted |",
+        "|---|---:|---:|---:|---:|---|---|",
+    ]
+    for name, s in o["sets"].items():
+        by = ", ".join(f"{k} {v:.3f}" for k, v in s["auroc_by_score"].items())
+        most = ", ".join(
+            f"{parts.cell(m['class'])} {m['accepted']:.0%}" for m in s.get("most_accepted", [])[:5]
+        )
+        lines.append(
+            f"| {parts.cell(name)} | {s['n']:,} | {s['auroc']:.4f} | {parts.fmt(s['rejected'], 'pct')} "
+            f"| {parts.fmt(s['fpr_at_95_tpr'], 'pct')} | {by} | {most} |"
+        )
     return "\n".join(lines)
 
 

@@ -228,6 +228,56 @@ def save_reliability(before: dict, after: dict, path: str | os.PathLike) -> Path
         return plots.save(fig, path)
 
 
+def save_ood(
+    inside: np.ndarray,
+    right: np.ndarray,
+    outside: dict[str, np.ndarray],
+    threshold: float,
+    path: str | os.PathLike,
+) -> Path:
+    """Unknown answers in two panels: the accuracy-coverage curve of the in-distribution images
+    (``inside`` scores, ``right`` whether each was classified right; the most confident first)
+    and, per out-of-distribution set, its ROC curve (share of the set accepted against the
+    share of the model's own images accepted as the threshold moves); dots: the stored
+    ``threshold``.
+
+    Example:
+        >>> s = np.linspace(0, 1, 50)
+        >>> save_ood(s, s > 0.2, {"noise": s - 0.5}, 0.1, tmp / "ood.png").name
+        'ood.png'
+    """
+    order = np.argsort(-inside, kind="stable")
+    hits = np.cumsum(right[order])
+    n = np.arange(1, len(inside) + 1)
+    kept = float((inside >= threshold).mean())
+    with plots.style():
+        fig = plots.figure(10, 4.5)
+        left, roc = fig.subplots(1, 2)
+        left.plot(n / len(inside), hits / n, color="tab:blue")
+        at = max(1, int(round(kept * len(inside))))
+        left.plot([at / len(inside)], [hits[at - 1] / at], "o", color="tab:red",
+                  label=f"stored threshold: {kept:.1%} kept")  # fmt: skip
+        left.set_xlabel("coverage (share of the model's own images answered)")
+        left.set_ylabel("accuracy of the answered")
+        left.set_title("Accuracy against coverage")
+        left.legend(loc="lower left")
+        every = np.concatenate([inside, *outside.values()])
+        every = every[np.isfinite(every)]  # blank images score -inf: always below
+        cuts = np.unique(np.quantile(every, np.linspace(0, 1, 2001)))[::-1]  # thresholds
+        tpr = np.searchsorted(np.sort(inside), cuts, side="left")
+        tpr = 1 - tpr / len(inside)
+        for name, scores_ in outside.items():
+            fpr = 1 - np.searchsorted(np.sort(scores_), cuts, side="left") / len(scores_)
+            line = roc.plot(fpr, tpr, label=name)[0]
+            roc.plot([float((scores_ >= threshold).mean())], [kept], "o", color=line.get_color())
+        roc.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
+        roc.set_xlabel("share of the other set accepted")
+        roc.set_ylabel("share of the model's own images accepted")
+        roc.set_title("Own images against others (dots: stored threshold)")
+        roc.legend(loc="lower right", fontsize="small")
+        return plots.save(fig, path)
+
+
 # ---- confusion matrix -----------------------------------------------------------------
 
 

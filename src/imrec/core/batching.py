@@ -109,15 +109,28 @@ class Batcher:
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, images: torch.Tensor, batcher: Batcher, batch_size: int = 1024
+    model: nn.Module,
+    images: torch.Tensor,
+    batcher: Batcher,
+    batch_size: int = 1024,
+    features_out: list | None = None,
 ) -> torch.Tensor:
-    """Logits ``(N, K)`` for uint8 images ``(N, C, H, W)`` (on any device), in eval mode."""
+    """Logits ``(N, K)`` for uint8 images ``(N, C, H, W)`` (on any device), in eval mode.
+    ``features_out``, a list, receives the penultimate features ``(N, D)`` (CPU float32) of
+    a classifier (``forward_features`` then ``head``: the same computation)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = []
+    out, feats = [], []
     for i in range(0, len(images), batch_size):
         xb = batcher(images[i : i + batch_size].to(device, non_blocking=True))
-        out.append(model(xb).float().cpu())
+        if features_out is None:
+            out.append(model(xb).float().cpu())
+            continue
+        f = model.forward_features(xb)
+        out.append(model.head(f).float().cpu())
+        feats.append(f.float().cpu())
     model.train(was_training)
+    if features_out is not None:
+        features_out.append(torch.cat(feats) if feats else torch.empty(0, 0))
     return torch.cat(out) if out else torch.empty(0, 0)

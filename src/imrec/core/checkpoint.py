@@ -7,6 +7,11 @@ embedded in the safetensors header, so the weights file alone is self-describing
 The training state for ``--resume`` (model, optimizer, EMA, history) is one file,
 ``state.safetensors``, replaced atomically at the end of each epoch: a run killed at any
 moment leaves either the previous complete epoch or the new one, never a mixture.
+
+A model checkpoint may also hold tensors that are not the network's weights (a classifier's
+feature statistics for its out-of-distribution score, :mod:`imrec.classify.confidence`): their
+names start with ``extras/``; :func:`load_checkpoint` leaves them out and
+:func:`load_checkpoint_extras` reads them.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from safetensors.torch import save_file
 from imrec.core.errors import CheckpointError  # noqa: F401
 
 META_KEY = "imrec"
+EXTRAS = "extras/"  # the names of a checkpoint's tensors that are not the model's weights
 
 
 def _umask() -> int:
@@ -85,11 +91,18 @@ def _load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
-def save_checkpoint(stem: Path, state_dict: dict[str, torch.Tensor], meta: dict) -> Path:
-    """Write ``stem.safetensors`` and ``stem.json``; return the weights path."""
+def save_checkpoint(
+    stem: Path,
+    state_dict: dict[str, torch.Tensor],
+    meta: dict,
+    extras: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write ``stem.safetensors`` and ``stem.json``; return the weights path. ``extras``:
+    tensors stored beside the weights under ``extras/NAME`` (see :func:`load_checkpoint_extras`)."""
     stem = Path(stem)
     weights = stem.with_suffix(".safetensors")
-    _save_tensors(weights, state_dict, meta)
+    tensors = {**state_dict, **{EXTRAS + k: v for k, v in (extras or {}).items()}}
+    _save_tensors(weights, tensors, meta)
     atomic_write_text(stem.with_suffix(".json"), json.dumps(meta, indent=2, ensure_ascii=False))
     return weights
 
@@ -112,9 +125,32 @@ def resolve_checkpoint(source: str | Path) -> Path:
 
 
 def load_checkpoint(source: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Weights and metadata of a checkpoint (see :func:`resolve_checkpoint` for ``source``)."""
+    """Weights and metadata of a checkpoint (see :func:`resolve_checkpoint` for ``source``);
+    the weights without the checkpoint's extras."""
     tensors, meta = _load_tensors(resolve_checkpoint(source))
-    return tensors, _checked_meta(meta, source)
+    return model_weights(tensors), _checked_meta(meta, source)
+
+
+def model_weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file that are the model's state dict (not its extras)."""
+    return {k: v for k, v in tensors.items() if not k.startswith(EXTRAS)}
+
+
+def load_checkpoint_extras(source: str | Path) -> dict[str, torch.Tensor]:
+    """The extra tensors of a checkpoint (``extras/NAME`` -> ``NAME``), ``{}`` when it has none.
+
+    Example:
+        >>> w = {"w": torch.zeros(2)}
+        >>> path = save_checkpoint(tmp / "c", w, {"model": "x"}, extras={"centres": torch.ones(3)})
+        >>> sorted(load_checkpoint(path)[0]), load_checkpoint_extras(path)["centres"].tolist()
+        (['w'], [1.0, 1.0, 1.0])
+    """
+    path = resolve_checkpoint(source)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k[len(EXTRAS) :]: f.get_tensor(k) for k in f.keys() if k.startswith(EXTRAS)}
+    except Exception as e:  # safetensors raises several types for a damaged file
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
 
 
 def read_checkpoint_meta(source: str | Path) -> dict:

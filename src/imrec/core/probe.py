@@ -48,8 +48,11 @@ def batches(images: torch.Tensor, size: int = BATCH):
         yield images[i : i + size].numpy().astype(np.float32) / np.float32(255)
 
 
-def torch_outputs(module: nn.Module, x: np.ndarray) -> list[np.ndarray]:
-    """The outputs of ``module`` for one float 0-1 batch, as numpy arrays."""
+def torch_outputs(module, x: np.ndarray) -> list[np.ndarray]:
+    """The outputs of ``module`` for one float 0-1 batch, as numpy arrays. ``module`` may also
+    be a runner that takes and gives numpy arrays (an ONNX Runtime session: int8 against fp32)."""
+    if not isinstance(module, nn.Module):
+        return list(module(x))
     with torch.no_grad():
         out = module(torch.from_numpy(x))
     return [o.float().numpy() for o in (out if isinstance(out, tuple) else (out,))]

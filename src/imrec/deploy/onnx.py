@@ -28,7 +28,7 @@ PIECE = 64
 
 def output_names(meta: dict) -> list[str]:
     """The ONNX outputs of a model with checkpoint metadata ``meta``."""
-    return task_export(meta).OUTPUTS
+    return task_export(meta).outputs(meta)
 
 
 def exportable(model: nn.Module, meta: dict) -> nn.Module:
@@ -50,8 +50,8 @@ def onnx_model(model: nn.Module, meta: dict, opset: int = 17) -> bytes:
         >>> from imrec.models.load import load_model
         >>> model, meta = load_model(run)
         >>> data = onnx_model(model, meta)
-        >>> [v.name for v in onnx.load_from_string(data).graph.output]
-        ['logits']
+        >>> [v.name for v in onnx.load_from_string(data).graph.output]  # distance: for "unknown"
+        ['logits', 'distance']
     """
     import onnx
 

@@ -277,8 +277,20 @@ class Model:
 
     def logits(self, images: torch.Tensor) -> np.ndarray:
         """Raw class scores ``(N, K)`` for prepared uint8 images ``(N, C, H, W)``."""
+        return self.outputs(images)[0].numpy()
+
+    def outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A classifier's logits ``(N, K)`` and, when its graph has that output, each image's
+        feature distance ``(N,)`` (:class:`~imrec.classify.confidence.Distance`), float32,
+        for prepared uint8 images ``(N, C, H, W)``."""
         self._check_prepared(images)
-        return np.concatenate([self._run(x)[0] for x in _chunks(images)]).astype(np.float32)
+        got = [self._run(x) for x in _chunks(images)]
+        if not got:
+            return torch.empty(0, len(self.classes)), None
+        logits = torch.from_numpy(np.concatenate([g[0] for g in got]).astype(np.float32))
+        if len(got[0]) < 2:
+            return logits, None
+        return logits, torch.from_numpy(np.concatenate([g[1] for g in got]).astype(np.float32))
 
     def probabilities(self, images: torch.Tensor) -> np.ndarray:
         """Calibrated class probabilities ``(N, K)`` (``softmax(logits / T)``, ``T`` the

@@ -25,6 +25,13 @@ from imrec.detect.metrics import coco_evaluate
 from imrec.models.detectors import TinyDet
 
 OUTPUTS = ["cls_logits", "dist"]
+
+
+def outputs(meta: dict) -> list[str]:
+    """The graph's outputs: tinydet's raw maps."""
+    return OUTPUTS
+
+
 HEADLINE_METRICS = ("map", "map50", "map75")
 EXPLAINABLE = False  # explanations (Grad-CAM, saliency) are for classifiers
 

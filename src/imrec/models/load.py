@@ -17,7 +17,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from imrec.core.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta
+from imrec.core.checkpoint import (
+    EXTRAS,
+    CheckpointError,
+    load_checkpoint,
+    load_checkpoint_extras,
+    model_weights,
+    read_checkpoint_meta,
+)
 from imrec.models import create_model
 from imrec.models.detectors import create_detector
 from imrec.models.registry import architecture_options
@@ -79,7 +86,8 @@ def load_model(
     source: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[torch.nn.Module, dict]:
     """Rebuild the model of a run folder, checkpoint or export bundle: ``(model in eval mode,
-    meta)``; a classifier or a detector, whichever was saved.
+    meta)``; a classifier or a detector, whichever was saved. The checkpoint's extra tensors
+    (a classifier's feature statistics) are ``model.checkpoint_extras``, a dict (CPU tensors).
 
     Example (``detect_run`` is the run folder of a detector, ``bundle`` an exported classifier):
         >>> model, meta = load_model(detect_run)
@@ -89,9 +97,13 @@ def load_model(
         'classify'
     """
     if is_bundle(source):
-        meta, weights = read_meta(source), load_file(str(Path(source) / BUNDLE_WEIGHTS))
+        meta, tensors = read_meta(source), load_file(str(Path(source) / BUNDLE_WEIGHTS))
+        weights = model_weights(tensors)
+        extras = {k[len(EXTRAS) :]: v for k, v in tensors.items() if k.startswith(EXTRAS)}
     else:
         weights, meta = load_checkpoint(source)
+        extras = load_checkpoint_extras(source)
     model = build_model(meta)
     model.load_state_dict(weights)
+    model.checkpoint_extras = extras  # a plain dict attribute: not part of the module's state
     return model.to(device).eval(), meta

@@ -67,7 +67,12 @@ def test_training_calibrates_and_every_backend_answers_the_same(digits_run, tmp_
     c = report["confidence"]
     # 10 classes: the combined score, with the feature statistics fitted on training images
     assert c["temperature"] > 0 and c["score"] == "energy+maha" and c["accept_rate"] == 0.99
-    assert c["features"]["images"] > 100 and set(c["standardise"]) == {"energy", "mahalanobis"}
+    assert c["features"]["images"] > 100 and set(c["standardise"]) == {
+        "energy",
+        "mahalanobis",
+        "weights",
+        "cap",
+    }
     assert c["val"]["nll_after"] <= c["val"]["nll_before"] + 1e-6  # T minimises the val NLL
     assert c["val"]["accepted"] >= 0.97 and 0.9 <= c["test"]["accepted"] <= 1.0
     assert (digits_run / "reliability.png").stat().st_size > 0
@@ -190,6 +195,8 @@ def test_outlier_exposure_teaches_the_model_to_be_unsure_of_other_things(digits_
     assert exposed_top < plain_top - 0.1, (exposed_top, plain_top)
     assert exposed_unknown >= plain_unknown  # (the 8x8 digits model already doubts bars)
     assert report["test"]["accuracy"] > 0.85  # the digits themselves are still learnt
+    # Exposure teaches the logits what is foreign: the default score is then msp.
+    assert report["confidence"]["score"] == "msp" and report["confidence"]["features"]
     with pytest.raises(TrainError, match="same classes as digits"):
         imrec.fit("digits", out=tmp_path / "x", train={"outliers": "digits"}, progress=False)
 
@@ -227,10 +234,13 @@ def test_the_combined_score_needs_features_and_large_vocabularies_get_msp():
     assert fit_confidence(logits, labels).score == "msp"  # no features: msp
     distance = torch.rand(500, generator=g) * 100
     conf = fit_confidence(logits, labels, distance=distance)
-    assert conf.score == "energy+maha" and set(conf.standardise) == {"energy", "mahalanobis"}
+    assert conf.score == "energy+maha" and conf.standardise["weights"] == [1.0, 0.5]
     s = conf.score_of(logits, distance)
     assert abs(float((s >= conf.threshold).float().mean()) - 0.99) < 0.01
-    assert abs(float(s.mean())) < 1e-3  # two parts, each standardised on the same images
+    mm, sm = conf.standardise["mahalanobis"]
+    z_maha = (-distance - mm) / sm  # standardised on the same images
+    assert abs(float(z_maha.mean())) < 1e-3 and bool((s <= z_maha + 2 + 1e-5).all())  # the cap
+    assert bool((s < z_maha + 2 - 1e-3).any())  # and below it, the weighted sum
     with pytest.raises(ValueError, match="needs the model's feature distance"):
         conf.score_of(logits)
     # Stored and read back (a checkpoint's JSON), and an older rule without the new fields.

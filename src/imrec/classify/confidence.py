@@ -17,14 +17,21 @@ pass, so every backend computes them the same way:
   fitted on training images (:func:`fit_distance`). The distance is a second output of the
   graph (``distance``, computed by :class:`Distance` inside the exported ONNX model), so
   ONNX Runtime, int8 and PyTorch compute it alike;
-- ``energy+maha``: ``z(energy) + z(mahalanobis)``, each standardised by its mean and spread
-  on the validation split: one score that sees the logits and one that sees the features.
+- ``energy+maha``: ``min(z(energy) + 0.5 z(mahalanobis), z(mahalanobis) + 2)``, each part
+  standardised by its mean and spread on the validation split: one score that sees the
+  logits and one that sees the features, and the features alone cap it, so an image whose
+  features are far from every class is unknown however large its logits (random noise makes
+  large logits). The weight 0.5 and the cap 2 were chosen on generated images only (random
+  scribbles and noise, BENCHMARKS.md "Unknown answers"): a larger weight lets scribbles
+  through, a smaller one or no cap lets noise through on some seeds.
 
 The threshold is stored with a table of the validation scores' quantiles, so that another
 acceptance rate (``accept_rate``) maps to its threshold without the data.
 
 The default (:func:`default_score`) is ``energy+maha`` for models of up to
-:data:`COMBINED_MAX_CLASSES` classes and ``msp`` above. Measured (BENCHMARKS.md "Unknown
+:data:`COMBINED_MAX_CLASSES` classes and ``msp`` above, and ``msp`` for a model trained with
+outlier exposure (which teaches the logits what is foreign; its features then stop telling
+noise from digits: Mahalanobis AUROC 0.41 against noise on the exposed MNIST model). Measured (BENCHMARKS.md "Unknown
 answers"): on the MNIST model ``energy+maha`` separates Fashion-MNIST, Chars74K letters and
 Chinese MNIST with AUROC 0.992 / 0.977 / 0.986 where ``msp`` gets 0.812 / 0.931 / 0.986, and it
 is the best or within 0.006 of the best on the Chinese MNIST model too; but on the 3,755-class
@@ -47,6 +54,8 @@ FEATURE_SCORES = ("mahalanobis", "energy+maha")  # need the graph's ``distance``
 DEFAULT_SCORE = "msp"  # for large vocabularies, and models without feature statistics
 COMBINED_MAX_CLASSES = 100  # up to this many classes the default is energy+maha
 FEATURE_IMAGES = 10_000  # training images the class centres and covariance are fitted on
+MAHA_WEIGHT = 0.5  # energy+maha = min(z(energy) + MAHA_WEIGHT * z(maha), z(maha) + MAHA_CAP)
+MAHA_CAP = 2.0
 DEFAULT_ACCEPT = 0.99
 QUANTILES = 201  # points of the stored table of validation scores (every 0.5%)
 BLANK_RANGE = 16  # a prepared image whose grey levels span less than this is blank
@@ -69,7 +78,8 @@ class Confidence:
     accept_rate: float
     quantiles: list[float]  # the validation scores at 0, 1/(Q-1), ..., 1
     fitted_on: str
-    # energy+maha: {"energy": [mean, std], "mahalanobis": [mean, std]} on the fitting images
+    # energy+maha: {"energy": [mean, std], "mahalanobis": [mean, std]} on the fitting images,
+    # "weights": [energy's, mahalanobis's], "cap": [c] (the score <= z(mahalanobis) + c)
     standardise: dict[str, list[float]] | None = None
     # the feature statistics in the checkpoint (extras "whitener", "centres"): how they were fitted
     features: dict | None = None
@@ -146,15 +156,20 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return round(math.exp((lo + hi) / 2), 4)
 
 
-def default_score(num_classes: int, features: bool) -> str:
+def default_score(num_classes: int, features: bool, exposed: bool = False) -> str:
     """The score a model gets when none is asked for: ``energy+maha`` for up to
-    :data:`COMBINED_MAX_CLASSES` classes when its feature statistics exist, else ``msp``.
+    :data:`COMBINED_MAX_CLASSES` classes when its feature statistics exist and it was not
+    trained with outlier exposure (``exposed``), else ``msp``.
 
     Example:
         >>> default_score(10, True), default_score(3755, True), default_score(10, False)
         ('energy+maha', 'msp', 'msp')
+        >>> default_score(10, True, exposed=True)
+        'msp'
     """
-    return "energy+maha" if features and num_classes <= COMBINED_MAX_CLASSES else DEFAULT_SCORE
+    if features and not exposed and num_classes <= COMBINED_MAX_CLASSES:
+        return "energy+maha"
+    return DEFAULT_SCORE
 
 
 def check_score(kind: str) -> None:
@@ -173,16 +188,18 @@ def scores(
     """The out-of-distribution score of each row of ``logits`` ``(N, K)``: ``(N,)``, higher
     = more like the training data. ``distance`` ``(N,)``: the smallest squared Mahalanobis
     distance of each image's features (:class:`Distance`), for ``mahalanobis`` and
-    ``energy+maha``; ``standardise``: the means and spreads that ``energy+maha`` divides by.
+    ``energy+maha``; ``standardise``: the means and spreads that ``energy+maha`` divides by,
+    and its two weights.
 
     Example:
         >>> z = torch.tensor([[4.0, 0.0], [0.0, 0.1]])
         >>> [round(v, 3) for v in scores(z, 1.0, "msp").tolist()]
         [0.982, 0.525]
         >>> d = torch.tensor([10.0, 90.0])
-        >>> both = {"energy": [2.0, 1.0], "mahalanobis": [-20.0, 10.0]}
+        >>> both = {"energy": [2.0, 1.0], "mahalanobis": [-20.0, 10.0], "weights": [1.0, 0.5],
+        ...         "cap": [2.0]}
         >>> [round(v, 3) for v in scores(z, 1.0, "energy+maha", d, both).tolist()]
-        [3.018, -8.256]
+        [2.518, -5.0]
     """
     check_score(kind)
     z = logits.float() / temperature
@@ -202,7 +219,9 @@ def scores(
     if not standardise:
         raise ValueError("energy+maha needs the means and spreads it was standardised with")
     (me, se), (mm, sm) = standardise["energy"], standardise["mahalanobis"]
-    return (energy - me) / se + (maha - mm) / sm
+    we, wm = standardise["weights"]
+    z_maha = (maha - mm) / sm
+    return torch.minimum(we * (energy - me) / se + wm * z_maha, z_maha + standardise["cap"][0])
 
 
 class Distance(nn.Module):
@@ -269,14 +288,16 @@ def fit_confidence(
     accept_rate: float = DEFAULT_ACCEPT,
     fitted_on: str = "validation split",
     features: dict | None = None,
+    exposed: bool = False,
 ) -> Confidence:
     """Temperature and threshold from held-out ``logits`` ``(N, K)`` and their ``labels``
     (``distance`` ``(N,)``: their feature distances, for the feature scores; ``score`` None:
-    :func:`default_score`; ``features``: how the feature statistics were fitted, stored as is).
+    :func:`default_score`, ``exposed``: the model was trained with outlier exposure;
+    ``features``: how the feature statistics were fitted, stored as is).
     """
     check_accept_rate(accept_rate)
     if score is None:
-        score = default_score(logits.shape[1], distance is not None)
+        score = default_score(logits.shape[1], distance is not None, exposed)
     check_score(score)
     if score in FEATURE_SCORES and distance is None:
         raise ValueError(
@@ -291,6 +312,7 @@ def fit_confidence(
             k: [round(float(v.double().mean()), 6), round(max(float(v.double().std()), 1e-6), 6)]
             for k, v in parts.items()
         }
+        standardise["weights"], standardise["cap"] = [1.0, MAHA_WEIGHT], [MAHA_CAP]
     s = scores(logits, temperature, score, distance, standardise).double()
     table = torch.quantile(s, torch.linspace(0, 1, QUANTILES, dtype=torch.float64))
     quantiles = [round(float(v), 6) for v in table]

@@ -153,6 +153,7 @@ def _finish_run(trainer) -> dict:
         (val_logits[0], data.val, val_feats[0] if stats else None),
         (test_logits[0], data.test, test_feats[0] if stats else None),
         f"the validation split of {data.name} ({len(data.val)} images)", stats=stats,
+        exposed=bool(run.optim.outliers),
     )  # fmt: skip
     with timing.phase("report"):
         save_curves(trainer.history, run_dir / PLOTS["curves"])
@@ -223,13 +224,15 @@ def calibrate_checkpoint(
     *,
     stats: tuple[dict[str, torch.Tensor], dict] | None = None,
     score: str | None = None,
+    exposed: bool = False,
 ) -> dict:
     """Fit the temperature and rejection threshold on ``fit`` (logits, split, penultimate
     features or None), store them in the checkpoint ``stem`` (its ``confidence`` metadata,
     and the feature statistics ``stats`` = ``(extras, how)`` beside the weights) and measure
     them on ``check``: the report's ``confidence`` section (NLL and ECE before and after,
     acceptance on both splits, accuracy of the accepted), with the reliability diagram
-    beside the checkpoint. ``score`` None: the default for the model's vocabulary."""
+    beside the checkpoint. ``score`` None: the default for the model's vocabulary and training
+    (``exposed``: with outlier exposure)."""
     from imrec.classify.viz import save_reliability
     from imrec.core.checkpoint import save_checkpoint
 
@@ -240,7 +243,7 @@ def calibrate_checkpoint(
         check_d = distance(check_f) if distance is not None else None
     conf = fit_confidence(
         fit_logits, fit_set.labels, distance=fit_d, score=score, accept_rate=accept_rate,
-        fitted_on=fitted_on, features=stats[1] if stats else None,
+        fitted_on=fitted_on, features=stats[1] if stats else None, exposed=exposed,
     )  # fmt: skip
     save_checkpoint(
         stem, weights, {**meta, "confidence": conf.meta()}, extras=stats[0] if stats else None
@@ -428,6 +431,7 @@ def calibrate_run(
     section = calibrate_checkpoint(
         run_dir / "best", weights, stored, (logits, chosen, feats[0]), measured,
         f"the {where} of {name} ({len(chosen)} images)", accept_rate, stats=stats, score=score,
+        exposed=bool(RunConfig.from_dict(_run_config(run_dir)).optim.outliers),
     )  # fmt: skip
     atomic_write_text(run_dir / "calibration.json", json.dumps(section, indent=2))
     return section

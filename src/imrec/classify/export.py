@@ -74,9 +74,11 @@ SCORE_TEXT = {
     "energy": "T * logsumexp(logits / T);",
     "mahalanobis": "minus the graph's 'distance' output;",
     "energy+maha": (
-        "(energy - m_e) / s_e + (-distance - m_m) / s_m with energy = T * logsumexp(logits / T), "
-        "distance the graph's second output, [m_e, s_e] = confidence.standardise.energy and "
-        "[m_m, s_m] = confidence.standardise.mahalanobis;"
+        "min(w_e z_e + w_m z_m, z_m + c) with z_e = (energy - m_e) / s_e, z_m = (-distance - "
+        "m_m) / s_m, energy = T * logsumexp(logits / T), distance the graph's second output, "
+        "[m_e, s_e] = confidence.standardise.energy, [m_m, s_m] = "
+        "confidence.standardise.mahalanobis, [w_e, w_m] = confidence.standardise.weights and "
+        "[c] = confidence.standardise.cap;"
     ),
 }
 

@@ -25,6 +25,7 @@ from imrec.core.batching import Batcher, predict_logits
 from imrec.core.preprocess import as_image, prepare_image
 from imrec.data import ClassificationData, ImageSet, load_dataset
 
+DRAWN_FEATURE_IMAGES = 2_000  # feature statistics of rendered training sets: each is drawn
 PLOTS = {
     "curves": "curves.png",
     "confusion": "confusion.png",
@@ -197,9 +198,12 @@ def feature_stats(
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """The feature statistics of :class:`~imrec.classify.confidence.Distance` fitted on up to
     :data:`~imrec.classify.confidence.FEATURE_IMAGES` training images picked at random
-    (unaugmented, the model in eval mode): ``(extras, how)``."""
+    (unaugmented, the model in eval mode): ``(extras, how)``. Training images drawn on demand
+    (renders) are drawn for this: :data:`DRAWN_FEATURE_IMAGES` of them at most."""
     with timing.phase("evaluation"):
         n = min(FEATURE_IMAGES, len(train))
+        if getattr(train.images, "fresh", False):
+            n = min(n, DRAWN_FEATURE_IMAGES)
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
         pick = pick.sort().values
         feats: list = []

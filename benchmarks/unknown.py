@@ -37,7 +37,7 @@ import numpy as np
 
 from imrec.classify.confidence import Confidence, decide
 from imrec.classify.evaluate import _run_config, load_for_model
-from imrec.classify.ood import GENERATED, _all_scores, auroc, dataset_images, generated, outputs
+from imrec.classify.ood import GENERATED, all_scores, auroc, dataset_images, generated, outputs
 from imrec.core.batching import Batcher
 from imrec.models.load import load_model
 
@@ -54,7 +54,7 @@ def measure(run: Path, ood: list[str]) -> dict:
     batcher = Batcher.from_stats(meta["input"]["mean"], meta["input"]["std"], "cpu")
     test = load_for_model(meta["dataset"], meta, cfg).test
     logits, distance = outputs(model, test.images, batcher)
-    inside = _all_scores(conf, logits, distance, test.images)
+    inside = all_scores(conf, logits, distance, test.images)
     _, decided = decide(logits, test.images, conf, distance=distance)
     kept = np.array([not d["unknown"] for d in decided])
     right = (logits.argmax(1) == test.labels).numpy()
@@ -79,7 +79,7 @@ def measure(run: Path, ood: list[str]) -> dict:
         else:
             images, classes, _ = dataset_images(name, meta, cfg)
         z, d = outputs(model, images, batcher)
-        theirs = _all_scores(conf, z, d, images)
+        theirs = all_scores(conf, z, d, images)
         _, said = decide(z, images, conf, distance=d)
         unknown = np.array([s["unknown"] for s in said])
         groups = {name: np.ones(len(images), bool)}

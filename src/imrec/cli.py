@@ -176,7 +176,10 @@ def cmd_eval(args) -> int:
     if report.get("ood"):
         o = report["ood"]
         i = o["in_distribution"]
-        print(f"unknown answers ({o['score']}): own test images {i['accepted']:.1%} accepted")
+        print(
+            f"unknown answers ({o['score']}): {i['accepted']:.1%} of the {i['n']:,} images "
+            "evaluated accepted"
+        )
         for name, s in o["sets"].items():
             print(
                 f"  {name}: AUROC {s['auroc']:.4f}, {s['rejected']:.1%} rejected at the "

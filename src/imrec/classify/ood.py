@@ -177,7 +177,7 @@ def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
     return float((ranks[:n1].sum() - n1 * (n1 + 1) / 2) / (n1 * n2))
 
 
-def _all_scores(conf: Confidence, logits, distance, images) -> dict[str, np.ndarray]:
+def all_scores(conf: Confidence, logits, distance, images) -> dict[str, np.ndarray]:
     """Every score this model can compute (the feature ones need its distance), with blank
     images at -inf: they are always unknown, whatever their score."""
     empty = blank(images).numpy()
@@ -209,7 +209,7 @@ def measure_ood(
             "this model has no calibration (trained before it existed): run imrec calibrate RUN first"
         )
     logits, distance = outputs(model, inside.images, batcher, batch_size)
-    own = _all_scores(conf, logits, distance, inside.images)
+    own = all_scores(conf, logits, distance, inside.images)
     _, decided = decide(logits, inside.images, conf, distance=distance)
     accepted = np.array([not d["unknown"] for d in decided])
     right = (logits.argmax(1) == inside.labels).numpy()
@@ -235,7 +235,7 @@ def measure_ood(
         else:
             images, classes, dropped = dataset_images(name, meta, cfg, limit)
         z, d = outputs(model, images, batcher, batch_size)
-        theirs = _all_scores(conf, z, d, images)
+        theirs = all_scores(conf, z, d, images)
         _, said = decide(z, images, conf, distance=d)
         unknown = np.array([s["unknown"] for s in said])
         row = {

@@ -285,6 +285,10 @@ def test_eval_ood_measures_unknown_answers_against_other_images(digits_run, tmp_
 
     with pytest.raises(DatasetError, match="unknown dataset 'no-such-set'"):
         imrec.evaluate(run, ood="no-such-set")
+    before = (run / "report.json").read_bytes()
+    with pytest.raises(DatasetError, match="no such folder"):  # refused before any work
+        imrec.evaluate(run, ood=f"noise,folder:{tmp_path / 'missing'}")
+    assert (run / "report.json").read_bytes() == before
 
 
 def test_calibrate_chooses_the_score_and_old_models_get_features(digits_run, tmp_path):

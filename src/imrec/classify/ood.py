@@ -39,7 +39,8 @@ LIMIT = 10_000  # images of a dataset at most (picked at random, seed 0)
 
 
 def parse_names(text: str | list[str] | tuple[str, ...]) -> list[str]:
-    """``"a,b"`` or ``["a", "b"]`` -> ``["a", "b"]``; refuses an empty list and repeats.
+    """``"a,b"`` or ``["a", "b"]`` -> ``["a", "b"]``; refuses an empty list, repeats, unknown
+    datasets and missing folders (before any work is done).
 
     Example:
         >>> parse_names("fashion-mnist, scribbles")
@@ -53,6 +54,15 @@ def parse_names(text: str | list[str] | tuple[str, ...]) -> list[str]:
         )
     if len(set(names)) != len(names):
         raise ValueError(f"--ood names a set twice: {names}")
+    from imrec.data import DatasetError
+    from imrec.data.registry import lookup
+
+    for name in names:
+        if name in GENERATED:
+            continue
+        lookup(name, "classify")  # DatasetError for a name nobody knows
+        if name.startswith("folder:") and not Path(name[len("folder:") :]).expanduser().is_dir():
+            raise DatasetError(f"--ood {name}: no such folder")
     return names
 
 

@@ -244,6 +244,15 @@ class Distance(nn.Module):
         self.register_buffer("centres_t", centres.float().T.contiguous())  # (D, K)
         self.register_buffer("centres_sq", (centres.float() ** 2).sum(1))  # (K,)
 
+    @classmethod
+    def from_extras(cls, extras: dict[str, torch.Tensor] | None) -> Distance | None:
+        """The distance a checkpoint's extras hold (``whitener``, ``centres``, as
+        :func:`fit_distance` returns them), None when they hold none."""
+        extras = extras or {}
+        if not {"whitener", "centres"} <= extras.keys():
+            return None
+        return cls(extras["whitener"], extras["centres"])
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         g = features.float() @ self.whitener  # (B, D) whitened
         d = (g * g).sum(1, keepdim=True) - 2 * (g @ self.centres_t) + self.centres_sq  # (B, K)

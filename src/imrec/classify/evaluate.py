@@ -349,22 +349,27 @@ def evaluate_run(
     batcher = Batcher.from_stats(meta["input"]["mean"], meta["input"]["std"], device)
     out_dir = _eval_dir(run_dir, name, meta["dataset"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    ood_names = None
+    ood_names, logits_out, feats_out = None, None, None
     if ood is not None:
-        from imrec.classify.ood import parse_names
+        from imrec.classify.ood import parse_names, stored_rule
 
         ood_names = parse_names(ood)  # refused before any work
+        stored_rule(meta)
+        logits_out, feats_out = [], []  # the evaluated images' outputs, for the ood section
     metrics, timing = measure(
-        model, split_set, meta["classes"], batcher, out_dir, batch_size=batch_size
-    )
+        model, split_set, meta["classes"], batcher, out_dir, batch_size=batch_size,
+        logits_out=logits_out, features_out=feats_out,
+    )  # fmt: skip
     report = _eval_report(out_dir, name, dataset, meta, metrics, timing)
     report["split_scored"] = split
     if ood_names:
-        from imrec.classify.ood import LIMIT, measure_ood
+        from imrec.classify.ood import LIMIT, feature_distance, measure_ood
 
+        inside = (logits_out[0], feature_distance(model, feats_out[0]))
         report["ood"] = measure_ood(
             model, meta, _run_config(run_dir), split_set, ood_names, batcher,
             out_dir / "ood.png", limit=ood_limit or LIMIT, batch_size=batch_size,
+            inside_outputs=inside,
         )  # fmt: skip
         report["files"]["ood"] = report["ood"]["figure"]
     write_report(out_dir, report)
@@ -419,7 +424,7 @@ def calibrate_run(
         if len(meta["classes"]) <= COMBINED_MAX_CLASSES or score in FEATURE_SCORES:
             seed = RunConfig.from_dict(_run_config(run_dir)).loop.seed
             stats = feature_stats(model, dataset.train, batcher, batch_size, seed)
-    elif model.checkpoint_extras.get("whitener") is not None:
+    elif Distance.from_extras(model.checkpoint_extras) is not None:
         stats = (model.checkpoint_extras, (meta.get("confidence") or {}).get("features"))
     feats: list = []
     logits = predict_logits(model, chosen.images, batcher, batch_size, features_out=feats)

@@ -49,13 +49,12 @@ def exportable(model: nn.Module, meta: dict) -> nn.Module:
     inp = meta["input"]
     distance = None
     if has_features(meta):
-        extras = getattr(model, "checkpoint_extras", None) or {}
-        if not {"whitener", "centres"} <= extras.keys():
+        distance = Distance.from_extras(getattr(model, "checkpoint_extras", None))
+        if distance is None:
             raise ExportError(
                 "the checkpoint's calibration uses feature statistics that are not in its "
                 "weights file (extras/whitener, extras/centres): calibrate it again"
             )
-        distance = Distance(extras["whitener"], extras["centres"])
     return Normalised(model, inp["mean"], inp["std"], distance).eval()
 
 
@@ -173,12 +172,11 @@ def parity(module: nn.Module, runner, images: torch.Tensor, meta: dict) -> dict:
     for x in batches(images):
         ours.append([torch.from_numpy(o).float() for o in torch_outputs(module, x)])
         theirs.append([torch.from_numpy(o).float() for o in runner(x)])
-    a, b = (torch.cat([o[0] for o in ours]), torch.cat([o[0] for o in theirs]))  # (N, K) logits
-    da_, db_ = None, None
-    if has_features(meta):  # (N,) feature distances
-        da_, db_ = torch.cat([o[1] for o in ours]), torch.cat([o[1] for o in theirs])
-    p, da = decide(a, images, conf, distance=da_)  # images: the probe's uint8 (N, C, H, W)
-    q, db = decide(b, images, conf, distance=db_)
+    # each side: logits (N, K) and, with feature statistics, distances (N,)
+    a, *dist_a = [torch.cat(o) for o in zip(*ours, strict=True)]
+    b, *dist_b = [torch.cat(o) for o in zip(*theirs, strict=True)]
+    p, da = decide(a, images, conf, distance=dist_a[0] if dist_a else None)  # images: uint8 probe
+    q, db = decide(b, images, conf, distance=dist_b[0] if dist_b else None)
     agreement = float((p.argmax(1) == q.argmax(1)).float().mean())
     out = {
         "n": len(p),

@@ -163,14 +163,29 @@ def outputs(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits ``(N, K)`` and, when the checkpoint has feature statistics, feature distances
     ``(N,)`` of a loaded classifier (:func:`imrec.models.load.load_model`)."""
-    extras = getattr(model, "checkpoint_extras", None) or {}
-    if "whitener" not in extras:
-        return predict_logits(model, images, batcher, batch_size), None
     feats: list = []
     logits = predict_logits(model, images, batcher, batch_size, features_out=feats)
+    return logits, feature_distance(model, feats[0])
+
+
+def feature_distance(model, features: torch.Tensor) -> torch.Tensor | None:
+    """The distances ``(N,)`` of penultimate ``features`` ``(N, D)`` under a loaded
+    classifier's feature statistics, None when its checkpoint has none."""
+    distance = Distance.from_extras(getattr(model, "checkpoint_extras", None))
+    if distance is None:
+        return None
     with torch.no_grad():
-        distance = Distance(extras["whitener"], extras["centres"])(feats[0])
-    return logits, distance
+        return distance(features)
+
+
+def stored_rule(meta: dict) -> Confidence:
+    """The model's calibration, or a clear error for a model trained before it existed."""
+    conf = Confidence.from_meta(meta.get("confidence"))
+    if conf is None:
+        raise ValueError(
+            "this model has no calibration (trained before it existed): run imrec calibrate RUN first"
+        )
+    return conf
 
 
 def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
@@ -211,14 +226,15 @@ def measure_ood(
     *,
     limit: int = LIMIT,
     batch_size: int = 1024,
+    inside_outputs: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> dict:
-    """The report's ``ood`` section (see the module text); draws ``out_png``."""
-    conf = Confidence.from_meta(meta.get("confidence"))
-    if conf is None:
-        raise ValueError(
-            "this model has no calibration (trained before it existed): run imrec calibrate RUN first"
-        )
-    logits, distance = outputs(model, inside.images, batcher, batch_size)
+    """The report's ``ood`` section (see the module text); draws ``out_png``.
+    ``inside_outputs``: the logits and feature distances of ``inside`` when the caller has
+    them already (else they are computed)."""
+    conf = stored_rule(meta)
+    if inside_outputs is None:
+        inside_outputs = outputs(model, inside.images, batcher, batch_size)
+    logits, distance = inside_outputs
     own = all_scores(conf, logits, distance, inside.images)
     _, decided = decide(logits, inside.images, conf, distance=distance)
     accepted = np.array([not d["unknown"] for d in decided])

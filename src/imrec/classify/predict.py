@@ -33,8 +33,7 @@ class Predictor:
         self.confidence = Confidence.from_meta(self.meta.get("confidence"))
         self.distance = None  # the feature distance the feature scores need
         if has_features(self.meta):
-            extras = self.model.checkpoint_extras
-            self.distance = Distance(extras["whitener"], extras["centres"]).to(self.device)
+            self.distance = Distance.from_extras(self.model.checkpoint_extras).to(self.device)
 
     def prepare(self, source) -> torch.Tensor:
         """One image (path, bytes or PIL image) -> uint8 ``(C, H, W)`` like the training data."""

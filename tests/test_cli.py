@@ -702,9 +702,9 @@ def test_layout_and_evaluation_batch_flags_reach_the_trainer(tmp_path, monkeypat
         layouts.append(channels_last)
         return from_stats(cls, mean, std, device, channels_last)
 
-    def logits(model, images, batcher, batch_size=1024):
+    def logits(model, images, batcher, batch_size=1024, features_out=None):
         sizes.append(batch_size)
-        return predict_logits(model, images, batcher, batch_size)
+        return predict_logits(model, images, batcher, batch_size, features_out)
 
     monkeypatch.setattr(Batcher, "from_stats", classmethod(batcher))
     monkeypatch.setattr(classify_train, "predict_logits", logits)

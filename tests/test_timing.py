@@ -71,3 +71,100 @@ def test_nested_phases_count_once():
     s = clock.summary()
     assert set(s["phases"]) == {"evaluation", "report"}
     assert sum(s["phases"].values()) + s["other"] == pytest.approx(s["total"], abs=1e-3)
+
+
+def test_import_imrec_costs_nothing_until_a_name_is_used():
+    """`import imrec` (and so the command line's start) loads no torch; each public name loads
+    on first use and is the real object."""
+    code = (
+        "import sys, imrec\n"
+        "assert 'torch' not in sys.modules, 'torch loaded by import imrec'\n"
+        "missing = sorted(set(imrec.__all__) - set(dir(imrec)))\n"
+        "assert not missing, missing\n"
+        "from imrec.api import fit\n"
+        "assert imrec.fit is fit and imrec.Predictor.__name__ == 'Predictor'\n"
+        "try:\n"
+        "    imrec.no_such_name\n"
+        "except AttributeError as e:\n"
+        "    assert 'no_such_name' in str(e)\n"
+        "else:\n"
+        "    raise SystemExit('no AttributeError')\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_the_command_line_collects_no_garbage_while_a_command_starts(tmp_path):
+    """imrec.core.heap under `imrec train`: no collection before the first epoch (imports, data,
+    model), the collector back on and the start-up's objects frozen for the training, and the
+    run's objects frozen for the interpreter's shutdown."""
+    code = f"""
+import gc, json, sys
+import imrec.engine.loop as loop
+from imrec.cli import main
+
+seen = {{"full": 0, "any": 0}}
+def count(phase, info):
+    if phase == "stop":
+        seen["any"] += 1
+        seen["full"] += info["generation"] == 2
+gc.callbacks.append(count)
+at_training = {{}}
+real = loop.Trainer.train_loop
+def train_loop(self):
+    at_training.update(enabled=gc.isenabled(), frozen=gc.get_freeze_count(), **seen)
+    return real(self)
+loop.Trainer.train_loop = train_loop
+sys.argv = ["imrec", "train", "digits", "--epochs", "1", "--out", {str(tmp_path / "r")!r},
+            "--quiet"]
+rc = main()  # as the program, not called with an argv
+print(json.dumps({{"rc": rc, "at_training": at_training, "enabled": gc.isenabled(),
+                  "frozen": gc.get_freeze_count()}}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["rc"] == 0
+    start = got["at_training"]
+    assert start["any"] == 0, start  # paused from main() until the model was built
+    assert start["enabled"] and start["frozen"] > 100_000, start  # torch's objects, frozen
+    assert got["enabled"] and got["frozen"] >= start["frozen"], got
+
+
+def test_outside_the_command_line_the_collector_is_left_alone():
+    import gc
+
+    from imrec.core import heap
+
+    before = gc.get_freeze_count()
+    heap.settled()  # what loading a model or starting a training calls
+    assert gc.isenabled() and gc.get_freeze_count() == before
+    gc.disable()  # a program's own choice is kept too
+    try:
+        heap.settled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    from imrec.cli import main
+
+    assert main(["data", "list"]) == 0  # the command line called from Python
+    assert gc.isenabled() and gc.get_freeze_count() == before
+
+
+def test_the_evaluation_reuses_the_best_epochs_validation_outputs(digits_run):
+    """report.json's validation numbers are the best checkpoint's, whether they come from the
+    best epoch's own validation pass (kept when it was the last) or a new one."""
+    from imrec.classify.evaluate import load_for_model
+    from imrec.classify.metrics import classification_metrics
+    from imrec.core.batching import Batcher, predict_logits
+    from imrec.models.load import load_model
+
+    report = json.loads((digits_run / "report.json").read_text())
+    model, meta = load_model(digits_run)
+    split = load_for_model("digits", meta, report["config"]).val
+    batcher = Batcher.from_stats(meta["input"]["mean"], meta["input"]["std"], "cpu")
+    logits = predict_logits(model, split.images, batcher)
+    fresh = classification_metrics(logits, split.labels, meta["classes"])
+    for key in ("accuracy", "macro_f1", "nll"):
+        assert report["val"][key] == pytest.approx(fresh[key], abs=1e-6), key

@@ -11,42 +11,78 @@ Usage (training MNIST takes about a minute on 2 CPU cores, digits-detect about 8
     imrec.load("runs/mnist/bundle").predict("digit.jpg")  # after `imrec export runs/mnist`
 """
 
-from imrec.api import (  # noqa: E402
-    calibrate,
-    doctor,
-    evaluate,
-    fit,
-    load_predictor,
-    resume,
-    train_config,
-)
-from imrec.classify.predict import Predictor
-from imrec.config import (  # noqa: E402
-    DataConfig,
-    HardwareConfig,
-    LoopConfig,
-    ModelConfig,
-    OptimConfig,
-    RunConfig,
-    TrainConfig,
-    build_config,
-)
-from imrec.core.version import __version__  # noqa: E402, F401
-from imrec.data import list_datasets, load_dataset  # noqa: E402
-from imrec.data.detection import load_detection  # noqa: E402
-from imrec.deploy.runtime import Model, load
-from imrec.models import create_model, list_models  # noqa: E402
-from imrec.models.detectors import create_detector, list_detectors  # noqa: E402
-from imrec.models.load import load_model
+from typing import TYPE_CHECKING
+
+from imrec.core.version import __version__  # noqa: F401
+
+# Where each public name lives. They load on first use (PEP 562), so that `import imrec` and the
+# command line's start cost nothing until a command needs torch (and the command line can pause
+# the garbage collector before torch loads: imrec.core.heap).
+_WHERE = {
+    "calibrate": "imrec.api",
+    "doctor": "imrec.api",
+    "evaluate": "imrec.api",
+    "fit": "imrec.api",
+    "load_predictor": "imrec.api",
+    "resume": "imrec.api",
+    "train_config": "imrec.api",
+    "Predictor": "imrec.classify.predict",
+    "DataConfig": "imrec.config",
+    "HardwareConfig": "imrec.config",
+    "LoopConfig": "imrec.config",
+    "ModelConfig": "imrec.config",
+    "OptimConfig": "imrec.config",
+    "RunConfig": "imrec.config",
+    "TrainConfig": "imrec.config",
+    "build_config": "imrec.config",
+    "list_datasets": "imrec.data",
+    "load_dataset": "imrec.data",
+    "load_detection": "imrec.data.detection",
+    "DetectionPredictor": "imrec.detect.predict",
+    "Model": "imrec.deploy.runtime",
+    "load": "imrec.deploy.runtime",
+    "create_model": "imrec.models",
+    "list_models": "imrec.models",
+    "create_detector": "imrec.models.detectors",
+    "list_detectors": "imrec.models.detectors",
+    "load_model": "imrec.models.load",
+}
+
+if TYPE_CHECKING:  # what the names are, for type checkers and editors
+    from imrec.api import calibrate, doctor, evaluate, fit, load_predictor, resume, train_config
+    from imrec.classify.predict import Predictor
+    from imrec.config import (
+        DataConfig,
+        HardwareConfig,
+        LoopConfig,
+        ModelConfig,
+        OptimConfig,
+        RunConfig,
+        TrainConfig,
+        build_config,
+    )
+    from imrec.data import list_datasets, load_dataset
+    from imrec.data.detection import load_detection
+    from imrec.deploy.runtime import Model, load
+    from imrec.detect.predict import DetectionPredictor
+    from imrec.models import create_model, list_models
+    from imrec.models.detectors import create_detector, list_detectors
+    from imrec.models.load import load_model
 
 
 def __getattr__(name: str):
-    # The detection package imports torchvision (about 2 s); it loads on first use only.
-    if name == "DetectionPredictor":
-        from imrec.detect.predict import DetectionPredictor
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'imrec' has no attribute {name!r}")
+    import importlib
 
-        return DetectionPredictor
-    raise AttributeError(f"module 'imrec' has no attribute {name!r}")
+    value = getattr(importlib.import_module(where), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 
 __all__ = [

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from imrec.config import SERVE_BURST, SERVE_RATE, TRAIN_GROUPS, TrainConfig
+from imrec.core import heap
 
 
 def _kv(text: str) -> tuple[str, object]:
@@ -732,6 +733,22 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``imrec`` program: the command in ``argv`` (default: the process's arguments).
+
+    Run as the process's program (``argv`` None), the garbage collector is paused while the
+    command starts up and the shutdown is spared its walk (:mod:`imrec.core.heap`); called
+    with an ``argv`` from Python, the caller's collector is left alone.
+    """
+    if argv is not None:
+        return _main(argv)
+    heap.start()
+    try:
+        return _main(argv)
+    finally:
+        heap.leave()
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from imrec.core.checkpoint import CheckpointError
     from imrec.core.errors import TrainError

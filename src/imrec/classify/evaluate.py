@@ -36,12 +36,16 @@ PLOTS = {
 
 
 def _timed_logits(
-    model, images: torch.Tensor, batcher: Batcher, batch_size: int, features_out=None
+    model,
+    images: torch.Tensor,
+    batcher: Batcher,
+    batch_size: int,
+    features_out=None,
+    warm_up: bool = True,
 ) -> tuple[torch.Tensor, dict]:
     device = next(model.parameters()).device
-    predict_logits(
-        model, images[:batch_size], batcher, batch_size
-    )  # warm-up: first-call costs are not throughput
+    if warm_up:  # first-call costs are not throughput
+        predict_logits(model, images[:batch_size], batcher, batch_size)
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -67,14 +71,16 @@ def measure(
     plots: bool = True,
     logits_out: list | None = None,
     features_out: list | None = None,
+    warm_up: bool = True,
 ) -> tuple[dict, dict]:
     """Metrics and timing of ``model`` on ``split``; writes confusion.png and mistakes.png.
 
     The mistakes gallery shows the (at most 32) worst mistakes with their Grad-CAM overlays
     when the model has a ``cam_layer``. ``logits_out``, a list, receives the logits;
-    ``features_out`` the penultimate features.
+    ``features_out`` the penultimate features. ``warm_up``: run one batch untimed first
+    (leave it off when the model has just run batches of this size).
     """
-    logits, timing_ = _timed_logits(model, split.images, batcher, batch_size, features_out)
+    logits, timing_ = _timed_logits(model, split.images, batcher, batch_size, features_out, warm_up)
     if logits_out is not None:
         logits_out.append(logits)
     metrics = classification_metrics(logits, split.labels, classes)
@@ -136,15 +142,23 @@ def _finish_run(trainer) -> dict:
     wants_features = len(data.classes) <= COMBINED_MAX_CLASSES  # for the default score
     val_logits: list = []
     val_feats: list | None = [] if wants_features else None
-    val_metrics, _ = measure(
-        model, data.val, data.classes, trainer.batcher, run_dir, batch_size=bs, plots=False,
-        logits_out=val_logits, features_out=val_feats,
-    )  # fmt: skip
+    epoch, *outputs = getattr(trainer, "last_val_outputs", None) or (None,)
+    if epoch == trainer.best["epoch"]:  # the best model's outputs on val, computed after its epoch
+        val_logits.append(outputs[0])
+        if val_feats is not None:
+            val_feats.append(outputs[1])
+        val_metrics = classification_metrics(outputs[0], data.val.labels, data.classes)
+    else:
+        val_metrics, _ = measure(
+            model, data.val, data.classes, trainer.batcher, run_dir, batch_size=bs, plots=False,
+            logits_out=val_logits, features_out=val_feats, warm_up=False,
+        )  # fmt: skip
     test_logits: list = []
     test_feats: list | None = [] if wants_features else None
+    # No warm-up: the model has just run batches of this size on the validation split.
     test_metrics, timing_ = measure(
         model, data.test, data.classes, trainer.batcher, run_dir, batch_size=bs,
-        logits_out=test_logits, features_out=test_feats,
+        logits_out=test_logits, features_out=test_feats, warm_up=False,
     )  # fmt: skip
     stats = None
     if wants_features:

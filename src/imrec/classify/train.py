@@ -317,7 +317,7 @@ class ClassifyTrainer(Trainer):
         train_time = time.perf_counter() - t0
         if world.size > 1:
             loss_sum, correct, n = self._reduce_train_metrics(loss_sum, correct, n)
-        val = self.validate()
+        val = self.validate(epoch + 1)
         seconds = time.perf_counter() - t0
         self.train_seconds += seconds
         if bar is not None:
@@ -481,13 +481,19 @@ class ClassifyTrainer(Trainer):
         loss, right, count = distributed.sum_over_ranks(values, self.device)
         return torch.tensor(loss), torch.tensor(right), int(count)
 
-    def validate(self) -> dict:
+    def validate(self, epoch: int) -> dict:
+        """Loss and accuracy of the model (its EMA when kept) on the validation split after
+        ``epoch``; keeps the outputs in ``last_val_outputs`` (single process)."""
         if self.world.size > 1:
             return self._validate_sharded()
         val = self.data.val
+        feats: list = []
         logits = predict_logits(
-            self.eval_model(), val.images, self.batcher, self.run.loop.eval_batch_size
+            self.eval_model(), val.images, self.batcher, self.run.loop.eval_batch_size, feats
         )
+        # The evaluation after training measures the best epoch's model on this split again:
+        # when that is this epoch's, these outputs are what it would compute.
+        self.last_val_outputs = (epoch, logits, feats[0])
         return {
             "loss": round(F.cross_entropy(logits, val.labels).item(), 6),
             "accuracy": round((logits.argmax(1) == val.labels).float().mean().item(), 6),

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imrec.core import heap
 from imrec.core.checkpoint import CheckpointError, read_checkpoint_meta, resolve_checkpoint
 from imrec.deploy.bundle import (
     INT8_FILE,
@@ -101,6 +102,7 @@ def load(
         manifest, weights, onnx = _checkpoint_parts(path, precision)
     model = Model(manifest, weights, backend, device, onnx)
     model.score_thresh, model.nms_iou, model.max_det = score_thresh, nms_iou, max_det
+    heap.settled()  # under the command line: the model and the imports are long-lived
     return model
 
 

@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import ctypes
-import gc
 import importlib
 import os
 import signal
@@ -28,6 +27,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from imrec.core import heap
 
 TIMEOUT_ENV = "IMREC_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 120.0
@@ -200,7 +201,7 @@ def shutdown() -> None:
             print(f"imrec: warning: leaving the process group failed: {e}", file=sys.stderr)
     # Objects in reference cycles (a trainer and its DDP wrapper) may still hold the group:
     # collect them now, not during interpreter shutdown.
-    gc.collect()
+    heap.collect_all()
 
 
 def collective_threads() -> int:

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from imrec.config import RunConfig
-from imrec.core import timing
+from imrec.core import heap, timing
 from imrec.core.checkpoint import (
     atomic_write_text,
     flatten_optimizer,
@@ -343,6 +343,7 @@ class Trainer:
             return self._fit()
 
     def _fit(self) -> dict:
+        heap.settled()  # under the command line: the model, data and imports are long-lived
         if self.world.size == 1:
             with self.clock.phase("training"):
                 self.train_loop()

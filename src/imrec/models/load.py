@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from imrec.core import heap
 from imrec.core.checkpoint import (
     EXTRAS,
     CheckpointError,
@@ -106,4 +107,6 @@ def load_model(
     model = build_model(meta)
     model.load_state_dict(weights)
     model.checkpoint_extras = extras  # a plain dict attribute: not part of the module's state
-    return model.to(device).eval(), meta
+    model = model.to(device).eval()
+    heap.settled()  # under the command line: the model and the imports are long-lived
+    return model, meta

@@ -1,0 +1,67 @@
+"""Keep Python's cyclic garbage collector off the objects a command holds for its whole life.
+
+A process that has imported torch holds about a million objects the collector tracks (modules,
+functions, classes), and importing them makes almost no garbage. Yet each full collection walks
+all of them: on the 2-core CPU ``imrec train mnist`` spent ~0.5 s in collections before its
+first step (importing torch, torch's optimisers, loading the data) and ~0.7 s in the
+interpreter's shutdown, against ~0.01 s during three epochs of training.
+
+The command line (:func:`imrec.cli.main`) therefore pauses the collector while a command starts
+(:func:`start`); the command calls :func:`settled` once its long-lived objects exist (the model
+is built or loaded), which freezes them (:func:`gc.freeze`: reference counting still frees them,
+only the collector's scans skip them) and turns the collector back on; :func:`leave` spares the
+shutdown its walk. A program that imports imrec as a library is not affected: without
+:func:`start`, :func:`settled` does nothing.
+"""
+
+from __future__ import annotations
+
+import gc
+
+_paused = False  # the collector was paused by start() and not yet settled()
+_froze = False  # settled() froze objects (collect_all() must thaw them to find their garbage)
+
+
+def start() -> None:
+    """Pause the collector for a command's start-up (imports, data, model), if it runs."""
+    global _paused
+    if gc.isenabled():
+        gc.disable()
+        _paused = True
+
+
+def settled() -> None:
+    """The command's long-lived objects exist: freeze them and resume collecting.
+
+    Example (outside a command nothing changes):
+        >>> import gc
+        >>> before = gc.get_freeze_count()
+        >>> settled()
+        >>> gc.isenabled(), gc.get_freeze_count() == before
+        (True, True)
+    """
+    global _paused, _froze
+    if _paused:
+        _paused = False
+        _froze = True
+        gc.freeze()
+        gc.enable()
+
+
+def collect_all() -> None:
+    """A full collection that also finds garbage cycles among objects :func:`settled` froze
+    (a trainer and the DDP wrapper holding its process group, which must end before exit)."""
+    global _froze
+    if _froze:
+        _froze = False
+        gc.unfreeze()
+    gc.collect()
+
+
+def leave() -> None:
+    """The command is done and its files are closed: collect what is garbage now (so its
+    finalisers run as usual), then freeze the rest, which the shutdown would walk again."""
+    settled()
+    if gc.isenabled():
+        gc.collect()
+        gc.freeze()

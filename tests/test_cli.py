@@ -309,6 +309,9 @@ TESTED_ELSEWHERE = {
     "--outlier-weight": "tests/test_confidence.py::test_outlier_exposure_teaches_the_model_to_be_unsure",
     "--exclude": "tests/test_doctor.py::test_exclude_and_relabel_lists_apply_to_training",
     "--relabel": "tests/test_doctor.py::test_exclude_and_relabel_lists_apply_to_training",
+    "--small-epochs": "tests/test_engine.py::test_small_epoch_options_are_checked (and the run "
+    "above it, through the same config fields)",
+    "--small-scale": "tests/test_engine.py::test_small_epoch_options_are_checked",
 }
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 

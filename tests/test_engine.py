@@ -313,3 +313,53 @@ def test_bf16_autocast_on_the_cpu_is_opt_in(tmp_path):
         "digits", out=tmp_path / "run", train={"epochs": 2, "amp": "bf16"}, progress=False
     )
     assert report["amp"] == "bfloat16" and report["test"]["accuracy"] > 0.8
+
+
+def test_small_epochs_train_on_scaled_down_images_and_end_at_full_size(tmp_path):
+    """--small-epochs N: the first N epochs' steps see images scaled by --small-scale (16 px ->
+    12 px here), the rest and every validation the data's own size; the last epoch is never
+    small."""
+    from conftest import bar_folder
+
+    from imrec.classify.train import ClassifyTrainer
+
+    folder = bar_folder(tmp_path / "bars")
+    cfg = build_config(f"folder:{folder}", "objects",
+                       train={"epochs": 3, "small_epochs": 1, "batch_size": 16})  # fmt: skip
+    trainer = ClassifyTrainer(cfg, tmp_path / "run", progress=False)
+    assert trainer.small_size(0) == (12, 12)
+    assert trainer.small_size(1) is None and trainer.small_size(2) is None
+    seen: list[tuple[bool, tuple[int, ...]]] = []
+    trainer.model.register_forward_pre_hook(
+        lambda m, args: seen.append((m.training, tuple(args[0].shape[-2:])))
+    )
+    report = trainer.fit()
+    per_epoch = len(trainer.data.train) // 16 + bool(len(trainer.data.train) % 16)
+    train_sizes = [s for training, s in seen if training]
+    assert train_sizes == [(12, 12)] * per_epoch + [(16, 16)] * 2 * per_epoch
+    assert all(s == (16, 16) for training, s in seen if not training)  # validation, test
+    assert report["config"]["loop"]["small_epochs"] == 1
+    # Asked for more small epochs than the run has: the last still trains at full size.
+    many = build_config(f"folder:{folder}", "objects", train={"epochs": 2, "small_epochs": 5})
+    t2 = ClassifyTrainer(many, tmp_path / "run2", progress=False)
+    assert t2.small_size(0) == (12, 12) and t2.small_size(1) is None
+
+
+def test_small_epoch_options_are_checked(tmp_path, capsys):
+    from imrec.cli import main
+
+    for flag, value in (("--small-scale", "1.5"), ("--small-epochs", "-1")):
+        argv = ["train", "digits", flag, value, "--out", str(tmp_path / "r"), "--quiet"]
+        assert main(argv) == 2
+        assert f"{flag} must be" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # refused before any work
+    with pytest.raises(TrainError, match="small-scale"):
+        build_config("mnist", "handwriting", train={"small_scale": 1.5})
+    with pytest.raises(TrainError, match="small-epochs"):
+        build_config("mnist", "handwriting", train={"small_epochs": -1})
+    # The default MNIST recipe starts small; a detector refuses the option.
+    assert build_config("mnist", "handwriting").loop.small_epochs == 1
+    from imrec.api import check_train_fields, task_package
+
+    with pytest.raises(TrainError, match="--small-epochs"):
+        check_train_fields(task_package("detect"), {"small_epochs": 1})

@@ -60,7 +60,7 @@ def test_training_steps_never_wait_for_the_gpu(digits, tmp_path, placement, grap
     assert torch.isfinite(loss_sum).item()
     assert correct.item() / seen > 0.8
     if graphs == "on":
-        assert trainer._graphed is not None and trainer._graphed[1].graph is not None
+        assert trainer._graphed is not None and trainer._graphed[2].graph is not None
 
 
 def test_recorded_steps_train_like_eager_steps(digits, tmp_path):

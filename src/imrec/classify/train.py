@@ -18,7 +18,7 @@ from torch import nn
 from imrec.classify.augment import BatchAugment, augment_off, augment_preset
 from imrec.classify.finetune import check_options, keep_checkpoint_classes, kept_size
 from imrec.config import HardwareConfig, RunConfig, switch_off
-from imrec.core.batching import Batcher, norm_stats, predict_logits, to_device
+from imrec.core.batching import Batcher, norm_stats, predict_logits, shrink, to_device
 from imrec.core.checkpoint import CheckpointError, load_checkpoint
 from imrec.core.errors import TrainError
 from imrec.data import ClassificationData, load_dataset
@@ -177,7 +177,8 @@ class ClassifyTrainer(Trainer):
             self.train_labels = self.train_labels.pin_memory()
         self._compiled: nn.Module | None = None  # torch.compile of the model, with --compile
         self.cuda_graphs = self._use_graphs(run.hardware, run.optim.optimizer)
-        self._graphed: tuple[bool, GraphedStep] | None = None  # (frozen, recorded step)
+        # (frozen, image size, recorded step)
+        self._graphed: tuple[bool, tuple[int, int] | None, GraphedStep] | None = None
         # Outlier exposure: a pool of images that are none of the classes (uint8, on the
         # training images' device) and how many of them the current batch carries.
         self.outliers = load_outliers(run.optim.outliers, d, home) if run.optim.outliers else None
@@ -347,7 +348,8 @@ class ClassifyTrainer(Trainer):
         the host queues steps ahead of the device; the sums stay on the device.
         """
         model, frozen, order, aug_gen = self._begin_epoch(epoch)
-        sums = _EpochSums(self.device, self._graphed_step(model, frozen))
+        small = self.small_size(epoch)
+        sums = _EpochSums(self.device, self._graphed_step(model, frozen, small))
         streamed = self._stream(order, self.world, epoch) if self.placement == "stream" else None
         live = LiveStats() if bar is not None else None
         t0 = time.perf_counter()
@@ -361,7 +363,7 @@ class ClassifyTrainer(Trainer):
                 sums.seen += batch
             else:
                 xb, yb = self._batch(idx, streamed, aug_gen)
-                xb = self._with_outliers(xb, aug_gen)
+                xb = shrink(self._with_outliers(xb, aug_gen), small)
                 loss, logits = self.step(model, xb, yb, len(idx), batch)
                 sums.add(loss, logits, yb)
             if live is not None:
@@ -452,14 +454,32 @@ class ClassifyTrainer(Trainer):
             )
         return self._loader.epoch(batches)
 
-    def _graphed_step(self, model: nn.Module, frozen: bool) -> GraphedStep | None:
-        """The recorded step for this epoch's set of trained parameters, sums reset."""
+    def _graphed_step(
+        self, model: nn.Module, frozen: bool, small: tuple[int, int] | None
+    ) -> GraphedStep | None:
+        """The recorded step for this epoch's set of trained parameters and image size (None:
+        the data's own), sums reset."""
         if not self.cuda_graphs:
             return None
-        if self._graphed is None or self._graphed[0] != frozen:
-            self._graphed = (frozen, GraphedStep(self, model, self.run.loop.batch_size))
-        self._graphed[1].reset_sums()
-        return self._graphed[1]
+        if self._graphed is None or self._graphed[:2] != (frozen, small):
+            batch = self.run.loop.batch_size
+            self._graphed = (frozen, small, GraphedStep(self, model, batch, small))
+        self._graphed[2].reset_sums()
+        return self._graphed[2]
+
+    def small_size(self, epoch: int) -> tuple[int, int] | None:
+        """The ``(height, width)`` training images are scaled to in ``epoch`` (0-based) when it
+        is one of the small epochs (progressive resizing), else None. The last epoch is never
+        small, so the model always ends at the size it is evaluated and used at.
+
+        Example: MNIST with ``small_epochs=1`` over 3 epochs (``small_scale`` 0.72): epoch 0
+        at 20x20, epochs 1 and 2 at 28x28.
+        """
+        loop = self.run.loop
+        if epoch >= min(loop.small_epochs, loop.epochs - 1):
+            return None
+        h, w = self.data.input_size
+        return max(8, round(h * loop.small_scale)), max(8, round(w * loop.small_scale))
 
     def _step_module(self, frozen: bool) -> nn.Module:
         """The module that takes the training steps: the model, or its DDP wrapper.

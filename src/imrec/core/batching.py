@@ -108,6 +108,23 @@ class Batcher:
 
 
 @torch.no_grad()
+def shrink(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """A normalised batch ``(B, C, H, W)`` scaled down to ``size`` (antialiased bilinear, as
+    a smaller photo of the same thing would look), or ``x`` itself when ``size`` is None.
+
+    Example:
+        >>> shrink(torch.ones(2, 1, 28, 28), (20, 20)).shape
+        torch.Size([2, 1, 20, 20])
+    """
+    if size is None or tuple(x.shape[-2:]) == tuple(size):
+        return x
+    small = nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True)
+    if x.is_contiguous(memory_format=torch.channels_last):
+        small = small.contiguous(memory_format=torch.channels_last)
+    return small
+
+
+@torch.no_grad()
 def predict_logits(
     model: nn.Module,
     images: torch.Tensor,

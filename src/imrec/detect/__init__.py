@@ -16,7 +16,7 @@ from imrec.detect.train import train_detector as train_run
 TASK = "detect"
 # What the detection trainer does not use: the loss is the detector's own (no smoothing or
 # class weights, keeping a checkpoint's classes), scenes are read through a dataset of boxes (no data placement or streaming
-# workers), and steps are neither compiled nor recorded as CUDA graphs.
+# workers), steps are neither compiled nor recorded as CUDA graphs, and scenes keep their size.
 UNUSED_TRAIN_FIELDS = (
     "label_smoothing",
     "class_weights",
@@ -25,6 +25,8 @@ UNUSED_TRAIN_FIELDS = (
     "workers",
     "cuda_graphs",
     "eval_batch_size",
+    "small_epochs",
+    "small_scale",
     "keep_classes",
     "rehearse",
     "outliers",

@@ -27,6 +27,8 @@ import weakref
 import torch
 from torch import nn
 
+from imrec.core.batching import shrink
+
 WARMUP_STEPS = 3
 
 
@@ -37,12 +39,13 @@ class GraphedStep:
     :attr:`correct` (reset with :meth:`reset_sums`).
     """
 
-    def __init__(self, trainer, model: nn.Module, batch: int):
+    def __init__(self, trainer, model: nn.Module, batch: int, size: tuple[int, int] | None = None):
         # A weak reference: no cycle, so a finished run's graph is freed at once, never by a
         # garbage collection that might run while another graph is being recorded.
         self.trainer = weakref.proxy(trainer)
         self.model = model
         self.batch = batch
+        self.size = size  # the images scaled to (height, width) before the step (None: as they are)
         dev = trainer.device
         shape = (batch, *trainer.train_images.shape[1:])
         self.images = torch.empty(shape, dtype=torch.uint8, device=dev)
@@ -132,7 +135,7 @@ class GraphedStep:
         """The trainer's own step (:meth:`~imrec.classify.train.ClassifyTrainer.step`) on the fixed
         buffers, with the sums kept on the device."""
         tr = self.trainer
-        x = tr.batcher(self.images, tr.augment, params=self.params)  # (B, C, H, W)
+        x = shrink(tr.batcher(self.images, tr.augment, params=self.params), self.size)
         # Autocast's cast cache must stay off while recording (cached casts go stale).
         loss, logits = tr.step(
             self.model,

@@ -6,7 +6,7 @@ waits for them (issue 18's goals), with each run's own breakdown of where the se
 
 For each recipe (default: the default MNIST recipe; on ``cuda`` also the fresh-process 99.5%
 candidate of BENCHMARKS.md), one ``imrec train mnist ARGS --device D --seed S`` process per
-seed, one after another. Wall time = process start to exit (``os.wait4`` in ``_bench``); the
+seed, one after another, the recipes alternating. Wall time = process start to exit (``os.wait4`` in ``_bench``); the
 test accuracy and ``timing.phases`` come from the run's ``report.json``. The dataset cache is
 filled before the timed runs by a first process with an empty ``$IMREC_HOME`` (its wall time,
 which includes decoding MNIST, is reported beside them); the timed runs share that cache.
@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     first = run_once(device + ["--seed", "99"], work, "first", home, mirror)
     print(f"first run (empty cache, decoding included): {first['wall']:.1f} s", flush=True)
     results: dict[str, list[dict]] = {}
-    for name, extra in recipes.items():
-        for seed in seeds:
+    for seed in seeds:  # the recipes alternate, so a machine that drifts affects them alike
+        for name, extra in recipes.items():
             r = run_once([*extra.split(), *device, "--seed", str(seed)], work,
                          f"{name}-{seed}", home, mirror)  # fmt: skip
             results.setdefault(name, []).append({"seed": seed, **r})
@@ -118,7 +118,9 @@ def render(args, recipes: dict, first: dict, results: dict) -> str:
         start,
         f"## Cold starts: whole `imrec train mnist` processes on {'the GPU' if gpu else 'the CPU'}",
         "",
-        f"Command: `python benchmarks/cold_start.py --device {args.device} --seeds {args.seeds}`; "
+        f"Command: `python benchmarks/cold_start.py --device {args.device} --seeds {args.seeds}"
+        + "".join(f" --recipe '{r}'" for r in args.recipe or ())
+        + f"`; "
         f"commit `{git_commit()}`, {now()}; {info}.",
         "",
         f"Wall = process start to exit, one process per seed, one after another, the dataset "

@@ -168,3 +168,18 @@ def test_the_evaluation_reuses_the_best_epochs_validation_outputs(digits_run):
     fresh = classification_metrics(logits, split.labels, meta["classes"])
     for key in ("accuracy", "macro_f1", "nll"):
         assert report["val"][key] == pytest.approx(fresh[key], abs=1e-6), key
+
+
+def test_the_evaluation_measures_validation_again_when_the_outputs_were_not_kept(
+    tmp_path, monkeypatch
+):
+    """Outputs too big to keep (or a best epoch that was not the last) are measured again: the
+    report is the same either way."""
+    import imrec.classify.train as classify_train
+
+    kept = imrec.fit("digits", out=tmp_path / "kept", train={"epochs": 1}, progress=False)
+    monkeypatch.setattr(classify_train, "KEEP_VAL_OUTPUTS", 0)
+    again = imrec.fit("digits", out=tmp_path / "again", train={"epochs": 1}, progress=False)
+    for key in ("accuracy", "nll", "ece"):
+        assert kept["val"][key] == pytest.approx(again["val"][key], abs=1e-6), key
+    assert kept["confidence"]["threshold"] == pytest.approx(again["confidence"]["threshold"])

@@ -43,6 +43,10 @@ from imrec.models.registry import fitting_tensors
 # ---- small pieces ---------------------------------------------------------------------
 
 
+# The most numbers (logits + features) of a validation pass kept for the final evaluation.
+KEEP_VAL_OUTPUTS = 16_000_000  # 64 MB in float32
+
+
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Inverse class frequency, scaled to mean 1 (absent classes get weight 0)."""
     counts = torch.bincount(labels, minlength=num_classes).float()
@@ -512,8 +516,10 @@ class ClassifyTrainer(Trainer):
             self.eval_model(), val.images, self.batcher, self.run.loop.eval_batch_size, feats
         )
         # The evaluation after training measures the best epoch's model on this split again:
-        # when that is this epoch's, these outputs are what it would compute.
-        self.last_val_outputs = (epoch, logits, feats[0])
+        # when that is this epoch's, these outputs are what it would compute. Kept while they
+        # are small (a 3,755-class model's would hold ~200 MB through the next epoch).
+        small = logits.numel() + feats[0].numel() <= KEEP_VAL_OUTPUTS
+        self.last_val_outputs = (epoch, logits, feats[0]) if small else None
         return {
             "loss": round(F.cross_entropy(logits, val.labels).item(), 6),
             "accuracy": round((logits.argmax(1) == val.labels).float().mean().item(), 6),

@@ -316,6 +316,13 @@ RECIPES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
         "train": {"epochs": 10, "batch_size": 256, "lr": 1e-2, "ema": True},
     },
     ("best", "handwriting"): {"model": {"name": "cnn"}, "train": {"epochs": 15, "ema": True}},
+    # Fashion-MNIST: the objects recipe's size-s cnn (102k parameters) underfits it (90.80%).
+    # Two convs per stage at width 24 (663k parameters, ~2,900 images/s on 2 cores), 30 epochs:
+    # 93.19% in 9.5 min on the 2-core CPU; width 32 (1.2M), 20 epochs: 93.04% in 10.1 min.
+    ("best", "fashion-mnist"): {
+        "model": {"name": "cnn", "options": {"size": "m", "width": 24}},
+        "train": {"epochs": 30, "batch_size": 256, "lr": 1e-2, "ema": True},
+    },
     ("best", "chars74k"): {
         "model": {"name": "cnn"},
         "train": {"epochs": 80, "batch_size": 64, "ema": True},

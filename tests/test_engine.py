@@ -357,8 +357,8 @@ def test_small_epoch_options_are_checked(tmp_path, capsys):
         build_config("mnist", "handwriting", train={"small_scale": 1.5})
     with pytest.raises(TrainError, match="small-epochs"):
         build_config("mnist", "handwriting", train={"small_epochs": -1})
-    # The default MNIST recipe starts small; a detector refuses the option.
-    assert build_config("mnist", "handwriting").loop.small_epochs == 1
+    # Off unless asked (a model started small fine-tunes worse); a detector refuses the option.
+    assert build_config("mnist", "handwriting").loop.small_epochs == 0
     from imrec.api import check_train_fields, task_package
 
     with pytest.raises(TrainError, match="--small-epochs"):

@@ -142,7 +142,7 @@ def _finish_run(trainer) -> dict:
     wants_features = len(data.classes) <= COMBINED_MAX_CLASSES  # for the default score
     val_logits: list = []
     val_feats: list | None = [] if wants_features else None
-    epoch, *outputs = getattr(trainer, "last_val_outputs", None) or (None,)
+    epoch, *outputs = trainer.last_val_outputs or (None,)
     if epoch == trainer.best["epoch"]:  # the best model's outputs on val, computed after its epoch
         val_logits.append(outputs[0])
         if val_feats is not None:

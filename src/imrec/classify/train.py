@@ -183,6 +183,8 @@ class ClassifyTrainer(Trainer):
         self.cuda_graphs = self._use_graphs(run.hardware, run.optim.optimizer)
         # (frozen, image size, recorded step)
         self._graphed: tuple[bool, tuple[int, int] | None, GraphedStep] | None = None
+        # (epoch, logits, features) of the latest validation pass, for the final evaluation
+        self.last_val_outputs: tuple[int, torch.Tensor, torch.Tensor] | None = None
         # Outlier exposure: a pool of images that are none of the classes (uint8, on the
         # training images' device) and how many of them the current batch carries.
         self.outliers = load_outliers(run.optim.outliers, d, home) if run.optim.outliers else None

@@ -132,6 +132,26 @@ print(json.dumps({{"rc": rc, "at_training": at_training, "enabled": gc.isenabled
     assert got["enabled"] and got["frozen"] >= start["frozen"], got
 
 
+def test_commands_without_a_model_collect_garbage_from_the_start():
+    """Data and doctor commands may run long on many small objects before (or without) a
+    model: under the program the collector is back on as soon as the arguments are read."""
+    code = """
+import gc, json, sys
+import imrec.cli as cli
+seen = {}
+def data_list(args):
+    seen["enabled"] = gc.isenabled()
+    return 0
+cli.cmd_data_list = data_list
+sys.argv = ["imrec", "data", "list"]
+rc = cli.main()
+print(json.dumps({"rc": rc, **seen}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"rc": 0, "enabled": True}
+
+
 def test_outside_the_command_line_the_collector_is_left_alone():
     import gc
 

@@ -732,6 +732,11 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+# Commands that load or build their model first, which resumes the collector (heap.settled).
+_SETTLE_THEMSELVES = {cmd_train, cmd_eval, cmd_calibrate, cmd_predict, cmd_export, cmd_serve,
+                      cmd_explain}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``imrec`` program: the command in ``argv`` (default: the process's arguments).
 
@@ -750,6 +755,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    if args.func not in _SETTLE_THEMSELVES:
+        # Data and doctor commands may run long on many small objects before (or without)
+        # a model: the collector goes back on at once for them.
+        heap.settled()
     from imrec.core.checkpoint import CheckpointError
     from imrec.core.errors import TrainError
     from imrec.data import DatasetError

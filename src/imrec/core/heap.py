@@ -8,7 +8,8 @@ interpreter's shutdown, against ~0.01 s during three epochs of training.
 
 The command line (:func:`imrec.cli.main`) therefore pauses the collector while a command starts
 (:func:`start`); the command calls :func:`settled` once its long-lived objects exist (the model
-is built or loaded), which freezes them (:func:`gc.freeze`: reference counting still frees them,
+is built or loaded; commands without a model, such as ``imrec data`` and ``imrec doctor``, as
+soon as their arguments are read), which freezes them (:func:`gc.freeze`: reference counting still frees them,
 only the collector's scans skip them) and turns the collector back on; :func:`leave` spares the
 shutdown its walk. A program that imports imrec as a library is not affected: without
 :func:`start`, :func:`settled` does nothing.

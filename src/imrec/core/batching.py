@@ -107,7 +107,6 @@ class Batcher:
         return x
 
 
-@torch.no_grad()
 def shrink(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
     """A normalised batch ``(B, C, H, W)`` scaled down to ``size`` (antialiased bilinear, as
     a smaller photo of the same thing would look), or ``x`` itself when ``size`` is None.

@@ -355,7 +355,8 @@ def evaluate_run(
     name = data or meta["dataset"]
     if split == "all" and name == meta["dataset"]:
         raise ValueError("--split all scores another dataset; the run trained on this one")
-    dataset = load_for_model(name, meta, _run_config(run_dir))
+    cfg = _run_config(run_dir)
+    dataset = load_for_model(name, meta, cfg)
     chosen = _chosen_split(dataset, split)
     if name != meta["dataset"] and (meta.get("ink") or {}).get("form"):  # handwriting
         chosen = _in_model_form(dataset, chosen, meta)
@@ -381,7 +382,7 @@ def evaluate_run(
 
         inside = (logits_out[0], feature_distance(model, feats_out[0]))
         report["ood"] = measure_ood(
-            model, meta, _run_config(run_dir), split_set, ood_names, batcher,
+            model, meta, cfg, split_set, ood_names, batcher,
             out_dir / "ood.png", limit=ood_limit or LIMIT, batch_size=batch_size,
             inside_outputs=inside,
         )  # fmt: skip
@@ -421,7 +422,8 @@ def calibrate_run(
     run_dir = Path(run_dir)
     model, meta = load_model(run_dir, device)
     name = data or meta["dataset"]
-    dataset = load_for_model(name, meta, _run_config(run_dir))
+    cfg = _run_config(run_dir)
+    dataset = load_for_model(name, meta, cfg)
     check = None
     if name == meta["dataset"]:  # fitted on validation, measured on test
         chosen, check = dataset.val, dataset.test
@@ -434,9 +436,10 @@ def calibrate_run(
         check_score(score)
     batcher = Batcher.from_stats(meta["input"]["mean"], meta["input"]["std"], device)
     stats = None
+    run_cfg = RunConfig.from_dict(cfg)
     if name == meta["dataset"]:
         if len(meta["classes"]) <= COMBINED_MAX_CLASSES or score in FEATURE_SCORES:
-            seed = RunConfig.from_dict(_run_config(run_dir)).loop.seed
+            seed = run_cfg.loop.seed
             stats = feature_stats(model, dataset.train, batcher, batch_size, seed)
     elif Distance.from_extras(model.checkpoint_extras) is not None:
         stats = (model.checkpoint_extras, (meta.get("confidence") or {}).get("features"))
@@ -454,7 +457,7 @@ def calibrate_run(
     section = calibrate_checkpoint(
         run_dir / "best", weights, stored, (logits, chosen, feats[0]), measured,
         f"the {where} of {name} ({len(chosen)} images)", accept_rate, stats=stats, score=score,
-        exposed=bool(RunConfig.from_dict(_run_config(run_dir)).optim.outliers),
+        exposed=bool(run_cfg.optim.outliers),
     )  # fmt: skip
     atomic_write_text(run_dir / "calibration.json", json.dumps(section, indent=2))
     return section

@@ -29,7 +29,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imrec.classify.confidence import SCORES, Confidence, Distance, blank, decide, scores
+from imrec.classify.confidence import (
+    FEATURE_SCORES,
+    SCORES,
+    Confidence,
+    Distance,
+    blank,
+    decide,
+    scores,
+)
 from imrec.core.batching import Batcher, predict_logits
 from imrec.data import ImageSet
 
@@ -208,7 +216,7 @@ def all_scores(conf: Confidence, logits, distance, images) -> dict[str, np.ndarr
     empty = blank(images).numpy()
     out = {}
     for kind in SCORES:
-        if kind in ("mahalanobis", "energy+maha") and (distance is None or not conf.standardise):
+        if kind in FEATURE_SCORES and (distance is None or not conf.standardise):
             continue
         s = scores(logits, conf.temperature, kind, distance, conf.standardise).double().numpy()
         out[kind] = np.where(empty, -np.inf, s)

@@ -127,13 +127,31 @@ def resolve_checkpoint(source: str | Path) -> Path:
 def load_checkpoint(source: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Weights and metadata of a checkpoint (see :func:`resolve_checkpoint` for ``source``);
     the weights without the checkpoint's extras."""
+    weights, _, meta = load_checkpoint_and_extras(source)
+    return weights, meta
+
+
+def load_checkpoint_and_extras(
+    source: str | Path,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    """Weights, extras (``extras/NAME`` -> ``NAME``) and metadata of a checkpoint, read once."""
     tensors, meta = _load_tensors(resolve_checkpoint(source))
-    return model_weights(tensors), _checked_meta(meta, source)
+    weights, extras = split_extras(tensors)
+    return weights, extras, _checked_meta(meta, source)
 
 
-def model_weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file that are the model's state dict (not its extras)."""
-    return {k: v for k, v in tensors.items() if not k.startswith(EXTRAS)}
+def split_extras(
+    tensors: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A checkpoint file's tensors as ``(the model's state dict, extras by NAME)``.
+
+    Example:
+        >>> split_extras({"w": 1, "extras/centres": 2})
+        ({'w': 1}, {'centres': 2})
+    """
+    weights = {k: v for k, v in tensors.items() if not k.startswith(EXTRAS)}
+    extras = {k[len(EXTRAS) :]: v for k, v in tensors.items() if k.startswith(EXTRAS)}
+    return weights, extras
 
 
 def load_checkpoint_extras(source: str | Path) -> dict[str, torch.Tensor]:

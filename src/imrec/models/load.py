@@ -19,12 +19,10 @@ from safetensors.torch import load_file
 
 from imrec.core import heap
 from imrec.core.checkpoint import (
-    EXTRAS,
     CheckpointError,
-    load_checkpoint,
-    load_checkpoint_extras,
-    model_weights,
+    load_checkpoint_and_extras,
     read_checkpoint_meta,
+    split_extras,
 )
 from imrec.models import create_model
 from imrec.models.detectors import create_detector
@@ -98,12 +96,10 @@ def load_model(
         'classify'
     """
     if is_bundle(source):
-        meta, tensors = read_meta(source), load_file(str(Path(source) / BUNDLE_WEIGHTS))
-        weights = model_weights(tensors)
-        extras = {k[len(EXTRAS) :]: v for k, v in tensors.items() if k.startswith(EXTRAS)}
+        meta = read_meta(source)
+        weights, extras = split_extras(load_file(str(Path(source) / BUNDLE_WEIGHTS)))
     else:
-        weights, meta = load_checkpoint(source)
-        extras = load_checkpoint_extras(source)
+        weights, extras, meta = load_checkpoint_and_extras(source)
     model = build_model(meta)
     model.load_state_dict(weights)
     model.checkpoint_extras = extras  # a plain dict attribute: not part of the module's state

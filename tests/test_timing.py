@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 import subprocess
 import sys
 
@@ -203,3 +205,52 @@ def test_the_evaluation_measures_validation_again_when_the_outputs_were_not_kept
     for key in ("accuracy", "nll", "ece"):
         assert kept["val"][key] == pytest.approx(again["val"][key], abs=1e-6), key
     assert kept["confidence"]["threshold"] == pytest.approx(again["confidence"]["threshold"])
+
+
+def test_the_command_line_keeps_freed_memory_for_the_next_step():
+    """Under the program, glibc's malloc keeps large freed blocks (imrec.core.heap
+    .keep_freed_memory): a 64 MB tensor made and freed again and again, as a training step
+    makes its activations, is mapped and zero-filled once the heap has grown (a round or
+    two), not on every step (by default: one page fault per 4 KB page every time)."""
+    code = """
+import json, resource, sys
+import torch
+import imrec.cli as cli
+
+def faults_of_reuse():
+    torch.ones(2**24)  # 64 MB, freed at once
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(4):
+        torch.ones(2**24)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+seen = {}
+def data_list(args):
+    seen["faults"] = [faults_of_reuse() for _ in range(3)][-1]
+    return 0
+cli.cmd_data_list = data_list
+default = [faults_of_reuse() for _ in range(2)][-1]
+sys.argv = ["imrec", "data", "list"]
+print(json.dumps({"rc": cli.main(), "default": default, **seen}))
+"""
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("keep_freed_memory acts on glibc's malloc only")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_"))}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["rc"] == 0
+    assert got["default"] > 4 * 8_000, got  # 4 x 16,384 pages of 4 KB, some of them huge
+    assert got["faults"] < 2_000, got
+
+
+def test_malloc_settings_of_the_user_and_of_a_host_program_are_kept(monkeypatch):
+    from imrec import cli
+    from imrec.core import heap
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    assert heap.keep_freed_memory() is False  # the environment's own setting wins
+    calls = []
+    monkeypatch.setattr(heap, "keep_freed_memory", lambda: calls.append(1))
+    assert cli.main(["data", "list"]) == 0  # called from Python: the host's allocator
+    assert calls == []

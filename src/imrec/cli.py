@@ -741,11 +741,13 @@ def main(argv: list[str] | None = None) -> int:
     """The ``imrec`` program: the command in ``argv`` (default: the process's arguments).
 
     Run as the process's program (``argv`` None), the garbage collector is paused while the
-    command starts up and the shutdown is spared its walk (:mod:`imrec.core.heap`); called
-    with an ``argv`` from Python, the caller's collector is left alone.
+    command starts up, the shutdown is spared its walk and malloc keeps freed memory for
+    reuse (:mod:`imrec.core.heap`); called with an ``argv`` from Python, the caller's
+    collector and allocator are left alone.
     """
     if argv is not None:
         return _main(argv)
+    heap.keep_freed_memory()
     heap.start()
     try:
         return _main(argv)

@@ -78,8 +78,9 @@ def leave() -> None:
 
 # glibc's mallopt() parameters (malloc.h) and the sizes set: blocks up to 256 MB come from the
 # heap, and up to 256 MB of freed memory at its top is kept for the next step. One epoch of
-# `imrec train mnist` on the 2-core CPU (BENCHMARKS.md "Cold starts"): 0.3 million page faults
-# instead of 1.1 million, epochs ~11% faster, peak memory 1.4-1.6 GB instead of 1.0 GB.
+# `imrec train mnist` on the 2-core CPU (BENCHMARKS.md "MNIST: imrec vs the tutorial"): 0.3
+# million page faults instead of 1.1 million, epochs ~10% faster, peak memory 1.4-1.6 GB instead
+# of 1.0 GB. A long-lived `imrec serve` keeps at most that much freed memory per malloc arena.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 KEEP = 256 * 2**20
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")

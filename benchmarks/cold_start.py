@@ -6,10 +6,11 @@ waits for them (issue 18's goals), with each run's own breakdown of where the se
 
 For each recipe (default: the default MNIST recipe; on ``cuda`` also the fresh-process 99.5%
 candidate of BENCHMARKS.md), one ``imrec train mnist ARGS --device D --seed S`` process per
-seed, one after another, the recipes alternating. Wall time = process start to exit (``os.wait4`` in ``_bench``); the
-test accuracy and ``timing.phases`` come from the run's ``report.json``. The dataset cache is
-filled before the timed runs by a first process with an empty ``$IMREC_HOME`` (its wall time,
-which includes decoding MNIST, is reported beside them); the timed runs share that cache.
+seed, one after another, the recipes alternating. Wall time = process start to exit
+(``os.wait4`` in ``_bench``); the test accuracy and ``timing.phases`` come from the run's
+``report.json``. The dataset cache is filled before the timed runs by a first process with an
+empty ``$IMREC_HOME`` (its wall time, which includes decoding MNIST, is reported beside them);
+the timed runs share that cache.
 
 Goals (issue 18): on one GPU, the default at >= 99.3% within 5 s; a recipe at >= 99.5% on
 every seed within 8 s. On the 2-core CPU the figures say where a run's time goes.
@@ -120,7 +121,7 @@ def render(args, recipes: dict, first: dict, results: dict) -> str:
         "",
         f"Command: `python benchmarks/cold_start.py --device {args.device} --seeds {args.seeds}"
         + "".join(f" --recipe '{r}'" for r in args.recipe or ())
-        + f"`; "
+        + "`; "
         f"commit `{git_commit()}`, {now()}; {info}.",
         "",
         f"Wall = process start to exit, one process per seed, one after another, the dataset "

@@ -64,7 +64,7 @@ def test_renders_are_deterministic_varied_and_in_the_normal_form(mirror):
     assert np.mean([in_ink_form(x, form) for x in a]) >= 0.9
     # A pen that never varies draws the same character the same way every time.
     still = PenStyle(width=(0.05, 0.05), pressure=0, scale=(1, 1), aspect=0, shear=0,
-                     rotate=0, shift=0, stretch=0, bend=0, link=0, elastic=0)  # fmt: skip
+                     rotate=0, shift=0, stretch=0, bend=0, link=0, elastic=0, blur=0)  # fmt: skip
     b = render_strokes(strokes, seed=0, index=[0, 0], size=32, style=still)
     assert np.array_equal(b[0], b[1])
 

@@ -252,3 +252,81 @@ def test_fine_tuning_keeps_every_class_and_rehearses_them(hanzi_run, tmp_path):
     with pytest.raises(TrainError, match=r"1 class\(es\) of .* are not among the 10.*龙"):
         imrec.fit(f"folder:{other}", out=tmp_path / "y",
                   train={"init": str(hanzi_run), "keep_classes": True}, progress=False)  # fmt: skip
+
+
+def test_chinese_mnist_at_another_size_is_prepared_from_its_files_as_predict_prepares_them(
+    mirror, tmp_path, monkeypatch
+):
+    """A hanzi model is 48 px; ``imrec eval --data chinese-mnist`` (and fine-tuning at the
+    checkpoint's size) must see each JPEG the way ``imrec predict`` sees the file, not the
+    built-in's 64 px form resized or prepared a second time (4-8 points apart on real files)."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from imrec.classify import evaluate
+    from imrec.core.preprocess import prepare_image
+    from imrec.data import datasets
+
+    # The decoder, at 32 px, on the first files of the real tarball: what predict makes of each.
+    source = mirror / "chinese-mnist" / "chinese_mnist.tar.gz"
+    small, files = tmp_path / "small.tar.gz", []
+    with tarfile.open(source) as tar, tarfile.open(small, "w:gz") as out:
+        for member in tar:
+            if member.isfile() and member.name.endswith(".jpg"):
+                data = tar.extractfile(member).read()
+                out.addfile(member, io.BytesIO(data))
+                numbers = datasets._CHINESE_NAME.search(member.name).groups()
+                files.append((tuple(map(int, numbers)), data))
+            if len(files) == 12:
+                break
+    form = InkForm.for_size(32)
+    decoded = datasets._decode_chinese(small, 32)["images"]  # in the order of the names
+    for (_, data), image in zip(sorted(files), decoded, strict=True):
+        predicted = prepare_image(Image.open(io.BytesIO(data)), 32, 1, "handwriting", form.meta())
+        assert np.array_equal(predicted[0].numpy(), image)
+    # Not the 64 px form resized: that is the softer image the models scored differently.
+    resized = datasets.resize_images(
+        torch.from_numpy(datasets._decode_chinese(small, 64)["images"][:, None]), 32
+    )
+    assert not torch.equal(resized[:, 0], torch.from_numpy(decoded))
+
+    # load_dataset hands the size to such a loader, and resizes nothing after it.
+    seen = {}
+
+    def loader(*, val_fraction, seed, size=None):
+        seen["size"] = size
+        return load_dataset("digits", val_fraction=val_fraction, seed=seed)
+
+    from imrec.data import registry
+
+    monkeypatch.setattr(registry, "_ENTRIES", dict(registry._ENTRIES))  # undone after the test
+    datasets.register_dataset("test-sized-digits", "digits, prepared at any size", sized=True)(
+        loader
+    )
+    assert load_dataset("test-sized-digits", size=8).train.images.shape[-1] == 8
+    assert seen["size"] == 8
+    assert load_dataset("test-sized-digits", size=8, domain="photo") is not None
+    assert seen["size"] is None  # another domain: loaded as it is, then resized
+
+    # The evaluation of a handwriting model asks for chinese-mnist at the model's size.
+    asked = {}
+
+    def fake_load(name, **kwargs):
+        asked.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(evaluate, "load_dataset", fake_load)
+    meta = {
+        "input": {"size": [48, 48], "channels": 1},
+        "ink": InkForm.for_size(48).meta(),
+        "domain": "handwriting",
+        "dataset": "hanzi",
+    }
+    with pytest.raises(RuntimeError, match="stop here"):
+        evaluate.load_for_model("chinese-mnist", meta, {})
+    assert asked["size"] == 48
+    with pytest.raises(RuntimeError, match="stop here"):
+        evaluate.load_for_model("mnist", meta, {})
+    assert asked["size"] is None  # MNIST is prepared image by image from its 28 px form

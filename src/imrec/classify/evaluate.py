@@ -483,8 +483,10 @@ def load_for_model(name: str, meta: dict, cfg: dict) -> ClassificationData:
         d = cfg.get("data", {})
         kwargs = {k: d.get(k) for k in ("size", "channels", "domain")}
     elif ink.get("form") and meta.get("domain") == "handwriting":
-        folder = name.startswith("folder:")
-        kwargs = {"size": inp["size"][0] if folder else None, "domain": "handwriting"}
+        # A folder, or a built-in that prepares its originals at any size (chinese-mnist), is
+        # read straight into the model's form, as imrec predict reads the files.
+        direct = name.startswith("folder:") or _sized_builtin(name)
+        kwargs = {"size": inp["size"][0] if direct else None, "domain": "handwriting"}
         prepared_later = True
     else:  # another dataset is brought to the model's input
         kwargs = {"size": inp["size"][0], "channels": inp["channels"], "domain": meta.get("domain")}
@@ -499,6 +501,13 @@ def load_for_model(name: str, meta: dict, cfg: dict) -> ClassificationData:
             f"{name} images are {dataset.channels}x{list(dataset.input_size)}, the model takes {inp['channels']}x{inp['size']}"
         )
     return dataset
+
+
+def _sized_builtin(name: str) -> bool:
+    from imrec.data import registry
+
+    entry = registry.find(name)
+    return bool(entry is not None and entry.sized)
 
 
 def _in_model_form(dataset: ClassificationData, test: ImageSet, meta: dict) -> ImageSet:

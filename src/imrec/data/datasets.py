@@ -100,9 +100,11 @@ def register_dataset(
     description: str,
     info: DatasetInfo | None = None,
     fetch: Callable[[], Path] | None = None,
+    sized: bool = False,
 ) -> Callable[[Loader], Loader]:
     """Register ``loader(*, val_fraction, seed) -> ClassificationData`` under ``name`` as a
-    classification dataset (see :mod:`imrec.data.registry`).
+    classification dataset (see :mod:`imrec.data.registry`); ``sized``: the loader also takes
+    ``size=`` and prepares the images at that size itself (see ``Entry.sized``).
 
     Raises:
         ValueError: ``name`` is already registered or starts with ``folder:``.
@@ -116,7 +118,9 @@ def register_dataset(
 
     def decorate(loader: Loader) -> Loader:
         entry_info = info or DatasetInfo(name=name, folder=name, description=description)
-        registry.register(registry.Entry(name, "classify", description, loader, fetch, entry_info))
+        registry.register(
+            registry.Entry(name, "classify", description, loader, fetch, entry_info, sized=sized)
+        )
         return loader
 
     return decorate
@@ -199,7 +203,9 @@ def load_dataset(
         name: a name from :func:`list_datasets` or ``folder:PATH``.
         val_fraction: share of the training data held out for validation, in (0, 1).
         seed: seed of the validation split (the test split is fixed).
-        size: resize images to ``size`` x ``size``.
+        size: resize images to ``size`` x ``size`` (``chinese-mnist``, whose loader is
+            registered ``sized``, prepares each file at that size in the handwriting normal
+            form instead, as ``imrec predict`` prepares a file).
         channels: 1 (grey) or 3 (colour) to convert.
         domain: override the dataset's domain (``handwriting``, ``objects``, ``photo``).
         stream: leave a folder dataset's training images on disk (``True``), hold them in
@@ -236,6 +242,10 @@ def load_dataset(
         entry = registry.lookup(name, "classify")
         if entry.kind == "family":  # its options are in the name (hanzi:chars=...)
             data = entry.load(name, val_fraction=val_fraction, seed=seed)
+        elif entry.sized and size is not None and domain in (None, "handwriting"):
+            # prepared at this size from the originals, as a file given to imrec predict
+            data = entry.load(val_fraction=val_fraction, seed=seed, size=size)
+            size = None
         else:
             data = entry.load(val_fraction=val_fraction, seed=seed)
         data = _adapt(data, size, channels)
@@ -763,20 +773,24 @@ def _parallel(fn: Callable, items: list) -> list:
         return list(pool.map(fn, items))
 
 
-def _decode_chinese(path: Path) -> dict[str, np.ndarray]:
+def _decode_chinese(path: Path, size: int = 64) -> dict[str, np.ndarray]:
     members = _tar_members(path, _CHINESE_NAME)
+    form = InkForm.for_size(size)
 
-    def grey64(data: bytes) -> np.ndarray:
+    def prepared(data: bytes) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as img:
             img = img.convert("L")
             if img.size != (64, 64):
                 img = resize_center_crop(img, 64)
-            return to_ink_form(img, InkForm.for_size(64))  # thin strokes, small: the form
+            return to_ink_form(img, form)  # thin strokes, small: the form
 
-    _notice(f"preparing {len(members)} Chinese MNIST images once (seconds); later loads are fast")
-    images = _parallel(grey64, [data for _, data in members])
+    _notice(
+        f"preparing {len(members)} Chinese MNIST images once at {size} px (seconds); "
+        "later loads are fast"
+    )
+    images = _parallel(prepared, [data for _, data in members])
     return {
-        "images": np.stack(images),  # (N, 64, 64)
+        "images": np.stack(images),  # (N, size, size)
         "labels": np.array([code - 1 for (_, _, code), _ in members], dtype=np.int64),
         "groups": np.array([suite for (suite, _, _), _ in members], dtype=np.int64),
     }
@@ -822,11 +836,14 @@ def fetch_chars74k(name: str = "chars74k") -> tuple[Path, str]:
     return fetch_file(CHARS74K_FOLDER, CHARS74K_FILE, name, f"{CHARS74K_HINT} {_mirror_hint()}")
 
 
-def _load_chinese(*, val_fraction: float, seed: int) -> ClassificationData:
+def _load_chinese(*, val_fraction: float, seed: int, size: int | None = None) -> ClassificationData:
+    """Chinese MNIST in the handwriting form at ``size`` (default 64 px, the files' own size),
+    each JPEG prepared once at that size and cached."""
     path, sha = _fetch_chinese()
     checksum = dataset_checksum({CHINESE_MNIST_FILE.name: sha})
-    key = f"chinese-mnist-{checksum[:16]}-{CHINESE_VERSION}"
-    arrays = cached_arrays("chinese-mnist", key, lambda: _decode_chinese(path))
+    size = size or 64
+    key = f"chinese-mnist-{checksum[:16]}-{CHINESE_VERSION}" + ("" if size == 64 else f"-{size}px")
+    arrays = cached_arrays("chinese-mnist", key, lambda: _decode_chinese(path, size))
     full = _image_set(arrays["images"], arrays["labels"], arrays["groups"])
     train, val, test, note = writer_split(full, val_fraction, seed, "writer")
     return ClassificationData(
@@ -916,6 +933,7 @@ register_dataset(
         "Data files (c) Original Authors (Nazarpour & Chen, Newcastle University); research use",
     ),
     _fetch_folder(_fetch_chinese),
+    sized=True,
 )(_load_chinese)
 
 _CHARS74K_DESC = (

@@ -42,6 +42,10 @@ class Entry:
     info: Any = None
     kind: str = "name"
     shown: str = ""
+    # ``load`` takes ``size=`` and prepares its images at that size from the original files
+    # (the handwriting normal form, as ``imrec predict`` prepares a file), rather than having
+    # its prepared images resized.
+    sized: bool = False
 
     def matches(self, name: str) -> bool:
         if self.kind == "prefix":

@@ -1,7 +1,7 @@
 """Chinese handwriting at real vocabulary: the goals of BENCHMARKS.md "hanzi" (issue 13).
 
     python benchmarks/hanzi.py --work /tmp/hanzi [--run RUN] [--held-out-fonts DIR]
-                               [--finetune-epochs 5] [--skip train,finetune,export]
+                               [--finetune-epochs 8] [--skip train,finetune,export]
 
 Every step is a whole ``imrec`` process, as a user runs it:
 
@@ -17,7 +17,7 @@ Every step is a whole ``imrec`` process, as a user runs it:
    user's files go through: each file straight into the model's form; ``eval`` brings the
    built-in's cached 64 px form to the model's size, which scores a few points higher).
 4. Fine-tuning that keeps every class: ``imrec train chinese-mnist --init RUN --keep-classes
-   --rehearse 8``, then its Chinese MNIST test accuracy (test writers) and
+   --rehearse 16``, then its Chinese MNIST test accuracy (test writers) and
    ``imrec eval FT --data hanzi`` (the synthetic test after fine-tuning).
 5. ``imrec export RUN --quantize int8`` (parity gate), the int8 accuracy, and one character's
    latency through ONNX Runtime (``benchmarks/inference_latency.py``'s way: p50 of 500 calls).
@@ -125,9 +125,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--run", type=Path, help="an `imrec train hanzi` run (default: train one)")
     ap.add_argument("--held-out-fonts", help="a folder of CJK fonts training never saw")
-    ap.add_argument("--finetune-epochs", type=int, default=5)
+    ap.add_argument("--finetune-epochs", type=int, default=8)
     ap.add_argument("--finetune-lr", default="1e-3")
-    ap.add_argument("--rehearse", default="8", help="renders per class mixed into fine-tuning")
+    ap.add_argument("--rehearse", default="16", help="renders per class mixed into fine-tuning")
     ap.add_argument("--skip", default="", help="comma-separated: finetune, export, held-out")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))

@@ -14,8 +14,8 @@ Every step is a whole ``imrec`` process, as a user runs it:
 3. Real handwriting, zero-shot: ``imrec eval RUN --data chinese-mnist --split all`` (all 15,000
    images of 100 writers, scored in the full 3,755-way space), and the same 15,000 images as the
    JPEG files they are published as, through ``imrec predict RUN DIR --json --top-k 5`` (what a
-   user's files go through: each file straight into the model's form; ``eval`` brings the
-   built-in's cached 64 px form to the model's size, which scores a few points higher).
+   user's files go through: each file straight into the model's form; ``eval`` reads the same
+   images, so the two agree: a check that they do).
 4. Fine-tuning that keeps every class: ``imrec train chinese-mnist --init RUN --keep-classes
    --rehearse 16``, then its Chinese MNIST test accuracy (test writers) and
    ``imrec eval FT --data hanzi`` (the synthetic test after fine-tuning).

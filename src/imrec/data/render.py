@@ -40,7 +40,7 @@ class PenStyle:
     bend: float = 0.05  # per stroke, the largest sideways bow
     link: float = 0.15  # chance that a stroke is joined to the next one
     elastic: float = 0.03  # amplitude of the smooth warp
-    blur: float = 1 / 48  # the finished image blurred by a sigma up to this much of its side
+    blur: float = 1 / 48  # render_strokes/render_fonts: a blur, sigma up to this much of the side
     # Measured on 15 characters (200 renders each, 15 epochs, scored on all 15,000 real
     # Chinese MNIST images): shift .025 / stretch .08 / bend .025 / rotate 8 / shear .2 /
     # elastic .02 gave 68.9% top-1; these larger variations 78.4%.

@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 from _bench import imrec_cli as imrec
@@ -64,7 +62,7 @@ def held_out_fonts(work: Path, given: str | None) -> Path | None:
 def chinese_mnist_files(work: Path) -> Path:
     """All Chinese MNIST images as their published JPEG files (``input_<writer>_<sample>_<code>
     .jpg``), taken from the tarball imrec fetched (or the mirror), in ``work/chinese-mnist-files``."""
-    from imrec.data.datasets import _fetch_chinese
+    from imrec.data.datasets import _CHINESE_NAME, _fetch_chinese, _tar_members
 
     folder = work / "chinese-mnist-files"
     if folder.is_dir() and len(list(folder.glob("*.jpg"))) == 15000:
@@ -72,21 +70,21 @@ def chinese_mnist_files(work: Path) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     tarball, _ = _fetch_chinese()
-    with tarfile.open(tarball) as tar:
-        for member in tar:
-            if member.isfile() and member.name.endswith(".jpg"):
-                (folder / Path(member.name).name).write_bytes(tar.extractfile(member).read())
+    for (writer, sample, code), data in _tar_members(tarball, _CHINESE_NAME):
+        (folder / f"input_{writer}_{sample}_{code}.jpg").write_bytes(data)
     return folder
 
 
 def predict_files(run: Path, folder: Path, writers: set[int] | None = None) -> dict:
     """top-1/top-5 of ``imrec predict RUN FOLDER --json --top-k 5`` on Chinese MNIST files
     (the true class is the file name's code), over ``writers`` only when given."""
-    from imrec.data.datasets import CHINESE_CLASSES
+    from imrec.data.datasets import _CHINESE_NAME, CHINESE_CLASSES
 
-    files = sorted(folder.glob("*.jpg"))
+    def numbers(name: str) -> tuple[int, int, int]:  # writer, sample, code
+        return tuple(int(g) for g in _CHINESE_NAME.search(name).groups())
+
     if writers is not None:
-        files = [f for f in files if int(f.name.split("_")[1]) in writers]
+        files = [f for f in sorted(folder.glob("*.jpg")) if numbers(f.name)[0] in writers]
         folder = folder.parent / f"{folder.name}-subset"
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir()
@@ -96,10 +94,10 @@ def predict_files(run: Path, folder: Path, writers: set[int] | None = None) -> d
     top1 = top5 = 0
     answers = json.loads(out)
     for item in answers:
-        code = int(re.search(r"_(\d+)\.jpg$", item["input"]).group(1))
+        truth = CHINESE_CLASSES[numbers(item["input"])[2] - 1]
         labels = [t["label"] for t in item["top"]]
-        top1 += labels[0] == CHINESE_CLASSES[code - 1]
-        top5 += CHINESE_CLASSES[code - 1] in labels
+        top1 += labels[0] == truth
+        top5 += truth in labels
     n = len(answers)
     return {"top1": top1 / n, "top5": top5 / n, "n": n, "wall_seconds": round(wall, 1)}
 

@@ -23,7 +23,7 @@ from imrec.config import RunConfig
 from imrec.core import timing
 from imrec.core.batching import Batcher, predict_logits
 from imrec.core.preprocess import as_image, prepare_image
-from imrec.data import ClassificationData, ImageSet, load_dataset
+from imrec.data import ClassificationData, ImageSet, load_dataset, registry
 
 DRAWN_FEATURE_IMAGES = 2_000  # feature statistics of rendered training sets: each is drawn
 PLOTS = {
@@ -504,8 +504,6 @@ def load_for_model(name: str, meta: dict, cfg: dict) -> ClassificationData:
 
 
 def _sized_builtin(name: str) -> bool:
-    from imrec.data import registry
-
     entry = registry.find(name)
     return bool(entry is not None and entry.sized)
 

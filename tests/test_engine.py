@@ -39,12 +39,12 @@ def test_config_round_trips_through_json():
         "mnist",
         "handwriting",
         "best",
-        data={"augment_off": ("elastic",)},
+        data={"augment_off": ("rotate",)},
         train={"epochs": 2, "lr": 0.01},
     )
     back = RunConfig.from_dict(json.loads(cfg.to_json()))
     assert back == cfg
-    assert back.loop.epochs == 2 and back.data.augment_off == ("elastic",)
+    assert back.loop.epochs == 2 and back.data.augment_off == ("elastic", "erasing", "rotate")
 
 
 def test_training_options_are_grouped_and_typos_are_named():
@@ -69,6 +69,29 @@ def test_user_overrides_win_over_recipe_and_other_model_drops_recipe_options():
     assert cfg.optim.ema  # the rest of the best recipe still applies
     with pytest.raises(ValueError, match="preset"):
         build_config("mnist", "handwriting", "huge")
+
+
+def test_model_opt_and_augment_off_tweak_the_recipe_a_named_model_starts_clean():
+    best = build_config("mnist", "handwriting", "best")
+    assert best.model.options == {"size": "m", "width": 24}
+    assert best.data.augment_off == ("elastic", "erasing")
+    # --model-opt alone changes one option of the recipe's network; --augment-off adds to
+    # what the recipe switched off (it never switches an option back on)
+    tweaked = build_config(
+        "mnist",
+        "handwriting",
+        "best",
+        model={"options": {"width": 32}},
+        data={"augment_off": ("rotate", "erasing")},
+    )
+    assert tweaked.model.options == {"size": "m", "width": 32}
+    assert tweaked.data.augment_off == ("elastic", "erasing", "rotate")
+    # a named model (--model, or --init's checkpoint network) keeps only its own options:
+    # a size-s checkpoint must not be rebuilt as the recipe's size m
+    named = build_config(
+        "mnist", "handwriting", "best", model={"name": "cnn", "options": {"width": 28}}
+    )
+    assert named.model.options == {"width": 28}
 
 
 def test_checkpoint_round_trip_and_embedded_metadata(tmp_path):

@@ -88,6 +88,10 @@ def test_model_opt_and_augment_off_tweak_the_recipe_a_named_model_starts_clean()
     assert tweaked.data.augment_off == ("elastic", "erasing", "rotate")
     # a named model (--model, or --init's checkpoint network) keeps only its own options:
     # a size-s checkpoint must not be rebuilt as the recipe's size m
+    # hanzi's best is its default network for longer, not the handwriting best's small cnn
+    hanzi = build_config("hanzi", "handwriting", "best")
+    assert hanzi.model.options == {"size": "s", "width": 64} and hanzi.loop.epochs == 24
+    assert not hanzi.optim.ema and hanzi.data.augment_off == ("elastic", "erasing")
     named = build_config(
         "mnist", "handwriting", "best", model={"name": "cnn", "options": {"width": 28}}
     )

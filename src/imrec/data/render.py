@@ -168,7 +168,7 @@ def _in_form(draw, seed: int, index, size: int, keys, blur: float = 0.0) -> np.n
     The blur is left as it falls (no contrast stretch after it): real characters written
     small and scaled up to the form, the usual case for a photo or a scan, arrive soft and
     dimmer than the form's peak. Measured on 200 characters (BENCHMARKS.md "hanzi"): real
-    Chinese MNIST files through ``imrec predict`` +5.3 and +4.5 points on two seeds; the same
+    Chinese MNIST files through ``imrec predict`` +5.9 and +3.5 points on two seeds; the same
     blur with the ink stretched back to 255 gained nothing.
     """
     from scipy.ndimage import gaussian_filter

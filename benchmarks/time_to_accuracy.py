@@ -1,7 +1,7 @@
 """Time to a test accuracy: seconds of training an MNIST recipe needs for 99.0% and 99.5%.
 
 Each configuration (a preset, field overrides, an epoch budget) trains once per seed in this
-process through imrec's own ``Trainer``, on the device named by ``--device``. After every
+process through imrec's own classification trainer, on the device named by ``--device``. After every
 epoch the model a run would save (its EMA where the recipe keeps one) is scored on the test
 split, outside the timed part. A run's training time after epoch k is the sum of the first k
 epochs' ``train_seconds``: the optimiser steps alone, timed on the host after a GPU
@@ -54,7 +54,7 @@ from _bench import (
 from imrec.config import build_config
 from imrec.core.batching import predict_logits
 from imrec.data import load_dataset
-from imrec.engine.loop import Trainer
+from imrec.classify.train import ClassifyTrainer
 
 TARGETS = (0.99, 0.995)
 
@@ -84,8 +84,9 @@ FASHION = [
 ]
 
 
-class ScoredTrainer(Trainer):
-    """A Trainer that scores its model on the test split after every epoch (untimed)."""
+class ScoredTrainer(ClassifyTrainer):
+    """The classification trainer, scoring its model on the test split after every epoch
+    (untimed)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

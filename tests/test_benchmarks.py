@@ -1,0 +1,30 @@
+"""The benchmark scripts that train through imrec's internals still run (a change of the
+trainer's shape once left benchmarks/time_to_accuracy.py subclassing the abstract engine)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_time_to_accuracy_smoke_plan_trains_scores_and_writes_its_section(
+    tmp_path, monkeypatch, mirror
+):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    tta = importlib.import_module("time_to_accuracy")
+    md, js = tmp_path / "B.md", tmp_path / "t.json"
+    md.write_text("# Benchmarks\n\nkept text\n")
+    assert tta.main(["--plan", "smoke", "--json", str(js), "--md", str(md)]) == 0
+    result = json.loads(js.read_text())
+    (config,) = result["configs"]
+    (run,) = config["runs"]
+    # one epoch of batch 1024 on real MNIST, scored on the test split after the epoch
+    assert config["name"] == "default" and run["epochs"] == 1
+    assert 0.95 < run["test_accuracy"][0] <= 1.0 and run["epoch_seconds"][0] > 0
+    text = md.read_text()
+    assert "kept text" in text
+    assert text.count("<!-- time_to_accuracy:smoke:start -->") == 1
+    assert f"| default | 1 | {run['test_accuracy'][0]:.4f} |" in text

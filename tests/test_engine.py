@@ -96,6 +96,11 @@ def test_model_opt_and_augment_off_tweak_the_recipe_a_named_model_starts_clean()
         "mnist", "handwriting", "best", model={"name": "cnn", "options": {"width": 28}}
     )
     assert named.model.options == {"width": 28}
+    # naming the recipe's own model alone (--model cnn) keeps the recipe's network
+    assert build_config("hanzi", "handwriting", model={"name": "cnn"}).model.options == {
+        "size": "s",
+        "width": 64,
+    }
 
 
 def test_checkpoint_round_trip_and_embedded_metadata(tmp_path):

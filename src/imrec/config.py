@@ -456,12 +456,16 @@ def build_config(
     r = recipe(preset, dataset, "detect" if task == "detect" else domain)
     model = model or {}
     model_kw = {**r.get("model", {}), **model}
-    if "name" in model:
-        # A model named (--model, or the checkpoint's network for --init): its own options
-        # only, never the recipe's (a size=m recipe must not reshape a size-s checkpoint).
+    recipe_options = r.get("model", {}).get("options", {})
+    if "name" not in model:  # --model-opt alone tweaks the recipe's network
+        model_kw["options"] = {**recipe_options, **model.get("options", {})}
+    elif "options" in model or model["name"] != r.get("model", {}).get("name"):
+        # A model named with options (--model NAME --model-opt ..., or the checkpoint's
+        # network for --init), or another model than the recipe's: its own options only (a
+        # size=m recipe must never reshape a size-s checkpoint).
         model_kw["options"] = dict(model.get("options", {}))
-    else:  # --model-opt alone tweaks the recipe's model
-        model_kw["options"] = {**r.get("model", {}).get("options", {}), **model.get("options", {})}
+    else:  # the recipe's own model named alone: the recipe's network
+        model_kw["options"] = dict(recipe_options)
     train_kw = {**r.get("train", {}), **(train or {})}  # flat: the recipe's, then the user's
     if train_kw.get("optimizer") == "sgd" and "lr" not in train_kw:
         train_kw["lr"] = SGD_LR  # the Adam-family default is far too small for plain SGD

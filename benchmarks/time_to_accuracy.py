@@ -51,10 +51,10 @@ from _bench import (
     write_section,
 )
 
+from imrec.classify.train import ClassifyTrainer
 from imrec.config import build_config
 from imrec.core.batching import predict_logits
 from imrec.data import load_dataset
-from imrec.classify.train import ClassifyTrainer
 
 TARGETS = (0.99, 0.995)
 

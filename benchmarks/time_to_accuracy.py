@@ -1,10 +1,10 @@
 """Time to a test accuracy: seconds of training an MNIST recipe needs for 99.0% and 99.5%.
 
 Each configuration (a preset, field overrides, an epoch budget) trains once per seed in this
-process through imrec's own classification trainer, on the device named by ``--device``. After every
-epoch the model a run would save (its EMA where the recipe keeps one) is scored on the test
-split, outside the timed part. A run's training time after epoch k is the sum of the first k
-epochs' ``train_seconds``: the optimiser steps alone, timed on the host after a GPU
+process through imrec's own classification trainer, on the device named by ``--device``.
+After every epoch the model a run would save (its EMA where the recipe keeps one) is scored on
+the test split, outside the timed part. A run's training time after epoch k is the sum of the
+first k epochs' ``train_seconds``: the optimiser steps alone, timed on the host after a GPU
 synchronisation at the end of each epoch (validation, checkpoint writing and the test scoring
 are not counted; data loading and model building happen before). A configuration reaches a
 target when every seed's run does; its time to the target is the median over seeds of the

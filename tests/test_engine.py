@@ -71,7 +71,7 @@ def test_user_overrides_win_over_recipe_and_other_model_drops_recipe_options():
         build_config("mnist", "handwriting", "huge")
 
 
-def test_model_opt_and_augment_off_tweak_the_recipe_a_named_model_starts_clean():
+def test_model_opt_and_augment_off_tweak_the_recipe_a_named_model_keeps_its_options():
     best = build_config("mnist", "handwriting", "best")
     assert best.model.options == {"size": "m", "width": 24}
     assert best.data.augment_off == ("elastic", "erasing")
@@ -86,12 +86,12 @@ def test_model_opt_and_augment_off_tweak_the_recipe_a_named_model_starts_clean()
     )
     assert tweaked.model.options == {"size": "m", "width": 32}
     assert tweaked.data.augment_off == ("elastic", "erasing", "rotate")
-    # a named model (--model, or --init's checkpoint network) keeps only its own options:
-    # a size-s checkpoint must not be rebuilt as the recipe's size m
     # hanzi's best is its default network for longer, not the handwriting best's small cnn
     hanzi = build_config("hanzi", "handwriting", "best")
     assert hanzi.model.options == {"size": "s", "width": 64} and hanzi.loop.epochs == 24
     assert not hanzi.optim.ema and hanzi.data.augment_off == ("elastic", "erasing")
+    # a named model with options (--model NAME --model-opt, or --init's checkpoint network)
+    # keeps only its own options: a size-s checkpoint must not be rebuilt as the recipe's size m
     named = build_config(
         "mnist", "handwriting", "best", model={"name": "cnn", "options": {"width": 28}}
     )

@@ -308,8 +308,9 @@ RECIPES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     # `--preset best` for hanzi: the same network trained twice as long (the default run was
     # still improving at its last epoch), with the default's augmentation: on the 200-character
     # proxy (seed 0, renders / real Chinese MNIST 200-way), 5 epochs 85.1 / 67.4%, 10 epochs
-    # 91.8 / 70.3%, 10 with an EMA 91.3 / 70.2%, 10 with elastic warps, erasing and an EMA (the
-    # handwriting best preset) 90.9 / 69.9% (BENCHMARKS.md "hanzi").
+    # 91.8 / 70.3%, 20 epochs 94.3 / 71.1%; 10 with an EMA 91.3 / 70.2%, 10 with elastic warps,
+    # erasing and an EMA (the handwriting best preset) 90.9 / 69.9%; width 96 no better over two
+    # seeds (BENCHMARKS.md "hanzi").
     ("best", "hanzi"): {
         "data": {"augment_off": ("elastic", "erasing")},
         "model": {"name": "cnn", "options": {"size": "s", "width": 64}},

@@ -266,6 +266,9 @@ class RunConfig:
         )
 
 
+# The hanzi network, shared by its fast and best recipes (build_config copies it per run).
+HANZI_NET: dict[str, Any] = {"name": "cnn", "options": {"size": "s", "width": 64}}
+
 SGD_LR = 0.05  # peak learning rate for SGD with Nesterov momentum when none is given
 
 # Recipes: (preset, dataset or domain) -> field overrides ("train": the flat training options,
@@ -301,10 +304,7 @@ RECIPES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     # 2 CPU cores: 57.8 min, 89.2% on unseen renders (still rising at the end; BENCHMARKS.md).
     # On 200 characters (5 epochs) it reached 85.8% on renders and 72.8% on real Chinese MNIST
     # (200-way) in 66 s, where cnn size=m width=32 at 64 px took 163 s for 87.8% and 54.8%.
-    ("fast", "hanzi"): {
-        "model": {"name": "cnn", "options": {"size": "s", "width": 64}},
-        "train": {"epochs": 12, "batch_size": 128},
-    },
+    ("fast", "hanzi"): {"model": HANZI_NET, "train": {"epochs": 12, "batch_size": 128}},
     # `--preset best` for hanzi: the same network trained twice as long (the default run was
     # still improving at its last epoch), with the default's augmentation: on the 200-character
     # proxy (seed 0, renders / real Chinese MNIST 200-way), 5 epochs 85.1 / 67.4%, 10 epochs
@@ -313,7 +313,7 @@ RECIPES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     # seeds (BENCHMARKS.md "hanzi").
     ("best", "hanzi"): {
         "data": {"augment_off": ("elastic", "erasing")},
-        "model": {"name": "cnn", "options": {"size": "s", "width": 64}},
+        "model": HANZI_NET,
         "train": {"epochs": 24, "batch_size": 128},
     },
     ("fast", "objects"): {"model": {"name": "cnn"}, "train": {"epochs": 5}},
@@ -455,12 +455,12 @@ def build_config(
     if task not in ("classify", "detect"):
         raise ValueError(f"unknown task {task!r}; choose 'classify' or 'detect'")
     r = recipe(preset, dataset, "detect" if task == "detect" else domain)
-    model = model or {}
-    model_kw = {**r.get("model", {}), **model}
-    recipe_options = r.get("model", {}).get("options", {})
+    model, recipe_model = model or {}, r.get("model", {})
+    model_kw = {**recipe_model, **model}
+    recipe_options = recipe_model.get("options", {})
     if "name" not in model:  # --model-opt alone tweaks the recipe's network
         model_kw["options"] = {**recipe_options, **model.get("options", {})}
-    elif "options" in model or model["name"] != r.get("model", {}).get("name"):
+    elif "options" in model or model["name"] != recipe_model.get("name"):
         # A model named with options (--model NAME --model-opt ..., or the checkpoint's
         # network for --init), or another model than the recipe's: its own options only (a
         # size=m recipe must never reshape a size-s checkpoint).

@@ -88,7 +88,9 @@ def test_model_opt_and_augment_off_tweak_the_recipe_a_named_model_keeps_its_opti
     assert tweaked.data.augment_off == ("elastic", "erasing", "rotate")
     # hanzi's best is its default network for longer, not the handwriting best's small cnn
     hanzi = build_config("hanzi", "handwriting", "best")
-    assert hanzi.model.options == {"size": "s", "width": 64} and hanzi.loop.epochs == 24
+    default = build_config("hanzi", "handwriting", "fast")
+    assert hanzi.model.options == default.model.options == {"size": "s", "width": 64}
+    assert hanzi.loop.epochs == 2 * default.loop.epochs == 32
     assert not hanzi.optim.ema and hanzi.data.augment_off == ("elastic", "erasing")
     # a named model with options (--model NAME --model-opt, or --init's checkpoint network)
     # keeps only its own options: a size-s checkpoint must not be rebuilt as the recipe's size m

@@ -69,6 +69,73 @@ def test_renders_are_deterministic_varied_and_in_the_normal_form(mirror):
     assert np.array_equal(b[0], b[1])
 
 
+def _segments_stroke_by_stroke(strokes, rng, style):
+    """character_segments written the plain way (a loop over strokes, Pillow's public drawing
+    calls below): the reference the prepared, vectorised renderer must equal."""
+    from imrec.data.render import BASELINE, BOX, _affine, _warp, smooth
+
+    m, width = _affine(rng, style), rng.uniform(*style.width)
+    rows, last = [], None
+    for raw in strokes:
+        p = smooth((np.stack([raw[:, 0], BASELINE - raw[:, 1]], 1) / BOX - 0.5) @ m.T)
+        centre = p.mean(0)
+        p = centre + (p - centre) * (1 + rng.uniform(-style.stretch, style.stretch))
+        p = p + rng.normal(0, style.shift, 2)
+        if len(p) >= 2:
+            d = p[-1] - p[0]
+            normal = np.array([-d[1], d[0]]) / (np.linalg.norm(d) + 1e-9)
+            bow = rng.uniform(-style.bend, style.bend) * np.sin(np.pi * np.linspace(0, 1, len(p)))
+            p = p + normal * bow[:, None]
+        if last is not None and rng.random() < style.link:
+            rows.append(np.array([[*last, *p[0], 0.5 * width]]))
+        if len(p) == 1:
+            p = np.concatenate([p, p])
+        phase = rng.uniform(-1, 1)
+        press = 1 + style.pressure * np.sin(np.pi * np.linspace(0, 1, len(p) - 1) + phase)
+        rows.append(np.concatenate([p[:-1], p[1:], (width * press)[:, None]], 1))
+        last = p[-1]
+    seg = np.concatenate(rows)
+    xy = _warp(seg[:, :4].reshape(-1, 2) + 0.5, rng, style.elastic)
+    return np.concatenate([xy.reshape(-1, 4), seg[:, 4:]], 1)
+
+
+def _draw_with_public_calls(segments, size):
+    from PIL import Image, ImageDraw
+
+    img = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(img)
+    for x0, y0, x1, y1, w in segments * size:
+        r = max(0.5, w / 2)
+        draw.line([(x0, y0), (x1, y1)], fill=255, width=max(1, round(w)))
+        draw.ellipse([x1 - r, y1 - r, x1 + r, y1 + r], fill=255)
+    return np.asarray(img)
+
+
+def test_the_prepared_renderer_draws_what_the_plain_one_draws(mirror):
+    """The stroke renderer is prepared per character and draws through Pillow's core for
+    speed (twice as many renders a second): the same segments as a stroke-by-stroke loop (to
+    rounding) and the same pixels as Pillow's public calls, dots and links included."""
+    from imrec.data.render import StrokePlans
+
+    chars = TEN + "丶乙"  # 丶 is one short stroke; 乙 one long bent one
+    strokes = load_strokes(chars)
+    plans = StrokePlans(strokes)
+    linked = 0
+    for j in range(60):
+        k = j % len(chars)
+        style = PenStyle(link=0.6)  # many cursive links
+        a = character_segments(plans[k], np.random.default_rng([3, j]), style)
+        b = _segments_stroke_by_stroke(strokes[k], np.random.default_rng([3, j]), style)
+        assert a.shape == b.shape and np.allclose(a, b, rtol=0, atol=1e-12)
+        unlinked = character_segments(plans[k], np.random.default_rng([3, j]), PenStyle(link=0))
+        linked += len(a) > len(unlinked)  # the same draws, fewer rows: links were drawn
+        assert np.array_equal(draw_segments(a, 96), _draw_with_public_calls(a, 96))
+    assert linked > 10  # the links were exercised
+    one_dot = [np.array([[500.0, 500.0]])]  # a stroke of a single point draws a dot
+    dot = draw_segments(character_segments(one_dot, np.random.default_rng(0), PenStyle()), 96)
+    assert dot.any()
+
+
 def test_the_renderers_fast_normal_form_matches_the_general_one(mirror):
     """Renders skip the lighting and threshold search of to_ink_form (they are clean): the
     result must be what to_ink_form makes of the same drawing, up to antialiasing."""

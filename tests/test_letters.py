@@ -232,3 +232,29 @@ def test_a_short_training_on_the_mix_recognises_held_out_writers_and_photos(mirr
     assert len(answers) == 2
     right = [Path(a["input"]).stem.split("_")[2] == a["top"][0]["label"] for a in answers]
     assert sum(right) >= 1, answers  # a 6-epoch model: at least one of the two photos
+
+
+def test_the_glyph_cache_gives_what_pillow_draws(tmp_path):
+    """Font renders keep each drawn glyph (character, weight, size) as its ink box: what
+    comes back from the cache must be Pillow's drawing, pixel for pixel, at every weight."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from imrec.data.render import _GlyphCache
+
+    path = next(p for p in sorted(_font_dir(tmp_path, 1).iterdir()))
+    font = ImageFont.truetype(str(path), 80)
+    cache, stingy = _GlyphCache(), _GlyphCache(budget=0)
+    for char in "AgQ":
+        for weight in (0, 1, 2):
+            img = Image.new("L", (128, 128), 0)
+            ImageDraw.Draw(img).text(
+                (64, 64), char, font=font, fill=255, anchor="mm",
+                stroke_width=weight, stroke_fill=255,
+            )  # fmt: skip
+            drawn = np.asarray(img)
+            assert drawn.any()
+            first, again = cache.get(font, char, weight, 128), cache.get(font, char, weight, 128)
+            assert np.array_equal(first, drawn) and np.array_equal(again, drawn)
+            assert np.array_equal(stingy.get(font, char, weight, 128), drawn)
+    assert len(cache.fonts[font]) == 9 and 0 < cache.used
+    assert stingy.used == 0 and not stingy.fonts[font]  # over its budget: nothing kept

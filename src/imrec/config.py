@@ -300,13 +300,14 @@ RECIPES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("fast", "letters"): {"model": {"name": "cnn"}, "train": {"epochs": 20, "batch_size": 128}},
     # hanzi: a compact net for thousands of classes (global-average-pool head, 1.36 M
     # parameters, 5.2 MiB fp32 ONNX for the 3,755 GB2312 level-1 characters at 48 px), sized so
-    # the default run (12 epochs of 40 fresh renders per class, 1.8 M images) fits in an hour on
-    # 2 CPU cores: 57.8 min, 89.2% on unseen renders (still rising at the end; BENCHMARKS.md).
+    # the default run fits in an hour on 2 CPU cores. 12 epochs of 40 fresh renders per class
+    # took 57.8-60.3 min (88.4% on unseen renders, still rising at the end); the renderer then
+    # got 1.9x faster (same images), training 1.49x, and the hour holds 16 (BENCHMARKS.md).
     # On 200 characters (5 epochs) it reached 85.8% on renders and 72.8% on real Chinese MNIST
     # (200-way) in 66 s, where cnn size=m width=32 at 64 px took 163 s for 87.8% and 54.8%.
-    ("fast", "hanzi"): {"model": HANZI_NET, "train": {"epochs": 12, "batch_size": 128}},
-    # `--preset best` for hanzi: the same network trained twice as long (the default run was
-    # still improving at its last epoch), with the default's augmentation: on the 200-character
+    ("fast", "hanzi"): {"model": HANZI_NET, "train": {"epochs": 16, "batch_size": 128}},
+    # `--preset best` for hanzi: the same network trained twice as long as the default (which
+    # was still improving at its last epoch), with the default's augmentation: on the 200-character
     # proxy (seed 0, renders / real Chinese MNIST 200-way), 5 epochs 85.1 / 67.4%, 10 epochs
     # 91.8 / 70.3%, 20 epochs 94.3 / 71.1%; 10 with an EMA 91.3 / 70.2%, 10 with elastic warps,
     # erasing and an EMA (the handwriting best preset) 90.9 / 69.9%; width 96 no better over two
@@ -314,7 +315,7 @@ RECIPES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("best", "hanzi"): {
         "data": {"augment_off": ("elastic", "erasing")},
         "model": HANZI_NET,
-        "train": {"epochs": 24, "batch_size": 128},
+        "train": {"epochs": 32, "batch_size": 128},
     },
     ("fast", "objects"): {"model": {"name": "cnn"}, "train": {"epochs": 5}},
     ("fast", "photo"): {"model": {"name": "resnet"}, "train": {"epochs": 10, "batch_size": 64}},

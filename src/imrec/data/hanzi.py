@@ -31,7 +31,14 @@ import numpy as np
 import torch
 
 from imrec.core.preprocess import InkForm
-from imrec.data.render import GlyphFonts, folder_fonts, render_fonts, render_strokes, system_fonts
+from imrec.data.render import (
+    GlyphFonts,
+    StrokePlans,
+    folder_fonts,
+    render_fonts,
+    render_strokes,
+    system_fonts,
+)
 from imrec.data.sources import DatasetError, SourceFile, cached_arrays, fetch_file
 from imrec.data.types import ClassificationData, DrawnImages, ImageSet
 
@@ -229,6 +236,7 @@ class Renderer:
         if strokes is None and "strokes" in names:
             strokes = load_strokes(chars)
         self.strokes = strokes  # per character, its (n, 2) stroke polylines
+        self.plans = None if strokes is None else StrokePlans(strokes)  # prepared on first use
         if "fonts" in names and self.fonts is None:
             try:
                 found = folder_fonts(fonts) if fonts else system_fonts()
@@ -247,7 +255,7 @@ class Renderer:
             if not len(pick):
                 continue
             if name == "strokes":
-                out[pick] = render_strokes(self.strokes, seed, labels[pick], size, keys=keys[pick])
+                out[pick] = render_strokes(self.plans, seed, labels[pick], size, keys=keys[pick])
             else:
                 out[pick] = render_fonts(
                     self.chars, self.fonts, seed, labels[pick], size, keys=keys[pick]

@@ -84,58 +84,154 @@ def _warp(points: np.ndarray, rng: np.random.Generator, amplitude: float) -> np.
     return out
 
 
-def _stroke(points: np.ndarray, rng: np.random.Generator, style: PenStyle) -> np.ndarray:
-    """One stroke (canvas units) shifted, stretched about its middle and bowed sideways."""
-    centre = points.mean(0)
-    p = centre + (points - centre) * (1 + rng.uniform(-style.stretch, style.stretch))
-    p = p + rng.normal(0, style.shift, 2)
-    if len(p) >= 2:
-        d = p[-1] - p[0]
-        normal = np.array([-d[1], d[0]]) / (np.linalg.norm(d) + 1e-9)
-        t = np.linspace(0, 1, len(p))
-        p = p + normal * (rng.uniform(-style.bend, style.bend) * np.sin(math.pi * t))[:, None]
-    return p
+class StrokePlan:
+    """One character's strokes prepared once for :func:`character_segments`: all the points in
+    one array (centred, y down) and the index arrays that smooth, bend and join them, so that
+    each drawing costs a few array operations instead of a loop over strokes.
+
+    Example:
+        >>> plan = StrokePlan([np.array([[100.0, 400.0], [500.0, 450.0], [900.0, 400.0]])])
+        >>> plan.counts.tolist(), len(plan.seg_a)  # 3 points smoothed twice: 6, 5 segments
+        ([6], 5)
+    """
+
+    def __init__(self, strokes: list[np.ndarray], rounds: int = 2):
+        raw = [np.stack([s[:, 0], BASELINE - s[:, 1]], 1) / BOX - 0.5 for s in strokes]
+        self.points = np.concatenate(raw)
+        counts = np.array([len(s) for s in raw])
+        # Chaikin corner cutting (see smooth) as gathers: new = wa * p[ia] + wb * p[ib].
+        self.rounds = []
+        for _ in range(rounds):
+            ia, ib, wa, start = [], [], [], 0
+            for n in counts:
+                idx = np.arange(start, start + n)
+                if n < 3:
+                    ia.append(idx), ib.append(idx), wa.append(np.ones(n))
+                else:
+                    a, b = idx[:-1], idx[1:]
+                    cut_a = np.stack([a, a], 1).reshape(-1)[1:-1]
+                    cut_b = np.stack([b, b], 1).reshape(-1)[1:-1]
+                    cut_w = np.tile([0.75, 0.25], n - 1)[1:-1]
+                    ia.append(np.concatenate([idx[:1], cut_a, idx[-1:]]))
+                    ib.append(np.concatenate([idx[:1], cut_b, idx[-1:]]))
+                    wa.append(np.concatenate([[1.0], cut_w, [1.0]]))
+                start += n
+            w = np.concatenate(wa)[:, None]
+            self.rounds.append((np.concatenate(ia), np.concatenate(ib), w, 1.0 - w))
+            counts = np.where(counts < 3, counts, 2 * counts - 2)
+        self.counts = counts  # points per stroke after smoothing
+        ends = np.cumsum(counts)
+        self.starts, self.ends = ends - counts, ends - 1
+        self.sid = np.repeat(np.arange(len(counts)), counts)  # stroke of each point
+        self.sin_t = np.concatenate([np.sin(math.pi * np.linspace(0, 1, n)) for n in counts])
+        # Segments: consecutive points of a stroke (a one-point stroke: a dot, its point twice).
+        pairs = [
+            (np.arange(s, e), np.arange(s + 1, e + 1)) if n >= 2 else ([s], [s])
+            for s, e, n in zip(self.starts, self.ends, counts, strict=True)
+        ]
+        self.seg_a = np.concatenate([a for a, _ in pairs]).astype(np.int64)
+        self.seg_b = np.concatenate([b for _, b in pairs]).astype(np.int64)
+        seg_n = np.maximum(counts - 1, 1)
+        self.seg_sid = np.repeat(np.arange(len(counts)), seg_n)
+        self.seg_starts = np.cumsum(seg_n) - seg_n
+        self.seg_pi_t = np.concatenate([math.pi * np.linspace(0, 1, n) for n in seg_n])
 
 
 def character_segments(
-    strokes: list[np.ndarray], rng: np.random.Generator, style: PenStyle
+    strokes: list[np.ndarray] | StrokePlan, rng: np.random.Generator, style: PenStyle
 ) -> np.ndarray:
     """The line segments a pen draws for one character: ``(m, 5)`` rows of
-    ``x0, y0, x1, y1, width`` in canvas units (the canvas is the unit square, y down)."""
+    ``x0, y0, x1, y1, width`` in canvas units (the canvas is the unit square, y down).
+
+    Per stroke, in order: smoothing (:func:`smooth`) after the character's affine change, a
+    change of length about its middle, a shift, a sideways bow, now and then a thinner cursive
+    link from the previous stroke's end, and a pen pressure that varies along it; then an
+    elastic warp of the whole. The random draws come in that order, stroke by stroke.
+    """
+    plan = strokes if isinstance(strokes, StrokePlan) else StrokePlan(strokes)
     m = _affine(rng, style)
     width = rng.uniform(*style.width)
-    rows, last = [], None
-    for raw in strokes:
-        p = np.stack([raw[:, 0], BASELINE - raw[:, 1]], 1) / BOX - 0.5  # centred, y down
-        p = _stroke(smooth(p @ m.T), rng, style)
-        if last is not None and rng.random() < style.link:  # a cursive link, thinner
-            rows.append(np.array([[*last, *p[0], 0.5 * width]]))
-        if len(p) == 1:
-            p = np.concatenate([p, p])
-        press = 1 + style.pressure * np.sin(
-            math.pi * np.linspace(0, 1, len(p) - 1) + rng.uniform(-1, 1)
+    n = len(plan.counts)
+    stretch, bend, phase = np.empty(n), np.zeros(n), np.empty(n)
+    shift, link = np.empty((n, 2)), np.zeros(n, bool)
+    for s, count in enumerate(plan.counts.tolist()):
+        stretch[s] = rng.uniform(-style.stretch, style.stretch)
+        shift[s] = rng.normal(0, style.shift, 2)
+        if count >= 2:
+            bend[s] = rng.uniform(-style.bend, style.bend)
+        link[s] = s > 0 and rng.random() < style.link
+        phase[s] = rng.uniform(-1, 1)
+    p = plan.points @ m.T
+    for ia, ib, wa, wb in plan.rounds:
+        p = wa * p[ia] + wb * p[ib]
+    sid = plan.sid
+    centre = (np.add.reduceat(p, plan.starts, axis=0) / plan.counts[:, None])[sid]
+    p = centre + (p - centre) * (1 + stretch)[sid, None]
+    p = p + shift[sid]
+    d = p[plan.ends] - p[plan.starts]
+    normal = np.stack([-d[:, 1], d[:, 0]], 1) / (np.hypot(d[:, 0], d[:, 1]) + 1e-9)[:, None]
+    p = p + normal[sid] * (bend[sid] * plan.sin_t)[:, None]
+    press = 1 + style.pressure * np.sin(plan.seg_pi_t + phase[plan.seg_sid])
+    seg = np.concatenate([p[plan.seg_a], p[plan.seg_b], (width * press)[:, None]], 1)
+    linked = np.flatnonzero(link)
+    if len(linked):  # a cursive link, thinner, from the previous stroke's end
+        links = np.concatenate(
+            [
+                p[plan.ends[linked - 1]],
+                p[plan.starts[linked]],
+                np.full((len(linked), 1), width / 2),
+            ],
+            1,
         )
-        rows.append(np.concatenate([p[:-1], p[1:], (width * press)[:, None]], 1))
-        last = p[-1]
-    seg = np.concatenate(rows)
+        seg = np.insert(seg, plan.seg_starts[linked], links, axis=0)
     xy = _warp(seg[:, :4].reshape(-1, 2) + 0.5, rng, style.elastic)  # back to [0, 1]
     return np.concatenate([xy.reshape(-1, 4), seg[:, 4:]], 1)
 
 
 def draw_segments(segments: np.ndarray, size: int) -> np.ndarray:
     """One character's segments (``(m, 5)``, canvas units) drawn on a ``size`` square with
-    round pen tips: uint8 ``(size, size)``, white ink on black."""
+    round pen tips: uint8 ``(size, size)``, white ink on black.
+
+    Each segment is a line of its (rounded) width with a disc at its end, drawn through
+    Pillow's drawing core (``ImageDraw.Draw(img).draw``): the same pixels as
+    ``ImageDraw.line`` and ``ImageDraw.ellipse`` (tests/test_hanzi.py checks it), without
+    their per-call colour handling, which was most of the renderer's time.
+    """
     img = Image.new("L", (size, size), 0)
-    draw = ImageDraw.Draw(img)
-    for x0, y0, x1, y1, w in segments * size:
-        r = max(0.5, w / 2)
-        draw.line([(x0, y0), (x1, y1)], fill=255, width=max(1, round(w)))
-        draw.ellipse([x1 - r, y1 - r, x1 + r, y1 + r], fill=255)
+    core = ImageDraw.Draw(img).draw
+    ink = core.draw_ink(255)
+    s = segments * size
+    pen = np.maximum(1, np.round(s[:, 4])).astype(int).tolist()  # round half to even, as round()
+    r = np.maximum(0.5, s[:, 4] / 2)
+    x1, y1 = s[:, 2], s[:, 3]
+    tips = np.stack([x1 - r, y1 - r, x1 + r, y1 + r], 1).tolist()
+    for (x0, y0, xa, ya), w, tip in zip(s[:, :4].tolist(), pen, tips, strict=True):
+        core.draw_lines(((x0, y0), (xa, ya)), ink, w)
+        core.draw_ellipse(tip, ink, 1)
     return np.asarray(img)
 
 
+class StrokePlans:
+    """Characters (each a list of strokes) and their :class:`StrokePlan`, each prepared on
+    first use and kept: a renderer that draws the same characters again and again (every
+    training epoch) prepares each once."""
+
+    def __init__(self, characters: list[list[np.ndarray]]):
+        self.characters = characters
+        self._plans: dict[int, StrokePlan] = {}
+
+    def __len__(self) -> int:
+        return len(self.characters)
+
+    def __getitem__(self, k: int) -> StrokePlan:
+        k = int(k)
+        if k not in self._plans:
+            self._plans[k] = StrokePlan(self.characters[k])
+        return self._plans[k]
+
+
 def render_strokes(
-    characters: list[list[np.ndarray]],
+    characters: list[list[np.ndarray]] | StrokePlans,
     seed: int,
     index: np.ndarray | list[int],
     size: int = 64,
@@ -153,9 +249,10 @@ def render_strokes(
         ((2, 64, 64), 'uint8', True)
     """
     canvas = 2 * size  # drawn large, brought into the form (which antialiases it)
+    plans = characters if isinstance(characters, StrokePlans) else StrokePlans(characters)
 
     def draw(k: int, rng: np.random.Generator) -> np.ndarray:
-        return draw_segments(character_segments(characters[k], rng, style), canvas)
+        return draw_segments(character_segments(plans[k], rng, style), canvas)
 
     return _in_form(draw, seed, index, size, keys, style.blur)
 
@@ -265,16 +362,50 @@ def _has_glyph(font, char: str) -> bool:
     return bytes(mask) != bytes(notdef) or mask.size != notdef.size
 
 
+class _GlyphCache:
+    """Glyphs as Pillow draws them (``font``, character, weight, canvas size), kept as their
+    ink's bounding box: FreeType's rendering (with the stroker for the heavier weights) was a
+    third of a font render's time, and training draws every glyph again and again. Bounded
+    by ``budget`` bytes per process (beyond it glyphs are drawn each time, as before)."""
+
+    def __init__(self, budget: int = 256 << 20):
+        import weakref
+
+        self.budget, self.used = budget, 0
+        self.fonts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def get(self, font, char: str, weight: int, size: int) -> np.ndarray:
+        """uint8 ``(size, size)``: ``char`` drawn centred, white on black."""
+        glyphs = self.fonts.setdefault(font, {})
+        key = (char, weight, size)
+        if key in glyphs:
+            y0, x0, crop = glyphs[key]
+            out = np.zeros((size, size), np.uint8)
+            out[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = crop
+            return out
+        img = Image.new("L", (size, size), 0)
+        ImageDraw.Draw(img).text(
+            (size / 2, size / 2), char, font=font, fill=255, anchor="mm",
+            stroke_width=weight, stroke_fill=255,
+        )  # fmt: skip
+        out = np.asarray(img)
+        if self.used < self.budget:
+            box = img.getbbox() or (0, 0, 0, 0)
+            crop = out[box[1] : box[3], box[0] : box[2]].copy()
+            glyphs[key] = (box[1], box[0], crop)
+            self.used += crop.nbytes + 100
+        return out
+
+
+_GLYPHS = _GlyphCache()
+
+
 def draw_glyph(font, char: str, rng: np.random.Generator, style: PenStyle, size: int) -> np.ndarray:
     """``char`` in ``font`` on a ``size`` square, white on black, with a random weight (a
     stroke around the glyph, or none) and affine change: uint8 ``(size, size)`` (see
     :func:`elastic_warp` for a warp on top)."""
-    img = Image.new("L", (size, size), 0)
     weight = int(rng.integers(0, 3))
-    ImageDraw.Draw(img).text(
-        (size / 2, size / 2), char, font=font, fill=255, anchor="mm",
-        stroke_width=weight, stroke_fill=255,
-    )  # fmt: skip
+    img = Image.fromarray(_GLYPHS.get(font, char, weight, size))
     m = np.linalg.inv(_affine(rng, style))
     c = np.array([size / 2, size / 2])
     offset = c - m @ c

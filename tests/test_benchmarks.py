@@ -28,3 +28,23 @@ def test_time_to_accuracy_smoke_plan_trains_scores_and_writes_its_section(
     assert "kept text" in text
     assert text.count("<!-- time_to_accuracy:smoke:start -->") == 1
     assert f"| default | 1 | {run['test_accuracy'][0]:.4f} |" in text
+
+
+def test_render_speed_smoke_run_measures_renders_and_the_step(tmp_path, monkeypatch, mirror):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    bench = importlib.import_module("render_speed")
+    md = tmp_path / "B.md"
+    md.write_text("# Benchmarks\n\nkept text\n")
+    argv = ["--rounds", "1", "--chars", "12", "--draws", "1", "--steps", "2", "--train-chars", "0"]
+    assert bench.main([*argv, "--md", str(md)]) == 0
+    text = md.read_text()
+    assert "kept text" in text and text.count("<!-- render_speed:start -->") == 1
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if "|" in line}
+    assert "strokes" in rows and any(k.startswith("training step") for k in rows)
+    # every median is a positive rate, and the step's ratio to itself is 1.00
+    for line in rows.values():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] in ("case", "---") or cells[0].startswith("-"):
+            continue
+        assert float(cells[2].strip("*").replace(",", "")) > 0
+    assert rows[next(k for k in rows if k.startswith("training step"))].endswith("| 1.00 |")

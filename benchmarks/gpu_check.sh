@@ -2,6 +2,8 @@
 # The GPU checks in one call (a lent GPU machine's time is short): the CUDA tests, the MNIST
 # time-to-accuracy sweep and the Fashion-MNIST `--preset best` wall time. Results go to $OUT
 # (default /tmp/gpu-check): logs, JSON, and BENCHMARKS.md with the new sections written in.
+# STEPS=hanzi (not in the default steps: it needs a call of its own, up to HANZI_TIMEOUT s)
+# times the default `imrec train hanzi` on the GPU, a whole process (issue 13's goal: <= 3 min).
 #
 # Usage: IMREC_DATA_MIRROR=/path/to/data [STEPS="tests sweep"] bash benchmarks/gpu_check.sh
 set -u
@@ -22,3 +24,12 @@ STEPS=${STEPS:-tests sweep fashion}
   --budget "${SWEEP_BUDGET:-150}" --json "$OUT/tta_gpu.json" --md "$OUT/BENCHMARKS.md" 2>&1 | tee "$OUT/tta_gpu.log"
 [[ $STEPS == *fashion* ]] && timeout "${FASHION_TIMEOUT:-150}" "$PY" benchmarks/time_to_accuracy.py --plan fashion --device cuda \
   --budget "${FASHION_BUDGET:-40}" --json "$OUT/tta_fashion.json" --md "$OUT/BENCHMARKS.md" 2>&1 | tee "$OUT/fashion.log"
+if [[ $STEPS == *hanzi* ]]; then
+  timeout "${HANZI_TIMEOUT:-420}" /usr/bin/time -v "$PY" -m imrec train hanzi --device cuda \
+    --out "$OUT/hanzi-gpu" --quiet > "$OUT/hanzi.log" 2>&1
+  echo "imrec train hanzi --device cuda: exit $?" | tee -a "$OUT/hanzi.log"
+  grep -E "Elapsed \(wall|Maximum resident" "$OUT/hanzi.log"
+  [ -f "$OUT/hanzi-gpu/report.json" ] && "$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); \
+print('train_seconds', r['train_seconds'], 'synthetic top-1', r['test']['accuracy'], 'top-5', r['test']['top5'], \
+'phases', r['timing']['phases'])" "$OUT/hanzi-gpu/report.json" | tee -a "$OUT/hanzi.log"
+fi

@@ -302,7 +302,8 @@ RECIPES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     # parameters, 5.2 MiB fp32 ONNX for the 3,755 GB2312 level-1 characters at 48 px), sized so
     # the default run fits in an hour on 2 CPU cores. 12 epochs of 40 fresh renders per class
     # took 57.8-60.3 min (88.4% on unseen renders, still rising at the end); the renderer then
-    # got 1.9x faster (same images), training 1.49x, and the hour holds 16 (BENCHMARKS.md).
+    # got 1.9x faster (the same images), training 1.39x, and 16 epochs cost what 11.5 did:
+    # 89.5% on unseen renders (BENCHMARKS.md "hanzi").
     # On 200 characters (5 epochs) it reached 85.8% on renders and 72.8% on real Chinese MNIST
     # (200-way) in 66 s, where cnn size=m width=32 at 64 px took 163 s for 87.8% and 54.8%.
     ("fast", "hanzi"): {"model": HANZI_NET, "train": {"epochs": 16, "batch_size": 128}},

@@ -17,7 +17,7 @@ of a short ``imrec train hanzi:chars=...`` run (``--train-chars`` characters, 10
 class, 2 epochs: training images / ``train_seconds``) beside them.
 
 Usage:
-    .venv/bin/python benchmarks/render_speed.py                 # about 4 minutes on 2 cores
+    .venv/bin/python benchmarks/render_speed.py                 # about 3 minutes on 2 cores
     .venv/bin/python benchmarks/render_speed.py --rounds 1 --chars 50 --draws 1 \\
         --train-chars 0 --md /tmp/bench.md                     # a smoke run
 """

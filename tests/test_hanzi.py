@@ -69,15 +69,33 @@ def test_renders_are_deterministic_varied_and_in_the_normal_form(mirror):
     assert np.array_equal(b[0], b[1])
 
 
+def _smooth(points, rounds=2):
+    """Chaikin corner cutting of one polyline ``(n, 2)``, the plain way."""
+    for _ in range(rounds):
+        if len(points) < 3:
+            return points
+        a, b = points[:-1], points[1:]
+        cut = np.stack([0.75 * a + 0.25 * b, 0.25 * a + 0.75 * b], axis=1).reshape(-1, 2)
+        points = np.concatenate([points[:1], cut[1:-1], points[-1:]])
+    return points
+
+
+def test_plain_chaikin_rounds_a_corner():
+    corner = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]])
+    assert _smooth(corner, rounds=1).round(2).tolist() == [
+        [0.0, 0.0], [0.75, 0.0], [1.0, 0.25], [1.0, 1.0]
+    ]  # fmt: skip
+
+
 def _segments_stroke_by_stroke(strokes, rng, style):
     """character_segments written the plain way (a loop over strokes, Pillow's public drawing
     calls below): the reference the prepared, vectorised renderer must equal."""
-    from imrec.data.render import BASELINE, BOX, _affine, _warp, smooth
+    from imrec.data.render import BASELINE, BOX, _affine, _warp
 
     m, width = _affine(rng, style), rng.uniform(*style.width)
     rows, last = [], None
     for raw in strokes:
-        p = smooth((np.stack([raw[:, 0], BASELINE - raw[:, 1]], 1) / BOX - 0.5) @ m.T)
+        p = _smooth((np.stack([raw[:, 0], BASELINE - raw[:, 1]], 1) / BOX - 0.5) @ m.T)
         centre = p.mean(0)
         p = centre + (p - centre) * (1 + rng.uniform(-style.stretch, style.stretch))
         p = p + rng.normal(0, style.shift, 2)

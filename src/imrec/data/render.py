@@ -46,22 +46,6 @@ class PenStyle:
     # elastic .02 gave 68.9% top-1; these larger variations 78.4%.
 
 
-def smooth(points: np.ndarray, rounds: int = 2) -> np.ndarray:
-    """Chaikin corner cutting: a polyline ``(n, 2)`` with its corners rounded.
-
-    Example:
-        >>> smooth(np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]]), rounds=1).round(2).tolist()
-        [[0.0, 0.0], [0.75, 0.0], [1.0, 0.25], [1.0, 1.0]]
-    """
-    for _ in range(rounds):
-        if len(points) < 3:
-            return points
-        a, b = points[:-1], points[1:]
-        cut = np.stack([0.75 * a + 0.25 * b, 0.25 * a + 0.75 * b], axis=1).reshape(-1, 2)
-        points = np.concatenate([points[:1], cut[1:-1], points[-1:]])
-    return points
-
-
 def _affine(rng: np.random.Generator, style: PenStyle) -> np.ndarray:
     """A random 2x2 matrix: scale, aspect, shear and rotation of a whole character."""
     s = rng.uniform(*style.scale)
@@ -99,7 +83,9 @@ class StrokePlan:
         raw = [np.stack([s[:, 0], BASELINE - s[:, 1]], 1) / BOX - 0.5 for s in strokes]
         self.points = np.concatenate(raw)
         counts = np.array([len(s) for s in raw])
-        # Chaikin corner cutting (see smooth) as gathers: new = wa * p[ia] + wb * p[ib].
+        # Chaikin corner cutting as gathers, new = wa * p[ia] + wb * p[ib]: each segment
+        # (a, b) of a stroke of 3+ points gives 0.75a + 0.25b and 0.25a + 0.75b, except the
+        # first and last cut points; the stroke's ends stay. Shorter strokes are kept as they are.
         self.rounds = []
         for _ in range(rounds):
             ia, ib, wa, start = [], [], [], 0
@@ -143,10 +129,10 @@ def character_segments(
     """The line segments a pen draws for one character: ``(m, 5)`` rows of
     ``x0, y0, x1, y1, width`` in canvas units (the canvas is the unit square, y down).
 
-    Per stroke, in order: smoothing (:func:`smooth`) after the character's affine change, a
-    change of length about its middle, a shift, a sideways bow, now and then a thinner cursive
-    link from the previous stroke's end, and a pen pressure that varies along it; then an
-    elastic warp of the whole. The random draws come in that order, stroke by stroke.
+    Per stroke, in order: smoothing (Chaikin corner cutting) after the character's affine
+    change, a change of length about its middle, a shift, a sideways bow, now and then a thinner
+    cursive link from the previous stroke's end, and a pen pressure that varies along it; then
+    an elastic warp of the whole. The random draws come in that order, stroke by stroke.
     """
     plan = strokes if isinstance(strokes, StrokePlan) else StrokePlan(strokes)
     m = _affine(rng, style)

@@ -25,7 +25,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -43,6 +42,7 @@ from _bench import (
     machine,
     md_table,
     now,
+    read_run,
     run_measured,
     write_section,
 )
@@ -99,7 +99,7 @@ def train_rate(chars: int, work: Path) -> dict:
     run = work / "train-run"
     cmd, env = imrec_train(name, ["--epochs", "2"], run, default_mirror())
     wall, rss, _ = run_measured(cmd, work / "train.log", env)
-    report = json.loads((run / "report.json").read_text())
+    report, _ = read_run(run)
     seconds = report["train_seconds"]
     return {"images": 2 * 100 * chars, "train_s": seconds, "rate": 2 * 100 * chars / seconds,
             "wall_s": wall, "rss_mb": rss,

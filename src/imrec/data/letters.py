@@ -81,7 +81,7 @@ _DISTINCT = "abdeghnqrt"
 
 # Glyph pen: letters are drawn from fonts at 40 px on a 64 px canvas (the 28 px normal form
 # needs no more: a 128 px canvas took 2.4x as long per render), then warped.
-LETTER_PEN = PenStyle(rotate=10.0, shear=0.3, scale=(0.7, 1.0), aspect=0.2)
+LETTER_PEN = PenStyle(rotate=10.0, shear=0.3, scale=(0.7, 1.0), aspect=(-0.2, 0.2))
 CANVAS = 64
 ELASTIC = 1.5  # pixels of the canvas
 

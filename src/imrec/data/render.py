@@ -32,7 +32,9 @@ class PenStyle:
     width: tuple[float, float] = (0.025, 0.075)  # pen width
     pressure: float = 0.35  # relative change of the width along a stroke
     scale: tuple[float, float] = (0.75, 1.0)
-    aspect: float = 0.15  # width/height changed by up to this factor either way
+    # log of k, the width factor (the height is divided by it), drawn uniform in this range:
+    # characters as drawn from 0.55 to 1.2 times as wide for their height as the stroke data.
+    aspect: tuple[float, float] = (-0.3, 0.1)
     shear: float = 0.3
     rotate: float = 12.0  # degrees
     shift: float = 0.045  # per stroke
@@ -49,7 +51,7 @@ class PenStyle:
 def _affine(rng: np.random.Generator, style: PenStyle) -> np.ndarray:
     """A random 2x2 matrix: scale, aspect, shear and rotation of a whole character."""
     s = rng.uniform(*style.scale)
-    k = math.exp(rng.uniform(-style.aspect, style.aspect))
+    k = math.exp(rng.uniform(*style.aspect))
     a = math.radians(rng.uniform(-style.rotate, style.rotate))
     rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
     shear = np.array([[1.0, rng.uniform(-style.shear, style.shear)], [0.0, 1.0]])

@@ -48,3 +48,23 @@ def test_render_speed_smoke_run_measures_renders_and_the_step(tmp_path, monkeypa
             continue
         assert float(cells[2].strip("*").replace(",", "")) > 0
     assert rows[next(k for k in rows if k.startswith("training step"))].endswith("| 1.00 |")
+
+
+def test_hanzi_shapes_compares_real_and_rendered_characters(tmp_path, monkeypatch, mirror):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    bench = importlib.import_module("hanzi_shapes")
+    md = tmp_path / "B.md"
+    md.write_text("# Benchmarks\n\nkept text\n")
+    argv = ["--per-class", "4", "--real", "600", "--aspect=-0.3,-0.3", "--md", str(md)]
+    assert bench.main(argv) == 0
+    text = md.read_text()
+    assert "kept text" in text and text.count("<!-- hanzi_shapes:start -->") == 1
+    rows = [line for line in text.splitlines() if line.startswith("| 零 | strokes |")]
+    assert len(rows) == 1
+    # each cell is "real / rendered", both positive
+    for cell in rows[0].strip("|").split("|")[2:]:
+        real, rendered = (float(v) for v in cell.split("/"))
+        assert real > 0 and rendered > 0
+    # every render narrowed by exp(-0.6): the box of 零, square in the stroke data, is narrow
+    box = float(rows[0].strip("|").split("|")[2].split("/")[1])
+    assert box < 0.85

@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "### Real and rendered shapes (`benchmarks/hanzi_shapes.py`)",
         "",
         f"Command: `.venv/bin/python benchmarks/hanzi_shapes.py --per-class {args.per_class}"
+        + (f" --real {args.real}" if args.real else "")
         + (f" --aspect={args.aspect}" if args.aspect else "")
         + f"`; commit {git_commit()}, {now()}. Real: {len(real_y):,} Chinese MNIST images "
         f"(100 writers) in the {SIZE} px form `imrec predict` uses; rendered: {args.per_class} "

@@ -90,7 +90,7 @@ def test_model_opt_and_augment_off_tweak_the_recipe_a_named_model_keeps_its_opti
     hanzi = build_config("hanzi", "handwriting", "best")
     default = build_config("hanzi", "handwriting", "fast")
     assert hanzi.model.options == default.model.options == {"size": "s", "width": 64}
-    assert hanzi.loop.epochs == 2 * default.loop.epochs == 32
+    assert hanzi.loop.epochs == 2 * default.loop.epochs == 24
     assert not hanzi.optim.ema and hanzi.data.augment_off == ("elastic", "erasing")
     # a named model with options (--model NAME --model-opt, or --init's checkpoint network)
     # keeps only its own options: a size-s checkpoint must not be rebuilt as the recipe's size m

@@ -304,8 +304,9 @@ RECIPES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     # took 57.8-60.3 min (88.4% on unseen renders, still rising at the end); the renderer then
     # got 1.9x faster (the same images), training 1.39x, and 16 epochs cost what 11.5 did
     # on the day it was measured, but took 83.7 min on the machine as it ran then (89.5% on
-    # unseen renders) and ran as slowly again the day after: back to 12 epochs, which that
-    # machine runs in under an hour (BENCHMARKS.md "hanzi").
+    # unseen renders) and ran as slowly again the day after: back to 12 epochs, which took
+    # 64.4 min on that slow machine (renders leaning narrow: 87.3% on unseen renders, 66.3% on
+    # real Chinese MNIST zero-shot; BENCHMARKS.md "hanzi").
     # On 200 characters (5 epochs) it reached 85.8% on renders and 72.8% on real Chinese MNIST
     # (200-way) in 66 s, where cnn size=m width=32 at 64 px took 163 s for 87.8% and 54.8%.
     ("fast", "hanzi"): {"model": HANZI_NET, "train": {"epochs": 12, "batch_size": 128}},

@@ -103,12 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.real:
         pick = np.random.default_rng(0).permutation(len(real_y))[: args.real]
         real_x, real_y = real_x[pick], real_y[pick]
-    renderer = Renderer("".join(classes), "strokes")
+    chars = "".join(classes)
+    renderer = Renderer(chars, "strokes+fonts" if system_fonts() else "strokes")
     labels = np.repeat(np.arange(len(classes)), args.per_class)
     drawn = {"strokes": render_strokes(renderer.plans, 7000, labels, SIZE, style)}
-    if system_fonts():
-        fonts = Renderer("".join(classes), "fonts").fonts
-        drawn["fonts"] = render_fonts("".join(classes), fonts, 7000, labels, SIZE, style)
+    if renderer.fonts is not None:
+        drawn["fonts"] = render_fonts(chars, renderer.fonts, 7000, labels, SIZE, style)
 
     real = shapes(real_x)
     measures = ("box", "spread", "slant", "ink", "width")

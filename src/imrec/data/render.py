@@ -33,7 +33,7 @@ class PenStyle:
     pressure: float = 0.35  # relative change of the width along a stroke
     scale: tuple[float, float] = (0.75, 1.0)
     # log of k, the width factor (the height is divided by it), drawn uniform in this range:
-    # characters as drawn from 0.55 to 1.2 times as wide for their height as the stroke data.
+    # characters as drawn from 0.55 to 1.22 times as wide for their height as the stroke data.
     aspect: tuple[float, float] = (-0.3, 0.1)
     shear: float = 0.3
     rotate: float = 12.0  # degrees

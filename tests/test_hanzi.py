@@ -299,6 +299,36 @@ def test_font_renders_and_their_errors(mirror, tmp_path):
         load_dataset(f"hanzi:chars=永,renderers=fonts,fonts={tmp_path / 'empty'}")
 
 
+def test_every_character_is_drawn_by_every_renderer(mirror):
+    """With an even number of characters each one still gets strokes and font renders in
+    turn, in the fixed splits and in every epoch of the fresh training renders."""
+    _fonts_or_skip()
+    from imrec.data.hanzi import Renderer
+
+    chars = TEN[:4]
+    labels = np.tile(np.arange(4), 6)  # the split layout: key k + 4j is character k's j-th
+    mixed = Renderer(chars, "strokes+fonts").draw(0, labels, 32)
+    strokes = Renderer(chars, "strokes").draw(0, labels, 32)
+    fonts = Renderer(chars, "fonts").draw(0, labels, 32)
+    by_strokes = np.array([np.array_equal(m, s) for m, s in zip(mixed, strokes, strict=True)])
+    by_fonts = np.array([np.array_equal(m, f) for m, f in zip(mixed, fonts, strict=True)])
+    assert (by_strokes ^ by_fonts).all()  # each drawing is one renderer's, exactly
+    for k in range(4):
+        assert by_strokes[labels == k].sum() == 3 and by_fonts[labels == k].sum() == 3
+    data = load_dataset(f"hanzi:chars={chars},train=2,val=1,test=1,size=32,renderers=strokes+fonts")
+    train = data.train.images  # RenderedImages: item i + epoch * len is a later epoch's
+    n = len(data.train)
+    for k in range(4):
+        items = [i + e * n for e in range(2) for i in range(n) if int(data.train.labels[i]) == k]
+        drawn = [train.read(i)[0].numpy() for i in items]
+        solo = [
+            Renderer(chars, "strokes").draw(train.seed, [k], 32, keys=[train.key(i)])[0]
+            for i in items
+        ]
+        same = [np.array_equal(a, b) for a, b in zip(drawn, solo, strict=True)]
+        assert any(same) and not all(same), (k, same)
+
+
 def _copy(run, tmp_path):
     """A copy of the shared run (evaluations write into the run folder)."""
     import shutil

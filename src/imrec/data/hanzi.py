@@ -220,7 +220,7 @@ RENDERERS = ("strokes", "fonts")
 
 class Renderer:
     """Draws characters by the renderers named (``strokes``, ``fonts``, or both joined by
-    ``+``: item ``key`` uses renderer ``key % count``; ``auto``: both when the fonts have every
+    ``+``: they take turns, see :meth:`turns`; ``auto``: both when the fonts have every
     character, else strokes alone, with the reason in ``note``)."""
 
     def __init__(self, chars: str, renderers: str = "strokes", fonts: str = "", strokes=None):
@@ -244,14 +244,29 @@ class Renderer:
             except ValueError as e:
                 raise DatasetError(f"renderers={renderers}: {e}") from e
 
+    def turns(self, keys) -> np.ndarray:
+        """Which renderer (a position in ``names``) draws each key. A split gives character
+        ``k``'s ``j``-th drawing the key ``k + j * len(chars)``; it goes to renderer
+        ``j % len(names)``, so each character is drawn by every renderer in turn, whatever
+        the number of characters. (Until stop 32 the turn was ``key % len(names)``, which
+        gave each character one renderer only whenever the number of characters was even.)
+
+        Example:
+            >>> yi = [np.array([[100.0, 400.0], [900.0, 400.0]])]
+            >>> Renderer("一二", "strokes+strokes", strokes=[yi, yi]).turns(range(8)).tolist()
+            [0, 0, 1, 1, 0, 0, 1, 1]
+        """
+        return (np.asarray(keys, np.int64) // len(self.chars)) % len(self.names)
+
     def draw(self, seed: int, labels, size: int, keys=None) -> np.ndarray:
         """uint8 ``(N, size, size)`` drawings of the classes ``labels`` (keys: as in
         :func:`~imrec.data.render.render_strokes`)."""
         labels = np.asarray(labels)
         keys = np.arange(len(labels)) if keys is None else np.asarray(keys)
         out = np.zeros((len(labels), size, size), np.uint8)
+        turn = self.turns(keys)
         for r, name in enumerate(self.names):
-            pick = np.flatnonzero(keys % len(self.names) == r)
+            pick = np.flatnonzero(turn == r)
             if not len(pick):
                 continue
             if name == "strokes":
@@ -304,10 +319,14 @@ class RenderedImages(DrawnImages):
 
     def read(self, i: int) -> torch.Tensor:
         """Item ``i`` (``i >= len``: a later epoch's drawing of item ``i % len``): ``(1, S, S)``."""
-        n = len(self.labels)
-        key = int(self.keys[i % n]) + (i // n) * self.period
-        image = self.renderer.draw(self.seed, [self.labels[i % n]], self.size, keys=[key])
+        label = self.labels[i % len(self.labels)]
+        image = self.renderer.draw(self.seed, [label], self.size, keys=[self.key(i)])
         return torch.from_numpy(image)  # (1, S, S)
+
+    def key(self, i: int) -> int:
+        """The drawing key of item ``i`` (a later epoch's keys follow the first epoch's)."""
+        n = len(self.labels)
+        return int(self.keys[i % n]) + (i // n) * self.period
 
     def subset(self, index) -> RenderedImages:
         pos = torch.arange(len(self))[index].numpy()

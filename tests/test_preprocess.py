@@ -14,11 +14,13 @@ from PIL import Image, ImageDraw
 from imrec.core import preprocess
 from imrec.core.preprocess import (
     ImageReadError,
+    InkForm,
     load_image,
     normalize_ink,
     prepare_image,
     resize_center_crop,
     to_channels,
+    to_ink_form,
 )
 
 MNIST_TEST = Path("/work/shared/data/mnist/t10k-images-idx3-ubyte.gz")
@@ -226,6 +228,33 @@ def test_specks_are_ignored():
     height, width = _bbox(out, 30)
     assert height >= 19  # the 1 fills the box, the speck did not stretch it
     assert width <= 6
+
+
+def _fading_stroke_page(faint_blob: bool = False) -> Image.Image:
+    """A dark vertical stroke and a horizontal one that fades from dark to light grey (a pen
+    running dry), on grey paper; optionally a light blob apart from both."""
+    img = Image.new("L", (400, 300), 230)
+    draw = ImageDraw.Draw(img)
+    draw.line([(60, 60), (60, 240)], fill=20, width=10)
+    for x in range(60, 340, 4):  # fill 20 at the left to 190 at the right
+        draw.line([(x, 150), (x + 5, 150)], fill=int(20 + 170 * (x - 60) / 280), width=8)
+    if faint_blob:
+        draw.ellipse((300, 20, 330, 50), fill=170)
+    return img
+
+
+def test_a_stroke_written_lighter_is_kept_whole(monkeypatch):
+    """Weak ink touching strong ink counts (hysteresis): the fading stroke keeps its light
+    end, where the threshold alone (``WEAK_INK = 1``) cut it short."""
+    height, width = _bbox(to_ink_form(_fading_stroke_page(), InkForm()), 30)
+    assert width >= 18 and height >= 10  # the whole stroke: 280 px wide, 180 tall
+    monkeypatch.setattr(preprocess, "WEAK_INK", 1.0)
+    height_cut, width_cut = _bbox(to_ink_form(_fading_stroke_page(), InkForm()), 30)
+    assert height_cut > height  # the stroke's light end lost, the rest scaled up
+    # Light ink that touches nothing dark is not ink: the blob leaves the box as it was.
+    monkeypatch.setattr(preprocess, "WEAK_INK", 0.25)
+    with_blob = to_ink_form(_fading_stroke_page(faint_blob=True), InkForm())
+    assert _bbox(with_blob, 30) == (height, width)
 
 
 @pytest.mark.parametrize("noise", [0.0, 10.0])

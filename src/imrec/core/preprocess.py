@@ -41,6 +41,12 @@ MIN_INK_CONTRAST = 0.15
 MIN_STROKE = 2.0
 # Components smaller than this fraction of the largest ink component are specks.
 SPECK_FRACTION = 0.03
+# Weak ink: pixels above this fraction of the ink threshold count as ink where they touch
+# strong ink (hysteresis), so that a stroke written lighter than the others is kept whole.
+# Measured on all 15,000 Chinese MNIST files with stop 31's hanzi model, no retraining:
+# 66.30% top-1 with the threshold alone, 68.73% at 0.5, 69.60% at 0.35, 70.51% at 0.25,
+# 69.90% at 0.15 (BENCHMARKS.md "hanzi").
+WEAK_INK = 0.25
 
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
@@ -535,12 +541,30 @@ def _ink_mask(ink: np.ndarray) -> tuple[np.ndarray, float, float] | None:
     if peak - med < max(MIN_INK_CONTRAST, 6 * sigma):
         return None
     thresh = max(_otsu(ink), med + 4 * sigma)
-    mask = _drop_specks(ink > thresh)
+    weak = max(med + 4 * sigma, WEAK_INK * thresh)
+    mask = _drop_specks(_hysteresis(ink > weak, ink > thresh))
     if not mask.any():
         return None
-    level_lo = min(med + 3 * sigma, 0.5 * thresh)
+    level_lo = min(med + 3 * sigma, 0.5 * weak)
     level_hi = max(float(np.percentile(ink[mask], 80)), level_lo + 1e-3)
     return mask, level_lo, level_hi
+
+
+def _hysteresis(weak: np.ndarray, strong: np.ndarray) -> np.ndarray:
+    """The 8-connected components of ``weak`` that hold a pixel of ``strong``.
+
+    Example (a faint stroke joined to a dark one is kept, a faint one alone is not):
+        >>> weak = np.array([[1, 1, 0, 0, 1]], bool); strong = np.array([[1, 0, 0, 0, 0]], bool)
+        >>> _hysteresis(weak, strong).astype(int).tolist()
+        [[1, 1, 0, 0, 0]]
+    """
+    from scipy import ndimage  # imported here: most imrec commands never need it
+
+    labels, n = ndimage.label(weak, structure=np.ones((3, 3), bool))
+    hit = np.zeros(n + 1, bool)
+    hit[labels[strong & weak]] = True
+    hit[0] = False
+    return hit[labels]
 
 
 def _drop_specks(mask: np.ndarray) -> np.ndarray:

@@ -57,8 +57,9 @@ TEST_SEED = 0
 TEST_FRACTION = 0.2
 # Bump when a decoder changes, so old decoded caches are not reused.
 DECODE_VERSION = "v1"
-# (-k: the faint-ink test counts the 3rd brightest pixel of a small image, not the 20th)
-_FORM = f"v{INK_FORM_VERSION}-ink-form-{STROKE_BAND[0]}-{STROKE_BAND[1]}-k"
+# (-k: the faint-ink test counts the 3rd brightest pixel of a small image, not the 20th;
+# -h: weak ink touching strong ink counts, see preprocess.WEAK_INK)
+_FORM = f"v{INK_FORM_VERSION}-ink-form-{STROKE_BAND[0]}-{STROKE_BAND[1]}-k-h"
 CHARS74K_VERSION = f"{_FORM}-28"  # the cached images' preparation
 CHINESE_VERSION = f"{_FORM}-64"
 

@@ -464,3 +464,13 @@ def test_chinese_mnist_at_another_size_is_prepared_from_its_files_as_predict_pre
     with pytest.raises(RuntimeError, match="stop here"):
         evaluate.load_for_model("mnist", meta, {})
     assert asked["size"] is None  # MNIST is prepared image by image from its 28 px form
+    # A run fine-tuned on chinese-mnist with --keep-classes loaded it at its checkpoint's size
+    # (48 px), which its config does not name: `imrec eval RUN` reloads it at that size.
+    tuned = {**meta, "dataset": "chinese-mnist"}
+    cfg = {"data": {"name": "chinese-mnist"}, "train": {"init": "HANZI", "keep_classes": True}}
+    with pytest.raises(RuntimeError, match="stop here"):
+        evaluate.load_for_model("chinese-mnist", tuned, cfg)
+    assert asked["size"] == 48
+    with pytest.raises(RuntimeError, match="stop here"):  # trained on it from scratch: 64 px
+        evaluate.load_for_model("chinese-mnist", tuned, {"data": {"name": "chinese-mnist"}})
+    assert asked["size"] is None

@@ -482,6 +482,8 @@ def load_for_model(name: str, meta: dict, cfg: dict) -> ClassificationData:
     if name == meta["dataset"]:  # the way the run loaded it (its size and channel overrides)
         d = cfg.get("data", {})
         kwargs = {k: d.get(k) for k in ("size", "channels", "domain")}
+        if kwargs["size"] is None and RunConfig.from_dict(cfg).optim.keep_classes:
+            kwargs["size"] = inp["size"][0]  # fine-tuned at its checkpoint's size
     elif ink.get("form") and meta.get("domain") == "handwriting":
         # A folder, or a built-in that prepares its originals at any size (chinese-mnist), is
         # read straight into the model's form, as imrec predict reads the files.

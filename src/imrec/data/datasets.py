@@ -856,6 +856,7 @@ def _load_chinese(*, val_fraction: float, seed: int, size: int | None = None) ->
         domain="handwriting",
         split_note=note,
         checksum=checksum,
+        ink=InkForm.for_size(size).meta(),  # each file went through to_ink_form at this size
     )
 
 

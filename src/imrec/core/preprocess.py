@@ -43,9 +43,9 @@ MIN_STROKE = 2.0
 SPECK_FRACTION = 0.03
 # Weak ink: pixels above this fraction of the ink threshold count as ink where they touch
 # strong ink (hysteresis), so that a stroke written lighter than the others is kept whole.
-# Measured on all 15,000 Chinese MNIST files with stop 31's hanzi model, no retraining:
-# 66.30% top-1 with the threshold alone, 68.73% at 0.5, 69.60% at 0.35, 70.51% at 0.25,
-# 69.90% at 0.15 (BENCHMARKS.md "hanzi").
+# Stop 31's hanzi model on all 15,000 Chinese MNIST files through `imrec predict`, no
+# retraining: 66.30% top-1 with the threshold alone, 69.19% at 0.25 (the other values tried,
+# 0.5 / 0.35 / 0.15, ranked below 0.25: BENCHMARKS.md "hanzi").
 WEAK_INK = 0.25
 
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")

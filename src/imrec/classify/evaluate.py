@@ -478,11 +478,12 @@ def load_for_model(name: str, meta: dict, cfg: dict) -> ClassificationData:
     """
     inp = meta["input"]
     ink = meta.get("ink") or {}
+    run = RunConfig.from_dict(cfg)
     prepared_later = False  # by _in_model_form, to the model's size and channels
     if name == meta["dataset"]:  # the way the run loaded it (its size and channel overrides)
         d = cfg.get("data", {})
         kwargs = {k: d.get(k) for k in ("size", "channels", "domain")}
-        if kwargs["size"] is None and RunConfig.from_dict(cfg).optim.keep_classes:
+        if kwargs["size"] is None and run.optim.keep_classes:
             kwargs["size"] = inp["size"][0]  # fine-tuned at its checkpoint's size
     elif ink.get("form") and meta.get("domain") == "handwriting":
         # A folder, or a built-in that prepares its originals at any size (chinese-mnist), is
@@ -492,9 +493,8 @@ def load_for_model(name: str, meta: dict, cfg: dict) -> ClassificationData:
         prepared_later = True
     else:  # another dataset is brought to the model's input
         kwargs = {"size": inp["size"][0], "channels": inp["channels"], "domain": meta.get("domain")}
-    seed = RunConfig.from_dict(cfg).loop.seed
     val_fraction = cfg.get("data", {}).get("val_fraction", 0.1)
-    dataset = load_dataset(name, val_fraction=val_fraction, seed=seed, **kwargs)
+    dataset = load_dataset(name, val_fraction=val_fraction, seed=run.loop.seed, **kwargs)
     shape_differs = (
         list(dataset.input_size) != list(inp["size"]) or dataset.channels != inp["channels"]
     )

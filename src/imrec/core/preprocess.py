@@ -560,10 +560,8 @@ def _hysteresis(weak: np.ndarray, strong: np.ndarray) -> np.ndarray:
         >>> _hysteresis(weak, strong).astype(int).tolist()
         [[1, 1, 0, 0, 0]]
     """
-    from scipy import ndimage  # imported here: most imrec commands never need it
-
-    labels, n = ndimage.label(weak, structure=np.ones((3, 3), bool))
-    hit = np.zeros(n + 1, bool)
+    labels = _label(weak)
+    hit = np.zeros(int(labels.max()) + 1, bool)
     hit[labels[strong & weak]] = True
     hit[0] = False
     return hit[labels]

@@ -480,3 +480,44 @@ def test_chinese_mnist_at_another_size_is_prepared_from_its_files_as_predict_pre
     with pytest.raises(RuntimeError, match="stop here"):  # trained on it from scratch: 64 px
         evaluate.load_for_model("chinese-mnist", tuned, {"data": {"name": "chinese-mnist"}})
     assert asked["size"] is None
+
+
+def test_real_images_are_softened_for_a_hanzi_model_and_renders_are_not(mirror):
+    """A hanzi model records ``soften`` (its renders are blurred; real images are sharper):
+    ``imrec eval`` on a real dataset in its form softens each image exactly as ``imrec
+    predict`` prepares the file, and leaves other renders as they are."""
+    from types import SimpleNamespace
+
+    from PIL import Image, ImageDraw
+
+    from imrec.classify.evaluate import _in_model_form
+    from imrec.core.preprocess import prepare_image, soften
+    from imrec.data.hanzi import SOFTEN
+    from imrec.data.types import ImageSet
+
+    rendered = load_dataset("hanzi:chars=一二三,train=1,val=1,test=2,size=32,renderers=strokes")
+    assert rendered.ink == {**InkForm.for_size(32).meta(), "soften": SOFTEN}
+    meta = {"input": {"size": [32, 32], "channels": 1}, "ink": rendered.ink}
+    renders = rendered.test
+    assert _in_model_form(rendered, renders, meta) is renders  # the model's own kind of images
+    # Real files in the form (what chinese-mnist and folders hold at the model's size).
+    form = InkForm.for_size(32)
+    pages = []
+    for k in range(3):
+        page = Image.new("L", (120, 90), 235)
+        ImageDraw.Draw(page).line([(20, 20 + 20 * k), (100, 30 + 15 * k)], fill=30, width=4)
+        pages.append(page)
+    real = torch.from_numpy(np.stack([to_ink_form(p, form) for p in pages]))[:, None]
+    folder = SimpleNamespace(ink=form.meta(), input_size=(32, 32), channels=1)
+    seen = _in_model_form(folder, ImageSet(real, torch.zeros(3).long()), meta).images
+    for page, image, plain in zip(pages, seen, real, strict=True):
+        predicted = prepare_image(page, 32, 1, "handwriting", meta["ink"])
+        assert torch.equal(image, predicted)  # eval sees what predict sees
+        assert torch.equal(image[0], torch.from_numpy(soften(plain[0].numpy(), meta["ink"], 32)))
+        assert not torch.equal(image, plain)
+    # A model without it (chinese-mnist's own) is given the renders and real images unsoftened.
+    plain_meta = {"input": {"size": [32, 32], "channels": 1}, "ink": form.meta()}
+    assert torch.equal(
+        _in_model_form(folder, ImageSet(real, torch.zeros(3).long()), plain_meta).images, real
+    )
+    assert torch.equal(_in_model_form(rendered, renders, plain_meta).images, renders.images)

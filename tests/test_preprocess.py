@@ -333,3 +333,24 @@ def test_prepare_image_photo():
     # handwriting without ink information uses the generic path
     plain = prepare_image(_noise_image(50, 40), 28, 1, "handwriting", None)
     assert plain.shape == (1, 28, 28)
+
+
+def test_a_model_trained_on_blurred_renders_gets_its_files_softened():
+    """``ink["soften"]`` (a fraction of the side): the file in the normal form, then a Gaussian
+    of that sigma in pixels; without it the form is given as it is."""
+    from scipy.ndimage import gaussian_filter
+
+    form = InkForm.for_size(32)
+    sharp = prepare_image(_shadowed_seven(), 32, 1, "handwriting", form.meta())[0].numpy()
+    assert np.array_equal(sharp, to_ink_form(_shadowed_seven(), form))
+    soft = prepare_image(_shadowed_seven(), 32, 3, "handwriting", {**form.meta(), "soften": 1 / 32})
+    expected = gaussian_filter(sharp.astype(np.float32), 1.0).clip(0, 255).round()
+    assert soft.shape == (3, 32, 32) and np.array_equal(soft[0].numpy(), expected.astype(np.uint8))
+    assert torch.equal(soft[0], soft[2])
+    # Softer, not moved or stretched: the ink's mass stays, its peak falls.
+    assert abs(int(soft[0].sum()) - int(sharp.sum())) < 0.02 * int(sharp.sum())
+    assert soft.max() < sharp.max()
+    # The sigma is a fraction of the side: the same ink at 64 px gets 2 px.
+    big = prepare_image(_shadowed_seven(), 64, 1, "handwriting", {**form.meta(), "soften": 1 / 32})
+    sharp64 = to_ink_form(_shadowed_seven(), InkForm.for_size(64)).astype(np.float32)
+    assert np.array_equal(big[0].numpy(), gaussian_filter(sharp64, 2.0).clip(0, 255).round())

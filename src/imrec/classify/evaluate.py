@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from imrec.classify.confidence import (
@@ -22,7 +23,7 @@ from imrec.classify.report import write_report
 from imrec.config import RunConfig
 from imrec.core import timing
 from imrec.core.batching import Batcher, predict_logits
-from imrec.core.preprocess import as_image, prepare_image
+from imrec.core.preprocess import as_image, prepare_image, soften
 from imrec.data import ClassificationData, ImageSet, load_dataset, registry
 
 DRAWN_FEATURE_IMAGES = 2_000  # feature statistics of rendered training sets: each is drawn
@@ -510,24 +511,39 @@ def _sized_builtin(name: str) -> bool:
     return bool(entry is not None and entry.sized)
 
 
+def _form_only(ink: dict) -> dict:
+    """The normal form's part of ``ink`` metadata (without the softening of real images)."""
+    return {k: v for k, v in ink.items() if k != "soften"}
+
+
 def _in_model_form(dataset: ClassificationData, test: ImageSet, meta: dict) -> ImageSet:
     """Images ``test`` of ``dataset`` as the model's inputs: as they are when the dataset is
     already in the model's form and size, else each prepared like a file given to ``imrec
     predict``."""
     inp = meta["input"]
-    same = dataset.ink == meta["ink"] and list(dataset.input_size) == list(inp["size"])
-    if same and dataset.channels == inp["channels"]:
+    model_ink, data_ink = meta["ink"] or {}, dataset.ink or {}
+    same = _form_only(data_ink) == _form_only(model_ink)
+    same = same and list(dataset.input_size) == list(inp["size"])
+    # Real images are softened for a model trained on blurred renders; a dataset that names a
+    # softening itself is rendered (its images carry the renders' blur): left as they are.
+    sharp = bool(model_ink.get("soften")) and not data_ink.get("soften")
+    if same and dataset.channels == inp["channels"] and not sharp:
         return test
     images = test.images[:]  # (N, C, H, W) uint8
-    if same:  # only the channels differ: grey either way
-        return ImageSet(images[:, :1].expand(-1, inp["channels"], -1, -1).contiguous(), test.labels)
+    if same:  # in the model's form: only softened and / or given the model's channels
+        if sharp:
+            side = max(inp["size"])
+            grey = [soften(x[0].numpy(), model_ink, side) for x in images]
+            images = torch.from_numpy(np.stack(grey)).unsqueeze(1)
+        grey = images[:, :1].expand(-1, inp["channels"], -1, -1).contiguous()
+        return ImageSet(grey, test.labels, test.groups)
     prepared = [
         prepare_image(
             as_image(x[0].numpy() if len(x) == 1 else x.permute(1, 2, 0).numpy()),
             inp["size"],
             inp["channels"],
             "handwriting",
-            meta["ink"],
+            model_ink if sharp else _form_only(model_ink),
         )
         for x in images
     ]

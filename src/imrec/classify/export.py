@@ -208,8 +208,15 @@ def preprocessing(meta: dict) -> dict:
             f"black, lighting flattened, cropped to the ink, strokes brought to "
             f"{ink.get('stroke')} of the ink box, the box scaled (aspect kept) to "
             f"{ink.get('fraction'):.3f} of the side and centred by mass on a {h}x{w} canvas; an "
-            f"image already in that form is kept as it is; {grey}; divide by 255."
+            f"image already in that form is kept as it is"
         )
+        if ink.get("soften"):
+            sigma = float(ink["soften"]) * max(h, w)
+            text += (
+                f"; then blurred by a Gaussian of sigma {sigma:.2f} px "
+                "(imrec.core.preprocess.soften: the model trained on blurred renders)"
+            )
+        text += f"; {grey}; divide by 255."
     elif domain == "handwriting" and ink:
         text = (
             f"Decode the image (EXIF orientation applied). Handwriting: make the ink bright on "

@@ -52,6 +52,9 @@ LICENSE = "Arphic Public License (stroke data from hanzi-writer-data 2.0.1 / Mak
 LICENSE_FILE = "ARPHICPL.TXT"
 STROKES_VERSION = "v1"
 SPLIT_SEEDS = {"train": 0, "val": 1_000_003, "test": 2_000_003}  # added to the spec's seed
+# Real images for a hanzi model are blurred by this much of the side (0.75 px at 48 px) before
+# it sees them, as its renders are (see imrec.core.preprocess.soften for the measurements).
+SOFTEN = 1 / 64
 
 
 def gb2312(level: int = 1) -> str:
@@ -364,7 +367,9 @@ def load_hanzi(name: str, *, val_fraction: float = 0.1, seed: int = 0) -> Classi
             f"seed ({spec.seed} + {SPLIT_SEEDS['val']} / {SPLIT_SEEDS['test']}); licence: {LICENSE}"
         ),
         checksum=PACKAGE.sha256 or "",
-        ink=InkForm.for_size(spec.size).meta(),  # every render went through to_ink_form
+        # Every render went through the normal form; real images given to the model are
+        # softened to the renders' look (imrec.core.preprocess.soften).
+        ink={**InkForm.for_size(spec.size).meta(), "soften": SOFTEN},
         license={
             "name": LICENSE,
             "file": LICENSE_FILE,

@@ -370,6 +370,22 @@ def test_fine_tuning_keeps_every_class_and_rehearses_them(hanzi_run, tmp_path):
     assert "head kept" in report["init"] and "Rehearsal: 30 images" in report["split"]
     tuned = imrec.Predictor(out)
     assert tuned.classes == list(TEN)
+    # The hanzi model reads real images softened; the folder's were softened for the
+    # fine-tuning, and the tuned model goes on softening what it is given (renders are not).
+    from imrec.classify.finetune import keep_checkpoint_classes
+    from imrec.core.preprocess import soften_images
+    from imrec.data.hanzi import SOFTEN
+
+    assert tuned.meta["ink"]["soften"] == SOFTEN and "softened" in report["split"]
+    folder = load_dataset(f"folder:{own}", size=32, domain="handwriting")
+    assert not folder.ink.get("soften")
+    kept = keep_checkpoint_classes(folder, str(hanzi_run), rehearse=2)
+    n = len(folder.train)
+    assert torch.equal(kept.train.images[:n], soften_images(folder.train.images, tuned.meta["ink"]))
+    assert not torch.equal(kept.train.images[:n], folder.train.images)
+    assert kept.ink["soften"] == SOFTEN and len(kept.train) == n + 20
+    rendered = load_dataset(f"hanzi:chars={TEN},train=2,size=32")
+    assert torch.equal(kept.train.images[n:], rendered.train.images[_first_two(rendered)])
     # Its own classes map to the model's indices: 国 (class 2 of the model, 0 of the folder).
     picture = next((own / "国").iterdir())
     assert tuned.predict([picture], top_k=10)[0]["top"][0]["label"] in TEN
@@ -521,3 +537,10 @@ def test_real_images_are_softened_for_a_hanzi_model_and_renders_are_not(mirror):
         _in_model_form(folder, ImageSet(real, torch.zeros(3).long()), plain_meta).images, real
     )
     assert torch.equal(_in_model_form(rendered, renders, plain_meta).images, renders.images)
+
+
+def _first_two(data) -> torch.Tensor:
+    """Positions of each class's first two training images (what ``rehearse=2`` picks)."""
+    from imrec.classify.finetune import _per_class
+
+    return _per_class(data.train.labels, 2)

@@ -6,7 +6,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from imrec.classify.confidence import (
@@ -23,7 +22,7 @@ from imrec.classify.report import write_report
 from imrec.config import RunConfig
 from imrec.core import timing
 from imrec.core.batching import Batcher, predict_logits
-from imrec.core.preprocess import as_image, prepare_image, soften
+from imrec.core.preprocess import as_image, form_part, prepare_image, soften_images
 from imrec.data import ClassificationData, ImageSet, load_dataset, registry
 
 DRAWN_FEATURE_IMAGES = 2_000  # feature statistics of rendered training sets: each is drawn
@@ -361,6 +360,8 @@ def evaluate_run(
     chosen = _chosen_split(dataset, split)
     if name != meta["dataset"] and (meta.get("ink") or {}).get("form"):  # handwriting
         chosen = _in_model_form(dataset, chosen, meta)
+    elif name == meta["dataset"]:
+        chosen = as_the_model_reads(dataset, chosen, meta)
     split_set = _align_classes(dataset, chosen, meta["classes"])
     batcher = Batcher.from_stats(meta["input"]["mean"], meta["input"]["std"], device)
     out_dir = _eval_dir(run_dir, name, meta["dataset"])
@@ -427,7 +428,8 @@ def calibrate_run(
     dataset = load_for_model(name, meta, cfg)
     check = None
     if name == meta["dataset"]:  # fitted on validation, measured on test
-        chosen, check = dataset.val, dataset.test
+        chosen = as_the_model_reads(dataset, dataset.val, meta)
+        check = as_the_model_reads(dataset, dataset.test, meta)
     else:
         chosen = _chosen_split(dataset, split or "all")
         if (meta.get("ink") or {}).get("form"):
@@ -441,7 +443,8 @@ def calibrate_run(
     if name == meta["dataset"]:
         if len(meta["classes"]) <= COMBINED_MAX_CLASSES or score in FEATURE_SCORES:
             seed = run_cfg.loop.seed
-            stats = feature_stats(model, dataset.train, batcher, batch_size, seed)
+            train = as_the_model_reads(dataset, dataset.train, meta)
+            stats = feature_stats(model, train, batcher, batch_size, seed)
     elif Distance.from_extras(model.checkpoint_extras) is not None:
         stats = (model.checkpoint_extras, (meta.get("confidence") or {}).get("features"))
     feats: list = []
@@ -511,9 +514,24 @@ def _sized_builtin(name: str) -> bool:
     return bool(entry is not None and entry.sized)
 
 
-def _form_only(ink: dict) -> dict:
-    """The normal form's part of ``ink`` metadata (without the softening of real images)."""
-    return {k: v for k, v in ink.items() if k != "soften"}
+def reads_softened(dataset: ClassificationData, meta: dict) -> bool:
+    """Whether the model softens real images (:func:`~imrec.core.preprocess.soften`: it was
+    trained on blurred renders, or fine-tuned from such a model) and ``dataset`` holds real
+    images in its form: a dataset that names a softening itself is rendered (its images carry
+    the renders' blur) and is read as it is."""
+    model_ink, data_ink = meta.get("ink") or {}, dataset.ink or {}
+    return bool(model_ink.get("soften")) and not data_ink.get("soften")
+
+
+def as_the_model_reads(dataset: ClassificationData, split: ImageSet, meta: dict) -> ImageSet:
+    """A split of the model's own dataset as the model reads it: softened where the model
+    softens real images and this dataset's are (a fine-tuned model's evaluation), else as it
+    is."""
+    same_form = form_part(dataset.ink) == form_part(meta.get("ink"))
+    if not (same_form and (dataset.ink or {}).get("form") and reads_softened(dataset, meta)):
+        return split
+    images = split.images if isinstance(split.images, torch.Tensor) else split.images[:]
+    return ImageSet(soften_images(images, meta["ink"]), split.labels, split.groups)
 
 
 def _in_model_form(dataset: ClassificationData, test: ImageSet, meta: dict) -> ImageSet:
@@ -522,19 +540,15 @@ def _in_model_form(dataset: ClassificationData, test: ImageSet, meta: dict) -> I
     predict``."""
     inp = meta["input"]
     model_ink, data_ink = meta["ink"] or {}, dataset.ink or {}
-    same = _form_only(data_ink) == _form_only(model_ink)
+    same = form_part(data_ink) == form_part(model_ink)
     same = same and list(dataset.input_size) == list(inp["size"])
-    # Real images are softened for a model trained on blurred renders; a dataset that names a
-    # softening itself is rendered (its images carry the renders' blur): left as they are.
-    sharp = bool(model_ink.get("soften")) and not data_ink.get("soften")
+    sharp = reads_softened(dataset, meta)
     if same and dataset.channels == inp["channels"] and not sharp:
         return test
     images = test.images[:]  # (N, C, H, W) uint8
     if same:  # in the model's form: only softened and / or given the model's channels
         if sharp:
-            side = max(inp["size"])
-            grey = [soften(x[0].numpy(), model_ink, side) for x in images]
-            images = torch.from_numpy(np.stack(grey)).unsqueeze(1)
+            images = soften_images(images[:, :1], model_ink)
         grey = images[:, :1].expand(-1, inp["channels"], -1, -1).contiguous()
         return ImageSet(grey, test.labels, test.groups)
     prepared = [
@@ -543,7 +557,7 @@ def _in_model_form(dataset: ClassificationData, test: ImageSet, meta: dict) -> I
             inp["size"],
             inp["channels"],
             "handwriting",
-            model_ink if sharp else _form_only(model_ink),
+            model_ink if sharp else form_part(model_ink),
         )
         for x in images
     ]

@@ -16,6 +16,7 @@ import torch
 
 from imrec.core.checkpoint import CheckpointError, read_checkpoint_meta
 from imrec.core.errors import TrainError
+from imrec.core.preprocess import form_part, soften_images
 from imrec.data import load_dataset
 from imrec.data.sources import DatasetError
 from imrec.data.types import ClassificationData, ImageSet
@@ -73,11 +74,22 @@ def keep_checkpoint_classes(
     def mapped(split: ImageSet) -> ImageSet:
         return ImageSet(split.images, index[split.labels], split.groups)
 
-    train, val = mapped(data.train), mapped(data.val)
+    train, val, test = mapped(data.train), mapped(data.val), mapped(data.test)
     note = (
         f"{data.split_note.rstrip('. ')}. Classes kept from {source}: all {len(classes)}, the {len(data.classes)} "
         f"of {data.name} mapped into them by name."
     )
+    ink, soft = data.ink, (meta.get("ink") or {}).get("soften")
+    same_form = bool(ink and ink.get("form")) and form_part(ink) == form_part(meta.get("ink"))
+    if soft and same_form and not ink.get("soften") and not data.train.streamed:
+        # Real images for a model that reads them softened (trained on blurred renders): the
+        # fine-tuned model starts from how it reads them, and keeps reading them so.
+        train, val, test = (
+            ImageSet(soften_images(_as_tensors(s).images, meta["ink"]), s.labels, s.groups)
+            for s in (train, val, test)
+        )
+        ink = {**ink, "soften": soft}
+        note += f" Its images softened as {source} reads real images (soften {soft:.4g})."
     if rehearse > 0:
         old = _checkpoint_data(meta)
         picked = _per_class(old.train.labels, rehearse)
@@ -94,8 +106,9 @@ def keep_checkpoint_classes(
         classes=classes,
         train=train,
         val=val,
-        test=mapped(data.test),
+        test=test,
         split_note=note,
+        ink=ink,
     )
 
 

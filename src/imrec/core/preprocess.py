@@ -362,6 +362,21 @@ def soften(square: np.ndarray, ink: dict | None, side: int) -> np.ndarray:
     return out.clip(0, 255).round().astype(np.uint8)
 
 
+def soften_images(images: torch.Tensor, ink: dict) -> torch.Tensor:
+    """:func:`soften` on each of uint8 ``(N, C, H, W)`` images in the normal form (grey:
+    the first channel, repeated to ``C``)."""
+    side = max(images.shape[-2:])
+    grey = [soften(x[0].numpy(), ink, side) for x in images]
+    out = torch.from_numpy(np.stack(grey)) if grey else images[:, 0]
+    return out.unsqueeze(1).expand(-1, images.shape[1], -1, -1).contiguous()
+
+
+def form_part(ink: dict | None) -> dict:
+    """The normal form's part of ``ink`` metadata: without ``soften``, which says how a
+    model's real inputs are treated after the form, not what the form is."""
+    return {k: v for k, v in (ink or {}).items() if k != "soften"}
+
+
 def in_ink_form(a: np.ndarray, form: InkForm) -> bool:
     """Whether the uint8 ``(H, W)`` image ``a`` is already in ``form``: its size, a dark
     border, the ink's longer side ``form.box`` pixels (counting pixels over an eighth of the

@@ -14,7 +14,7 @@ import imrec
 from imrec.core.errors import DatasetError, TrainError
 from imrec.core.preprocess import InkForm, in_ink_form, to_ink_form
 from imrec.data import load_dataset
-from imrec.data.hanzi import HanziSpec, RenderedImages, gb2312, load_strokes
+from imrec.data.hanzi import SOFTEN, HanziSpec, RenderedImages, gb2312, load_strokes
 from imrec.data.render import PenStyle, character_segments, draw_segments, render_strokes
 from imrec.deploy.export import export_bundle
 from tests.conftest import HANZI_RUN_DATA, HANZI_TEN
@@ -249,6 +249,9 @@ def test_a_small_vocabulary_trains_and_predicts_characters(hanzi_run, tmp_path):
     truth = [TEN[int(i)] for i in data.test.labels[:20]]
     assert np.mean([a == t for a, t in zip(answers, truth, strict=True)]) >= 0.75
     assert json.loads((out / "config.json").read_text())["data"]["name"] == name
+    # The model softens real images (its renders are blurred), and its report says by how much.
+    assert report["domain"]["ink"]["soften"] == SOFTEN
+    assert "real images softened by 0.50 px" in (out / "report.md").read_text()
     # Another dataset with fewer of the model's classes, every image scored in its full space.
     other = tmp_path / "three"
     for k in range(3):
@@ -374,7 +377,6 @@ def test_fine_tuning_keeps_every_class_and_rehearses_them(hanzi_run, tmp_path):
     # fine-tuning, and the tuned model goes on softening what it is given (renders are not).
     from imrec.classify.finetune import keep_checkpoint_classes
     from imrec.core.preprocess import soften_images
-    from imrec.data.hanzi import SOFTEN
 
     assert tuned.meta["ink"]["soften"] == SOFTEN and "softened" in report["split"]
     folder = load_dataset(f"folder:{own}", size=32, domain="handwriting")
@@ -508,7 +510,6 @@ def test_real_images_are_softened_for_a_hanzi_model_and_renders_are_not(mirror):
 
     from imrec.classify.evaluate import _in_model_form
     from imrec.core.preprocess import prepare_image, soften
-    from imrec.data.hanzi import SOFTEN
     from imrec.data.types import ImageSet
 
     rendered = load_dataset("hanzi:chars=一二三,train=1,val=1,test=2,size=32,renderers=strokes")

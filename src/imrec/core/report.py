@@ -99,8 +99,13 @@ def _domain_and_recipe(report: dict) -> list[str]:
         line = f"Domain: {text(dom['name'])}"
         if dom.get("note"):
             line += f" ({text(dom['note'])})"
-        if (dom.get("ink") or {}).get("form"):
-            line += f"; images in the handwriting normal form (version {dom['ink']['form']})"
+        ink = dom.get("ink") or {}
+        if ink.get("form"):
+            line += f"; images in the handwriting normal form (version {ink['form']})"
+        if ink.get("soften"):
+            side = max((report.get("input") or {}).get("size") or [0])
+            sigma = f" by {float(ink['soften']) * side:.2f} px" if side else ""
+            line += f"; real images softened{sigma} (a Gaussian) as the renders are blurred"
         lines += ["", line]
     for note in (report.get("config") or {}).get("notes", []):
         lines += ["", f"Recipe: {text(note)}"]

@@ -545,3 +545,22 @@ def _first_two(data) -> torch.Tensor:
     from imrec.classify.finetune import _per_class
 
     return _per_class(data.train.labels, 2)
+
+
+def test_the_export_scores_a_spread_of_the_test_renders(hanzi_run):
+    """The parity and int8 checks score a seeded spread of the test split, not its first
+    images: a rendered split is in class order, each character's first drawing first (all by
+    one renderer), so its first images are a corner of it."""
+    from imrec.deploy.export import load_probe
+    from imrec.models.load import read_meta
+
+    data = load_dataset(HANZI_RUN_DATA)
+    probe = load_probe(hanzi_run, read_meta(hanzi_run), limit=20)
+    images = data.test.images
+    where = [next(i for i in range(len(images)) if torch.equal(images[i], x)) for x in probe.test]
+    assert where == sorted(set(where)) and len(where) == 20
+    assert probe.labels.tolist() == data.test.labels[where].tolist()
+    assert max(where) >= 40  # the split has 80: the probe reaches past its first 20
+    assert {(i // len(TEN)) % 2 for i in where} == {0, 1}  # both renderers' turns
+    whole = load_probe(hanzi_run, read_meta(hanzi_run))
+    assert torch.equal(whole.test, images) and torch.equal(whole.labels, data.test.labels)

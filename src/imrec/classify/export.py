@@ -159,7 +159,12 @@ def load_probe(meta: dict, cfg: dict, limit: int | None) -> Probe:
     n = len(data.test) if limit is None else min(limit, len(data.test))
     pick = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))
     calibration = data.train.images[pick[:CALIBRATION_IMAGES]]
-    return Probe(data.test.images[:n], calibration, labels=data.test.labels[:n])
+    # A spread over the whole test split (seeded), not its first n: a split in class order
+    # (a rendered one: every character's first drawing, all by one renderer) would be scored
+    # on a corner of it.
+    spread = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(1))
+    test = spread[:n].sort().values if n < len(data.test) else torch.arange(n)
+    return Probe(data.test.images[test], calibration, labels=data.test.labels[test])
 
 
 def parity(module: nn.Module, runner, images: torch.Tensor, meta: dict) -> dict:

@@ -379,6 +379,9 @@ def test_fine_tuning_keeps_every_class_and_rehearses_them(hanzi_run, tmp_path):
     from imrec.core.preprocess import soften_images
 
     assert tuned.meta["ink"]["soften"] == SOFTEN and "softened" in report["split"]
+    # It exports: the parity gate scores its own (softened) images in the model's 10 classes.
+    bundle = export_bundle(out, tmp_path / "tuned-bundle")
+    assert json.loads((bundle / "manifest.json").read_text())["parity"]["passed"]
     folder = load_dataset(f"folder:{own}", size=32, domain="handwriting")
     assert not folder.ink.get("soften")
     kept = keep_checkpoint_classes(folder, str(hanzi_run), rehearse=2)

@@ -10,14 +10,18 @@ service ``EXPLAINABLE``, ``prepare``, ``ready``, ``results``, ``batch_results``,
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from torch import nn
 
 from imrec.classify.confidence import Distance, decide
+from imrec.classify.evaluate import as_the_model_reads
 from imrec.config import RunConfig
 from imrec.core.errors import ExportError, UnusableImage
 from imrec.core.probe import CALIBRATION_IMAGES, MIN_AGREEMENT, Probe, batches, torch_outputs
+from imrec.data.types import ImageSet
 
 HEADLINE_METRICS = ("accuracy", "macro_f1", "top5", "ece")
 EXPLAINABLE = True  # Grad-CAM and saliency (imrec.explain)
@@ -141,30 +145,46 @@ def load_probe(meta: dict, cfg: dict, limit: int | None) -> Probe:
     """The run's test split as the model takes it, and training images for int8 calibration."""
     from imrec.data import load_dataset
 
-    d = cfg.get("data", {})
+    d, run, inp = cfg.get("data", {}), RunConfig.from_dict(cfg), meta["input"]
+    kwargs = {k: d.get(k) for k in ("size", "channels", "domain")}
+    keep = run.optim.keep_classes  # fine-tuned keeping a checkpoint's classes, at its size
+    if keep and kwargs["size"] is None:
+        kwargs["size"] = inp["size"][0]
     data = load_dataset(
-        meta["dataset"],
-        val_fraction=d.get("val_fraction", 0.1),
-        seed=RunConfig.from_dict(cfg).loop.seed,
-        **{k: d.get(k) for k in ("size", "channels", "domain")},
+        meta["dataset"], val_fraction=d.get("val_fraction", 0.1), seed=run.loop.seed, **kwargs
     )
-    inp = meta["input"]
     if list(data.input_size) != list(inp["size"]) or data.channels != inp["channels"]:
         raise ExportError(
             f"{meta['dataset']} now loads as {data.channels}x{list(data.input_size)} images; "
             f"the model takes {inp['channels']}x{inp['size']}"
         )
     if data.classes != meta["classes"]:
-        raise ExportError(f"{meta['dataset']} classes changed since training: {data.classes[:10]}")
+        if not (keep and set(data.classes) <= set(meta["classes"])):
+            raise ExportError(
+                f"{meta['dataset']} classes changed since training: {data.classes[:10]}"
+            )
+        data = _in_kept_classes(data, meta)
     n = len(data.test) if limit is None else min(limit, len(data.test))
     pick = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))
-    calibration = data.train.images[pick[:CALIBRATION_IMAGES]]
+    chosen = pick[:CALIBRATION_IMAGES]
+    calibration = ImageSet(data.train.images[chosen], data.train.labels[chosen])
+    calibration = as_the_model_reads(data, calibration, meta).images
     # A spread over the whole test split (seeded), not its first n: a split in class order
     # (a rendered one: every character's first drawing, all by one renderer) would be scored
     # on a corner of it.
     spread = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(1))
     test = spread[:n].sort().values if n < len(data.test) else torch.arange(n)
-    return Probe(data.test.images[test], calibration, labels=data.test.labels[test])
+    probe = ImageSet(data.test.images[test], data.test.labels[test])
+    probe = as_the_model_reads(data, probe, meta)  # a fine-tuned model's softened real images
+    return Probe(probe.images, calibration, labels=probe.labels)
+
+
+def _in_kept_classes(data, meta: dict):
+    """A ``--keep-classes`` run's own data with its labels in the model's class space."""
+    where = {c: i for i, c in enumerate(meta["classes"])}
+    index = torch.tensor([where[c] for c in data.classes])
+    test = ImageSet(data.test.images, index[data.test.labels], data.test.groups)
+    return replace(data, classes=list(meta["classes"]), test=test)
 
 
 def parity(module: nn.Module, runner, images: torch.Tensor, meta: dict) -> dict:

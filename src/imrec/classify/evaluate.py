@@ -294,7 +294,7 @@ def _nll(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return round(float(torch.nn.functional.cross_entropy(logits.float(), labels)), 6)
 
 
-def _align_classes(data: ClassificationData, chosen: ImageSet, classes: list[str]) -> ImageSet:
+def align_classes(data: ClassificationData, chosen: ImageSet, classes: list[str]) -> ImageSet:
     """``chosen`` (images of ``data``) relabelled into the model's class order, matched by
     name: ``data`` may have fewer classes than the model (scored in the model's full space)."""
     if data.classes == classes:
@@ -362,7 +362,7 @@ def evaluate_run(
         chosen = _in_model_form(dataset, chosen, meta)
     elif name == meta["dataset"]:
         chosen = as_the_model_reads(dataset, chosen, meta)
-    split_set = _align_classes(dataset, chosen, meta["classes"])
+    split_set = align_classes(dataset, chosen, meta["classes"])
     batcher = Batcher.from_stats(meta["input"]["mean"], meta["input"]["std"], device)
     out_dir = _eval_dir(run_dir, name, meta["dataset"])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -434,7 +434,7 @@ def calibrate_run(
         chosen = _chosen_split(dataset, split or "all")
         if (meta.get("ink") or {}).get("form"):
             chosen = _in_model_form(dataset, chosen, meta)
-        chosen = _align_classes(dataset, chosen, meta["classes"])
+        chosen = align_classes(dataset, chosen, meta["classes"])
     if score is not None:
         check_score(score)
     batcher = Batcher.from_stats(meta["input"]["mean"], meta["input"]["std"], device)
@@ -523,12 +523,17 @@ def reads_softened(dataset: ClassificationData, meta: dict) -> bool:
     return bool(model_ink.get("soften")) and not data_ink.get("soften")
 
 
-def as_the_model_reads(dataset: ClassificationData, split: ImageSet, meta: dict) -> ImageSet:
-    """A split of the model's own dataset as the model reads it: softened where the model
-    softens real images and this dataset's are (a fine-tuned model's evaluation), else as it
-    is."""
+def softens_in_form(dataset: ClassificationData, meta: dict) -> bool:
+    """Whether ``dataset`` holds real images already in the model's normal form that the model
+    reads softened (:func:`reads_softened`): they need only the softening."""
     same_form = form_part(dataset.ink) == form_part(meta.get("ink"))
-    if not (same_form and (dataset.ink or {}).get("form") and reads_softened(dataset, meta)):
+    return same_form and bool((dataset.ink or {}).get("form")) and reads_softened(dataset, meta)
+
+
+def as_the_model_reads(dataset: ClassificationData, split: ImageSet, meta: dict) -> ImageSet:
+    """A split of ``dataset`` as the model reads it: softened where :func:`softens_in_form`
+    (a fine-tuned model's own data, a fine-tuning's new data), else as it is."""
+    if not softens_in_form(dataset, meta):
         return split
     images = split.images if isinstance(split.images, torch.Tensor) else split.images[:]
     return ImageSet(soften_images(images, meta["ink"]), split.labels, split.groups)

@@ -10,14 +10,12 @@ service ``EXPLAINABLE``, ``prepare``, ``ready``, ``results``, ``batch_results``,
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import torch
 from torch import nn
 
 from imrec.classify.confidence import Distance, decide
-from imrec.classify.evaluate import as_the_model_reads
+from imrec.classify.evaluate import align_classes, as_the_model_reads
 from imrec.config import RunConfig
 from imrec.core.errors import ExportError, UnusableImage
 from imrec.core.probe import CALIBRATION_IMAGES, MIN_AGREEMENT, Probe, batches, torch_outputs
@@ -163,7 +161,6 @@ def load_probe(meta: dict, cfg: dict, limit: int | None) -> Probe:
             raise ExportError(
                 f"{meta['dataset']} classes changed since training: {data.classes[:10]}"
             )
-        data = _in_kept_classes(data, meta)
     n = len(data.test) if limit is None else min(limit, len(data.test))
     pick = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))
     chosen = pick[:CALIBRATION_IMAGES]
@@ -176,15 +173,8 @@ def load_probe(meta: dict, cfg: dict, limit: int | None) -> Probe:
     test = spread[:n].sort().values if n < len(data.test) else torch.arange(n)
     probe = ImageSet(data.test.images[test], data.test.labels[test])
     probe = as_the_model_reads(data, probe, meta)  # a fine-tuned model's softened real images
+    probe = align_classes(data, probe, meta["classes"])  # a --keep-classes run: by name
     return Probe(probe.images, calibration, labels=probe.labels)
-
-
-def _in_kept_classes(data, meta: dict):
-    """A ``--keep-classes`` run's own data with its labels in the model's class space."""
-    where = {c: i for i, c in enumerate(meta["classes"])}
-    index = torch.tensor([where[c] for c in data.classes])
-    test = ImageSet(data.test.images, index[data.test.labels], data.test.groups)
-    return replace(data, classes=list(meta["classes"]), test=test)
 
 
 def parity(module: nn.Module, runner, images: torch.Tensor, meta: dict) -> dict:

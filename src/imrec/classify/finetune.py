@@ -14,9 +14,9 @@ from dataclasses import replace
 
 import torch
 
+from imrec.classify.evaluate import as_the_model_reads, softens_in_form
 from imrec.core.checkpoint import CheckpointError, read_checkpoint_meta
 from imrec.core.errors import TrainError
-from imrec.core.preprocess import form_part, soften_images
 from imrec.data import load_dataset
 from imrec.data.sources import DatasetError
 from imrec.data.types import ClassificationData, ImageSet
@@ -79,15 +79,12 @@ def keep_checkpoint_classes(
         f"{data.split_note.rstrip('. ')}. Classes kept from {source}: all {len(classes)}, the {len(data.classes)} "
         f"of {data.name} mapped into them by name."
     )
-    ink, soft = data.ink, (meta.get("ink") or {}).get("soften")
-    same_form = bool(ink and ink.get("form")) and form_part(ink) == form_part(meta.get("ink"))
-    if soft and same_form and not ink.get("soften") and not data.train.streamed:
+    ink = data.ink
+    if softens_in_form(data, meta) and not data.train.streamed:
         # Real images for a model that reads them softened (trained on blurred renders): the
         # fine-tuned model starts from how it reads them, and keeps reading them so.
-        train, val, test = (
-            ImageSet(soften_images(_as_tensors(s).images, meta["ink"]), s.labels, s.groups)
-            for s in (train, val, test)
-        )
+        train, val, test = (as_the_model_reads(data, s, meta) for s in (train, val, test))
+        soft = meta["ink"]["soften"]
         ink = {**ink, "soften": soft}
         note += f" Its images softened as {source} reads real images (soften {soft:.4g})."
     if rehearse > 0:

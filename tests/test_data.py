@@ -15,7 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
+import imrec.data.datasets as datasets
 import imrec.data.sources as sources
+from imrec.core.preprocess import InkForm, prepare_image
 from imrec.data import (
     ClassificationData,
     DatasetError,
@@ -328,6 +330,17 @@ def test_chars74k_split_by_writer(real_home, monkeypatch):
     assert len(set(data.test.groups.tolist())) == 11 and data.input_size == (28, 28)
     assert data.classes[:2] == ["A", "B"] and data.classes[26:28] == ["i", "j"]
     assert len(data.classes) == 44 and data.ink["background"] == "dark"
+    # The drawings are in the normal form and say so, so that a model trained on them has a
+    # user's file prepared as its training images were: one drawing through prepare_image is
+    # its dataset image, bit for bit.
+    assert data.ink == InkForm().meta()
+    arrays, _ = datasets.chars74k_arrays()
+    path, _ = datasets.fetch_chars74k()
+    members = datasets._tar_members(path, datasets._CHARS74K_NAME)
+    for i in (0, 1000, len(members) - 1):
+        with Image.open(io.BytesIO(members[i][1])) as img:
+            got = prepare_image(img, 28, 1, "handwriting", data.ink)[0].numpy()
+        assert np.array_equal(got, arrays["images"][i])
     upper = load_dataset("chars74k-upper")
     assert upper.classes == [chr(c) for c in range(ord("A"), ord("Z") + 1)]
     assert len(upper.train) + len(upper.val) + len(upper.test) == 26 * 55

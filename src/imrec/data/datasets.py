@@ -891,6 +891,7 @@ def _load_chars74k(
         domain="handwriting",
         split_note=note + "; images are 1200x900 drawings made MNIST-like (28x28, white ink)",
         checksum=checksum,
+        ink=InkForm().meta(),  # declared, not detected: each drawing went through to_ink_form
     )
 
 

@@ -7,6 +7,9 @@ import importlib
 import json
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -68,3 +71,46 @@ def test_hanzi_shapes_compares_real_and_rendered_characters(tmp_path, monkeypatc
     # every render narrowed by exp(-0.6): the box of 零, square in the stroke data, is narrow
     box = float(rows[0].strip("|").split("|")[2].split("/")[1])
     assert box < 0.85
+
+
+def test_hanzi_proxy_trains_with_the_pen_asked_for_and_scores_real_writers(
+    tmp_path, monkeypatch, mirror
+):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    bench = importlib.import_module("hanzi_proxy")
+    from imrec.data import hanzi
+
+    monkeypatch.setattr(hanzi, "PEN", hanzi.PEN)  # main() replaces it: restored after the test
+    style = bench.pen_style(["width=0.01:0.02", "rotate=3"])
+    assert style.width == (0.01, 0.02) and style.rotate == 3.0 and style.shear == hanzi.PEN.shear
+    with pytest.raises(SystemExit, match="KEY one of"):
+        bench.pen_style(["nib=3"])
+    # a Renderer made with another pen draws other images than the default's
+    chars = "一二三"
+    strokes = hanzi.load_strokes(chars)
+    default = hanzi.Renderer(chars, strokes=strokes).draw(0, [0, 1, 2], 32)
+    monkeypatch.setattr(hanzi, "PEN", style)
+    assert not np.array_equal(
+        hanzi.Renderer(chars, strokes=strokes).draw(0, [0, 1, 2], 32), default
+    )
+
+    argv = [
+        "--work",
+        str(tmp_path),
+        "--size",
+        "20",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        "--train",
+        "4",
+    ]
+    assert bench.main([*argv, "--real-split", "test", "--pen", "rotate=3", "--tag", "t"]) == 0
+    result = json.loads((tmp_path / "results-t.json").read_text())
+    assert result["pen"]["rotate"] == 3.0 and result["chars"] == 20
+    assert (tmp_path / "chars.txt").read_text(encoding="utf-8").startswith("零一二三")
+    (row,) = result["rows"]
+    # the Chinese MNIST test writers' 3,000 images scored in the proxy's 20-way space
+    assert row["real_n"] == 3000 and 0 <= row["real_top1"] <= row["real_top5"] <= 1
+    assert 0 <= row["renders_top1"] <= 1 and row["seconds"] > 0

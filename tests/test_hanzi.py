@@ -117,6 +117,9 @@ def _segments_stroke_by_stroke(strokes, rng, style):
         p = _smooth((np.stack([raw[:, 0], BASELINE - raw[:, 1]], 1) / BOX - 0.5) @ m.T)
         centre = p.mean(0)
         p = centre + (p - centre) * (1 + rng.uniform(-style.stretch, style.stretch))
+        if style.turn:
+            a = np.radians(rng.uniform(-style.turn, style.turn))
+            p = centre + (p - centre) @ np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])
         p = p + rng.normal(0, style.shift, 2)
         if len(p) >= 2:
             d = p[-1] - p[0]
@@ -160,7 +163,7 @@ def test_the_prepared_renderer_draws_what_the_plain_one_draws(mirror):
     linked = 0
     for j in range(60):
         k = j % len(chars)
-        style = PenStyle(link=0.6)  # many cursive links
+        style = PenStyle(link=0.6, turn=10.0 * (j % 2))  # many cursive links; strokes turned
         a = character_segments(plans[k], np.random.default_rng([3, j]), style)
         b = _segments_stroke_by_stroke(strokes[k], np.random.default_rng([3, j]), style)
         assert a.shape == b.shape and np.allclose(a, b, rtol=0, atol=1e-12)

@@ -33,6 +33,7 @@ import torch
 from imrec.core.preprocess import InkForm
 from imrec.data.render import (
     GlyphFonts,
+    PenStyle,
     StrokePlans,
     folder_fonts,
     render_fonts,
@@ -219,15 +220,27 @@ def load_strokes(chars: str) -> list[list[np.ndarray]]:
 
 
 RENDERERS = ("strokes", "fonts")
+# The hand the renders imitate (pen, shape and per-stroke variation), read when a Renderer is
+# made: `benchmarks/hanzi_proxy.py --pen KEY=VALUE` replaces it to try another on a proxy.
+PEN = PenStyle()
 
 
 class Renderer:
     """Draws characters by the renderers named (``strokes``, ``fonts``, or both joined by
     ``+``: they take turns, see :meth:`turns`; ``auto``: both when the fonts have every
-    character, else strokes alone, with the reason in ``note``)."""
+    character, else strokes alone, with the reason in ``note``), in the hand ``style``
+    (default :data:`PEN`)."""
 
-    def __init__(self, chars: str, renderers: str = "strokes", fonts: str = "", strokes=None):
+    def __init__(
+        self,
+        chars: str,
+        renderers: str = "strokes",
+        fonts: str = "",
+        strokes=None,
+        style: PenStyle | None = None,
+    ):
         self.note, self.fonts = "", None
+        self.style = PEN if style is None else style
         if renderers == "auto":
             renderers, self.fonts, self.note = _auto_renderers(chars, fonts)
         self.renderers = renderers
@@ -273,10 +286,12 @@ class Renderer:
             if not len(pick):
                 continue
             if name == "strokes":
-                out[pick] = render_strokes(self.plans, seed, labels[pick], size, keys=keys[pick])
+                out[pick] = render_strokes(
+                    self.plans, seed, labels[pick], size, self.style, keys=keys[pick]
+                )
             else:
                 out[pick] = render_fonts(
-                    self.chars, self.fonts, seed, labels[pick], size, keys=keys[pick]
+                    self.chars, self.fonts, seed, labels[pick], size, self.style, keys=keys[pick]
                 )
         return out
 

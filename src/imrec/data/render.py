@@ -40,6 +40,7 @@ class PenStyle:
     shift: float = 0.045  # per stroke
     stretch: float = 0.15  # per stroke, relative length
     bend: float = 0.05  # per stroke, the largest sideways bow
+    turn: float = 0.0  # per stroke, degrees of a rotation about its middle (0: none drawn)
     link: float = 0.15  # chance that a stroke is joined to the next one
     elastic: float = 0.03  # amplitude of the smooth warp
     blur: float = 1 / 48  # render_strokes/render_fonts: a blur, sigma up to this much of the side
@@ -132,18 +133,20 @@ def character_segments(
     ``x0, y0, x1, y1, width`` in canvas units (the canvas is the unit square, y down).
 
     Per stroke, in order: smoothing (Chaikin corner cutting) after the character's affine
-    change, a change of length about its middle, a shift, a sideways bow, now and then a thinner
-    cursive link from the previous stroke's end, and a pen pressure that varies along it; then
-    an elastic warp of the whole. The random draws come in that order, stroke by stroke.
+    change, a change of length about its middle (and a turn about it, when ``style.turn``), a
+    shift, a sideways bow, now and then a thinner cursive link from the previous stroke's end,
+    and a pen pressure that varies along it; then an elastic warp of the whole. The random draws come in that order, stroke by stroke.
     """
     plan = strokes if isinstance(strokes, StrokePlan) else StrokePlan(strokes)
     m = _affine(rng, style)
     width = rng.uniform(*style.width)
     n = len(plan.counts)
     stretch, bend, phase = np.empty(n), np.zeros(n), np.empty(n)
-    shift, link = np.empty((n, 2)), np.zeros(n, bool)
+    shift, link, turn = np.empty((n, 2)), np.zeros(n, bool), np.zeros(n)
     for s, count in enumerate(plan.counts.tolist()):
         stretch[s] = rng.uniform(-style.stretch, style.stretch)
+        if style.turn:  # drawn only when asked, so the default's draws stay as they were
+            turn[s] = math.radians(rng.uniform(-style.turn, style.turn))
         shift[s] = rng.normal(0, style.shift, 2)
         if count >= 2:
             bend[s] = rng.uniform(-style.bend, style.bend)
@@ -155,6 +158,10 @@ def character_segments(
     sid = plan.sid
     centre = (np.add.reduceat(p, plan.starts, axis=0) / plan.counts[:, None])[sid]
     p = centre + (p - centre) * (1 + stretch)[sid, None]
+    if style.turn:
+        c, s_ = np.cos(turn)[sid], np.sin(turn)[sid]
+        q = p - centre
+        p = centre + np.stack([c * q[:, 0] - s_ * q[:, 1], s_ * q[:, 0] + c * q[:, 1]], 1)
     p = p + shift[sid]
     d = p[plan.ends] - p[plan.starts]
     normal = np.stack([-d[:, 1], d[:, 0]], 1) / (np.hypot(d[:, 0], d[:, 1]) + 1e-9)[:, None]

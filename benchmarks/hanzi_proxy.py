@@ -12,7 +12,9 @@ image as ``imrec predict`` does). The proxy's characters: the 15 Chinese MNIST n
 with ``--confusers RUN``, the characters a full hanzi run most often puts in the top 5 of a
 numeral it misreads (the hard part of the 3,755-way task for these writers), filled up to
 ``--size`` with GB2312 level-1 characters in code order; ``--chars FILE`` reads them from a
-file instead. The file used is written to ``WORK/chars.txt`` (reuse it to compare runs).
+file instead. The default is ``benchmarks/hanzi_proxy_chars.txt``: the 200 picked by
+``--confusers`` from the ``--preset best`` run of 2026-12-02 (BENCHMARKS.md "hanzi"). The
+characters used are written to ``WORK/chars.txt``.
 
 Seed noise on the real writers is a few points (two seeds of one recipe have differed by
 4.4), so each variant is trained with several seeds and judged by the mean; the renders' own
@@ -20,7 +22,7 @@ test split is drawn with the variant's pen, so compare the real column across va
 
 ``--pen`` sets a field of :class:`imrec.data.render.PenStyle` (``width=0.02:0.06``,
 ``rotate=15``): tuples as ``LO:HI``. The results (per seed and the mean) go to
-``WORK/results.json`` and a markdown table on stdout.
+``WORK/results-TAG.json`` and a markdown table on stdout.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import default_mirror, git_commit, machine, md_table, now  # noqa: E402
+
+KEPT_CHARS = Path(__file__).resolve().parent / "hanzi_proxy_chars.txt"
 
 
 def pen_style(settings: list[str]):
@@ -121,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         chars = Path(args.chars).read_text(encoding="utf-8").strip()
     elif args.confusers:
         chars = confusers(Path(args.confusers), args.size)
+    elif args.size == 200 and KEPT_CHARS.is_file():
+        chars = KEPT_CHARS.read_text(encoding="utf-8").strip()
     else:
         from imrec.data.datasets import CHINESE_CLASSES
 

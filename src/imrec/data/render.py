@@ -135,7 +135,8 @@ def character_segments(
     Per stroke, in order: smoothing (Chaikin corner cutting) after the character's affine
     change, a change of length about its middle (and a turn about it, when ``style.turn``), a
     shift, a sideways bow, now and then a thinner cursive link from the previous stroke's end,
-    and a pen pressure that varies along it; then an elastic warp of the whole. The random draws come in that order, stroke by stroke.
+    and a pen pressure that varies along it; then an elastic warp of the whole. The random
+    draws come in that order, stroke by stroke.
     """
     plan = strokes if isinstance(strokes, StrokePlan) else StrokePlan(strokes)
     m = _affine(rng, style)

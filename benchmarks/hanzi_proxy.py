@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import sys
 import time
@@ -67,7 +68,6 @@ def confusers(run: Path, size: int) -> str:
     from imrec.core.checkpoint import read_checkpoint_meta
     from imrec.data import load_dataset
     from imrec.data.datasets import CHINESE_CLASSES
-    from imrec.data.hanzi import gb2312
 
     model = imrec.load(run, backend="torch")
     meta = read_checkpoint_meta(run)
@@ -75,15 +75,8 @@ def confusers(run: Path, size: int) -> str:
     counts: dict[str, int] = {}
     for part in ("train", "val", "test"):
         split = as_the_model_reads(data, getattr(data, part), meta)
-        images = split.images
-        top5 = np.concatenate(
-            [
-                torch.topk(
-                    torch.as_tensor(model.probabilities(images[i : i + 500])), 5, 1
-                ).indices.numpy()
-                for i in range(0, len(images), 500)
-            ]
-        )  # (N, 5) class numbers
+        # the model's runtime batches the images; a ranking needs no calibration
+        top5 = torch.topk(torch.from_numpy(model.logits(split.images)), 5, 1).indices.numpy()
         for row, label in zip(top5, np.asarray(split.labels), strict=True):
             truth = CHINESE_CLASSES[int(label)]
             names = [model.classes[int(k)] for k in row]
@@ -91,10 +84,16 @@ def confusers(run: Path, size: int) -> str:
                 for name in names:
                     if name != truth and name not in CHINESE_CLASSES:
                         counts[name] = counts.get(name, 0) + 1
-    chars = list(CHINESE_CLASSES)
-    chars += sorted(counts, key=lambda c: -counts[c])[: size - len(chars)]
-    chars += [c for c in gb2312(1) if c not in chars][: size - len(chars)]
-    return "".join(chars)
+    return filled(CHINESE_CLASSES + sorted(counts, key=lambda c: -counts[c]), size)
+
+
+def filled(chars: list[str], size: int) -> str:
+    """The first ``size`` of ``chars``, filled up to ``size`` with GB2312 level-1 characters in
+    code order."""
+    from imrec.data.hanzi import gb2312
+
+    chars = chars[:size]
+    return "".join(chars + [c for c in gb2312(1) if c not in chars][: size - len(chars)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,8 +112,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    import os
-
     os.environ.setdefault("IMREC_DATA_MIRROR", str(default_mirror()))
     import imrec
     from imrec.data import hanzi
@@ -130,15 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from imrec.data.datasets import CHINESE_CLASSES
 
-        rest = [c for c in hanzi.gb2312(1) if c not in CHINESE_CLASSES]
-        chars = "".join(CHINESE_CLASSES) + "".join(rest[: args.size - len(CHINESE_CLASSES)])
+        chars = filled(CHINESE_CLASSES, args.size)
     chars_file.write_text(chars, encoding="utf-8")
     hanzi.PEN = pen_style(args.pen)  # read by every Renderer made from here on
     tag = args.tag or (",".join(args.pen) or "default")
+    name = tag.replace("/", "_")  # for file names
 
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        out = args.work / f"{tag.replace('/', '_')}-s{seed}"
+        out = args.work / f"{name}-s{seed}"
         t0 = time.perf_counter()
         report = imrec.fit(
             f"hanzi:chars=@{chars_file},train={args.train},val=2,test=4",
@@ -173,14 +170,14 @@ def main(argv: list[str] | None = None) -> int:
         "date": now(),
         "machine": machine(),
     }
-    (args.work / f"results-{tag.replace('/', '_')}.json").write_text(json.dumps(result, indent=1))
+    (args.work / f"results-{name}.json").write_text(json.dumps(result, indent=1))
     table = [[r["seed"], f"{100 * r['renders_top1']:.2f}", f"{100 * r['real_top1']:.2f}",
               r["seconds"]] for r in rows]  # fmt: skip
     table.append(
         ["mean", f"{100 * mean['renders_top1']:.2f}", f"{100 * mean['real_top1']:.2f}", ""]
     )
     print(f"\n{tag}: {len(chars)} characters, {args.epochs} epochs")
-    print("\n".join(md_table(["seed", "renders top-1 %", "real top-1 %", "train s"], table)))
+    print("\n".join(md_table(["seed", "renders top-1 %", "real top-1 %", "fit s"], table)))
     return 0
 
 

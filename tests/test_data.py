@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import MIRROR as REAL_MIRROR  # ../shared/data, or the mirror set
 from PIL import Image
 
 import imrec.data.datasets as datasets
@@ -37,7 +38,6 @@ from imrec.data import (
 from imrec.data.idx import parse_idx
 from imrec.data.sources import fetch_file
 
-REAL_MIRROR = Path("/work/shared/data")
 EMNIST_FILES = [
     "emnist-letters-train-images-idx3-ubyte.gz",
     "emnist-letters-train-labels-idx1-ubyte.gz",

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import gzip
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import MIRROR  # tests/ is on the path
 from PIL import Image, ImageDraw
 
 from imrec.core import preprocess
@@ -23,7 +23,7 @@ from imrec.core.preprocess import (
     to_ink_form,
 )
 
-MNIST_TEST = Path("/work/shared/data/mnist/t10k-images-idx3-ubyte.gz")
+MNIST_TEST = MIRROR / "mnist" / "t10k-images-idx3-ubyte.gz"
 
 
 def _png_bytes(img: Image.Image) -> bytes:

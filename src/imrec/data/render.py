@@ -29,14 +29,14 @@ BASELINE = 900.0  # y' = BASELINE - y puts the glyph upright in the box (y down)
 class PenStyle:
     """How much the pen and the hand vary (fractions of the canvas unless said otherwise)."""
 
-    width: tuple[float, float] = (0.018, 0.055)  # pen width
+    width: tuple[float, float] = (0.025, 0.075)  # pen width
     pressure: float = 0.35  # relative change of the width along a stroke
     scale: tuple[float, float] = (0.75, 1.0)
     # log of k, the width factor (the height is divided by it), drawn uniform in this range:
     # characters as drawn from 0.55 to 1.22 times as wide for their height as the stroke data.
     aspect: tuple[float, float] = (-0.3, 0.1)
-    shear: float = 0.15
-    rotate: float = 6.0  # degrees
+    shear: float = 0.3
+    rotate: float = 12.0  # degrees
     shift: float = 0.045  # per stroke
     stretch: float = 0.15  # per stroke, relative length
     bend: float = 0.05  # per stroke, the largest sideways bow
@@ -46,11 +46,7 @@ class PenStyle:
     blur: float = 1 / 48  # render_strokes/render_fonts: a blur, sigma up to this much of the side
     # Measured on 15 characters (200 renders each, 15 epochs, scored on all 15,000 real
     # Chinese MNIST images): shift .025 / stretch .08 / bend .025 / rotate 8 / shear .2 /
-    # elastic .02 gave 68.9% top-1; these larger variations 78.4%. Stop 35, on the 200-character
-    # proxy (benchmarks/hanzi_proxy.py, 6 seeds): a thinner pen (0.018-0.055, was 0.025-0.075;
-    # real strokes are about 0.7 times as wide as rendered) with a calmer slant (shear 0.15 and
-    # rotation 6 degrees, were 0.3 and 12; real characters' slant varies about half as much)
-    # read the real writers 71.94% against 68.64% (BENCHMARKS.md "hanzi").
+    # elastic .02 gave 68.9% top-1; these larger variations 78.4%.
 
 
 def _affine(rng: np.random.Generator, style: PenStyle) -> np.ndarray:

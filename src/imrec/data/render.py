@@ -46,7 +46,9 @@ class PenStyle:
     blur: float = 1 / 48  # render_strokes/render_fonts: a blur, sigma up to this much of the side
     # Measured on 15 characters (200 renders each, 15 epochs, scored on all 15,000 real
     # Chinese MNIST images): shift .025 / stretch .08 / bend .025 / rotate 8 / shear .2 /
-    # elastic .02 gave 68.9% top-1; these larger variations 78.4%.
+    # elastic .02 gave 68.9% top-1; these larger variations 78.4%. A thinner pen (0.018-0.055)
+    # with shear .15 and rotation 6 gained 3.3 points on the real writers on the 200-character
+    # proxy but lost 0.28 in the full 3,755-character run (stop 36, BENCHMARKS.md "hanzi").
 
 
 def _affine(rng: np.random.Generator, style: PenStyle) -> np.ndarray:

@@ -209,6 +209,31 @@ def test_mlp_trains_without_augmentation_unless_asked():
     assert build_config("mnist", "handwriting").data.augment == "auto"
 
 
+def test_a_checkpoint_json_edited_alone_is_named_not_silently_ignored(tmp_path, recwarn):
+    """The weights' header is what imrec reads; a .json changed by hand gets a warning."""
+    from imrec.core.checkpoint import read_checkpoint_meta
+
+    meta = {"model": {"name": "x"}, "ink": {"soften": 0.015625}, "t": float("nan")}
+    save_checkpoint(tmp_path / "best", {"w": torch.ones(2)}, meta)
+    load_checkpoint(tmp_path)
+    read_checkpoint_meta(tmp_path)
+    assert not recwarn.list  # as saved (a NaN included): nothing to say
+    edited = {**meta, "ink": {"soften": 0.02}}
+    (tmp_path / "best.json").write_text(json.dumps(edited), encoding="utf-8")
+    with pytest.warns(UserWarning, match=r"best\.json differs .* ignores the \.json"):
+        _, got = load_checkpoint(tmp_path)
+    assert got["ink"]["soften"] == 0.015625  # the header's, as every reader uses
+    read_checkpoint_meta(tmp_path / "best.safetensors")  # said once a process, not again
+    assert not recwarn.list
+    edited["ink"]["soften"] = 0.03  # a new edit is said again
+    (tmp_path / "best.json").write_text(json.dumps(edited), encoding="utf-8")
+    with pytest.warns(UserWarning, match="differs"):
+        read_checkpoint_meta(tmp_path / "best.safetensors")
+    (tmp_path / "best.json").write_text("{not json", encoding="utf-8")
+    load_checkpoint(tmp_path)  # an unreadable copy: the weights are self-describing
+    assert not recwarn.list
+
+
 def test_checkpoint_files_get_normal_permissions(tmp_path):
     import os
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,7 @@ def _load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises several types for a damaged file
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    _warn_if_copy_differs(path, meta)
     return tensors, meta
 
 
@@ -179,6 +181,7 @@ def read_checkpoint_meta(source: str | Path) -> dict:
             meta = json.loads((f.metadata() or {}).get(META_KEY, "{}"))
     except Exception as e:  # safetensors raises several types for a damaged file
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    _warn_if_copy_differs(path, meta)
     return _checked_meta(meta, source)
 
 
@@ -186,6 +189,34 @@ def _checked_meta(meta: dict, source) -> dict:
     if not meta.get("model"):
         raise CheckpointError(f"{source} has no imrec metadata; it was not written by imrec")
     return meta
+
+
+def _canonical(meta: Any) -> str:
+    return json.dumps(meta, sort_keys=True, ensure_ascii=False)
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_if_copy_differs(weights: Path, meta: dict) -> None:
+    """Warn when ``NAME.json`` beside ``NAME.safetensors`` no longer says what the weights'
+    own header says: the header is what every reader uses, so an edit made to the JSON alone
+    (a user changing a class name or ``ink.soften`` there) would otherwise be ignored silently.
+    A missing or unreadable JSON is no matter: the weights file is self-describing."""
+    copy = weights.with_suffix(".json")
+    try:
+        other = json.loads(copy.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    key = (str(copy.resolve()), _canonical(other))
+    if key[1] != _canonical(meta) and key not in _WARNED:
+        _WARNED.add(key)  # once a process: a command reads a checkpoint's metadata more than once
+        warnings.warn(
+            f"{copy} differs from the metadata inside {weights.name}; imrec reads the weights "
+            "file's own metadata and ignores the .json, which is a readable copy (to change the "
+            "metadata, save the checkpoint again: imrec.core.checkpoint.save_checkpoint)",
+            stacklevel=3,
+        )
 
 
 # ---- training state -------------------------------------------------------------------

@@ -26,6 +26,7 @@ from _bench import REPO, default_mirror, git_commit, md_table, now, write_sectio
 from scipy import ndimage
 
 from imrec.data import load_dataset
+from imrec.data.datasets import CHINESE_CLASSES, _decode_chinese, _fetch_chinese
 from imrec.data.hanzi import Renderer
 from imrec.data.render import PenStyle, render_fonts, render_strokes, system_fonts
 
@@ -88,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--per-class", type=int, default=200, help="renders per character")
     p.add_argument("--aspect", default="", help="LO,HI: PenStyle.aspect to render with instead")
-    p.add_argument("--real", type=int, default=0, help="0: all real images, else this many")
+    p.add_argument(
+        "--real", type=int, default=0, help="0: all real images, else this many files at random"
+    )
     p.add_argument("--md", type=Path, default=REPO / "BENCHMARKS.md")
     args = p.parse_args(argv)
     os.environ.setdefault("IMREC_DATA_MIRROR", str(default_mirror()))
@@ -96,13 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     style = PenStyle()
     if args.aspect:
         style = dataclasses.replace(style, aspect=tuple(float(v) for v in args.aspect.split(",")))
-    data = load_dataset("chinese-mnist", size=SIZE)
-    classes = data.classes
-    parts = [(s.images[:, 0].numpy(), s.labels.numpy()) for s in (data.train, data.val, data.test)]
-    real_x, real_y = (np.concatenate(v) for v in zip(*parts, strict=True))
-    if args.real:
-        pick = np.random.default_rng(0).permutation(len(real_y))[: args.real]
-        real_x, real_y = real_x[pick], real_y[pick]
+    if args.real:  # a random few files, prepared alone as load_dataset prepares each of them
+        arrays = _decode_chinese(_fetch_chinese()[0], SIZE, sample=args.real)
+        classes, real_x, real_y = list(CHINESE_CLASSES), arrays["images"], arrays["labels"]
+    else:
+        data = load_dataset("chinese-mnist", size=SIZE)
+        classes = data.classes
+        parts = [
+            (s.images[:, 0].numpy(), s.labels.numpy()) for s in (data.train, data.val, data.test)
+        ]
+        real_x, real_y = (np.concatenate(v) for v in zip(*parts, strict=True))
     chars = "".join(classes)
     renderer = Renderer(chars, "strokes+fonts" if system_fonts() else "strokes")
     labels = np.repeat(np.arange(len(classes)), args.per_class)

@@ -774,8 +774,13 @@ def _parallel(fn: Callable, items: list) -> list:
         return list(pool.map(fn, items))
 
 
-def _decode_chinese(path: Path, size: int = 64) -> dict[str, np.ndarray]:
+def _decode_chinese(path: Path, size: int = 64, sample: int = 0) -> dict[str, np.ndarray]:
+    """Every Chinese MNIST file in the handwriting form at ``size``; ``sample`` > 0: only that
+    many of them, drawn at random with a fixed seed (a quick look, not cached by the caller)."""
     members = _tar_members(path, _CHINESE_NAME)
+    if sample:
+        pick = np.random.default_rng(0).permutation(len(members))[:sample]
+        members = [members[i] for i in sorted(pick)]
     form = InkForm.for_size(size)
 
     def prepared(data: bytes) -> np.ndarray:

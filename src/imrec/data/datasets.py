@@ -790,10 +790,11 @@ def _decode_chinese(path: Path, size: int = 64, sample: int = 0) -> dict[str, np
                 img = resize_center_crop(img, 64)
             return to_ink_form(img, form)  # thin strokes, small: the form
 
-    _notice(
-        f"preparing {len(members)} Chinese MNIST images once at {size} px (seconds); "
-        "later loads are fast"
-    )
+    if not sample:  # a sample is not kept: "once" would not be true of it
+        _notice(
+            f"preparing {len(members)} Chinese MNIST images once at {size} px (seconds); "
+            "later loads are fast"
+        )
     images = _parallel(prepared, [data for _, data in members])
     return {
         "images": np.stack(images),  # (N, size, size)

@@ -53,6 +53,24 @@ def test_render_speed_smoke_run_measures_renders_and_the_step(tmp_path, monkeypa
     assert rows[next(k for k in rows if k.startswith("training step"))].endswith("| 1.00 |")
 
 
+def test_prepare_speed_smoke_run_loads_a_folder_both_ways_to_the_same_images(
+    tmp_path, monkeypatch, mirror
+):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    bench = importlib.import_module("prepare_speed")
+    md = tmp_path / "B.md"
+    md.write_text("# Benchmarks\n\nkept text\n")
+    argv = ["--work", str(tmp_path / "w"), "--cases", "folder-handwriting", "--writers", "2"]
+    assert bench.main([*argv, "--rounds", "1", "--md", str(md)]) == 0
+    text = md.read_text()
+    assert "kept text" in text and text.count("<!-- prepare_speed:start -->") == 1
+    (row,) = [line for line in text.splitlines() if line.startswith("| `folder-handwriting`")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # 2 writers' 150 files each, read as handwriting, the same images both ways
+    assert cells[0] == "`folder-handwriting` (handwriting)" and cells[1] == "300"
+    assert float(cells[2]) > 0 and float(cells[3]) > 0 and cells[-1] == "yes"
+
+
 def test_hanzi_shapes_compares_real_and_rendered_characters(tmp_path, monkeypatch, mirror):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     bench = importlib.import_module("hanzi_shapes")

@@ -15,8 +15,8 @@ import sys
 import tarfile
 import zipfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from imrec.core.parallel import cpu_map
 from imrec.core.preprocess import (
     INK_FORM_VERSION,
     STROKE_BAND,
@@ -588,7 +589,7 @@ def emnist_letters_train() -> tuple[np.ndarray, np.ndarray]:
         form = InkForm()
         _notice(f"preparing {len(arrays['x_train'])} EMNIST letters once in the normal form")
         return {
-            "images": np.stack(_parallel(lambda a: to_ink_form(a, form), list(arrays["x_train"])))
+            "images": np.stack(cpu_map(partial(to_ink_form, form=form), list(arrays["x_train"])))
         }
 
     key = f"{spec.name}-train-{checksum[:16]}-{_FORM}"
@@ -768,10 +769,20 @@ def _notice(message: str) -> None:
     print(f"imrec: {message}", file=sys.stderr, flush=True)
 
 
-def _parallel(fn: Callable, items: list) -> list:
-    # Pillow and numpy release the GIL for most of the work, so threads do help.
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 1)) as pool:
-        return list(pool.map(fn, items))
+def _prepare_chinese(data: bytes, form: InkForm) -> np.ndarray:
+    """One Chinese MNIST JPEG in the handwriting form (a worker process's task)."""
+    with Image.open(io.BytesIO(data)) as img:
+        img = img.convert("L")
+        if img.size != (64, 64):
+            img = resize_center_crop(img, 64)
+        return to_ink_form(img, form)  # thin strokes, small: the form
+
+
+def _prepare_chars74k(data: bytes) -> np.ndarray:
+    """One Chars74K drawing (1200x900 PNG) in the 28 px normal form (a worker's task)."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return to_ink_form(img, InkForm())
 
 
 def _decode_chinese(path: Path, size: int = 64, sample: int = 0) -> dict[str, np.ndarray]:
@@ -782,20 +793,12 @@ def _decode_chinese(path: Path, size: int = 64, sample: int = 0) -> dict[str, np
         pick = np.random.default_rng(0).permutation(len(members))[:sample]
         members = [members[i] for i in sorted(pick)]
     form = InkForm.for_size(size)
-
-    def prepared(data: bytes) -> np.ndarray:
-        with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("L")
-            if img.size != (64, 64):
-                img = resize_center_crop(img, 64)
-            return to_ink_form(img, form)  # thin strokes, small: the form
-
     if not sample:  # a sample is not kept: "once" would not be true of it
         _notice(
             f"preparing {len(members)} Chinese MNIST images once at {size} px (seconds); "
             "later loads are fast"
         )
-    images = _parallel(prepared, [data for _, data in members])
+    images = cpu_map(partial(_prepare_chinese, form=form), [data for _, data in members])
     return {
         "images": np.stack(images),  # (N, size, size)
         "labels": np.array([code - 1 for (_, _, code), _ in members], dtype=np.int64),
@@ -816,17 +819,11 @@ def _chars74k_char(number: int) -> str:
 
 def _decode_chars74k(path: Path) -> dict[str, np.ndarray]:
     members = _tar_members(path, _CHARS74K_NAME)
-
-    def mnist_like(data: bytes) -> np.ndarray:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return to_ink_form(img, InkForm())  # 1200x900 drawings: the 28 px normal form
-
     _notice(
         f"preparing {len(members)} Chars74K drawings once (a few minutes on a small CPU); "
         "later loads use the cache"
     )
-    images = _parallel(mnist_like, [data for _, data in members])
+    images = cpu_map(_prepare_chars74k, [data for _, data in members])
     return {
         "images": np.stack(images),  # (N, 28, 28)
         "class_numbers": np.array([n for (n, _), _ in members], dtype=np.int64),

@@ -12,12 +12,14 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from imrec.core.parallel import cpu_imap
 from imrec.core.preprocess import InkForm, resize_center_crop, to_ink_form
 from imrec.data.domain import SAMPLE, guess_domain
 from imrec.data.sources import DatasetError
@@ -174,23 +176,23 @@ def _decode_all(
     size: int | None,
     keep_bytes: int | None = None,
     form: InkForm | None = None,
-) -> tuple[list[_Decoded | str], int]:
-    """Decode every file (to find the unreadable ones, sizes, colour and checksums).
+) -> list[_Decoded | str]:
+    """Decode every file (to find the unreadable ones, sizes, colour and checksums), on all
+    usable cores (:func:`~imrec.core.parallel.cpu_imap`).
 
     Pixels are kept while they total at most ``keep_bytes`` (``None``: all); past that they
     are dropped as they arrive, so memory stays bounded however large the folder.
     """
-    workers = min(8, (os.cpu_count() or 1) + 2)  # Pillow releases the GIL while decoding
     decoded: list[_Decoded | str] = []
     kept = 0
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for d in pool.map(lambda item: _decode(item[0], size, form), items):
-            if isinstance(d, _Decoded) and keep_bytes is not None:
-                kept += d.pixels.nbytes
-                if kept > keep_bytes:
-                    d.pixels = None
-            decoded.append(d)
-    return decoded, workers
+    paths = [path for path, _ in items]
+    for d in cpu_imap(partial(_decode, size=size, form=form), paths):
+        if isinstance(d, _Decoded) and keep_bytes is not None:
+            kept += d.pixels.nbytes
+            if kept > keep_bytes:
+                d.pixels = None
+        decoded.append(d)
+    return decoded
 
 
 def _target_size(decoded: list[_Decoded], size: int | None) -> int:
@@ -348,7 +350,7 @@ def load_folder(
     items = [(split, f, c) for split, pool in pools.items() for f, c in pool]
     keep = None if stream is False else (0 if stream else stream_threshold())
     domain, evidence, form = _domain_and_form([f for _, f, _ in items], size, domain)
-    decoded, _ = _decode_all([(f, c) for _, f, c in items], size, keep, form)
+    decoded = _decode_all([(f, c) for _, f, c in items], size, keep, form)
     skipped, good = _sort_out(items, decoded)
     _check_classes(root, pools, good)
     images = _images(good, size, channels, form)

@@ -1,0 +1,121 @@
+"""Preparing many images on every core (imrec.core.parallel) and the loaders that use it."""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imrec.core import parallel
+from imrec.core.parallel import MIN_PROCESS_ITEMS, PROCESSES_ENV, cpu_imap, cpu_map, usable_cores
+from imrec.data import folder
+
+MANY = MIN_PROCESS_ITEMS * 2
+
+
+def _pid_of(_: int) -> int:
+    return os.getpid()
+
+
+def _fails_on(bad: int, x: int) -> int:
+    if x == bad:
+        raise ValueError(f"item {x} is bad")
+    return x * x
+
+
+def test_results_come_in_order_and_equal_a_plain_loop(monkeypatch):
+    monkeypatch.delenv(PROCESSES_ENV, raising=False)
+    items = list(range(MANY))
+    assert cpu_map(functools.partial(pow, 3), items) == [3**i for i in items]
+    assert cpu_map(abs, [-2, 1]) == [2, 1]  # few items: threads
+    assert cpu_map(abs, []) == []
+
+
+@pytest.mark.skipif(usable_cores() < 2, reason="one usable core: processes cannot help")
+def test_many_items_go_to_worker_processes_few_stay_here(monkeypatch):
+    monkeypatch.delenv(PROCESSES_ENV, raising=False)
+    pids = set(cpu_map(_pid_of, range(MANY)))
+    assert os.getpid() not in pids and len(pids) >= 2
+    assert set(cpu_map(_pid_of, range(MIN_PROCESS_ITEMS - 1))) == {os.getpid()}
+    monkeypatch.setenv(PROCESSES_ENV, "0")  # the way to keep everything in this process
+    assert set(cpu_map(_pid_of, range(MANY))) == {os.getpid()}
+    monkeypatch.setenv(PROCESSES_ENV, "2")
+    assert len(set(cpu_map(_pid_of, range(MANY)))) == 2
+
+
+def test_a_workers_exception_reaches_the_caller_as_raised(monkeypatch):
+    monkeypatch.delenv(PROCESSES_ENV, raising=False)
+    with pytest.raises(ValueError, match="item 300 is bad"):
+        cpu_map(functools.partial(_fails_on, 300), range(MANY))
+    with pytest.raises(ValueError, match="item 1 is bad"):
+        cpu_map(functools.partial(_fails_on, 1), range(3))
+
+
+def test_a_bad_setting_is_named(monkeypatch):
+    monkeypatch.setenv(PROCESSES_ENV, "all")
+    with pytest.raises(ValueError, match=f"{PROCESSES_ENV} must be a whole number, got 'all'"):
+        cpu_map(abs, range(MANY))
+
+
+def test_a_daemon_process_uses_threads(monkeypatch):
+    """A DataLoader worker is a daemon, which may not start processes of its own."""
+    monkeypatch.delenv(PROCESSES_ENV, raising=False)
+
+    class Daemon:
+        daemon = True
+
+    monkeypatch.setattr(multiprocessing, "current_process", lambda: Daemon())
+    assert parallel._process_count(MANY) == 0
+    assert set(cpu_map(_pid_of, range(MANY))) == {os.getpid()}
+
+
+def test_stopping_early_ends_the_workers(monkeypatch):
+    monkeypatch.delenv(PROCESSES_ENV, raising=False)
+    it = cpu_imap(functools.partial(pow, 2), range(MANY))
+    assert [next(it) for _ in range(3)] == [1, 2, 4]
+    it.close()  # the pool is shut down, not left running
+    assert not multiprocessing.active_children()
+
+
+def test_a_handwriting_folder_is_the_same_prepared_in_processes_or_threads(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(MIN_PROCESS_ITEMS + 20):
+        a = np.full((40, 40), 235, np.uint8)  # dark strokes on light paper
+        y, x = rng.integers(5, 20, 2)
+        a[y : y + 15, x : x + 3] = 20
+        a[y + 6 : y + 9, x - 4 : x + 8] = 30
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(a).save(p)
+        paths.append((p, "c"))
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    paths.append((tmp_path / "broken.png", "c"))
+    form = folder.InkForm()
+    monkeypatch.setenv(PROCESSES_ENV, "0")
+    here = folder._decode_all(paths, None, None, form)
+    monkeypatch.delenv(PROCESSES_ENV)
+    spread = folder._decode_all(paths, None, None, form)
+    assert len(here) == len(spread) == len(paths)
+    assert isinstance(spread[-1], str) and "not a readable image" in spread[-1]
+    for a, b in zip(here[:-1], spread[:-1], strict=True):
+        assert a.sha256 == b.sha256 and np.array_equal(a.pixels, b.pixels)
+    assert here[0].pixels.shape == (28, 28, 3) and here[0].pixels.max() > 200
+
+
+def test_chinese_mnist_prepared_in_processes_equals_threads(mirror, monkeypatch):
+    from imrec.data import datasets
+
+    tarball = mirror / "chinese-mnist" / "chinese_mnist.tar.gz"
+    if not tarball.is_file():
+        pytest.skip(f"no Chinese MNIST in the mirror at {mirror}")
+    monkeypatch.setenv(PROCESSES_ENV, "0")
+    here = datasets._decode_chinese(tarball, 48, sample=MIN_PROCESS_ITEMS + 44)
+    monkeypatch.delenv(PROCESSES_ENV)
+    spread = datasets._decode_chinese(tarball, 48, sample=MIN_PROCESS_ITEMS + 44)
+    assert here["images"].shape == (300, 48, 48)
+    for key in ("images", "labels", "groups"):
+        assert np.array_equal(here[key], spread[key])

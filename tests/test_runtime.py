@@ -85,6 +85,60 @@ def test_files_predict_like_imrec_predict(digits_run, bundle, image_files):
                 assert abs(a["probability"] - b["probability"]) < 1e-4
 
 
+def _same_answers(got: list[dict], ref: list[dict]) -> None:
+    """The same inputs, errors, labels and decisions; numbers equal up to the float rounding
+    that another batch size brings."""
+    assert len(got) == len(ref)
+    for g, r in zip(got, ref, strict=True):
+        assert g.keys() == r.keys() and g["input"] == r["input"]
+        if "error" in r:
+            assert g["error"] == r["error"]
+            continue
+        assert [t["label"] for t in g["top"]] == [t["label"] for t in r["top"]]
+        for a, b in zip(g["top"], r["top"], strict=True):
+            assert a["probability"] == pytest.approx(b["probability"], abs=1e-5)
+        assert g["score"] == pytest.approx(r["score"], abs=1e-5)
+        assert (g["unknown"], g["blank"]) == (r["unknown"], r["blank"])
+
+
+def test_a_long_list_is_predicted_in_windows_on_every_core_with_the_same_answers(
+    digits_run, bundle, test_images, tmp_path, monkeypatch
+):
+    """A folder of any size: inputs prepared a window at a time (in worker processes once
+    there are a few hundred), the model run on bounded batches; answers, order and errors
+    the same as one prepared in this process in one go."""
+    from imrec.classify import predict as predict_module
+    from imrec.core.parallel import MIN_PROCESS_ITEMS, PROCESSES_ENV
+    from imrec.deploy import runtime
+
+    images = test_images[0]
+    files = []
+    for i in range(MIN_PROCESS_ITEMS + 40):
+        path = tmp_path / f"d{i:03d}.png"
+        Image.fromarray(images[i % len(images), 0].numpy()).save(path)
+        files.append(path)
+    files[7] = tmp_path / "missing.png"
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+    files[200] = tmp_path / "broken.png"
+    monkeypatch.setenv(PROCESSES_ENV, "0")
+    ref = Predictor(digits_run).predict(files, top_k=2)  # one window, this process
+    monkeypatch.delenv(PROCESSES_ENV)
+    monkeypatch.setattr(predict_module, "MODEL_BATCH", 16)
+    _same_answers(Predictor(digits_run).predict(files, top_k=2), ref)  # processes, 16 a batch
+    monkeypatch.setattr(predict_module, "PREDICT_WINDOW", 100)
+    monkeypatch.setattr(runtime, "CHUNK", 100)
+    _same_answers(Predictor(digits_run).predict(files, top_k=2), ref)  # 3 windows
+    assert ref[7]["error"].startswith("no such file") and "not an image" in ref[200]["error"]
+    assert [r["input"] for r in ref] == [str(f) for f in files]
+    got = imrec.load(bundle).predict(files, top_k=2)
+    assert [("error" in g, "error" in r) for g, r in zip(got, ref, strict=True)] == [
+        ("error" in r, "error" in r) for r in ref
+    ]
+    agree = np.mean([g["top"][0]["label"] == r["top"][0]["label"] for g, r in
+                     zip(got, ref, strict=True) if "top" in r])  # fmt: skip
+    assert agree > 0.97  # the bundle is int8: its parity gate allows a few flips
+
+
 def test_manifest_round_trip(digits_run, bundle):
     written = json.loads((bundle / "manifest.json").read_text())
     from_bundle, from_run = imrec.load(bundle), imrec.load(digits_run)

@@ -10,6 +10,8 @@ service ``EXPLAINABLE``, ``prepare``, ``ready``, ``results``, ``batch_results``,
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import nn
@@ -261,6 +263,21 @@ def prepare(model, image) -> torch.Tensor:
     inp = model.manifest["input"]
     return prepare_image(
         load_image(as_image(image)),
+        size=model.size,
+        channels=model.channels,
+        domain=inp.get("domain", "photo"),
+        ink=inp.get("ink"),
+    )
+
+
+def preparer(model):
+    """:func:`prepare` as a picklable function of one input for worker processes: the
+    prepared uint8 array, or the message that says why the input cannot be used."""
+    from imrec.core.preprocess import prepare_source
+
+    inp = model.manifest["input"]
+    return functools.partial(
+        prepare_source,
         size=model.size,
         channels=model.channels,
         domain=inp.get("domain", "photo"),

@@ -9,8 +9,10 @@ such as a DataLoader worker).
 
 ``fork`` is used, not ``spawn`` or ``forkserver``: those start the workers by importing the
 caller's main script again, which runs a script without an ``if __name__ == "__main__"``
-guard a second time, and each would import torch afresh. The functions mapped here only touch
-numpy, Pillow and scipy, never torch's threads or a GPU, which is what makes a fork safe.
+guard a second time, and each would import torch afresh. The functions mapped here touch
+numpy, Pillow and scipy, and torch only for small tensors on the CPU, never a GPU; each worker
+runs torch on one thread (as DataLoader workers do), so it never enters an OpenMP region the
+fork may have left in a bad state.
 
 Example:
     >>> cpu_map(abs, [-3, 2, -1])
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -66,6 +69,13 @@ def _process_count(n_items: int) -> int:
     return min(wanted, n_items // (MIN_PROCESS_ITEMS // 4))
 
 
+def _worker_start() -> None:
+    """In each worker process: one torch thread (when torch is loaded at all)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
 def cpu_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
     """``fn(item)`` for every item, in order, on all usable cores.
 
@@ -89,7 +99,7 @@ def cpu_imap(fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
     if processes:
         chunk = max(1, len(items) // (processes * 16))
         ctx = multiprocessing.get_context("fork")
-        pool = ProcessPoolExecutor(max_workers=processes, mp_context=ctx)
+        pool = ProcessPoolExecutor(max_workers=processes, mp_context=ctx, initializer=_worker_start)
         try:
             results = pool.map(fn, items, chunksize=chunk)
             yield from results

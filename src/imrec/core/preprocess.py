@@ -882,6 +882,28 @@ def letterbox(
     return image, boxes * scale, scale
 
 
+def prepare_source(
+    source, size: tuple[int, int] | int, channels: int, domain: str, ink: dict | None = None
+) -> np.ndarray | str:
+    """One input (a path, encoded bytes, a PIL image or a uint8 array) opened and prepared as
+    :func:`prepare_image` does: the uint8 ``(C, H, W)`` array, or the message that says why
+    it cannot be used (a missing, broken or too small image). A whole function of picklable
+    arguments, so that worker processes can prepare a long list of inputs
+    (:func:`imrec.core.parallel.cpu_map`).
+
+    Example:
+        >>> from PIL import Image
+        >>> prepare_source(Image.new("RGB", (50, 40)), 32, 3, "photo").shape
+        (3, 32, 32)
+        >>> prepare_source("no-such-file.png", 32, 3, "photo")
+        'no such file: no-such-file.png'
+    """
+    try:
+        return prepare_image(load_image(as_image(source)), size, channels, domain, ink).numpy()
+    except (ImageReadError, ValueError, OSError) as e:
+        return str(e)
+
+
 def as_image(image):
     """A numpy ``HxW``/``HxWxC`` uint8 array becomes a PIL image; anything else passes."""
     if not isinstance(image, np.ndarray):

@@ -249,19 +249,34 @@ class Model:
         return self._predict_list([images], top_k, opts)[0]
 
     def _predict_list(self, sources: list, top_k: int, opts: dict) -> list[dict]:
+        from imrec.core.parallel import cpu_map
         from imrec.core.preprocess import ImageReadError
 
         results: list[dict] = [{"input": _name(src)} for src in sources]
-        ready, where = [], []
-        for i, src in enumerate(sources):
-            try:
-                ready.append(self._task.ready(self, src))
-                where.append(i)
-            except (ImageReadError, ValueError, OSError) as e:
-                results[i]["error"] = str(e)
-        found = self._task.results(self, ready, top_k, **opts) if ready else []
-        for i, r in zip(where, found, strict=True):
-            results[i].update(r)
+        # A window of inputs at a time, so a folder of any size holds one window in memory;
+        # a classifier's inputs are prepared on every core (``preparer``).
+        preparer = getattr(self._task, "preparer", None)
+        for start in range(0, len(sources), CHUNK):
+            window = list(range(start, min(start + CHUNK, len(sources))))
+            ready, where = [], []
+            if preparer is not None:
+                prepared = cpu_map(preparer(self), [sources[i] for i in window])
+                for i, p in zip(window, prepared, strict=True):
+                    if isinstance(p, str):  # why it cannot be used
+                        results[i]["error"] = p
+                    else:
+                        ready.append(torch.from_numpy(p))
+                        where.append(i)
+            else:
+                for i in window:
+                    try:
+                        ready.append(self._task.ready(self, sources[i]))
+                        where.append(i)
+                    except (ImageReadError, ValueError, OSError) as e:
+                        results[i]["error"] = str(e)
+            found = self._task.results(self, ready, top_k, **opts) if ready else []
+            for i, r in zip(where, found, strict=True):
+                results[i].update(r)
         return results
 
     def _predict_batch(self, images: torch.Tensor, top_k: int, opts: dict) -> list[dict]:

@@ -119,3 +119,38 @@ def test_chinese_mnist_prepared_in_processes_equals_threads(mirror, monkeypatch)
     assert here["images"].shape == (300, 48, 48)
     for key in ("images", "labels", "groups"):
         assert np.array_equal(here[key], spread[key])
+
+
+def test_ctrl_c_while_a_dataset_is_prepared_stops_every_worker_and_keeps_no_half(mirror, tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while Chinese MNIST
+    is being prepared in worker processes: the command ends at once with the usual message,
+    no process of it is left, and the cache holds the verified download but no prepared file."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if not (mirror / "chinese-mnist").is_dir():
+        pytest.skip(f"no Chinese MNIST in the mirror at {mirror}")
+    home = tmp_path / "home"
+    env = dict(os.environ, IMREC_HOME=str(home), IMREC_DATA_MIRROR=str(mirror))
+    env.pop(PROCESSES_ENV, None)
+    cmd = [sys.executable, "-m", "imrec", "train", "chinese-mnist", "--out", str(tmp_path / "r")]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        first = proc.stderr.readline()  # the notice comes just before the work starts
+        assert "preparing 15000 Chinese MNIST images" in first
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and "imrec: interrupted" in err
+    assert "Traceback" not in err  # the workers end quietly too
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)  # nobody of that process group is left
+    kept = sorted(p.name for p in home.rglob("*") if p.is_file())
+    assert kept == ["chinese_mnist.tar.gz", "chinese_mnist.tar.gz.sha256"]
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").glob("*.safetensors"))

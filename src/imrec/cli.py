@@ -780,8 +780,11 @@ def _main(argv: list[str] | None) -> int:
         print(f"imrec: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            "imrec: interrupted; a training run can be continued with `imrec train --resume RUN_DIR`",
-            file=sys.stderr,
-        )
+        how = ""
+        if args.func is cmd_train:  # other commands have nothing to continue
+            how = (
+                "; a run that saved an epoch continues with `imrec train --resume RUN_DIR` "
+                "(nothing half-written is kept: a dataset being prepared starts again)"
+            )
+        print(f"imrec: interrupted{how}", file=sys.stderr)
         return 130

@@ -31,6 +31,7 @@ from typing import Any
 
 # Below this many items the pool's start (a fork per core, ~10-50 ms) is not worth it.
 MIN_PROCESS_ITEMS = 256
+MAX_CHUNK = 64  # items a worker takes at once
 # Set to 0 to keep every map in threads (for a debugger, or a host that forbids fork).
 PROCESSES_ENV = "IMREC_WORKER_PROCESSES"
 
@@ -97,7 +98,8 @@ def cpu_imap(fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
     items = list(items)
     processes = _process_count(len(items))
     if processes:
-        chunk = max(1, len(items) // (processes * 16))
+        # Small chunks: a Ctrl-C waits only for the chunks already handed out.
+        chunk = max(1, min(MAX_CHUNK, len(items) // (processes * 16)))
         ctx = multiprocessing.get_context("fork")
         pool = ProcessPoolExecutor(max_workers=processes, mp_context=ctx, initializer=_worker_start)
         try:

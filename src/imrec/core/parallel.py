@@ -32,6 +32,7 @@ from typing import Any
 # Below this many items the pool's start (a fork per core, ~10-50 ms) is not worth it.
 MIN_PROCESS_ITEMS = 256
 MAX_CHUNK = 64  # items a worker takes at once
+ITEMS_PER_PROCESS = 64  # no more workers than one per this many items
 # Set to 0 to keep every map in threads (for a debugger, or a host that forbids fork).
 PROCESSES_ENV = "IMREC_WORKER_PROCESSES"
 
@@ -67,7 +68,7 @@ def _process_count(n_items: int) -> int:
         return 0
     if multiprocessing.current_process().daemon:  # daemons may not have children
         return 0
-    return min(wanted, n_items // (MIN_PROCESS_ITEMS // 4))
+    return min(wanted, n_items // ITEMS_PER_PROCESS)
 
 
 def _worker_start() -> None:

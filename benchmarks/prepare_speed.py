@@ -22,7 +22,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -54,22 +53,14 @@ print(json.dumps({"load_s": t2 - t1, "images": n, "sha": h.hexdigest()[:16], "do
 """
 
 
-def _make_folders():
-    spec = importlib.util.spec_from_file_location(
-        "make_folders", REPO / "benchmarks/make_folders.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def dataset_name(case: str, work: Path, writers: int, per_class: int) -> str:
     """The ``load_dataset`` name of a case, writing its folder into ``work`` once."""
     if not case.startswith("folder-"):
         return case
     folder = work / f"{case}-{writers if case == 'folder-handwriting' else per_class}"
     if not folder.is_dir():
-        make = _make_folders()
+        import make_folders as make  # beside this script, as _bench is; reads the mirror
+
         tmp = folder.with_name(folder.name + ".part")
         shutil.rmtree(tmp, ignore_errors=True)
         if case == "folder-handwriting":

@@ -132,3 +132,47 @@ def test_hanzi_proxy_trains_with_the_pen_asked_for_and_scores_real_writers(
     # the Chinese MNIST test writers' 3,000 images scored in the proxy's 20-way space
     assert row["real_n"] == 3000 and 0 <= row["real_top1"] <= row["real_top5"] <= 1
     assert 0 <= row["renders_top1"] <= 1 and row["seconds"] > 0
+
+
+def test_ruled_paper_photographs_a_test_split_and_scores_it_both_ways(
+    tmp_path, monkeypatch, hanzi_run
+):
+    from conftest import HANZI_RUN_DATA
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    bench = importlib.import_module("ruled_paper")
+    md = tmp_path / "B.md"
+    md.write_text("# Benchmarks\n\nkept text\n")
+    argv = ["--work", str(tmp_path / "w"), "--run", str(hanzi_run), "--data", HANZI_RUN_DATA]
+    argv += [
+        "--label",
+        "tiny",
+        "--limit",
+        "24",
+        "--px",
+        "96",
+        "--fill",
+        "0.6",
+        "--write",
+        "--md",
+        str(md),
+    ]
+    assert bench.main(argv) == 0
+    # the photos are files, one per test image and paper, named by their class
+    for paper in ("plain", "ruled", "squared"):
+        files = sorted((tmp_path / "w").glob(f"*/{paper}/*.png"))
+        assert len(files) == 24 and all(
+            f.stem.split("_")[1] in "永中国人大小山水火木" for f in files
+        )
+    result = json.loads((tmp_path / "w" / "results.json").read_text())["tiny @ 0.6"]
+    for ways in result["scores"].values():
+        for way in ("off", "on"):
+            assert ways[way]["n"] == 24 and 0 <= ways[way]["top1"] <= ways[way]["top5"] <= 1
+    # plain paper has no lines to take out: both ways read it alike
+    assert result["scores"]["plain"]["off"]["top5"] == result["scores"]["plain"]["on"]["top5"]
+    text = md.read_text()
+    assert "kept text" in text and text.count("<!-- ruled-paper:start -->") == 1
+    assert (
+        sum(line.startswith("| tiny | on a page (60% of its side) |") for line in text.splitlines())
+        == 3
+    )

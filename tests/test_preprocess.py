@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 
 import numpy as np
 import pytest
@@ -354,3 +355,116 @@ def test_a_model_trained_on_blurred_renders_gets_its_files_softened():
     big = prepare_image(_shadowed_seven(), 64, 1, "handwriting", {**form.meta(), "soften": 1 / 32})
     sharp64 = to_ink_form(_shadowed_seven(), InkForm.for_size(64)).astype(np.float32)
     assert np.array_equal(big[0].numpy(), gaussian_filter(sharp64, 2.0).clip(0, 255).round())
+
+
+# --- printed lines of ruled and squared paper -------------------------------------------------
+
+
+def _photographed_forms(digits, look, removal: bool, monkeypatch) -> list[np.ndarray]:
+    """Each digit photographed on paper of ``look`` (seeded per digit), in the normal form."""
+    from imrec.data.paper import on_paper
+
+    with monkeypatch.context() as m:
+        if not removal:
+            m.setattr(preprocess, "RULE_COVER", math.inf)  # spans never reach it: no removal
+        return [
+            to_ink_form(
+                on_paper(
+                    np.asarray(Image.fromarray(d).resize((160, 160), Image.Resampling.BICUBIC)),
+                    np.random.default_rng((5, i)),
+                    look,
+                ),
+                InkForm(),
+            )
+            for i, d in enumerate(digits)
+        ]
+
+
+def _likeness(forms, reference) -> np.ndarray:
+    """Correlation of each form with its reference; -1 where either is blank."""
+    return np.array(
+        [
+            np.corrcoef(a.ravel().astype(float), b.ravel().astype(float))[0, 1]
+            if a.std() > 0 and b.std() > 0
+            else -1.0
+            for a, b in zip(forms, reference, strict=True)
+        ]
+    )
+
+
+@pytest.mark.parametrize("squared", [0.0, 1.0], ids=["ruled", "squared"])
+def test_ruled_and_squared_paper_lines_are_taken_out(squared, monkeypatch):
+    """Real digits photographed on lined paper prepare as on plain paper (the same photo,
+    lines apart); without the removal the printed lines cut into many of them."""
+    from imrec.data.paper import PaperLook
+
+    digits = _mnist_digits(48)
+    plain = _photographed_forms(digits, PaperLook(chance=1.0), True, monkeypatch)
+    # Plain paper: the removal finds nothing and changes nothing.
+    unremoved = _photographed_forms(digits, PaperLook(chance=1.0), False, monkeypatch)
+    assert all((a == b).all() for a, b in zip(plain, unremoved, strict=True))
+
+    lined = PaperLook(chance=1.0, rules=1.0, squared=squared, rule_alpha=(0.6, 0.9))
+    kept = _likeness(_photographed_forms(digits, lined, False, monkeypatch), plain)
+    cleaned = _likeness(_photographed_forms(digits, lined, True, monkeypatch), plain)
+    assert np.median(cleaned) > 0.98, np.round(cleaned, 2)
+    assert (cleaned > 0.9).mean() >= 0.8, np.round(cleaned, 2)
+    # The lines did harm that the removal undid (the test can fail both ways).
+    assert (kept > 0.9).mean() <= (cleaned > 0.9).mean() - 0.15, (kept, cleaned)
+    assert np.median(cleaned) > np.median(kept)
+
+
+def _bars(glyph: str, margin: int, pen: int = 9, side: int = 120) -> Image.Image:
+    """A character made of straight bars, dark on light paper, ``margin`` pixels from the
+    edges (0: cropped tight, its bars running from edge to edge)."""
+    img = Image.new("L", (side, side), 235)
+    d = ImageDraw.Draw(img)
+    a, b = margin, side - 1 - margin
+    mid = (a + b) // 2
+
+    def h(y):
+        d.rectangle([a, y - pen // 2, b, y + pen // 2], fill=30)
+
+    def v(x, y0=a, y1=b):
+        d.rectangle([x - pen // 2, y0, x + pen // 2, y1], fill=30)
+
+    if glyph == "王":
+        h(a + pen // 2), h(mid), h(b - pen // 2), v(mid)
+    elif glyph == "E":
+        h(a + pen // 2), h(mid), h(b - pen // 2), v(a + pen // 2)
+    elif glyph == "井":
+        h(a + (b - a) // 3), h(a + 2 * (b - a) // 3), v(a + (b - a) // 3), v(a + 2 * (b - a) // 3)
+    elif glyph == "三":
+        h(a + pen // 2 + 10), h(mid), h(b - pen // 2 - 10)
+    elif glyph == "二":
+        h(a + 30), h(b - 30)
+    elif glyph == "H":
+        v(a + pen // 2), v(b - pen // 2), h(mid)
+    return img
+
+
+@pytest.mark.parametrize("glyph", ["王", "E", "井", "三", "二", "H"])
+@pytest.mark.parametrize("margin", [0, 15], ids=["tight", "margin"])
+@pytest.mark.parametrize("pen", [3, 7], ids=["thin", "broad"])
+def test_characters_made_of_bars_are_not_taken_for_ruled_paper(glyph, margin, pen, monkeypatch):
+    page = _bars(glyph, margin, pen)
+    with monkeypatch.context() as m:
+        m.setattr(preprocess, "RULE_COVER", math.inf)
+        before = to_ink_form(page, InkForm())
+    after = to_ink_form(page, InkForm())
+    assert after.max() == 255
+    assert (after == before).all(), glyph
+
+
+def test_a_character_on_ruled_paper_keeps_its_own_bars():
+    """王 written on ruled paper: the printed lines go, its own three bars stay."""
+    page = np.full((200, 200), 235.0)
+    for y in (22, 62, 102, 142, 182):  # light blue-grey rules, 1 px, across the page
+        page[y] = 190
+    wang = np.asarray(_bars("王", 0, pen=7, side=90), np.float64)
+    page[55:145, 55:145] = np.minimum(page[55:145, 55:145], wang)
+    out = to_ink_form(Image.fromarray(page.astype(np.uint8)), InkForm(size=64, box=56))
+    rows = (out > 128).mean(axis=1)
+    assert (rows > 0.5).sum() >= 3 * 2  # its three bars, each a few rows thick
+    ink_rows = np.flatnonzero(out.max(axis=1) > 40)
+    assert ink_rows[-1] - ink_rows[0] < 60  # no rule left above or below it (box is 56)

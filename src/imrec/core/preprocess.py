@@ -47,6 +47,20 @@ SPECK_FRACTION = 0.03
 # retraining: 66.30% top-1 with the threshold alone, 69.19% at 0.25 (the other values tried,
 # 0.5 / 0.35 / 0.15, ranked below 0.25: BENCHMARKS.md "hanzi").
 WEAK_INK = 0.25
+# Ruled and squared paper: a printed line runs across the page (it covers RULE_COVER of the
+# width at its best tilt, up to RULE_TILT), reaches RULE_BEYOND of the width past the writing
+# on both sides, and is one of at least two (parallel rules, or a grid). Lines within
+# RULE_EDGE of the page's edge count only on paper already found ruled: a character cropped
+# tight has its own bars there (王, Z, E).
+RULE_COVER = 0.75
+RULE_FULL = 0.95  # on paper found ruled, a line this complete goes even where writing spans it
+RULE_TILT = 0.08
+RULE_BEYOND = 0.1
+RULE_EDGE = 0.04
+# ... or is printed lighter than the writing: its ink (median, away from strokes) under
+# RULE_LIGHT of the writing's. Pens write darker than the light blue or grey of printed lines;
+# a character's own bars, written with the same pen, are as dark as its other strokes.
+RULE_LIGHT = 0.8
 
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
@@ -273,6 +287,7 @@ def normalize_ink(
         out = np.zeros((size, size), np.uint8)
     else:
         mask, level_lo, level_hi = found
+        mask = _without_rules(mask, ink > level_lo, ink)
         out = _place_ink(ink, mask, level_lo, level_hi, size, box)
     return 255 - out if background == "light" else out
 
@@ -310,6 +325,7 @@ def to_ink_form(img: Image.Image | np.ndarray, form: InkForm) -> np.ndarray:
     if found is None:
         return np.zeros((form.size, form.size), np.uint8)
     mask, level_lo, level_hi = found
+    mask = _without_rules(mask, ink > level_lo, ink)
     return _place_ink(ink, mask, level_lo, level_hi, form.size, form.box, form.stroke)
 
 
@@ -631,6 +647,182 @@ def _drop_specks(mask: np.ndarray) -> np.ndarray:
     cells = keep[labels]  # (gh, gw)
     full = np.repeat(np.repeat(cells, f, axis=0), f, axis=1)[:h, :w]
     return mask & full
+
+
+def _without_rules(
+    mask: np.ndarray, faint: np.ndarray | None = None, ink: np.ndarray | None = None
+) -> np.ndarray:
+    """``mask`` without the printed lines of ruled or squared paper (see :data:`RULE_COVER`);
+    where a stroke crosses a line, the stroke is kept whole. Lines are looked for in
+    ``faint`` (default ``mask``): ink down to the paper's noise, where a light printed line is
+    whole even when only parts of it passed into ``mask``. Unchanged when no such paper is
+    found, which is every image whose ink spans less than :data:`RULE_COVER` of both sides.
+    With the ink map ``ink``, lines printed lighter than the writing (:data:`RULE_LIGHT`)
+    count even where the writing reaches as far as they do (a photo cropped close to it).
+
+    Example (two rules across a page and a stroke crossing both; the crossings keep a pixel
+    of the rule either side of the stroke):
+        >>> m = np.zeros((60, 80), bool); m[20:22] = True; m[44:46] = True
+        >>> m[15:50, 38:42] = True
+        >>> out = _without_rules(m)
+        >>> bool(out[20:22, :30].any()), bool(out[15:50, 38:42].all()), int(out.sum())
+        (False, True, 148)
+    """
+    faint = mask if faint is None else faint | mask
+    h, w = mask.shape
+    spans_w = faint.any(axis=0).mean() >= RULE_COVER
+    spans_h = faint.any(axis=1).mean() >= RULE_COVER
+    if not (spans_w or spans_h):
+        return mask
+    lines = [(False, *b) for b in _rule_bands(faint)] if spans_w and _may_rule(faint) else []
+    lines += [(True, *b) for b in _rule_bands(faint.T)] if spans_h and _may_rule(faint.T) else []
+    if len(lines) < 2:
+        return mask  # one line may be the writing itself: 一, a T's bar, an underline
+    bands = {}
+    for line in lines:
+        vertical, t, r0, r1, _ = line
+        band = _sheared_band(faint.T if vertical else faint, t, r0, r1)
+        bands[line] = band.T if vertical else band
+    rest = mask & ~np.logical_or.reduce(list(bands.values()))
+    if not rest.any():
+        return mask  # nothing but lines: they are the writing (三, 井, a drawn grid)
+    y0, y1, x0, x1 = _bbox(rest)
+
+    def reaches_past(line) -> bool:
+        vertical = line[0]
+        along = bands[line].any(axis=1 if vertical else 0)
+        lo, hi, side = (y0, y1, h) if vertical else (x0, x1, w)
+        ends = np.flatnonzero(along)
+        return ends[0] <= lo - RULE_BEYOND * side and ends[-1] >= hi - 1 + RULE_BEYOND * side
+
+    def inside(line) -> bool:
+        vertical, _, r0, r1, _ = line
+        side = w if vertical else h
+        return r0 >= RULE_EDGE * side and r1 <= (1 - RULE_EDGE) * side
+
+    writing = float(np.median(ink[rest])) if ink is not None else 0.0
+
+    def light(line) -> bool:
+        if ink is None:
+            return False
+        vertical, t, r0, r1, _ = line
+        f = faint.T if vertical else faint
+        away = _sheared_band(f, t, r0, r1, keep_crossings=True)  # not where strokes meet it
+        away = away.T if vertical else away
+        return bool(away.any()) and float(np.median(ink[away])) < RULE_LIGHT * writing
+
+    accepted = [line for line in lines if inside(line) and (reaches_past(line) or light(line))]
+    if len(accepted) < 2:
+        return mask
+    # Ruled or squared paper: its lines go, those the writing spans too when they run from
+    # edge to edge (a letter's tall stem covers less of the page than a printed line) or are
+    # lighter than the writing, those at the page's edge too.
+    lines = [line for line in lines if line in accepted or line[4] >= RULE_FULL or light(line)]
+    out = mask.copy()
+    for vertical, t, r0, r1, _ in lines:
+        m = mask.T if vertical else mask
+        o = out.T if vertical else out  # a view: writing to it writes to out
+        o &= ~_sheared_band(m, t, r0, r1, keep_crossings=True)
+    return _drop_specks(out) if out.any() else mask
+
+
+def _shear_rows(h: int, w: int, t: float) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices ``(h, w)`` of a grid whose column ``x`` is shifted by ``t * (x - w / 2)``
+    rows (a line of slope ``t`` becomes a row), and where they fall inside the image."""
+    shift = np.round(t * (np.arange(w) - w / 2)).astype(np.int64)
+    rows = np.arange(h)[:, None] + shift[None, :]
+    return rows, (rows >= 0) & (rows < h)
+
+
+def _may_rule(mask: np.ndarray) -> bool:
+    """Whether :func:`_rule_bands` may find a line in ``mask``: a line tilted up to
+    :data:`RULE_TILT` lies within ``RULE_TILT * w + 2`` rows, so some band of rows that high
+    has ink in :data:`RULE_COVER` of the columns. Two passes over the image instead of one
+    per slope; most photos without lines stop here.
+
+    Example:
+        >>> m = np.zeros((100, 200), bool); m[40:60, 50:60] = True  # a blot, not a line
+        >>> _may_rule(m), _may_rule(np.eye(100, 200, dtype=bool) | m)
+        (False, False)
+        >>> m[np.round(30 + 0.07 * np.arange(200)).astype(int), np.arange(200)] = True
+        >>> _may_rule(m), [(round(t, 2), r0) for t, r0, _, _ in _rule_bands(m)]
+        (True, [(0.07, 37)])
+    """
+    h, w = mask.shape
+    high = math.floor(RULE_TILT * w) + 2
+    below = np.where(mask, np.arange(h)[:, None], h)  # (h, w): a column's ink rows
+    first = np.minimum.accumulate(below[::-1], axis=0)[::-1]  # first ink row at or below y
+    end = np.minimum(np.arange(h) + high, h)[:, None]  # (h is "no ink below")
+    reached = (first < end).sum(axis=1)  # columns with ink in the band from row y
+    return bool((reached >= RULE_COVER * w - 1e-9).any())
+
+
+def _rule_bands(mask: np.ndarray) -> list[tuple[float, int, int, float]]:
+    """Lines across ``mask`` (near-horizontal): ``(slope, first row, end row, cover)`` in
+    sheared rows (:func:`_shear_rows`), each covering at least :data:`RULE_COVER` of the
+    width (``cover``: the share of its best row)."""
+    h, w = mask.shape
+    n = max(1, min(16, math.ceil(RULE_TILT * w / 2)))  # a row of drift at the edge per step
+    found = []
+    counts = np.zeros((h + 1, w + 1), np.int32)  # counts[y, x]: ink in row y left of x
+    counts[:h, 1:] = np.cumsum(mask, axis=1)
+    centred = np.arange(w) - w / 2
+    r = np.arange(h)[:, None]
+    for t in np.linspace(-RULE_TILT, RULE_TILT, 2 * n + 1):
+        # Sheared row r holds mask[r + shift[x], x]. The shift is constant over runs of
+        # columns, so the row's ink is a sum over those runs of row sums from `counts`: a
+        # few dozen numbers per row instead of a gather of the whole image.
+        shift = np.round(float(t) * centred).astype(np.int64)
+        starts = np.flatnonzero(np.r_[True, shift[1:] != shift[:-1]])
+        ends = np.r_[starts[1:], w]
+        src = r + shift[starts][None, :]  # (h, runs): the source row of each run
+        src = np.where((src >= 0) & (src < h), src, h)  # row h of counts is all zeros
+        ink = counts[src, ends[None, :]] - counts[src, starts[None, :]]
+        cover = ink.sum(axis=1) / w  # as the mean over the w columns of the sheared row
+        on = np.flatnonzero(cover >= RULE_COVER)
+        for run in np.split(on, np.flatnonzero(np.diff(on) > 1) + 1) if on.size else []:
+            r0, r1 = int(run[0]), int(run[-1]) + 1
+            # its soft edges too: two rows at most, not a stroke that runs beside it
+            for _ in range(2):
+                r0 -= int(r0 > 0 and cover[r0 - 1] >= RULE_COVER / 2)
+                r1 += int(r1 < h and cover[r1] >= RULE_COVER / 2)
+            found.append((float(cover[run].max()), float(t), r0, r1))
+    # One line is found at neighbouring slopes: keep the slope that covers it best in the
+    # thinnest band (the one it lies along), then the least tilted.
+    found.sort(key=lambda f: (-f[0], f[3] - f[2], abs(f[1])))
+    kept: list[tuple[float, int, int, float]] = []
+    for best, t, r0, r1 in found:
+        if all(r1 <= k0 - 1 or r0 >= k1 + 1 for _, k0, k1, _ in kept):
+            kept.append((t, r0, r1, best))
+    return [k for k in kept if (k[2] - k[1]) <= max(3, 0.08 * h)]  # thin: lines, not blocks
+
+
+def _sheared_band(
+    mask: np.ndarray, t: float, r0: int, r1: int, keep_crossings: bool = False
+) -> np.ndarray:
+    """The pixels of ``mask`` on the line ``(t, r0, r1)`` of :func:`_rule_bands` (and a row
+    either side); with ``keep_crossings``, less those where a stroke meets it (ink just above
+    or below: a stroke crossing it, ending on it or running along it)."""
+    h, w = mask.shape
+    gap = 2  # rows looked at either side for strokes meeting the line
+    r0, r1 = max(0, r0 - 1), min(h, r1 + 1)  # and the row either side: the line's soft edge
+    lo, hi = max(0, r0 - gap), min(h, r1 + gap)  # only these sheared rows are needed
+    rows, valid = _shear_rows(h, w, t)
+    rows, valid = rows[lo:hi], valid[lo:hi]
+    cols = np.broadcast_to(np.arange(w), rows.shape)
+    sheared = np.zeros(rows.shape, bool)
+    sheared[valid] = mask[rows[valid], cols[valid]]
+    band = np.zeros_like(sheared)
+    band[r0 - lo : r1 - lo] = sheared[r0 - lo : r1 - lo]
+    if keep_crossings:
+        above = sheared[: r0 - lo].any(axis=0)
+        below = sheared[r1 - lo :].any(axis=0)
+        # A stroke that crosses the line, ends on it or runs along it has ink beside it.
+        crossing = np.convolve((above | below).astype(np.int8), np.ones(3, np.int8), "same") > 0
+        band[:, crossing] = False
+    out = np.zeros_like(mask)
+    out[rows[valid], cols[valid]] = band[valid]
+    return out
 
 
 def _label(on: np.ndarray) -> np.ndarray:

@@ -46,6 +46,18 @@ class PaperLook:
         blur: Gaussian blur radius range, in pixels of the drawing.
         tilt: the largest perspective change, as a fraction of the side (a phone held askew).
         jpeg: JPEG quality range; applied to half of the photos.
+        rules: the chance that the paper is printed with lines under the writing, seen
+            through the same tilt, light and blur as the ink. The lines' random numbers come
+            from a generator spawned from ``rng`` (:meth:`numpy.random.Generator.spawn`), so a
+            photo with lines is the same photo as without them, lines apart.
+        squared: of the printed papers, the share that is squared (a grid); the rest is
+            ruled (parallel lines).
+        rule_gap: the lines' spacing range, as a fraction of the drawing's height.
+        rule_width: the lines' width range, as a fraction of the drawing's height (at least
+            a pixel).
+        rule_alpha: how strongly the lines are printed (0 = invisible, 1 = their full colour).
+        rule_slope: the largest slope of the lines against the drawing (writing held askew
+            to the page's lines; the photo's own tilt comes on top).
     """
 
     chance: float = 0.5
@@ -57,15 +69,31 @@ class PaperLook:
     blur: tuple[float, float] = (0.0, 1.6)
     tilt: float = 0.06
     jpeg: tuple[int, int] = (30, 90)
+    rules: float = 0.0
+    squared: float = 0.5
+    rule_gap: tuple[float, float] = (0.25, 0.45)
+    rule_width: tuple[float, float] = (0.005, 0.014)
+    rule_alpha: tuple[float, float] = (0.3, 0.8)
+    rule_slope: float = 0.03
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.chance <= 1.0:
-            raise ValueError(f"paper chance must be in [0, 1], got {self.chance}")
+        for name in ("chance", "rules", "squared"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"paper {name} must be in [0, 1], got {getattr(self, name)}")
+        if self.rule_gap[0] <= 0 or self.rule_gap[0] > self.rule_gap[1]:
+            raise ValueError(f"paper rule_gap must be 0 < low <= high, got {self.rule_gap}")
 
 
-def _perspective(img: Image.Image, rng: np.random.Generator, tilt: float) -> Image.Image:
-    """``img`` seen slightly askew: each corner moved by up to ``tilt`` of the side."""
-    w, h = img.size
+# Printed line colours (RGB): the blue of ruled pads, grey, the red of a margin or a grid.
+RULE_INKS = np.array([[110, 150, 215], [150, 150, 150], [215, 120, 120]])
+
+
+def _perspective_coeffs(
+    size: tuple[int, int], rng: np.random.Generator, tilt: float
+) -> tuple[float, ...]:
+    """PIL's perspective coefficients of an image of ``size`` seen slightly askew: each
+    corner moved by up to ``tilt`` of the side."""
+    w, h = size
     corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float64)
     moved = corners + rng.uniform(-tilt, tilt, (4, 2)) * [w, h]
     # Solve for the 8 coefficients mapping output (corners) to input (moved) pixels.
@@ -74,8 +102,35 @@ def _perspective(img: Image.Image, rng: np.random.Generator, tilt: float) -> Ima
         rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
         rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
         rhs += [u, v]
-    coeffs = np.linalg.solve(np.array(rows), np.array(rhs))
-    return img.transform(img.size, Image.Transform.PERSPECTIVE, tuple(coeffs), Image.BILINEAR)
+    return tuple(np.linalg.solve(np.array(rows), np.array(rhs)))
+
+
+def printed_rules(
+    h: int, w: int, rng: np.random.Generator, look: PaperLook, grid: bool
+) -> np.ndarray:
+    """The printed lines of ruled (``grid=False``) or squared paper, as coverage ``(h, w)``
+    in [0, 1] (antialiased), drawn with ``look``'s ``rule_*`` ranges at a random phase.
+
+    Example:
+        >>> a = printed_rules(100, 80, np.random.default_rng(1), PaperLook(), grid=False)
+        >>> a.shape, bool(a.max() <= 1), bool((a.max(axis=1) > 0.2).sum() < 30)
+        ((100, 80), True, True)
+    """
+    gap = rng.uniform(*look.rule_gap) * h
+    width = max(1.0, rng.uniform(*look.rule_width) * h)
+    strength = rng.uniform(*look.rule_alpha)
+    slope = rng.uniform(-look.rule_slope, look.rule_slope)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+
+    def lines(across: np.ndarray, phase: float) -> np.ndarray:
+        # distance to the nearest line, then a pixel-wide ramp at its edges (antialiasing)
+        d = np.abs((across - phase + gap / 2) % gap - gap / 2)
+        return np.clip(width / 2 + 0.5 - d, 0.0, 1.0)
+
+    cover = lines(ys + slope * (xs - w / 2), rng.uniform(0, gap))
+    if grid:
+        cover = np.maximum(cover, lines(xs - slope * (ys - h / 2), rng.uniform(0, gap)))
+    return cover * strength
 
 
 def on_paper(
@@ -84,12 +139,27 @@ def on_paper(
     """A clean drawing (uint8 ``(H, W)``, white ink on black) as a photo of ink on paper: RGB."""
     h, w = drawing.shape
     alpha = Image.fromarray(drawing)
-    if look.tilt:
-        alpha = _perspective(alpha, rng, look.tilt)
+    coeffs = _perspective_coeffs(alpha.size, rng, look.tilt) if look.tilt else None
+    if coeffs is not None:
+        alpha = alpha.transform(alpha.size, Image.Transform.PERSPECTIVE, coeffs, Image.BILINEAR)
     a = np.asarray(alpha, np.float32)[:, :, None] / 255.0 * rng.uniform(*look.ink_alpha)
     paper = rng.uniform(*look.paper) * (1 + rng.uniform(-look.tint, look.tint, 3))
     ink = INKS[rng.integers(len(INKS))] * rng.uniform(0.7, 1.2)
-    img = paper * (1 - a) + ink * a  # (H, W, 3)
+    img = paper * np.ones((h, w, 1), np.float32)
+    # The lines draw from a generator of their own (spawning one leaves rng's stream as it
+    # is): the same rng gives the same photo with and without them, lines apart.
+    lined = rng.spawn(1)[0] if look.rules else None
+    if lined is not None and lined.random() < look.rules:
+        lines = printed_rules(h, w, lined, look, grid=lined.random() < look.squared)
+        colour = RULE_INKS[lined.integers(len(RULE_INKS))] / 255.0
+        if coeffs is not None:  # the page's lines are tilted with the writing on it
+            lines = np.asarray(
+                Image.fromarray(lines, "F").transform(
+                    (w, h), Image.Transform.PERSPECTIVE, coeffs, Image.BILINEAR
+                )
+            )
+        img = img * (1 - lines[:, :, None] * (1 - colour))  # printed ink darkens the paper
+    img = img * (1 - a) + ink * a  # (H, W, 3)
     # Uneven light: a linear falloff in a random direction times a soft bright spot.
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     angle = rng.uniform(0, 2 * np.pi)

@@ -13,13 +13,20 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _bench(name: str, monkeypatch, tmp_path: Path):
+    """The benchmark script ``name`` imported from benchmarks/, and a BENCHMARKS.md stand-in
+    holding text the script must keep."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    md = tmp_path / "B.md"
+    md.write_text("# Benchmarks\n\nkept text\n")
+    return importlib.import_module(name), md
+
+
 def test_time_to_accuracy_smoke_plan_trains_scores_and_writes_its_section(
     tmp_path, monkeypatch, mirror
 ):
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    tta = importlib.import_module("time_to_accuracy")
-    md, js = tmp_path / "B.md", tmp_path / "t.json"
-    md.write_text("# Benchmarks\n\nkept text\n")
+    tta, md = _bench("time_to_accuracy", monkeypatch, tmp_path)
+    js = tmp_path / "t.json"
     assert tta.main(["--plan", "smoke", "--json", str(js), "--md", str(md)]) == 0
     result = json.loads(js.read_text())
     (config,) = result["configs"]
@@ -34,10 +41,7 @@ def test_time_to_accuracy_smoke_plan_trains_scores_and_writes_its_section(
 
 
 def test_render_speed_smoke_run_measures_renders_and_the_step(tmp_path, monkeypatch, mirror):
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    bench = importlib.import_module("render_speed")
-    md = tmp_path / "B.md"
-    md.write_text("# Benchmarks\n\nkept text\n")
+    bench, md = _bench("render_speed", monkeypatch, tmp_path)
     argv = ["--rounds", "1", "--chars", "12", "--draws", "1", "--steps", "2", "--train-chars", "0"]
     assert bench.main([*argv, "--md", str(md)]) == 0
     text = md.read_text()
@@ -56,10 +60,7 @@ def test_render_speed_smoke_run_measures_renders_and_the_step(tmp_path, monkeypa
 def test_prepare_speed_smoke_run_loads_a_folder_both_ways_to_the_same_images(
     tmp_path, monkeypatch, mirror
 ):
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    bench = importlib.import_module("prepare_speed")
-    md = tmp_path / "B.md"
-    md.write_text("# Benchmarks\n\nkept text\n")
+    bench, md = _bench("prepare_speed", monkeypatch, tmp_path)
     argv = ["--work", str(tmp_path / "w"), "--cases", "folder-handwriting", "--writers", "2"]
     assert bench.main([*argv, "--rounds", "1", "--md", str(md)]) == 0
     text = md.read_text()
@@ -72,10 +73,7 @@ def test_prepare_speed_smoke_run_loads_a_folder_both_ways_to_the_same_images(
 
 
 def test_hanzi_shapes_compares_real_and_rendered_characters(tmp_path, monkeypatch, mirror):
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    bench = importlib.import_module("hanzi_shapes")
-    md = tmp_path / "B.md"
-    md.write_text("# Benchmarks\n\nkept text\n")
+    bench, md = _bench("hanzi_shapes", monkeypatch, tmp_path)
     argv = ["--per-class", "4", "--real", "600", "--aspect=-0.3,-0.3", "--md", str(md)]
     assert bench.main(argv) == 0
     text = md.read_text()
@@ -139,24 +137,9 @@ def test_ruled_paper_photographs_a_test_split_and_scores_it_both_ways(
 ):
     from conftest import HANZI_RUN_DATA
 
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    bench = importlib.import_module("ruled_paper")
-    md = tmp_path / "B.md"
-    md.write_text("# Benchmarks\n\nkept text\n")
+    bench, md = _bench("ruled_paper", monkeypatch, tmp_path)
     argv = ["--work", str(tmp_path / "w"), "--run", str(hanzi_run), "--data", HANZI_RUN_DATA]
-    argv += [
-        "--label",
-        "tiny",
-        "--limit",
-        "24",
-        "--px",
-        "96",
-        "--fill",
-        "0.6",
-        "--write",
-        "--md",
-        str(md),
-    ]
+    argv += "--label tiny --limit 24 --px 96 --fill 0.6 --write --md".split() + [str(md)]
     assert bench.main(argv) == 0
     # the photos are files, one per test image and paper, named by their class
     for paper in ("plain", "ruled", "squared"):

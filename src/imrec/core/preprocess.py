@@ -711,13 +711,14 @@ def _without_rules(
         away = away.T if vertical else away
         return bool(away.any()) and float(np.median(ink[away])) < RULE_LIGHT * writing
 
-    accepted = [line for line in lines if inside(line) and (reaches_past(line) or light(line))]
+    lighter = {line: light(line) for line in lines}
+    accepted = [line for line in lines if inside(line) and (reaches_past(line) or lighter[line])]
     if len(accepted) < 2:
         return mask
     # Ruled or squared paper: its lines go, those the writing spans too when they run from
     # edge to edge (a letter's tall stem covers less of the page than a printed line) or are
     # lighter than the writing, those at the page's edge too.
-    lines = [line for line in lines if line in accepted or line[4] >= RULE_FULL or light(line)]
+    lines = [line for line in lines if line in accepted or line[4] >= RULE_FULL or lighter[line]]
     out = mask.copy()
     for vertical, t, r0, r1, _ in lines:
         m = mask.T if vertical else mask
@@ -726,11 +727,14 @@ def _without_rules(
     return _drop_specks(out) if out.any() else mask
 
 
-def _shear_rows(h: int, w: int, t: float) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices ``(h, w)`` of a grid whose column ``x`` is shifted by ``t * (x - w / 2)``
-    rows (a line of slope ``t`` becomes a row), and where they fall inside the image."""
+def _shear_rows(
+    h: int, w: int, t: float, lo: int = 0, hi: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices ``(hi - lo, w)`` of rows ``lo:hi`` (default all ``h``) of a grid whose
+    column ``x`` is shifted by ``t * (x - w / 2)`` rows (a line of slope ``t`` becomes a
+    row), and where they fall inside the image."""
     shift = np.round(t * (np.arange(w) - w / 2)).astype(np.int64)
-    rows = np.arange(h)[:, None] + shift[None, :]
+    rows = np.arange(lo, h if hi is None else hi)[:, None] + shift[None, :]
     return rows, (rows >= 0) & (rows < h)
 
 
@@ -807,8 +811,7 @@ def _sheared_band(
     gap = 2  # rows looked at either side for strokes meeting the line
     r0, r1 = max(0, r0 - 1), min(h, r1 + 1)  # and the row either side: the line's soft edge
     lo, hi = max(0, r0 - gap), min(h, r1 + gap)  # only these sheared rows are needed
-    rows, valid = _shear_rows(h, w, t)
-    rows, valid = rows[lo:hi], valid[lo:hi]
+    rows, valid = _shear_rows(h, w, t, lo, hi)
     cols = np.broadcast_to(np.arange(w), rows.shape)
     sheared = np.zeros(rows.shape, bool)
     sheared[valid] = mask[rows[valid], cols[valid]]

@@ -140,8 +140,13 @@ def on_paper(
     h, w = drawing.shape
     alpha = Image.fromarray(drawing)
     coeffs = _perspective_coeffs(alpha.size, rng, look.tilt) if look.tilt else None
-    if coeffs is not None:
-        alpha = alpha.transform(alpha.size, Image.Transform.PERSPECTIVE, coeffs, Image.BILINEAR)
+
+    def askew(img: Image.Image) -> Image.Image:  # the photo's tilt, the same for all it shows
+        if coeffs is None:
+            return img
+        return img.transform(img.size, Image.Transform.PERSPECTIVE, coeffs, Image.BILINEAR)
+
+    alpha = askew(alpha)
     a = np.asarray(alpha, np.float32)[:, :, None] / 255.0 * rng.uniform(*look.ink_alpha)
     paper = rng.uniform(*look.paper) * (1 + rng.uniform(-look.tint, look.tint, 3))
     ink = INKS[rng.integers(len(INKS))] * rng.uniform(0.7, 1.2)
@@ -152,12 +157,7 @@ def on_paper(
     if lined is not None and lined.random() < look.rules:
         lines = printed_rules(h, w, lined, look, grid=lined.random() < look.squared)
         colour = RULE_INKS[lined.integers(len(RULE_INKS))] / 255.0
-        if coeffs is not None:  # the page's lines are tilted with the writing on it
-            lines = np.asarray(
-                Image.fromarray(lines, "F").transform(
-                    (w, h), Image.Transform.PERSPECTIVE, coeffs, Image.BILINEAR
-                )
-            )
+        lines = np.asarray(askew(Image.fromarray(lines, "F")))  # tilted with the writing
         img = img * (1 - lines[:, :, None] * (1 - colour))  # printed ink darkens the paper
     img = img * (1 - a) + ink * a  # (H, W, 3)
     # Uneven light: a linear falloff in a random direction times a soft bright spot.

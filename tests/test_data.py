@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import time
 import urllib.error
 import urllib.request
@@ -294,13 +295,14 @@ def test_mnist_from_real_mirror(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def real_home(tmp_path_factory):
-    """One cache for the real-data tests of this module, so each tarball is decoded once."""
+def real_home():
+    """The session's cache (tests/conftest.py) for the real-data tests of this module, so each
+    tarball is prepared once in the whole test run (the letters tests use Chars74K too)."""
     if not REAL_MIRROR.is_dir():
         pytest.skip("no real data mirror on this machine")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IMREC_DATA_MIRROR", str(REAL_MIRROR))
-        yield tmp_path_factory.mktemp("real-home")
+        yield Path(os.environ["IMREC_HOME"])
 
 
 def _assert_writer_disjoint(data: ClassificationData) -> None:

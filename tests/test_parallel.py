@@ -158,7 +158,16 @@ def test_ctrl_c_while_a_dataset_is_prepared_stops_every_worker_and_keeps_no_half
     env = dict(os.environ, IMREC_HOME=str(home), IMREC_DATA_MIRROR=str(mirror))
     env.pop(PROCESSES_ENV, None)
     cmd = [sys.executable, "-m", "imrec", "train", "chinese-mnist", "--out", str(tmp_path / "r")]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+        # As from a terminal: a shell starts background jobs with SIGINT ignored, and Python
+        # leaves an ignored SIGINT ignored, so a test run started with `&` would hand that on.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         first = proc.stderr.readline()  # the notice comes just before the work starts
         assert "preparing 15000 Chinese MNIST images" in first

@@ -1,4 +1,5 @@
-"""Handwriting on ruled and squared paper: how much the printed lines cost, and how much of it
+"""Handwriting on ruled and squared paper, and on paper lying on a desk: how much the printed
+lines and the desk past the paper's edge cost, and how much of it
 :func:`imrec.core.preprocess.to_ink_form` wins back by taking them out.
 
     python benchmarks/ruled_paper.py --work /tmp/ruled --run RUN --data DATA [--label NAME]
@@ -6,12 +7,14 @@
 
 The test split of ``DATA`` (writers the run never saw: ``chars74k-upper`` for a letters run,
 ``chinese-mnist`` for a ``hanzi`` or Chinese MNIST run) is drawn onto paper and photographed by
-:func:`imrec.data.paper.on_paper` three ways: plain paper, ruled paper (parallel lines) and
+:func:`imrec.data.paper.on_paper` four ways: plain paper, ruled paper (parallel lines),
 squared paper (a grid), with lines of random spacing, width, strength, colour and slope,
-printed under the ink and seen through the photo's tilt, light, blur and JPEG. The photos are
-saved as files (``<work>/<label>/<paper>/i_LABEL.png``) and read back by the run's predictor, as
-``imrec predict RUN DIR`` reads them, twice: as imrec prepares them, and with the line removal
-switched off (``RULE_COVER`` set out of reach), the preparation before it existed.
+printed under the ink, and plain paper on a desk that shows past the paper's edge (near one
+side, at a random angle, 5-30% of the photo deep), all seen through the photo's tilt, light,
+blur and JPEG. The photos are saved as files (``<work>/<label>/<paper>/i_LABEL.png``) and read
+back by the run's predictor, as ``imrec predict RUN DIR`` reads them, twice: as imrec prepares
+them, and with both removals switched off (``RULE_COVER`` set out of reach, ``BEYOND_ROUNDS``
+0), the preparation before they existed.
 
 The seed draws the papers and the photos; the line removal's thresholds were chosen on other
 photos (seed 0, lines printed over the ink, no slope), so a new seed measures it on photos it
@@ -31,7 +34,12 @@ import numpy as np
 from _bench import REPO, git_commit, machine, md_table, now, write_section
 
 START, END = "<!-- ruled-paper:start -->", "<!-- ruled-paper:end -->"
-PAPERS = {"plain": 0.0, "ruled": 1.0, "squared": 1.0}
+PAPERS = {
+    "plain": {},
+    "ruled": {"rules": 1.0, "squared": 0.0},
+    "squared": {"rules": 1.0, "squared": 1.0},
+    "desk": {"desk": 1.0},
+}
 
 
 def _photo(job: tuple) -> None:
@@ -60,12 +68,12 @@ def photograph(data: str, folder: Path, seed: int, px: int, fill: float, limit: 
     loaded = load_dataset(data)
     split, classes = loaded.test, loaded.classes
     n = len(split.labels) if limit is None else min(limit, len(split.labels))
-    for paper, rules in PAPERS.items():
+    for paper, options in PAPERS.items():
         out = folder / paper
         if (out / "done").is_file():
             continue
         out.mkdir(parents=True, exist_ok=True)
-        look = PaperLook(chance=1.0, rules=rules, squared=float(paper == "squared"))
+        look = PaperLook(chance=1.0, **options)
         jobs = [
             (split.images[i][0].numpy(), out / f"{i:05d}_{classes[int(split.labels[i])]}.png",
              seed, i, px, fill, look)
@@ -81,8 +89,9 @@ def score(run: Path, folder: Path, removal: bool) -> dict:
     import imrec
     from imrec.core import preprocess
 
-    saved = preprocess.RULE_COVER
-    preprocess.RULE_COVER = saved if removal else math.inf  # forked workers inherit it
+    saved = preprocess.RULE_COVER, preprocess.BEYOND_ROUNDS
+    if not removal:  # forked workers inherit it
+        preprocess.RULE_COVER, preprocess.BEYOND_ROUNDS = math.inf, 0
     try:
         predictor = imrec.load_predictor(run)
         files = sorted(folder.glob("*.png"))
@@ -90,7 +99,7 @@ def score(run: Path, folder: Path, removal: bool) -> dict:
         answers = predictor.predict(files, top_k=5, reject=False)
         seconds = time.perf_counter() - start
     finally:
-        preprocess.RULE_COVER = saved
+        preprocess.RULE_COVER, preprocess.BEYOND_ROUNDS = saved
     truth = [f.stem.split("_", 1)[1] for f in files]
     labels = [[t["label"] for t in a.get("top", [])] for a in answers]
     return {
@@ -109,7 +118,7 @@ def report(results: dict) -> list[str]:
     rows, notes = [], {}
     for r in results.values():
         notes[r["label"]] = r["run_note"]
-        for paper in PAPERS:
+        for paper in r["scores"]:
             off, on = r["scores"][paper]["off"], r["scores"][paper]["on"]
             rows.append(
                 [
@@ -125,21 +134,25 @@ def report(results: dict) -> list[str]:
     fills = sorted({str(r["fill"]) for r in results.values()})
     return [
         START,
-        "## Handwriting on ruled and squared paper",
+        "## Handwriting on ruled and squared paper, and on a desk",
         "",
         f"`python benchmarks/ruled_paper.py --work W --run RUN --data DATA --label NAME --seed "
         f"{first['seed']} --px {first['px']} --fill F` (F = {', '.join(fills)}; once per row "
         f"group), {first['when']}, commit {first['commit']}, {first['machine']}. Each test "
         "image (the dataset's normal form, scaled to the drawing size) is drawn onto paper "
         "and photographed (`imrec.data.paper.on_paper`: tilt, uneven light, grain, blur, JPEG "
-        "for half), cropped to the drawing or with a page around it, three ways: plain, ruled "
+        "for half), cropped to the drawing or with a page around it, four ways: plain, ruled "
         "and squared paper (lines of random spacing 25-45% of the photo's height, width "
         "0.5-1.4%, strength 30-80%, blue, grey or red, slope up to 0.03, printed under the "
-        "ink; the same photo otherwise), then read back from PNG files by the run's "
-        "predictor. *without*: the line removal switched off (the preparation before it); "
-        "*with*: as imrec prepares photos now. The removal's thresholds were chosen on other "
-        "photos (seed 0, lines over the ink, none sloped) and on real MNIST digits in the "
-        "tests; the plain rows show what it does to paper without lines.",
+        "ink; the same photo otherwise), and plain paper on a desk that shows past the "
+        "paper's straight edge near one side (5-30% of the photo deep, at any angle; oak, "
+        "walnut, dark grey, beige or blue-grey, textured, under the photo's light and "
+        "grain), then read back from PNG files by the run's predictor. *without*: the line "
+        "removal and the desk removal switched off (the preparation before them); *with*: as "
+        "imrec prepares photos now. The line removal's thresholds were chosen on other photos "
+        "(seed 0, lines over the ink, none sloped), the desk removal's on MNIST digits on "
+        "other desks (`/tmp` scratch photos, seeds 5 and 11) and the tests' real digits; the "
+        "plain rows show what both do to paper without lines or desk.",
         "",
         *md_table(
             [

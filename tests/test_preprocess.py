@@ -414,6 +414,129 @@ def test_ruled_and_squared_paper_lines_are_taken_out(squared, monkeypatch):
     assert np.median(cleaned) > np.median(kept)
 
 
+def test_legible_low_contrast_photos_on_grainy_paper_are_not_blank():
+    """Coloured pen or pencil on grey, grainy paper: the two-sided noise estimate took these
+    legible digits (MNIST test images 3, 321, 766, 875, 876 through the default paper look)
+    for blank paper; the second look, at the paper's half of the ink map, finds them."""
+    from imrec.data.paper import PaperLook, on_paper
+
+    digits = _mnist_digits(877)
+    picks = [3, 321, 766, 875, 876]
+    forms = [
+        to_ink_form(
+            on_paper(
+                np.asarray(Image.fromarray(digits[i]).resize((160, 160), Image.Resampling.BICUBIC)),
+                np.random.default_rng((5, i)),
+                PaperLook(chance=1.0),
+            ),
+            InkForm(),
+        )
+        for i in picks
+    ]
+    clean = [
+        preprocess.drawing_to_ink_form(
+            np.asarray(Image.fromarray(digits[i]).resize((160, 160), Image.Resampling.BICUBIC)),
+            InkForm(),
+        )
+        for i in picks
+    ]
+    likeness = _likeness(forms, clean)
+    assert (likeness > 0.8).all(), np.round(likeness, 2)
+    # ... while paper with nothing on it, as grainy and as unevenly lit, stays blank.
+    empty = np.zeros((160, 160), np.uint8)
+    heavy = PaperLook(chance=1.0, grain=(9.0, 12.0))
+    for i in range(40):
+        photo = on_paper(empty, np.random.default_rng((9, i)), heavy)
+        assert to_ink_form(photo, InkForm()).max() == 0, i
+
+
+def _on_a_page(digits, look, monkeypatch, desk_removal: bool = True) -> list[np.ndarray]:
+    """Each digit 120 px wide on a 200 px page photographed with ``look`` (seeded per digit),
+    in the normal form; ``desk_removal=False`` prepares it as before that existed."""
+    from imrec.data.paper import on_paper
+
+    with monkeypatch.context() as m:
+        if not desk_removal:
+            m.setattr(preprocess, "BEYOND_ROUNDS", 0)
+        forms = []
+        for i, d in enumerate(digits):
+            page = np.zeros((200, 200), np.uint8)
+            page[40:160, 40:160] = np.asarray(
+                Image.fromarray(d).resize((120, 120), Image.Resampling.BICUBIC)
+            )
+            forms.append(
+                to_ink_form(on_paper(page, np.random.default_rng((5, i)), look), InkForm())
+            )
+        return forms
+
+
+def test_paper_look_desk_changes_only_what_lies_past_the_papers_edge():
+    """PaperLook(desk=1): the same photo as without the desk except past a straight edge
+    near one side, which never crosses the writing."""
+    from imrec.data.paper import PaperLook, on_paper
+
+    drawing = np.zeros((160, 160), np.uint8)
+    drawing[40:120, 70:85] = 255
+    drawing[40:55, 40:120] = 255
+    sharp = {"blur": (0.0, 0.1), "jpeg": (95, 96), "tilt": 0.0}  # no blur: pixels compare
+    changed_somewhere = 0
+    for i in range(12):
+        plain = np.asarray(on_paper(drawing, np.random.default_rng(i), PaperLook(1.0, **sharp)))
+        desk = np.asarray(
+            on_paper(drawing, np.random.default_rng(i), PaperLook(1.0, desk=1.0, **sharp))
+        )
+        # (half the photos are JPEG at quality 95: its blocks spread a few grey levels)
+        diff = np.abs(plain.astype(int) - desk.astype(int)).max(axis=2) > 12
+        changed_somewhere += bool(diff.any())
+        assert not (diff & (drawing > 0)).any(), i  # the writing is on the paper
+        if diff.any():  # one region, from the border in
+            rows, cols = np.nonzero(diff)
+            assert rows.min() == 0 or cols.min() == 0 or rows.max() == 159 or cols.max() == 159
+    assert changed_somewhere >= 10
+
+
+def test_a_desk_past_the_papers_edge_is_not_taken_for_writing(monkeypatch):
+    """Real digits on paper lying on a desk that shows past the paper's edge: they prepare as
+    the same photos without the desk do; before the desk removal the desk was the 'ink'."""
+    from imrec.data.paper import PaperLook
+
+    digits = _mnist_digits(48)
+    plain = _on_a_page(digits, PaperLook(chance=1.0), monkeypatch)
+    # Paper without a desk: the removal finds nothing and changes nothing.
+    unremoved = _on_a_page(digits, PaperLook(chance=1.0), monkeypatch, False)
+    assert all((a == b).all() for a, b in zip(plain, unremoved, strict=True))
+    on_desk = PaperLook(chance=1.0, desk=1.0)
+    cleaned = _likeness(_on_a_page(digits, on_desk, monkeypatch), plain)
+    kept = _likeness(_on_a_page(digits, on_desk, monkeypatch, False), plain)
+    assert np.median(cleaned) > 0.98, np.round(cleaned, 2)
+    assert (cleaned > 0.9).mean() >= 0.7, np.round(cleaned, 2)
+    assert (kept > 0.9).mean() <= 0.2, np.round(kept, 2)  # the test can fail both ways
+
+
+@pytest.mark.parametrize("glyph", ["三", "二", "小"])
+@pytest.mark.parametrize("pen", [4, 9, 16])
+def test_a_character_cropped_to_its_ink_box_keeps_its_bars_on_the_border(glyph, pen, monkeypatch):
+    """Cropped to the ink box, a character's widest bar runs from side to side along the
+    border, apart from its other strokes, as a desk's strip would: it is writing."""
+    img = Image.new("L", (120, 120), 235)
+    d = ImageDraw.Draw(img)
+    if glyph == "三":
+        d.rectangle([20, 0, 100, pen], fill=30)
+        d.rectangle([10, 55, 110, 55 + pen], fill=30)
+        d.rectangle([0, 119 - pen, 119, 119], fill=30)
+    elif glyph == "二":
+        d.rectangle([15, 0, 105, pen], fill=30)
+        d.rectangle([0, 119 - pen, 119, 119], fill=30)
+    else:  # 小: the hook from top to bottom, the dots on the sides
+        d.rectangle([55, 0, 55 + pen, 119], fill=30)
+        d.rectangle([0, 50, pen + 6, 80], fill=30)
+        d.rectangle([113 - pen, 45, 119, 75], fill=30)
+    with monkeypatch.context() as m:
+        m.setattr(preprocess, "BEYOND_ROUNDS", 0)
+        without = to_ink_form(img, InkForm())
+    assert (to_ink_form(img, InkForm()) == without).all()
+
+
 def _bars(glyph: str, margin: int, pen: int = 9, side: int = 120) -> Image.Image:
     """A character made of straight bars, dark on light paper, ``margin`` pixels from the
     edges (0: cropped tight, its bars running from edge to edge)."""

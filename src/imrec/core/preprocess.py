@@ -47,6 +47,20 @@ SPECK_FRACTION = 0.03
 # retraining: 66.30% top-1 with the threshold alone, 69.19% at 0.25 (the other values tried,
 # 0.5 / 0.35 / 0.15, ranked below 0.25: BENCHMARKS.md "hanzi").
 WEAK_INK = 0.25
+# What a photo shows past the paper's edge (a desk), :func:`_beyond_the_page`: a dark region
+# meeting the border over BEYOND_CONTACT of the shorter side, looked for when the writing clear
+# of the border has BEYOND_INNER of the region's area; taken when BEYOND_SOLID of it survives
+# an opening 1.5 strokes and BEYOND_DEPTH of the side wide, or when it runs from one side to
+# another filling BEYOND_FILL of its box. Up to BEYOND_ROUNDS looks; then pieces on the border
+# beside it smaller than BEYOND_REMNANT of the largest ink go too. Set BEYOND_ROUNDS to 0 to
+# switch it off. Chosen on MNIST digits photographed on desks (scratch photos: seeds 5 and 11).
+BEYOND_CONTACT = 0.15
+BEYOND_INNER = 0.05
+BEYOND_SOLID = 0.3
+BEYOND_DEPTH = 0.05
+BEYOND_FILL = 0.25
+BEYOND_ROUNDS = 3
+BEYOND_REMNANT = 0.25
 # Ruled and squared paper: a printed line runs across the page (it covers RULE_COVER of the
 # width at its best tilt, up to RULE_TILT), reaches RULE_BEYOND of the width past the writing
 # on both sides, and is one of at least two (parallel rules, or a grid). Lines within
@@ -281,8 +295,7 @@ def normalize_ink(
     grey = _grey_float(img)  # (H, W) in [0, 1]
     if min(grey.shape) < 2:
         raise ValueError(f"image too small for ink normalisation: {grey.shape}")
-    ink = _ink_map(grey)  # (H, W), 0 = background, higher = more ink
-    found = _ink_mask(ink)
+    ink, found = _find_ink(_ink_map(grey))  # ink: (H, W), 0 = background, higher = more ink
     if found is None:
         out = np.zeros((size, size), np.uint8)
     else:
@@ -320,8 +333,7 @@ def to_ink_form(img: Image.Image | np.ndarray, form: InkForm) -> np.ndarray:
     grey = _grey_float(_reduced(img, form.size))
     if min(grey.shape) < 2:
         raise ValueError(f"image too small for ink normalisation: {grey.shape}")
-    ink = _ink_map(grey)
-    found = _ink_mask(ink)
+    ink, found = _find_ink(_ink_map(grey))
     if found is None:
         return np.zeros((form.size, form.size), np.uint8)
     mask, level_lo, level_hi = found
@@ -590,10 +602,140 @@ def _otsu(values: np.ndarray) -> float:
     return float(edges[int(np.argmax(between)) + 1])
 
 
-def _ink_mask(ink: np.ndarray) -> tuple[np.ndarray, float, float] | None:
-    """Ink pixels without specks, plus the background and full-ink levels; None if blank."""
+def _find_ink(
+    ink: np.ndarray,
+) -> tuple[np.ndarray, tuple[np.ndarray, float, float] | None]:
+    """The ink map and :func:`_ink_mask` of it, with what lies beyond the page taken out
+    (:func:`_beyond_the_page`): the map is returned with those parts set to paper."""
+    found = _ink_mask(ink)
+    gone = None
+    # Once the region is gone the thresholds fall, and a lighter part of it may show: look
+    # again, a few times at most.
+    for _ in range(BEYOND_ROUNDS):
+        if found is None:
+            break
+        beyond = _beyond_the_page(found[3])
+        if beyond is None:
+            break
+        ink = np.where(beyond, np.float32(np.median(ink[~found[3]])), ink)
+        gone = beyond if gone is None else gone | beyond
+        found = _ink_mask(ink)
+    if found is None:
+        return ink, None
+    mask, level_lo, level_hi, _ = found
+    if gone is not None:
+        mask = _without_remnants(mask, gone)
+    return ink, (mask, level_lo, level_hi)
+
+
+def _without_remnants(mask: np.ndarray, gone: np.ndarray) -> np.ndarray:
+    """``mask`` without the small pieces on the border beside the region taken out as beyond
+    the page (``gone``): the thin end of a desk's wedge, a strip of its edge's shadow."""
+    labels = _label(mask)
+    area = np.bincount(labels.ravel())
+    area[0] = 0
+    if area.max() == 0:
+        return mask
+    ring = np.zeros_like(mask)
+    ring[0], ring[-1], ring[:, 0], ring[:, -1] = True, True, True, True
+    reach = max(3, round(BEYOND_DEPTH * min(mask.shape))) | 1
+    near = _max_filter(gone.astype(np.float32), 2 * reach + 1) > 0.5
+    on_border, beside = np.zeros(area.size, bool), np.zeros(area.size, bool)
+    on_border[labels[ring & mask]] = True
+    beside[labels[near & mask]] = True
+    drop = on_border & beside & (area < BEYOND_REMNANT * area.max())
+    drop[0] = False
+    return mask & ~drop[labels] if drop.any() else mask
+
+
+def _beyond_the_page(mask: np.ndarray) -> np.ndarray | None:
+    """What a photo shows past the paper's edge (a desk, a sleeve, a shadow at the side),
+    as a mask to treat as paper; None when there is none.
+
+    Such a region is dark like ink, but it lies along the image's border: it meets the border
+    over at least :data:`BEYOND_CONTACT` of the shorter side, where a stroke running off the
+    page meets it over its width. And it is either solid (opened with a square one and a
+    half strokes and :data:`BEYOND_DEPTH` of the side wide, :data:`BEYOND_SOLID` of it
+    stays, where strokes vanish; the strokes measured on the ink that touches no border) or
+    it runs along the border from one side of the image to another and fills much of its
+    box (a strip along an edge, a corner cut off; a grid of printed lines does not fill its
+    box), as a character's bar along one edge does not. Only looked for when writing lies
+    clear of the border (to measure the strokes by), and no strips are taken when ink meets
+    all four sides: a character cropped to its ink box has its bars there (三's lowest runs
+    from side to side). Limit: a character cropped flush on two or three sides whose bar
+    along them stands apart from its other strokes is taken for a strip.
+    """
+    h, w = mask.shape
+    sides = [(0, slice(None)), (-1, slice(None)), (slice(None), 0), (slice(None), -1)]
+    if not any(mask[side].any() for side in sides):
+        return None
+    labels = _label(mask)
+    n = int(labels.max()) + 1
+    per_side = np.stack([np.bincount(labels[side], minlength=n) for side in sides])  # (4, n)
+    per_side[:, 0] = 0
+    contact = per_side.sum(0)
+    edge = contact >= BEYOND_CONTACT * min(h, w)
+    if not edge.any():
+        return None
+    inner = _drop_specks(mask & (contact[labels] == 0))
+    if inner.sum() < BEYOND_INNER * np.bincount(labels[edge[labels]]).max():
+        return None  # too little writing clear of the border to measure strokes by
+    width = _stroke_width(inner)
+    k = 2 * math.ceil(max(0.75 * width, BEYOND_DEPTH * min(h, w) / 2)) + 1
+    # Opening (erosion, then dilation) with a k x k square; the image's outside counts as
+    # solid for the erosion, since the region goes on past the border.
+    touching = edge[labels]
+    core = 1.0 - _max_filter(1.0 - np.pad(touching, k).astype(np.float32), k)
+    opened = (_max_filter(core, k)[k:-k, k:-k] > 0.5) & touching
+    contact_area = np.bincount(labels[touching], minlength=n)
+    solid = np.bincount(labels[opened], minlength=n) >= BEYOND_SOLID * contact_area
+    # A strip or a corner fills much of its bounding box, as a grid of printed lines does not.
+    boxes = _ndimage().find_objects(labels)
+    fill = np.zeros(n)
+    for i in np.flatnonzero(edge):
+        box = boxes[i - 1]
+        fill[i] = contact_area[i] / ((box[0].stop - box[0].start) * (box[1].stop - box[1].start))
+    spans = ((per_side >= max(2.0, width / 2)).sum(0) >= 2) & (fill >= BEYOND_FILL)
+    # Ink on all four sides is a character cropped to its ink box, whose widest bar (三's
+    # lowest) runs from one side to the other: no strips then, only solid regions.
+    spans &= not all(mask[side].any() for side in sides)
+    solid &= edge
+    spans &= edge & ~solid
+    if not (solid.any() or spans.any()):
+        return None
+    # A solid region is its solid part and what of it lies near that (ragged edges, the
+    # narrow end of a wedge); a strip is all of it. Then their soft edge and shadow.
+    near = _max_filter((opened & solid[labels]).astype(np.float32), 3 * k) > 0.5
+    beyond = (near & solid[labels]) | spans[labels]
+    return _max_filter(beyond.astype(np.float32), 2 * k + 1) > 0.5
+
+
+def _ink_mask(ink: np.ndarray) -> tuple[np.ndarray, float, float, np.ndarray] | None:
+    """Ink pixels without specks, the background and full-ink levels, and the ink pixels
+    with specks; None if blank.
+
+    The paper's noise is measured as the spread around the median (MAD). Where that finds
+    no ink, it is measured again on the half below the median alone: ink only adds to the
+    ink map, so that half is paper, while a large inked share, heavy grain and uneven paper
+    can widen the two-sided spread until a legible, low-contrast character counts as blank
+    (a pencil or coloured pen on grey, grainy paper). Every image that the first measure
+    finds ink in is prepared as before.
+    """
     med = float(np.median(ink))
     sigma = max(1e-3, 1.4826 * float(np.median(np.abs(ink - med))))  # background noise
+    found = _ink_mask_at(ink, med, sigma)
+    if found is None:
+        below = med - ink[ink < med]
+        paper = max(1e-3, 1.4826 * float(np.median(below))) if below.size else sigma
+        if paper < sigma:
+            found = _ink_mask_at(ink, med, paper)
+    return found
+
+
+def _ink_mask_at(
+    ink: np.ndarray, med: float, sigma: float
+) -> tuple[np.ndarray, float, float, np.ndarray] | None:
+    """:func:`_ink_mask` with the background level ``med`` and its noise ``sigma`` given."""
     # The k-th brightest pixel: robust to a few hot pixels, yet a short thin faint stroke on a
     # small image (a Chinese MNIST 一: under 20 pixels of ink at 64 px) still counts.
     k = min(ink.size, 20, max(3, ink.size // 1000))
@@ -602,12 +744,13 @@ def _ink_mask(ink: np.ndarray) -> tuple[np.ndarray, float, float] | None:
         return None
     thresh = max(_otsu(ink), med + 4 * sigma)
     weak = max(med + 4 * sigma, WEAK_INK * thresh)
-    mask = _drop_specks(_hysteresis(ink > weak, ink > thresh))
+    whole = _hysteresis(ink > weak, ink > thresh)
+    mask = _drop_specks(whole)
     if not mask.any():
         return None
     level_lo = min(med + 3 * sigma, 0.5 * weak)
     level_hi = max(float(np.percentile(ink[mask], 80)), level_lo + 1e-3)
-    return mask, level_lo, level_hi
+    return mask, level_lo, level_hi, whole
 
 
 def _hysteresis(weak: np.ndarray, strong: np.ndarray) -> np.ndarray:
@@ -828,11 +971,15 @@ def _sheared_band(
     return out
 
 
+def _ndimage():
+    from scipy import ndimage  # imported when used: most imrec commands never need it
+
+    return ndimage
+
+
 def _label(on: np.ndarray) -> np.ndarray:
     """8-connected component labels (0 = off, then 1, 2, ...), by scipy.ndimage."""
-    from scipy import ndimage  # imported here: most imrec commands never need it
-
-    labels, _ = ndimage.label(on, structure=np.ones((3, 3), bool))
+    labels, _ = _ndimage().label(on, structure=np.ones((3, 3), bool))
     return labels
 
 

@@ -58,6 +58,12 @@ class PaperLook:
         rule_alpha: how strongly the lines are printed (0 = invisible, 1 = their full colour).
         rule_slope: the largest slope of the lines against the drawing (writing held askew
             to the page's lines; the photo's own tilt comes on top).
+        desk: the chance that the photo shows what lies past the paper's edge (a desk, in
+            one of :data:`DESK_COLOURS`, textured, under the same light and grain): the page
+            ends at a straight edge at a random angle near one side. Drawn, like the lines,
+            from a generator of its own, so the photo is otherwise the same.
+        desk_depth: how far the desk reaches into the photo, as a fraction of its side
+            (along the edge's normal).
     """
 
     chance: float = 0.5
@@ -75,9 +81,11 @@ class PaperLook:
     rule_width: tuple[float, float] = (0.005, 0.014)
     rule_alpha: tuple[float, float] = (0.3, 0.8)
     rule_slope: float = 0.03
+    desk: float = 0.0
+    desk_depth: tuple[float, float] = (0.05, 0.3)
 
     def __post_init__(self) -> None:
-        for name in ("chance", "rules", "squared"):
+        for name in ("chance", "rules", "squared", "desk"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"paper {name} must be in [0, 1], got {getattr(self, name)}")
         if self.rule_gap[0] <= 0 or self.rule_gap[0] > self.rule_gap[1]:
@@ -86,6 +94,10 @@ class PaperLook:
 
 # Printed line colours (RGB): the blue of ruled pads, grey, the red of a margin or a grid.
 RULE_INKS = np.array([[110, 150, 215], [150, 150, 150], [215, 120, 120]])
+# Desk colours (RGB) past the paper's edge: oak, walnut, dark grey, beige laminate, blue-grey.
+DESK_COLOURS = np.array(
+    [[150, 110, 70], [90, 60, 40], [45, 45, 50], [170, 160, 140], [70, 85, 110]]
+)
 
 
 def _perspective_coeffs(
@@ -153,13 +165,16 @@ def on_paper(
     img = paper * np.ones((h, w, 1), np.float32)
     # The lines draw from a generator of their own (spawning one leaves rng's stream as it
     # is): the same rng gives the same photo with and without them, lines apart.
-    lined = rng.spawn(1)[0] if look.rules else None
-    if lined is not None and lined.random() < look.rules:
+    # So does the desk, from the second child (the lines keep the first, as before it existed).
+    lined, beyond = rng.spawn(2) if look.rules or look.desk else (None, None)
+    if look.rules and lined.random() < look.rules:
         lines = printed_rules(h, w, lined, look, grid=lined.random() < look.squared)
         colour = RULE_INKS[lined.integers(len(RULE_INKS))] / 255.0
         lines = np.asarray(askew(Image.fromarray(lines, "F")))  # tilted with the writing
         img = img * (1 - lines[:, :, None] * (1 - colour))  # printed ink darkens the paper
     img = img * (1 - a) + ink * a  # (H, W, 3)
+    if look.desk and beyond.random() < look.desk:
+        img = _with_desk(img, beyond, look.desk_depth, a[:, :, 0] > 0.05)
     # Uneven light: a linear falloff in a random direction times a soft bright spot.
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     angle = rng.uniform(0, 2 * np.pi)
@@ -185,6 +200,29 @@ def on_paper(
         buffer.seek(0)
         photo = Image.open(buffer).convert("RGB")
     return photo
+
+
+def _with_desk(
+    img: np.ndarray, rng: np.random.Generator, depth: tuple[float, float], ink: np.ndarray
+) -> np.ndarray:
+    """``img`` (float ``(H, W, 3)``) with a desk past a straight paper edge near one side;
+    the edge stays clear of the writing (``ink``, bool ``(H, W)``): it is on the paper."""
+    h, w = img.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    along = (xs - w / 2) * np.cos(angle) + (ys - h / 2) * np.sin(angle)
+    edge = along.max() - rng.uniform(*depth) * max(h, w)
+    if ink.any():  # at least 2% of the side past the writing
+        edge = max(edge, float(along[ink].max()) + 0.02 * max(h, w))
+    cover = np.clip(along - edge + 0.5, 0.0, 1.0)[:, :, None]  # antialiased edge
+    colour = DESK_COLOURS[rng.integers(len(DESK_COLOURS))] * rng.uniform(0.6, 1.2)
+    grain = np.asarray(
+        Image.fromarray(rng.normal(128, 40, (h // 4 + 1, w // 4 + 1)).clip(0, 255).astype(np.uint8))
+        .resize((w, h), Image.BICUBIC),
+        np.float32,
+    )[:, :, None]  # fmt: skip
+    desk = colour * (1 + (grain - 128) / 128 * rng.uniform(0.03, 0.15))  # wood grain, a weave
+    return img * (1 - cover) + desk * cover
 
 
 def to_form_via_paper(

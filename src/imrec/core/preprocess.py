@@ -667,8 +667,8 @@ def _beyond_the_page(mask: np.ndarray) -> np.ndarray | None:
     """
     h, w = mask.shape
     sides = [(0, slice(None)), (-1, slice(None)), (slice(None), 0), (slice(None), -1)]
-    if not any(mask[side].any() for side in sides):
-        return None
+    if sum(int(mask[side].sum()) for side in sides) < BEYOND_CONTACT * min(h, w):
+        return None  # no region can meet the border that far (most photos: fast)
     labels = _label(mask)
     n = int(labels.max()) + 1
     per_side = np.stack([np.bincount(labels[side], minlength=n) for side in sides])  # (4, n)

@@ -159,3 +159,24 @@ def test_ruled_paper_photographs_a_test_split_and_scores_it_both_ways(
         sum(line.startswith("| tiny | on a page (60% of its side) |") for line in text.splitlines())
         == 4
     )
+
+
+def test_note_on_desk_photographs_sheets_on_a_desk_and_scores_them_three_ways(
+    tmp_path, monkeypatch, hanzi_run
+):
+    from conftest import HANZI_RUN_DATA
+
+    bench, md = _bench("note_on_desk", monkeypatch, tmp_path)
+    argv = ["--work", str(tmp_path / "w"), "--run", str(hanzi_run), "--data", HANZI_RUN_DATA]
+    assert bench.main([*argv, "--label", "tiny", "--limit", "12", "--write", "--md", str(md)]) == 0
+    for kind in ("sheet", "note"):
+        files = sorted((tmp_path / "w").glob(f"*/{kind}/*.png"))
+        assert len(files) == 12 and all(
+            f.stem.split("_")[1] in "永中国人大小山水火木" for f in files
+        )
+    result = json.loads((tmp_path / "w" / "results.json").read_text())["tiny"]
+    for way in ("sheet", "off", "on"):
+        assert result[way]["n"] == 12 and 0 <= result[way]["top1"] <= result[way]["top5"] <= 1
+    text = md.read_text()
+    assert "kept text" in text and text.count("<!-- note-on-desk:start -->") == 1
+    assert sum(line.startswith("| tiny | 12 |") for line in text.splitlines()) == 1

@@ -513,6 +513,47 @@ def test_a_desk_past_the_papers_edge_is_not_taken_for_writing(monkeypatch):
     assert (kept > 0.9).mean() <= 0.2, np.round(kept, 2)  # the test can fail both ways
 
 
+def test_a_note_on_a_dark_desk_is_read_from_the_note(monkeypatch):
+    """A small sheet on a dark desk, photographed from further away (the desk all round):
+    the dark border made the sheet itself the 'ink'; now the sheet is found and read."""
+    from imrec.data.paper import DESK_COLOURS, PaperLook, on_paper
+
+    digits = _mnist_digits(24)
+    found, kept = [], []
+    for i, d in enumerate(digits):
+        rng = np.random.default_rng((31, i))
+        side = int(rng.integers(120, 190))
+        m = side // 6
+        page = np.zeros((side, side), np.uint8)
+        page[m : side - m, m : side - m] = np.asarray(
+            Image.fromarray(d).resize((side - 2 * m, side - 2 * m), Image.Resampling.BICUBIC)
+        )
+        sheet = on_paper(page, np.random.default_rng((5, i)), PaperLook(1.0, tilt=0.0))
+        colour = DESK_COLOURS[rng.integers(len(DESK_COLOURS))] * rng.uniform(0.5, 1.0)
+        desk = (colour + rng.normal(0, 6, (240, 240, 3))).clip(0, 255).astype(np.uint8)
+        photo = Image.fromarray(desk)
+        fill = tuple(int(c) for c in colour)
+        y, x = (int(v) for v in rng.integers(0, 240 - side, 2))
+        photo.paste(sheet.rotate(float(rng.uniform(-10, 10)), fillcolor=fill), (x, y))
+        alone = to_ink_form(sheet, InkForm())
+        found.append(_likeness([to_ink_form(photo, InkForm())], [alone])[0])
+        with monkeypatch.context() as mp:
+            mp.setattr(preprocess, "PAGE_MIN", math.inf)  # no page search: as before
+            kept.append(_likeness([to_ink_form(photo, InkForm())], [alone])[0])
+    found, kept = np.array(found), np.array(kept)
+    assert (found > 0.8).mean() >= 0.8 and found.min() > 0.5, np.round(found, 2)
+    assert (kept > 0.8).mean() <= 0.1, np.round(kept, 2)  # the test can fail both ways
+
+
+def test_bold_white_digits_on_black_are_not_taken_for_a_page(monkeypatch):
+    """White ink on black (MNIST's own polarity), bold and large: no 'page' is found in it."""
+    digits = _mnist_digits(300)
+    for px in (64, 160):
+        for d in digits:
+            big = np.asarray(Image.fromarray(d).resize((px, px), Image.Resampling.BICUBIC))
+            assert preprocess._on_the_page(preprocess._grey_float(big)) is None
+
+
 @pytest.mark.parametrize("glyph", ["三", "二", "小"])
 @pytest.mark.parametrize("pen", [4, 9, 16])
 def test_a_character_cropped_to_its_ink_box_keeps_its_bars_on_the_border(glyph, pen, monkeypatch):

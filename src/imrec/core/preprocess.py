@@ -61,6 +61,15 @@ BEYOND_DEPTH = 0.05
 BEYOND_FILL = 0.25
 BEYOND_ROUNDS = 3
 BEYOND_REMNANT = 0.25
+# A light page in a dark frame (:func:`_on_the_page`): the bright side, opened PAGE_OPEN of the
+# side wide, holds a component of PAGE_MIN of the image that leaves PAGE_FRAME of the border
+# dark and fills PAGE_SOLID of its box and of the bright pixels in it; the crop is its box,
+# PAGE_INSET of it inside.
+PAGE_OPEN = 0.1
+PAGE_MIN = 0.2
+PAGE_FRAME = 0.6
+PAGE_INSET = 0.08
+PAGE_SOLID = 0.75
 # Ruled and squared paper: a printed line runs across the page (it covers RULE_COVER of the
 # width at its best tilt, up to RULE_TILT), reaches RULE_BEYOND of the width past the writing
 # on both sides, and is one of at least two (parallel rules, or a grid). Lines within
@@ -295,12 +304,11 @@ def normalize_ink(
     grey = _grey_float(img)  # (H, W) in [0, 1]
     if min(grey.shape) < 2:
         raise ValueError(f"image too small for ink normalisation: {grey.shape}")
-    ink, found = _find_ink(_ink_map(grey))  # ink: (H, W), 0 = background, higher = more ink
-    if found is None:
+    got = _ink_of(grey)  # ink: (H, W), 0 = background, higher = more ink
+    if got is None:
         out = np.zeros((size, size), np.uint8)
     else:
-        mask, level_lo, level_hi = found
-        mask = _without_rules(mask, ink > level_lo, ink)
+        ink, mask, level_lo, level_hi = got
         out = _place_ink(ink, mask, level_lo, level_hi, size, box)
     return 255 - out if background == "light" else out
 
@@ -333,11 +341,10 @@ def to_ink_form(img: Image.Image | np.ndarray, form: InkForm) -> np.ndarray:
     grey = _grey_float(_reduced(img, form.size))
     if min(grey.shape) < 2:
         raise ValueError(f"image too small for ink normalisation: {grey.shape}")
-    ink, found = _find_ink(_ink_map(grey))
-    if found is None:
+    got = _ink_of(grey)
+    if got is None:
         return np.zeros((form.size, form.size), np.uint8)
-    mask, level_lo, level_hi = found
-    mask = _without_rules(mask, ink > level_lo, ink)
+    ink, mask, level_lo, level_hi = got
     return _place_ink(ink, mask, level_lo, level_hi, form.size, form.box, form.stroke)
 
 
@@ -600,6 +607,65 @@ def _otsu(values: np.ndarray) -> float:
         between = (total * w0 - m0) ** 2 / (w0 * w1)
     between = np.nan_to_num(between, nan=0.0, posinf=0.0)
     return float(edges[int(np.argmax(between)) + 1])
+
+
+def _ink_of(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float] | None:
+    """The ink map of ``grey`` (``(H, W)`` in [0, 1]), the ink's mask (specks, what lies past
+    the paper's edge and printed lines taken out) and its background and full-ink levels;
+    None if blank. When the photo shows a light page inside a dark frame (a note on a dark
+    desk), the page alone (:func:`_on_the_page`), if any ink is found on it."""
+    page = _on_the_page(grey)
+    for part in (grey,) if page is None else (page, grey):
+        ink, found = _find_ink(_ink_map(part))
+        if found is not None:
+            mask, level_lo, level_hi = found
+            return ink, _without_rules(mask, ink > level_lo, ink), level_lo, level_hi
+    return None
+
+
+def _on_the_page(grey: np.ndarray) -> np.ndarray | None:
+    """The page of a photo that shows a light page inside a dark frame (a sheet or a note on
+    a dark desk, photographed from further away), cropped a little inside its edges; None for
+    any other image.
+
+    The border decides the polarity (:func:`_light_background`), so a dark frame makes the
+    page itself the 'ink'. A page is light and solid: the bright side of an Otsu threshold,
+    opened with a square :data:`PAGE_OPEN` of the side wide (strokes of chalk or white ink
+    vanish in it), keeps a component of at least :data:`PAGE_MIN` of the image that leaves
+    most of the border (:data:`PAGE_FRAME`) dark. The crop is its box, :data:`PAGE_INSET`
+    inside; corners of the desk left in it (a tilted page) go as a desk does.
+    """
+    h, w = grey.shape
+    if min(h, w) < 16 or _light_background(grey):
+        return None
+    bright = grey > _otsu(grey)
+    k = max(3, round(PAGE_OPEN * min(h, w))) | 1
+    core = 1.0 - _max_filter(1.0 - bright.astype(np.float32), k)  # erosion (outside: bright)
+    opened = _max_filter(core, k) > 0.5
+    labels = _label(opened)
+    if labels.max() == 0:
+        return None
+    area = np.bincount(labels.ravel())
+    area[0] = 0
+    page = labels == int(np.argmax(area))
+    if page.sum() < PAGE_MIN * h * w:
+        return None
+    ring = np.zeros((h, w), bool)
+    ring[0], ring[-1], ring[:, 0], ring[:, -1] = True, True, True, True
+    if (page & ring).sum() > (1.0 - PAGE_FRAME) * ring.sum():
+        return None  # the bright side is what surrounds: not a page in a frame
+    y0, y1, x0, x1 = _bbox(page)
+    # A page is solid: it fills its box (a quadrilateral, however tilted by the photo), and
+    # the opening kept nearly all that is bright in it; a bold stroke of white ink is neither.
+    box_area = (y1 - y0) * (x1 - x0)
+    if page.sum() < PAGE_SOLID * box_area:
+        return None
+    if page.sum() < PAGE_SOLID * bright[y0:y1, x0:x1].sum():
+        return None
+    dy, dx = round(PAGE_INSET * (y1 - y0)), round(PAGE_INSET * (x1 - x0))
+    if y1 - y0 - 2 * dy < 8 or x1 - x0 - 2 * dx < 8:
+        return None
+    return grey[y0 + dy : y1 - dy, x0 + dx : x1 - dx]
 
 
 def _find_ink(

@@ -632,7 +632,8 @@ def _on_the_page(grey: np.ndarray) -> np.ndarray | None:
     page itself the 'ink'. A page is light and solid: the bright side of an Otsu threshold,
     opened with a square :data:`PAGE_OPEN` of the side wide (strokes of chalk or white ink
     vanish in it), keeps a component of at least :data:`PAGE_MIN` of the image that leaves
-    most of the border (:data:`PAGE_FRAME`) dark. The crop is its box, :data:`PAGE_INSET`
+    most of the border (:data:`PAGE_FRAME`) dark and is solid: it fills :data:`PAGE_SOLID`
+    of its box and of the bright pixels in it. The crop is its box, :data:`PAGE_INSET`
     inside; corners of the desk left in it (a tilted page) go as a desk does.
     """
     h, w = grey.shape

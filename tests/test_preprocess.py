@@ -495,6 +495,16 @@ def test_paper_look_desk_changes_only_what_lies_past_the_papers_edge():
     assert changed_somewhere >= 10
 
 
+@pytest.mark.parametrize(
+    "bad", [{"desk": 1.5}, {"desk_depth": (0.3, 0.1)}, {"desk_depth": (0.1, 2.0)}]
+)
+def test_paper_look_refuses_a_desk_out_of_range(bad):
+    from imrec.data.paper import PaperLook
+
+    with pytest.raises(ValueError, match="paper desk"):
+        PaperLook(**bad)
+
+
 def test_a_desk_past_the_papers_edge_is_not_taken_for_writing(monkeypatch):
     """Real digits on paper lying on a desk that shows past the paper's edge: they prepare as
     the same photos without the desk do; before the desk removal the desk was the 'ink'."""

@@ -90,6 +90,10 @@ class PaperLook:
                 raise ValueError(f"paper {name} must be in [0, 1], got {getattr(self, name)}")
         if self.rule_gap[0] <= 0 or self.rule_gap[0] > self.rule_gap[1]:
             raise ValueError(f"paper rule_gap must be 0 < low <= high, got {self.rule_gap}")
+        if not 0 <= self.desk_depth[0] <= self.desk_depth[1] <= 1:
+            raise ValueError(
+                f"paper desk_depth must be 0 <= low <= high <= 1, got {self.desk_depth}"
+            )
 
 
 # Printed line colours (RGB): the blue of ruled pads, grey, the red of a margin or a grid.

@@ -20,11 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
 from _bench import REPO, git_commit, machine, md_table, now, write_section
+from ruled_paper import score
 
 START, END = "<!-- note-on-desk:start -->", "<!-- note-on-desk:end -->"
 SIDE = 240  # the photo's side in pixels
@@ -76,32 +76,6 @@ def photograph(data: str, folder: Path, seed: int, limit: int | None) -> int:
     cpu_map(_photos, jobs)
     (folder / "done").write_text("")
     return n
-
-
-def score(run: Path, folder: Path, search: bool) -> dict:
-    """Top-1 and top-5 of the run's predictor on the photos of ``folder``."""
-    import imrec
-    from imrec.core import preprocess
-
-    saved = preprocess.PAGE_MIN
-    if not search:  # forked workers inherit it
-        preprocess.PAGE_MIN = math.inf
-    try:
-        predictor = imrec.load_predictor(run)
-        files = sorted(folder.glob("*.png"))
-        start = time.perf_counter()
-        answers = predictor.predict(files, top_k=5, reject=False)
-        seconds = time.perf_counter() - start
-    finally:
-        preprocess.PAGE_MIN = saved
-    truth = [f.stem.split("_", 1)[1] for f in files]
-    labels = [[t["label"] for t in a.get("top", [])] for a in answers]
-    return {
-        "n": len(files),
-        "top1": float(np.mean([ls[:1] == [t] for ls, t in zip(labels, truth, strict=True)])),
-        "top5": float(np.mean([t in ls for ls, t in zip(labels, truth, strict=True)])),
-        "seconds": round(seconds, 2),
-    }
 
 
 def report(results: dict) -> list[str]:
@@ -167,9 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         m = machine()
         results[label] = {
             "label": label, "run": str(args.run), "data": args.data, "n": n, "seed": args.seed,
-            "sheet": score(args.run, folder / "sheet", True),
-            "off": score(args.run, folder / "note", False),
-            "on": score(args.run, folder / "note", True),
+            "sheet": score(args.run, folder / "sheet"),
+            "off": score(args.run, folder / "note", {"PAGE_MIN": math.inf}),
+            "on": score(args.run, folder / "note"),
             "commit": git_commit(), "when": now(), "machine": f"{m['cpu']}, {m['cores']} cores",
             "run_note": args.note or f"{args.run} on {args.data}",
         }  # fmt: skip

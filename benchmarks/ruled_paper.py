@@ -84,14 +84,21 @@ def photograph(data: str, folder: Path, seed: int, px: int, fill: float, limit: 
     return n
 
 
-def score(run: Path, folder: Path, removal: bool) -> dict:
-    """Top-1 and top-5 of the run's predictor on the photos of ``folder``."""
+# What the *without* way switches off: the line removal and the desk removal.
+REMOVALS_OFF = {"RULE_COVER": math.inf, "BEYOND_ROUNDS": 0}
+
+
+def score(run: Path, folder: Path, off: dict | None = None) -> dict:
+    """Top-1 and top-5 of the run's predictor on the photos of ``folder``, with the
+    :mod:`imrec.core.preprocess` settings in ``off`` set for the time (forked workers
+    inherit them)."""
     import imrec
     from imrec.core import preprocess
 
-    saved = preprocess.RULE_COVER, preprocess.BEYOND_ROUNDS
-    if not removal:  # forked workers inherit it
-        preprocess.RULE_COVER, preprocess.BEYOND_ROUNDS = math.inf, 0
+    off = off or {}
+    saved = {name: getattr(preprocess, name) for name in off}
+    for name, value in off.items():
+        setattr(preprocess, name, value)
     try:
         predictor = imrec.load_predictor(run)
         files = sorted(folder.glob("*.png"))
@@ -99,7 +106,8 @@ def score(run: Path, folder: Path, removal: bool) -> dict:
         answers = predictor.predict(files, top_k=5, reject=False)
         seconds = time.perf_counter() - start
     finally:
-        preprocess.RULE_COVER, preprocess.BEYOND_ROUNDS = saved
+        for name, value in saved.items():
+            setattr(preprocess, name, value)
     truth = [f.stem.split("_", 1)[1] for f in files]
     labels = [[t["label"] for t in a.get("top", [])] for a in answers]
     return {
@@ -200,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.work / f"{args.data}-{args.seed}-{args.px}-{args.fill}"
         n = photograph(args.data, folder, args.seed, args.px, args.fill, args.limit)
         scores = {
-            paper: {way: score(args.run, folder / paper, way == "on") for way in ("off", "on")}
+            paper: {
+                "off": score(args.run, folder / paper, REMOVALS_OFF),
+                "on": score(args.run, folder / paper),
+            }
             for paper in PAPERS
         }
         m = machine()

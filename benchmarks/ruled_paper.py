@@ -1,20 +1,22 @@
-"""Handwriting on ruled and squared paper, and on paper lying on a desk: how much the printed
-lines and the desk past the paper's edge cost, and how much of it
-:func:`imrec.core.preprocess.to_ink_form` wins back by taking them out.
+"""Handwriting on ruled and squared paper, on paper lying on a desk and under a cast shadow:
+how much the printed lines, the desk past the paper's edge and the shadow cost, and how much
+of it :func:`imrec.core.preprocess.to_ink_form` wins back by taking them out.
 
     python benchmarks/ruled_paper.py --work /tmp/ruled --run RUN --data DATA [--label NAME]
                                      [--seed 2026] [--px 160] [--limit N] [--write]
 
 The test split of ``DATA`` (writers the run never saw: ``chars74k-upper`` for a letters run,
 ``chinese-mnist`` for a ``hanzi`` or Chinese MNIST run) is drawn onto paper and photographed by
-:func:`imrec.data.paper.on_paper` four ways: plain paper, ruled paper (parallel lines),
+:func:`imrec.data.paper.on_paper` five ways: plain paper, ruled paper (parallel lines),
 squared paper (a grid), with lines of random spacing, width, strength, colour and slope,
-printed under the ink, and plain paper on a desk that shows past the paper's edge (near one
-side, at a random angle, 5-30% of the photo deep), all seen through the photo's tilt, light,
-blur and JPEG. The photos are saved as files (``<work>/<label>/<paper>/i_LABEL.png``) and read
-back by the run's predictor, as ``imrec predict RUN DIR`` reads them, twice: as imrec prepares
-them, and with both removals switched off (``RULE_COVER`` set out of reach, ``BEYOND_ROUNDS``
-0), the preparation before they existed.
+printed under the ink, plain paper on a desk that shows past the paper's edge (near one
+side, at a random angle, 5-30% of the photo deep), and plain paper with a shadow cast across
+it (a straight edge at any angle, hard or soft, 15-85% of the photo shaded, 45-90% of the light
+left), all seen through the photo's tilt, light, blur and JPEG. The photos are saved as files
+(``<work>/<label>/<paper>/i_LABEL.png``) and read back by the run's predictor, as ``imrec
+predict RUN DIR`` reads them, twice: as imrec prepares them, and with the three removals
+switched off (``RULE_COVER`` set out of reach, ``BEYOND_ROUNDS`` and ``SHADOW_TAKE`` 0), the
+preparation before they existed.
 
 The seed draws the papers and the photos; the line removal's thresholds were chosen on other
 photos (seed 0, lines printed over the ink, no slope), so a new seed measures it on photos it
@@ -39,6 +41,7 @@ PAPERS = {
     "ruled": {"rules": 1.0, "squared": 0.0},
     "squared": {"rules": 1.0, "squared": 1.0},
     "desk": {"desk": 1.0},
+    "shadow": {"shadow": 1.0},
 }
 
 
@@ -84,8 +87,8 @@ def photograph(data: str, folder: Path, seed: int, px: int, fill: float, limit: 
     return n
 
 
-# What the *without* way switches off: the line removal and the desk removal.
-REMOVALS_OFF = {"RULE_COVER": math.inf, "BEYOND_ROUNDS": 0}
+# What the *without* way switches off: the line, desk and shadow removals.
+REMOVALS_OFF = {"RULE_COVER": math.inf, "BEYOND_ROUNDS": 0, "SHADOW_TAKE": 0.0}
 
 
 def score(run: Path, folder: Path, off: dict | None = None) -> dict:
@@ -142,25 +145,29 @@ def report(results: dict) -> list[str]:
     fills = sorted({str(r["fill"]) for r in results.values()})
     return [
         START,
-        "## Handwriting on ruled and squared paper, and on a desk",
+        "## Handwriting on ruled and squared paper, on a desk and under a shadow",
         "",
         f"`python benchmarks/ruled_paper.py --work W --run RUN --data DATA --label NAME --seed "
         f"{first['seed']} --px {first['px']} --fill F` (F = {', '.join(fills)}; once per row "
         f"group), {first['when']}, commit {first['commit']}, {first['machine']}. Each test "
         "image (the dataset's normal form, scaled to the drawing size) is drawn onto paper "
         "and photographed (`imrec.data.paper.on_paper`: tilt, uneven light, grain, blur, JPEG "
-        "for half), cropped to the drawing or with a page around it, four ways: plain, ruled "
+        "for half), cropped to the drawing or with a page around it, five ways: plain, ruled "
         "and squared paper (lines of random spacing 25-45% of the photo's height, width "
         "0.5-1.4%, strength 30-80%, blue, grey or red, slope up to 0.03, printed under the "
         "ink; the same photo otherwise), and plain paper on a desk that shows past the "
         "paper's straight edge near one side (5-30% of the photo deep, at any angle; oak, "
         "walnut, dark grey, beige or blue-grey, textured, under the photo's light and "
-        "grain), then read back from PNG files by the run's predictor. *without*: the line "
-        "removal and the desk removal switched off (the preparation before them); *with*: as "
-        "imrec prepares photos now. The line removal's thresholds were chosen on other photos "
-        "(seed 0, lines over the ink, none sloped), the desk removal's on MNIST digits on "
-        "other desks (`/tmp` scratch photos, seeds 5 and 11) and the tests' real digits; the "
-        "plain rows show what both do to paper without lines or desk.",
+        "grain), and plain paper under a shadow cast across it (a straight edge at any "
+        "angle, its penumbra 0.5-15% of the side wide, 15-85% of the photo shaded, 45-90% of "
+        "the light left there), then read back from PNG files by the run's predictor. "
+        "*without*: the line, desk and shadow removals switched off (the preparation before "
+        "them); *with*: as imrec prepares photos now. The line removal's thresholds were "
+        "chosen on other photos (seed 0, lines over the ink, none sloped), the desk removal's "
+        "on MNIST digits on other desks (`/tmp` scratch photos, seeds 5 and 11) and the tests' "
+        "real digits, the shadow removal's on MNIST digits under other shadows (scratch "
+        "photos, seed 21); the plain rows show what all three do to paper without lines, "
+        "desk or shadow.",
         "",
         *md_table(
             [

@@ -142,7 +142,7 @@ def test_ruled_paper_photographs_a_test_split_and_scores_it_both_ways(
     argv += "--label tiny --limit 24 --px 96 --fill 0.6 --write --md".split() + [str(md)]
     assert bench.main(argv) == 0
     # the photos are files, one per test image and paper, named by their class
-    for paper in ("plain", "ruled", "squared", "desk"):
+    for paper in ("plain", "ruled", "squared", "desk", "shadow"):
         files = sorted((tmp_path / "w").glob(f"*/{paper}/*.png"))
         assert len(files) == 24 and all(
             f.stem.split("_")[1] in "永中国人大小山水火木" for f in files
@@ -151,13 +151,13 @@ def test_ruled_paper_photographs_a_test_split_and_scores_it_both_ways(
     for ways in result["scores"].values():
         for way in ("off", "on"):
             assert ways[way]["n"] == 24 and 0 <= ways[way]["top1"] <= ways[way]["top5"] <= 1
-    # plain paper has no lines or desk to take out: both ways read it alike
+    # plain paper has no lines, desk or shadow to take out: both ways read it alike
     assert result["scores"]["plain"]["off"]["top5"] == result["scores"]["plain"]["on"]["top5"]
     text = md.read_text()
     assert "kept text" in text and text.count("<!-- ruled-paper:start -->") == 1
     assert (
         sum(line.startswith("| tiny | on a page (60% of its side) |") for line in text.splitlines())
-        == 4
+        == 5
     )
 
 

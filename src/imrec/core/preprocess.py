@@ -70,6 +70,20 @@ PAGE_MIN = 0.2
 PAGE_FRAME = 0.6
 PAGE_INSET = 0.08
 PAGE_SOLID = 0.75
+# A shadow cast across the page (a phone, a hand; :func:`_shadow_paper`): the paper under a
+# grey closing SHADOW_WINDOW-th of the shorter side wide (strokes vanish in it, a shadow does
+# not) lies SHADOW_DROP or more below the coarse estimate, but no further than SHADOW_FLOOR of
+# it (darker is a desk or a frame), over a region meeting the border of SHADOW_AREA of the
+# image; images under SHADOW_MIN_SIDE pixels are not looked at. The reading against it is
+# taken when its ink meets the border at most SHADOW_TAKE as much as the first reading's.
+# Set SHADOW_TAKE to 0 to switch it off. Chosen on MNIST digits under cast shadows (scratch
+# photos, seed 21), against 3,600 ordinary photos (none changed) and photos on desks.
+SHADOW_WINDOW = 8
+SHADOW_DROP = 0.15
+SHADOW_FLOOR = 0.4
+SHADOW_AREA = 0.05
+SHADOW_MIN_SIDE = 48
+SHADOW_TAKE = 0.5
 # Ruled and squared paper: a printed line runs across the page (it covers RULE_COVER of the
 # width at its best tilt, up to RULE_TILT), reaches RULE_BEYOND of the width past the writing
 # on both sides, and is one of at least two (parallel rules, or a grid). Lines within
@@ -556,15 +570,19 @@ def _light_background(grey: np.ndarray) -> bool:
     return bg - lo > hi - bg
 
 
-def _ink_map(grey: np.ndarray) -> np.ndarray:
+def _ink_map(grey: np.ndarray, light: bool | None = None) -> np.ndarray:
     """Ink strength per pixel with lighting flattened: ~0 on the paper (noise keeps its sign,
-    so it can be measured), up to ~1 on ink."""
-    if _light_background(grey):
-        # Shadows scale the light falling on the paper, so divide it out (reflectance).
-        paper = _background(grey, light=True)
-        return 1.0 - grey / np.maximum(paper, 1e-3)
+    so it can be measured), up to ~1 on ink. ``light``: the paper's polarity, if known."""
+    if _light_background(grey) if light is None else light:
+        return _reflectance(grey, _background(grey, light=True))
     # Bright ink on a dark ground (chalk, MNIST-like): glow adds, so subtract it.
     return grey - _background(grey, light=False)
+
+
+def _reflectance(grey: np.ndarray, paper: np.ndarray) -> np.ndarray:
+    """Ink of dark writing on light paper: shadows scale the light falling on the paper, so
+    it is divided out."""
+    return 1.0 - grey / np.maximum(paper, 1e-3)
 
 
 def _background(grey: np.ndarray, light: bool) -> np.ndarray:
@@ -613,23 +631,98 @@ def _ink_of(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float] | N
     """The ink map of ``grey`` (``(H, W)`` in [0, 1]), the ink's mask (specks, what lies past
     the paper's edge and printed lines taken out) and its background and full-ink levels;
     None if blank. When the photo shows a light page inside a dark frame (a note on a dark
-    desk), the page alone (:func:`_on_the_page`), if any ink is found on it."""
-    page = _on_the_page(grey)
-    for part in (grey,) if page is None else (page, grey):
-        ink, found = _find_ink(_ink_map(part))
-        if found is not None:
-            mask, level_lo, level_hi = found
-            return ink, _without_rules(mask, ink > level_lo, ink), level_lo, level_hi
-    return None
+    desk), the page alone (:func:`_on_the_page`), if any ink is found on it. When a shadow
+    falls across the page, the ink against the shaded paper (:func:`_in_shadow`)."""
+    light = _light_background(grey)
+    page = None if light else _on_the_page(grey)
+    found = None
+    if page is not None:
+        ink, found = _find_ink(_ink_map(page))
+    if found is None:
+        ink, found = _in_shadow(grey, *_find_ink(_ink_map(grey, light)))
+    if found is None:
+        return None
+    mask, level_lo, level_hi = found
+    return ink, _without_rules(mask, ink > level_lo, ink), level_lo, level_hi
+
+
+def _in_shadow(
+    grey: np.ndarray, ink: np.ndarray, found: tuple[np.ndarray, float, float] | None
+) -> tuple[np.ndarray, tuple[np.ndarray, float, float] | None]:
+    """The reading (``ink`` and ``found``, from :func:`_find_ink`) of a photo with a shadow
+    cast across its paper, or the one given.
+
+    The coarse paper estimate of :func:`_background` cannot follow a shadow's edge, so paper
+    just inside it reads as ink: a band along the edge, which runs to the border as a shadow
+    does, or, when the shadow covers most of the border, a page taken for a dark ground. So
+    only a reading whose ink meets the border (or that found none) is looked at again, as
+    dark writing on light paper against :func:`_shadow_paper`; the new reading is taken when
+    its ink meets the border at most :data:`SHADOW_TAKE` as much. A character cropped to its
+    ink box meets the border with its own strokes, and the band adds to that.
+    """
+    if found is not None and not _border_contact(found[0]):
+        return ink, found
+    paper = _shadow_paper(grey)
+    if paper is None:
+        return ink, found
+    shaded, again = _find_ink(_reflectance(grey, paper))
+    if again is None:
+        return ink, found
+    if found is None or _border_contact(again[0]) <= SHADOW_TAKE * _border_contact(found[0]):
+        return shaded, again
+    return ink, found
+
+
+def _border_contact(mask: np.ndarray) -> int:
+    """Pixels of ``mask`` on the image's outermost ring."""
+    return int(mask[0].sum() + mask[-1].sum() + mask[1:-1, 0].sum() + mask[1:-1, -1].sum())
+
+
+def _shadow_paper(grey: np.ndarray) -> np.ndarray | None:
+    """The paper's level under a shadow cast across it; None when there is none.
+
+    A grey closing (dilation, then erosion) :data:`SHADOW_WINDOW`-th of the shorter side wide
+    fills strokes narrower than that with the paper around them, but keeps a shadow, which is
+    wider, and its edge, however sharp. A shadow is where that lies :data:`SHADOW_DROP` or
+    more below the coarse estimate (which smooths over the edge) but not under
+    :data:`SHADOW_FLOOR` of it, over a region that meets the border (a shadow comes from
+    outside the picture) and covers :data:`SHADOW_AREA` of the image. There, and for a
+    window around it, the closing is the paper; elsewhere the coarse estimate stays.
+    """
+    h, w = grey.shape
+    if SHADOW_TAKE <= 0 or min(h, w) < SHADOW_MIN_SIDE:
+        return None
+    coarse = _background(grey, light=True)
+    k = max(3, round(min(h, w) / SHADOW_WINDOW)) | 1
+    closed = 1.0 - _max_filter(1.0 - _max_filter(grey, k), k)
+    # Smoothed, except where that would lift the paper inside the shadow's edge.
+    ndimage = _ndimage()
+    closed = np.minimum(ndimage.uniform_filter(closed, k, mode="nearest"), closed)
+    ratio = closed / np.maximum(coarse, 1e-3)
+    under = (ratio < 1.0 - SHADOW_DROP) & (ratio > SHADOW_FLOOR)
+    if under.sum() < SHADOW_AREA * h * w:
+        return None
+    labels = _label(under)
+    area = np.bincount(labels.ravel())
+    ring = np.zeros((h, w), bool)
+    ring[0], ring[-1], ring[:, 0], ring[:, -1] = True, True, True, True
+    shadow = np.zeros(area.size, bool)
+    shadow[labels[ring & under]] = True
+    shadow &= area >= SHADOW_AREA * h * w
+    shadow[0] = False
+    if not shadow.any():
+        return None
+    near = _max_filter(shadow[labels].astype(np.float32), k)
+    weight = np.clip(ndimage.uniform_filter(near, k, mode="nearest"), 0.0, 1.0)
+    return coarse + (np.minimum(closed, coarse) - coarse) * weight
 
 
 def _on_the_page(grey: np.ndarray) -> np.ndarray | None:
     """The page of a photo that shows a light page inside a dark frame (a sheet or a note on
     a dark desk, photographed from further away), cropped a little inside its edges; None for
-    any other image.
-
-    The border decides the polarity (:func:`_light_background`), so a dark frame makes the
-    page itself the 'ink'. A page is light and solid: the bright side of an Otsu threshold,
+    any other image. Looked for in images whose border is dark (:func:`_light_background`
+    false): the border decides the polarity, so a dark frame makes the page itself the
+    'ink'. A page is light and solid: the bright side of an Otsu threshold,
     opened with a square :data:`PAGE_OPEN` of the side wide (strokes of chalk or white ink
     vanish in it), keeps a component of at least :data:`PAGE_MIN` of the image that leaves
     most of the border (:data:`PAGE_FRAME`) dark and is solid: it fills :data:`PAGE_SOLID`
@@ -637,7 +730,7 @@ def _on_the_page(grey: np.ndarray) -> np.ndarray | None:
     inside; corners of the desk left in it (a tilted page) go as a desk does.
     """
     h, w = grey.shape
-    if min(h, w) < 16 or _light_background(grey):
+    if min(h, w) < 16:
         return None
     bright = grey > _otsu(grey)
     k = max(3, round(PAGE_OPEN * min(h, w))) | 1

@@ -64,6 +64,13 @@ class PaperLook:
             from a generator of its own, so the photo is otherwise the same.
         desk_depth: how far the desk reaches into the photo, as a fraction of its side
             (along the edge's normal).
+        shadow: the chance of a shadow cast across the photo (a phone or a hand between the
+            lamp and the page): the shaded side of a straight edge at any angle, over 15-85%
+            of the photo, across the writing or beside it. Drawn from a generator of its
+            own, like the lines and the desk.
+        shadow_light: the share of the light left in the shadow.
+        shadow_edge: how soft the shadow's edge is: the width of its penumbra, as a fraction
+            of the photo's side.
     """
 
     chance: float = 0.5
@@ -83,9 +90,12 @@ class PaperLook:
     rule_slope: float = 0.03
     desk: float = 0.0
     desk_depth: tuple[float, float] = (0.05, 0.3)
+    shadow: float = 0.0
+    shadow_light: tuple[float, float] = (0.45, 0.9)
+    shadow_edge: tuple[float, float] = (0.005, 0.15)
 
     def __post_init__(self) -> None:
-        for name in ("chance", "rules", "squared", "desk"):
+        for name in ("chance", "rules", "squared", "desk", "shadow"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"paper {name} must be in [0, 1], got {getattr(self, name)}")
         if self.rule_gap[0] <= 0 or self.rule_gap[0] > self.rule_gap[1]:
@@ -94,6 +104,12 @@ class PaperLook:
             raise ValueError(
                 f"paper desk_depth must be 0 <= low <= high <= 1, got {self.desk_depth}"
             )
+        if not 0 < self.shadow_light[0] <= self.shadow_light[1] <= 1:
+            raise ValueError(
+                f"paper shadow_light must be 0 < low <= high <= 1, got {self.shadow_light}"
+            )
+        if not 0 <= self.shadow_edge[0] <= self.shadow_edge[1]:
+            raise ValueError(f"paper shadow_edge must be 0 <= low <= high, got {self.shadow_edge}")
 
 
 # Printed line colours (RGB): the blue of ruled pads, grey, the red of a margin or a grid.
@@ -169,8 +185,11 @@ def on_paper(
     img = paper * np.ones((h, w, 1), np.float32)
     # The lines draw from a generator of their own (spawning one leaves rng's stream as it
     # is): the same rng gives the same photo with and without them, lines apart.
-    # So does the desk, from the second child (the lines keep the first, as before it existed).
-    lined, beyond = rng.spawn(2) if look.rules or look.desk else (None, None)
+    # So do the desk and the shadow, from the second and third children (the lines keep the
+    # first, as before they existed).
+    lined, beyond, shade = (
+        rng.spawn(3) if look.rules or look.desk or look.shadow else (None, None, None)
+    )
     if look.rules and lined.random() < look.rules:
         lines = printed_rules(h, w, lined, look, grid=lined.random() < look.squared)
         colour = RULE_INKS[lined.integers(len(RULE_INKS))] / 255.0
@@ -186,6 +205,8 @@ def on_paper(
     ramp = (ramp - ramp.min()) / (np.ptp(ramp) + 1e-6)  # 0 -> 1 across the page
     spot = np.exp(-(((xs / w - rng.uniform()) ** 2 + (ys / h - rng.uniform()) ** 2) / 0.3))
     light = 1 - look.light * rng.uniform() * (0.7 * ramp + 0.3 * (1 - spot))
+    if look.shadow and shade.random() < look.shadow:
+        light = light * _cast_shadow(h, w, shade, look.shadow_light, look.shadow_edge)
     img = img * light[:, :, None]
     grain = rng.uniform(*look.grain)
     fibre = np.asarray(
@@ -227,6 +248,21 @@ def _with_desk(
     )[:, :, None]  # fmt: skip
     desk = colour * (1 + (grain - 128) / 128 * rng.uniform(0.03, 0.15))  # wood grain, a weave
     return img * (1 - cover) + desk * cover
+
+
+def _cast_shadow(
+    h: int, w: int, rng: np.random.Generator, left: tuple[float, float], edge: tuple[float, float]
+) -> np.ndarray:
+    """The light ``(h, w)`` left by a shadow cast across a photo: 1 on the lit side, a share
+    drawn from ``left`` on the shaded one, with a soft edge (penumbra) ``edge`` of the side
+    wide, at a random angle, the shadow covering 15-85% of the photo."""
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    along = (xs - w / 2) * np.cos(angle) + (ys - h / 2) * np.sin(angle)
+    at = float(np.quantile(along, rng.uniform(0.15, 0.85)))  # the shaded share lies past it
+    width = max(0.5, rng.uniform(*edge) * max(h, w))
+    cover = 1.0 / (1.0 + np.exp(-np.clip((along - at) * (3.3 / width), -30.0, 30.0)))
+    return (1.0 - (1.0 - rng.uniform(*left)) * cover).astype(np.float32)
 
 
 def to_form_via_paper(

@@ -1,5 +1,6 @@
 """A note on a dark desk: handwriting on a small sheet photographed from further away, the desk
-all round it, read with and without :func:`imrec.core.preprocess.to_ink_form`'s page search.
+all round it, read with and without :func:`imrec.core.preprocess.to_ink_form`'s page search
+(and its shadow reading, which reads a sheet on a light grey desk).
 
     python benchmarks/note_on_desk.py --work /tmp/notes --run RUN --data DATA [--label NAME]
                                       [--seed 2026] [--limit N] [--write]
@@ -10,7 +11,8 @@ by up to 10 degrees at a random place on a 240 px photo of a textured desk
 (:data:`imrec.data.paper.DESK_COLOURS`, darkened to 50-100%). The sheet alone and the photo are
 saved as files (``<work>/<label>/{sheet,note}/i_LABEL.png``) and read back by the run's predictor,
 as ``imrec predict RUN DIR`` reads them: the sheet (the best the photo can give), the photo
-without the page search (``PAGE_MIN`` out of reach: the preparation before it), and the photo
+without the page search and the shadow reading (``PAGE_MIN`` out of reach, ``SHADOW_TAKE`` 0:
+the preparation before them), and the photo
 as imrec prepares it now. Results are kept per label in ``<work>/results.json``; ``--write`` puts
 all labels into BENCHMARKS.md (or ``--md``).
 """
@@ -28,6 +30,9 @@ from ruled_paper import score
 
 START, END = "<!-- note-on-desk:start -->", "<!-- note-on-desk:end -->"
 SIDE = 240  # the photo's side in pixels
+# What the *without* way switches off: the page search, and the shadow reading (a sheet on a
+# light grey desk is read as light paper with the desk for a shadow).
+OFF = {"PAGE_MIN": math.inf, "SHADOW_TAKE": 0.0}
 
 
 def _photos(job: tuple) -> None:
@@ -96,8 +101,9 @@ def report(results: dict) -> list[str]:
         "test image is written on a sheet 120-190 px wide (paper look: light, grain, blur, JPEG "
         "for half) lying turned by up to 10 degrees on a textured dark desk that fills the rest "
         "of a 240 px photo, and read back from PNG files by the run's predictor: the sheet "
-        "alone, the photo without the page search (the preparation before it: the dark border "
-        "makes the sheet itself the ink), and the photo as imrec prepares it now.",
+        "alone, the photo without the page search and the shadow reading (the preparation "
+        "before them: the dark border makes the sheet itself the ink), and the photo as imrec "
+        "prepares it now.",
         "",
         *md_table(
             [
@@ -142,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         results[label] = {
             "label": label, "run": str(args.run), "data": args.data, "n": n, "seed": args.seed,
             "sheet": score(args.run, folder / "sheet"),
-            "off": score(args.run, folder / "note", {"PAGE_MIN": math.inf}),
+            "off": score(args.run, folder / "note", OFF),
             "on": score(args.run, folder / "note"),
             "commit": git_commit(), "when": now(), "machine": f"{m['cpu']}, {m['cores']} cores",
             "run_note": args.note or f"{args.run} on {args.data}",

@@ -637,9 +637,9 @@ def _ink_of(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float] | N
     page = None if light else _on_the_page(grey)
     found = None
     if page is not None:
-        ink, found = _find_ink(_ink_map(page))
+        ink, found, _ = _find_ink(_ink_map(page))
     if found is None:
-        ink, found = _in_shadow(grey, *_find_ink(_ink_map(grey, light)))
+        ink, found = _in_shadow(grey, light, *_find_ink(_ink_map(grey, light)))
     if found is None:
         return None
     mask, level_lo, level_hi = found
@@ -647,25 +647,32 @@ def _ink_of(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float] | N
 
 
 def _in_shadow(
-    grey: np.ndarray, ink: np.ndarray, found: tuple[np.ndarray, float, float] | None
+    grey: np.ndarray,
+    light: bool,
+    ink: np.ndarray,
+    found: tuple[np.ndarray, float, float] | None,
+    gone: np.ndarray | None,
 ) -> tuple[np.ndarray, tuple[np.ndarray, float, float] | None]:
-    """The reading (``ink`` and ``found``, from :func:`_find_ink`) of a photo with a shadow
-    cast across its paper, or the one given.
+    """The reading (``ink``, ``found`` and ``gone``, from :func:`_find_ink`; ``light``: the
+    polarity it was read with) of a photo with a shadow cast across its paper, or the one
+    given.
 
     The coarse paper estimate of :func:`_background` cannot follow a shadow's edge, so paper
     just inside it reads as ink: a band along the edge, which runs to the border as a shadow
-    does, or, when the shadow covers most of the border, a page taken for a dark ground. So
-    only a reading whose ink meets the border (or that found none) is looked at again, as
-    dark writing on light paper against :func:`_shadow_paper`; the new reading is taken when
-    its ink meets the border at most :data:`SHADOW_TAKE` as much. A character cropped to its
-    ink box meets the border with its own strokes, and the band adds to that.
+    does. When the shadow covers most of the border, the page is taken for a dark ground: its
+    lit part is ink, taken out as lying past the page's edge or not. So only a reading whose
+    ink meets the border, that found none, or that read a dark ground and took a region out
+    is looked at again, as dark writing on light paper against :func:`_shadow_paper`; the new
+    reading is taken when its ink meets the border at most :data:`SHADOW_TAKE` as much. (A
+    character cropped to its ink box meets the border with its own strokes; the band adds to
+    that.)
     """
-    if found is not None and not _border_contact(found[0]):
+    if found is not None and not _border_contact(found[0]) and (light or gone is None):
         return ink, found
     paper = _shadow_paper(grey)
     if paper is None:
         return ink, found
-    shaded, again = _find_ink(_reflectance(grey, paper))
+    shaded, again, _ = _find_ink(_reflectance(grey, paper))
     if again is None:
         return ink, found
     if found is None or _border_contact(again[0]) <= SHADOW_TAKE * _border_contact(found[0]):
@@ -675,7 +682,14 @@ def _in_shadow(
 
 def _border_contact(mask: np.ndarray) -> int:
     """Pixels of ``mask`` on the image's outermost ring."""
-    return int(mask[0].sum() + mask[-1].sum() + mask[1:-1, 0].sum() + mask[1:-1, -1].sum())
+    return int(mask[_ring(mask.shape)].sum())
+
+
+def _ring(shape: tuple[int, int]) -> np.ndarray:
+    """The outermost ring of pixels of an image of ``shape``, as a mask."""
+    ring = np.zeros(shape, bool)
+    ring[0], ring[-1], ring[:, 0], ring[:, -1] = True, True, True, True
+    return ring
 
 
 def _shadow_paper(grey: np.ndarray) -> np.ndarray | None:
@@ -704,8 +718,7 @@ def _shadow_paper(grey: np.ndarray) -> np.ndarray | None:
         return None
     labels = _label(under)
     area = np.bincount(labels.ravel())
-    ring = np.zeros((h, w), bool)
-    ring[0], ring[-1], ring[:, 0], ring[:, -1] = True, True, True, True
+    ring = _ring((h, w))
     shadow = np.zeros(area.size, bool)
     shadow[labels[ring & under]] = True
     shadow &= area >= SHADOW_AREA * h * w
@@ -744,8 +757,7 @@ def _on_the_page(grey: np.ndarray) -> np.ndarray | None:
     page = labels == int(np.argmax(area))
     if page.sum() < PAGE_MIN * h * w:
         return None
-    ring = np.zeros((h, w), bool)
-    ring[0], ring[-1], ring[:, 0], ring[:, -1] = True, True, True, True
+    ring = _ring((h, w))
     if (page & ring).sum() > (1.0 - PAGE_FRAME) * ring.sum():
         return None  # the bright side is what surrounds: not a page in a frame
     y0, y1, x0, x1 = _bbox(page)
@@ -764,9 +776,10 @@ def _on_the_page(grey: np.ndarray) -> np.ndarray | None:
 
 def _find_ink(
     ink: np.ndarray,
-) -> tuple[np.ndarray, tuple[np.ndarray, float, float] | None]:
+) -> tuple[np.ndarray, tuple[np.ndarray, float, float] | None, np.ndarray | None]:
     """The ink map and :func:`_ink_mask` of it, with what lies beyond the page taken out
-    (:func:`_beyond_the_page`): the map is returned with those parts set to paper."""
+    (:func:`_beyond_the_page`): the map is returned with those parts set to paper, and
+    they as a mask (None if none)."""
     found = _ink_mask(ink)
     gone = None
     # Once the region is gone the thresholds fall, and a lighter part of it may show: look
@@ -781,11 +794,11 @@ def _find_ink(
         gone = beyond if gone is None else gone | beyond
         found = _ink_mask(ink)
     if found is None:
-        return ink, None
+        return ink, None, gone
     mask, level_lo, level_hi, _ = found
     if gone is not None:
         mask = _without_remnants(mask, gone)
-    return ink, (mask, level_lo, level_hi)
+    return ink, (mask, level_lo, level_hi), gone
 
 
 def _without_remnants(mask: np.ndarray, gone: np.ndarray) -> np.ndarray:
@@ -796,8 +809,7 @@ def _without_remnants(mask: np.ndarray, gone: np.ndarray) -> np.ndarray:
     area[0] = 0
     if area.max() == 0:
         return mask
-    ring = np.zeros_like(mask)
-    ring[0], ring[-1], ring[:, 0], ring[:, -1] = True, True, True, True
+    ring = _ring(mask.shape)
     reach = max(3, round(BEYOND_DEPTH * min(mask.shape))) | 1
     near = _max_filter(gone.astype(np.float32), 2 * reach + 1) > 0.5
     on_border, beside = np.zeros(area.size, bool), np.zeros(area.size, bool)

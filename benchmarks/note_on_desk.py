@@ -25,8 +25,8 @@ import math
 from pathlib import Path
 
 import numpy as np
-from _bench import REPO, git_commit, machine, md_table, now, write_section
-from ruled_paper import score
+from _bench import git_commit, machine, md_table, now, write_section
+from ruled_paper import photo_arguments, score
 
 START, END = "<!-- note-on-desk:start -->", "<!-- note-on-desk:end -->"
 SIDE = 240  # the photo's side in pixels
@@ -124,15 +124,7 @@ def report(results: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", type=Path, required=True)
-    ap.add_argument("--run", type=Path, help="a run folder or bundle to score")
-    ap.add_argument("--data", help="whose test split to photograph (e.g. chars74k-upper)")
-    ap.add_argument("--label", help="the name of this run in the table (default: DATA)")
-    ap.add_argument("--note", default="", help="what the run is, for the table's footnote")
-    ap.add_argument("--seed", type=int, default=2026)
-    ap.add_argument("--limit", type=int, help="photograph only the first N test images")
-    ap.add_argument("--write", action="store_true", help="put the results into --md")
-    ap.add_argument("--md", type=Path, default=REPO / "BENCHMARKS.md")
+    photo_arguments(ap)
     args = ap.parse_args(argv)
 
     args.work.mkdir(parents=True, exist_ok=True)

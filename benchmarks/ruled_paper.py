@@ -187,22 +187,27 @@ def report(results: dict) -> list[str]:
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def photo_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options this benchmark shares with ``note_on_desk.py``."""
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--run", type=Path, help="a run folder or bundle to score")
     ap.add_argument("--data", help="whose test split to photograph (e.g. chars74k-upper)")
     ap.add_argument("--label", help="the name of this run in the table (default: DATA)")
     ap.add_argument("--note", default="", help="what the run is, for the table's footnote")
     ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--limit", type=int, help="photograph only the first N test images")
+    ap.add_argument("--write", action="store_true", help="put the results into --md")
+    ap.add_argument("--md", type=Path, default=REPO / "BENCHMARKS.md")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    photo_arguments(ap)
     ap.add_argument("--px", type=int, default=160, help="side of the drawing in pixels")
     ap.add_argument(
         "--fill", type=float, default=1.0,
         help="the drawing's share of the photo's side (1: cropped to it; 0.5: a page around it)",
     )  # fmt: skip
-    ap.add_argument("--limit", type=int, help="photograph only the first N test images")
-    ap.add_argument("--write", action="store_true", help="put the results into --md")
-    ap.add_argument("--md", type=Path, default=REPO / "BENCHMARKS.md")
     args = ap.parse_args(argv)
 
     args.work.mkdir(parents=True, exist_ok=True)

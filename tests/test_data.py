@@ -244,8 +244,9 @@ def test_emnist_letters_from_the_official_zip_layout(tmp_path, monkeypatch, no_n
 
 def test_dataset_registry_and_info():
     names = list_datasets()
-    for name in ["mnist", "fashion-mnist", "emnist-letters", "chinese-mnist", "chars74k"]:
+    for name in ["mnist", "fashion-mnist", "emnist-letters", "chars74k"]:
         assert name in names
+    assert "chinese-mnist[:options]" in names  # a family: chinese-mnist:small=N
     assert "chars74k-upper" in names and "digits" in names and "folder:PATH" in names
     info = dataset_info("mnist")
     assert info.folder == "mnist" and info.classes == 10 and len(info.files) == 4

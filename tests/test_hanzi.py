@@ -570,3 +570,69 @@ def test_the_export_scores_a_spread_of_the_test_renders(hanzi_run):
     assert {(i // len(TEN)) % 2 for i in where} == {0, 1}  # both renderers' turns
     whole = load_probe(hanzi_run, read_meta(hanzi_run))
     assert torch.equal(whole.test, images) and torch.equal(whole.labels, data.test.labels)
+
+
+def test_chinese_mnist_small_views_join_the_training_writers_only(mirror, tmp_path, monkeypatch):
+    """``chinese-mnist:small=N``: N views of each training file written small (the file scaled
+    down and prepared again) are added to the training split; validation and test stay the
+    files as they are, and the views are the same on every load."""
+    import io
+    import tarfile
+
+    from imrec.data import datasets
+
+    monkeypatch.setenv("IMREC_HOME", str(tmp_path / "home"))
+    # 10 writers x 15 characters from the real tarball: enough for a split by writer.
+    source = mirror / "chinese-mnist" / "chinese_mnist.tar.gz"
+    small = tmp_path / "ten.tar.gz"
+    kept = 0
+    with tarfile.open(source) as tar, tarfile.open(small, "w:gz") as out:
+        for member in tar:
+            found = datasets._CHINESE_NAME.search(member.name)
+            if member.isfile() and found:
+                writer, sample, _ = map(int, found.groups())
+                if writer <= 10 and sample == 1:
+                    out.addfile(member, io.BytesIO(tar.extractfile(member).read()))
+                    kept += 1
+    assert kept == 150
+    monkeypatch.setattr(datasets, "_fetch_chinese", lambda: (small, "1" * 64))
+
+    plain = load_dataset("chinese-mnist", size=32)
+    two = load_dataset("chinese-mnist:small=2", size=32)
+    assert two.name == "chinese-mnist:small=2" and plain.name == "chinese-mnist"
+    assert two.checksum != plain.checksum  # a run says which data it saw
+    assert torch.equal(two.val.images, plain.val.images)
+    assert torch.equal(two.test.images, plain.test.images)
+    n = len(plain.train)
+    assert len(two.train) == 3 * n and torch.equal(two.train.images[:n], plain.train.images)
+    assert "training adds" in two.split_note and "written small" in two.split_note
+    # Each view is of a training file: its writer, its class, its place in the tarball ...
+    views = slice(n, None)
+    assert set(two.train.groups[views].tolist()) == set(plain.train.groups.tolist())
+    by_origin = dict(zip(plain.train.origin.tolist(), plain.train.labels.tolist(), strict=True))
+    for origin, label in zip(two.train.origin[views], two.train.labels[views], strict=True):
+        assert by_origin[int(origin)] == int(label)
+    # ... in the form like any prepared file, and not the file's own form again.
+    form = InkForm.for_size(32)
+    inform = [in_ink_form(a[0].numpy(), form) for a in two.train.images[views]]
+    assert np.mean(inform) >= 0.9, np.mean(inform)
+    first = two.train.images[n : 2 * n]
+    assert (first != plain.train.images).flatten(1).any(1).float().mean() > 0.9
+    # A file written small is enlarged into the form: its strokes come out wider (more ink).
+    assert first.float().sum() > 1.2 * plain.train.images.float().sum()
+    # The same views on the next load (cached), and from a fresh preparation.
+    assert torch.equal(
+        load_dataset("chinese-mnist:small=2", size=32).train.images, two.train.images
+    )
+    monkeypatch.setenv("IMREC_HOME", str(tmp_path / "home2"))
+    assert torch.equal(
+        load_dataset("chinese-mnist:small=2", size=32).train.images, two.train.images
+    )
+
+    for bad, says in [
+        ("chinese-mnist:small=9", "0 to 8"),
+        ("chinese-mnist:small=x", "small must be a whole number"),
+        ("chinese-mnist:big=1", "unknown option 'big=1'; options: small"),
+    ]:
+        with pytest.raises(DatasetError, match=says):
+            load_dataset(bad)

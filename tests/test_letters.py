@@ -50,7 +50,7 @@ def test_spec_options_and_errors():
         ("letters:case=sensitive,emnist=1", "merge upper and lower case"),
         ("letters:fold=5", "fold must be"),
         ("letters:paper=2", "paper must be in"),
-        ("letters:rendered=lots", "rendered must be a int"),
+        ("letters:rendered=lots", "rendered must be a whole number"),
         ("letters:size=32", "size must be 28"),
     ]:
         with pytest.raises(DatasetError, match=says):

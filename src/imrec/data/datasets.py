@@ -103,10 +103,13 @@ def register_dataset(
     info: DatasetInfo | None = None,
     fetch: Callable[[], Path] | None = None,
     sized: bool = False,
+    family: bool = False,
 ) -> Callable[[Loader], Loader]:
     """Register ``loader(*, val_fraction, seed) -> ClassificationData`` under ``name`` as a
     classification dataset (see :mod:`imrec.data.registry`); ``sized``: the loader also takes
-    ``size=`` and prepares the images at that size itself (see ``Entry.sized``).
+    ``size=`` and prepares the images at that size itself (see ``Entry.sized``); ``family``:
+    ``name`` also takes options after a colon (``name:key=value``), and the loader takes the
+    whole name first (``loader(name, *, val_fraction, seed)``).
 
     Raises:
         ValueError: ``name`` is already registered or starts with ``folder:``.
@@ -121,7 +124,17 @@ def register_dataset(
     def decorate(loader: Loader) -> Loader:
         entry_info = info or DatasetInfo(name=name, folder=name, description=description)
         registry.register(
-            registry.Entry(name, "classify", description, loader, fetch, entry_info, sized=sized)
+            registry.Entry(
+                name,
+                "classify",
+                description,
+                loader,
+                fetch,
+                entry_info,
+                kind="family" if family else "name",
+                shown=f"{name}[:options]" if family else "",
+                sized=sized,
+            )
         )
         return loader
 
@@ -242,14 +255,14 @@ def load_dataset(
                 "folder:PATH datasets"
             )
         entry = registry.lookup(name, "classify")
-        if entry.kind == "family":  # its options are in the name (hanzi:chars=...)
-            data = entry.load(name, val_fraction=val_fraction, seed=seed)
-        elif entry.sized and size is not None and domain in (None, "handwriting"):
+        # A family's options are in the name (hanzi:chars=...): its loader takes the name.
+        given = (name,) if entry.kind == "family" else ()
+        if entry.sized and size is not None and domain in (None, "handwriting"):
             # prepared at this size from the originals, as a file given to imrec predict
-            data = entry.load(val_fraction=val_fraction, seed=seed, size=size)
+            data = entry.load(*given, val_fraction=val_fraction, seed=seed, size=size)
             size = None
         else:
-            data = entry.load(val_fraction=val_fraction, seed=seed)
+            data = entry.load(*given, val_fraction=val_fraction, seed=seed)
         data = _adapt(data, size, channels)
         data.domain = domain or data.domain
     if data.domain != "handwriting":
@@ -769,12 +782,19 @@ def _notice(message: str) -> None:
     print(f"imrec: {message}", file=sys.stderr, flush=True)
 
 
-def _prepare_chinese(data: bytes, form: InkForm) -> np.ndarray:
-    """One Chinese MNIST JPEG in the handwriting form (a worker process's task)."""
+def _prepare_chinese(data: bytes, form: InkForm, share: float = 1.0) -> np.ndarray:
+    """One Chinese MNIST JPEG in the handwriting form (a worker process's task); ``share`` < 1:
+    as if written smaller, the file scaled to that share of its side (antialiased) in the
+    middle of its own 64 px square of paper (the file's median grey)."""
     with Image.open(io.BytesIO(data)) as img:
         img = img.convert("L")
         if img.size != (64, 64):
             img = resize_center_crop(img, 64)
+        if share < 1.0:
+            side = max(4, round(64 * share))
+            paper = Image.new("L", (64, 64), int(np.median(np.asarray(img))))
+            paper.paste(img.resize((side, side), Image.Resampling.LANCZOS), ((64 - side) // 2,) * 2)
+            img = paper
         return to_ink_form(img, form)  # thin strokes, small: the form
 
 
@@ -840,9 +860,75 @@ def fetch_chars74k(name: str = "chars74k") -> tuple[Path, str]:
     return fetch_file(CHARS74K_FOLDER, CHARS74K_FILE, name, f"{CHARS74K_HINT} {_mirror_hint()}")
 
 
-def _load_chinese(*, val_fraction: float, seed: int, size: int | None = None) -> ClassificationData:
+# A view of a Chinese MNIST file written small (``chinese-mnist:small=N``): the file scaled to a
+# share of its side drawn uniformly from this range, then prepared like any file.
+SMALL_SHARE = (0.3, 0.7)
+
+
+@dataclass(frozen=True)
+class ChineseSpec:
+    """What ``chinese-mnist[:small=N]`` asks for.
+
+    ``small``: views of each training file written small, added to the training split
+    (:data:`SMALL_SHARE`; validation and test stay the files as they are). A model trained
+    with them reads small or low-resolution writing (a character a few dozen pixels tall,
+    cropped from a photo of a page or scanned at a low resolution) far better: measured in
+    BENCHMARKS.md ("hanzi", small views).
+
+    Example:
+        >>> ChineseSpec.parse("chinese-mnist:small=1").small
+        1
+    """
+
+    small: int = 0
+
+    @classmethod
+    def parse(cls, name: str) -> ChineseSpec:
+        spec = registry.parse_options(cls, name, "chinese-mnist:small=1")
+        if not 0 <= spec.small <= 8:
+            raise DatasetError(f"{name}: small must be 0 to 8 views per training file")
+        return spec
+
+
+def _prepare_small(job: tuple[bytes, float], form: InkForm) -> np.ndarray:
+    return _prepare_chinese(job[0], form, job[1])
+
+
+def _small_views(path: Path, checksum: str, size: int, views: int) -> dict[str, np.ndarray]:
+    """``views`` small views of every Chinese MNIST file (``images`` ``(views * N, size,
+    size)``, their ``labels``, ``groups`` and ``origin``), each file's share drawn from
+    :data:`SMALL_SHARE` by a generator seeded with its position and view: the same views on
+    every load, prepared once and cached."""
+
+    def decode() -> dict[str, np.ndarray]:
+        members = _tar_members(path, _CHINESE_NAME)
+        lo, hi = SMALL_SHARE
+        jobs = [
+            (data, float(np.random.default_rng([v, i]).uniform(lo, hi)))
+            for v in range(views)
+            for i, (_, data) in enumerate(members)
+        ]
+        _notice(f"preparing {len(jobs)} small views of Chinese MNIST files once (seconds)")
+        form = InkForm.for_size(size)
+        images = cpu_map(partial(_prepare_small, form=form), jobs)
+        return {
+            "images": np.stack(images),
+            "labels": np.array([code - 1 for (_, _, code), _ in members] * views, np.int64),
+            "groups": np.array([suite for (suite, _, _), _ in members] * views, np.int64),
+            "origin": np.tile(np.arange(len(members), dtype=np.int64), views),
+        }
+
+    key = f"chinese-mnist-small-{checksum[:16]}-{CHINESE_VERSION}-{size}px-{views}"
+    return cached_arrays("chinese-mnist", key, decode)
+
+
+def _load_chinese(
+    name: str = "chinese-mnist", *, val_fraction: float, seed: int, size: int | None = None
+) -> ClassificationData:
     """Chinese MNIST in the handwriting form at ``size`` (default 64 px, the files' own size),
-    each JPEG prepared once at that size and cached."""
+    each JPEG prepared once at that size and cached; ``chinese-mnist:small=N`` adds ``N``
+    small views of each training file (:class:`ChineseSpec`)."""
+    spec = ChineseSpec.parse(name)
     path, sha = _fetch_chinese()
     checksum = dataset_checksum({CHINESE_MNIST_FILE.name: sha})
     size = size or 64
@@ -850,8 +936,28 @@ def _load_chinese(*, val_fraction: float, seed: int, size: int | None = None) ->
     arrays = cached_arrays("chinese-mnist", key, lambda: _decode_chinese(path, size))
     full = _image_set(arrays["images"], arrays["labels"], arrays["groups"])
     train, val, test, note = writer_split(full, val_fraction, seed, "writer")
+    if spec.small:
+        small = _small_views(path, checksum, size, spec.small)
+        mine = torch.from_numpy(np.isin(small["groups"], train.groups.numpy()))
+        extra = _take(
+            _image_set(small["images"], small["labels"], small["groups"], origin=small["origin"]),
+            torch.nonzero(mine).flatten(),
+        )
+        train = ImageSet(
+            torch.cat([train.images, extra.images]),
+            torch.cat([train.labels, extra.labels]),
+            torch.cat([train.groups, extra.groups]),
+            torch.cat([train.origin, extra.origin]),
+            train.part,
+        )
+        lo, hi = SMALL_SHARE
+        note += (
+            f"; training adds {len(extra):,} views of its files written small ({spec.small} "
+            f"per file, each scaled to {lo:.0%}-{hi:.0%} of its side and prepared again)"
+        )
+        checksum = hashlib.sha256(f"{checksum}:{name}".encode()).hexdigest()
     return ClassificationData(
-        name="chinese-mnist",
+        name="chinese-mnist" if not spec.small else name,
         classes=list(CHINESE_CLASSES),
         train=train,
         val=val,
@@ -940,6 +1046,7 @@ register_dataset(
     ),
     _fetch_folder(_fetch_chinese),
     sized=True,
+    family=True,
 )(_load_chinese)
 
 _CHARS74K_DESC = (

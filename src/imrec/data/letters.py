@@ -26,7 +26,7 @@ import hashlib
 import shutil
 import subprocess
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,7 @@ from imrec.data.datasets import (
     writer_split,
 )
 from imrec.data.paper import PaperLook, to_form_via_paper
+from imrec.data.registry import parse_options
 from imrec.data.render import PenStyle, _has_glyph, draw_glyph, elastic_warp
 from imrec.data.sources import DatasetError
 from imrec.data.splits import group_split
@@ -84,26 +85,6 @@ _DISTINCT = "abdeghnqrt"
 LETTER_PEN = PenStyle(rotate=10.0, shear=0.3, scale=(0.7, 1.0), aspect=(-0.2, 0.2))
 CANVAS = 64
 ELASTIC = 1.5  # pixels of the canvas
-
-
-def parse_options(cls, name: str, example: str):
-    """``cls(**options)`` from ``family:key=value,...`` (whole numbers, decimals or text, as the
-    fields are typed); unknown keys and bad values raise :class:`DatasetError`."""
-    _, _, opts = name.partition(":")
-    kinds = {f.name: f.type for f in fields(cls)}
-    values: dict = {}
-    for part in filter(None, opts.split(",")):
-        key, eq, value = part.partition("=")
-        if not eq or key not in kinds:
-            raise DatasetError(
-                f"{name}: unknown option {part!r}; options: {', '.join(kinds)} (e.g. {example})"
-            )
-        kind = {"int": int, "float": float}.get(str(kinds[key]), str)
-        try:
-            values[key] = kind(value)
-        except ValueError as e:
-            raise DatasetError(f"{name}: {key} must be a {kind.__name__}, got {value!r}") from e
-    return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from imrec.core.errors import DatasetError
@@ -123,3 +123,35 @@ def dataset_task(name: str) -> str:
         'classify'
     """
     return lookup(name).task
+
+
+def parse_options(cls, name: str, example: str):
+    """``cls(**options)`` from ``family:key=value,...`` (whole numbers, decimals or text, as the
+    fields of the dataclass ``cls`` are typed); unknown keys and bad values raise
+    :class:`DatasetError` that names ``example``.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass
+        ... class Opts:
+        ...     small: int = 0
+        >>> parse_options(Opts, "chinese-mnist:small=2", "chinese-mnist:small=1")
+        Opts(small=2)
+    """
+    _, _, opts = name.partition(":")
+    # field types as written (``from __future__ import annotations``: strings) or as classes
+    kinds = {f.name: getattr(f.type, "__name__", f.type) for f in fields(cls)}
+    values: dict = {}
+    for part in filter(None, opts.split(",")):
+        key, eq, value = part.partition("=")
+        if not eq or key not in kinds:
+            raise DatasetError(
+                f"{name}: unknown option {part!r}; options: {', '.join(kinds)} (e.g. {example})"
+            )
+        kind = {"int": int, "float": float}.get(kinds[key], str)
+        try:
+            values[key] = kind(value)
+        except ValueError as e:
+            said = {int: "a whole number", float: "a number"}[kind]
+            raise DatasetError(f"{name}: {key} must be {said}, got {value!r}") from e
+    return cls(**values)

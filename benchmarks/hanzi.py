@@ -1,7 +1,8 @@
 """Chinese handwriting at real vocabulary: the goals of BENCHMARKS.md "hanzi" (issue 13).
 
     python benchmarks/hanzi.py --work /tmp/hanzi [--run RUN] [--held-out-fonts DIR]
-                               [--finetune-epochs 8] [--skip train,finetune,export]
+                               [--finetune-epochs 8] [--finetune-data chinese-mnist:small=1]
+                               [--skip train,finetune,export]
 
 Every step is a whole ``imrec`` process, as a user runs it:
 
@@ -16,9 +17,11 @@ Every step is a whole ``imrec`` process, as a user runs it:
    JPEG files they are published as, through ``imrec predict RUN DIR --json --top-k 5`` (what a
    user's files go through: each file straight into the model's form; ``eval`` reads the same
    images, so the two agree: a check that they do).
-4. Fine-tuning that keeps every class: ``imrec train chinese-mnist --init RUN --keep-classes
-   --rehearse 16``, then its Chinese MNIST test accuracy (test writers) and
-   ``imrec eval FT --data hanzi`` (the synthetic test after fine-tuning).
+4. Fine-tuning that keeps every class: ``imrec train chinese-mnist:small=1 --init RUN
+   --keep-classes --rehearse 16`` (``--finetune-data``: the training writers' files, each also
+   seen written small), then its Chinese MNIST test accuracy (test writers), the test writers'
+   files written small (each scaled to 60% and 40% of its side on its own paper, through
+   ``imrec predict``), and ``imrec eval FT --data hanzi`` (the synthetic test after it).
 5. ``imrec export RUN --quantize int8`` (parity gate), the int8 accuracy, and one character's
    latency through ONNX Runtime (``benchmarks/inference_latency.py``'s way: p50 of 500 calls).
 
@@ -102,6 +105,32 @@ def predict_files(run: Path, folder: Path, writers: set[int] | None = None) -> d
     return {"top1": top1 / n, "top5": top5 / n, "n": n, "wall_seconds": round(wall, 1)}
 
 
+def written_small(folder: Path, share: float, writers: set[int]) -> Path:
+    """The test writers' files of ``folder`` as if written smaller: each scaled to ``share`` of
+    its side (antialiased) in the middle of its own square of paper (the file's median grey),
+    saved as JPEG (quality 95, under the file's own name) in ``folder``'s sibling
+    ``<name>-<share in %>``."""
+    import numpy as np
+    from PIL import Image
+
+    from imrec.data.datasets import _CHINESE_NAME
+
+    out = folder.parent / f"{folder.name}-{round(share * 100)}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    for f in sorted(folder.glob("*.jpg")):
+        if int(_CHINESE_NAME.search(f.name).group(1)) not in writers:
+            continue
+        with Image.open(f) as img:
+            grey = img.convert("L")
+        side = max(4, round(grey.width * share)), max(4, round(grey.height * share))
+        paper = Image.new("L", grey.size, int(np.median(np.asarray(grey))))
+        at = ((grey.width - side[0]) // 2, (grey.height - side[1]) // 2)
+        paper.paste(grey.resize(side, Image.Resampling.LANCZOS), at)
+        paper.save(out / f.name, quality=95)
+    return out
+
+
 def latency(bundle: Path, model: str) -> dict:
     """p50/p99 ms of one prepared character through ``imrec.load(bundle)`` (ONNX Runtime)."""
     code = f"""
@@ -125,6 +154,11 @@ def main() -> None:
     ap.add_argument("--held-out-fonts", help="a folder of CJK fonts training never saw")
     ap.add_argument("--finetune-epochs", type=int, default=8)
     ap.add_argument("--finetune-lr", default="1e-3")
+    ap.add_argument(
+        "--finetune-data",
+        default="chinese-mnist:small=1",
+        help="the Chinese MNIST dataset to fine-tune on (chinese-mnist: the files alone)",
+    )
     ap.add_argument("--rehearse", default="16", help="renders per class mixed into fine-tuning")
     ap.add_argument("--skip", default="", help="comma-separated: finetune, export, held-out")
     args = ap.parse_args()
@@ -160,7 +194,7 @@ def main() -> None:
         ft = work / "finetuned"
         shutil.rmtree(ft, ignore_errors=True)
         wall, _ = imrec(
-            "train", "chinese-mnist", "--init", str(run), "--keep-classes",
+            "train", args.finetune_data, "--init", str(run), "--keep-classes",
             "--rehearse", args.rehearse, "--epochs", str(args.finetune_epochs),
             "--lr", args.finetune_lr, "--out", str(ft), "--quiet",
         )  # fmt: skip
@@ -174,6 +208,11 @@ def main() -> None:
         results["finetuned"]["chinese_mnist_test_files_predict"] = predict_files(
             ft, files, test_writers
         )
+        results["finetuned"]["data"] = args.finetune_data
+        results["finetuned"]["written_small"] = {
+            f"{share:.0%}": predict_files(ft, written_small(files, share, test_writers))
+            for share in (0.6, 0.4)
+        }
         imrec("eval", str(ft), "--data", "hanzi")
         (ev,) = ft.glob("eval-hanzi*/report.json")
         results["finetuned"]["synthetic"] = scores(json.loads(ev.read_text()))

@@ -176,6 +176,39 @@ def test_the_prepared_renderer_draws_what_the_plain_one_draws(mirror):
     assert dot.any()
 
 
+def test_renders_written_small_are_softer_and_leave_the_others_as_they_were(mirror):
+    """``PenStyle(small=p)``: a share p of the renders is written small (reduced until the ink
+    is 12-32 px long, then prepared as a user's small file: strokes enlarged wide and soft);
+    whether a render is, comes from a generator of its own, so the others are unchanged."""
+    from imrec.data.hanzi import Renderer
+
+    chars = TEN
+    keys = list(range(60))
+    labels = [k % len(chars) for k in keys]
+    plain = Renderer(chars, strokes=load_strokes(chars), style=PenStyle()).draw(5, labels, 48, keys)
+    half = Renderer(chars, strokes=load_strokes(chars), style=PenStyle(small=0.5))
+    drawn = half.draw(5, labels, 48, keys)
+    same = [np.array_equal(a, b) for a, b in zip(plain, drawn, strict=True)]
+    assert 15 <= len(keys) - sum(same) <= 45  # about half written small
+    form = InkForm.for_size(48)
+    small = [b for b, kept in zip(drawn, same, strict=True) if not kept]
+    large = [a for a, kept in zip(plain, same, strict=True) if not kept]
+    assert np.mean([in_ink_form(b, form) for b in small]) >= 0.8  # placed as the form places
+
+    # The same characters, written small: strokes spread wider and softer (more pixels inked,
+    # a far smaller share of them at full ink).
+    def inked_and_full(images):
+        x = np.stack(images)
+        return int((x > 32).sum()), float((x >= 224).sum() / (x > 32).sum())
+
+    (inked_small, full_small), (inked_large, full_large) = (
+        inked_and_full(small),
+        inked_and_full(large),
+    )
+    assert inked_small > inked_large and full_small < 0.75 * full_large
+    assert np.array_equal(drawn, half.draw(5, labels, 48, keys))  # deterministic
+
+
 def test_the_renderers_fast_normal_form_matches_the_general_one(mirror):
     """Renders skip the lighting and threshold search of to_ink_form (they are clean): the
     result must be what to_ink_form makes of the same drawing, up to antialiasing."""

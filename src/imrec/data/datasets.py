@@ -872,8 +872,8 @@ class ChineseSpec:
     ``small``: views of each training file written small, added to the training split
     (:data:`SMALL_SHARE`; validation and test stay the files as they are). A model trained
     with them reads small or low-resolution writing (a character a few dozen pixels tall,
-    cropped from a photo of a page or scanned at a low resolution) far better: measured in
-    BENCHMARKS.md ("hanzi", small views).
+    cropped from a photo of a page or scanned at a low resolution) far better: BENCHMARKS.md
+    "Fine-tuning with the files also written small".
 
     Example:
         >>> ChineseSpec.parse("chinese-mnist:small=1").small

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from imrec.core.preprocess import InkForm, drawing_to_ink_form
+from imrec.core.preprocess import InkForm, drawing_to_ink_form, to_ink_form
 
 BOX = 1024.0  # the stroke data's coordinate box
 BASELINE = 900.0  # y' = BASELINE - y puts the glyph upright in the box (y down)
+SMALL_INK = (12.0, 32.0)  # PenStyle.small: the ink's longer side, in pixels, when written small
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class PenStyle:
     link: float = 0.15  # chance that a stroke is joined to the next one
     elastic: float = 0.03  # amplitude of the smooth warp
     blur: float = 1 / 48  # render_strokes/render_fonts: a blur, sigma up to this much of the side
+    # The chance that a character is written small: its drawing reduced (antialiased) until the
+    # ink's longer side is SMALL_INK pixels, then brought into the form as a user's file is
+    # (to_ink_form), strokes enlarged wide and soft. 0: never (the renders are as before).
+    small: float = 0.0
     # Measured on 15 characters (200 renders each, 15 epochs, scored on all 15,000 real
     # Chinese MNIST images): shift .025 / stretch .08 / bend .025 / rotate 8 / shear .2 /
     # elastic .02 gave 68.9% top-1; these larger variations 78.4%. A thinner pen (0.018-0.055)
@@ -252,13 +257,41 @@ def render_strokes(
     def draw(k: int, rng: np.random.Generator) -> np.ndarray:
         return draw_segments(character_segments(plans[k], rng, style), canvas)
 
-    return _in_form(draw, seed, index, size, keys, style.blur)
+    return _in_form(draw, seed, index, size, keys, style.blur, style.small)
 
 
-def _in_form(draw, seed: int, index, size: int, keys, blur: float = 0.0) -> np.ndarray:
+def written_small(drawing: np.ndarray, ink: float, form: InkForm) -> np.ndarray:
+    """A clean drawing (uint8, white on black) as if written small: reduced (antialiased, a box
+    filter) until its ink's longer side is about ``ink`` pixels, then brought into ``form`` by
+    :func:`~imrec.core.preprocess.to_ink_form`, as a user's small file is.
+
+    Example:
+        >>> a = np.zeros((96, 96), np.uint8); a[20:76, 44:52] = 255
+        >>> out = written_small(a, 14.0, InkForm.for_size(48))
+        >>> out.shape, int(out.max())
+        ((48, 48), 255)
+    """
+    mask = drawing >= 128
+    if not mask.any():
+        return np.zeros((form.size, form.size), np.uint8)
+    ys, xs = np.nonzero(mask)
+    extent = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
+    share = min(1.0, ink / extent)
+    h, w = drawing.shape
+    small = Image.fromarray(drawing).resize(
+        (max(2, round(w * share)), max(2, round(h * share))), Image.Resampling.BOX
+    )
+    return to_ink_form(np.asarray(small), form)
+
+
+def _in_form(
+    draw, seed: int, index, size: int, keys, blur: float = 0.0, small: float = 0.0
+) -> np.ndarray:
     """``draw(k, rng)`` for each class ``k`` of ``index``, with the random generator of
     ``(seed, keys[j])``, each drawing brought into the normal form and then blurred by a
-    Gaussian of sigma drawn from ``[0, blur * size]`` pixels: ``(N, size, size)``.
+    Gaussian of sigma drawn from ``[0, blur * size]`` pixels: ``(N, size, size)``. With
+    chance ``small`` (from a generator of its own, so that the other renders stay the same)
+    a drawing is :func:`written_small` first, its ink :data:`SMALL_INK` pixels long.
 
     The blur is left as it falls (no contrast stretch after it): real characters written
     small and scaled up to the form, the usual case for a photo or a scan, arrive soft and
@@ -273,7 +306,13 @@ def _in_form(draw, seed: int, index, size: int, keys, blur: float = 0.0) -> np.n
     keys = range(len(index)) if keys is None else keys
     for j, (k, key) in enumerate(zip(index, keys, strict=True)):
         rng = np.random.default_rng([seed, int(key)])
-        out[j] = drawing_to_ink_form(draw(k, rng), form)
+        drawing = draw(k, rng)
+        # Whether and how small: a generator of its own, so the rest of the render is the same.
+        sized = np.random.default_rng([seed, int(key), 1]) if small else None
+        if sized is not None and sized.random() < small:
+            out[j] = written_small(drawing, float(sized.uniform(*SMALL_INK)), form)
+        else:
+            out[j] = drawing_to_ink_form(drawing, form)
         sigma = rng.uniform(0, blur * size) if blur > 0 else 0.0
         if sigma >= 0.05:
             soft = gaussian_filter(out[j].astype(np.float32), sigma)
@@ -428,7 +467,7 @@ def render_fonts(
         font = fonts.fonts[fonts.has[k][int(rng.integers(len(fonts.has[k])))]]
         return draw_glyph(font, chars[k], rng, style, 128)
 
-    return _in_form(draw, seed, index, size, keys, style.blur)
+    return _in_form(draw, seed, index, size, keys, style.blur, style.small)
 
 
 def elastic_warp(a: np.ndarray, rng: np.random.Generator, amplitude: float) -> np.ndarray:

@@ -106,14 +106,14 @@ def predict_files(run: Path, folder: Path, writers: set[int] | None = None) -> d
 
 
 def written_small(folder: Path, share: float, writers: set[int]) -> Path:
-    """The test writers' files of ``folder`` as if written smaller: each scaled to ``share`` of
-    its side (antialiased) in the middle of its own square of paper (the file's median grey),
-    saved as JPEG (quality 95, under the file's own name) in ``folder``'s sibling
+    """The test writers' files of ``folder`` as if written smaller
+    (:func:`imrec.data.paper.written_smaller`: each scaled to ``share`` of its side on its own
+    paper), saved as JPEG (quality 95, under the file's own name) in ``folder``'s sibling
     ``<name>-<share in %>``."""
-    import numpy as np
     from PIL import Image
 
     from imrec.data.datasets import _CHINESE_NAME
+    from imrec.data.paper import written_smaller
 
     out = folder.parent / f"{folder.name}-{round(share * 100)}"
     shutil.rmtree(out, ignore_errors=True)
@@ -122,12 +122,7 @@ def written_small(folder: Path, share: float, writers: set[int]) -> Path:
         if int(_CHINESE_NAME.search(f.name).group(1)) not in writers:
             continue
         with Image.open(f) as img:
-            grey = img.convert("L")
-        side = max(4, round(grey.width * share)), max(4, round(grey.height * share))
-        paper = Image.new("L", grey.size, int(np.median(np.asarray(grey))))
-        at = ((grey.width - side[0]) // 2, (grey.height - side[1]) // 2)
-        paper.paste(grey.resize(side, Image.Resampling.LANCZOS), at)
-        paper.save(out / f.name, quality=95)
+            written_smaller(img.convert("L"), share).save(out / f.name, quality=95)
     return out
 
 

@@ -39,6 +39,7 @@ from imrec.data.hanzi import PACKAGE as HANZI_PACKAGE
 from imrec.data.hanzi import fetch_package as hanzi_fetch
 from imrec.data.hanzi import load_hanzi
 from imrec.data.idx import read_idx
+from imrec.data.paper import written_smaller
 from imrec.data.sources import (
     DatasetError,
     SourceFile,
@@ -791,10 +792,7 @@ def _prepare_chinese(data: bytes, form: InkForm, share: float = 1.0) -> np.ndarr
         if img.size != (64, 64):
             img = resize_center_crop(img, 64)
         if share < 1.0:
-            side = max(4, round(64 * share))
-            paper = Image.new("L", (64, 64), int(np.median(np.asarray(img))))
-            paper.paste(img.resize((side, side), Image.Resampling.LANCZOS), ((64 - side) // 2,) * 2)
-            img = paper
+            img = written_smaller(img, share)
         return to_ink_form(img, form)  # thin strokes, small: the form
 
 

@@ -265,6 +265,27 @@ def _cast_shadow(
     return (1.0 - (1.0 - rng.uniform(*left)) * cover).astype(np.float32)
 
 
+def written_smaller(img: Image.Image, share: float) -> Image.Image:
+    """A grey (``L``) image of writing as if written smaller: scaled to ``share`` of its sides
+    (antialiased, Lanczos) in the middle of a sheet of its own size and paper (its median
+    grey): a character a few dozen pixels tall, as a crop of a photo of a page or a
+    low-resolution scan gives it.
+
+    Example:
+        >>> page = Image.new("L", (64, 64), 230); page.paste(20, (20, 10, 44, 54))
+        >>> small = written_smaller(page, 0.5)
+        >>> small.size, small.getpixel((0, 0)), small.getpixel((32, 32))
+        ((64, 64), 230, 20)
+    """
+    w, h = img.size
+    side = max(4, round(w * share)), max(4, round(h * share))
+    sheet = Image.new("L", img.size, int(np.median(np.asarray(img))))
+    sheet.paste(
+        img.resize(side, Image.Resampling.LANCZOS), ((w - side[0]) // 2, (h - side[1]) // 2)
+    )
+    return sheet
+
+
 def to_form_via_paper(
     drawing: np.ndarray, rng: np.random.Generator, form: InkForm, look: PaperLook | None
 ) -> np.ndarray:

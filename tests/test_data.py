@@ -23,6 +23,7 @@ from imrec.core.preprocess import InkForm, prepare_image
 from imrec.data import (
     ClassificationData,
     DatasetError,
+    ImageSet,
     SourceFile,
     dataset_info,
     fetch_dataset,
@@ -510,3 +511,28 @@ def test_a_streamed_file_that_breaks_later_is_named(tmp_path):
     broken.write_bytes(b"not a png any more")
     with pytest.raises(DatasetError, match=f"{broken.name}.*readable when the dataset was loaded"):
         data.train.images[2]
+
+
+def test_image_set_concat_keeps_what_every_part_has():
+    def part(n, label, origin=None, where="all"):
+        images = torch.full((n, 1, 4, 4), label, dtype=torch.uint8)
+        groups = torch.full((n,), label) if origin is not None else None
+        return ImageSet(images, torch.full((n,), label), groups, origin, where)
+
+    a, b = part(2, 1, torch.tensor([5, 6])), part(3, 2, torch.tensor([0, 1, 2]))
+    joined = ImageSet.concat([a, b])
+    assert joined.images[:, 0, 0, 0].tolist() == [1, 1, 2, 2, 2]
+    assert joined.labels.tolist() == [1, 1, 2, 2, 2]
+    assert joined.groups.tolist() == [1, 1, 2, 2, 2]
+    assert joined.origin.tolist() == [5, 6, 0, 1, 2] and joined.part == "all"
+    # Parts that index different parts of a source, or one without origin: a mix, named so.
+    other = ImageSet.concat([a, part(1, 3, torch.tensor([0]), where="test")])
+    assert other.origin is None and other.part == "" and other.groups.tolist() == [1, 1, 3]
+    drawn = ImageSet.concat([a, part(1, 3)])
+    assert drawn.groups is None and drawn.origin is None and len(drawn) == 3
+    with pytest.raises(ValueError, match="cannot be joined"):
+        ImageSet.concat(
+            [a, ImageSet(torch.zeros(1, 1, 5, 5, dtype=torch.uint8), torch.tensor([0]))]
+        )
+    with pytest.raises(ValueError, match="at least one"):
+        ImageSet.concat([])

@@ -316,8 +316,7 @@ def _chosen_split(data: ClassificationData, split: str) -> ImageSet:
         return data.test
     if split != "all":
         raise ValueError(f"split must be 'test' or 'all', got {split!r}")
-    parts = [data.train, data.val, data.test]
-    return ImageSet(torch.cat([p.images[:] for p in parts]), torch.cat([p.labels for p in parts]))
+    return ImageSet.concat([data.train, data.val, data.test])
 
 
 def evaluate_run(

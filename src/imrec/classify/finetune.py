@@ -92,7 +92,7 @@ def keep_checkpoint_classes(
         picked = _per_class(old.train.labels, rehearse)
         images = old.train.images[picked]  # streamed or rendered splits are drawn here
         train = _concat(train, ImageSet(images, old.train.labels[picked]))
-        val = _concat(val, _as_tensors(old.val))
+        val = _concat(val, old.val)
         note += (
             f" Rehearsal: {len(picked):,} images of {old.name} ({rehearse} per class) mixed into "
             f"training and its {len(old.val):,} validation images into validation, so that the "
@@ -137,15 +137,11 @@ def _per_class(labels: torch.Tensor, n: int) -> torch.Tensor:
     return order[rank < n].sort().values
 
 
-def _as_tensors(split: ImageSet) -> ImageSet:
-    images = split.images if isinstance(split.images, torch.Tensor) else split.images[:]
-    return ImageSet(images, split.labels)
-
-
 def _concat(a: ImageSet, b: ImageSet) -> ImageSet:
+    """``a`` and the rehearsed ``b`` as one set (a mix of sources: no groups or origin kept)."""
     if a.images.shape[1:] != b.images.shape[1:]:
         raise TrainError(
             f"--rehearse: images of {tuple(a.images.shape[1:])} and {tuple(b.images.shape[1:])} "
             "cannot be mixed; give --size of the checkpoint"
         )
-    return ImageSet(torch.cat([a.images, b.images]), torch.cat([a.labels, b.labels]))
+    return ImageSet.concat([a, b])

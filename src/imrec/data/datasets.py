@@ -941,13 +941,7 @@ def _load_chinese(
             _image_set(small["images"], small["labels"], small["groups"], origin=small["origin"]),
             torch.nonzero(mine).flatten(),
         )
-        train = ImageSet(
-            torch.cat([train.images, extra.images]),
-            torch.cat([train.labels, extra.labels]),
-            torch.cat([train.groups, extra.groups]),
-            torch.cat([train.origin, extra.origin]),
-            train.part,
-        )
+        train = ImageSet.concat([train, extra])
         lo, hi = SMALL_SHARE
         note += (
             f"; training adds {len(extra):,} views of its files written small ({spec.small} "

@@ -69,6 +69,33 @@ class ImageSet:
         """True when the images are decoded from files on demand, not held in memory."""
         return not isinstance(self.images, torch.Tensor)
 
+    @classmethod
+    def concat(cls, parts: list[ImageSet]) -> ImageSet:
+        """The samples of ``parts`` one after another, their images read into memory where
+        streamed or drawn. ``groups`` are kept when every part has them; ``origin`` and
+        ``part`` when every part indexes the same part of one source (a split joined with its
+        own extra views, the three splits of one archive), else ``None`` and ``""``.
+
+            >>> a = ImageSet(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 1]))
+            >>> b = ImageSet(torch.ones(1, 1, 4, 4, dtype=torch.uint8), torch.tensor([2]))
+            >>> ImageSet.concat([a, b]).labels.tolist()
+            [0, 1, 2]
+        """
+        if not parts:
+            raise ValueError("ImageSet.concat needs at least one part")
+        shapes = sorted({tuple(p.images.shape[1:]) for p in parts})
+        if len(shapes) > 1:
+            raise ValueError(f"images of shapes {shapes} cannot be joined into one set")
+        images = torch.cat([p.images if not p.streamed else p.images[:] for p in parts])
+        labels = torch.cat([p.labels for p in parts])
+        groups = None
+        if all(p.groups is not None for p in parts):
+            groups = torch.cat([p.groups for p in parts])
+        origin, part = None, ""
+        if all(p.origin is not None for p in parts) and len({p.part for p in parts}) == 1:
+            origin, part = torch.cat([p.origin for p in parts]), parts[0].part
+        return cls(images, labels, groups, origin, part)
+
 
 class DrawnImages:
     """Training images drawn on demand, anew every epoch, standing in for a split's

@@ -180,3 +180,32 @@ def test_note_on_desk_photographs_sheets_on_a_desk_and_scores_them_three_ways(
     text = md.read_text()
     assert "kept text" in text and text.count("<!-- note-on-desk:start -->") == 1
     assert sum(line.startswith("| tiny | 12 |") for line in text.splitlines()) == 1
+
+
+def test_hanzi_pens_draws_dark_on_white_files_and_scores_each_run_on_the_same(
+    tmp_path, monkeypatch, hanzi_run, capsys
+):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    pens = importlib.import_module("hanzi_pens")
+    from PIL import Image
+
+    from imrec.core.checkpoint import read_checkpoint_meta
+
+    classes = read_checkpoint_meta(hanzi_run)["classes"]
+    work = tmp_path / "w"
+    assert pens.main(["--work", str(work), "--n", "20", str(hanzi_run), str(hanzi_run)]) == 0
+    for pen in pens.PENS:
+        files = sorted((work / "files" / pen).glob("*.png"))
+        assert len(files) == 20
+        assert {chr(int(f.stem.split("_")[1], 16)) for f in files} <= set(classes)
+        with Image.open(files[0]) as img:
+            a = np.asarray(img)
+        assert img.size == (pens.SIDE, pens.SIDE) and a.max() == 255 and a.min() < 64
+        assert (a > 128).mean() > 0.6  # dark ink on a white page
+    results = json.loads((work / "results.json").read_text())
+    (scored,) = results["runs"].values()  # one run named twice: one entry
+    for pen in pens.PENS:
+        assert scored[pen]["n"] == 20 and scored[pen]["top1"] <= scored[pen]["top5"]
+    # the 10-character model reads crisp drawings of its own characters far above chance (10%)
+    assert scored["renderer"]["top5"] >= 0.9 and scored["renderer"]["top1"] >= 0.5
+    assert f"| {hanzi_run} |" in capsys.readouterr().out

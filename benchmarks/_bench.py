@@ -66,6 +66,21 @@ def imrec_cli(*args: str) -> tuple[float, str]:
     return time.perf_counter() - t0, out.stdout
 
 
+def predict_top5(run: Path, folder: Path, truth) -> dict:
+    """top-1/top-5 of ``imrec predict RUN FOLDER --json --top-k 5`` (a whole process, as a user
+    runs it), ``truth(name)`` giving each file's true label from its name; with its wall time."""
+    wall, out = imrec_cli("predict", str(run), str(folder), "--json", "--top-k", "5")
+    top1 = top5 = 0
+    answers = json.loads(out)
+    for item in answers:
+        expected = truth(Path(item["input"]).name)
+        labels = [t["label"] for t in item["top"]]
+        top1 += labels[0] == expected
+        top5 += expected in labels
+    n = len(answers)
+    return {"top1": top1 / n, "top5": top5 / n, "n": n, "wall_seconds": round(wall, 1)}
+
+
 def command_output(cmd: list[str], cwd: Path | None = None) -> str:
     """The stripped stdout of ``cmd`` ('' when it prints nothing or fails)."""
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd).stdout.strip()

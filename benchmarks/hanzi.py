@@ -38,6 +38,7 @@ import sys
 from pathlib import Path
 
 from _bench import imrec_cli as imrec
+from _bench import predict_top5
 
 HELD_OUT_FONTS = ("/usr/share/fonts/truetype/arphic-gkai00mp", "/usr/share/fonts/truetype/arphic")
 
@@ -93,16 +94,7 @@ def predict_files(run: Path, folder: Path, writers: set[int] | None = None) -> d
         folder.mkdir()
         for f in files:
             (folder / f.name).symlink_to(f.resolve())
-    wall, out = imrec("predict", str(run), str(folder), "--json", "--top-k", "5")
-    top1 = top5 = 0
-    answers = json.loads(out)
-    for item in answers:
-        truth = CHINESE_CLASSES[numbers(item["input"])[2] - 1]
-        labels = [t["label"] for t in item["top"]]
-        top1 += labels[0] == truth
-        top5 += truth in labels
-    n = len(answers)
-    return {"top1": top1 / n, "top5": top5 / n, "n": n, "wall_seconds": round(wall, 1)}
+    return predict_top5(run, folder, lambda name: CHINESE_CLASSES[numbers(name)[2] - 1])
 
 
 def written_small(folder: Path, share: float, writers: set[int]) -> Path:

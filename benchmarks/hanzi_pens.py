@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _bench import git_commit, imrec_cli, machine, md_table, now
+from _bench import git_commit, machine, md_table, now, predict_top5
 
 # pen widths, fractions of the side (None: the renderer's own)
 PENS = {"renderer": None, "ballpoint": (0.008, 0.016), "marker": (0.05, 0.08)}
@@ -60,16 +60,7 @@ def draw_files(classes: list[str], n: int, seed: int, folder: Path) -> dict[str,
 
 def read_files(run: Path, folder: Path) -> dict:
     """top-1/top-5 of ``imrec predict RUN FOLDER --json --top-k 5`` (the truth in each name)."""
-    wall, out = imrec_cli("predict", str(run), str(folder), "--json", "--top-k", "5")
-    top1 = top5 = 0
-    answers = json.loads(out)
-    for item in answers:
-        truth = chr(int(Path(item["input"]).stem.split("_")[1], 16))
-        labels = [t["label"] for t in item["top"]]
-        top1 += labels[0] == truth
-        top5 += truth in labels
-    n = len(answers)
-    return {"top1": top1 / n, "top5": top5 / n, "n": n, "wall_seconds": round(wall, 1)}
+    return predict_top5(run, folder, lambda name: chr(int(Path(name).stem.split("_")[1], 16)))
 
 
 def main(argv: list[str] | None = None) -> int:

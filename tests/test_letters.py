@@ -258,3 +258,126 @@ def test_the_glyph_cache_gives_what_pillow_draws(tmp_path):
             assert np.array_equal(stingy.get(font, char, weight, 128), drawn)
     assert len(cache.fonts[font]) == 9 and 0 < cache.used
     assert stingy.used == 0 and not stingy.fonts[font]  # over its budget: nothing kept
+
+
+# ---- Hershey stroke fonts ---------------------------------------------------------------------
+
+
+def _jhf_record(strokes: list[list[tuple[int, int]]], wrap: int = 0) -> str:
+    """One ``.jhf`` record: margins, then the strokes' points, `` R`` between strokes; split
+    into lines of ``wrap`` characters when given (as some files are)."""
+    pairs = ["JZ"]
+    for i, stroke in enumerate(strokes):
+        if i:
+            pairs.append(" R")
+        pairs += [chr(82 + x) + chr(82 + y) for x, y in stroke]
+    body = f"12345{len(pairs):3d}" + "".join(pairs)
+    if wrap:
+        body = "\n".join(body[i : i + wrap] for i in range(0, len(body), wrap))
+    return body + "\n"
+
+
+# A stroke font of three letters (drawn as their upper and lower case): A, I and a plain L.
+_GLYPHS = {
+    "A": [[(-8, 9), (0, -12), (8, 9)], [(-5, 1), (5, 1)]],
+    "I": [[(0, -12), (0, 9)]],
+    "L": [[(-5, -12), (-5, 9), (6, 9)]],
+}
+
+
+def _write_jhf(path: Path, glyphs=_GLYPHS, wrap: int = 0) -> Path:
+    records = []
+    for code in range(32, 127):
+        c = chr(code)
+        strokes = glyphs.get(c.upper(), []) if c.isalpha() else []
+        records.append(_jhf_record(strokes, wrap) if strokes else "12345  1JZ\n")
+    path.write_text("".join(records))
+    return path
+
+
+def test_hershey_files_are_read_and_bad_ones_named(tmp_path):
+    from imrec.data import hershey
+
+    glyphs = hershey.read_jhf(_write_jhf(tmp_path / "mine.jhf", wrap=9))  # records over lines
+    assert sorted(glyphs) == ["A", "I", "L", "a", "i", "l"]
+    assert [s.tolist() for s in glyphs["A"]] == [
+        [[-8.0, 9.0], [0.0, -12.0], [8.0, 9.0]],
+        [[-5.0, 1.0], [5.0, 1.0]],
+    ]
+    # Into the stroke data's box: centred, the longer side hershey.SIZE, y up.
+    boxed = np.concatenate(hershey.in_box(glyphs["L"]))
+    assert np.allclose(np.ptp(boxed, 0).max(), hershey.SIZE)
+    assert boxed[0, 1] > boxed[1, 1]  # the top of the L (first point) is higher than its foot
+    drawn = hershey.StrokeFont(tmp_path / "mine.jhf").draw(
+        "A", np.random.default_rng(0), L.STROKE_PEN, L.CANVAS
+    )
+    assert drawn.shape == (L.CANVAS, L.CANVAS) and 0.03 < (drawn > 128).mean() < 0.4
+    text = (tmp_path / "mine.jhf").read_text()
+    (tmp_path / "cut.jhf").write_text(text[: len(text) // 2 + 3])
+    with pytest.raises(ValueError, match="cut.jhf: record .* cut short"):
+        hershey.read_jhf(tmp_path / "cut.jhf")
+    (tmp_path / "not.jhf").write_text("hello, this is not a font\n")
+    with pytest.raises(ValueError, match="not.jhf: record 1 .* not a .jhf Hershey font"):
+        hershey.read_jhf(tmp_path / "not.jhf")
+    with pytest.raises(ValueError, match="nowhere.jhf: cannot be read"):
+        hershey.read_jhf(tmp_path / "nowhere.jhf")
+
+
+def test_stroke_fonts_are_written_by_the_pen_beside_outline_fonts(mirror, tmp_path):
+    fonts = _font_dir(tmp_path, 1)
+    _write_jhf(fonts / "mine.jhf")
+    (fonts / "broken.jhf").write_text("12345 40JZRF\n")  # truncated
+    data, notes = _load(f"letters:fonts={fonts},rendered=4,real=0,paper=0,strokes=0.5")
+    assert any("broken.jhf cannot be read" in n and "cut short" in n for n in notes)
+    assert "from 2 fonts" in data.split_note and "mine" in data.split_note
+    assert len(data.train) == 4 * 26
+    # A folder of the stroke font alone: its three letters, each render in the normal form.
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    _write_jhf(alone / "mine.jhf")
+    data, notes = _load(f"letters:fonts={alone},rendered=4,real=0,paper=0,strokes=0.5")
+    assert any("no font draws BCDEFGHJKMNOPQRSTUVWXYZ" in n for n in notes)
+    images = data.train.images
+    drawn = images[torch.arange(len(images))]
+    assert data.train.labels.unique().tolist() == [0, 8, 11] and len(drawn) == 12
+    assert all(in_ink_form(d[0].numpy(), InkForm()) for d in drawn)
+    assert not torch.equal(images.read(0), images.read(len(images)))  # new every epoch
+    # The stroke font draws only A, I and L: with strokes=1 those classes come from its pen
+    # alone, the rest from the outline font (which draws every letter).
+    outline = L.Font(str(next(fonts.glob("*.[ot]tf"))), 0, "outline")
+    pen = L.Font(str(fonts / "mine.jhf"), 0, "mine")
+    both = L.LetterFonts([outline, pen], L.LettersSpec().class_chars(), False, strokes=1.0)
+    assert [len(p) for p in both.pen_pairs[:3]] == [2, 0, 0] and not both.missing
+    calls = []
+    real_draw = both.fonts[1].draw
+    both.fonts[1].draw = lambda *a: calls.append(a[0]) or real_draw(*a)
+    rng = np.random.default_rng(1)
+    for k in (0, 8, 11, 1):  # A, I, L from the pen; B from the outline font
+        both.draw(k, rng)
+    assert sorted(c.upper() for c in calls) == ["A", "I", "L"]
+    # strokes=0 (the default): the stroke fonts are not loaded (the renders as before them).
+    data, _ = _load(f"letters:fonts={fonts},rendered=1,real=0")
+    assert "from 1 fonts" in data.split_note and "mine" not in data.split_note
+    with pytest.raises(DatasetError, match="strokes must be in"):
+        load_dataset("letters:strokes=2")
+    # Holding the stroke font's family out leaves the outline font.
+    data, _ = _load(f"letters:fonts={fonts},rendered=1,real=0,strokes=1,holdout=mine")
+    assert "from 1 fonts" in data.split_note
+
+
+def test_the_installed_hershey_fonts_write_every_letter():
+    """Debian's hershey-fonts-data (``.ci/run`` installs it): the four handwriting faces, each
+    with all 52 letters, named with their licence in a run's record."""
+    from imrec.data import hershey
+
+    found = hershey.installed()
+    if not found:
+        if os.environ.get("CI"):
+            pytest.fail("hershey-fonts-data is missing; .ci/run should have installed it")
+        pytest.skip("no Hershey fonts (Debian: apt install hershey-fonts-data)")
+    assert [f for _, f in found] == list(hershey.FAMILIES.values())
+    fonts = [L.Font(p, 0, f) for p, f in found]
+    loaded = L.LetterFonts(fonts, L.LettersSpec(case="sensitive").class_chars(), True)
+    assert not loaded.notes and all(len(p) == 4 for p in loaded.pen_pairs)
+    assert "Hershey Cursive (hershey-fonts-data, Hershey Fonts licence" in loaded.names()
+    assert {f.family for f in L.installed_handwriting_fonts()} >= set(hershey.FAMILIES.values())

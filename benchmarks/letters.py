@@ -160,7 +160,7 @@ def main() -> None:
             }
             print(k, variant, results["folds"][f"{k}/{variant}"], flush=True)
     # The default draws from outline fonts only (stroke fonts: letters:strokes=, off by default).
-    outline = [f for f in L.installed_handwriting_fonts() if not f.path.endswith(".jhf")]
+    outline = [f for f in L.installed_handwriting_fonts() if not f.stroke]
     families = sorted({f.family for f in outline})
     chosen = (
         families

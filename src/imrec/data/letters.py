@@ -177,6 +177,11 @@ class Font:
     index: int
     family: str
 
+    @property
+    def stroke(self) -> bool:
+        """A Hershey stroke font (``.jhf``), written by the pen; else an outline font."""
+        return self.path.lower().endswith(".jhf")
+
 
 def installed_handwriting_fonts() -> list[Font]:
     """The fonts of :data:`HANDWRITING_FONTS` fontconfig knows (one file per family and
@@ -243,7 +248,7 @@ class LetterFonts:
         self.fonts, self.families = [], []
         for f in fonts:
             try:
-                if f.path.lower().endswith(".jhf"):
+                if f.stroke:
                     self.fonts.append(hershey.StrokeFont(f.path))
                 else:
                     self.fonts.append(ImageFont.truetype(f.path, self.SIZE, index=f.index))
@@ -334,7 +339,7 @@ def load_fonts(spec: LettersSpec) -> tuple[LetterFonts | None, list[str]]:
             )
         fonts = kept
     if not spec.strokes:
-        fonts = [f for f in fonts if not f.path.lower().endswith(".jhf")]
+        fonts = [f for f in fonts if not f.stroke]
     sensitive = spec.case == "sensitive"
     loaded = LetterFonts(fonts, spec.class_chars(), sensitive, spec.strokes) if fonts else None
     notes = [] if loaded is None else list(loaded.notes)

@@ -363,6 +363,9 @@ def test_stroke_fonts_are_written_by_the_pen_beside_outline_fonts(mirror, tmp_pa
     # Holding the stroke font's family out leaves the outline font.
     data, _ = _load(f"letters:fonts={fonts},rendered=1,real=0,strokes=1,holdout=mine")
     assert "from 1 fonts" in data.split_note
+    # ... but with strokes=0 it is not drawn at all, and holding it out says so.
+    with pytest.raises(DatasetError, match="holdout=mine: a stroke font family, not drawn unle"):
+        load_dataset(f"letters:fonts={fonts},rendered=1,real=0,holdout=mine")
 
 
 def test_the_installed_hershey_fonts_write_every_letter():

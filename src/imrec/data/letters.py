@@ -329,17 +329,17 @@ def _small_caps(font) -> bool:
 
 def load_fonts(spec: LettersSpec) -> tuple[LetterFonts | None, list[str]]:
     """The fonts ``spec`` draws from (``None`` when there are none) and notes for the report."""
-    fonts = folder_fonts(spec.fonts) if spec.fonts else installed_handwriting_fonts()
+    found = folder_fonts(spec.fonts) if spec.fonts else installed_handwriting_fonts()
+    fonts = found if spec.strokes else [f for f in found if not f.stroke]
     if spec.holdout:
-        families = sorted({f.family for f in fonts})
         kept = [f for f in fonts if not f.family.lower().startswith(spec.holdout.lower())]
         if len(kept) == len(fonts):
-            raise DatasetError(
-                f"holdout={spec.holdout}: no such font family; installed: {', '.join(families)}"
-            )
+            why = "no such font family"
+            if any(f.family.lower().startswith(spec.holdout.lower()) for f in found):
+                why = "a stroke font family, not drawn unless strokes > 0"
+            families = ", ".join(sorted({f.family for f in fonts})) or "none"
+            raise DatasetError(f"holdout={spec.holdout}: {why}; drawn from: {families}")
         fonts = kept
-    if not spec.strokes:
-        fonts = [f for f in fonts if not f.stroke]
     sensitive = spec.case == "sensitive"
     loaded = LetterFonts(fonts, spec.class_chars(), sensitive, spec.strokes) if fonts else None
     notes = [] if loaded is None else list(loaded.notes)

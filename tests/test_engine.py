@@ -71,6 +71,24 @@ def test_user_overrides_win_over_recipe_and_other_model_drops_recipe_options():
         build_config("mnist", "handwriting", "huge")
 
 
+def test_best_preset_never_trains_less_than_the_default():
+    """``--preset best`` is the longer recipe for every built-in dataset (a domain's best
+    recipe once fell back to fewer epochs than a dataset's own default: letters 15 against 20)."""
+    from imrec.data import dataset_info, list_datasets
+
+    checked = []
+    for listed in list_datasets():
+        name = listed.removesuffix("[:options]")
+        if name.startswith("folder:"):
+            continue  # folders: the length follows the data (folder_recipe)
+        domain = dataset_info(name).domain
+        fast, best = (build_config(name, domain, p) for p in ("fast", "best"))
+        assert best.loop.epochs >= fast.loop.epochs, name
+        checked.append(name)
+    assert {"letters", "hanzi", "mnist", "chars74k"} <= set(checked)
+    assert build_config("letters", "handwriting", "best").loop.epochs == 20
+
+
 def test_model_opt_and_augment_off_tweak_the_recipe_a_named_model_keeps_its_options():
     best = build_config("mnist", "handwriting", "best")
     assert best.model.options == {"size": "m", "width": 24}

@@ -74,18 +74,19 @@ def test_user_overrides_win_over_recipe_and_other_model_drops_recipe_options():
 def test_best_preset_never_trains_less_than_the_default():
     """``--preset best`` is the longer recipe for every built-in dataset (a domain's best
     recipe once fell back to fewer epochs than a dataset's own default: letters 15 against 20)."""
-    from imrec.data import dataset_info, list_datasets
+    from imrec.data import registry
 
     checked = []
-    for listed in list_datasets():
-        name = listed.removesuffix("[:options]")
-        if name.startswith("folder:"):
-            continue  # folders: the length follows the data (folder_recipe)
-        domain = dataset_info(name).domain
-        fast, best = (build_config(name, domain, p) for p in ("fast", "best"))
-        assert best.loop.epochs >= fast.loop.epochs, name
-        checked.append(name)
-    assert {"letters", "hanzi", "mnist", "chars74k"} <= set(checked)
+    for entry in registry.entries():
+        if entry.kind == "prefix":
+            continue  # folder:, coco:, yolo: paths: the length follows the data
+        domain = getattr(entry.info, "domain", "photo")
+        fast, best = (
+            build_config(entry.name, domain, p, task=entry.task) for p in ("fast", "best")
+        )
+        assert best.loop.epochs >= fast.loop.epochs, entry.name
+        checked.append(entry.name)
+    assert {"letters", "hanzi", "mnist", "chars74k", "digits-detect", "coco128"} <= set(checked)
     assert build_config("letters", "handwriting", "best").loop.epochs == 20
 
 

@@ -332,11 +332,14 @@ def load_fonts(spec: LettersSpec) -> tuple[LetterFonts | None, list[str]]:
     found = folder_fonts(spec.fonts) if spec.fonts else installed_handwriting_fonts()
     fonts = found if spec.strokes else [f for f in found if not f.stroke]
     if spec.holdout:
-        kept = [f for f in fonts if not f.family.lower().startswith(spec.holdout.lower())]
+        held = [f for f in found if f.family.lower().startswith(spec.holdout.lower())]
+        kept = [f for f in fonts if f not in held]
         if len(kept) == len(fonts):
-            why = "no such font family"
-            if any(f.family.lower().startswith(spec.holdout.lower()) for f in found):
-                why = "a stroke font family, not drawn unless strokes > 0"
+            why = (
+                "a stroke font family, not drawn unless strokes > 0"
+                if held
+                else "no such font family"
+            )
             families = ", ".join(sorted({f.family for f in fonts})) or "none"
             raise DatasetError(f"holdout={spec.holdout}: {why}; drawn from: {families}")
         fonts = kept

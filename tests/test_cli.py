@@ -480,9 +480,11 @@ def _sgd_best_effects(r: SimpleNamespace) -> None:
 
 
 def _mlp_early_stop_effects(r: SimpleNamespace) -> None:
-    # --early-stop 1: epoch 2 did not beat epoch 1 (lr 0), so epoch 3 never ran.
-    assert [row["epoch"] for row in r.rows] == [1, 2] and r.report["best_epoch"] == 1
+    # --early-stop 1: epoch 2 did not beat epoch 1 (lr 0), so epoch 3 never ran; epoch 2 tied
+    # with it, so its weights are the ones kept (the latest within the validation noise).
+    assert [row["epoch"] for row in r.rows] == [1, 2] and r.report["best_epoch"] == 2
     assert r.rows[0]["val_accuracy"] == r.rows[1]["val_accuracy"]
+    assert r.report["val_top"]["epoch"] == 1 and r.report["val_top"]["margin"] > 0
     # --model mlp --weight-norm: one weight-normalised hidden layer of 64 units.
     assert r.best["backbone.1.parametrizations.weight.original1"].shape == (64, 64)
     assert r.best["head.weight"].shape == (10, 64)

@@ -139,6 +139,8 @@ def test_exclude_and_relabel_lists_apply_to_training(doctored, tmp_path):
     files = _files(excl["items"])
     assert {planted["mislabelled"], planted["blank"], planted["exact"][0]} <= files
     assert planted["exact"][1] not in files, "the test copy of a duplicate is kept"
+    blank = next(i for i in excl["items"] if i["file"] == planted["blank"])
+    assert blank["why"].startswith("blank image:"), "named as blank, whatever else is found"
     relabel = json.loads((tmp / "relabel.json").read_text())
     mis = next(i for i in relabel["items"] if i["file"] == planted["mislabelled"])
     assert mis["suggested"] == "red" and mis["accept"] is True

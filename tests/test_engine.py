@@ -23,7 +23,7 @@ from imrec.core.checkpoint import (
 )
 from imrec.core.errors import TrainError
 from imrec.engine.ema import ModelEma
-from imrec.engine.loop import Trainer
+from imrec.engine.loop import Trainer, binomial_margin, keeps
 from imrec.engine.optim import lr_factor, make_optimizer
 
 
@@ -441,3 +441,30 @@ def test_small_epoch_options_are_checked(tmp_path, capsys):
 
     with pytest.raises(TrainError, match="--small-epochs"):
         check_train_fields(task_package("detect"), {"small_epochs": 1})
+
+
+def _kept_epoch(scores: list[float], n_val: int | None) -> int:
+    """The epoch the loop keeps for these validation accuracies (``None``: strictly best)."""
+    kept, top, epoch = -1.0, -1.0, 0
+    for i, score in enumerate(scores, 1):
+        top = max(top, score)
+        margin = None if n_val is None else binomial_margin(top, n_val)
+        if keeps(score, kept, top, margin):
+            kept, epoch = score, i
+    return epoch
+
+
+def test_the_kept_epoch_is_the_latest_within_the_validation_noise():
+    # Letters fold 2's validation accuracies (176 drawings), epochs 1-20 of the default run.
+    fold2 = [0.733, 0.881, 0.875, 0.909, 0.909, 0.955, 0.926, 0.955, 0.938, 0.938]
+    fold2 += [0.932, 0.949, 0.932, 0.955, 0.943, 0.943, 0.943, 0.943, 0.938, 0.938]
+    assert _kept_epoch(fold2, None) == 6  # the strictly best: an early, under-trained epoch
+    assert _kept_epoch(fold2, 176) == 20  # 3 drawings below the best: the same within noise
+    assert _kept_epoch(fold2, 60_000) == 14  # the same scores on a large split: they differ
+    # The band is measured from the best so far, so a slow slide never drifts the choice
+    # down: each step is within the band of the one before, but the last is not of the best.
+    slide = [0.95, 0.94, 0.93, 0.92, 0.91, 0.90]
+    assert binomial_margin(0.95, 176) < 0.95 - 0.90
+    assert _kept_epoch(slide, 176) == 4  # 0.92 is within 0.033 of 0.95; 0.91 is not
+    # A score beyond the noise below the best never replaces the kept weights.
+    assert _kept_epoch([0.60, 0.99, 0.50], 1000) == 2

@@ -272,17 +272,18 @@ def test_a_small_vocabulary_trains_and_predicts_characters(hanzi_run, tmp_path):
     from PIL import Image
 
     pictures = []
-    for j in range(20):  # dark ink on white, as a person's scan would be
+    for j in range(len(data.test)):  # dark ink on white, as a person's scan would be
         pictures.append(tmp_path / f"test-{j}.png")
         Image.fromarray(255 - data.test.images[j, 0].numpy()).save(pictures[-1])
     predictor = imrec.Predictor(out)
     answers = [r["top"][0]["label"] for r in predictor.predict(pictures, top_k=3)]
-    in_memory = [TEN[i] for i in predictor.logits(data.test.images[:20]).argmax(1).tolist()]
+    in_memory = [TEN[i] for i in predictor.logits(data.test.images).argmax(1).tolist()]
     # Files go the way of the evaluated tensors: a dark-on-white scan is brought back to the
     # normal form (lighting, crop, strokes), not pixel for pixel, so a borderline character may
-    # flip (measured: 1 of 80 with the CJK font's renders, 3 of 80 with strokes alone).
+    # flip (measured: 1 of 80 with the CJK font's renders, 3 of 80 with strokes alone; 4 and 5
+    # of 80 for the weights of epochs 9 and 10 of this run, 2 and 3 of them in the first 20).
     assert np.mean([a == b for a, b in zip(answers, in_memory, strict=True)]) >= 0.9
-    truth = [TEN[int(i)] for i in data.test.labels[:20]]
+    truth = [TEN[int(i)] for i in data.test.labels]
     assert np.mean([a == t for a, t in zip(answers, truth, strict=True)]) >= 0.75
     assert json.loads((out / "config.json").read_text())["data"]["name"] == name
     # The model softens real images (its renders are blurred), and its report says by how much.

@@ -767,13 +767,15 @@ def exclusions(report: dict) -> list[dict]:
         key = (item.get("file"), item.get("part"), item.get("index"))
         chosen.setdefault(key, {k: v for k, v in item.items() if k != "position"} | {"why": why})
 
+    # A blank image is named as such even when the models also find its label wrong (a blank
+    # has no right label): its first reason is the one kept.
+    for item in report["integrity"]["blank"]:
+        add(item, "blank image: no visible content")
     for found in report["labels"].values():
         for item in found["ranking"]:
             if item["flagged"]:
                 add(item, f"label issue: given {item['label']}, looks like {item['suggested']} "
                     f"(quality {item['score']:.3g})")  # fmt: skip
-    for item in report["integrity"]["blank"]:
-        add(item, "blank image: no visible content")
     for g in report["duplicates"]["groups"]:
         items = g["items"]
         if g["conflicting_labels"]:

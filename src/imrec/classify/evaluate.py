@@ -186,7 +186,12 @@ def _finish_run(trainer) -> dict:
         "input": meta["input"],
         "train_seconds": round(trainer.train_seconds, 2),
         "epochs_run": len(trainer.history),
-        "best_epoch": trainer.best["epoch"],
+        "best_epoch": trainer.best["epoch"],  # the epoch whose weights the run keeps
+        "val_top": {  # the best validation score, and how close to it the kept epoch had to be
+            "epoch": trainer.top["epoch"],
+            "val_accuracy": trainer.top[trainer.monitor],
+            "margin": round(trainer.monitor_margin(trainer.top[trainer.monitor]), 6),
+        },
         "device": str(trainer.device),
         "data_placement": trainer.placement,
         "cuda_graphs": trainer.cuda_graphs,

@@ -44,7 +44,17 @@ def training_summary(report: dict) -> str:
         parts.append(duration(report["train_seconds"]))
     if report.get("epochs_run") is not None:
         parts.append(f"{report['epochs_run']} epochs")
-    if report.get("best_epoch") is not None:
+    top = report.get("val_top") or {}
+    if report.get("best_epoch") is not None and top.get("epoch") not in (
+        None,
+        report["best_epoch"],
+    ):
+        parts.append(
+            f"kept epoch {report['best_epoch']} (the last whose val score is within "
+            f"{100 * top['margin']:.1f} points, two standard errors, of the best: epoch "
+            f"{top['epoch']}'s)"
+        )
+    elif report.get("best_epoch") is not None:
         parts.append(f"best epoch {report['best_epoch']} (chosen on val)")
     if report.get("device"):
         parts.append(f"on {text(report['device'])}")

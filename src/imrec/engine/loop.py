@@ -78,6 +78,44 @@ def default_run_dir(dataset: str, root: str | Path = "runs") -> Path:
     raise TrainError(f"no free run folder under {root}")
 
 
+def keeps(score: float, kept: float, top: float, margin: float | None) -> bool:
+    """Whether an epoch scoring ``score`` on validation replaces the kept checkpoint (scoring
+    ``kept``), ``top`` being the best score so far (this epoch's included).
+
+    With a ``margin`` (the validation score's noise), the kept weights are the latest epoch's
+    whose score is within ``margin`` of the best so far: a later epoch, trained further down the
+    schedule, is not given up for a score that the validation split cannot tell from it. With
+    ``None``, only a strictly better score replaces the kept one.
+
+    Example:
+        >>> keeps(0.938, 0.955, 0.955, 0.033)  # 3 images worse of 176: within the noise
+        True
+        >>> keeps(0.938, 0.955, 0.955, None), keeps(0.90, 0.955, 0.955, 0.033)
+        (False, False)
+    """
+    if margin is None:
+        return score > kept
+    return score >= top - margin
+
+
+def binomial_margin(accuracy: float, n: int, z: float = 2.0) -> float:
+    """``z`` standard errors of an accuracy measured on ``n`` images: the band within which two
+    epochs' validation accuracies cannot be told apart. The error is that of the accuracy with
+    one right and one wrong answer added (Laplace's estimate), so that 100% of a small split is
+    not taken for a certainty.
+
+    Example:
+        >>> round(binomial_margin(0.955, 176), 4), round(binomial_margin(0.993, 6000), 4)
+        (0.0329, 0.0022)
+        >>> round(binomial_margin(1.0, 104), 4)  # 104 of 104 right: about two images
+        0.019
+    """
+    if n <= 0:
+        return 0.0
+    p = (min(max(accuracy, 0.0), 1.0) * n + 1) / (n + 2)
+    return z * math.sqrt(p * (1 - p) / n)
+
+
 class Trainer:
     """The loop every task shares: one run folder, epochs with best/last checkpoints, resume,
     early stop, EMA, mixed precision, DDP under torchrun and a progress bar.
@@ -88,7 +126,9 @@ class Trainer:
     :meth:`step`), ``train_epoch`` (one pass, returning the epoch's metrics row), ``validate``,
     ``input_meta`` and ``domain_meta`` (its parts of the checkpoint metadata), ``_init_from``
     (``--init``) and ``finish`` (evaluate the best checkpoint and write the report).
-    ``monitor`` names the validation number that picks the best checkpoint and early stops.
+    ``monitor`` names the validation number that picks the kept checkpoint and early stops;
+    ``monitor_margin`` says how far below the best score so far an epoch may be and still be
+    kept (the validation split's noise; see :func:`keeps`).
     """
 
     task = "classify"
@@ -125,7 +165,8 @@ class Trainer:
             self.ema = ModelEma(self.model, run.optim.ema_decay) if run.optim.ema else None
         self.steps_per_epoch = math.ceil(len(self.data.train) / run.loop.batch_size)
         self.history: list[dict] = []
-        self.best = {self.monitor: -1.0, "epoch": 0}
+        self.best = {self.monitor: -1.0, "epoch": 0}  # the kept checkpoint (best.safetensors)
+        self.top = {self.monitor: -1.0, "epoch": 0}  # the highest validation score so far
         self.start_epoch = 0
         self.train_seconds = 0.0
         self._ddp: tuple[bool, DistributedDataParallel] | None = None  # (frozen, wrapper)
@@ -137,6 +178,11 @@ class Trainer:
         """The loaded data as the run trains on it (a task may change it: the classes of the
         checkpoint fine-tuned from); as loaded by default."""
         return data
+
+    def monitor_margin(self, top: float) -> float | None:
+        """How far below the best validation score so far (``top``) an epoch may score and
+        still be kept (see :func:`keeps`); ``None``: only a strictly better score."""
+        return None
 
     def load_data(self):
         """The run's dataset, split into train, val and test (when none was passed in)."""
@@ -311,6 +357,7 @@ class Trainer:
             "ema_updates": self.ema.updates if self.ema else 0,
             "history": self.history,
             "best": self.best,
+            "top": self.top,
             "train_seconds": self.train_seconds,
         }
         save_train_state(self.run_dir / STATE_FILE, parts, meta)
@@ -330,6 +377,7 @@ class Trainer:
             self.ema.load_state_dict(parts["ema"], meta["ema_updates"])
         self.history = meta["history"]
         self.best = meta["best"]
+        self.top = meta.get("top", meta["best"])  # states written before the margin rule
         self.train_seconds = meta["train_seconds"]
         self.start_epoch = meta["epoch"]
         # metrics.jsonl may hold a line for an epoch whose state never reached disk.
@@ -387,7 +435,9 @@ class Trainer:
             if self.world.size > 1:  # every rank takes rank 0's numbers, so all decide alike
                 row = distributed.broadcast_object(row)
             self.history.append(row)
-            if row[key] > self.best[key]:
+            if row[key] > self.top[key]:
+                self.top = {key: row[key], "epoch": epoch + 1}
+            if keeps(row[key], self.best[key], self.top[key], self.monitor_margin(self.top[key])):
                 self.best = {key: row[key], "epoch": epoch + 1}
                 if main:
                     save_checkpoint(
@@ -399,7 +449,7 @@ class Trainer:
                 self.save_state(epoch + 1)
                 with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            if run.loop.early_stop and epoch + 1 - self.best["epoch"] >= run.loop.early_stop:
+            if run.loop.early_stop and epoch + 1 - self.top["epoch"] >= run.loop.early_stop:
                 break
 
     def _ddp_wrapper(

@@ -277,6 +277,10 @@ def test_eval_ood_measures_unknown_answers_against_other_images(digits_run, tmp_
     assert "## Unknown answers against other images" in md and "| scribbles | 1,000 |" in md
     saved = json.loads((run / "report.json").read_text())
     assert saved["ood"]["sets"]["noise"] == sets["noise"]
+    # The headline's calibration error is that of the probabilities predictions give.
+    after = saved["confidence"]["test"]["ece_after"]
+    assert f"ECE **{after:.4f}** (calibrated; " in md, md.splitlines()[2]
+    assert f"ECE {after:.4f} (calibrated; " in imrec.api.summary(saved)
     # Bad input: nothing named, a set twice, a dataset made of the model's own classes.
     for bad, why in ((" , ", "name at least one"), ("noise,noise", "twice"), ("digits", "own")):
         with pytest.raises(ValueError, match=why):

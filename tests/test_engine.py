@@ -88,6 +88,11 @@ def test_best_preset_never_trains_less_than_the_default():
         checked.append(entry.name)
     assert {"letters", "hanzi", "mnist", "chars74k", "digits-detect", "coco128"} <= set(checked)
     assert build_config("letters", "handwriting", "best").loop.epochs == 20
+    # The letters recipe smooths its targets (whatever the options after the colon).
+    for name in ("letters", "letters:fold=2,case=upper"):
+        for preset in ("fast", "best"):
+            cfg = build_config(name, "handwriting", preset)
+            assert cfg.optim.label_smoothing == 0.1, (name, preset)
 
 
 def test_model_opt_and_augment_off_tweak_the_recipe_a_named_model_keeps_its_options():

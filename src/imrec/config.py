@@ -297,7 +297,13 @@ RECIPES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     # letters: 1.8k real Chars74K letters (3 times each) + 1.3k fresh renders per epoch; on
     # one writer split, 15 epochs of 5.2k renders + 1.8k real scored 97.6% on upper case and
     # 90.9% on lower, 20 epochs of 3x real + 30 renders per class 99.3% and 95.0% (BENCHMARKS.md).
-    ("fast", "letters"): {"model": {"name": "cnn"}, "train": {"epochs": 20, "batch_size": 128}},
+    # Label smoothing 0.1 (stop 46): 5 writer folds, seeds 0 / 1, 74 / 70 errors in 2,418
+    # held-out letters (96.94 / 97.11%) against 84 / 85 without; upper case 98.11 / 98.18%
+    # against 97.41 / 98.04%; its unknown-answer AUROCs about the same (BENCHMARKS.md).
+    ("fast", "letters"): {
+        "model": {"name": "cnn"},
+        "train": {"epochs": 20, "batch_size": 128, "label_smoothing": 0.1},
+    },
     # hanzi: a compact net for thousands of classes (global-average-pool head, 1.36 M
     # parameters, 5.2 MiB fp32 ONNX for the 3,755 GB2312 level-1 characters at 48 px), sized so
     # the default run fits in an hour on 2 CPU cores. 12 epochs of 40 fresh renders per class
@@ -341,9 +347,11 @@ RECIPES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     # letters: the default's length with elastic warps, erasing and an EMA (the handwriting
     # preset's 15 epochs would be shorter than the default's 20). Over 5 Chars74K writer folds:
     # upper case 98.60% (the default 98.04%), all letters 96.28% (96.57%); BENCHMARKS.md.
+    # With label smoothing 0.1 as the default (stop 46, epochs kept by the noise rule): all
+    # letters 96.73% (79 errors) against 96.32% (89) without, upper case 98.11% against 98.25%.
     ("best", "letters"): {
         "model": {"name": "cnn"},
-        "train": {"epochs": 20, "batch_size": 128, "ema": True},
+        "train": {"epochs": 20, "batch_size": 128, "ema": True, "label_smoothing": 0.1},
     },
     # Fashion-MNIST: the objects recipe's size-s cnn (102k parameters) underfits it (90.80%).
     # Two convs per stage at width 24 (663k parameters, ~2,900 images/s on 2 cores), 30 epochs:

@@ -32,16 +32,25 @@ UNUSED_TRAIN_FIELDS: tuple[str, ...] = ()
 
 
 def summary(report: dict) -> str:
-    """The headline numbers of a classification report's test split.
+    """The headline numbers of a classification report's test split; the calibration error is
+    that of the calibrated probabilities (what predictions give) when the run was calibrated.
 
     Example:
         >>> summary({"test": {"accuracy": 0.99, "macro_f1": 0.98, "top5": 1.0, "ece": 0.01}})
         'accuracy 0.9900, macro F1 0.9800, top-5 1.0000, ECE 0.0100'
+        >>> t = {"accuracy": 0.97, "macro_f1": 0.97, "top5": 1.0, "ece": 0.12}
+        >>> summary({"test": t, "confidence": {"test": {"ece_after": 0.02}}})
+        'accuracy 0.9700, macro F1 0.9700, top-5 1.0000, ECE 0.0200 (calibrated; 0.1200 raw)'
     """
     t = report["test"]
-    return (
-        f"accuracy {t['accuracy']:.4f}, macro F1 {t['macro_f1']:.4f}, top-5 {t['top5']:.4f}, "
+    after = ((report.get("confidence") or {}).get("test") or {}).get("ece_after")
+    ece = (
         f"ECE {t['ece']:.4f}"
+        if after is None
+        else f"ECE {after:.4f} (calibrated; {t['ece']:.4f} raw)"
+    )
+    return (
+        f"accuracy {t['accuracy']:.4f}, macro F1 {t['macro_f1']:.4f}, top-5 {t['top5']:.4f}, {ece}"
     )
 
 

@@ -95,6 +95,18 @@ def render_markdown(report: dict, *, run_dir: Path | None = None) -> str:
 # ---------------------------------------------------------------- sections
 
 
+def _ece(report: dict, split: str, metrics: dict) -> str:
+    """The calibration error of the probabilities the model gives: after its temperature when
+    the run was calibrated (what ``imrec predict`` and the bundle apply), the raw one beside."""
+    after = ((report.get("confidence") or {}).get(split) or {}).get("ece_after")
+    if after is None:
+        return f"ECE **{parts.fmt(metrics.get('ece'), 'num')}**"
+    return (
+        f"ECE **{parts.fmt(after, 'num')}** (calibrated; "
+        f"{parts.fmt(metrics.get('ece'), 'num')} before its temperature)"
+    )
+
+
 def _headline(report: dict) -> str:
     title = " · ".join(parts.text(report[k]) for k in ("dataset", "model") if report.get(k))
     lines = [f"# imrec report: {title}" if title else "# imrec report"]
@@ -105,7 +117,7 @@ def _headline(report: dict) -> str:
             f"{split} accuracy **{parts.fmt(metrics.get('accuracy'), 'pct')}**",
             f"macro F1 **{parts.fmt(metrics.get('macro_f1'), 'num')}**",
             f"top-{k} **{parts.fmt(metrics.get('top5'), 'pct')}**",
-            f"ECE **{parts.fmt(metrics.get('ece'), 'num')}**",
+            _ece(report, split, metrics),
         ]
         lines += ["", " · ".join(scores)]
     facts = parts.headline_facts(report)

@@ -21,6 +21,7 @@ dispatches on the task) treats them alike and a new task is one new sibling pack
 from imrec.classify import export
 from imrec.classify.evaluate import evaluate_run
 from imrec.classify.predict import Predictor
+from imrec.classify.report import calibrated_ece
 from imrec.classify.samples import save_samples
 from imrec.classify.train import ClassifyTrainer as Trainer
 from imrec.classify.train import load_for_training
@@ -43,7 +44,7 @@ def summary(report: dict) -> str:
         'accuracy 0.9700, macro F1 0.9700, top-5 1.0000, ECE 0.0200 (calibrated; 0.1200 raw)'
     """
     t = report["test"]
-    after = ((report.get("confidence") or {}).get("test") or {}).get("ece_after")
+    after = calibrated_ece(report, "test")
     ece = (
         f"ECE {t['ece']:.4f}"
         if after is None

@@ -95,10 +95,16 @@ def render_markdown(report: dict, *, run_dir: Path | None = None) -> str:
 # ---------------------------------------------------------------- sections
 
 
+def calibrated_ece(report: dict, split: str) -> float | None:
+    """The calibration error on ``split`` after the run's fitted temperature (what ``imrec
+    predict`` and the bundle apply); ``None`` when the run was not calibrated."""
+    return ((report.get("confidence") or {}).get(split) or {}).get("ece_after")
+
+
 def _ece(report: dict, split: str, metrics: dict) -> str:
     """The calibration error of the probabilities the model gives: after its temperature when
-    the run was calibrated (what ``imrec predict`` and the bundle apply), the raw one beside."""
-    after = ((report.get("confidence") or {}).get(split) or {}).get("ece_after")
+    the run was calibrated, the raw one beside."""
+    after = calibrated_ece(report, split)
     if after is None:
         return f"ECE **{parts.fmt(metrics.get('ece'), 'num')}**"
     return (

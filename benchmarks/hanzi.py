@@ -156,6 +156,10 @@ def main() -> None:
         json.loads((work / "results.json").read_text()) if (work / "results.json").is_file() else {}
     )
     run = args.run or work / "hanzi"
+
+    def save() -> None:  # after every step: a step cut off by a time limit keeps the ones before
+        (work / "results.json").write_text(json.dumps(results, indent=2, default=str))
+
     if args.run is None:
         wall, _ = imrec("train", "hanzi", "--out", str(run), "--quiet")
         results["train_wall_seconds"] = round(wall, 1)
@@ -163,12 +167,14 @@ def main() -> None:
     results["run"] = str(run)
     results["train_seconds"] = report.get("train_seconds")
     results["synthetic"] = scores(report)
+    save()
 
     fonts = None if "held-out" in skip else held_out_fonts(work, args.held_out_fonts)
     if fonts is not None:
         _, _ = imrec("eval", str(run), "--data", f"hanzi:renderers=fonts,fonts={fonts}")
         (ev,) = run.glob("eval-hanzi*fonts*/report.json")
         results["held_out_fonts"] = {**scores(json.loads(ev.read_text())), "fonts": str(fonts)}
+        save()
 
     imrec("eval", str(run), "--data", "chinese-mnist", "--split", "all")
     results["chinese_mnist_zero_shot"] = scores(
@@ -176,6 +182,7 @@ def main() -> None:
     )
     files = chinese_mnist_files(work)
     results["chinese_mnist_files_predict"] = predict_files(run, files)
+    save()
 
     if "finetune" not in skip:
         ft = work / "finetuned"
@@ -196,6 +203,7 @@ def main() -> None:
             ft, files, test_writers
         )
         results["finetuned"]["data"] = args.finetune_data
+        save()
         results["finetuned"]["written_small"] = {
             f"{share:.0%}": predict_files(ft, written_small(files, share, test_writers))
             for share in (0.6, 0.4)
@@ -217,7 +225,7 @@ def main() -> None:
             "latency_fp32": latency(bundle, "fp32"),
             "latency_int8": latency(bundle, "int8"),
         }
-    (work / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    save()
     print(json.dumps(results, indent=2, default=str))
 
 

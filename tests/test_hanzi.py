@@ -369,6 +369,26 @@ def test_every_character_is_drawn_by_every_renderer(mirror):
         assert any(same) and not all(same), (k, same)
 
 
+def test_a_split_drawn_on_every_core_is_the_split_drawn_in_one_process(mirror, monkeypatch):
+    """``Renderer.draw_all`` (the fixed val / test splits) draws parts of the split in forked
+    worker processes: the images must be those one process draws, fonts included (they
+    reach the workers by the fork, not by pickling), and the same with the workers off."""
+    _fonts_or_skip()
+    from imrec.core import parallel
+    from imrec.data.hanzi import Renderer
+
+    chars = TEN[:5]
+    renderer = Renderer(chars, "strokes+fonts")
+    labels = np.tile(np.arange(5), 240)  # 1,200 drawings: two parts of 600
+    one = renderer.draw(7, labels, 32)
+    monkeypatch.setenv(parallel.PROCESSES_ENV, "2")
+    assert parallel._process_count(2, heavy=True) == 2  # the parts go to two processes
+    assert np.array_equal(renderer.draw_all(7, labels, 32), one)
+    monkeypatch.setenv(parallel.PROCESSES_ENV, "0")
+    assert np.array_equal(renderer.draw_all(7, labels, 32), one)
+    assert renderer.draw_all(7, labels[:0], 32).shape == (0, 32, 32)
+
+
 def _copy(run, tmp_path):
     """A copy of the shared run (evaluations write into the run folder)."""
     import shutil

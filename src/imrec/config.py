@@ -166,7 +166,9 @@ class HardwareConfig:
         choices=["auto", "device", "host", "stream"],
     )
     workers: int = _flag(
-        0, "classifiers: DataLoader workers decoding streamed images (0: cores - 1, max 8)"
+        0,
+        "classifiers: DataLoader workers decoding or drawing streamed images (0: the spare "
+        "cores, at most 8 for files)",
     )
     cuda_graphs: str = _flag(
         "auto",

@@ -466,6 +466,7 @@ class ClassifyTrainer(Trainer):
                 self.train_labels,
                 run.hardware.workers,
                 self.device.type == "cuda",
+                world.local_size,
             )
         return self._loader.epoch(batches)
 

@@ -50,8 +50,9 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _process_count(n_items: int) -> int:
-    """How many worker processes to use for ``n_items`` items (0: use threads)."""
+def _process_count(n_items: int, heavy: bool = False) -> int:
+    """How many worker processes to use for ``n_items`` items (0: use threads; ``heavy``:
+    each item is much work, so two items already justify two processes)."""
     env = os.environ.get(PROCESSES_ENV)
     if env is not None and env.strip() != "":
         try:
@@ -62,13 +63,13 @@ def _process_count(n_items: int) -> int:
             return 0
     else:
         wanted = usable_cores()
-    if wanted < 2 or n_items < MIN_PROCESS_ITEMS:
+    if wanted < 2 or n_items < (2 if heavy else MIN_PROCESS_ITEMS):
         return 0
     if "fork" not in multiprocessing.get_all_start_methods():
         return 0
     if multiprocessing.current_process().daemon:  # daemons may not have children
         return 0
-    return min(wanted, n_items // ITEMS_PER_PROCESS)
+    return min(wanted, n_items if heavy else n_items // ITEMS_PER_PROCESS)
 
 
 def _worker_start() -> None:
@@ -78,29 +79,34 @@ def _worker_start() -> None:
         torch.set_num_threads(1)
 
 
-def cpu_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+def cpu_map(fn: Callable[[Any], Any], items: Iterable[Any], *, heavy: bool = False) -> list[Any]:
     """``fn(item)`` for every item, in order, on all usable cores.
 
     ``fn`` must be picklable when there are many items (a module-level function, or a
     ``functools.partial`` of one), and so must the items and results. An exception raised by
-    ``fn`` reaches the caller as it was raised.
+    ``fn`` reaches the caller as it was raised. ``heavy``: each item is a large piece of
+    Python-bound work (a chunk of renders): processes from two items on, one item per task,
+    and where processes cannot be had the items run here one after another (threads would
+    only take turns on the GIL, and such work need not be thread-safe).
 
     Example:
         >>> import functools
         >>> cpu_map(functools.partial(pow, 2), range(5))
         [1, 2, 4, 8, 16]
     """
-    return list(cpu_imap(fn, items))
+    return list(cpu_imap(fn, items, heavy=heavy))
 
 
-def cpu_imap(fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+def cpu_imap(
+    fn: Callable[[Any], Any], items: Iterable[Any], *, heavy: bool = False
+) -> Iterator[Any]:
     """:func:`cpu_map` as an iterator: results arrive in order while later ones are computed,
     so a caller can drop what it need not keep (a large folder's pixels) as they come."""
     items = list(items)
-    processes = _process_count(len(items))
+    processes = _process_count(len(items), heavy)
     if processes:
         # Small chunks: a Ctrl-C waits only for the chunks already handed out.
-        chunk = max(1, min(MAX_CHUNK, len(items) // (processes * 16)))
+        chunk = 1 if heavy else max(1, min(MAX_CHUNK, len(items) // (processes * 16)))
         ctx = multiprocessing.get_context("fork")
         pool = ProcessPoolExecutor(max_workers=processes, mp_context=ctx, initializer=_worker_start)
         try:
@@ -114,6 +120,9 @@ def cpu_imap(fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
             ) from e
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+    if heavy:
+        yield from map(fn, items)
+        return
     # Threads: Pillow's decoding and numpy's larger operations release the GIL.
     with ThreadPoolExecutor(max_workers=min(8, usable_cores() + 1)) as pool:
         yield from pool.map(fn, items)

@@ -110,7 +110,8 @@ def default_workers(images, local_size: int = 1) -> int:
     left to this process (its share when ``local_size`` processes train on this machine) but
     one. Files are decoded by at most 8 (more wait on the disk and the training step); images
     drawn afresh every epoch (``fresh``: rendered handwriting) are pure CPU work, so they get
-    every spare core: on a 16-core GPU machine the renders, not the GPU, bound the run.
+    every spare core (an H200 machine's 16 cores: 15 workers drew 8,354 hanzi renders/s, 7
+    drew 4,451; BENCHMARKS.md "The default run on one GPU").
 
     Example:
         >>> class Drawn: fresh = True

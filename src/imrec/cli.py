@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from imrec.config import SERVE_BURST, SERVE_RATE, TRAIN_GROUPS, TrainConfig
-from imrec.core import heap
+from imrec.core import heap, openmp
 
 
 def _kv(text: str) -> tuple[str, object]:
@@ -741,12 +741,14 @@ def main(argv: list[str] | None = None) -> int:
     """The ``imrec`` program: the command in ``argv`` (default: the process's arguments).
 
     Run as the process's program (``argv`` None), the garbage collector is paused while the
-    command starts up, the shutdown is spared its walk and malloc keeps freed memory for
-    reuse (:mod:`imrec.core.heap`); called with an ``argv`` from Python, the caller's
-    collector and allocator are left alone.
+    command starts up, the shutdown is spared its walk, malloc keeps freed memory for reuse
+    (:mod:`imrec.core.heap`) and idle OpenMP threads sleep soon (:mod:`imrec.core.openmp`);
+    called with an ``argv`` from Python, the caller's collector, allocator and threads are
+    left alone.
     """
     if argv is not None:
         return _main(argv)
+    openmp.wait_briefly()  # before torch loads its OpenMP runtime
     heap.keep_freed_memory()
     heap.start()
     try:

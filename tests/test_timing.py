@@ -254,3 +254,52 @@ def test_malloc_settings_of_the_user_and_of_a_host_program_are_kept(monkeypatch)
     monkeypatch.setattr(heap, "keep_freed_memory", lambda: calls.append(1))
     assert cli.main(["data", "list"]) == 0  # called from Python: the host's allocator
     assert calls == []
+
+
+def test_the_command_line_lets_idle_openmp_threads_sleep_soon_before_torch_loads():
+    """Under the program, GOMP_SPINCOUNT is set before torch (and so libgomp, which reads it
+    once as it loads) is imported; a user's own choice of how OpenMP threads wait is kept."""
+    code = """
+import json, os, sys
+import imrec.cli as cli
+
+seen = {}
+def data_list(args):
+    seen["spin"] = os.environ.get("GOMP_SPINCOUNT")
+    return 0
+cli.cmd_data_list = data_list
+seen["torch_before"] = "torch" in sys.modules
+sys.argv = ["imrec", "data", "list"]
+print(json.dumps({"rc": cli.main(), **seen}))
+"""
+    from imrec.core import openmp
+
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+
+    def run(**extra):
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env={**env, **extra}
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    got = run()
+    assert got == {"rc": 0, "torch_before": False, "spin": str(openmp.SPIN)}
+    assert run(GOMP_SPINCOUNT="123")["spin"] == "123"  # the user's count
+    assert run(OMP_WAIT_POLICY="ACTIVE")["spin"] is None  # the user's policy, no count added
+
+
+def test_openmp_waits_are_not_changed_once_torch_is_loaded_or_for_a_host_program(monkeypatch):
+    import torch  # noqa: F401  (loaded: libgomp has read its environment already)
+
+    from imrec import cli
+    from imrec.core import openmp
+
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert openmp.wait_briefly() is False
+    assert "GOMP_SPINCOUNT" not in os.environ
+    calls = []
+    monkeypatch.setattr(openmp, "wait_briefly", lambda: calls.append(1))
+    assert cli.main(["data", "list"]) == 0  # called from Python: the host's threads
+    assert calls == []

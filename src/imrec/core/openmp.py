@@ -6,16 +6,16 @@ turns of a loop), which costs nothing when the training step has the cores to it
 MNIST run held in memory does. But a run whose batches are drawn or decoded by DataLoader
 worker processes (rendered handwriting, ``hanzi`` and ``letters``; folders streamed from their
 files) shares the cores with those workers, and every spinning thread takes a core from them.
-On the 2-core CPU (BENCHMARKS.md "OpenMP threads that wait briefly"):
+On the 2-core CPU (BENCHMARKS.md "OpenMP threads that wait briefly", medians of two rounds):
 
-- ``imrec train hanzi:chars=(200),train=100`` 2 epochs: 91-93 s of training with libgomp's
-  default, 72-75 s with a short spin (10,000 turns), 68-69 s sleeping at once (``PASSIVE``);
-- a folder of Chinese MNIST streamed from its files: 54 s, 50 s and 46 s;
-- ``imrec train mnist`` (in memory, no workers): 24.6-26.2 s, 25.5-26.5 s, and 30 s: sleeping
-  at once slows a step that has the cores to itself by a fifth.
+- ``imrec train hanzi:chars=(200),train=100`` 2 epochs: 95.4 s of training with libgomp's
+  default, 76.5 s with a short spin (10,000 turns), 72.7 s sleeping at once (``PASSIVE``);
+- a folder of Chinese MNIST streamed from its files: 59.9 s, 49.4 s and 46.9 s;
+- ``imrec train mnist`` (in memory, no workers): 26.1 s, 27.0 s and 32.2 s: sleeping at once
+  slows a step that has the cores to itself by a fifth, the short spin by 3%.
 
 So the command line (:func:`imrec.cli.main`) sets :data:`SPIN` turns (``GOMP_SPINCOUNT``)
-before torch is imported: most of the gain for streamed runs, none of the loss for the others.
+before torch is imported: most of the gain for streamed runs, little of the loss for the others.
 The results do not change (the same arithmetic; only how threads wait). Your own
 ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is kept. A program that imports imrec as a library
 chooses for itself: set the variable before importing torch.

@@ -3,6 +3,7 @@
     python benchmarks/letters.py --work /tmp/letters [--folds 0,1,2,3,4]
                                  [--variants chars74k,rendered,mix,upper]
                                  [--holdouts all|none|F,G]
+                                 [--train-args '--members 2 --seed 1']
 
 Every training is a whole ``imrec train`` process with the default ``letters`` recipe:
 
@@ -22,14 +23,16 @@ Every training is a whole ``imrec train`` process with the default ``letters`` r
    F alone, beside the default mix (which saw F) on the same renders: when the held-out
    font's accuracy is close, the model learnt letters, not the fonts.
 
-Results go to ``<work>/results.json`` and tables on stdout; ``--write`` puts them into
-BENCHMARKS.md.
+``--train-args`` adds options to every ``imrec train`` (recorded in the results), to compare a
+recipe's variants on the same folds. Results go to ``<work>/results.json`` and tables on
+stdout; ``--write`` puts them into BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -68,13 +71,13 @@ def dataset(fold: int, variant: str, extra: str = "") -> str:
     return "letters" + (":" + ",".join(opts) if opts else "")
 
 
-def train(name: str, run: Path, mirror: Path) -> float:
+def train(name: str, run: Path, mirror: Path, extra: list[str] = ()) -> float:
     """Train ``name`` into ``run`` (reused when already finished); the wall seconds."""
     done = run / "timing.json"
     if done.is_file():
         return json.loads(done.read_text())["wall_s"]
     run.parent.mkdir(parents=True, exist_ok=True)
-    cmd, env = imrec_train(name, [], run, mirror)
+    cmd, env = imrec_train(name, list(extra), run, mirror)
     wall, _, _ = run_measured(cmd, run.parent / f"{run.name}.log", env)
     done.write_text(json.dumps({"wall_s": wall}))
     return wall
@@ -139,21 +142,33 @@ def main() -> None:
     ap.add_argument("--folds", default="0,1,2,3,4")
     ap.add_argument("--variants", default="chars74k,rendered,mix,upper")
     ap.add_argument("--holdouts", default="all", help="font families: all, none or F,G")
+    ap.add_argument("--train-args", default="", help="extra `imrec train` options for every run")
     ap.add_argument("--write", action="store_true", help="record the results in BENCHMARKS.md")
     args = ap.parse_args()
     mirror = default_mirror()
-    results: dict = {"folds": {}, "holdouts": {}, "commit": git_commit(), "machine": machine()}
+    extra = shlex.split(args.train_args)
+    results: dict = {
+        "folds": {},
+        "holdouts": {},
+        "commit": git_commit(),
+        "machine": machine(),
+        "train_args": args.train_args,
+    }
     t0 = time.time()
     folds = [int(k) for k in args.folds.split(",") if k]
     for k in folds:
         images, labels, upper = test_split(k)
         for variant in args.variants.split(","):
             run = args.work / f"fold{k}-{variant}"
-            wall = train(dataset(k, variant), run, mirror)
+            wall = train(dataset(k, variant), run, mirror, extra)
             model = imrec.load(run, backend="torch")
+            all_right = accuracy(model, images, labels)
+            upper_right = accuracy(model, images[upper], labels[upper])
             results["folds"][f"{k}/{variant}"] = {
-                "upper": accuracy(model, images[upper], labels[upper]),
-                "all": accuracy(model, images, labels),
+                "upper": upper_right,
+                "all": all_right,
+                "errors_upper": round((1 - upper_right) * int(upper.sum())),
+                "errors_all": round((1 - all_right) * len(labels)),
                 "n_upper": int(upper.sum()),
                 "n_all": len(labels),
                 "train_s": wall,
@@ -172,7 +187,7 @@ def main() -> None:
     if chosen:
         images, labels, upper = test_split(-1)
         base_run = args.work / "standard-mix"
-        results["standard_mix_train_s"] = train("letters", base_run, mirror)
+        results["standard_mix_train_s"] = train("letters", base_run, mirror, extra)
         base = imrec.load(base_run, backend="torch")
         results["standard_mix"] = {
             "upper": accuracy(base, images[upper], labels[upper]),
@@ -180,9 +195,9 @@ def main() -> None:
         }
         photos = photo_folder(images, labels, args.work / "photos")
         alone = args.work / "standard-chars74k"
-        train(dataset(-1, "chars74k"), alone, mirror)
+        train(dataset(-1, "chars74k"), alone, mirror, extra)
         clean = args.work / "standard-chars74k-no-paper"
-        train(dataset(-1, "chars74k", "paper=0"), clean, mirror)
+        train(dataset(-1, "chars74k", "paper=0"), clean, mirror, extra)
         results["photos"] = {
             "mix": predict_folder(base_run, photos),
             "chars74k": predict_folder(alone, photos),
@@ -192,7 +207,7 @@ def main() -> None:
         print("photos", results["photos"], flush=True)
         for family in chosen:
             run = args.work / f"holdout-{family.replace(' ', '_')}"
-            train(f"letters:holdout={family}", run, mirror)
+            train(f"letters:holdout={family}", run, mirror, extra)
             model = imrec.load(run, backend="torch")
             fx, fy = font_renders(family)
             results["holdouts"][family] = {

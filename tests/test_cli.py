@@ -312,6 +312,7 @@ TESTED_ELSEWHERE = {
     "--small-epochs": "tests/test_engine.py::test_small_epoch_options_are_checked (and the run "
     "above it, through the same config fields)",
     "--small-scale": "tests/test_engine.py::test_small_epoch_options_are_checked",
+    "--members": "tests/test_ensemble.py::test_the_members_flag_trains_an_ensemble",
 }
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 

@@ -47,7 +47,7 @@ def test_bundle_holds_model_weights_and_manifest(digits_run, digits_bundle):
     m = read_manifest(digits_bundle)
     meta = json.loads((digits_run / "best.json").read_text())
     assert m["format"] == "imrec-bundle/1" and m["task"] == "classify"
-    assert m["model"] == {"name": "cnn", "options": {}, "weight_norm": False}
+    assert m["model"] == {"name": "cnn", "options": {}, "weight_norm": False, "members": 1}
     assert m["model_version"] == _sha256(best)[:12]
     assert m["labels"] == meta["classes"] == [str(d) for d in range(10)]
     inp = m["input"]

@@ -135,6 +135,7 @@ def _model_of(checkpoint: str | Path) -> dict:
         "name": m["name"],
         "options": architecture_options(m.get("options", {})),
         "weight_norm": m.get("weight_norm", False),
+        "members": m.get("members", 1),
     }
 
 

@@ -18,6 +18,7 @@ from imrec.core.errors import TrainError
 # drawing on the page sends a few requests a second; a script gets 429 with Retry-After.
 SERVE_RATE = 20.0  # requests per second
 SERVE_BURST = 40  # requests at once before the rate applies
+MAX_MEMBERS = 8  # networks in one ensemble (--members): each costs its training and inference
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,20 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which network. ``options`` go to the model builder (e.g. ``{"width": 32}``)."""
+    """Which network. ``options`` go to the model builder (e.g. ``{"width": 32}``);
+    ``members`` > 1 trains that many of it side by side as one ensemble
+    (:mod:`imrec.models.ensemble`)."""
 
     name: str = "cnn"
     weight_norm: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    members: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.members, bool) or not isinstance(self.members, int):
+            raise TrainError(f"--members must be a whole number, got {self.members!r}")
+        if not 1 <= self.members <= MAX_MEMBERS:
+            raise TrainError(f"--members must be 1 to {MAX_MEMBERS}, got {self.members}")
 
 
 def _flag(default, help: str = "", **cli) -> Any:

@@ -113,8 +113,14 @@ def _ece(report: dict, split: str, metrics: dict) -> str:
     )
 
 
+def members_text(report: dict) -> str:
+    """`` × N`` after the model's name when the run is an ensemble of N members, else ``""``."""
+    return f" × {report['members']}" if report.get("members", 1) > 1 else ""
+
+
 def _headline(report: dict) -> str:
-    title = " · ".join(parts.text(report[k]) for k in ("dataset", "model") if report.get(k))
+    model = report.get("model") and f"{report['model']}{members_text(report)}"
+    title = " · ".join(parts.text(v) for v in (report.get("dataset"), model) if v)
     lines = [f"# imrec report: {title}" if title else "# imrec report"]
     split, metrics = parts.main_split(report)
     if metrics:

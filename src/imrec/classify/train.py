@@ -254,6 +254,7 @@ class ClassifyTrainer(Trainer):
             in_channels=d.channels,
             input_size=d.input_size,
             weight_norm=run.model.weight_norm,
+            members=run.model.members,
             progress=self.progress and self.world.main,  # named pretrained weights' download
             **run.model.options,
         ).to(self.device)
@@ -290,6 +291,12 @@ class ClassifyTrainer(Trainer):
         if meta["model"]["name"] != self.run.model.name:
             raise TrainError(
                 f"--init {source}: it is a {meta['model']['name']!r} model, this run trains {self.run.model.name!r}"
+            )
+        have, want = meta["model"].get("members", 1), self.run.model.members
+        if have != want:
+            raise TrainError(
+                f"--init {source}: it has {have} member(s), this run trains {want}; leave "
+                "--members out to fine-tune the checkpoint's own network"
             )
         keep, dropped = fitting_tensors(self.model, weights)
         if any(not k.startswith("head.") for k in dropped):
@@ -427,16 +434,21 @@ class ClassifyTrainer(Trainer):
         exposure, plus the outliers' cross-entropy to the uniform distribution (their rows
         follow the batch's own and are not returned)."""
         run = self.run
-        logits = model(xb)  # (B + outliers, K)
-        k = self._outlier_rows
-        inside = logits[: len(logits) - k]
+        logits = model(xb)  # (B + outliers, K); an ensemble's: (members, B + outliers, K)
+        each = logits if logits.dim() == 3 else logits[None]
+        k, members = self._outlier_rows, len(each)
+        inside = each[:, : each.shape[1] - k]
+        # Each member learns from its own loss: the mean of theirs, not the loss of their mean.
         loss = F.cross_entropy(
-            inside.float(), yb, weight=self.loss_weight, label_smoothing=run.optim.label_smoothing
+            inside.flatten(0, 1).float(),
+            yb.repeat(members),
+            weight=self.loss_weight,
+            label_smoothing=run.optim.label_smoothing,
         )
         if k:
-            uniform = -logits[-k:].float().log_softmax(1).mean(1).mean()  # >= log K
+            uniform = -each[:, -k:].float().log_softmax(2).mean(2).mean()  # >= log K
             loss = loss + run.optim.outlier_weight * uniform
-        return loss, inside.detach()
+        return loss, inside.mean(0).detach()
 
     def _with_outliers(self, xb: torch.Tensor, generator) -> torch.Tensor:
         """The batch with half as many outlier images after it (prepared the same way)."""

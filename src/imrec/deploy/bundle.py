@@ -51,7 +51,9 @@ def build_manifest(meta: dict, weights: Path, run_dir: Path | None = None) -> di
         "format": FORMAT,
         "task": task,
         "model": {
-            k: meta["model"][k] for k in ("name", "options", "weight_norm") if k in meta["model"]
+            k: meta["model"][k]
+            for k in ("name", "options", "weight_norm", "members")
+            if k in meta["model"]
         },
         "model_version": sha256_file(weights)[:12],
         "labels": list(meta["classes"]),

@@ -142,6 +142,8 @@ class DetectionTrainer(Trainer):
     def build(self) -> nn.Module:
         """The detector (normalisation inside it), its letterbox size and box-aware samples."""
         run, d = self.run, self.data
+        if run.model.members != 1:
+            raise TrainError("--members: ensembles are for classifiers; a detector trains alone")
         self.size = run.data.size or (max(d.image_size) if d.image_size else DEFAULT_SIZE)
         self.domain = run.data.domain or d.domain
         self.augment = build_detect_augment(run, self.domain)

@@ -15,6 +15,7 @@ from torch.nn.utils.parametrizations import weight_norm as _weight_norm
 
 from imrec.models import classifiers  # noqa: F401  (registers the built-in models)
 from imrec.models.base import Classifier
+from imrec.models.ensemble import MAX_MEMBERS, Ensemble
 from imrec.models.external import TIMM_OPTIONS, TV_OPTIONS, timm_model, torchvision_model
 from imrec.models.registry import (
     build_registered,
@@ -26,6 +27,7 @@ from imrec.models.registry import (
 
 __all__ = [
     "Classifier",
+    "Ensemble",
     "apply_weight_norm",
     "create_model",
     "list_models",
@@ -71,6 +73,7 @@ def create_model(
     in_channels: int,
     input_size: tuple[int, int],
     weight_norm: bool = False,
+    members: int = 1,
     progress: bool = True,
     **options,
 ) -> Classifier:
@@ -82,6 +85,8 @@ def create_model(
         in_channels: image channels (1 or 3).
         input_size: ``(H, W)`` of the training images; picks stems and pooling stages.
         weight_norm: weight-normalise the backbone's conv and linear layers.
+        members: more than 1 builds an :class:`~imrec.models.ensemble.Ensemble` of that many
+            networks of this architecture, each with its own random start.
         progress: show a progress bar while torchvision downloads named pretrained weights
             (``tv:resnet18`` with ``pretrained="IMAGENET1K_V1"``).
         **options: model options (``width=32``; ``pretrained`` for ``tv:``/``timm:``, a
@@ -96,6 +101,23 @@ def create_model(
         Classifier(...)
     """
     input_size = _checked_shape(name, num_classes, in_channels, input_size)
+    if members != 1:
+        if not isinstance(members, int) or not 2 <= members <= MAX_MEMBERS:
+            raise ValueError(f"members must be 1 to {MAX_MEMBERS}, got {members!r}")
+        return Ensemble(
+            [
+                create_model(
+                    name,
+                    num_classes=num_classes,
+                    in_channels=in_channels,
+                    input_size=input_size,
+                    weight_norm=weight_norm,
+                    progress=progress,
+                    **options,
+                )
+                for _ in range(members)
+            ]
+        )
     if name.startswith(tuple(_PREFIXES)):
         model = _external(
             name,

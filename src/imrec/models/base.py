@@ -9,9 +9,10 @@ from torch import nn
 class Classifier(nn.Module):
     """A backbone that turns images into a feature vector, and a linear head.
 
-    ``forward(x)`` takes ``(B, C, H, W)`` float images (normalised) and always returns
-    ``(B, num_classes)`` logits, in training and in eval mode alike; the loss lives in the
-    training code.
+    ``forward(x)`` takes ``(B, C, H, W)`` float images (normalised) and returns
+    ``(B, num_classes)`` logits, in training and in eval mode alike (one exception: an
+    :class:`~imrec.models.ensemble.Ensemble` in training mode returns each member's,
+    ``(members, B, num_classes)``); the loss lives in the training code.
 
     Attributes:
         backbone: ``(B, C, H, W) -> (B, num_features)``.

@@ -78,7 +78,9 @@ def build_model(meta: dict) -> torch.nn.Module:
     }
     if meta.get("task") == "detect":
         return create_detector(m["name"], mean=inp["mean"], std=inp["std"], **common)
-    return create_model(m["name"], weight_norm=m.get("weight_norm", False), **common)
+    return create_model(
+        m["name"], weight_norm=m.get("weight_norm", False), members=m.get("members", 1), **common
+    )
 
 
 def load_model(

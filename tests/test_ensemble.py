@@ -167,3 +167,18 @@ def test_the_members_flag_trains_an_ensemble(tmp_path, capsys):
     assert type(load_model(tmp_path / "one")[0]) is Classifier
     assert main(["train", "digits", "--members", "0", "--out", str(tmp_path / "bad")]) == 2
     assert "members must be 1 to 8" in capsys.readouterr().err
+
+
+def test_a_recipe_s_members_apply_to_its_own_network_only(monkeypatch):
+    from imrec import config
+
+    recipe = {"model": {"name": "cnn", "members": 2}, "train": {"epochs": 1}}
+    monkeypatch.setitem(config.RECIPES, ("fast", "digits"), recipe)
+    assert config.build_config("digits", "handwriting").model.members == 2
+    tweaked = config.build_config("digits", "handwriting", model={"options": {"width": 8}})
+    assert tweaked.model.members == 2  # --model-opt alone tweaks the recipe's ensemble
+    assert config.build_config("digits", "handwriting", model={"name": "mlp"}).model.members == 1
+    mine = config.build_config("digits", "handwriting", model={"name": "cnn", "members": 3})
+    assert mine.model.members == 3
+    with pytest.raises(TrainError, match="--members must be 1 to 8"):
+        config.build_config("digits", "handwriting", model={"members": 9})

@@ -496,8 +496,9 @@ def build_config(
     elif "options" in model or model["name"] != recipe_model.get("name"):
         # A model named with options (--model NAME --model-opt ..., or the checkpoint's
         # network for --init), or another model than the recipe's: its own options only (a
-        # size=m recipe must never reshape a size-s checkpoint).
+        # size=m recipe must never reshape a size-s checkpoint), and its own members.
         model_kw["options"] = dict(model.get("options", {}))
+        model_kw["members"] = model.get("members", 1)
     else:  # the recipe's own model named alone: the recipe's network
         model_kw["options"] = dict(recipe_options)
     train_kw = {**r.get("train", {}), **(train or {})}  # flat: the recipe's, then the user's

@@ -85,6 +85,7 @@ def test_best_preset_never_trains_less_than_the_default():
             build_config(entry.name, domain, p, task=entry.task) for p in ("fast", "best")
         )
         assert best.loop.epochs >= fast.loop.epochs, entry.name
+        assert best.model.members >= fast.model.members, entry.name
         checked.append(entry.name)
     assert {"letters", "hanzi", "mnist", "chars74k", "digits-detect", "coco128"} <= set(checked)
     assert build_config("letters", "handwriting", "best").loop.epochs == 20
@@ -93,6 +94,7 @@ def test_best_preset_never_trains_less_than_the_default():
         for preset in ("fast", "best"):
             cfg = build_config(name, "handwriting", preset)
             assert cfg.optim.label_smoothing == 0.1, (name, preset)
+            assert cfg.model.members == 2, (name, preset)  # and trains a 2-member ensemble
 
 
 def test_model_opt_and_augment_off_tweak_the_recipe_a_named_model_keeps_its_options():

@@ -19,7 +19,8 @@ Every step is a whole ``imrec`` process, as a user runs it:
    user's files go through: each file straight into the model's form; ``eval`` reads the same
    images, so the two agree: a check that they do).
 4. Fine-tuning that keeps every class: ``imrec train chinese-mnist:small=1 --init RUN
-   --keep-classes --rehearse 16`` (``--finetune-data``: the training writers' files, each also
+   --keep-classes --rehearse 32 --label-smoothing 0.05`` (the README's recipe since stop 49;
+   ``--finetune-data``: the training writers' files, each also
    seen written small), then its Chinese MNIST test accuracy (test writers), the test writers'
    files written small (each scaled to 60% and 40% of its side on its own paper, through
    ``imrec predict``), and ``imrec eval FT --data hanzi`` (the synthetic test after it).
@@ -148,10 +149,10 @@ def main() -> None:
         default="chinese-mnist:small=1",
         help="the Chinese MNIST dataset to fine-tune on (chinese-mnist: the files alone)",
     )
-    ap.add_argument("--rehearse", default="16", help="renders per class mixed into fine-tuning")
+    ap.add_argument("--rehearse", default="32", help="renders per class mixed into fine-tuning")
     ap.add_argument(
         "--finetune-args",
-        default="",
+        default="--label-smoothing 0.05",
         help="more `imrec train` options for the fine-tuning, e.g. '--label-smoothing 0.05'",
     )
     ap.add_argument(

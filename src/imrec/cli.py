@@ -517,8 +517,9 @@ def _train_command(sub) -> None:
         type=int,
         metavar="N",
         help="train N networks of the model side by side, each from its own random start, and "
-        "answer with the mean of their logits: one run, one bundle (default 1; "
-        "2 costs twice the training and inference time)",
+        "answer with the mean of their logits: one run, one bundle (default: the recipe's, "
+        "1 but for letters' 2; each member adds its network's compute to training and "
+        "inference)",
     )
     t.add_argument(
         "--model-opt",

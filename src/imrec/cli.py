@@ -158,10 +158,10 @@ def cmd_train(args) -> int:
 
 def _print_summary(report: dict) -> None:
     from imrec.api import summary
+    from imrec.classify.report import members_text
 
-    members = f" × {report['members']}" if report.get("members", 1) > 1 else ""
     print(
-        f"{report['dataset']} / {report['model']}{members}: test {summary(report)} "
+        f"{report['dataset']} / {report['model']}{members_text(report)}: test {summary(report)} "
         f"(trained {report.get('train_seconds')} s)"
     )
     print(f"report: {Path(report.get('run_dir', '.')) / 'report.md'}")

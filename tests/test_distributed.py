@@ -265,6 +265,29 @@ def test_killed_two_process_run_resumes(tmp_path):
     assert _report(run)["world_size"] == 2
 
 
+def test_an_ensemble_trains_data_parallel(tmp_path):
+    """Two members under torchrun: every member's gradients are shared between the ranks (a
+    member left out of the reduction would drift apart on each rank, and DDP would stop at
+    its first step with unused parameters), and the run learns as one process does."""
+    epochs, one, two = 4, tmp_path / "one", tmp_path / "two"
+    args = ["train", "digits", "--epochs", epochs, "--members", 2, *ARGS]
+    rc, _, err = _start(tmp_path, *args, "--out", one, "--threads", 1, nproc=0).finish(300)
+    assert rc == 0, err
+    rc, out, err = _start(tmp_path, *args, "--out", two).finish(300)
+    assert rc == 0, err
+    assert "report:" in out
+    a, b = _report(one), _report(two)
+    assert (a["members"], b["members"], b["world_size"]) == (2, 2, 2)
+    assert b["test"]["accuracy"] > 0.9, b["test"]
+    assert abs(a["test"]["accuracy"] - b["test"]["accuracy"]) <= 0.03, (a["test"], b["test"])
+
+    from imrec.core.checkpoint import load_checkpoint
+
+    weights, _ = load_checkpoint(two / "best.safetensors")
+    assert not [k for k in weights if k.startswith("module.")]
+    assert {k.split(".")[2] for k in weights if k.startswith("backbone.parts.")} == {"0", "1"}
+
+
 def test_a_dead_rank_fails_the_job(tmp_path):
     run = tmp_path / "run"
     p = _start(tmp_path, "train", "digits", "--out", run, "--epochs", 200, *ARGS)

@@ -97,6 +97,16 @@ def test_a_streamed_folder_run_resumes_too(tmp_path):
     _kill_and_resume(tmp_path, f"folder:{tmp_path / 'glyphs'}", args, 16)
 
 
+def test_an_ensemble_resumes_too(tmp_path):
+    """Two members in one run: both networks, their optimiser state and the EMA come back."""
+    _kill_and_resume(tmp_path, "digits", [*ARGS, "--members", "2"], EPOCHS)
+    from imrec.core.checkpoint import load_checkpoint
+
+    weights, meta = load_checkpoint(tmp_path / "killed" / "best.safetensors")
+    assert any(k.startswith("backbone.parts.1.") for k in weights)
+    assert json.loads((tmp_path / "killed" / "report.json").read_text())["members"] == 2
+
+
 def test_resume_needs_a_completed_epoch(tmp_path):
     run = tmp_path / "r"
     run.mkdir()

@@ -2,6 +2,7 @@
 
     python benchmarks/hanzi_proxy.py --work /tmp/proxy [--chars FILE | --confusers RUN]
                                      [--seeds 0,1,2] [--epochs 5] [--pen KEY=VALUE ...]
+                                     [--members N]
 
 The full `imrec train hanzi` takes about an hour on 2 CPU cores; a change of the renders
 (``imrec.data.hanzi.PEN``, the hand they imitate) is tried first here: ``hanzi:chars=@FILE``
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--train", type=int, default=40, help="renders per class per epoch")
     parser.add_argument("--pen", action="append", default=[], help="PenStyle KEY=VALUE")
+    parser.add_argument("--members", type=int, default=1, help="networks trained as one (2-8)")
     parser.add_argument("--tag", default="", help="a name for this variant in the table")
     parser.add_argument(
         "--real-split", default="all", help="Chinese MNIST images scored: all (15,000) or test"
@@ -141,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             f"hanzi:chars=@{chars_file},train={args.train},val=2,test=4",
             out=out,
             train={"epochs": args.epochs, "seed": seed},
+            model={"members": args.members} if args.members > 1 else None,
             progress=False,
         )
         seconds = time.perf_counter() - t0
@@ -162,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "pen": dataclasses.asdict(hanzi.PEN),
         "chars": len(chars),
         "epochs": args.epochs,
+        "members": args.members,
         "train_per_class": args.train,
         "real_split": args.real_split,
         "rows": rows,

@@ -122,9 +122,12 @@ def test_hanzi_proxy_trains_with_the_pen_asked_for_and_scores_real_writers(
         "--train",
         "4",
     ]
-    assert bench.main([*argv, "--real-split", "test", "--pen", "rotate=3", "--tag", "t"]) == 0
+    more = ["--real-split", "test", "--pen", "rotate=3", "--tag", "t", "--members", "2"]
+    assert bench.main([*argv, *more]) == 0
     result = json.loads((tmp_path / "results-t.json").read_text())
     assert result["pen"]["rotate"] == 3.0 and result["chars"] == 20
+    assert result["members"] == 2  # the proxy's run is an ensemble, as asked
+    assert json.loads((tmp_path / "t-s0" / "report.json").read_text())["members"] == 2
     assert (tmp_path / "chars.txt").read_text(encoding="utf-8").startswith("零一二三")
     (row,) = result["rows"]
     # the Chinese MNIST test writers' 3,000 images scored in the proxy's 20-way space

@@ -266,9 +266,9 @@ def test_killed_two_process_run_resumes(tmp_path):
 
 
 def test_an_ensemble_trains_data_parallel(tmp_path):
-    """Two members under torchrun: every member's gradients are shared between the ranks (a
-    member left out of the reduction would drift apart on each rank, and DDP would stop at
-    its first step with unused parameters), and the run learns as one process does."""
+    """Two members under torchrun: the run finishes (DDP, which finds no unused parameters
+    here, stops at its second step if any member's parameters got no gradient) and learns as
+    one process does, and rank 0 saves both members."""
     epochs, one, two = 4, tmp_path / "one", tmp_path / "two"
     args = ["train", "digits", "--epochs", epochs, "--members", 2, *ARGS]
     rc, _, err = _start(tmp_path, *args, "--out", one, "--threads", 1, nproc=0).finish(300)

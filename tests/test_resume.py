@@ -102,7 +102,7 @@ def test_an_ensemble_resumes_too(tmp_path):
     _kill_and_resume(tmp_path, "digits", [*ARGS, "--members", "2"], EPOCHS)
     from imrec.core.checkpoint import load_checkpoint
 
-    weights, meta = load_checkpoint(tmp_path / "killed" / "best.safetensors")
+    weights, _ = load_checkpoint(tmp_path / "killed" / "best.safetensors")
     assert any(k.startswith("backbone.parts.1.") for k in weights)
     assert json.loads((tmp_path / "killed" / "report.json").read_text())["members"] == 2
 

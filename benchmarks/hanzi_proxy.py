@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             f"hanzi:chars=@{chars_file},train={args.train},val=2,test=4",
             out=out,
             train={"epochs": args.epochs, "seed": seed},
-            model={"members": args.members} if args.members != 1 else None,  # 0, 9: refused
+            model={"members": args.members},  # checked by the config: 0 or 9 refused
             progress=False,
         )
         seconds = time.perf_counter() - t0

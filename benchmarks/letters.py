@@ -4,6 +4,7 @@
                                  [--variants chars74k,rendered,mix,upper]
                                  [--holdouts all|none|F,G]
                                  [--train-args '--members 2 --seed 1']
+                                 [--data-opts size=40]
 
 Every training is a whole ``imrec train`` process with the default ``letters`` recipe:
 
@@ -24,8 +25,9 @@ Every training is a whole ``imrec train`` process with the default ``letters`` r
    font's accuracy is close, the model learnt letters, not the fonts.
 
 ``--train-args`` adds options to every ``imrec train`` (recorded in the results), to compare a
-recipe's variants on the same folds. Results go to ``<work>/results.json`` and tables on
-stdout; ``--write`` puts them into BENCHMARKS.md.
+recipe's variants on the same folds; ``--data-opts`` adds ``letters`` options to every
+training and test split (``size=40``: the whole comparison at 40 px). Results go to
+``<work>/results.json`` and tables on stdout; ``--write`` puts them into BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -93,25 +95,28 @@ def accuracy(model, images: torch.Tensor, labels: np.ndarray) -> float:
     return float((preds == labels).mean())
 
 
-def test_split(fold: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """Fold ``fold``'s test images (the standard split for -1), labels and an upper-case mask."""
+def test_split(fold: int, opts: str = "") -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Fold ``fold``'s test images (the standard split for -1), labels and an upper-case mask;
+    ``opts``: dataset options that change the images (``size=40``)."""
     from imrec.data import load_dataset
 
-    data = load_dataset(f"letters:fold={fold},rendered=0")
+    data = load_dataset(f"letters:fold={fold},rendered=0" + (f",{opts}" if opts else ""))
     spec = L.LettersSpec.parse(f"letters:fold={fold}")
     upper = L.upper_case_in_test(spec)
     return data.test.images, data.test.labels.numpy(), upper
 
 
-def font_renders(family: str, per_class: int = 20) -> tuple[torch.Tensor, np.ndarray]:
+def font_renders(
+    family: str, per_class: int = 20, size: int = 28
+) -> tuple[torch.Tensor, np.ndarray]:
     """``per_class`` clean renders of each letter in the fonts of ``family`` alone."""
     fonts = [f for f in L.installed_handwriting_fonts() if f.family == family]
     spec = L.LettersSpec()
     loaded = L.LetterFonts(fonts, spec.class_chars(), False)
     drawn = [k for k in range(26) if k not in loaded.missing]
     labels = np.tile(np.asarray(drawn), per_class)
-    empty = torch.zeros((0, 1, 28, 28), dtype=torch.uint8)
-    images = L.MixedImages(empty, [], loaded, labels, seed=12345, size=28, look=None)
+    empty = torch.zeros((0, 1, size, size), dtype=torch.uint8)
+    images = L.MixedImages(empty, [], loaded, labels, seed=12345, size=size, look=None)
     return images[torch.arange(len(labels))], labels
 
 
@@ -143,6 +148,9 @@ def main() -> None:
     ap.add_argument("--variants", default="chars74k,rendered,mix,upper")
     ap.add_argument("--holdouts", default="all", help="font families: all, none or F,G")
     ap.add_argument("--train-args", default="", help="extra `imrec train` options for every run")
+    ap.add_argument(
+        "--data-opts", default="", help="letters options for every run and test split (size=40)"
+    )
     ap.add_argument("--write", action="store_true", help="record the results in BENCHMARKS.md")
     args = ap.parse_args()
     mirror = default_mirror()
@@ -153,14 +161,17 @@ def main() -> None:
         "commit": git_commit(),
         "machine": machine(),
         "train_args": args.train_args,
+        "data_opts": args.data_opts,
     }
+    opts = args.data_opts
+    size = L.LettersSpec.parse("letters:" + opts).size if opts else 28
     t0 = time.time()
     folds = [int(k) for k in args.folds.split(",") if k]
     for k in folds:
-        images, labels, upper = test_split(k)
+        images, labels, upper = test_split(k, opts)
         for variant in args.variants.split(","):
             run = args.work / f"fold{k}-{variant}"
-            wall = train(dataset(k, variant), run, mirror, extra)
+            wall = train(dataset(k, variant, opts), run, mirror, extra)
             model = imrec.load(run, backend="torch")
             all_right = accuracy(model, images, labels)
             upper_right = accuracy(model, images[upper], labels[upper])
@@ -185,9 +196,9 @@ def main() -> None:
         else args.holdouts.split(",")
     )
     if chosen:
-        images, labels, upper = test_split(-1)
+        images, labels, upper = test_split(-1, opts)
         base_run = args.work / "standard-mix"
-        results["standard_mix_train_s"] = train("letters", base_run, mirror, extra)
+        results["standard_mix_train_s"] = train(dataset(-1, "mix", opts), base_run, mirror, extra)
         base = imrec.load(base_run, backend="torch")
         results["standard_mix"] = {
             "upper": accuracy(base, images[upper], labels[upper]),
@@ -195,9 +206,14 @@ def main() -> None:
         }
         photos = photo_folder(images, labels, args.work / "photos")
         alone = args.work / "standard-chars74k"
-        train(dataset(-1, "chars74k"), alone, mirror, extra)
+        train(dataset(-1, "chars74k", opts), alone, mirror, extra)
         clean = args.work / "standard-chars74k-no-paper"
-        train(dataset(-1, "chars74k", "paper=0"), clean, mirror, extra)
+        train(
+            dataset(-1, "chars74k", ",".join(o for o in (opts, "paper=0") if o)),
+            clean,
+            mirror,
+            extra,
+        )
         results["photos"] = {
             "mix": predict_folder(base_run, photos),
             "chars74k": predict_folder(alone, photos),
@@ -207,9 +223,10 @@ def main() -> None:
         print("photos", results["photos"], flush=True)
         for family in chosen:
             run = args.work / f"holdout-{family.replace(' ', '_')}"
-            train(f"letters:holdout={family}", run, mirror, extra)
+            held = ",".join(o for o in (f"holdout={family}", opts) if o)
+            train(f"letters:{held}", run, mirror, extra)
             model = imrec.load(run, backend="torch")
-            fx, fy = font_renders(family)
+            fx, fy = font_renders(family, size=size)
             results["holdouts"][family] = {
                 "held_out_font": accuracy(model, fx, fy),
                 "seen_font": accuracy(base, fx, fy),

@@ -3,6 +3,7 @@ photographed-paper look, writer folds, EMNIST merging and the bad-input paths.""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import warnings
@@ -11,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from imrec.core.preprocess import InkForm, in_ink_form, to_ink_form
-from imrec.data import DatasetError, load_dataset, write_idx
+from imrec.core.preprocess import InkForm, in_ink_form, prepare_image, to_ink_form
+from imrec.data import DatasetError, datasets, load_dataset, write_idx
 from imrec.data import letters as L
 from imrec.data.paper import PaperLook, on_paper, to_form_via_paper
 
@@ -51,10 +53,42 @@ def test_spec_options_and_errors():
         ("letters:fold=5", "fold must be"),
         ("letters:paper=2", "paper must be in"),
         ("letters:rendered=lots", "rendered must be a whole number"),
-        ("letters:size=32", "size must be 28"),
+        ("letters:size=8", "size must be 16-128"),
     ]:
         with pytest.raises(DatasetError, match=says):
             load_dataset(bad)
+
+
+def test_letters_at_another_size_prepare_the_real_drawings_at_it(mirror, tmp_path, monkeypatch):
+    """``letters:size=40``: Chars74K's drawings are prepared at 40 px (cached apart from the
+    28 px ones), each as ``imrec predict`` prepares that file for a 40 px model, and the renders
+    come at 40 px too. Ten writers stand in for the 55 (a separate cache), to keep it quick."""
+    monkeypatch.setenv("IMREC_HOME", str(tmp_path / "home"))
+    whole = datasets._tar_members
+    kept: list = []
+
+    def ten_writers(path, pattern):
+        members = [m for m in whole(path, pattern) if m[0][1] <= 10]
+        kept[:] = members
+        return members
+
+    monkeypatch.setattr(datasets, "_tar_members", ten_writers)
+    fonts = _font_dir(tmp_path, 1)
+    data, _ = _load(f"letters:size=40,rendered=1,fonts={fonts}")
+    assert data.input_size == (40, 40) and data.test.images.shape[1:] == (1, 40, 40)
+    assert data.ink == InkForm.for_size(40).meta()
+    assert data.train.images.read(len(data.train) - 1).shape == (1, 40, 40)  # a render
+    arrays, _ = datasets.chars74k_arrays(size=40)
+    assert arrays["images"].shape == (len(kept), 40, 40)
+    for i in (0, len(kept) - 1):
+        with Image.open(io.BytesIO(kept[i][1])) as img:
+            got = prepare_image(img, 40, 1, "handwriting", data.ink)[0].numpy()
+        assert np.array_equal(got, arrays["images"][i])
+    # The 28 px cache is another entry: both sizes are kept side by side.
+    small, _ = datasets.chars74k_arrays()
+    assert small["images"].shape == (len(kept), 28, 28)
+    cached = sorted(p.stem for p in (tmp_path / "home").rglob("decoded-chars74k-*"))
+    assert [c.rsplit("-", 1)[1] for c in cached] == ["28", "40"]
 
 
 def test_mix_is_rendered_plus_real_and_test_is_real_writers_only(mirror, tmp_path):

@@ -62,7 +62,6 @@ DECODE_VERSION = "v1"
 # (-k: the faint-ink test counts the 3rd brightest pixel of a small image, not the 20th;
 # -h: weak ink touching strong ink counts, see preprocess.WEAK_INK)
 _FORM = f"v{INK_FORM_VERSION}-ink-form-{STROKE_BAND[0]}-{STROKE_BAND[1]}-k-h"
-CHARS74K_VERSION = f"{_FORM}-28"  # the cached images' preparation
 CHINESE_VERSION = f"{_FORM}-64"
 
 Loader = Callable[..., ClassificationData]
@@ -796,11 +795,11 @@ def _prepare_chinese(data: bytes, form: InkForm, share: float = 1.0) -> np.ndarr
         return to_ink_form(img, form)  # thin strokes, small: the form
 
 
-def _prepare_chars74k(data: bytes) -> np.ndarray:
-    """One Chars74K drawing (1200x900 PNG) in the 28 px normal form (a worker's task)."""
+def _prepare_chars74k(data: bytes, form: InkForm) -> np.ndarray:
+    """One Chars74K drawing (1200x900 PNG) in the normal form ``form`` (a worker's task)."""
     with Image.open(io.BytesIO(data)) as img:
         img.load()
-        return to_ink_form(img, InkForm())
+        return to_ink_form(img, form)
 
 
 def _decode_chinese(path: Path, size: int = 64, sample: int = 0) -> dict[str, np.ndarray]:
@@ -835,15 +834,16 @@ def _chars74k_char(number: int) -> str:
     raise DatasetError(f"Chars74K class number {number} is outside 1..62")
 
 
-def _decode_chars74k(path: Path) -> dict[str, np.ndarray]:
+def _decode_chars74k(path: Path, size: int = 28) -> dict[str, np.ndarray]:
     members = _tar_members(path, _CHARS74K_NAME)
     _notice(
-        f"preparing {len(members)} Chars74K drawings once (a few minutes on a small CPU); "
-        "later loads use the cache"
+        f"preparing {len(members)} Chars74K drawings once at {size} px (a few minutes on a "
+        "small CPU); later loads use the cache"
     )
-    images = cpu_map(_prepare_chars74k, [data for _, data in members])
+    form = InkForm.for_size(size)
+    images = cpu_map(partial(_prepare_chars74k, form=form), [data for _, data in members])
     return {
-        "images": np.stack(images),  # (N, 28, 28)
+        "images": np.stack(images),  # (N, size, size)
         "class_numbers": np.array([n for (n, _), _ in members], dtype=np.int64),
         "groups": np.array([writer for (_, writer), _ in members], dtype=np.int64),
     }
@@ -961,14 +961,15 @@ def _load_chinese(
     )
 
 
-def chars74k_arrays(name: str = "chars74k") -> tuple[dict[str, np.ndarray], str]:
-    """Every Chars74K drawing here in the 28 px normal form (``images``), its class number
-    (``class_numbers``, 1-62) and writer (``groups``), decoded once into the cache; and the
-    source's checksum."""
+def chars74k_arrays(name: str = "chars74k", size: int = 28) -> tuple[dict[str, np.ndarray], str]:
+    """Every Chars74K drawing here in the normal form at ``size`` px (``images``), its class
+    number (``class_numbers``, 1-62) and writer (``groups``), decoded once per size into the
+    cache; and the source's checksum."""
     path, sha = fetch_chars74k(name)
     checksum = dataset_checksum({CHARS74K_FILE.name: sha})
-    key = f"chars74k-{checksum[:16]}-{CHARS74K_VERSION}"
-    return cached_arrays(CHARS74K_FOLDER, key, lambda: _decode_chars74k(path)), checksum
+    key = f"chars74k-{checksum[:16]}-{_FORM}-{size}"  # the preparation and its size
+    arrays = cached_arrays(CHARS74K_FOLDER, key, lambda: _decode_chars74k(path, size))
+    return arrays, checksum
 
 
 def _load_chars74k(

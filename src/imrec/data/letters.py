@@ -424,9 +424,9 @@ class MixedImages(DrawnImages):
 
 
 def _chars74k(spec: LettersSpec) -> tuple[dict[str, np.ndarray], str]:
-    """Chars74K's letter drawings (28 px normal form) with this spec's labels (``-1``: not a
-    class here) and writers, and the source's checksum."""
-    arrays, checksum = chars74k_arrays()
+    """Chars74K's letter drawings (in the normal form at the spec's size) with this spec's
+    labels (``-1``: not a class here) and writers, and the source's checksum."""
+    arrays, checksum = chars74k_arrays(size=spec.size)
     numbers = arrays["class_numbers"]
     upper = (numbers >= 11) & (numbers <= 36)
     lower = (numbers >= 37) & (numbers <= 62)
@@ -495,8 +495,6 @@ def _emnist(spec: LettersSpec) -> tuple[np.ndarray, np.ndarray] | None:
 def load_letters(name: str, *, val_fraction: float = 0.1, seed: int = 0) -> ClassificationData:
     """The ``letters`` dataset ``name`` (see the module's description)."""
     spec = LettersSpec.parse(name)
-    if spec.size != 28:  # the real letters are cached at 28 px
-        raise DatasetError(f"{name}: size must be 28 (the real letters' size)")
     classes = spec.classes()
     train, val, test, note, checksum = _real_splits(spec, val_fraction, seed)
     notes: list[str] = []

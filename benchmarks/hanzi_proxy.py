@@ -2,7 +2,7 @@
 
     python benchmarks/hanzi_proxy.py --work /tmp/proxy [--chars FILE | --confusers RUN]
                                      [--seeds 0,1,2] [--epochs 5] [--pen KEY=VALUE ...]
-                                     [--members N]
+                                     [--members N] [--train-opt KEY=VALUE ...]
 
 The full `imrec train hanzi` takes about an hour on 2 CPU cores; a change of the renders
 (``imrec.data.hanzi.PEN``, the hand they imitate) is tried first here: ``hanzi:chars=@FILE``
@@ -22,7 +22,8 @@ Seed noise on the real writers is a few points (two seeds of one recipe have dif
 test split is drawn with the variant's pen, so compare the real column across variants.
 
 ``--pen`` sets a field of :class:`imrec.data.render.PenStyle` (``width=0.02:0.06``,
-``rotate=15``): tuples as ``LO:HI``. The results (per seed and the mean) go to
+``rotate=15``): tuples as ``LO:HI``. ``--train-opt`` sets a training option by its flat name
+(``small_epochs=4``, ``lr=0.1``), to try a change of the recipe the same way. The results (per seed and the mean) go to
 ``WORK/results-TAG.json`` and a markdown table on stdout.
 """
 
@@ -56,6 +57,21 @@ def pen_style(settings: list[str]):
         parts = [float(v) for v in value.split(":")]
         changes[key] = tuple(parts) if len(parts) > 1 else parts[0]
     return dataclasses.replace(hanzi.PEN, **changes)
+
+
+def train_options(settings: list[str]) -> dict:
+    """``KEY=VALUE`` training options (flat names of :class:`imrec.config.TrainConfig`), each
+    value read as a number when it is one."""
+    out: dict = {}
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--train-opt {setting!r}: use KEY=VALUE (small_epochs=4)")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def confusers(run: Path, size: int) -> str:
@@ -108,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=40, help="renders per class per epoch")
     parser.add_argument("--pen", action="append", default=[], help="PenStyle KEY=VALUE")
     parser.add_argument("--members", type=int, default=1, help="networks trained as one (2-8)")
+    parser.add_argument(
+        "--train-opt",
+        action="append",
+        default=[],
+        help="a training option KEY=VALUE by its flat name (small_epochs=4)",
+    )
     parser.add_argument("--tag", default="", help="a name for this variant in the table")
     parser.add_argument(
         "--real-split", default="all", help="Chinese MNIST images scored: all (15,000) or test"
@@ -132,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         chars = filled(CHINESE_CLASSES, args.size)
     chars_file.write_text(chars, encoding="utf-8")
     hanzi.PEN = pen_style(args.pen)  # read by every Renderer made from here on
-    tag = args.tag or (",".join(args.pen) or "default")
+    train_opts = train_options(args.train_opt)
+    tag = args.tag or (",".join(args.pen + args.train_opt) or "default")
     name = tag.replace("/", "_")  # for file names
 
     rows = []
@@ -142,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         report = imrec.fit(
             f"hanzi:chars=@{chars_file},train={args.train},val=2,test=4",
             out=out,
-            train={"epochs": args.epochs, "seed": seed},
+            train={"epochs": args.epochs, "seed": seed, **train_opts},
             model={"members": args.members},  # checked by the config: 0 or 9 refused
             progress=False,
         )
@@ -166,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "chars": len(chars),
         "epochs": args.epochs,
         "members": args.members,
+        "train_opts": train_opts,
         "train_per_class": args.train,
         "real_split": args.real_split,
         "rows": rows,

@@ -123,11 +123,19 @@ def test_hanzi_proxy_trains_with_the_pen_asked_for_and_scores_real_writers(
         "4",
     ]
     more = ["--real-split", "test", "--pen", "rotate=3", "--tag", "t", "--members", "2"]
+    more += ["--train-opt", "small_scale=0.5", "--train-opt", "label_smoothing=0.05"]
+    with pytest.raises(SystemExit, match="use KEY=VALUE"):
+        bench.train_options(["small_scale"])
     assert bench.main([*argv, *more]) == 0
     result = json.loads((tmp_path / "results-t.json").read_text())
     assert result["pen"]["rotate"] == 3.0 and result["chars"] == 20
     assert result["members"] == 2  # the proxy's run is an ensemble, as asked
-    assert json.loads((tmp_path / "t-s0" / "report.json").read_text())["members"] == 2
+    report = json.loads((tmp_path / "t-s0" / "report.json").read_text())
+    assert report["members"] == 2
+    # the training options asked for reach the run, read as numbers
+    assert result["train_opts"] == {"small_scale": 0.5, "label_smoothing": 0.05}
+    assert report["config"]["loop"]["small_scale"] == 0.5
+    assert report["config"]["optim"]["label_smoothing"] == 0.05
     assert (tmp_path / "chars.txt").read_text(encoding="utf-8").startswith("零一二三")
     (row,) = result["rows"]
     # the Chinese MNIST test writers' 3,000 images scored in the proxy's 20-way space

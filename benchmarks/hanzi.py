@@ -12,7 +12,9 @@ Every step is a whole ``imrec`` process, as a user runs it:
    top-1/top-5 of its report (renders drawn with seeds never used in training).
 2. Held-out style: ``imrec eval RUN --data hanzi:renderers=fonts,fonts=DIR`` with fonts that
    training never saw (default: the Arphic GB Kai and Ming fonts of Debian's
-   fonts-arphic-gkai00mp and fonts-arphic-uming, when installed).
+   fonts-arphic-gkai00mp and fonts-arphic-uming, when installed), leaving out any font the
+   run's split note says its renders were drawn from (fontconfig gives training every zh-cn
+   font installed, so a machine with these fonts trains on them).
 3. Real handwriting, zero-shot: ``imrec eval RUN --data chinese-mnist --split all`` (all 15,000
    images of 100 writers, scored in the full 3,755-way space), and the same 15,000 images as the
    JPEG files they are published as, through ``imrec predict RUN DIR --json --top-k 5`` (what a
@@ -51,19 +53,32 @@ def scores(report: dict) -> dict:
     return {"top1": test["accuracy"], "top5": test.get("top5"), "n": test.get("n")}
 
 
-def held_out_fonts(work: Path, given: str | None) -> Path | None:
-    """A folder with fonts training never saw: ``given``, or links to the Debian fonts other
-    than AR PL UKai (the one fontconfig gives training here)."""
+def held_out_fonts(work: Path, given: str | None, seen: str = "") -> Path | None:
+    """A folder with fonts training never saw: ``given``, or links to the Debian fonts of
+    :data:`HELD_OUT_FONTS`. ``seen`` is the run's split note, which names the font files its
+    renders were drawn from (fontconfig's zh-cn fonts on the machine that trained it): a font
+    named there is left out, and a ``given`` folder holding one is refused, so that a machine
+    with more fonts installed does not score the model on fonts it trained on."""
     if given:
+        trained = [f.name for f in sorted(Path(given).glob("*")) if f"({f.name})" in seen]
+        if trained:
+            raise SystemExit(f"--held-out-fonts {given}: training drew from {trained}")
         return Path(given)
     folder = work / "held-out-fonts"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     for root in map(Path, HELD_OUT_FONTS):
         for font in sorted(root.glob("*")) if root.is_dir() else []:
-            if font.suffix.lower() in (".ttf", ".ttc") and "ukai" not in font.name.lower():
+            if font.suffix.lower() in (".ttf", ".ttc") and f"({font.name})" not in seen:
                 (folder / font.name).symlink_to(font)
-    return folder if any(folder.iterdir()) else None
+    if not any(folder.iterdir()):
+        print(
+            "hanzi: no held-out fonts: the run trained on every font of "
+            f"{', '.join(HELD_OUT_FONTS)} installed here (give --held-out-fonts DIR)",
+            file=sys.stderr,
+        )
+        return None
+    return folder
 
 
 def chinese_mnist_files(work: Path) -> Path:
@@ -179,7 +194,8 @@ def main() -> None:
     results["synthetic"] = scores(report)
     save()
 
-    fonts = None if "held-out" in skip else held_out_fonts(work, args.held_out_fonts)
+    seen = str(report.get("split", ""))
+    fonts = None if "held-out" in skip else held_out_fonts(work, args.held_out_fonts, seen)
     if fonts is not None:
         _, _ = imrec("eval", str(run), "--data", f"hanzi:renderers=fonts,fonts={fonts}")
         (ev,) = run.glob("eval-hanzi*fonts*/report.json")

@@ -89,6 +89,27 @@ def test_hanzi_shapes_compares_real_and_rendered_characters(tmp_path, monkeypatc
     assert box < 0.85
 
 
+def test_hanzi_held_out_fonts_leave_out_the_fonts_training_drew_from(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    bench = importlib.import_module("hanzi")
+    kai, ming = tmp_path / "kai", tmp_path / "ming"
+    for folder, names in ((kai, ["gkai00mp.ttf", "ukai.ttc"]), (ming, ["uming.ttc", "x.txt"])):
+        folder.mkdir()
+        for name in names:
+            (folder / name).write_bytes(b"font")
+    monkeypatch.setattr(bench, "HELD_OUT_FONTS", (str(kai), str(ming)))
+    note = "by strokes+fonts (fonts: AR PL UKai CN Book (ukai.ttc)) (training renders ...)"
+    got = bench.held_out_fonts(tmp_path / "w", None, note)
+    assert sorted(p.name for p in got.iterdir()) == ["gkai00mp.ttf", "uming.ttc"]
+    # a machine where training drew from all three fonts has none left to hold out
+    note = "fonts: K (gkai00mp.ttf), U (ukai.ttc), M (uming.ttc)"
+    assert bench.held_out_fonts(tmp_path / "w", None, note) is None
+    # a folder given by hand is refused when it holds a font training drew from
+    with pytest.raises(SystemExit, match=r"training drew from \['gkai00mp.ttf'\]"):
+        bench.held_out_fonts(tmp_path / "w", str(kai), "fonts: K (gkai00mp.ttf)")
+    assert bench.held_out_fonts(tmp_path / "w", str(ming), "fonts: K (gkai00mp.ttf)") == ming
+
+
 def test_hanzi_proxy_trains_with_the_pen_asked_for_and_scores_real_writers(
     tmp_path, monkeypatch, mirror
 ):

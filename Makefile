@@ -22,7 +22,7 @@ mnist: setup
 	$(VENV)/bin/imrec export $$run
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 # Style (ruff) and architecture: import-linter checks that every import points down the
 # layers declared in pyproject.toml and that classify/ and detect/ stay independent.

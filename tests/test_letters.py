@@ -62,17 +62,17 @@ def test_spec_options_and_errors():
 def test_letters_at_another_size_prepare_the_real_drawings_at_it(mirror, tmp_path, monkeypatch):
     """``letters:size=40``: Chars74K's drawings are prepared at 40 px (cached apart from the
     28 px ones), each as ``imrec predict`` prepares that file for a 40 px model, and the renders
-    come at 40 px too. Ten writers stand in for the 55 (a separate cache), to keep it quick."""
+    come at 40 px too. Five writers stand in for the 55 (a separate cache), to keep it quick."""
     monkeypatch.setenv("IMREC_HOME", str(tmp_path / "home"))
     whole = datasets._tar_members
     kept: list = []
 
-    def ten_writers(path, pattern):
-        members = [m for m in whole(path, pattern) if m[0][1] <= 10]
+    def five_writers(path, pattern):
+        members = [m for m in whole(path, pattern) if m[0][1] <= 5]
         kept[:] = members
         return members
 
-    monkeypatch.setattr(datasets, "_tar_members", ten_writers)
+    monkeypatch.setattr(datasets, "_tar_members", five_writers)
     fonts = _font_dir(tmp_path, 1)
     data, _ = _load(f"letters:size=40,rendered=1,fonts={fonts}")
     assert data.input_size == (40, 40) and data.test.images.shape[1:] == (1, 40, 40)

@@ -97,7 +97,9 @@ def _same_answers(got: list[dict], ref: list[dict]) -> None:
         assert [t["label"] for t in g["top"]] == [t["label"] for t in r["top"]]
         for a, b in zip(g["top"], r["top"], strict=True):
             assert a["probability"] == pytest.approx(b["probability"], abs=1e-5)
-        assert g["score"] == pytest.approx(r["score"], abs=1e-5)
+        # The score (a distance of order 1) sums more products than a probability: other batch
+        # sizes moved it by 1.2e-5 on an AVX2 CPU (1e-5 relative), so it is compared relatively.
+        assert g["score"] == pytest.approx(r["score"], rel=1e-4, abs=1e-5)
         assert (g["unknown"], g["blank"]) == (r["unknown"], r["blank"])
 
 

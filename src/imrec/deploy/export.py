@@ -96,8 +96,9 @@ def check_parity(module: nn.Module, meta: dict, model_bytes: bytes, probe: Probe
 
 QUANT_METHOD = (
     "ONNX Runtime static quantization, QDQ format: int8 weights per output channel in a "
-    "7-bit range (reduce_range), uint8 activations with MinMax ranges calibrated on {n} training images; Conv, Gemm and MatMul "
-    "quantized, the rest (and a classifier's feature distance) float"
+    "7-bit range (reduce_range), uint8 activations with MinMax ranges calibrated on {n} "
+    "training images; Conv, Gemm and MatMul quantized, the rest (and a classifier's feature "
+    "distance) float"
 )
 FLOAT_SCOPE = "/distance/"  # graph nodes never quantized
 

@@ -59,8 +59,12 @@ def held_out_fonts(work: Path, given: str | None, seen: str = "") -> Path | None
     renders were drawn from (fontconfig's zh-cn fonts on the machine that trained it): a font
     named there is left out, and a ``given`` folder holding one is refused, so that a machine
     with more fonts installed does not score the model on fonts it trained on."""
+
+    def drawn_from(font: Path) -> bool:  # the split note names each font file in brackets
+        return f"({font.name})" in seen
+
     if given:
-        trained = [f.name for f in sorted(Path(given).glob("*")) if f"({f.name})" in seen]
+        trained = [f.name for f in sorted(Path(given).glob("*")) if drawn_from(f)]
         if trained:
             raise SystemExit(f"--held-out-fonts {given}: training drew from {trained}")
         return Path(given)
@@ -69,7 +73,7 @@ def held_out_fonts(work: Path, given: str | None, seen: str = "") -> Path | None
     folder.mkdir(parents=True)
     for root in map(Path, HELD_OUT_FONTS):
         for font in sorted(root.glob("*")) if root.is_dir() else []:
-            if font.suffix.lower() in (".ttf", ".ttc") and f"({font.name})" not in seen:
+            if font.suffix.lower() in (".ttf", ".ttc") and not drawn_from(font):
                 (folder / font.name).symlink_to(font)
     if not any(folder.iterdir()):
         print(

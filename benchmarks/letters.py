@@ -68,8 +68,10 @@ VARIANTS = {
 START, END = "<!-- letters:start -->", "<!-- letters:end -->"
 
 
-def dataset(fold: int, variant: str, extra: str = "") -> str:
-    opts = [o for o in (f"fold={fold}" if fold >= 0 else "", VARIANTS[variant], extra) if o]
+def dataset(fold: int, variant: str, *extra: str) -> str:
+    """The ``letters`` name of fold ``fold`` (-1: the standard split) trained as ``variant``,
+    with the options ``extra`` (empty ones left out)."""
+    opts = [o for o in (f"fold={fold}" if fold >= 0 else "", VARIANTS[variant], *extra) if o]
     return "letters" + (":" + ",".join(opts) if opts else "")
 
 
@@ -100,7 +102,7 @@ def test_split(fold: int, opts: str = "") -> tuple[torch.Tensor, np.ndarray, np.
     ``opts``: dataset options that change the images (``size=40``)."""
     from imrec.data import load_dataset
 
-    data = load_dataset(f"letters:fold={fold},rendered=0" + (f",{opts}" if opts else ""))
+    data = load_dataset(dataset(fold, "chars74k", opts))
     spec = L.LettersSpec.parse(f"letters:fold={fold}")
     upper = L.upper_case_in_test(spec)
     return data.test.images, data.test.labels.numpy(), upper
@@ -164,7 +166,7 @@ def main() -> None:
         "data_opts": args.data_opts,
     }
     opts = args.data_opts
-    size = L.LettersSpec.parse("letters:" + opts).size if opts else 28
+    size = L.LettersSpec.parse(dataset(-1, "mix", opts)).size
     t0 = time.time()
     folds = [int(k) for k in args.folds.split(",") if k]
     for k in folds:
@@ -208,12 +210,7 @@ def main() -> None:
         alone = args.work / "standard-chars74k"
         train(dataset(-1, "chars74k", opts), alone, mirror, extra)
         clean = args.work / "standard-chars74k-no-paper"
-        train(
-            dataset(-1, "chars74k", ",".join(o for o in (opts, "paper=0") if o)),
-            clean,
-            mirror,
-            extra,
-        )
+        train(dataset(-1, "chars74k", opts, "paper=0"), clean, mirror, extra)
         results["photos"] = {
             "mix": predict_folder(base_run, photos),
             "chars74k": predict_folder(alone, photos),
@@ -223,8 +220,7 @@ def main() -> None:
         print("photos", results["photos"], flush=True)
         for family in chosen:
             run = args.work / f"holdout-{family.replace(' ', '_')}"
-            held = ",".join(o for o in (f"holdout={family}", opts) if o)
-            train(f"letters:{held}", run, mirror, extra)
+            train(dataset(-1, "mix", f"holdout={family}", opts), run, mirror, extra)
             model = imrec.load(run, backend="torch")
             fx, fy = font_renders(family, size=size)
             results["holdouts"][family] = {

@@ -195,6 +195,58 @@ def test_paper_look_is_reproducible_and_undone_by_the_normal_form():
         PaperLook(chance=1.5)
 
 
+def test_a_photo_whose_ink_is_lost_gives_the_clean_drawing_instead():
+    """A paper photo in which the normal form finds no ink (here: ink as light as the paper)
+    would be a blank image with a letter's label; the clean drawing's form comes instead."""
+    from imrec.core.preprocess import drawing_to_ink_form
+
+    a = np.zeros((64, 64), np.uint8)
+    a[10:54, 28:36] = 255
+    form, look = InkForm(), PaperLook(chance=1.0, ink_alpha=(0.0, 0.0))
+    rng = np.random.default_rng(5)
+    rng.random()  # what to_form_via_paper draws first (the chance of the look)
+    assert not to_ink_form(on_paper(a, rng, look), form).any()  # the photo alone: blank
+    out = to_form_via_paper(a, np.random.default_rng(5), form, look)
+    assert np.array_equal(out, drawing_to_ink_form(a, form)) and out.max() == 255
+    # A photo whose ink is found is kept: not the clean form.
+    kept = to_form_via_paper(a, np.random.default_rng(5), form, PaperLook(chance=1.0))
+    assert kept.max() == 255 and not np.array_equal(kept, out)
+
+
+def test_fonts_of_hairlines_are_drawn_heavier(tmp_path, monkeypatch):
+    """A font whose strokes are thinner than a pixel or two (a hairline face, or any font drawn
+    small) is drawn with a stroke around its glyphs, the lightest that makes them solid ink, so
+    that the forms' ink threshold keeps every stroke; a font of solid strokes is not."""
+    from PIL import ImageFont
+
+    from imrec.data import render
+
+    path = str(next(p for p in sorted(_font_dir(tmp_path, 1).iterdir())))
+
+    def share(font, weight):  # median share of a glyph's inked pixels that are solid
+        glyphs = [render._GLYPHS.get(font, c, weight, 64) for c in L.UPPER]
+        return float(np.median([(g >= 128).sum() / max(1, (g >= 16).sum()) for g in glyphs]))
+
+    small = ImageFont.truetype(path, 12)  # strokes of about a pixel on the 64 px canvas
+    weight = render.solid_weight(small, L.UPPER, 64)
+    assert weight >= 1 and share(small, weight) >= 0.6 and share(small, weight - 1) < 0.6
+    big = ImageFont.truetype(path, 40)
+    assert render.solid_weight(big, L.UPPER, 64) == (0 if share(big, 0) >= 0.6 else 1)
+
+    monkeypatch.setattr(L.LetterFonts, "SIZE", 12)
+    fonts = L.LetterFonts(L.folder_fonts(str(Path(path).parent)), list(L.UPPER), False, 0.0)
+    assert fonts.weights == [weight]
+    drawn = []
+    real_get = render._GLYPHS.get
+    monkeypatch.setattr(
+        render._GLYPHS, "get", lambda f, c, w, size: drawn.append(w) or real_get(f, c, w, size)
+    )
+    rng = np.random.default_rng(0)
+    for k in range(26):
+        fonts.draw(k, rng)
+    assert min(drawn) == weight and max(drawn) == render.MAX_WEIGHT
+
+
 def _write_emnist_letters(folder: Path) -> None:
     bar = np.zeros((28, 28), np.uint8)
     bar[4:24, 12:16] = 255

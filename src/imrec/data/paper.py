@@ -291,7 +291,12 @@ def to_form_via_paper(
 ) -> np.ndarray:
     """A clean drawing in the normal form ``form``: with chance ``look.chance`` by way of a
     photo of it on paper (:func:`on_paper`, then :func:`to_ink_form` as for a user's
-    photo), else directly; uint8 ``(form.size, form.size)``."""
+    photo), else directly; uint8 ``(form.size, form.size)``.
+
+    A photo in which the form finds no ink (faint ink on dim, grainy, blurred paper: 1-8% of
+    the photos of each handwriting font's capitals, most of a thin or hollow font's) would be
+    a blank image with a letter's label; the clean drawing's form is taken instead."""
     if look is None or rng.random() >= look.chance:
         return drawing_to_ink_form(drawing, form)
-    return to_ink_form(on_paper(drawing, rng, look), form)
+    out = to_ink_form(on_paper(drawing, rng, look), form)
+    return out if out.any() else drawing_to_ink_form(drawing, form)

@@ -293,8 +293,8 @@ def to_form_via_paper(
     photo of it on paper (:func:`on_paper`, then :func:`to_ink_form` as for a user's
     photo), else directly; uint8 ``(form.size, form.size)``.
 
-    A photo in which the form finds no ink (faint ink on dim, grainy, blurred paper: 1-8% of
-    the photos of each handwriting font's capitals, most of a thin or hollow font's) would be
+    A photo in which the form finds no ink (faint ink on dim, grainy, blurred paper: 0.5-8% of
+    the photos of each handwriting font's capitals, the most for thin or hollow fonts) would be
     a blank image with a letter's label; the clean drawing's form is taken instead."""
     if look is None or rng.random() >= look.chance:
         return drawing_to_ink_form(drawing, form)

@@ -264,6 +264,41 @@ def test_a_class_too_small_to_score_is_named(folders, tmp_path):
     assert (data.train.labels == 1).sum() == 1  # kept for training, not lost
 
 
+def test_eval_prepares_another_datasets_images_on_every_core_as_predict_does(mirror, monkeypatch):
+    """``imrec eval --data`` of a dataset in another form prepares its images in worker
+    processes: the same tensors as in this process, and as ``imrec predict`` gives each file."""
+    from types import SimpleNamespace
+
+    from imrec.classify.evaluate import _in_model_form
+    from imrec.core import parallel
+    from imrec.core.preprocess import InkForm, as_image, prepare_image
+    from imrec.data.types import ImageSet
+
+    mnist = load_dataset("mnist")
+    n = parallel.MIN_PROCESS_ITEMS + 44  # enough for worker processes
+    test = ImageSet(mnist.test.images[:n], mnist.test.labels[:n])
+    meta = {"input": {"size": [40, 40], "channels": 1}, "ink": InkForm.for_size(40).meta()}
+    data = SimpleNamespace(ink=mnist.ink, input_size=mnist.input_size, channels=1)
+    from imrec.classify import evaluate
+
+    mapped = []
+    monkeypatch.setattr(
+        evaluate,
+        "cpu_map",
+        lambda fn, items: mapped.append(len(items)) or parallel.cpu_map(fn, items),
+    )
+    monkeypatch.setenv(parallel.PROCESSES_ENV, "2")
+    assert parallel._process_count(n) == 2
+    forked = _in_model_form(data, test, meta).images
+    assert mapped == [n]  # every image through cpu_map, which forks 2 workers for this many
+    monkeypatch.setenv(parallel.PROCESSES_ENV, "0")
+    here = _in_model_form(data, test, meta).images
+    assert forked.shape == (n, 1, 40, 40) and torch.equal(forked, here)
+    for k in (0, n - 1):
+        file = as_image(mnist.test.images[k, 0].numpy())
+        assert torch.equal(forked[k], prepare_image(file, 40, 1, "handwriting", meta["ink"]))
+
+
 def test_eval_data_brings_another_size_to_the_models_form(mirror, tmp_path):
     # A 40 px handwriting folder model scored on MNIST's 28 px test split: each MNIST image is
     # prepared like a file given to `imrec predict` (no size mismatch error).

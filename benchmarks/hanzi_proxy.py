@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--real-split", default="all", help="Chinese MNIST images scored: all (15,000) or test"
     )
+    parser.add_argument(
+        "--px", type=int, help="the images' side (default: the hanzi dataset's, 48 px)"
+    )
     args = parser.parse_args(argv)
 
     os.environ.setdefault("IMREC_DATA_MIRROR", str(default_mirror()))
@@ -163,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         out = args.work / f"{name}-s{seed}"
         t0 = time.perf_counter()
         report = imrec.fit(
-            f"hanzi:chars=@{chars_file},train={args.train},val=2,test=4",
+            f"hanzi:chars=@{chars_file},train={args.train},val=2,test=4"
+            + (f",size={args.px}" if args.px else ""),
             out=out,
             train={"epochs": args.epochs, "seed": seed, **train_opts},
             model={"members": args.members},  # checked by the config: 0 or 9 refused
@@ -192,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_opts": train_opts,
         "train_per_class": args.train,
         "real_split": args.real_split,
+        "px": report["input"]["size"][0],
         "rows": rows,
         "mean": mean,
         "commit": git_commit(),

@@ -143,7 +143,9 @@ def test_hanzi_proxy_trains_with_the_pen_asked_for_and_scores_real_writers(
         "--train",
         "4",
     ]
+    # at 32 px, not the hanzi dataset's 48: the 3,000 real images scored by two members cost less
     more = ["--real-split", "test", "--pen", "rotate=3", "--tag", "t", "--members", "2"]
+    more += ["--px", "32"]
     more += ["--train-opt", "small_scale=0.5", "--train-opt", "label_smoothing=0.05"]
     with pytest.raises(SystemExit, match="use KEY=VALUE"):
         bench.train_options(["small_scale"])
@@ -151,6 +153,7 @@ def test_hanzi_proxy_trains_with_the_pen_asked_for_and_scores_real_writers(
     result = json.loads((tmp_path / "results-t.json").read_text())
     assert result["pen"]["rotate"] == 3.0 and result["chars"] == 20
     assert result["members"] == 2  # the proxy's run is an ensemble, as asked
+    assert result["px"] == 32
     report = json.loads((tmp_path / "t-s0" / "report.json").read_text())
     assert report["members"] == 2
     # the training options asked for reach the run, read as numbers

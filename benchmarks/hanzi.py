@@ -201,8 +201,10 @@ def main() -> None:
     seen = str(report.get("split", ""))
     fonts = None if "held-out" in skip else held_out_fonts(work, args.held_out_fonts, seen)
     if fonts is not None:
-        _, _ = imrec("eval", str(run), "--data", f"hanzi:renderers=fonts,fonts={fonts}")
-        (ev,) = run.glob("eval-hanzi*fonts*/report.json")
+        _, out = imrec("eval", str(run), "--data", f"hanzi:renderers=fonts,fonts={fonts}")
+        # the folder `imrec eval` says it wrote (a run scored with other fonts before has more)
+        (line,) = [ln for ln in out.splitlines() if ln.startswith("report: ")]
+        ev = Path(line.removeprefix("report: ")).with_name("report.json")
         results["held_out_fonts"] = {**scores(json.loads(ev.read_text())), "fonts": str(fonts)}
         save()
 

@@ -269,6 +269,7 @@ def test_eval_prepares_another_datasets_images_on_every_core_as_predict_does(mir
     processes: the same tensors as in this process, and as ``imrec predict`` gives each file."""
     from types import SimpleNamespace
 
+    from imrec.classify import evaluate
     from imrec.classify.evaluate import _in_model_form
     from imrec.core import parallel
     from imrec.core.preprocess import InkForm, as_image, prepare_image
@@ -279,8 +280,6 @@ def test_eval_prepares_another_datasets_images_on_every_core_as_predict_does(mir
     test = ImageSet(mnist.test.images[:n], mnist.test.labels[:n])
     meta = {"input": {"size": [40, 40], "channels": 1}, "ink": InkForm.for_size(40).meta()}
     data = SimpleNamespace(ink=mnist.ink, input_size=mnist.input_size, channels=1)
-    from imrec.classify import evaluate
-
     mapped = []
     monkeypatch.setattr(
         evaluate,

@@ -99,8 +99,8 @@ def test_a_streamed_folder_run_resumes_too(tmp_path):
 
 def test_an_ensemble_resumes_too(tmp_path):
     """Two members in one run: both networks, their optimiser state and the EMA come back."""
-    # Four epochs, not six: killed after two, resumed for two (each member is trained twice as
-    # long a step as one network, and the point here is the second member's state).
+    # Four epochs, not six: killed after two, resumed for two (two networks make each epoch
+    # twice the work, and the point here is the second member's state).
     args = [*ARGS, "--members", "2"]
     args[args.index("--epochs") + 1] = "4"
     _kill_and_resume(tmp_path, "digits", args, 4)

@@ -564,7 +564,8 @@ def _in_model_form(dataset: ClassificationData, test: ImageSet, meta: dict) -> I
         grey = images[:, :1].expand(-1, inp["channels"], -1, -1).contiguous()
         return ImageSet(grey, test.labels, test.groups)
     # Each image on its own, as `imrec predict` prepares a file: numpy work that holds the GIL,
-    # so on every usable core (MNIST's 10,000 test images took about 20 s on one core).
+    # so on every usable core (a whole `imrec eval --data mnist` of a 40 px model: 25.4 s in
+    # one process, 20.4 s on 2 cores; BENCHMARKS.md).
     arrays = [x[0].numpy() if len(x) == 1 else x.permute(1, 2, 0).numpy() for x in images]
     prepare = partial(
         _prepare_array,

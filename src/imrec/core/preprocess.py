@@ -621,9 +621,9 @@ _OTSU_EDGES = np.linspace(0.0, 1.0, 257)  # what np.histogram(bins=256, range=(0
 
 def _otsu(values: np.ndarray) -> float:
     """Otsu threshold of values in [0, 1] (256-bin histogram)."""
-    # np.histogram's 256 equal bins of [0, 1], counted directly (it costs ~10x more on the
-    # small images here): v * 256 is exact in float64, so each value lands in the same bin,
-    # 1.0 in the last one, and NaN in none.
+    # np.histogram's 256 equal bins of [0, 1], counted directly (np.histogram took over half of
+    # this function's time in a profile of MNIST images): v * 256 is exact in float64, so each
+    # value lands in the same bin as there, 1.0 in the last one, and NaN in none.
     v = np.clip(values, 0.0, 1.0).astype(np.float64, copy=False).ravel()
     v = v[~np.isnan(v)]
     hist = np.bincount(np.minimum((v * 256).astype(np.intp), 255), minlength=256)

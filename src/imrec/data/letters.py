@@ -74,8 +74,8 @@ HANDWRITING_FONTS = {
 # (:func:`~imrec.data.render.solid_weight`) its glyphs hold together, and as a seventh family of
 # `case=upper` it took one of Chars74K writer 55's eight looped capitals (14 errors in 1,430
 # against 17 without it, the same code): within the spread of reruns, so the default is not
-# changed (the case-insensitive mix with it: 63 errors in 2,418 against 68, one seed, also
-# within that spread). Give it with fonts=DIR.
+# changed (the case-insensitive mix with it: 63 and 67 errors in 2,418 against 68 and 69 on two
+# seeds, also within that spread). Give it with fonts=DIR.
 NO_FONTS = (
     "no handwriting font found: the rendered letters are left out and training goes on with "
     "the real ones; install some (Debian: apt install "

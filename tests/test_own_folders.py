@@ -298,6 +298,25 @@ def test_eval_prepares_another_datasets_images_on_every_core_as_predict_does(mir
         assert torch.equal(forked[k], prepare_image(file, 40, 1, "handwriting", meta["ink"]))
 
 
+def test_eval_of_another_form_names_an_image_it_cannot_prepare():
+    """An image of another dataset that cannot be brought to the model's form (here 1x1 px, too
+    small for the handwriting normal form) stops the evaluation with its index and the reason,
+    rather than scoring a made-up input."""
+    from types import SimpleNamespace
+
+    from imrec.classify.evaluate import _in_model_form
+    from imrec.core.preprocess import ImageReadError, InkForm
+    from imrec.data.types import ImageSet
+
+    test = ImageSet(
+        torch.full((3, 1, 1, 1), 200, dtype=torch.uint8), torch.zeros(3, dtype=torch.long)
+    )
+    meta = {"input": {"size": [40, 40], "channels": 1}, "ink": InkForm.for_size(40).meta()}
+    data = SimpleNamespace(name="tiny", ink=None, input_size=(1, 1), channels=1)
+    with pytest.raises(ImageReadError, match=r"image 0 of tiny's test split: image too small"):
+        _in_model_form(data, test, meta)
+
+
 def test_eval_data_brings_another_size_to_the_models_form(mirror, tmp_path):
     # A 40 px handwriting folder model scored on MNIST's 28 px test split: each MNIST image is
     # prepared like a file given to `imrec predict` (no size mismatch error).

@@ -805,3 +805,17 @@ def test_otsu_and_zero_padding_are_the_textbook_ones():
         assert _otsu(values) == _histogram_otsu(values)
     for a, r in ((rng.random((5, 7)), 2), (rng.random((3, 4)) > 0.5, 1), (np.ones((1, 1)), 3)):
         assert np.array_equal(_pad0(a, r), np.pad(a, r)) and _pad0(a, r).dtype == a.dtype
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_a_tiny_handwriting_image_is_prepared_or_refused_clearly(n):
+    """Images of 2x2 and 3x3 pixels (fewer than the 11 the ink extremes look past) come out in
+    the normal form's shape rather than failing inside numpy (2x2 raised "kth(=5) out of
+    bounds"); 1x1 is refused with the reason."""
+    ink = preprocess.InkForm.for_size(28).meta()
+    a = np.full((n, n), 240, np.uint8)
+    a[n // 2, n // 2] = 10  # one dark dot on light paper
+    out = preprocess.prepare_image(Image.fromarray(a), 28, 1, "handwriting", ink)
+    assert out.shape == (1, 28, 28) and out.dtype == torch.uint8
+    with pytest.raises(ValueError, match=r"image too small for ink normalisation: \(1, 1\)"):
+        preprocess.prepare_image(Image.fromarray(a[:1, :1]), 28, 1, "handwriting", ink)

@@ -7,6 +7,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from imrec.classify.confidence import (
@@ -24,7 +25,7 @@ from imrec.config import RunConfig
 from imrec.core import timing
 from imrec.core.batching import Batcher, predict_logits
 from imrec.core.parallel import cpu_map
-from imrec.core.preprocess import as_image, form_part, prepare_image, soften_images
+from imrec.core.preprocess import ImageReadError, form_part, prepare_source, soften_images
 from imrec.data import ClassificationData, ImageSet, load_dataset, registry
 
 DRAWN_FEATURE_IMAGES = 2_000  # feature statistics of rendered training sets: each is drawn
@@ -568,18 +569,17 @@ def _in_model_form(dataset: ClassificationData, test: ImageSet, meta: dict) -> I
     # one process, 20.4 s on 2 cores; BENCHMARKS.md).
     arrays = [x[0].numpy() if len(x) == 1 else x.permute(1, 2, 0).numpy() for x in images]
     prepare = partial(
-        _prepare_array,
+        prepare_source,
         size=tuple(inp["size"]),
         channels=inp["channels"],
+        domain="handwriting",
         ink=model_ink if sharp else form_part(model_ink),
     )
-    return ImageSet(torch.stack(cpu_map(prepare, arrays)), test.labels, test.groups)
-
-
-def _prepare_array(array, size: tuple, channels: int, ink: dict) -> torch.Tensor:
-    """One dataset image (``HxW`` or ``HxWxC`` uint8) prepared like a handwriting file given to
-    ``imrec predict`` (module level, so that :func:`cpu_map`'s worker processes can run it)."""
-    return prepare_image(as_image(array), size, channels, "handwriting", ink)
+    prepared = cpu_map(prepare, arrays)
+    for i, x in enumerate(prepared):
+        if isinstance(x, str):  # the message prepare_source gives for an unusable image
+            raise ImageReadError(f"image {i} of {dataset.name}'s test split: {x}")
+    return ImageSet(torch.from_numpy(np.stack(prepared)), test.labels, test.groups)
 
 
 def _eval_dir(run_dir: Path, name: str, own_dataset: str) -> Path:

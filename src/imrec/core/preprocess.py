@@ -568,7 +568,7 @@ def _light_background(grey: np.ndarray) -> bool:
     bg = float(np.median(border))
     # Robust extremes: ink may cover well under 1% of a big page, so no fixed percentile.
     flat = grey.ravel()
-    k = max(5, flat.size // 20_000)
+    k = min(max(5, flat.size // 20_000), (flat.size - 1) // 2)  # a tiny image: its middle
     lo = float(np.partition(flat, k)[k])
     hi = float(np.partition(flat, flat.size - 1 - k)[flat.size - 1 - k])
     return bg - lo > hi - bg

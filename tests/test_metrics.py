@@ -52,7 +52,8 @@ def test_matches_sklearn_on_random_data(seed):
         assert row["recall"] == pytest.approx(rec[i], abs=1e-6)
         assert row["f1"] == pytest.approx(f1[i], abs=1e-6)
         assert row["support"] == sup[i]
-    assert m["per_class"]["c2"]["precision"] == 0.0
+        assert row["predicted"] == int((p == i).sum())
+    assert m["per_class"]["c2"]["precision"] == 0.0 and m["per_class"]["c2"]["predicted"] == 0
     assert m["macro_f1"] == pytest.approx(
         f1_score(y, p, average="macro", zero_division=0), abs=1e-6
     )
@@ -84,7 +85,14 @@ def test_class_without_support_is_left_out_of_macro_averages():
         fn = {"f1": f1_score, "precision": _precision, "recall": _recall}[avg]
         expected = fn(y, p, labels=present, average="macro", zero_division=0)
         assert m[f"macro_{avg}"] == pytest.approx(expected, abs=1e-6)
-    assert m["per_class"]["e"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert m["per_class"]["e"] == {
+        "precision": 0.0,
+        "recall": 0.0,
+        "f1": 0.0,
+        "support": 0,
+        "predicted": int((p == 4).sum()),
+    }
+    assert (p == 4).sum() >= 10
 
 
 def _precision(*args, **kw):
@@ -233,3 +241,39 @@ def test_many_classes_report_the_most_confused_pairs_not_a_matrix(tmp_path):
     from PIL import Image
 
     assert np.asarray(Image.open(path).convert("L")).std() > 10  # drawn, not blank
+
+
+def test_the_per_class_table_of_a_subset_lists_the_classes_seen_and_the_worst_of_many():
+    """A 300-class model scored on 5 of its classes (as a 3,755-character model on Chinese
+    MNIST's 15): the table lists those 5 and the empty classes images were given to, not 295
+    rows of zeros; scored on all 300, it lists the worst PER_CLASS_ROWS and says where the rest
+    are."""
+    from imrec.classify.metrics import classification_metrics
+    from imrec.classify.report import PER_CLASS_ROWS, render_markdown
+
+    k, n = 300, 600
+    classes = [f"k{i:03d}" for i in range(k)]
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 5, (n,), generator=gen)  # only classes 0-4 have images
+    logits = torch.nn.functional.one_hot(labels, k).float() * 5
+    logits[:30, 250] = 50.0  # 30 images taken for class 250, which has none
+    logits[30:33, 17] = 50.0  # 3 for class 17
+    m = classification_metrics(logits, labels, classes)
+    md = render_markdown({"classes": classes, "test": m})
+    table = md.split("## Per class")[1].split("\n## ")[0]
+    rows = [line.split(" | ")[0][2:] for line in table.splitlines() if line.startswith("| k")]
+    assert rows[-2:] == ["k250", "k017"]  # the empty ones last, the most predicted first
+    assert sorted(rows[:-2]) == classes[:5]
+    assert "293 more of the model's classes have no test images and were never predicted." in md
+
+    labels = torch.arange(n) % k  # every class has images now
+    logits = torch.randn(n, k, generator=gen) + torch.nn.functional.one_hot(labels, k) * 2.5
+    m = classification_metrics(logits, labels, classes)
+    table = render_markdown({"classes": classes, "test": m}).split("## Per class")[1]
+    table = table.split("\n## ")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| k")]
+    assert len(rows) == PER_CLASS_ROWS < k
+    f1 = sorted(row["f1"] for row in m["per_class"].values())
+    assert [float(r.split(" | ")[3]) for r in rows] == pytest.approx(f1[:PER_CLASS_ROWS], abs=1e-4)
+    assert f"The other {k - PER_CLASS_ROWS} classes (F1 " in table
+    assert "are in report.json (`metrics.test.per_class`)." in table

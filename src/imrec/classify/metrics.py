@@ -37,7 +37,7 @@ def classification_metrics(
         A JSON-serialisable dict with ``n``, ``accuracy``, ``top5`` (top-``top_k`` accuracy,
         ``top_k = min(5, K)``), ``macro_f1``, ``macro_precision``, ``macro_recall``,
         ``weighted_f1``, ``ece`` (of the max softmax probability), ``nll`` (mean cross-entropy,
-        nats), ``per_class`` (``{name: {precision, recall, f1, support}}``) and ``confusion``
+        nats), ``per_class`` (``{name: {precision, recall, f1, support, predicted}}``) and ``confusion``
         (``K x K`` counts, rows = true class, columns = predicted class; above
         ``DENSE_CONFUSION`` classes ``confused_pairs`` instead, the ``TOP_PAIRS`` most frequent
         ``[true, predicted, count]``). See the module
@@ -60,6 +60,7 @@ def classification_metrics(
 
     confusion = _confusion(log_probs, labels)
     precision, recall, f1, support = _per_class_scores(confusion)
+    predicted = confusion.sum(axis=0)
     present = support > 0  # macro averages run over the classes this split contains
     top_k = min(5, k)
     conf, correct = _confidence(log_probs, labels)
@@ -75,7 +76,7 @@ def classification_metrics(
         "weighted_f1": _round((f1 * support).sum() / n),
         "ece": _round(_ece(*_bin_stats(conf, correct, ece_bins), n)),
         "nll": _round(nll),
-        "per_class": _per_class_report(classes, precision, recall, f1, support),
+        "per_class": _per_class_report(classes, precision, recall, f1, support, predicted),
         **_confusion_entry(confusion),
     }
 
@@ -225,14 +226,16 @@ def _top_k_accuracy(log_probs: torch.Tensor, labels: torch.Tensor, top_k: int) -
     return (top == labels[:, None]).any(dim=1).double().mean()
 
 
-def _per_class_report(classes: list[str], precision, recall, f1, support) -> dict:
-    """``{name: {precision, recall, f1, support}}`` in class order, rounded for JSON."""
+def _per_class_report(classes: list[str], precision, recall, f1, support, predicted) -> dict:
+    """``{name: {precision, recall, f1, support, predicted}}`` in class order, rounded for JSON
+    (``predicted``: how many images were given the class)."""
     return {
         name: {
             "precision": _round(precision[i]),
             "recall": _round(recall[i]),
             "f1": _round(f1[i]),
             "support": int(support[i]),
+            "predicted": int(predicted[i]),
         }
         for i, name in enumerate(classes)
     }

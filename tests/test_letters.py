@@ -294,6 +294,7 @@ def test_a_short_training_on_the_mix_recognises_held_out_writers_and_photos(mirr
         report = imrec.fit(
             f"letters:rendered=10,real=1,fonts={fonts}",
             out=out,
+            model={"members": 1},  # the recipe's two members are tested in test_ensemble.py
             train={"epochs": 6, "batch_size": 64},
             progress=False,
         )

@@ -37,10 +37,11 @@ def classification_metrics(
         A JSON-serialisable dict with ``n``, ``accuracy``, ``top5`` (top-``top_k`` accuracy,
         ``top_k = min(5, K)``), ``macro_f1``, ``macro_precision``, ``macro_recall``,
         ``weighted_f1``, ``ece`` (of the max softmax probability), ``nll`` (mean cross-entropy,
-        nats), ``per_class`` (``{name: {precision, recall, f1, support, predicted}}``) and ``confusion``
-        (``K x K`` counts, rows = true class, columns = predicted class; above
-        ``DENSE_CONFUSION`` classes ``confused_pairs`` instead, the ``TOP_PAIRS`` most frequent
-        ``[true, predicted, count]``). See the module
+        nats), ``per_class`` (``{name: {precision, recall, f1, support, predicted}}``:
+        ``predicted`` counts the images given the class) and ``confusion`` (``K x K`` counts,
+        rows = true class, columns = predicted class; above ``DENSE_CONFUSION`` classes
+        ``confused_pairs`` instead, the ``TOP_PAIRS`` most frequent ``[true, predicted,
+        count]``). See the module
         docstring for how classes without predictions or without samples are counted.
 
     Raises:

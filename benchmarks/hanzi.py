@@ -1,6 +1,6 @@
 """Chinese handwriting at real vocabulary: the goals of BENCHMARKS.md "hanzi" (issue 13).
 
-    python benchmarks/hanzi.py --work /tmp/hanzi [--run RUN] [--held-out-fonts DIR]
+    python benchmarks/hanzi.py --work /tmp/hanzi [--run RUN | --train-args ARGS] [--held-out-fonts DIR]
                                [--finetune-epochs 8] [--finetune-data chinese-mnist:small=1]
                                [--finetune-args '--label-smoothing 0.05']
                                [--skip held-out,zero-shot,finetune,export]
@@ -175,6 +175,11 @@ def main() -> None:
         help="more `imrec train` options for the fine-tuning, e.g. '--label-smoothing 0.05'",
     )
     ap.add_argument(
+        "--train-args",
+        default="",
+        help="more `imrec train hanzi` options for the run it trains, e.g. '--no-augment'",
+    )
+    ap.add_argument(
         "--skip", default="", help="comma-separated: held-out, zero-shot, finetune, export"
     )
     args = ap.parse_args()
@@ -190,8 +195,10 @@ def main() -> None:
         (work / "results.json").write_text(json.dumps(results, indent=2, default=str))
 
     if args.run is None:
-        wall, _ = imrec("train", "hanzi", "--out", str(run), "--quiet")
+        more = shlex.split(args.train_args)
+        wall, _ = imrec("train", "hanzi", "--out", str(run), "--quiet", *more)
         results["train_wall_seconds"] = round(wall, 1)
+        results["train_args"] = more
     report = json.loads((run / "report.json").read_text())
     results["run"] = str(run)
     results["train_seconds"] = report.get("train_seconds")

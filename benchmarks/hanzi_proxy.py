@@ -3,6 +3,7 @@
     python benchmarks/hanzi_proxy.py --work /tmp/proxy [--chars FILE | --confusers RUN]
                                      [--seeds 0,1,2] [--epochs 5] [--pen KEY=VALUE ...]
                                      [--members N] [--train-opt KEY=VALUE ...]
+                                     [--data-opt KEY=VALUE ...]
 
 The full `imrec train hanzi` takes about an hour on 2 CPU cores; a change of the renders
 (``imrec.data.hanzi.PEN``, the hand they imitate) is tried first here: ``hanzi:chars=@FILE``
@@ -23,7 +24,9 @@ test split is drawn with the variant's pen, so compare the real column across va
 
 ``--pen`` sets a field of :class:`imrec.data.render.PenStyle` (``width=0.02:0.06``,
 ``rotate=15``): tuples as ``LO:HI``. ``--train-opt`` sets a training option by its flat name
-(``small_epochs=4``, ``lr=0.1``), to try a change of the recipe the same way. The results (per seed and the mean) go to
+(``small_epochs=4``, ``lr=0.1``) and ``--data-opt`` a data option (``augment=none``,
+``augment_off=rotate,shear``: the batched augmentation on top of the renders), to try a change
+of the recipe the same way. The results (per seed and the mean) go to
 ``WORK/results-TAG.json`` and a markdown table on stdout.
 """
 
@@ -71,6 +74,23 @@ def train_options(settings: list[str]) -> dict:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
             out[key] = value
+    return out
+
+
+def data_options(settings: list[str]) -> dict:
+    """``KEY=VALUE`` data options (fields of :class:`imrec.config.DataConfig`): ``augment``
+    takes a name, ``augment_off`` a comma-separated list of augmentation options."""
+    from imrec.config import DataConfig
+
+    fields = {f.name for f in dataclasses.fields(DataConfig)}
+    out: dict = {}
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(
+                f"--data-opt {setting!r}: use KEY=VALUE with KEY one of {sorted(fields)}"
+            )
+        out[key] = tuple(v for v in value.split(",") if v) if key == "augment_off" else value
     return out
 
 
@@ -130,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="a training option KEY=VALUE by its flat name (small_epochs=4)",
     )
+    parser.add_argument(
+        "--data-opt",
+        action="append",
+        default=[],
+        help="a data option KEY=VALUE (augment=none, augment_off=rotate,shear)",
+    )
     parser.add_argument("--tag", default="", help="a name for this variant in the table")
     parser.add_argument(
         "--real-split", default="all", help="Chinese MNIST images scored: all (15,000) or test"
@@ -158,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     chars_file.write_text(chars, encoding="utf-8")
     hanzi.PEN = pen_style(args.pen)  # read by every Renderer made from here on
     train_opts = train_options(args.train_opt)
-    tag = args.tag or (",".join(args.pen + args.train_opt) or "default")
+    data_opts = data_options(args.data_opt)
+    tag = args.tag or (",".join(args.pen + args.train_opt + args.data_opt) or "default")
     name = tag.replace("/", "_")  # for file names
 
     rows = []
@@ -170,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             + (f",size={args.px}" if args.px else ""),
             out=out,
             train={"epochs": args.epochs, "seed": seed, **train_opts},
+            data=data_opts,
             model={"members": args.members},  # checked by the config: 0 or 9 refused
             progress=False,
         )
@@ -194,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": args.epochs,
         "members": args.members,
         "train_opts": train_opts,
+        "data_opts": {k: list(v) if isinstance(v, tuple) else v for k, v in data_opts.items()},
         "train_per_class": args.train,
         "real_split": args.real_split,
         "px": report["input"]["size"][0],

@@ -147,8 +147,11 @@ def test_hanzi_proxy_trains_with_the_pen_asked_for_and_scores_real_writers(
     more = ["--real-split", "test", "--pen", "rotate=3", "--tag", "t", "--members", "2"]
     more += ["--px", "32"]
     more += ["--train-opt", "small_scale=0.5", "--train-opt", "label_smoothing=0.05"]
+    more += ["--data-opt", "augment_off=rotate,shear"]
     with pytest.raises(SystemExit, match="use KEY=VALUE"):
         bench.train_options(["small_scale"])
+    with pytest.raises(SystemExit, match="KEY one of"):
+        bench.data_options(["augmnt=none"])
     assert bench.main([*argv, *more]) == 0
     result = json.loads((tmp_path / "results-t.json").read_text())
     assert result["pen"]["rotate"] == 3.0 and result["chars"] == 20
@@ -160,6 +163,9 @@ def test_hanzi_proxy_trains_with_the_pen_asked_for_and_scores_real_writers(
     assert result["train_opts"] == {"small_scale": 0.5, "label_smoothing": 0.05}
     assert report["config"]["loop"]["small_scale"] == 0.5
     assert report["config"]["optim"]["label_smoothing"] == 0.05
+    # so do the data options: the batched augmentation without its rotation and shear
+    assert result["data_opts"] == {"augment_off": ["rotate", "shear"]}
+    assert report["config"]["data"]["augment_off"] == ["rotate", "shear"]
     assert (tmp_path / "chars.txt").read_text(encoding="utf-8").startswith("零一二三")
     (row,) = result["rows"]
     # the Chinese MNIST test writers' 3,000 images scored in the proxy's 20-way space

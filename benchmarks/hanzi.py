@@ -1,6 +1,6 @@
 """Chinese handwriting at real vocabulary: the goals of BENCHMARKS.md "hanzi" (issue 13).
 
-    python benchmarks/hanzi.py --work /tmp/hanzi [--run RUN | --train-args ARGS] [--held-out-fonts DIR]
+    python benchmarks/hanzi.py --work /tmp/hanzi [--run RUN | --train-args=ARGS] [--held-out-fonts DIR]
                                [--finetune-epochs 8] [--finetune-data chinese-mnist:small=1]
                                [--finetune-args '--label-smoothing 0.05']
                                [--skip held-out,zero-shot,finetune,export]
@@ -177,7 +177,8 @@ def main() -> None:
     ap.add_argument(
         "--train-args",
         default="",
-        help="more `imrec train hanzi` options for the run it trains, e.g. '--no-augment'",
+        help="more `imrec train hanzi` options for the run it trains, after an equals sign: "
+        "--train-args=--no-augment",
     )
     ap.add_argument(
         "--skip", default="", help="comma-separated: held-out, zero-shot, finetune, export"

@@ -277,3 +277,19 @@ def test_the_per_class_table_of_a_subset_lists_the_classes_seen_and_the_worst_of
     assert [float(r.split(" | ")[3]) for r in rows] == pytest.approx(f1[:PER_CLASS_ROWS], abs=1e-4)
     assert f"The other {k - PER_CLASS_ROWS} classes (F1 " in table
     assert "are in report.json (`metrics.test.per_class`)." in table
+
+
+def test_a_report_of_every_image_of_another_dataset_says_so():
+    """``imrec eval RUN --data OTHER --split all`` scores all of OTHER's splits: its report says
+    which images were scored, not that a test split was held out."""
+    from imrec.classify.metrics import classification_metrics
+    from imrec.classify.report import render_markdown
+
+    labels = torch.tensor([0, 1, 2, 1])
+    m = classification_metrics(torch.eye(3)[labels] * 4, labels, ["a", "b", "c"])
+    report = {"dataset": "chinese-mnist", "split": "split by writer", "classes": list("abc")}
+    held_out = render_markdown({**report, "test": m, "split_scored": "test"})
+    assert "The test split was never used for any choice" in held_out
+    md = render_markdown({**report, "test": m, "split_scored": "all"})
+    assert "Scored: every image of chinese-mnist (4), its training, validation and test" in md
+    assert "The test split was never used" not in md

@@ -85,7 +85,16 @@ def data(report: dict) -> str:
     if details:
         lines += ["", details]
     lines += _domain_and_recipe(report)
-    if report.get("test"):
+    if report.get("split_scored") == "all":  # `imrec eval RUN --data OTHER --split all`
+        n = (report.get("test") or {}).get("n")
+        count = f" ({fmt(n, 'int')})" if n is not None else ""
+        lines += [
+            "",
+            f"Scored: every image of {text(report.get('dataset') or 'the dataset')}{count}, its "
+            "training, validation and test splits together (`--split all`), read by a model "
+            "trained on other data; the metrics' test column is these images.",
+        ]
+    elif report.get("test"):
         lines += [
             "",
             "The test split was never used for any choice: model selection, early stopping "

@@ -35,6 +35,8 @@ def test_names_and_options():
         ("hanzi:level=3", "level must be 1 or 2"),
         ("hanzi:test=0", "at least 1 render"),
         ("hanzi:size=512", "size must be 16-128"),
+        # an empty chars= is a mistake, not a request for all 3,755 (an hour's training)
+        ("hanzi:chars=,train=4", "chars= names no character; give them"),
     ]:
         with pytest.raises(DatasetError, match=message):
             HanziSpec.parse(bad)
@@ -46,6 +48,11 @@ def test_chars_from_a_file(tmp_path):
     assert HanziSpec.parse(f"hanzi:chars=@{path}").characters() == "永中国"
     with pytest.raises(DatasetError, match="cannot read it"):
         HanziSpec.parse(f"hanzi:chars=@{tmp_path / 'missing.txt'}").characters()
+    empty = tmp_path / "empty.txt"
+    empty.write_text(" \n", encoding="utf-8")  # not every character of the level either
+    with pytest.raises(DatasetError, match=r"empty.txt names no character \(an empty file\?\)"):
+        HanziSpec.parse(f"hanzi:chars=@{empty}").characters()
+    assert len(HanziSpec.parse("hanzi:train=4").characters()) == 3755  # chars= left out
 
 
 def test_characters_without_strokes_are_named(mirror):

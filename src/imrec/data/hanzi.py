@@ -119,6 +119,11 @@ class HanziSpec:
                 values[key] = value if kinds[key] == "str" else int(value)
             except ValueError as e:
                 raise DatasetError(f"{name}: {key} must be a whole number, got {value!r}") from e
+        if values.get("chars") == "":
+            raise DatasetError(
+                f"{name}: chars= names no character; give them (chars=永中国 or chars=@FILE), "
+                "or leave chars= out for every character of the level"
+            )
         spec = cls(**values)
         spec._check(name)
         return spec
@@ -134,17 +139,19 @@ class HanziSpec:
     def characters(self) -> str:
         """The classes, in order, without duplicates or whitespace."""
         text = self.chars
+        if not text:
+            return gb2312(self.level)
+        where = "hanzi:chars="
         if text.startswith("@"):
             path = Path(text[1:]).expanduser()
+            where = f"hanzi:chars=@{path}"
             try:
                 text = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as e:
-                raise DatasetError(f"hanzi:chars=@{path}: cannot read it ({e})") from e
-        if not text:
-            return gb2312(self.level)
+                raise DatasetError(f"{where}: cannot read it ({e})") from e
         chars = "".join(dict.fromkeys(c for c in text if not c.isspace()))
         if not chars:
-            raise DatasetError("hanzi:chars= names no character")
+            raise DatasetError(f"{where} names no character (an empty file?)")
         return chars
 
 

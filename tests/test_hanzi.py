@@ -37,6 +37,7 @@ def test_names_and_options():
         ("hanzi:size=512", "size must be 16-128"),
         # an empty chars= is a mistake, not a request for all 3,755 (an hour's training)
         ("hanzi:chars=,train=4", "chars= names no character; give them"),
+        ("hanzi:fresh=2", "fresh is 1"),
     ]:
         with pytest.raises(DatasetError, match=message):
             HanziSpec.parse(bad)
@@ -341,6 +342,9 @@ def test_font_renders_and_their_errors(mirror, tmp_path):
         load_dataset(f"hanzi:chars=永,renderers=fonts,fonts={tmp_path / 'fonts'}")
     with pytest.raises(DatasetError, match="no such folder"):
         load_dataset(f"hanzi:chars=永,renderers=fonts,fonts={tmp_path / 'none'}")
+    # with the default renderers too: a mistyped fonts= folder is not "no fonts, strokes alone"
+    with pytest.raises(DatasetError, match="no such folder"):
+        load_dataset(f"hanzi:chars=永,fonts={tmp_path / 'none'}")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="no CJK font found.*fonts-arphic-ukai"):
         load_dataset(f"hanzi:chars=永,renderers=fonts,fonts={tmp_path / 'empty'}")

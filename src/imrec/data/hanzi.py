@@ -135,6 +135,8 @@ class HanziSpec:
             raise DatasetError(f"{name}: train, val and test need at least 1 render per class")
         if not 16 <= self.size <= 128:
             raise DatasetError(f"{name}: size must be 16-128 pixels")
+        if self.fresh not in (0, 1):
+            raise DatasetError(f"{name}: fresh is 1 (new renders every epoch) or 0 (one set)")
 
     def characters(self) -> str:
         """The classes, in order, without duplicates or whitespace."""
@@ -335,7 +337,12 @@ def _draw_part(seed: int, size: int, part: tuple[np.ndarray, np.ndarray]) -> np.
 
 def _auto_renderers(chars: str, fonts: str) -> tuple[str, GlyphFonts | None, str]:
     """``strokes+fonts`` and the fonts when the fonts (``fonts=DIR`` or fontconfig's CJK
-    fonts) have a glyph for every character, else ``strokes``, no fonts and why."""
+    fonts) have a glyph for every character, else ``strokes``, no fonts and why. A ``fonts=``
+    folder that does not exist is a mistake in the name, not a reason to draw strokes alone."""
+    if fonts and not Path(fonts).expanduser().is_dir():
+        raise DatasetError(
+            f"hanzi:fonts={fonts}: no such folder (a folder of .ttf/.otf/.ttc files)"
+        )
     try:
         return (
             "strokes+fonts",

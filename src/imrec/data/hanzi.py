@@ -153,7 +153,8 @@ class HanziSpec:
                 raise DatasetError(f"{where}: cannot read it ({e})") from e
         chars = "".join(dict.fromkeys(c for c in text if not c.isspace()))
         if not chars:
-            raise DatasetError(f"{where} names no character (an empty file?)")
+            hint = " (an empty file?)" if self.chars.startswith("@") else ""
+            raise DatasetError(f"{where} names no character{hint}")
         return chars
 
 

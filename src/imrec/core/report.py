@@ -91,8 +91,8 @@ def data(report: dict) -> str:
         lines += [
             "",
             f"Scored: every image of {text(report.get('dataset') or 'the dataset')}{count}, its "
-            "training, validation and test splits together (`--split all`), read by a model "
-            "trained on other data; the metrics' test column is these images.",
+            "training, validation and test splits together (`--split all`): the metrics' test "
+            "column is these images, held out only if the model never trained on this dataset.",
         ]
     elif report.get("test"):
         lines += [

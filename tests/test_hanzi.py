@@ -701,3 +701,17 @@ def test_chinese_mnist_small_views_join_the_training_writers_only(mirror, tmp_pa
     ]:
         with pytest.raises(DatasetError, match=says):
             load_dataset(bad)
+
+
+def test_the_hanzi_recipe_adds_no_batched_augmentation_to_the_renders():
+    """The renders carry their own distortions: the default recipe trains on them as drawn
+    (BENCHMARKS.md "The batched augmentation off"), for a subset too; `--preset best` keeps
+    the handwriting augmentation."""
+    from imrec.classify.train import build_augment
+    from imrec.config import build_config
+
+    for name in ("hanzi", f"hanzi:chars={TEN},train=4"):
+        cfg = build_config(name, "handwriting")
+        assert cfg.data.augment == "none" and build_augment(cfg, "handwriting") is None
+    best = build_config("hanzi", "handwriting", "best")
+    assert build_augment(best, "handwriting").cfg.rotate_range == (-10.0, 10.0)

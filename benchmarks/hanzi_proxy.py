@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": args.epochs,
         "members": args.members,
         "train_opts": train_opts,
-        "data_opts": {k: list(v) if isinstance(v, tuple) else v for k, v in data_opts.items()},
+        "data_opts": data_opts,
         "train_per_class": args.train,
         "real_split": args.real_split,
         "px": report["input"]["size"][0],

@@ -313,6 +313,10 @@ TESTED_ELSEWHERE = {
     "above it, through the same config fields)",
     "--small-scale": "tests/test_engine.py::test_small_epoch_options_are_checked",
     "--members": "tests/test_ensemble.py::test_the_members_flag_trains_an_ensemble",
+    # Only datasets that draw renders (letters, hanzi) have images the flag leaves alone:
+    "--augment-renders": "test_the_augment_renders_flags_reach_the_data_config, and "
+    "tests/test_letters.py::test_renders_can_be_left_as_drawn_while_the_real_letters_are_augmented",
+    "--no-augment-renders": "the same",
 }
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -607,6 +611,27 @@ def test_training_options(request, capsys, tmp_path, shapes_folder, train_spies,
     EFFECTS[case](run)
     if case not in ("mlp-early-stop", "pretrained"):  # (lr 0; a frozen random backbone)
         assert report["test"]["accuracy"] > 0.3  # and it learned
+
+
+def test_the_augment_renders_flags_reach_the_data_config(monkeypatch, tmp_path):
+    import imrec
+    from imrec.cli import main
+    from imrec.config import build_config
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def fit(dataset, **kw):
+        seen.append(build_config(dataset, "handwriting", data=kw["data"]).data.augment_renders)
+        raise Stop
+
+    monkeypatch.setattr(imrec, "fit", fit)
+    for flags in (["--no-augment-renders"], ["--augment-renders"], []):
+        with pytest.raises(Stop):
+            main(["train", "letters", "--out", str(tmp_path / "r"), *flags])
+    assert seen == [False, True, True]  # the recipe's own (renders augmented) when not given
 
 
 def test_device_flags_reach_the_trainer(capsys, tmp_path):

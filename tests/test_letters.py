@@ -119,6 +119,45 @@ def test_mix_is_rendered_plus_real_and_test_is_real_writers_only(mirror, tmp_pat
     ]
 
 
+def test_renders_can_be_left_as_drawn_while_the_real_letters_are_augmented(
+    mirror, tmp_path, monkeypatch
+):
+    """``augment_renders=False`` (``--no-augment-renders``): the batched augmentation changes
+    the real Chars74K drawings exactly as it would without the option and leaves the renders,
+    which carry their own distortions, as drawn."""
+    from imrec.classify import train
+    from imrec.config import build_config
+
+    monkeypatch.setattr(train, "STATS_SAMPLE", 64)  # normalisation statistics: not tested here
+    fonts = _font_dir(tmp_path)
+    name = f"letters:rendered=2,real=1,fonts={fonts}"
+    data, _ = _load(name)
+    trainers = {
+        on: train.ClassifyTrainer(
+            build_config(name, "handwriting", data={"augment_renders": on}, train={"epochs": 1}),
+            tmp_path / f"run{on}",
+            data=data,
+            progress=False,
+        )
+        for on in (True, False)
+    }
+    images = trainers[False].train_images
+    real = int((~images.drawn).sum())
+    assert images.drawn.tolist() == [False] * real + [True] * (len(images) - real)
+    assert images.subset(torch.tensor([len(images) - 1, 0])).drawn.tolist() == [True, False]
+    assert trainers[True].keep_drawn is None
+    assert torch.equal(trainers[False].keep_drawn, images.drawn)
+    idx = torch.cat([torch.arange(real - 20, real), torch.arange(real, real + 20)])
+    batch = {
+        on: t._batch(idx, None, torch.Generator().manual_seed(3))[0] for on, t in trainers.items()
+    }
+    plain = trainers[False].batcher(images[idx])  # normalised, not augmented
+    assert torch.equal(batch[False][20:], plain[20:])  # the renders as drawn
+    assert torch.equal(batch[False][:20], batch[True][:20])  # the real ones augmented as before
+    assert not torch.equal(batch[True][:20], plain[:20])
+    assert not torch.equal(batch[True][20:], plain[20:])  # which the option switched off
+
+
 def test_case_sensitive_keeps_lower_case_and_skips_small_capitals(mirror, tmp_path):
     data, notes = _load("letters:case=sensitive,rendered=1")
     assert len(data.classes) == 52 and data.classes[26] == "a"

@@ -123,6 +123,8 @@ def cmd_train(args) -> int:
             data["augment"] = "none"
         if args.augment_off:
             data["augment_off"] = tuple(s for s in args.augment_off.split(",") if s)
+        if args.augment_renders is not None:
+            data["augment_renders"] = args.augment_renders
         for key in ("exclude", "relabel"):  # absolute: a resumed run finds them from anywhere
             if getattr(args, key):
                 data[key] = str(Path(getattr(args, key)).expanduser().resolve())
@@ -533,6 +535,12 @@ def _train_command(sub) -> None:
         "--augment-off",
         metavar="OPT,OPT",
         help="switch single augmentations off, e.g. elastic,erasing",
+    )
+    t.add_argument(
+        "--augment-renders",
+        action=argparse.BooleanOptionalAction,
+        help="whether images drawn afresh every epoch (renders) get the batched augmentation "
+        "too; --no-augment-renders augments only the real images (default: the recipe's)",
     )
     t.add_argument("--val-fraction", type=float)
     t.add_argument(

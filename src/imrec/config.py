@@ -28,7 +28,9 @@ class DataConfig:
     ``augment`` is ``"auto"`` (the preset for the dataset's domain and the run's preset),
     ``"none"``, or a domain name (``"handwriting"``, ``"objects"``, ``"photo"``) to force a
     preset. ``augment_off`` switches single options of that preset off by name
-    (e.g. ``("elastic", "erasing")``). ``exclude`` and ``relabel``: fixes lists written by
+    (e.g. ``("elastic", "erasing")``). ``augment_renders=False`` leaves images drawn afresh
+    every epoch (the renders of ``letters`` and ``hanzi``, which carry their own distortions)
+    as drawn and augments only the real ones. ``exclude`` and ``relabel``: fixes lists written by
     ``imrec doctor`` (:mod:`imrec.data.fixes`), applied to the loaded splits.
     """
 
@@ -39,6 +41,7 @@ class DataConfig:
     domain: str | None = None
     augment: str = "auto"
     augment_off: tuple[str, ...] = ()
+    augment_renders: bool = True
     exclude: str | None = None
     relabel: str | None = None
 

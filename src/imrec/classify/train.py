@@ -248,6 +248,11 @@ class ClassifyTrainer(Trainer):
         self.channels_last = run.hardware.channels_last != "off"
         self.batcher = Batcher.from_stats(self.mean, self.std, self.device, self.channels_last)
         self.augment = build_augment(run, d.domain)
+        # Renders left as drawn (--no-augment-renders): which training items to keep as they are.
+        drawn = getattr(images, "drawn", None) if d.train.streamed else None
+        self.keep_drawn = (
+            drawn if self.augment and drawn is not None and not run.data.augment_renders else None
+        )
         return create_model(
             run.model.name,
             num_classes=d.num_classes,
@@ -427,7 +432,10 @@ class ClassifyTrainer(Trainer):
             images, yb = self.train_images[idx], self.train_labels[idx]
         if images.device != self.device:  # host placement: one async copy per batch
             images, yb = to_device(images, self.device), to_device(yb, self.device)
-        return self.batcher(images, self.augment, generator), yb
+        keep = (
+            None if self.keep_drawn is None else to_device(self.keep_drawn[idx.cpu()], self.device)
+        )
+        return self.batcher(images, self.augment, generator, keep=keep), yb
 
     def loss(self, model, xb: torch.Tensor, yb: torch.Tensor):
         """Cross-entropy (class weights, label smoothing) and the detached logits; with outlier

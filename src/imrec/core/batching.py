@@ -94,13 +94,16 @@ class Batcher:
         )
 
     def __call__(
-        self, images_u8: torch.Tensor, augment=None, generator=None, params=None
+        self, images_u8: torch.Tensor, augment=None, generator=None, params=None, keep=None
     ) -> torch.Tensor:
         """Normalised float batch; augmented with ``generator``'s draws, or with ``params``
-        already drawn and on the device (see :meth:`imrec.classify.augment.BatchAugment.draw`)."""
+        already drawn and on the device (see :meth:`imrec.classify.augment.BatchAugment.draw`).
+        ``keep``: ``(B,)`` bool, the images left as they are (the draws are made for the whole
+        batch all the same, so the others get the augmentation they would get without it)."""
         x = images_u8.float().div_(255.0)  # (B, C, H, W) in [0, 1]
         if augment is not None:
-            x = augment(x, generator) if params is None else augment.apply(x, params)
+            changed = augment(x, generator) if params is None else augment.apply(x, params)
+            x = changed if keep is None else torch.where(keep.view(-1, 1, 1, 1), x, changed)
         x = (x - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -407,6 +407,10 @@ class MixedImages(DrawnImages):
     def __len__(self) -> int:
         return len(self.at)
 
+    @property
+    def drawn(self) -> torch.Tensor:
+        return torch.from_numpy(self.at >= len(self.real))
+
     def __repr__(self) -> str:
         real = int((self.at < len(self.real)).sum())
         return f"MixedImages({real} real + {len(self) - real} rendered, {self.size} px)"

@@ -121,6 +121,11 @@ class DrawnImages:
         raise NotImplementedError
 
     @property
+    def drawn(self) -> torch.Tensor:
+        """``(N,)`` bool: which items are drawn (renders), not real images read from a source."""
+        return torch.ones(len(self), dtype=torch.bool)
+
+    @property
     def shape(self) -> torch.Size:
         return torch.Size([len(self), 1, self.size, self.size])
 

@@ -314,7 +314,8 @@ TESTED_ELSEWHERE = {
     "--small-scale": "tests/test_engine.py::test_small_epoch_options_are_checked",
     "--members": "tests/test_ensemble.py::test_the_members_flag_trains_an_ensemble",
     # Only datasets that draw renders (letters, hanzi) have images the flag leaves alone:
-    "--augment-renders": "test_the_augment_renders_flags_reach_the_data_config, and "
+    "--augment-renders": "test_the_augment_renders_flags_reach_the_data_config, "
+    "test_no_augment_renders_on_data_without_renders_is_refused and "
     "tests/test_letters.py::test_renders_can_be_left_as_drawn_while_the_real_letters_are_augmented",
     "--no-augment-renders": "the same",
 }
@@ -632,6 +633,13 @@ def test_the_augment_renders_flags_reach_the_data_config(monkeypatch, tmp_path):
         with pytest.raises(Stop):
             main(["train", "letters", "--out", str(tmp_path / "r"), *flags])
     assert seen == [False, True, True]  # the recipe's own (renders augmented) when not given
+
+
+def test_no_augment_renders_on_data_without_renders_is_refused(capsys, tmp_path):
+    out = tmp_path / "r"
+    code, _, err = run_cli(capsys, "train", "digits", "--no-augment-renders", "--out", out)
+    assert code == 2 and "--no-augment-renders: digits has no renders" in err
+    assert not out.exists()  # refused before anything was written
 
 
 def test_device_flags_reach_the_trainer(capsys, tmp_path):

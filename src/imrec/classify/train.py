@@ -250,6 +250,11 @@ class ClassifyTrainer(Trainer):
         self.augment = build_augment(run, d.domain)
         # Renders left as drawn (--no-augment-renders): which training items to keep as they are.
         drawn = getattr(images, "drawn", None) if d.train.streamed else None
+        if drawn is None and not run.data.augment_renders:
+            raise TrainError(
+                f"--no-augment-renders: {d.name} has no renders (images drawn afresh every "
+                "epoch, as letters and hanzi have); leave it out, or use --no-augment"
+            )
         self.keep_drawn = (
             drawn if self.augment and drawn is not None and not run.data.augment_renders else None
         )

@@ -703,15 +703,32 @@ def test_chinese_mnist_small_views_join_the_training_writers_only(mirror, tmp_pa
             load_dataset(bad)
 
 
-def test_the_hanzi_recipe_adds_no_batched_augmentation_to_the_renders():
-    """The renders carry their own distortions: the default recipe trains on them as drawn
-    (BENCHMARKS.md "The batched augmentation off"), for a subset too; `--preset best` keeps
-    the handwriting augmentation."""
-    from imrec.classify.train import build_augment
+def test_the_hanzi_recipe_adds_no_batched_augmentation_to_the_renders(
+    mirror, tmp_path, monkeypatch
+):
+    """The renders carry their own distortions: the default recipe and `--preset best` train on
+    them as drawn (BENCHMARKS.md "The batched augmentation off"), for a subset too, and
+    `--augment-renders` puts the handwriting augmentation back."""
+    from imrec.classify import train
+    from imrec.classify.samples import save_samples
     from imrec.config import build_config
 
     for name in ("hanzi", f"hanzi:chars={TEN},train=4"):
-        cfg = build_config(name, "handwriting")
-        assert cfg.data.augment == "none" and build_augment(cfg, "handwriting") is None
-    best = build_config("hanzi", "handwriting", "best")
-    assert build_augment(best, "handwriting").cfg.rotate_range == (-10.0, 10.0)
+        for preset in ("fast", "best"):
+            assert build_config(name, "handwriting", preset).data.augment_renders is False
+    fast, best = (build_config("hanzi", "handwriting", p) for p in ("fast", "best"))
+    assert best.loop.epochs == 2 * fast.loop.epochs
+    monkeypatch.setattr(train, "STATS_SAMPLE", 16)  # normalisation statistics: not tested here
+    name = f"hanzi:chars={TEN},train=4,val=1,test=1,size=32"
+    data = load_dataset(name)
+    batches = {}
+    for on in (None, True):
+        cfg = build_config(name, "handwriting", data={} if on is None else {"augment_renders": on})
+        trainer = train.ClassifyTrainer(cfg, tmp_path / f"run{on}", data=data, progress=False)
+        idx = torch.arange(len(data.train))
+        batches[on] = trainer._batch(idx, None, torch.Generator().manual_seed(0))[0]
+    plain = trainer.batcher(trainer.train_images[idx])
+    assert torch.equal(batches[None], plain)  # the recipe: the renders as drawn
+    assert not torch.equal(batches[True], plain)  # --augment-renders: augmented
+    with pytest.raises(ValueError, match="trains on its renders as drawn"):
+        save_samples(name, tmp_path / "show.png", augment=True, per_class=2)

@@ -220,13 +220,28 @@ class BatchAugment(nn.Module):
     def extra_repr(self) -> str:
         return self.describe()
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
+        keep: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``x`` augmented; ``keep`` ``(B,)`` bool: rows returned as they are. The draws are
+        made for the whole batch all the same, so the other rows change exactly as they would
+        without ``keep`` (each sample's change depends on its own parameters alone)."""
         if x.ndim != 4 or not x.is_floating_point():
             raise ValueError(f"expected a float (B, C, H, W) batch, got {x.dtype} {tuple(x.shape)}")
         if x.shape[0] == 0:
             return x
         params = self.draw(tuple(x.shape), generator)
-        return self.apply(x, {k: _like(v, x) for k, v in params.items()})
+        if keep is None:
+            return self.apply(x, {k: _like(v, x) for k, v in params.items()})
+        rows = torch.nonzero(~keep.cpu()).flatten()  # the rows that change
+        if len(rows) == 0:
+            return x
+        out, on = x.clone(), to_device(rows, x.device)
+        out[on] = self.apply(x[on], {k: _like(v[rows], x) for k, v in params.items()})
+        return out
 
     def draw(
         self, shape: tuple[int, int, int, int], generator: torch.Generator | None = None

@@ -34,8 +34,10 @@ def save_samples(
     """
     data = load_dataset(name, size=size, channels=channels, domain=domain)
     split = data.train
+    drawn = None  # which images are renders (data drawn afresh every epoch)
     if split.streamed:  # decode only what the grid shows
         split = split.subset(first_per_class(split.labels, data.num_classes, per_class))
+        drawn = getattr(split.images, "drawn", None)
         split = ImageSet(split.images[:], split.labels)
     out = Path(
         out
@@ -45,12 +47,21 @@ def save_samples(
     title = f"{data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test, {data.channels}x{data.input_size[0]}x{data.input_size[1]}"
     if augment:
         # Exactly what `imrec train NAME --preset P` applies (the recipe may switch options off).
-        aug = build_augment(build_config(data.name, data.domain, preset), data.domain)
+        run = build_config(data.name, data.domain, preset)
+        aug = build_augment(run, data.domain)
+        pick = first_per_class(split.labels, data.num_classes, per_class)
+        keep = None  # the renders, where the recipe trains on them as drawn
+        if drawn is not None and not run.data.augment_renders:
+            keep = drawn[pick]
         if aug is None:
             raise ValueError(f"the {preset} recipe for {data.name} uses no augmentation")
-        pick = first_per_class(split.labels, data.num_classes, per_class)
+        if keep is not None and bool(keep.all()):
+            raise ValueError(
+                f"the {preset} recipe for {data.name} trains on its renders as drawn, with no "
+                "augmentation on top (`imrec train --augment-renders` would add it)"
+            )
         gen = torch.Generator().manual_seed(seed)
-        x = aug(split.images[pick].float() / 255.0, gen)
+        x = aug(split.images[pick].float() / 255.0, gen, keep=keep)
         images = torch.zeros_like(split.images)
         images[pick] = (x * 255).round().clamp(0, 255).to(torch.uint8)
         title += f"; {preset} '{data.domain}' augmentation"

@@ -101,9 +101,12 @@ class Batcher:
         ``keep``: ``(B,)`` bool, the images left as they are (the draws are made for the whole
         batch all the same, so the others get the augmentation they would get without it)."""
         x = images_u8.float().div_(255.0)  # (B, C, H, W) in [0, 1]
-        if augment is not None:
-            changed = augment(x, generator) if params is None else augment.apply(x, params)
-            x = changed if keep is None else torch.where(keep.view(-1, 1, 1, 1), x, changed)
+        if augment is not None and params is None:
+            x = augment(x, generator) if keep is None else augment(x, generator, keep=keep)
+        elif augment is not None:
+            if keep is not None:
+                raise ValueError("keep is for augmentation drawn here, not for params given")
+            x = augment.apply(x, params)
         x = (x - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -226,7 +226,8 @@ class BatchAugment(nn.Module):
         generator: torch.Generator | None = None,
         keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``x`` augmented; ``keep`` ``(B,)`` bool: rows returned as they are. The draws are
+        """``x`` augmented; ``keep`` ``(B,)`` bool, best on the host (a device mask is read back
+        to it): rows returned as they are. The draws are
         made for the whole batch all the same, so the other rows change exactly as they would
         without ``keep`` (each sample's change depends on its own parameters alone)."""
         if x.ndim != 4 or not x.is_floating_point():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from imrec.classify.train import build_augment
+from imrec.classify.train import build_augment, kept_as_drawn
 from imrec.classify.viz import save_class_grid
 from imrec.config import build_config
 from imrec.data import load_dataset
@@ -34,10 +34,10 @@ def save_samples(
     """
     data = load_dataset(name, size=size, channels=channels, domain=domain)
     split = data.train
-    drawn = None  # which images are renders (data drawn afresh every epoch)
     if split.streamed:  # decode only what the grid shows
         split = split.subset(first_per_class(split.labels, data.num_classes, per_class))
-        drawn = getattr(split.images, "drawn", None)
+    source = split.images  # for renders: which of them are (see kept_as_drawn)
+    if split.streamed:
         split = ImageSet(split.images[:], split.labels)
     out = Path(
         out
@@ -50,9 +50,8 @@ def save_samples(
         run = build_config(data.name, data.domain, preset)
         aug = build_augment(run, data.domain)
         pick = first_per_class(split.labels, data.num_classes, per_class)
-        keep = None  # the renders, where the recipe trains on them as drawn
-        if drawn is not None and not run.data.augment_renders:
-            keep = drawn[pick]
+        keep = kept_as_drawn(run, source)  # the renders, where the recipe trains on them as drawn
+        keep = None if keep is None else keep[pick]
         if aug is None:
             raise ValueError(f"the {preset} recipe for {data.name} uses no augmentation")
         if keep is not None and bool(keep.all()):

@@ -64,6 +64,21 @@ def build_augment(run: RunConfig, domain: str) -> BatchAugment | None:
     return BatchAugment(cfg)
 
 
+def kept_as_drawn(run: RunConfig, images) -> torch.Tensor | None:
+    """``(N,)`` bool over the training items: the renders the batched augmentation leaves as
+    drawn (``augment_renders=False``), or None when it may change every image. Data that draw
+    no renders (no ``drawn``) are refused for the option."""
+    if run.data.augment_renders:
+        return None
+    drawn = getattr(images, "drawn", None)
+    if drawn is None:
+        raise TrainError(
+            f"--no-augment-renders: {run.data.name} has no renders (images drawn afresh every "
+            "epoch, as letters and hanzi have); leave it out, or use --no-augment"
+        )
+    return drawn
+
+
 def dataset_names(text: str) -> list[str]:
     """Comma-separated dataset names, where a name's own options may hold commas too: a part
     with ``=`` and no ``:`` continues the name before it.
@@ -249,15 +264,8 @@ class ClassifyTrainer(Trainer):
         self.batcher = Batcher.from_stats(self.mean, self.std, self.device, self.channels_last)
         self.augment = build_augment(run, d.domain)
         # Renders left as drawn (--no-augment-renders): which training items to keep as they are.
-        drawn = getattr(images, "drawn", None) if d.train.streamed else None
-        if drawn is None and not run.data.augment_renders:
-            raise TrainError(
-                f"--no-augment-renders: {d.name} has no renders (images drawn afresh every "
-                "epoch, as letters and hanzi have); leave it out, or use --no-augment"
-            )
-        self.keep_drawn = (
-            drawn if self.augment and drawn is not None and not run.data.augment_renders else None
-        )
+        keep = kept_as_drawn(run, images)
+        self.keep_drawn = keep if self.augment else None
         return create_model(
             run.model.name,
             num_classes=d.num_classes,
@@ -437,9 +445,8 @@ class ClassifyTrainer(Trainer):
             images, yb = self.train_images[idx], self.train_labels[idx]
         if images.device != self.device:  # host placement: one async copy per batch
             images, yb = to_device(images, self.device), to_device(yb, self.device)
-        keep = (
-            None if self.keep_drawn is None else to_device(self.keep_drawn[idx.cpu()], self.device)
-        )
+        # The mask stays on the host, where the augmentation's draws are made (no device sync).
+        keep = None if self.keep_drawn is None else self.keep_drawn[idx.cpu()]
         return self.batcher(images, self.augment, generator, keep=keep), yb
 
     def loss(self, model, xb: torch.Tensor, yb: torch.Tensor):

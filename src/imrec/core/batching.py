@@ -98,11 +98,12 @@ class Batcher:
     ) -> torch.Tensor:
         """Normalised float batch; augmented with ``generator``'s draws, or with ``params``
         already drawn and on the device (see :meth:`imrec.classify.augment.BatchAugment.draw`).
-        ``keep``: ``(B,)`` bool, the images left as they are (the draws are made for the whole
-        batch all the same, so the others get the augmentation they would get without it)."""
+        ``keep``: ``(B,)`` bool on the host, the images left as they are (the draws are made for
+        the whole batch all the same, so the others get the augmentation they would get without
+        it)."""
         x = images_u8.float().div_(255.0)  # (B, C, H, W) in [0, 1]
         if augment is not None and params is None:
-            x = augment(x, generator) if keep is None else augment(x, generator, keep=keep)
+            x = augment(x, generator, keep=keep)
         elif augment is not None:
             if keep is not None:
                 raise ValueError("keep is for augmentation drawn here, not for params given")

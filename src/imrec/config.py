@@ -341,7 +341,9 @@ RECIPES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     # on unseen renders (84.49% with it) and 82.68% / 93.93% on the real writers zero-shot
     # (81.83% / 94.53%), epochs 4-13% shorter (BENCHMARKS.md "The batched augmentation off").
     # Said as "renders as drawn" (stop 55), which for hanzi, all renders, trains the same, so
-    # that `--augment-renders` can put the augmentation back.
+    # that `--augment-renders` can put the augmentation back. The peak rate stays the usual
+    # 3e-3: 1.2e-2, the best on the 200-character proxy, lost 5.9 points on renders and 3.9 on
+    # the real writers in full (stop 56, BENCHMARKS.md "The peak learning rate 1.2e-2 in full").
     ("fast", "hanzi"): {
         "data": {"augment_renders": False},
         "model": HANZI_NET,

@@ -19,9 +19,11 @@ file instead. The default is ``benchmarks/hanzi_proxy_chars.txt``: the 200 picke
 characters used are written to ``WORK/chars.txt``.
 
 The proxy trains about 315 steps (5 epochs of 8,000 renders in batches of 128) where the full
-default takes about 14,100: it favours whatever learns fast, so a learning rate found on it
-does not carry over (1.2e-2 gained 1.9 / 3.7 points here and lost 5.9 / 3.9 in full;
-BENCHMARKS.md "The peak learning rate 1.2e-2 in full").
+default takes about 14,100, on 200 classes of 3,755: a learning rate found on it does not carry
+over (1.2e-2 gained 1.9 / 3.7 points on renders / real writers here, none on the real writers
+with ``--train 400 --epochs 3``, six times the steps, and lost 5.9 / 3.9 in full; BENCHMARKS.md
+"The peak learning rate 1.2e-2 in full"). Try changes to what the network sees here, not to
+how it is optimised.
 
 Seed noise on the real writers is a few points (two seeds of one recipe have differed by
 4.4), so each variant is trained with several seeds and judged by the mean; the renders' own

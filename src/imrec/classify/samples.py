@@ -34,10 +34,10 @@ def save_samples(
     """
     data = load_dataset(name, size=size, channels=channels, domain=domain)
     split = data.train
+    source = split.images  # for renders: which of them are (see kept_as_drawn)
     if split.streamed:  # decode only what the grid shows
         split = split.subset(first_per_class(split.labels, data.num_classes, per_class))
-    source = split.images  # for renders: which of them are (see kept_as_drawn)
-    if split.streamed:
+        source = split.images
         split = ImageSet(split.images[:], split.labels)
     out = Path(
         out

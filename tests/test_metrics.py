@@ -243,6 +243,35 @@ def test_many_classes_report_the_most_confused_pairs_not_a_matrix(tmp_path):
     assert np.asarray(Image.open(path).convert("L")).std() > 10  # drawn, not blank
 
 
+def test_a_confused_class_without_images_is_printed_beside_the_mistake(tmp_path):
+    """A 3,755-character model scored on Chinese MNIST: the class a numeral is taken for has no
+    image in the set, so its tile shows the name printed large instead of staying blank."""
+    import numpy as np
+    from PIL import Image
+
+    from imrec.classify.viz import save_confused_pairs
+
+    classes = ["四", "囚"]
+    black = np.zeros((2, 1, 32, 32), np.uint8)
+
+    def right_tile(true: list[int], pred: list[int], name: str) -> np.ndarray:
+        """The second tile of the one pair drawn: the box of dark pixels in the right half."""
+        path = save_confused_pairs(black, true, pred, [[0, 1, 1]], classes, tmp_path / name)
+        grey = np.asarray(Image.open(path).convert("L"))
+        dark = grey[:, grey.shape[1] // 2 :] < 30
+        rows = np.flatnonzero(dark.mean(1) > 0.5)  # title text never darkens half a row
+        assert len(rows) > 0.2 * len(dark), "no dark tile on the right: left blank"
+        cols = np.flatnonzero(dark[rows].mean(0) > 0.5)
+        return grey[:, grey.shape[1] // 2 :][
+            rows.min() : rows.max() + 1, cols.min() : cols.max() + 1
+        ]
+
+    shown = right_tile([0, 1], [1, 1], "shown.png")  # 囚 has an (all black) image
+    printed = right_tile([0, 0], [1, 0], "printed.png")  # no image of 囚 in the set
+    assert (shown > 128).sum() == 0
+    assert (printed > 128).sum() > 100  # its name, light on the dark tile
+
+
 def test_the_per_class_table_of_a_subset_lists_the_classes_seen_and_the_worst_of_many():
     """A 300-class model scored on 5 of its classes (as a 3,755-character model on Chinese
     MNIST's 15): the table lists those 5 and the empty classes images were given to, not 295

@@ -3,7 +3,7 @@
     python benchmarks/hanzi_proxy.py --work /tmp/proxy [--chars FILE | --confusers RUN]
                                      [--seeds 0,1,2] [--epochs 5] [--pen KEY=VALUE ...]
                                      [--members N] [--train-opt KEY=VALUE ...]
-                                     [--data-opt KEY=VALUE ...]
+                                     [--data-opt KEY=VALUE ...] [--model-opt KEY=VALUE ...]
 
 The full `imrec train hanzi` takes about an hour on 2 CPU cores; a change of the renders
 (``imrec.data.hanzi.PEN``, the hand they imitate) is tried first here: ``hanzi:chars=@FILE``
@@ -33,7 +33,8 @@ test split is drawn with the variant's pen, so compare the real column across va
 ``rotate=15``): tuples as ``LO:HI``. ``--train-opt`` sets a training option by its flat name
 (``small_epochs=4``, ``lr=0.1``) and ``--data-opt`` a data option (``augment=none``,
 ``augment_off=rotate,shear``: the batched augmentation on top of the renders), to try a change
-of the recipe the same way. The results (per seed and the mean) go to
+of the recipe the same way; ``--model-opt`` an option of the hanzi network (cnn ``size=d``),
+the others kept as the recipe has them. The results (per seed and the mean) go to
 ``WORK/results-TAG.json`` and a markdown table on stdout.
 """
 
@@ -77,6 +78,23 @@ def train_options(settings: list[str]) -> dict:
         key, sep, value = setting.partition("=")
         if not sep or not key:
             raise SystemExit(f"--train-opt {setting!r}: use KEY=VALUE (small_epochs=4)")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def model_options(settings: list[str]) -> dict:
+    """The hanzi recipe's network options with ``KEY=VALUE`` settings applied (numbers read as
+    numbers: ``size=d``, ``width=48``)."""
+    from imrec.config import HANZI_NET
+
+    out = dict(HANZI_NET["options"])
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--model-opt {setting!r}: use KEY=VALUE (size=d)")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -163,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="a data option KEY=VALUE (augment=none, augment_off=rotate,shear)",
     )
+    parser.add_argument(
+        "--model-opt",
+        action="append",
+        default=[],
+        help="an option of the hanzi network KEY=VALUE (size=d, width=48)",
+    )
     parser.add_argument("--tag", default="", help="a name for this variant in the table")
     parser.add_argument(
         "--real-split", default="all", help="Chinese MNIST images scored: all (15,000) or test"
@@ -192,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     hanzi.PEN = pen_style(args.pen)  # read by every Renderer made from here on
     train_opts = train_options(args.train_opt)
     data_opts = data_options(args.data_opt)
-    tag = args.tag or (",".join(args.pen + args.train_opt + args.data_opt) or "default")
+    model_opts = model_options(args.model_opt)
+    changes = args.pen + args.train_opt + args.data_opt + args.model_opt
+    tag = args.tag or (",".join(changes) or "default")
     name = tag.replace("/", "_")  # for file names
 
     rows = []
@@ -205,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             out=out,
             train={"epochs": args.epochs, "seed": seed, **train_opts},
             data=data_opts,
-            model={"members": args.members},  # checked by the config: 0 or 9 refused
+            # members checked by the config: 0 or 9 refused
+            model={"name": "cnn", "options": model_opts, "members": args.members},
             progress=False,
         )
         seconds = time.perf_counter() - t0
@@ -230,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         "members": args.members,
         "train_opts": train_opts,
         "data_opts": data_opts,
+        "model_opts": model_opts,
         "train_per_class": args.train,
         "real_split": args.real_split,
         "px": report["input"]["size"][0],

@@ -127,6 +127,19 @@ def test_cnn_sizes_and_resnet_depths() -> None:
         return sum(p.numel() for p in m.parameters())
 
     assert count(create_model("cnn", size="m", **kw)) > 2 * count(create_model("cnn", **kw))
+    # size d: six convs where s has four, its stages width·½/¾/1½/3 wide, about s's parameters
+    convs = {
+        size: [
+            m.out_channels
+            for m in create_model("cnn", size=size, width=64, **kw).modules()
+            if isinstance(m, torch.nn.Conv2d)
+        ]
+        for size in ("s", "d")
+    }
+    assert convs == {"s": [48, 64, 128, 256], "d": [32, 48, 96, 96, 192, 192]}
+    hanzi = {"num_classes": 3755, "in_channels": 1, "input_size": (48, 48)}
+    s, d = (count(create_model("cnn", size=z, width=64, **hanzi)) for z in ("s", "d"))
+    assert abs(d - s) < 0.01 * s  # 1.36 M each
     blocks = [
         sum(isinstance(m, torch.nn.Conv2d) for m in create_model("resnet", depth=d, **kw).modules())
         for d in (20, 32)

@@ -91,7 +91,12 @@ def mlp(
 # ---- cnn -----------------------------------------------------------------------------------
 
 # size -> (channel multipliers of ``width`` per stage, convs per stage)
-_CNN_SIZES = {"s": ((0.75, 1, 2, 4), 1), "m": ((1, 2, 4, 8), 2)}
+_CNN_SIZES = {
+    "s": ((0.75, 1, 2, 4), (1, 1, 1, 1)),
+    "m": ((1, 2, 4, 8), (2, 2, 2, 2)),
+    # six convs at about the cost of s's four: narrower, with the two small maps doubled
+    "d": ((0.5, 0.75, 1.5, 3), (1, 1, 2, 2)),
+}
 
 
 class CnnStage(nn.Module):
@@ -123,7 +128,7 @@ def _stem_factor(side: int) -> int:
     return 2 if side >= 16 else 1
 
 
-@register_model("cnn", "fast BatchNorm CNN (default for 28..64 px); size=s|m, width, dropout")
+@register_model("cnn", "fast BatchNorm CNN (default for 28..64 px); size=s|m|d, width, dropout")
 def cnn(
     *,
     num_classes: int,
@@ -136,7 +141,8 @@ def cnn(
     """A small, fast CNN: pixel-unshuffle stem, four conv stages, global average pooling.
 
     ``size="s"`` has one conv per stage (``width``·¾/1/2/4 channels: 24-32-64-128 by default),
-    ``"m"`` two convs per stage and ``width``·1/2/4/8 channels. Stages 2-4 end in a 2×2
+    ``"m"`` two convs per stage and ``width``·1/2/4/8 channels, ``"d"`` six convs at about
+    ``"s"``'s cost (``width``·½/¾/1½/3 channels, two convs in each of the last two stages). Stages 2-4 end in a 2×2
     max-pool while the map stays at least 3 px wide (28 px: 14 -> 7 -> 3).
 
     Example:
@@ -154,10 +160,10 @@ def cnn(
     # Space-to-depth: (B, C, H, W) -> (B, C·f², H/f, W/f) costs nothing and shrinks every map.
     layers: list[nn.Module] = [nn.PixelUnshuffle(factor)] if factor > 1 else []
     cin, side = in_channels * factor * factor, side // factor
-    for i, mult in enumerate(mults):
+    for i, (mult, n) in enumerate(zip(mults, convs, strict=True)):
         cout = max(1, round(width * mult))
         pool = i > 0 and side // 2 >= 3  # the first stage keeps its resolution
-        layers.append(CnnStage(cin, cout, convs, pool))
+        layers.append(CnnStage(cin, cout, n, pool))
         cin, side = cout, side // 2 if pool else side
     features = nn.Sequential(*layers)
     return Classifier(PooledFeatures(features, dropout), cin, num_classes, cam_layer=layers[-1])

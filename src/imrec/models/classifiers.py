@@ -142,8 +142,9 @@ def cnn(
 
     ``size="s"`` has one conv per stage (``width``·¾/1/2/4 channels: 24-32-64-128 by default),
     ``"m"`` two convs per stage and ``width``·1/2/4/8 channels, ``"d"`` six convs at about
-    ``"s"``'s cost (``width``·½/¾/1½/3 channels, two convs in each of the last two stages). Stages 2-4 end in a 2×2
-    max-pool while the map stays at least 3 px wide (28 px: 14 -> 7 -> 3).
+    ``"s"``'s cost at 48 px (``width``·½/¾/1½/3 channels, two convs in each of the last two
+    stages). Stages 2-4 end in a 2×2 max-pool while the map stays at least 3 px wide (28 px:
+    14 -> 7 -> 3).
 
     Example:
         >>> m = cnn(num_classes=10, in_channels=1, input_size=(28, 28))

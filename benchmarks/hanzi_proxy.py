@@ -70,19 +70,24 @@ def pen_style(settings: list[str]):
     return dataclasses.replace(hanzi.PEN, **changes)
 
 
-def train_options(settings: list[str]) -> dict:
-    """``KEY=VALUE`` training options (flat names of :class:`imrec.config.TrainConfig`), each
-    value read as a number when it is one."""
+def key_values(settings: list[str], flag: str, example: str) -> dict:
+    """``KEY=VALUE`` settings given with ``flag``, each value read as a number when it is one."""
     out: dict = {}
     for setting in settings:
         key, sep, value = setting.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--train-opt {setting!r}: use KEY=VALUE (small_epochs=4)")
+            raise SystemExit(f"{flag} {setting!r}: use KEY=VALUE ({example})")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+def train_options(settings: list[str]) -> dict:
+    """``KEY=VALUE`` training options (flat names of :class:`imrec.config.TrainConfig`), each
+    value read as a number when it is one."""
+    return key_values(settings, "--train-opt", "small_epochs=4")
 
 
 def model_options(settings: list[str]) -> dict:
@@ -90,16 +95,7 @@ def model_options(settings: list[str]) -> dict:
     numbers: ``size=d``, ``width=48``)."""
     from imrec.config import HANZI_NET
 
-    out = dict(HANZI_NET["options"])
-    for setting in settings:
-        key, sep, value = setting.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--model-opt {setting!r}: use KEY=VALUE (size=d)")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+    return {**HANZI_NET["options"], **key_values(settings, "--model-opt", "size=d")}
 
 
 def data_options(settings: list[str]) -> dict:

@@ -35,7 +35,9 @@ test split is drawn with the variant's pen, so compare the real column across va
 ``augment_off=rotate,shear``: the batched augmentation on top of the renders), to try a change
 of the recipe the same way; ``--model-opt`` an option of the hanzi network (cnn ``size=d``),
 the others kept as the recipe has them. The results (per seed and the mean) go to
-``WORK/results-TAG.json`` and a markdown table on stdout.
+``WORK/results-TAG.json`` and a markdown table on stdout. The recipe smooths its targets by 0.1
+since stop 58: the proxy's results of earlier stops come back with ``--train-opt
+label_smoothing=0``.
 """
 
 from __future__ import annotations

@@ -118,6 +118,9 @@ def test_model_opt_and_augment_off_tweak_the_recipe_a_named_model_keeps_its_opti
     assert hanzi.model.options == default.model.options == {"size": "s", "width": 64}
     assert hanzi.loop.epochs == 2 * default.loop.epochs == 24
     assert not hanzi.optim.ema and hanzi.data.augment_off == ("elastic", "erasing")
+    # both smooth their targets (stop 58: in full, a little better on renders and real writers)
+    assert hanzi.optim.label_smoothing == default.optim.label_smoothing == 0.1
+    assert build_config("hanzi:chars=永中国", "handwriting").optim.label_smoothing == 0.1
     # a named model with options (--model NAME --model-opt, or --init's checkpoint network)
     # keeps only its own options: a size-s checkpoint must not be rebuilt as the recipe's size m
     named = build_config(

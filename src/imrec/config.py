@@ -349,7 +349,8 @@ RECIPES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     # 57, BENCHMARKS.md "Six convs instead of four").
     # Targets smoothed by 0.1 since stop 58, as letters' are: in full 86.22% / 94.73% on unseen
     # renders and 82.91% / 94.58% on the real writers zero-shot against 86.09% / 94.55% and
-    # 82.68% / 93.93% without, the same time (BENCHMARKS.md "Label smoothing 0.1 in full").
+    # 82.68% / 93.93% without, for the same work a step (BENCHMARKS.md "Label smoothing 0.1
+    # in full").
     ("fast", "hanzi"): {
         "data": {"augment_renders": False},
         "model": HANZI_NET,

@@ -819,3 +819,20 @@ def test_a_tiny_handwriting_image_is_prepared_or_refused_clearly(n):
     assert out.shape == (1, 28, 28) and out.dtype == torch.uint8
     with pytest.raises(ValueError, match=r"image too small for ink normalisation: \(1, 1\)"):
         preprocess.prepare_image(Image.fromarray(a[:1, :1]), 28, 1, "handwriting", ink)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 64, 1681, preprocess.SORT_BELOW + 1])
+def test_order_statistics_are_numpys_whether_sorted_or_partitioned(n):
+    # The preparation reads medians and extremes of ink maps by a sort below SORT_BELOW values
+    # and a partition above: the same values as np.median and np.partition, for maps of
+    # mostly exact zeros (a clean drawing, where np.partition is slow) as for noise.
+    rng = np.random.default_rng(n)
+    noise = rng.random(n, dtype=np.float32)
+    zeros = np.where(rng.random(n) < 0.75, 0.0, noise).astype(np.float32)
+    for a in (noise, zeros, noise.astype(np.float64)):
+        assert preprocess._median_last(a) == np.median(a)
+        assert preprocess._median_last(a).dtype == np.median(a).dtype
+        ks = [0, n // 3, n - 1]
+        assert preprocess._ordered(a, ks).tolist() == [np.partition(a, k)[k] for k in ks]
+    blocks = rng.random((3, 5, n), dtype=np.float32)
+    assert (preprocess._median_last(blocks) == np.median(blocks, axis=-1)).all()

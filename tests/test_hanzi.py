@@ -400,6 +400,25 @@ def test_a_split_drawn_on_every_core_is_the_split_drawn_in_one_process(mirror, m
     assert renderer.draw_all(7, labels[:0], 32).shape == (0, 32, 32)
 
 
+def test_the_statistics_sample_is_drawn_on_every_core_as_one_at_a_time(mirror, monkeypatch):
+    """The trainer's normalisation sample of a streamed split (``RenderedImages.sample``) is
+    drawn in parts on every core: the images ``read`` gives one at a time, a subset's
+    keys included, in the order of the items picked."""
+    from imrec.core import parallel
+    from imrec.data.hanzi import RenderedImages, Renderer
+
+    renderer = Renderer(TEN[:5], "strokes")
+    imgs = RenderedImages(renderer, np.tile(np.arange(5), 300), seed=3, size=32)
+    monkeypatch.setenv(parallel.PROCESSES_ENV, "2")
+    got = imgs.sample(1100, seed=4)  # two parts of 550
+    pick = torch.randperm(len(imgs), generator=torch.Generator().manual_seed(4))[:1100]
+    one = torch.stack([imgs.read(int(i)) for i in pick.sort().values])
+    assert got.shape == (1100, 1, 32, 32) and got.dtype == torch.uint8
+    assert torch.equal(got, one)
+    later = imgs.subset(torch.arange(5))
+    assert torch.equal(later.sample(5), torch.stack([later.read(i) for i in range(5)]))
+
+
 def _copy(run, tmp_path):
     """A copy of the shared run (evaluations write into the run folder)."""
     import shutil

@@ -197,6 +197,49 @@ def test_a_cjk_font_installed_after_matplotlibs_font_cache_is_found(monkeypatch)
         plots.cjk_font.cache_clear()
 
 
+def _cjk_or_skip():
+    import os
+
+    if plots.cjk_font() is None:
+        if os.environ.get("CI"):
+            pytest.fail("no CJK font found; .ci/run should have installed fonts-arphic-ukai")
+        pytest.skip("no CJK font installed (Debian: apt install fonts-arphic-ukai)")
+
+
+def test_chinese_class_names_are_drawn_at_the_sizes_of_titles():
+    """AR PL UMing, the first CJK family found on a Debian machine with the arphic fonts,
+    draws nothing at 8-11 pt through matplotlib: the hanzi run's confused pairs were titled
+    "→ ×230". The family imrec picks draws a character at every title size."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    _cjk_or_skip()
+    for size in plots.SMALL_SIZES:
+        with plots.style():
+            fig = Figure(figsize=(0.6, 0.6), dpi=plots.DPI)
+            FigureCanvasAgg(fig)
+            fig.text(0.5, 0.5, "四", fontsize=size, ha="center", va="center")
+            fig.canvas.draw()
+        ink = int((np.asarray(fig.canvas.buffer_rgba())[..., 0] < 128).sum())
+        assert ink >= 3, (plots.cjk_font(), size, ink)
+
+
+def test_a_cjk_family_that_draws_titles_blank_is_passed_over(monkeypatch):
+    from matplotlib import font_manager
+
+    _cjk_or_skip()
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    usable = [n for n in plots.CJK_FAMILIES if n in installed and plots.draws_small(n)]
+    first = usable[0]
+    real = plots.draws_small
+    monkeypatch.setattr(plots, "draws_small", lambda family: family != first and real(family))
+    plots.cjk_font.cache_clear()
+    try:
+        assert plots.cjk_font() == (usable[1] if len(usable) > 1 else None)
+    finally:
+        plots.cjk_font.cache_clear()
+
+
 def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 

@@ -477,13 +477,13 @@ def save_confused_pairs(
             name = plots.class_label(classes, p)
             left, right = axes[2 * i], axes[2 * i + 1]
             plots.show(left, arr[a])
-            left.set_title(f"{plots.class_label(classes, t)} → {name} ×{count}", fontsize=9)
+            left.set_title(f"{plots.class_label(classes, t)} → {name} ×{count}", fontsize=11)
             if b is not None:
                 plots.show(right, arr[b])
-                right.set_title(f"a {name}", fontsize=9)
+                right.set_title(f"a {name}", fontsize=11)
             else:
                 _printed(right, str(classes[p]) if p < len(classes) else str(p))
-                right.set_title(f"{name} (printed: none here)", fontsize=9)
+                right.set_title(f"{name} (printed: none here)", fontsize=11)
         fig.suptitle(title, fontsize=10)
         return plots.save(fig, path)
 

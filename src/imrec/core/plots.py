@@ -39,6 +39,8 @@ BASE_FAMILY = "DejaVu Sans"  # shipped with matplotlib, so always there
 
 SEPARATOR = 160  # grey level of the lines between cells of a mosaic
 
+DPI = 100  # every figure is saved at this resolution
+
 
 @functools.cache
 def cjk_font() -> str | None:
@@ -60,8 +62,34 @@ def cjk_font() -> str | None:
         font_manager.fontManager.addfont(chosen)
         return font_manager.FontProperties(fname=chosen).get_name()
     installed = {f.name for f in font_manager.fontManager.ttflist}
-    found = next((name for name in CJK_FAMILIES if name in installed), None)
+    found = next((n for n in CJK_FAMILIES if n in installed and draws_small(n)), None)
     return found or _installed_after_cache(font_manager)
+
+
+# The sizes of the figures' titles and captions (points), checked by draws_small.
+SMALL_SIZES = range(6, 13)
+
+
+@functools.cache
+def draws_small(family: str) -> bool:
+    """Whether ``family`` draws a CJK character at every size of :data:`SMALL_SIZES` in a
+    figure saved at :data:`DPI`. AR PL UMing does not at 8-11 pt: its embedded bitmaps for
+    those pixel sizes come out of matplotlib's Agg renderer blank, and the titles of a
+    hanzi run's figures lost their characters ("→ ×230" for "四 → 囚 ×230"). Such a family is
+    passed over for the next one installed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    for size in SMALL_SIZES:
+        fig = Figure(figsize=(0.5, 0.5), dpi=DPI)
+        FigureCanvasAgg(fig)
+        fig.text(0.5, 0.5, "中", fontsize=size, family=[family], ha="center", va="center")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a missing glyph or weight: judged by the ink
+            fig.canvas.draw()
+        if not (np.asarray(fig.canvas.buffer_rgba())[..., 0] < 128).any():
+            return False
+    return True
 
 
 def _installed_after_cache(font_manager) -> str | None:
@@ -79,10 +107,11 @@ def _installed_after_cache(font_manager) -> str | None:
             continue
         if name in CJK_FAMILIES:
             new.setdefault(name, path)
-    name = next((n for n in CJK_FAMILIES if n in new), None)
-    if name:
+    for name in (n for n in CJK_FAMILIES if n in new):
         font_manager.fontManager.addfont(new[name])
-    return name
+        if draws_small(name):
+            return name
+    return None
 
 
 def families() -> list[str]:
@@ -147,7 +176,7 @@ def save(fig, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format="png", dpi=DPI)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

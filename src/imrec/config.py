@@ -343,7 +343,9 @@ RECIPES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     # Said as "renders as drawn" (stop 55), which for hanzi, all renders, trains the same, so
     # that `--augment-renders` can put the augmentation back. The peak rate stays the usual
     # 3e-3: 1.2e-2, the best on the 200-character proxy, lost 5.9 points on renders and 3.9 on
-    # the real writers in full (stop 56, BENCHMARKS.md "The peak learning rate 1.2e-2 in full").
+    # the real writers in full (stop 56, BENCHMARKS.md "The peak learning rate 1.2e-2 in full");
+    # half the rate, 1.5e-3, lost 0.5 on renders and gained 0.04 on the real writers (stop 59,
+    # with label smoothing, BENCHMARKS.md "The peak learning rate 1.5e-3 in full").
     # The network stays size s: size d (six convs, the same 1.36 M parameters) in full scored
     # 86.64% on renders and 82.74% on the real writers (+0.55, +0.06) but took 6% longer (stop
     # 57, BENCHMARKS.md "Six convs instead of four").

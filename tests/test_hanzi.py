@@ -417,6 +417,8 @@ def test_the_statistics_sample_is_drawn_on_every_core_as_one_at_a_time(mirror, m
     assert torch.equal(got, one)
     later = imgs.subset(torch.arange(5))
     assert torch.equal(later.sample(5), torch.stack([later.read(i) for i in range(5)]))
+    again = torch.tensor([1500, 3, 2999])  # items of the next epoch (new keys) too
+    assert torch.equal(imgs[again], torch.stack([imgs.read(int(i)) for i in again]))
 
 
 def _copy(run, tmp_path):

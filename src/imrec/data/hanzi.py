@@ -393,14 +393,14 @@ class RenderedImages(DrawnImages):
         n = len(self.labels)
         return int(self.keys[i % n]) + (i // n) * self.period
 
-    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
-        """Up to ``n`` items picked at random (fixed ``seed``), drawn on every usable core
-        (:meth:`Renderer.draw_all`): the images one at a time would give. The trainer's
-        normalisation statistics come from 10,000 of them, 17 s on one core for the full set."""
-        pick = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
-        pos = pick.sort().values.numpy()
-        keys = [self.key(int(i)) for i in pos]
-        drawn = self.renderer.draw_all(self.seed, self.labels[pos], self.size, keys=keys)
+    def read_many(self, pos: torch.Tensor) -> torch.Tensor:
+        """Items ``pos`` drawn on every usable core (:meth:`Renderer.draw_all`): the images
+        :meth:`read` gives one at a time. The trainer's normalisation statistics come from
+        10,000 of them (``sample``), 17 s on one core for the full set."""
+        idx = pos.numpy()
+        keys = [self.key(int(i)) for i in idx]
+        labels = self.labels[idx % len(self.labels)]
+        drawn = self.renderer.draw_all(self.seed, labels, self.size, keys=keys)
         return torch.from_numpy(drawn).unsqueeze(1)  # (n, 1, S, S)
 
     def subset(self, index) -> RenderedImages:

@@ -140,7 +140,12 @@ class DrawnImages:
             if not isinstance(index, torch.Tensor) or index.dtype == torch.bool
             else index
         )
-        return torch.stack([self.read(int(i)) for i in torch.as_tensor(pos).flatten()])
+        return self.read_many(torch.as_tensor(pos).flatten())
+
+    def read_many(self, pos: torch.Tensor) -> torch.Tensor:
+        """Items ``pos`` (1-D) as ``(n, 1, S, S)``: one :meth:`read` each (a subclass may draw
+        them together)."""
+        return torch.stack([self.read(int(i)) for i in pos])
 
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
         """Up to ``n`` items picked at random (fixed ``seed``), drawn: for statistics."""

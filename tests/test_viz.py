@@ -240,6 +240,17 @@ def test_a_cjk_family_that_draws_titles_blank_is_passed_over(monkeypatch):
         plots.cjk_font.cache_clear()
 
 
+def test_checking_a_family_prints_nothing(caplog):
+    """matplotlib logs a family it cannot match ("findfont: Font family ... not found", or a
+    weight it lacks, as for AR PL UMing); the check for ink must not put that in a run's output."""
+    import logging
+
+    with caplog.at_level(logging.DEBUG, logger="matplotlib.font_manager"):
+        plots.draws_small.__wrapped__("No Such Family Imrec")
+        assert logging.getLogger("matplotlib.font_manager").level == logging.DEBUG  # restored
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 

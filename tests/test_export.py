@@ -370,10 +370,11 @@ def test_int8_detector_map_is_within_tolerance_of_fp32(detector_run, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name, weight_norm",
-    [(name, False) for name in imrec.list_models()] + [("cnn", True), ("tinydet", False)],
+    "name, options",
+    [(name, {}) for name in imrec.list_models()]
+    + [("cnn", {"weight_norm": True}), ("cnn", {"neck": 8}), ("tinydet", {})],
 )
-def test_every_built_in_model_exports_and_matches(name, weight_norm):
+def test_every_built_in_model_exports_and_matches(name, options):
     from imrec.core.probe import torch_outputs
     from imrec.deploy.onnx import ort_session
 
@@ -385,9 +386,7 @@ def test_every_built_in_model_exports_and_matches(name, weight_norm):
         )
         meta = {"task": "detect", "model": {"name": name}, "input": inp}
     else:
-        model = create_model(
-            name, num_classes=4, in_channels=1, input_size=(16, 16), weight_norm=weight_norm
-        )
+        model = create_model(name, num_classes=4, in_channels=1, input_size=(16, 16), **options)
         meta = {"task": "classify", "model": {"name": name}, "input": inp}
     graph = onnx_model(model.eval(), meta)  # onnx.checker runs inside
     x = np.random.default_rng(0).random((3, 1, 16, 16), dtype=np.float32)

@@ -211,6 +211,33 @@ def test_tv_pretrained_unknown_name_lists_the_valid_ones(monkeypatch, tmp_path) 
     assert not (tmp_path / "checkpoints").exists()  # nothing was fetched
 
 
+def test_cnn_neck_keeps_where_features_lie() -> None:
+    """``neck=N``: the last map flattened into N features, so a mirrored map reads otherwise."""
+    from imrec.models.classifiers import GridNeck, PooledFeatures
+
+    torch.manual_seed(0)
+    fmap = torch.randn(4, 8, 3, 3)
+    neck = GridNeck(torch.nn.Identity(), 8, (3, 3), 16).eval()
+    pooled = PooledFeatures(torch.nn.Identity()).eval()
+    assert torch.allclose(pooled(fmap), pooled(fmap.flip(-1)))  # pooling forgets where
+    assert not torch.allclose(neck(fmap), neck(fmap.flip(-1)), atol=1e-3)  # the neck does not
+    hanzi = {"num_classes": 3755, "in_channels": 1, "input_size": (48, 48)}
+    plain = create_model("cnn", width=64, **hanzi)
+    necked = create_model("cnn", width=64, neck=256, **hanzi)
+    assert necked.num_features == 256 and necked.backbone.hw == (3, 3)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    # the convs as before; the head reads 256 features; plus 3x3x256 -> 256 and its BN
+    assert count(necked) == count(plain) + 3 * 3 * 256 * 256 + 2 * 256
+    assert necked.eval()(torch.zeros(2, 1, 48, 48)).shape == (2, 3755)
+    with pytest.raises(ValueError, match="built for a 3x3 feature map"):
+        necked(torch.zeros(1, 1, 64, 64))
+    with pytest.raises(ValueError, match="neck must be >= 0"):
+        create_model("cnn", neck=-1, **hanzi)
+    # a non-square input: the map's own shape (40 x 56 -> 5 x 7)
+    wide = create_model("cnn", neck=8, num_classes=3, in_channels=1, input_size=(40, 56))
+    assert wide.backbone.hw == (5, 7) and wide.eval()(torch.zeros(1, 1, 40, 56)).shape == (1, 3)
+
+
 def test_cnn_weights_fit_every_input_size():
     """Fine-tuning across datasets (28 px MNIST -> 64 px Chinese MNIST) needs equal names."""
     small = create_model("cnn", num_classes=10, in_channels=1, input_size=(28, 28))

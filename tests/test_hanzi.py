@@ -496,6 +496,13 @@ def test_fine_tuning_keeps_every_class_and_rehearses_them(hanzi_run, tmp_path):
     with pytest.raises(TrainError, match=r"1 class\(es\) of .* are not among the 10.*龙"):
         imrec.fit(f"folder:{other}", out=tmp_path / "y",
                   train={"init": str(hanzi_run), "keep_classes": True}, progress=False)  # fmt: skip
+    # The hanzi network's neck is built for its input size: at another one, the way out is named.
+    with pytest.raises(
+        TrainError, match=r"trained on 1x\[32, 32\].*1x\[40, 40\]: train at its size \(--size 32\)"
+    ):
+        imrec.fit(f"folder:{own}", out=tmp_path / "z", data={"size": 40},
+                  train={"init": str(hanzi_run), "epochs": 1}, progress=False)  # fmt: skip
+    assert not (tmp_path / "z" / "best.safetensors").exists()
 
 
 def test_chinese_mnist_at_another_size_is_prepared_from_its_files_as_predict_prepares_them(

@@ -282,7 +282,9 @@ class RunConfig:
 
 
 # The hanzi network, shared by its fast and best recipes (build_config copies it per run).
-HANZI_NET: dict[str, Any] = {"name": "cnn", "options": {"size": "s", "width": 64}}
+# neck=256 (stop 60): the last 3x3x256 map flattened into 256 features instead of averaged,
+# so the network knows where in the character a component lies.
+HANZI_NET: dict[str, Any] = {"name": "cnn", "options": {"size": "s", "width": 64, "neck": 256}}
 
 SGD_LR = 0.05  # peak learning rate for SGD with Nesterov momentum when none is given
 
@@ -324,8 +326,9 @@ RECIPES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
         "model": {"name": "cnn", "members": 2},
         "train": {"epochs": 20, "batch_size": 128, "label_smoothing": 0.1},
     },
-    # hanzi: a compact net for thousands of classes (global-average-pool head, 1.36 M
-    # parameters, 5.2 MiB fp32 ONNX for the 3,755 GB2312 level-1 characters at 48 px), sized so
+    # hanzi: a compact net for thousands of classes (a global-average-pool head until stop 60,
+    # 1.36 M parameters, 5.2 MiB fp32 ONNX for the 3,755 GB2312 level-1 characters at 48 px;
+    # with the neck 1.95 M and 7.5 MiB), sized so
     # the default run fits in an hour on 2 CPU cores. 12 epochs of 40 fresh renders per class
     # took 57.8-60.3 min (88.4% on unseen renders, still rising at the end); the renderer then
     # got 1.9x faster (the same images), training 1.39x, and 16 epochs cost what 11.5 did
@@ -353,6 +356,11 @@ RECIPES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     # renders and 82.91% / 94.58% on the real writers zero-shot against 86.09% / 94.55% and
     # 82.68% / 93.93% without, for the same work a step (BENCHMARKS.md "Label smoothing 0.1
     # in full").
+    # A spatial neck since stop 60 (HANZI_NET's neck=256: the last map flattened into 256
+    # features where global average pooling forgot where each feature lay; 1.95 M parameters):
+    # in full 87.64% / 95.56% on unseen renders and 83.31% / 94.28% on the real writers
+    # zero-shot against 86.22% / 94.73% and 82.91% / 94.58%, at about the same cost a step
+    # (68.9 min whole on a slow day of the 2-core AMD; BENCHMARKS.md "A spatial neck in full").
     ("fast", "hanzi"): {
         "data": {"augment_renders": False},
         "model": HANZI_NET,

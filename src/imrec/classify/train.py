@@ -319,10 +319,16 @@ class ClassifyTrainer(Trainer):
         keep, dropped = fitting_tensors(self.model, weights)
         if any(not k.startswith("head.") for k in dropped):
             bad = [k for k in dropped if not k.startswith("head.")][:5]
+            size = meta["input"]["size"]
+            fix = (
+                f": train at its size (--size {size[0]})"
+                if list(size) != list(self.data.input_size) and size[0] == size[1]
+                else ""
+            )
             raise TrainError(
                 f"--init {source}: backbone weights do not fit this model ({bad} ...): "
-                f"the checkpoint was trained on {meta['input']['channels']}x{meta['input']['size']} inputs, "
-                f"this data is {self.data.channels}x{list(self.data.input_size)}"
+                f"the checkpoint was trained on {meta['input']['channels']}x{size} inputs, "
+                f"this data is {self.data.channels}x{list(self.data.input_size)}{fix}"
             )
         self.model.load_state_dict(keep, strict=False)
         self.init_note = f"initialised from {source} ({len(keep)} tensors; head {'kept' if not dropped else 'new'})"

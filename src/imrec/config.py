@@ -376,7 +376,8 @@ RECIPES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     # erasing and an EMA (the handwriting best preset) 90.9 / 69.9%; width 96 no better over two
     # seeds (BENCHMARKS.md "hanzi"). In full (3,755 characters): 95.8 min on 2 CPU cores, 90.1%
     # on unseen renders (the default 87.8%), 76.6% on real Chinese MNIST zero-shot (75.5%).
-    # Label smoothing 0.1 as the default's since stop 58 (measured on the default only).
+    # Label smoothing 0.1 as the default's since stop 58, and its network with the neck since
+    # stop 60 (both measured on the default only).
     ("best", "hanzi"): {
         "data": {"augment_renders": False, "augment_off": ("elastic", "erasing")},
         "model": HANZI_NET,

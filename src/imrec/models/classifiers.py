@@ -4,7 +4,8 @@ Every builder takes ``num_classes``, ``in_channels`` and ``input_size`` plus key
 whose defaults (and their types) define what ``create_model`` accepts. All of them return a
 :class:`~imrec.models.base.Classifier` that works for any input from 8×8 up to 224×224:
 spatial stages that would shrink the map below a few pixels are skipped, and the features
-end in global average pooling.
+end in global average pooling (a cnn with ``neck=N`` instead flattens its last map, and so
+takes only the input size it was built for).
 """
 
 from __future__ import annotations

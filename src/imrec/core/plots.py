@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from imrec.core.logs import quiet_logger
+
 # Families tried in this order; the first one installed is the fallback for CJK text.
 CJK_FAMILIES = (
     "Noto Sans CJK SC",
@@ -84,28 +86,15 @@ def draws_small(family: str) -> bool:
         fig = Figure(figsize=(0.5, 0.5), dpi=DPI)
         FigureCanvasAgg(fig)
         fig.text(0.5, 0.5, "中", fontsize=size, family=[family], ha="center", va="center")
-        with warnings.catch_warnings(), _quiet_font_manager():
+        # matplotlib's font manager logs (not warns) "findfont: Failed to find font weight
+        # normal for AR PL UMing CN": a check that only looks for ink must not print that
+        # into every hanzi run's output.
+        with warnings.catch_warnings(), quiet_logger("matplotlib.font_manager"):
             warnings.simplefilter("ignore")  # a missing glyph or weight: judged by the ink
             fig.canvas.draw()
         if not (np.asarray(fig.canvas.buffer_rgba())[..., 0] < 128).any():
             return False
     return True
-
-
-@contextlib.contextmanager
-def _quiet_font_manager() -> Iterator[None]:
-    """matplotlib's font manager logs (not warns) "findfont: Failed to find font weight normal
-    for AR PL UMing CN" when a family's weight differs from the one asked: a check that only
-    looks for ink must not print that into every hanzi run's output."""
-    import logging
-
-    log = logging.getLogger("matplotlib.font_manager")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 def _installed_after_cache(font_manager) -> str | None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -39,6 +38,7 @@ from torch import nn
 
 from imrec.core.checkpoint import FILE_MODE, resolve_checkpoint
 from imrec.core.errors import ExportError  # noqa: F401
+from imrec.core.logs import quiet_logger
 from imrec.core.probe import Probe, batches
 from imrec.deploy.bundle import (
     INPUT_NAME,
@@ -125,36 +125,35 @@ def quantize_int8(fp32: Path, out: Path, calibration: torch.Tensor) -> str:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = out.with_name("prepared.onnx")
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantizer logs each tensor it leaves in float
-    try:
-        quant_pre_process(str(fp32), str(prepared))
-        # A classifier's feature distance (imrec.classify.confidence.Distance) stays float:
-        # its whitening MatMul in uint8 moved distances by ~4% (the features are quantized).
-        keep = [
-            n.name for n in onnx.load(str(prepared)).graph.node if n.name.startswith(FLOAT_SCOPE)
-        ]
-        quantize_static(
-            str(prepared),
-            str(out),
-            _calibration_reader(calibration),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=["Conv", "Gemm", "MatMul"],
-            nodes_to_exclude=keep,
-            calibrate_method=CalibrationMethod.MinMax,
-            # 7-bit weights: x86 CPUs without VNNI (AVX2, AVX-512 without VNNI) multiply uint8
-            # by int8 in pairs summed into int16, which saturates with full-range weights: the
-            # digits test model lost 5.6 points on a 2-core AMD EPYC (AVX2) without this and
-            # gained 0.8 with it (BENCHMARKS.md "int8 on CPUs without VNNI").
-            reduce_range=True,
-        )
-    finally:
-        root.setLevel(level)
-        prepared.unlink(missing_ok=True)
+    with quiet_logger():  # the quantizer logs each tensor it leaves in float
+        try:
+            quant_pre_process(str(fp32), str(prepared))
+            # A classifier's feature distance (imrec.classify.confidence.Distance) stays float:
+            # its whitening MatMul in uint8 moved distances by ~4% (the features are quantized).
+            keep = [
+                n.name
+                for n in onnx.load(str(prepared)).graph.node
+                if n.name.startswith(FLOAT_SCOPE)
+            ]
+            quantize_static(
+                str(prepared),
+                str(out),
+                _calibration_reader(calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["Conv", "Gemm", "MatMul"],
+                nodes_to_exclude=keep,
+                calibrate_method=CalibrationMethod.MinMax,
+                # 7-bit weights: x86 CPUs without VNNI (AVX2, AVX-512 without VNNI) multiply uint8
+                # by int8 in pairs summed into int16, which saturates with full-range weights: the
+                # digits test model lost 5.6 points on a 2-core AMD EPYC (AVX2) without this and
+                # gained 0.8 with it (BENCHMARKS.md "int8 on CPUs without VNNI").
+                reduce_range=True,
+            )
+        finally:
+            prepared.unlink(missing_ok=True)
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
     return QUANT_METHOD.format(n=len(calibration))
 

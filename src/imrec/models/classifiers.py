@@ -198,18 +198,15 @@ def cnn(
     if neck < 0:
         raise ValueError(f"cnn: neck must be >= 0 (0: global average pooling), got {neck}")
     mults, convs = _CNN_SIZES[size]
-    side = min(input_size)
-    factor = _stem_factor(side)
+    factor = _stem_factor(min(input_size))
     # Space-to-depth: (B, C, H, W) -> (B, C·f², H/f, W/f) costs nothing and shrinks every map.
     layers: list[nn.Module] = [nn.PixelUnshuffle(factor)] if factor > 1 else []
-    cin, side = in_channels * factor * factor, side // factor
-    hw = (input_size[0] // factor, input_size[1] // factor)
+    cin, hw = in_channels * factor * factor, (input_size[0] // factor, input_size[1] // factor)
     for i, (mult, n) in enumerate(zip(mults, convs, strict=True)):
         cout = max(1, round(width * mult))
-        pool = i > 0 and side // 2 >= 3  # the first stage keeps its resolution
+        pool = i > 0 and min(hw) // 2 >= 3  # the first stage keeps its resolution
         layers.append(CnnStage(cin, cout, n, pool))
-        cin, side = cout, side // 2 if pool else side
-        hw = (hw[0] // 2, hw[1] // 2) if pool else hw
+        cin, hw = cout, (hw[0] // 2, hw[1] // 2) if pool else hw
     features = nn.Sequential(*layers)
     if neck:
         return Classifier(

@@ -244,3 +244,17 @@ def test_cnn_weights_fit_every_input_size():
     big = create_model("cnn", num_classes=15, in_channels=1, input_size=(64, 64))
     shapes = {k: v.shape for k, v in small.state_dict().items() if not k.startswith("head.")}
     assert shapes == {k: v.shape for k, v in big.state_dict().items() if not k.startswith("head.")}
+
+
+def test_cnn_takes_sides_its_stem_does_not_divide():
+    """The space-to-depth stem pads to its factor (was a pixel_unshuffle error at 100 x 37)."""
+    from imrec.models.classifiers import SpaceToDepth
+
+    x = torch.randn(2, 1, 8, 12)
+    assert torch.equal(SpaceToDepth(4)(x), torch.nn.functional.pixel_unshuffle(x, 4))
+    odd = torch.randn(2, 1, 9, 13)  # padded with zeros to 12 x 16, the extra cells zero
+    assert torch.equal(SpaceToDepth(4)(odd)[..., :2, :3], SpaceToDepth(4)(odd[..., :8, :12]))
+    assert SpaceToDepth(4)(odd)[:, :, 2].abs().sum() > 0  # the ninth row is kept, not cut
+    for size, neck in [((100, 37), 0), ((37, 100), 16), ((33, 17), 16)]:
+        m = create_model("cnn", num_classes=3, in_channels=1, input_size=size, neck=neck).eval()
+        assert m(torch.zeros(2, 1, *size)).shape == (2, 3)

@@ -158,6 +158,18 @@ class CnnStage(nn.Module):
         return self.body(x)
 
 
+class SpaceToDepth(nn.PixelUnshuffle):
+    """``nn.PixelUnshuffle`` that first pads the bottom and right edges with zeros up to a
+    multiple of the factor, so a map of any size goes through (100×37 at factor 4: 25×10)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.downscale_factor
+        pad_h, pad_w = -x.shape[-2] % f, -x.shape[-1] % f
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        return super().forward(x)
+
+
 def _stem_factor(side: int) -> int:
     """Space-to-depth factor for the stem: start the convs at a smaller map when it is big."""
     if side >= 96:
@@ -200,8 +212,11 @@ def cnn(
     mults, convs = _CNN_SIZES[size]
     factor = _stem_factor(min(input_size))
     # Space-to-depth: (B, C, H, W) -> (B, C·f², H/f, W/f) costs nothing and shrinks every map.
-    layers: list[nn.Module] = [nn.PixelUnshuffle(factor)] if factor > 1 else []
-    cin, hw = in_channels * factor * factor, (input_size[0] // factor, input_size[1] // factor)
+    layers: list[nn.Module] = [SpaceToDepth(factor)] if factor > 1 else []
+    cin, hw = (
+        in_channels * factor * factor,
+        (-(-input_size[0] // factor), -(-input_size[1] // factor)),
+    )
     for i, (mult, n) in enumerate(zip(mults, convs, strict=True)):
         cout = max(1, round(width * mult))
         pool = i > 0 and min(hw) // 2 >= 3  # the first stage keeps its resolution

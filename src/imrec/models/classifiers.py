@@ -211,7 +211,7 @@ def cnn(
         raise ValueError(f"cnn: neck must be >= 0 (0: global average pooling), got {neck}")
     mults, convs = _CNN_SIZES[size]
     factor = _stem_factor(min(input_size))
-    # Space-to-depth: (B, C, H, W) -> (B, C·f², H/f, W/f) costs nothing and shrinks every map.
+    # Space-to-depth: (B, C, H, W) -> (B, C·f², ⌈H/f⌉, ⌈W/f⌉) costs nothing and shrinks every map.
     layers: list[nn.Module] = [SpaceToDepth(factor)] if factor > 1 else []
     cin, hw = (
         in_channels * factor * factor,

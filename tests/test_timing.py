@@ -303,3 +303,16 @@ def test_openmp_waits_are_not_changed_once_torch_is_loaded_or_for_a_host_program
     monkeypatch.setattr(openmp, "wait_briefly", lambda: calls.append(1))
     assert cli.main(["data", "list"]) == 0  # called from Python: the host's threads
     assert calls == []
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="Linux /proc only")
+def test_finding_the_process_start_leaves_no_file_open():
+    """It read /proc with bare open() and left both files to the garbage collector."""
+    import gc
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert timing._process_start() is not None
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]

@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from pathlib import Path
 
 # The order report.md lists them in, with their names for a person.
 PHASES = {
@@ -40,9 +41,9 @@ def _process_start() -> float | None:
     """The wall-clock time this process started (Linux ``/proc``), else None."""
     try:
         ticks = os.sysconf("SC_CLK_TCK")
-        stat = open("/proc/self/stat").read()  # noqa: SIM115 (one read)
+        stat = Path("/proc/self/stat").read_text()
         start = int(stat.rsplit(")", 1)[1].split()[19]) / ticks  # seconds after boot
-        uptime = float(open("/proc/uptime").read().split()[0])  # noqa: SIM115
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
         return time.time() - (uptime - start)
     except (OSError, ValueError, IndexError, AttributeError):
         return None

@@ -228,7 +228,10 @@ def test_doctor_bad_input(tmp_path, digits_run):
             Image.fromarray(_noise(np.random.default_rng(i), COLOURS["red"])).save(
                 root / name / f"{i}.png"
             )
-    with pytest.raises(DatasetError, match="fewer training images than the 2 folds"):
+    with (
+        pytest.warns(UserWarning, match="no validation image for b"),  # said first, then refused
+        pytest.raises(DatasetError, match="fewer training images than the 2 folds"),
+    ):
         diagnose(f"folder:{root}", tmp_path / "r", DoctorConfig(**FAST))
     with pytest.raises(DatasetError, match="--folds must be at least 2"):
         diagnose("digits", tmp_path / "r", DoctorConfig(folds=1))

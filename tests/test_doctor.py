@@ -94,6 +94,14 @@ def test_doctor_finds_broken_blank_and_tiny_images(doctored):
     assert integ["grey_colour"] == {"grey": 1, "colour": total - 1, "mixed": True}
 
 
+def test_doctor_leaves_cleanvision_logging_as_it_found_it(doctored):
+    """cleanvision is quieted for the doctor's call only: a user's logging stays theirs."""
+    import logging
+
+    assert doctored[3]["integrity"]["grey_colour"]["grey"] == 1  # cleanvision's flags are in
+    assert logging.getLogger("cleanvision").level == logging.NOTSET
+
+
 def test_doctor_finds_duplicates_across_splits(doctored):
     _, planted, _, report, _ = doctored
     groups = report["duplicates"]["groups"]

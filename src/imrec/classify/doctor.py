@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from imrec.config import build_config, folder_recipe
 from imrec.core.errors import TrainError
+from imrec.core.logs import quiet_logger
 from imrec.data import ClassificationData, imrec_home, load_dataset
 from imrec.data.fixes import split_keys, write_fixes
 from imrec.data.sources import DatasetError
@@ -295,14 +296,13 @@ _PROPERTIES = (
 
 def _cleanvision(lab_source: dict) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """cleanvision's per-image issue flags and scores for ``_PROPERTIES``."""
-    import logging
-
     from cleanvision import Imagelab
 
-    logging.getLogger("cleanvision").setLevel(logging.ERROR)
-    lab = Imagelab(**lab_source, verbose=False)
-    with contextlib.redirect_stderr(io.StringIO()):  # its own progress bars, which cannot be off
-        lab.find_issues({p: {} for p in _PROPERTIES}, verbose=False)
+    # Its logger quiet for the call only (it was left at ERROR for the rest of the process).
+    with quiet_logger("cleanvision"):
+        lab = Imagelab(**lab_source, verbose=False)
+        with contextlib.redirect_stderr(io.StringIO()):  # its progress bars cannot be off
+            lab.find_issues({p: {} for p in _PROPERTIES}, verbose=False)
     issues = lab.issues
     flags = {p: issues[f"is_{p}_issue"].to_numpy(bool) for p in _PROPERTIES}
     scores = {p: issues[f"{p}_score"].to_numpy(float) for p in _PROPERTIES}

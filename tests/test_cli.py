@@ -305,6 +305,8 @@ TESTED_ELSEWHERE = {
     # Fine-tuning and outlier options, through the same config fields (imrec.fit(train=...)):
     "--keep-classes": "tests/test_hanzi.py::test_fine_tuning_keeps_every_class_and_rehearses_them",
     "--rehearse": "tests/test_hanzi.py::test_fine_tuning_keeps_every_class_and_rehearses_them",
+    "--distill": "tests/test_hanzi.py::test_distillation_keeps_the_checkpoints_answers_on_the_characters_not_tuned",
+    "--distill-temperature": "the same",
     "--outliers": "tests/test_confidence.py::test_outlier_exposure_teaches_the_model_to_be_unsure",
     "--outlier-weight": "tests/test_confidence.py::test_outlier_exposure_teaches_the_model_to_be_unsure",
     "--exclude": "tests/test_doctor.py::test_exclude_and_relabel_lists_apply_to_training",

@@ -117,6 +117,14 @@ class OptimConfig:
         "with --keep-classes: mix this many images per class of the checkpoint's own training "
         "data into training (and its validation split into validation), so no class is forgotten",
     )
+    distill: float = _flag(
+        0.0,
+        "with --rehearse: weight of a loss that keeps the model's answers on the rehearsal "
+        "images close to the checkpoint's (knowledge distillation; 0 = off)",
+    )
+    distill_temperature: float = _flag(
+        2.0, "the temperature both models' answers are softened by for --distill"
+    )
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,10 @@ must not lose the others. :func:`keep_checkpoint_classes` puts a dataset into a 
 class space (its labels re-indexed by class name; the head then loads whole) and mixes into it
 a little of the checkpoint's own training data (``rehearse`` images per class, and the old
 validation split into the new one), so the steps on the new images do not push every other
-class down: ``imrec train chinese-mnist --init RUN --keep-classes --rehearse 4``.
+class down: ``imrec train chinese-mnist --init RUN --keep-classes --rehearse 4``. With
+``--distill W`` the trainer also keeps the model's answers on those rehearsal images close to
+the checkpoint's own (all of its scores, not only the right class: see
+:meth:`~imrec.classify.train.ClassifyTrainer.loss`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,14 @@ def check_options(optim) -> None:
         raise TrainError("--rehearse goes with --keep-classes")
     if optim.rehearse < 0:
         raise TrainError(f"--rehearse must be 0 or more, got {optim.rehearse}")
+    if optim.distill < 0:
+        raise TrainError(f"--distill must be 0 or more, got {optim.distill}")
+    if optim.distill and not optim.rehearse:
+        raise TrainError(
+            "--distill keeps the checkpoint's answers on the rehearsal images: give --rehearse N"
+        )
+    if optim.distill_temperature <= 0:
+        raise TrainError(f"--distill-temperature must be above 0, got {optim.distill_temperature}")
 
 
 def kept_size(optim) -> int | None:
@@ -80,6 +91,7 @@ def keep_checkpoint_classes(
         f"of {data.name} mapped into them by name."
     )
     ink = data.ink
+    rehearsed = 0
     if softens_in_form(data, meta) and not data.train.streamed:
         # Real images for a model that reads them softened (trained on blurred renders): the
         # fine-tuned model starts from how it reads them, and keeps reading them so.
@@ -93,6 +105,7 @@ def keep_checkpoint_classes(
         images = old.train.images[picked]  # streamed or rendered splits are drawn here
         train = _concat(train, ImageSet(images, old.train.labels[picked]))
         val = _concat(val, old.val)
+        rehearsed = len(picked)
         note += (
             f" Rehearsal: {len(picked):,} images of {old.name} ({rehearse} per class) mixed into "
             f"training and its {len(old.val):,} validation images into validation, so that the "
@@ -106,6 +119,7 @@ def keep_checkpoint_classes(
         test=test,
         split_note=note,
         ink=ink,
+        rehearsed=rehearsed,
     )
 
 

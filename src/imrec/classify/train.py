@@ -219,6 +219,19 @@ class ClassifyTrainer(Trainer):
                 f"towards a uniform prediction (weight {run.optim.outlier_weight}), half a batch "
                 "of them with every batch."
             )
+        # Distillation on the rehearsal images: the checkpoint fine-tuned from, frozen, and
+        # which training items are its rehearsal images (the last ``rehearsed``).
+        self.teacher = self._teacher() if run.optim.distill else None
+        self._distill_rows: torch.Tensor | None = None  # the current batch's rehearsal rows
+        if self.teacher is not None:
+            self.rehearsal = torch.zeros(len(self.train_labels), dtype=torch.bool)
+            self.rehearsal[len(self.train_labels) - d.rehearsed :] = True
+            self.rehearsal = self.rehearsal.to(self.train_labels.device)
+            d.split_note = d.split_note.rstrip(". ") + (
+                f". Distillation: on the {d.rehearsed:,} rehearsal images the model is also "
+                f"trained towards the answers of {run.optim.init} (weight {run.optim.distill}, "
+                f"temperature {run.optim.distill_temperature:g})."
+            )
 
     def load_data(self) -> ClassificationData:
         run = self.run
@@ -266,6 +279,11 @@ class ClassifyTrainer(Trainer):
         # Renders left as drawn (--no-augment-renders): which training items to keep as they are.
         keep = kept_as_drawn(run, images)
         self.keep_drawn = keep if self.augment else None
+        return self._network(progress=self.progress and self.world.main)
+
+    def _network(self, progress: bool) -> nn.Module:
+        """A fresh network of the run's model for this data, on the device."""
+        run, d = self.run, self.data
         return create_model(
             run.model.name,
             num_classes=d.num_classes,
@@ -273,9 +291,26 @@ class ClassifyTrainer(Trainer):
             input_size=d.input_size,
             weight_norm=run.model.weight_norm,
             members=run.model.members,
-            progress=self.progress and self.world.main,  # named pretrained weights' download
+            progress=progress,  # named pretrained weights' download
             **run.model.options,
         ).to(self.device)
+
+    def _teacher(self) -> nn.Module:
+        """The ``--init`` checkpoint's network, whole and frozen in evaluation mode: what
+        ``--distill`` keeps the answers on the rehearsal images close to (a resumed run
+        loads it again from the checkpoint, not from the run's own weights)."""
+        if not self.data.rehearsed:
+            raise TrainError("--distill needs rehearsal images: give --rehearse N")
+        try:
+            weights, _ = load_checkpoint(self.run.optim.init)
+        except CheckpointError as e:
+            raise TrainError(f"--init: {e}") from e
+        teacher = self._network(progress=False)
+        teacher.load_state_dict(weights)  # the head included: --distill goes with --keep-classes
+        teacher.eval().requires_grad_(False)
+        if self.channels_last:
+            teacher = teacher.to(memory_format=torch.channels_last)
+        return teacher
 
     def _use_graphs(self, hw: HardwareConfig, optimizer: str) -> bool:
         """Whether full batches replay a recorded CUDA graph (see :mod:`imrec.engine.graphs`)."""
@@ -294,6 +329,8 @@ class ClassifyTrainer(Trainer):
             why_not = "batches streamed from files arrive through DataLoader workers"
         elif self.run.optim.outliers:
             why_not = "outlier exposure adds batches of another size"
+        elif self.run.optim.distill:
+            why_not = "distillation runs the checkpoint's network beside the step"
         elif optimizer not in ("adam", "adamw"):
             why_not = f"the {optimizer} optimiser has no capturable implementation here"
         if why_not and hw.cuda_graphs == "on":
@@ -410,6 +447,8 @@ class ClassifyTrainer(Trainer):
             else:
                 xb, yb = self._batch(idx, streamed, aug_gen)
                 xb = shrink(self._with_outliers(xb, aug_gen), small)
+                if self.teacher is not None:
+                    self._distill_rows = self.rehearsal[idx].to(self.device, non_blocking=True)
                 loss, logits = self.step(model, xb, yb, len(idx), batch)
                 sums.add(loss, logits, yb)
             if live is not None:
@@ -458,7 +497,10 @@ class ClassifyTrainer(Trainer):
     def loss(self, model, xb: torch.Tensor, yb: torch.Tensor):
         """Cross-entropy (class weights, label smoothing) and the detached logits; with outlier
         exposure, plus the outliers' cross-entropy to the uniform distribution (their rows
-        follow the batch's own and are not returned)."""
+        follow the batch's own and are not returned); with ``--distill``, plus on the batch's
+        rehearsal images the KL divergence from the checkpoint's softened answers to the
+        model's (times the temperature squared, so that its gradients keep their size
+        whatever the temperature; summed over those rows and divided by the batch's size)."""
         run = self.run
         logits = model(xb)  # (B + outliers, K); an ensemble's: (members, B + outliers, K)
         each = logits if logits.dim() == 3 else logits[None]
@@ -474,7 +516,22 @@ class ClassifyTrainer(Trainer):
         if k:
             uniform = -each[:, -k:].float().log_softmax(2).mean(2).mean()  # >= log K
             loss = loss + run.optim.outlier_weight * uniform
+        if self.teacher is not None:
+            loss = loss + run.optim.distill * self._distillation(xb[: inside.shape[1]], inside)
         return loss, inside.mean(0).detach()
+
+    def _distillation(self, xb: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The distillation term of :meth:`loss` for the batch ``xb`` and the model's logits
+        ``(members, B, K)``; each member learns from the checkpoint's matching member."""
+        t = self.run.optim.distill_temperature
+        with torch.no_grad():
+            target = self.teacher(xb)
+        target = (target if target.dim() == 3 else target[None]).float()
+        target = (target / t).log_softmax(-1)
+        mine = (logits.float() / t).log_softmax(-1)
+        kl = (target.exp() * (target - mine)).sum(-1)  # (members, B)
+        rows = self._distill_rows
+        return (kl * rows).sum(-1).mean() * (t * t) / logits.shape[1]
 
     def _with_outliers(self, xb: torch.Tensor, generator) -> torch.Tensor:
         """The batch with half as many outlier images after it (prepared the same way)."""

@@ -180,6 +180,8 @@ class ClassificationData:
         files: for folders, the readable files' paths relative to the folder, in the order
             the splits' ``origin`` (part ``"files"``) indexes.
         fixes: what ``--exclude``/``--relabel`` lists changed (:mod:`imrec.data.fixes`).
+        rehearsed: how many items at the end of ``train`` are rehearsal images of the
+            checkpoint fine-tuned from (:mod:`imrec.classify.finetune`); 0 for other data.
     """
 
     name: str
@@ -196,6 +198,7 @@ class ClassificationData:
     license: dict | None = None
     files: list[str] | None = None
     fixes: dict | None = None
+    rehearsed: int = 0
 
     @property
     def channels(self) -> int:

@@ -29,6 +29,8 @@ UNUSED_TRAIN_FIELDS = (
     "small_scale",
     "keep_classes",
     "rehearse",
+    "distill",
+    "distill_temperature",
     "outliers",
     "outlier_weight",
 )

@@ -13,8 +13,8 @@ renderer's speed decides how much of the hour goes to learning. Alternating ``--
   batch 128, AdamW) on a fixed random batch, with torch's default threads.
 
 Medians per case go into a section of ``BENCHMARKS.md``, with the whole-process training rate
-of a short ``imrec train hanzi:chars=...`` run (``--train-chars`` characters,
-``--train-per-class`` renders per class (100), 2 epochs: training images / ``train_seconds``) beside them, run ``--train-rounds`` times
+of a short ``imrec train hanzi:chars=...`` run (``--train-chars`` characters, 100 renders per
+class, 2 epochs: training images / ``train_seconds``) beside them, run ``--train-rounds`` times
 each way, alternating: as imrec chooses (on a CPU whose cores the step takes: renders drawn
 in turns with the step on every core) and with ``--workers 1`` (one DataLoader worker drawing
 beside the step, the way before stop 62).
@@ -94,21 +94,19 @@ def step_rate(steps: int) -> float:
     return BATCH * steps / (time.perf_counter() - t0)
 
 
-def train_rate(chars: int, work: Path, extra: list[str], per_class: int = 100) -> dict:
-    """A whole ``imrec train hanzi:chars=...,train=PER_CLASS --epochs 2`` process (with
-    ``extra`` options): its training images/s (from ``train_seconds``), wall time and test
-    accuracy."""
+def train_rate(chars: int, work: Path, extra: list[str]) -> dict:
+    """A whole ``imrec train hanzi:chars=...,train=100 --epochs 2`` process (with ``extra``
+    options): its training images/s (from ``train_seconds``), wall time and test accuracy."""
     chars_file = work / "chars.txt"
     chars_file.write_text(gb2312(1)[:chars], encoding="utf-8")
-    name = f"hanzi:chars=@{chars_file},train={per_class},val=2,test=4"
+    name = f"hanzi:chars=@{chars_file},train=100,val=2,test=4"
     run = work / "train-run"
     shutil.rmtree(run, ignore_errors=True)
     cmd, env = imrec_train(name, ["--epochs", "2", *extra], run, default_mirror())
     wall, rss, _ = run_measured(cmd, work / "train.log", env)
     report, _ = read_run(run)
     seconds = report["train_seconds"]
-    images = 2 * per_class * chars
-    return {"images": images, "train_s": seconds, "rate": images / seconds,
+    return {"images": 2 * 100 * chars, "train_s": seconds, "rate": 2 * 100 * chars / seconds,
             "wall_s": wall, "rss_mb": rss,
             "accuracy": report["test"]["accuracy"]}  # fmt: skip
 
@@ -121,7 +119,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20, help="timed training steps per round")
     p.add_argument("--train-chars", type=int, default=200, help="0: no whole-process run")
     p.add_argument("--train-rounds", type=int, default=3, help="whole-process runs each way")
-    p.add_argument("--train-per-class", type=int, default=100, help="training renders per class")
     p.add_argument("--md", type=Path, default=REPO / "BENCHMARKS.md")
     args = p.parse_args(argv)
     os.environ.setdefault("IMREC_DATA_MIRROR", str(default_mirror()))
@@ -147,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         for way, runs in ways.items():
             with tempfile.TemporaryDirectory(dir=REPO / ".bench" if (REPO / ".bench").is_dir()
                                              else None) as tmp:  # fmt: skip
-                runs.append(train_rate(args.train_chars, Path(tmp), extra[way],
-                                       args.train_per_class))  # fmt: skip
+                runs.append(train_rate(args.train_chars, Path(tmp), extra[way]))
             print(f"imrec train, {way}, round {r + 1}: {runs[-1]['rate']:,.0f} images/s of "
                   f"training, {runs[-1]['wall_s']:.1f} s")  # fmt: skip
 
@@ -164,8 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `.venv/bin/python benchmarks/render_speed.py --rounds {args.rounds} --chars "
         f"{args.chars} --draws {args.draws} --steps {args.steps} --train-chars "
-        f"{args.train_chars} --train-rounds {args.train_rounds} --train-per-class "
-        f"{args.train_per_class}`; commit {git_commit()}, {now()}; {m['cpu']}, {m['cores']} cores, "
+        f"{args.train_chars} --train-rounds {args.train_rounds}`; commit {git_commit()}, {now()}; {m['cpu']}, {m['cores']} cores, "
         f"torch {m['torch']}. Renders: {SIZE} px, one image at a time, one thread, each "
         "character drawn once untimed first. Ratio: renders/s over the step's images/s.",
         "",
@@ -185,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         lines += [
             "",
             f"Whole process, `imrec train hanzi:chars=(first {args.train_chars} of level 1),"
-            f"train={args.train_per_class},val=2,test=4 --epochs 2` "
-            f"({2 * args.train_per_class * args.train_chars:,} training "
+            f"train=100,val=2,test=4 --epochs 2` ({2 * 100 * args.train_chars:,} training "
             f"images), {args.train_rounds} rounds alternating; training images/s from the "
             "report's `train_seconds`; ratio: over the worker's median:",
             "",

@@ -513,7 +513,6 @@ def test_renders_drawn_in_turns_with_the_step_train_as_a_worker_beside_it(
     batches, so the run is the same to the last bit."""
     from safetensors.torch import load_file
 
-    from imrec.core import parallel
     from imrec.engine import placement
 
     drawn, draw = [], placement.TurnDraws._draw
@@ -522,29 +521,20 @@ def test_renders_drawn_in_turns_with_the_step_train_as_a_worker_beside_it(
         "_draw",
         lambda self, items: drawn.append(len(items)) or draw(self, items),
     )
-    monkeypatch.setattr(placement.TurnDraws, "PART", 32)  # 5 parts a group
-    pools, pool = [], parallel.process_pool
-    monkeypatch.setattr(parallel, "process_pool", lambda *a: pools.append(pool(*a)) or pools[-1])
+    monkeypatch.setattr(placement.TurnDraws, "PART", 32)  # 5 parts a group: worker processes
     name = f"hanzi:chars={TEN[:4]},train=40,val=2,test=3,size=32"
-    # 1: a DataLoader worker, as asked; 0: the choice, made turns here (worker processes, and
-    # drawn in this process where processes cannot be had).
-    for run, workers, processes in (("w1", 1, None), ("turns", 0, None), ("here", 0, "0")):
+    for workers in (1, 0):  # 1: a DataLoader worker, as asked; 0: the choice, made turns here
         monkeypatch.setattr("imrec.classify.train.draws_in_turns", lambda *a, w=workers: w == 0)
-        if processes is not None:
-            monkeypatch.setenv("IMREC_WORKER_PROCESSES", processes)
         report = imrec.fit(
             name,
-            out=tmp_path / run,
+            out=tmp_path / f"w{workers}",
             train={"epochs": 2, "batch_size": 16, "workers": workers},
             progress=False,
         )
         assert report["data_placement"] == "stream"
-    assert drawn == [160, 160, 160, 160]  # each epoch's 10 batches, one group; two runs
-    # One pool for the whole run (its processes keep the renderer's caches), none without them.
-    assert [p is not None for p in pools] == [parallel.usable_cores() >= 2, False]
-    a, b, c = (load_file(tmp_path / run / "last.safetensors") for run in ("w1", "turns", "here"))
-    assert a.keys() == b.keys() == c.keys()
-    assert all(torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]) for k in a)
+    assert drawn == [160, 160]  # each epoch's 10 batches, one group
+    a, b = (load_file(tmp_path / f"w{w}" / "last.safetensors") for w in (1, 0))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_renders_are_drawn_in_turns_only_where_a_worker_would_share_the_steps_cores(

@@ -79,30 +79,6 @@ def _worker_start() -> None:
         torch.set_num_threads(1)
 
 
-def process_pool(initializer: Callable[..., None], initargs: tuple = ()):
-    """A pool of forked worker processes, one per usable core, for a caller that maps over it
-    many times and keeps what each worker builds up between tasks (a renderer's caches);
-    ``initializer(*initargs)`` runs in each worker after its one-thread start (with ``fork``
-    nothing in ``initargs`` is pickled). None where processes cannot be had (one core, no
-    ``fork``, a daemon process, :data:`PROCESSES_ENV` set to 0): the caller works in-process.
-    The caller shuts the pool down."""
-    processes = _process_count(usable_cores(), heavy=True)
-    if not processes:
-        return None
-    ctx = multiprocessing.get_context("fork")
-    return ProcessPoolExecutor(
-        max_workers=processes,
-        mp_context=ctx,
-        initializer=_start_with,
-        initargs=(initializer, initargs),
-    )
-
-
-def _start_with(initializer: Callable[..., None], initargs: tuple) -> None:
-    _worker_start()
-    initializer(*initargs)
-
-
 def cpu_map(fn: Callable[[Any], Any], items: Iterable[Any], *, heavy: bool = False) -> list[Any]:
     """``fn(item)`` for every item, in order, on all usable cores.
 

@@ -4,8 +4,6 @@ drawn from seeds, and how a global batch is shared between ranks.
 
 from __future__ import annotations
 
-from concurrent.futures.process import BrokenProcessPool
-
 import torch
 
 from imrec.core import parallel
@@ -183,16 +181,10 @@ def draws_in_turns(images, device: torch.device, workers: int, world: World) -> 
 
 class TurnDraws:
     """Batches of images drawn afresh (renders), a group of :attr:`GROUP` batches at a time
-    on every usable core while the training step waits, then trained on while the drawing
-    waits: the step and the drawing take turns at all the cores instead of sharing them. The
-    same images, in the same batches, as :class:`StreamLoader` gives (each drawing depends on
-    its item and epoch alone).
-
-    The worker processes (:func:`imrec.core.parallel.process_pool`, forked at the first
-    group) live as long as this object, as a DataLoader's persistent workers do: a renderer
-    prepares each character's strokes and glyphs once and keeps them, and a process forked
-    for each group would prepare them again every time (at 3,755 characters, for nearly every
-    image). Where processes cannot be had, the groups are drawn here.
+    on every usable core (:func:`imrec.core.parallel.cpu_map`) while the training step waits,
+    then trained on while the drawing waits: the step and the drawing take turns at all the
+    cores instead of sharing them. The same images, in the same batches, as
+    :class:`StreamLoader` gives (each drawing depends on its item and epoch alone).
     """
 
     GROUP = 16  # batches drawn at once (2,048 images at the default batch: about a second)
@@ -200,8 +192,6 @@ class TurnDraws:
 
     def __init__(self, images, labels: torch.Tensor):
         self.images, self.labels = images, labels
-        self._pool = None
-        self._started = False
 
     def epoch(self, batches: list[list[int]]):
         for start in range(0, len(batches), self.GROUP):
@@ -215,41 +205,18 @@ class TurnDraws:
                 at += len(batch)
 
     def _draw(self, items: list[int]) -> torch.Tensor:
-        if not self._started:
-            self._started = True
-            self._pool = parallel.process_pool(_hold_images, (self.images,))
-        if self._pool is None:
-            return torch.stack([self.images.read(i) for i in items])
+        global _TURN_IMAGES
         parts = [items[i : i + self.PART] for i in range(0, len(items), self.PART)]
+        _TURN_IMAGES = self.images  # forked workers find the images here (fonts do not pickle)
         try:
-            return torch.cat(list(self._pool.map(_draw_items, parts)))
-        except BrokenProcessPool as e:  # a worker was killed (out of memory, a signal)
-            self.close()
-            raise TrainError(
-                f"a worker process drawing the training images died ({e}); give --workers 1 "
-                f"to draw them in a DataLoader worker, or set {parallel.PROCESSES_ENV}=0 to "
-                "draw them in this process"
-            ) from e
-
-    def close(self) -> None:
-        """Stop the worker processes (the trainer drops this object at the end of training)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
-
-    def __del__(self) -> None:
-        self.close()
+            return torch.cat(parallel.cpu_map(_draw_items, parts, heavy=True))
+        finally:
+            _TURN_IMAGES = None
 
 
-_TURN_IMAGES = None  # in a worker process of :class:`TurnDraws`: the images it draws
-
-
-def _hold_images(images) -> None:
-    """A :class:`TurnDraws` worker's start: keep the images (inherited by the fork)."""
-    global _TURN_IMAGES
-    _TURN_IMAGES = images
+_TURN_IMAGES = None  # the images :class:`TurnDraws` is drawing from (for its workers)
 
 
 def _draw_items(items: list[int]) -> torch.Tensor:
-    """Items of the worker's images, drawn one by one."""
+    """Items of :data:`_TURN_IMAGES` drawn one by one (in a worker process, or here)."""
     return torch.stack([_TURN_IMAGES.read(i) for i in items])

@@ -14,10 +14,7 @@ renderer's speed decides how much of the hour goes to learning. Alternating ``--
 
 Medians per case go into a section of ``BENCHMARKS.md``, with the whole-process training rate
 of a short ``imrec train hanzi:chars=...`` run (``--train-chars`` characters, 100 renders per
-class, 2 epochs: training images / ``train_seconds``) beside them, run ``--train-rounds`` times
-each way, alternating: as imrec chooses (on a CPU whose cores the step takes: renders drawn
-in turns with the step on every core) and with ``--workers 1`` (one DataLoader worker drawing
-beside the step, the way before stop 62).
+class, 2 epochs: training images / ``train_seconds``) beside them.
 
 Usage:
     .venv/bin/python benchmarks/render_speed.py                 # about 3 minutes on 2 cores
@@ -29,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import tempfile
 import time
@@ -94,15 +90,14 @@ def step_rate(steps: int) -> float:
     return BATCH * steps / (time.perf_counter() - t0)
 
 
-def train_rate(chars: int, work: Path, extra: list[str]) -> dict:
-    """A whole ``imrec train hanzi:chars=...,train=100 --epochs 2`` process (with ``extra``
-    options): its training images/s (from ``train_seconds``), wall time and test accuracy."""
+def train_rate(chars: int, work: Path) -> dict:
+    """A whole ``imrec train hanzi:chars=...,train=100 --epochs 2`` process: its training
+    images/s (from ``train_seconds``), wall time and test accuracy."""
     chars_file = work / "chars.txt"
     chars_file.write_text(gb2312(1)[:chars], encoding="utf-8")
     name = f"hanzi:chars=@{chars_file},train=100,val=2,test=4"
     run = work / "train-run"
-    shutil.rmtree(run, ignore_errors=True)
-    cmd, env = imrec_train(name, ["--epochs", "2", *extra], run, default_mirror())
+    cmd, env = imrec_train(name, ["--epochs", "2"], run, default_mirror())
     wall, rss, _ = run_measured(cmd, work / "train.log", env)
     report, _ = read_run(run)
     seconds = report["train_seconds"]
@@ -118,7 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--draws", type=int, default=3, help="timed drawings of each character")
     p.add_argument("--steps", type=int, default=20, help="timed training steps per round")
     p.add_argument("--train-chars", type=int, default=200, help="0: no whole-process run")
-    p.add_argument("--train-rounds", type=int, default=3, help="whole-process runs each way")
     p.add_argument("--md", type=Path, default=REPO / "BENCHMARKS.md")
     args = p.parse_args(argv)
     os.environ.setdefault("IMREC_DATA_MIRROR", str(default_mirror()))
@@ -137,16 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in rates.items()))
     med = {k: statistics.median(v) for k, v in rates.items()}
 
-    ways = {"as chosen (renders drawn in turns with the step)": [],
-            "`--workers 1` (a worker drawing beside the step)": []}  # fmt: skip
-    extra = dict(zip(ways, ([], ["--workers", "1"]), strict=True))
-    for r in range(args.train_rounds if args.train_chars else 0):
-        for way, runs in ways.items():
-            with tempfile.TemporaryDirectory(dir=REPO / ".bench" if (REPO / ".bench").is_dir()
-                                             else None) as tmp:  # fmt: skip
-                runs.append(train_rate(args.train_chars, Path(tmp), extra[way]))
-            print(f"imrec train, {way}, round {r + 1}: {runs[-1]['rate']:,.0f} images/s of "
-                  f"training, {runs[-1]['wall_s']:.1f} s")  # fmt: skip
+    whole = None
+    if args.train_chars:
+        with tempfile.TemporaryDirectory(dir=REPO / ".bench" if (REPO / ".bench").is_dir()
+                                         else None) as tmp:  # fmt: skip
+            whole = train_rate(args.train_chars, Path(tmp))
+        print(f"imrec train: {whole['rate']:,.0f} images/s of training, {whole['wall_s']:.1f} s")
 
     rows = [[n, ", ".join(f"{v:,.0f}" for v in rates[n]), f"**{med[n]:,.0f}**",
              f"{med[n] / med['step']:.2f}"] for n in names]  # fmt: skip
@@ -160,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `.venv/bin/python benchmarks/render_speed.py --rounds {args.rounds} --chars "
         f"{args.chars} --draws {args.draws} --steps {args.steps} --train-chars "
-        f"{args.train_chars} --train-rounds {args.train_rounds}`; commit {git_commit()}, {now()}; {m['cpu']}, {m['cores']} cores, "
+        f"{args.train_chars}`; commit {git_commit()}, {now()}; {m['cpu']}, {m['cores']} cores, "
         f"torch {m['torch']}. Renders: {SIZE} px, one image at a time, one thread, each "
         "character drawn once untimed first. Ratio: renders/s over the step's images/s.",
         "",
@@ -168,35 +158,14 @@ def main(argv: list[str] | None = None) -> int:
             ["case", "images/s per round", "median", "ratio to the step"], rows, "lrrr"
         ),  # fmt: skip
     ]
-    if any(ways.values()):
-        peer = statistics.median(r["rate"] for r in list(ways.values())[-1])  # the worker's
-        wrows = [[way, ", ".join(f"{r['rate']:,.0f}" for r in runs),
-                  f"**{statistics.median(r['rate'] for r in runs):,.0f}**",
-                  f"{statistics.median(r['rate'] for r in runs) / peer:.2f}",
-                  f"{statistics.median(r['wall_s'] for r in runs):.1f}",
-                  f"{max(r['rss_mb'] for r in runs):,.0f}",
-                  ", ".join(sorted({f"{r['accuracy']:.2%}" for r in runs}))]
-                 for way, runs in ways.items()]  # fmt: skip
+    if whole:
         lines += [
             "",
             f"Whole process, `imrec train hanzi:chars=(first {args.train_chars} of level 1),"
-            f"train=100,val=2,test=4 --epochs 2` ({2 * 100 * args.train_chars:,} training "
-            f"images), {args.train_rounds} rounds alternating; training images/s from the "
-            "report's `train_seconds`; ratio: over the worker's median:",
-            "",
-            *md_table(
-                [
-                    "data path",
-                    "images/s per round",
-                    "median",
-                    "ratio",
-                    "wall s (median)",
-                    "peak RSS MB",
-                    "test accuracy",
-                ],
-                wrows,
-                "lrrrrrr",
-            ),  # fmt: skip
+            f"train=100,val=2,test=4 --epochs 2`: {whole['images']:,} training images in "
+            f"{whole['train_s']:.1f} s of training (**{whole['rate']:,.0f} images/s**, rendering "
+            f"in a worker beside the step), {whole['wall_s']:.1f} s wall, peak RSS "
+            f"{whole['rss_mb']:,.0f} MB, test accuracy {whole['accuracy']:.2%}.",
         ]
     lines.append(END)
     write_section(args.md, "\n".join(lines), START, END)

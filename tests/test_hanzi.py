@@ -505,62 +505,6 @@ def test_fine_tuning_keeps_every_class_and_rehearses_them(hanzi_run, tmp_path):
     assert not (tmp_path / "z" / "best.safetensors").exists()
 
 
-def test_renders_drawn_in_turns_with_the_step_train_as_a_worker_beside_it(
-    mirror, tmp_path, monkeypatch
-):
-    """On a CPU whose cores the step's threads take, the renders are drawn between steps on
-    every core (``TurnDraws``) instead of by a DataLoader worker beside the step: the same
-    batches, so the run is the same to the last bit."""
-    from safetensors.torch import load_file
-
-    from imrec.engine import placement
-
-    drawn, draw = [], placement.TurnDraws._draw
-    monkeypatch.setattr(
-        placement.TurnDraws,
-        "_draw",
-        lambda self, items: drawn.append(len(items)) or draw(self, items),
-    )
-    monkeypatch.setattr(placement.TurnDraws, "PART", 32)  # 5 parts a group: worker processes
-    name = f"hanzi:chars={TEN[:4]},train=40,val=2,test=3,size=32"
-    for workers in (1, 0):  # 1: a DataLoader worker, as asked; 0: the choice, made turns here
-        monkeypatch.setattr("imrec.classify.train.draws_in_turns", lambda *a, w=workers: w == 0)
-        report = imrec.fit(
-            name,
-            out=tmp_path / f"w{workers}",
-            train={"epochs": 2, "batch_size": 16, "workers": workers},
-            progress=False,
-        )
-        assert report["data_placement"] == "stream"
-    assert drawn == [160, 160]  # each epoch's 10 batches, one group
-    a, b = (load_file(tmp_path / f"w{w}" / "last.safetensors") for w in (1, 0))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_renders_are_drawn_in_turns_only_where_a_worker_would_share_the_steps_cores(
-    monkeypatch,
-):
-    from imrec.core import parallel
-    from imrec.engine.distributed import World
-    from imrec.engine.placement import draws_in_turns
-
-    class Drawn:
-        fresh = True
-
-    cpu, one = torch.device("cpu"), World()
-    monkeypatch.setattr(parallel, "usable_cores", lambda: 2)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    assert draws_in_turns(Drawn(), cpu, 0, one)
-    assert not draws_in_turns(Drawn(), cpu, 1, one)  # workers asked for
-    assert not draws_in_turns(Drawn(), torch.device("cuda"), 0, one)
-    assert not draws_in_turns(Drawn(), cpu, 0, World(size=2, local_size=2))  # torchrun
-    assert not draws_in_turns(object(), cpu, 0, one)  # files, not renders
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # --threads 1: a core to spare
-    assert not draws_in_turns(Drawn(), cpu, 0, one)
-    monkeypatch.setattr(parallel, "usable_cores", lambda: 1)
-    assert not draws_in_turns(Drawn(), cpu, 0, one)
-
-
 def test_distillation_keeps_the_checkpoints_answers_on_the_characters_not_tuned(
     hanzi_run, tmp_path
 ):

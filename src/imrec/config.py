@@ -189,8 +189,7 @@ class HardwareConfig:
     workers: int = _flag(
         0,
         "classifiers: DataLoader workers decoding or drawing streamed images (0: the spare "
-        "cores, at most 8 for files; renders on a CPU whose every core the step takes are "
-        "drawn in turns with the step on all of them instead)",
+        "cores, at most 8 for files)",
     )
     cuda_graphs: str = _flag(
         "auto",

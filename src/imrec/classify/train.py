@@ -31,9 +31,7 @@ from imrec.engine.loop import Trainer, binomial_margin, check_new_run
 from imrec.engine.placement import (
     STATS_SAMPLE,
     StreamLoader,
-    TurnDraws,
     choose_placement,
-    draws_in_turns,
     epoch_seed,
     rank_batch,
     rank_seed,
@@ -200,8 +198,7 @@ class ClassifyTrainer(Trainer):
         home = self.device if self.placement == "device" else torch.device("cpu")
         self.train_images = d.train.images if d.train.streamed else d.train.images.to(home)
         self.train_labels = d.train.labels.to(home)
-        # DataLoader workers, or renders drawn in turns with the step, for "stream"
-        self._loader: StreamLoader | TurnDraws | None = None
+        self._loader: StreamLoader | None = None  # DataLoader workers, for "stream"
         if self.placement == "host" and self.device.type == "cuda":
             # Page-locked memory lets each batch's copy to the GPU overlap the compute.
             self.train_images = self.train_images.pin_memory()
@@ -550,9 +547,7 @@ class ClassifyTrainer(Trainer):
 
     def _stream(self, order: torch.Tensor, world: World, epoch: int):
         """This epoch's batches, decoded from their files (or drawn, for images made afresh
-        every epoch: asked for as index + epoch x len) by DataLoader workers, in order; renders
-        for a CPU step that takes every core are drawn in turns with it instead
-        (:func:`~imrec.engine.placement.draws_in_turns`)."""
+        every epoch: asked for as index + epoch x len) by DataLoader workers, in order."""
         run = self.run
         offset = epoch * len(self.train_labels) if getattr(self.train_images, "fresh", False) else 0
         batches = []
@@ -560,10 +555,6 @@ class ClassifyTrainer(Trainer):
             idx = order[i * run.loop.batch_size : (i + 1) * run.loop.batch_size]
             idx = rank_batch(idx, world) if world.size > 1 else idx
             batches.append((idx + offset).tolist())
-        if self._loader is None and draws_in_turns(
-            self.train_images, self.device, run.hardware.workers, world
-        ):
-            self._loader = TurnDraws(self.train_images, self.train_labels)
         if self._loader is None:
             self._loader = StreamLoader(
                 self.train_images,

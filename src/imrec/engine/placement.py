@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import torch
 
-from imrec.core import parallel
 from imrec.core.errors import TrainError
 from imrec.engine.distributed import World, cpu_threads
 
@@ -155,68 +154,3 @@ class StreamLoader:
     def epoch(self, batches: list[list[int]]):
         self.sampler.batches = batches
         return iter(self.loader)
-
-
-def draws_in_turns(images, device: torch.device, workers: int, world: World) -> bool:
-    """Whether images drawn afresh every epoch (``fresh``, renders) should be drawn in turns
-    with the training step (:class:`TurnDraws`) rather than by DataLoader workers beside it:
-    on a CPU whose every usable core the step's threads take, with ``--workers`` left to
-    choose and one training process on the machine. A worker beside such a step shares the
-    step's cores, and both slow down (BENCHMARKS.md "Renders in turns with the step").
-
-    Example:
-        >>> class Drawn: fresh = True
-        >>> draws_in_turns(Drawn(), torch.device("cuda"), 0, World())
-        False
-    """
-    return (
-        getattr(images, "fresh", False)
-        and device.type == "cpu"
-        and workers == 0
-        and world.local_size == 1
-        and parallel.usable_cores() >= 2
-        and torch.get_num_threads() >= parallel.usable_cores()
-    )
-
-
-class TurnDraws:
-    """Batches of images drawn afresh (renders), a group of :attr:`GROUP` batches at a time
-    on every usable core (:func:`imrec.core.parallel.cpu_map`) while the training step waits,
-    then trained on while the drawing waits: the step and the drawing take turns at all the
-    cores instead of sharing them. The same images, in the same batches, as
-    :class:`StreamLoader` gives (each drawing depends on its item and epoch alone).
-    """
-
-    GROUP = 16  # batches drawn at once (2,048 images at the default batch: about a second)
-    PART = 256  # images a worker process draws at a time
-
-    def __init__(self, images, labels: torch.Tensor):
-        self.images, self.labels = images, labels
-
-    def epoch(self, batches: list[list[int]]):
-        for start in range(0, len(batches), self.GROUP):
-            group = batches[start : start + self.GROUP]
-            items = [i for batch in group for i in batch]
-            drawn = self._draw(items)
-            labels = self.labels[torch.tensor(items) % len(self.labels)]
-            at = 0
-            for batch in group:
-                yield drawn[at : at + len(batch)], labels[at : at + len(batch)]
-                at += len(batch)
-
-    def _draw(self, items: list[int]) -> torch.Tensor:
-        global _TURN_IMAGES
-        parts = [items[i : i + self.PART] for i in range(0, len(items), self.PART)]
-        _TURN_IMAGES = self.images  # forked workers find the images here (fonts do not pickle)
-        try:
-            return torch.cat(parallel.cpu_map(_draw_items, parts, heavy=True))
-        finally:
-            _TURN_IMAGES = None
-
-
-_TURN_IMAGES = None  # the images :class:`TurnDraws` is drawing from (for its workers)
-
-
-def _draw_items(items: list[int]) -> torch.Tensor:
-    """Items of :data:`_TURN_IMAGES` drawn one by one (in a worker process, or here)."""
-    return torch.stack([_TURN_IMAGES.read(i) for i in items])

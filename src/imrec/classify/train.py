@@ -306,7 +306,13 @@ class ClassifyTrainer(Trainer):
         except CheckpointError as e:
             raise TrainError(f"--init: {e}") from e
         teacher = self._network(progress=False)
-        teacher.load_state_dict(weights)  # the head included: --distill goes with --keep-classes
+        try:  # the head included: --distill goes with --keep-classes
+            teacher.load_state_dict(weights)
+        except RuntimeError as e:
+            raise TrainError(
+                f"--distill: the weights of {self.run.optim.init} do not load into this run's "
+                f"network as a whole, as its teacher ({str(e).splitlines()[0]})"
+            ) from e
         teacher.eval().requires_grad_(False)
         if self.channels_last:
             teacher = teacher.to(memory_format=torch.channels_last)

@@ -62,6 +62,7 @@ def test_each_member_learns_from_its_own_loss():
         run=SimpleNamespace(optim=SimpleNamespace(label_smoothing=0.1, outlier_weight=0.5)),
         _outlier_rows=0,
         loss_weight=None,
+        teacher=None,
     )
 
     def member0_grads() -> torch.Tensor:

@@ -8,6 +8,7 @@ on a GPU replay a recorded CUDA graph of that step (:mod:`imrec.engine.graphs`).
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -219,14 +220,12 @@ class ClassifyTrainer(Trainer):
                 f"towards a uniform prediction (weight {run.optim.outlier_weight}), half a batch "
                 "of them with every batch."
             )
-        # Distillation on the rehearsal images: the checkpoint fine-tuned from, frozen, and
-        # which training items are its rehearsal images (the last ``rehearsed``).
+        # Distillation on the rehearsal images: the checkpoint fine-tuned from, frozen; its
+        # rehearsal images are the training items from ``first_rehearsed`` on.
         self.teacher = self._teacher() if run.optim.distill else None
+        self.first_rehearsed = len(self.train_labels) - d.rehearsed
         self._distill_rows: torch.Tensor | None = None  # the current batch's rehearsal rows
         if self.teacher is not None:
-            self.rehearsal = torch.zeros(len(self.train_labels), dtype=torch.bool)
-            self.rehearsal[len(self.train_labels) - d.rehearsed :] = True
-            self.rehearsal = self.rehearsal.to(self.train_labels.device)
             d.split_note = d.split_note.rstrip(". ") + (
                 f". Distillation: on the {d.rehearsed:,} rehearsal images the model is also "
                 f"trained towards the answers of {run.optim.init} (weight {run.optim.distill}, "
@@ -279,11 +278,6 @@ class ClassifyTrainer(Trainer):
         # Renders left as drawn (--no-augment-renders): which training items to keep as they are.
         keep = kept_as_drawn(run, images)
         self.keep_drawn = keep if self.augment else None
-        return self._network(progress=self.progress and self.world.main)
-
-    def _network(self, progress: bool) -> nn.Module:
-        """A fresh network of the run's model for this data, on the device."""
-        run, d = self.run, self.data
         return create_model(
             run.model.name,
             num_classes=d.num_classes,
@@ -291,32 +285,18 @@ class ClassifyTrainer(Trainer):
             input_size=d.input_size,
             weight_norm=run.model.weight_norm,
             members=run.model.members,
-            progress=progress,  # named pretrained weights' download
+            progress=self.progress and self.world.main,  # named pretrained weights' download
             **run.model.options,
         ).to(self.device)
 
     def _teacher(self) -> nn.Module:
-        """The ``--init`` checkpoint's network, whole and frozen in evaluation mode: what
-        ``--distill`` keeps the answers on the rehearsal images close to (a resumed run
-        loads it again from the checkpoint, not from the run's own weights)."""
+        """The ``--init`` checkpoint's network, whole (``--keep-classes`` keeps its head) and
+        frozen in evaluation mode: what ``--distill`` keeps the answers on the rehearsal images
+        close to. A copy of the model as ``--init`` left it, before any step and before a
+        resumed run loads its own state."""
         if not self.data.rehearsed:
             raise TrainError("--distill needs rehearsal images: give --rehearse N")
-        try:
-            weights, _ = load_checkpoint(self.run.optim.init)
-        except CheckpointError as e:
-            raise TrainError(f"--init: {e}") from e
-        teacher = self._network(progress=False)
-        try:  # the head included: --distill goes with --keep-classes
-            teacher.load_state_dict(weights)
-        except RuntimeError as e:
-            raise TrainError(
-                f"--distill: the weights of {self.run.optim.init} do not load into this run's "
-                f"network as a whole, as its teacher ({str(e).splitlines()[0]})"
-            ) from e
-        teacher.eval().requires_grad_(False)
-        if self.channels_last:
-            teacher = teacher.to(memory_format=torch.channels_last)
-        return teacher
+        return copy.deepcopy(self.model).eval().requires_grad_(False)
 
     def _use_graphs(self, hw: HardwareConfig, optimizer: str) -> bool:
         """Whether full batches replay a recorded CUDA graph (see :mod:`imrec.engine.graphs`)."""
@@ -454,7 +434,7 @@ class ClassifyTrainer(Trainer):
                 xb, yb = self._batch(idx, streamed, aug_gen)
                 xb = shrink(self._with_outliers(xb, aug_gen), small)
                 if self.teacher is not None:
-                    self._distill_rows = self.rehearsal[idx].to(self.device, non_blocking=True)
+                    self._distill_rows = (idx >= self.first_rehearsed).to(self.device)
                 loss, logits = self.step(model, xb, yb, len(idx), batch)
                 sums.add(loss, logits, yb)
             if live is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import pytest
 import torch
@@ -381,6 +382,40 @@ def test_training_images_streamed_from_files_train_exactly_as_in_memory(tmp_path
     assert reports["stream"]["test"]["accuracy"] > 0.6  # 3 classes: it learnt
     with pytest.raises(TrainError, match="folder:PATH"):
         imrec.fit("digits", out=tmp_path / "d", train={"data_placement": "stream"}, progress=False)
+
+
+class _SchedulingProbe:
+    """Stands in for a streamed training split: each item is how the worker that read it is
+    scheduled (its policy, its nice value and its torch threads)."""
+
+    def __init__(self, fresh: bool):
+        self.fresh = fresh
+
+    def read(self, i: int) -> torch.Tensor:
+        return torch.tensor(
+            [os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0), torch.get_num_threads()]
+        )
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_render_workers_give_way_to_the_training_step():
+    """Workers that draw fresh images (renders) run at the lowest CPU priority, so that the
+    step's threads always come first, and by default on every core of this process's share;
+    workers that decode files keep the normal priority and leave a core to the step."""
+    from imrec.engine.distributed import cpu_threads
+    from imrec.engine.placement import StreamLoader, default_workers
+
+    seen = {}
+    for fresh in (True, False):
+        loader = StreamLoader(_SchedulingProbe(fresh), torch.zeros(6, dtype=torch.long), 2, False)
+        rows = torch.cat([x for x, _ in loader.epoch([[0, 1], [2, 3], [4, 5]])])
+        seen[fresh] = {tuple(r.tolist()) for r in rows}
+        assert {r[2] for r in seen[fresh]} == {1}  # one thread in each worker
+    assert {r[0] for r in seen[True]} == {os.SCHED_IDLE}
+    assert {r[0] for r in seen[False]} == {os.sched_getscheduler(0)} != {os.SCHED_IDLE}
+    assert {r[1] for r in seen[False]} == {os.getpriority(os.PRIO_PROCESS, 0)}
+    assert default_workers(_SchedulingProbe(True)) == cpu_threads(1)
+    assert default_workers(_SchedulingProbe(False)) == min(8, max(1, cpu_threads(1) - 1))
 
 
 def test_bf16_autocast_on_the_cpu_is_opt_in(tmp_path):

@@ -188,8 +188,8 @@ class HardwareConfig:
     )
     workers: int = _flag(
         0,
-        "classifiers: DataLoader workers decoding or drawing streamed images (0: the spare "
-        "cores, at most 8 for files)",
+        "classifiers: DataLoader workers decoding or drawing streamed images (0: for drawn "
+        "images every core, at the lowest priority; for files the spare cores, at most 8)",
     )
     cuda_graphs: str = _flag(
         "auto",

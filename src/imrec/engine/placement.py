@@ -4,6 +4,10 @@ drawn from seeds, and how a global batch is shared between ranks.
 
 from __future__ import annotations
 
+import contextlib
+import os
+from functools import partial
+
 import torch
 
 from imrec.core.errors import TrainError
@@ -106,24 +110,38 @@ class _EpochBatches(torch.utils.data.Sampler):
 
 
 def default_workers(images, local_size: int = 1) -> int:
-    """DataLoader workers for a streamed training split when ``--workers`` is 0: the cores
-    left to this process (its share when ``local_size`` processes train on this machine) but
-    one. Files are decoded by at most 8 (more wait on the disk and the training step); images
-    drawn afresh every epoch (``fresh``: rendered handwriting) are pure CPU work, so they get
-    every spare core (an H200 machine's 16 cores: 15 workers drew 8,354 hanzi renders/s, 7
-    drew 4,451; BENCHMARKS.md "The default run on one GPU").
+    """DataLoader workers for a streamed training split when ``--workers`` is 0. Files are
+    decoded by the cores left to this process (its share when ``local_size`` processes train
+    on this machine) but one, at most 8 (more wait on the disk and the training step). Images
+    drawn afresh every epoch (``fresh``: rendered handwriting) are pure CPU work drawn by
+    workers of the lowest priority (:func:`_worker_init`), so they get every core of the
+    share: they draw while the step's threads wait (for a batch, or in its serial parts) and
+    give way as soon as it runs (the 2-core CPU: 1.29x the training rate of one worker beside
+    the step at normal priority; an H200 machine's 16 cores at normal priority: 15 workers
+    drew 8,354 hanzi renders/s, 7 drew 4,451; BENCHMARKS.md "Render workers that give way to
+    the step", "The default run on one GPU").
 
     Example:
         >>> class Drawn: fresh = True
-        >>> default_workers([], local_size=1) <= 8 and default_workers(Drawn()) >= 1
-        True
+        >>> default_workers([], local_size=1) <= 8, default_workers(Drawn()) == cpu_threads(1)
+        (True, True)
     """
-    spare = max(1, cpu_threads(local_size) - 1)
-    return spare if getattr(images, "fresh", False) else min(8, spare)
+    share = cpu_threads(local_size)
+    return share if getattr(images, "fresh", False) else min(8, max(1, share - 1))
 
 
-def _one_thread(_: int) -> None:
-    torch.set_num_threads(1)  # decoding workers must not fight the training threads
+def _worker_init(_: int, give_way: bool = False) -> None:
+    """A DataLoader worker's set-up: one thread (decoding workers must not fight the training
+    threads) and, with ``give_way``, the lowest CPU priority there is (Linux ``SCHED_IDLE``;
+    elsewhere nice 19), so that the training step's threads always come first."""
+    torch.set_num_threads(1)
+    if not give_way:
+        return
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux: the lowest nice value
+        with contextlib.suppress(OSError):
+            os.nice(19)
 
 
 class StreamLoader:
@@ -145,7 +163,7 @@ class StreamLoader:
             pin_memory=pin,
             prefetch_factor=self.PREFETCH,
             persistent_workers=True,
-            worker_init_fn=_one_thread,
+            worker_init_fn=partial(_worker_init, give_way=getattr(images, "fresh", False)),
             # Its own generator: drawing the workers' seed from the global one would change
             # the dropout masks that follow (and so the run) compared with in-memory training.
             generator=torch.Generator().manual_seed(0),

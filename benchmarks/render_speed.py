@@ -13,8 +13,11 @@ renderer's speed decides how much of the hour goes to learning. Alternating ``--
   batch 128, AdamW) on a fixed random batch, with torch's default threads.
 
 Medians per case go into a section of ``BENCHMARKS.md``, with the whole-process training rate
-of a short ``imrec train hanzi:chars=...`` run (``--train-chars`` characters, 100 renders per
-class, 2 epochs: training images / ``train_seconds``) beside them.
+of a short ``imrec train hanzi:chars=...`` run (``--train-chars`` characters,
+``--train-per-class`` renders per class, 2 epochs: training images / ``train_seconds``) beside
+them, taken ``--train-rounds`` times each way, alternating: with the render workers as the
+default has them (one per core, at the lowest CPU priority) and as they were until stop 63
+(``--workers 1 --render-priority normal``: one worker at normal priority beside the step).
 
 Usage:
     .venv/bin/python benchmarks/render_speed.py                 # about 3 minutes on 2 cores
@@ -90,18 +93,23 @@ def step_rate(steps: int) -> float:
     return BATCH * steps / (time.perf_counter() - t0)
 
 
-def train_rate(chars: int, work: Path) -> dict:
-    """A whole ``imrec train hanzi:chars=...,train=100 --epochs 2`` process: its training
-    images/s (from ``train_seconds``), wall time and test accuracy."""
+# The whole-process runs: the render workers as the default has them, and as before stop 63.
+WORKERS = {"idle": [], "normal": ["--workers", "1", "--render-priority", "normal"]}
+
+
+def train_rate(chars: int, per_class: int, work: Path, args: list[str]) -> dict:
+    """A whole ``imrec train hanzi:chars=...,train=PER_CLASS --epochs 2 ARGS`` process: its
+    training images/s (from ``train_seconds``), wall time, the main process's peak RSS and
+    test accuracy."""
     chars_file = work / "chars.txt"
     chars_file.write_text(gb2312(1)[:chars], encoding="utf-8")
-    name = f"hanzi:chars=@{chars_file},train=100,val=2,test=4"
+    name = f"hanzi:chars=@{chars_file},train={per_class},val=2,test=4"
     run = work / "train-run"
-    cmd, env = imrec_train(name, ["--epochs", "2"], run, default_mirror())
+    cmd, env = imrec_train(name, ["--epochs", "2", *args], run, default_mirror())
     wall, rss, _ = run_measured(cmd, work / "train.log", env)
     report, _ = read_run(run)
-    seconds = report["train_seconds"]
-    return {"images": 2 * 100 * chars, "train_s": seconds, "rate": 2 * 100 * chars / seconds,
+    seconds, images = report["train_seconds"], 2 * per_class * chars
+    return {"images": images, "train_s": seconds, "rate": images / seconds,
             "wall_s": wall, "rss_mb": rss,
             "accuracy": report["test"]["accuracy"]}  # fmt: skip
 
@@ -113,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--draws", type=int, default=3, help="timed drawings of each character")
     p.add_argument("--steps", type=int, default=20, help="timed training steps per round")
     p.add_argument("--train-chars", type=int, default=200, help="0: no whole-process run")
+    p.add_argument("--train-per-class", type=int, default=100)
+    p.add_argument("--train-rounds", type=int, default=1, help="whole-process runs each way")
     p.add_argument("--md", type=Path, default=REPO / "BENCHMARKS.md")
     args = p.parse_args(argv)
     os.environ.setdefault("IMREC_DATA_MIRROR", str(default_mirror()))
@@ -131,12 +141,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in rates.items()))
     med = {k: statistics.median(v) for k, v in rates.items()}
 
-    whole = None
-    if args.train_chars:
-        with tempfile.TemporaryDirectory(dir=REPO / ".bench" if (REPO / ".bench").is_dir()
-                                         else None) as tmp:  # fmt: skip
-            whole = train_rate(args.train_chars, Path(tmp))
-        print(f"imrec train: {whole['rate']:,.0f} images/s of training, {whole['wall_s']:.1f} s")
+    whole: dict[str, list[dict]] = {k: [] for k in WORKERS} if args.train_chars else {}
+    for r in range(args.train_rounds if args.train_chars else 0):
+        for k, extra in WORKERS.items():
+            with tempfile.TemporaryDirectory(dir=REPO / ".bench" if (REPO / ".bench").is_dir()
+                                             else None) as tmp:  # fmt: skip
+                got = train_rate(args.train_chars, args.train_per_class, Path(tmp), extra)
+            whole[k].append(got)
+            print(f"imrec train, render workers {k}, round {r + 1}: {got['rate']:,.0f} images/s "
+                  f"of training, {got['wall_s']:.1f} s")  # fmt: skip
 
     rows = [[n, ", ".join(f"{v:,.0f}" for v in rates[n]), f"**{med[n]:,.0f}**",
              f"{med[n] / med['step']:.2f}"] for n in names]  # fmt: skip
@@ -150,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `.venv/bin/python benchmarks/render_speed.py --rounds {args.rounds} --chars "
         f"{args.chars} --draws {args.draws} --steps {args.steps} --train-chars "
-        f"{args.train_chars}`; commit {git_commit()}, {now()}; {m['cpu']}, {m['cores']} cores, "
+        f"{args.train_chars} --train-per-class {args.train_per_class} --train-rounds "
+        f"{args.train_rounds}`; commit {git_commit()}, {now()}; {m['cpu']}, {m['cores']} cores, "
         f"torch {m['torch']}. Renders: {SIZE} px, one image at a time, one thread, each "
         "character drawn once untimed first. Ratio: renders/s over the step's images/s.",
         "",
@@ -159,13 +173,29 @@ def main(argv: list[str] | None = None) -> int:
         ),  # fmt: skip
     ]
     if whole:
+        rate = {k: statistics.median(g["rate"] for g in v) for k, v in whole.items()}
+        wrows = [[f"`{' '.join(WORKERS[k]) or '(default)'}`",
+                  ", ".join(f"{g['rate']:,.0f}" for g in v), f"**{rate[k]:,.0f}**",
+                  ", ".join(f"{g['wall_s']:.0f}" for g in v),
+                  ", ".join(f"{g['rss_mb']:,.0f}" for g in v),
+                  ", ".join(f"{g['accuracy']:.2%}" for g in v)]
+                 for k, v in whole.items()]  # fmt: skip
         lines += [
             "",
-            f"Whole process, `imrec train hanzi:chars=(first {args.train_chars} of level 1),"
-            f"train=100,val=2,test=4 --epochs 2`: {whole['images']:,} training images in "
-            f"{whole['train_s']:.1f} s of training (**{whole['rate']:,.0f} images/s**, rendering "
-            f"in a worker beside the step), {whole['wall_s']:.1f} s wall, peak RSS "
-            f"{whole['rss_mb']:,.0f} MB, test accuracy {whole['accuracy']:.2%}.",
+            f"Whole processes, `imrec train hanzi:chars=(first {args.train_chars} of level 1),"
+            f"train={args.train_per_class},val=2,test=4 --epochs 2 [ARGS]`, "
+            f"{whole['idle'][0]['images']:,} training images each, the two ways alternating "
+            f"(`--train-per-class {args.train_per_class} --train-rounds {args.train_rounds}`); "
+            "training images/s from the report's `train_seconds`, peak RSS of the main process:",
+            "",
+            *md_table(
+                ["ARGS", "training images/s", "median", "wall s", "peak RSS MB", "test top-1"],
+                wrows,
+                "lrrrrr",
+            ),  # fmt: skip
+            "",
+            f"Render workers as the default has them: **{rate['idle'] / rate['normal']:.2f}x** "
+            "the training rate of one worker at normal priority.",
         ]
     lines.append(END)
     write_section(args.md, "\n".join(lines), START, END)

@@ -320,6 +320,8 @@ TESTED_ELSEWHERE = {
     "test_no_augment_renders_on_data_without_renders_is_refused and "
     "tests/test_letters.py::test_renders_can_be_left_as_drawn_while_the_real_letters_are_augmented",
     "--no-augment-renders": "the same",
+    # Only drawn images (letters, hanzi) have render workers; StreamLoader is given the field:
+    "--render-priority": "tests/test_engine.py::test_render_workers_give_way_to_the_training_step",
 }
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 

@@ -401,21 +401,26 @@ class _SchedulingProbe:
 def test_render_workers_give_way_to_the_training_step():
     """Workers that draw fresh images (renders) run at the lowest CPU priority, so that the
     step's threads always come first, and by default on every core of this process's share;
-    workers that decode files keep the normal priority and leave a core to the step."""
+    with --render-priority normal, and for workers that decode files, the normal priority and
+    a core left to the step."""
     from imrec.engine.distributed import cpu_threads
     from imrec.engine.placement import StreamLoader, default_workers
 
     seen = {}
-    for fresh in (True, False):
-        loader = StreamLoader(_SchedulingProbe(fresh), torch.zeros(6, dtype=torch.long), 2, False)
+    for fresh, priority in ((True, "idle"), (True, "normal"), (False, "idle")):
+        probe = _SchedulingProbe(fresh)
+        loader = StreamLoader(probe, torch.zeros(6, dtype=torch.long), 2, False, 1, priority)
         rows = torch.cat([x for x, _ in loader.epoch([[0, 1], [2, 3], [4, 5]])])
-        seen[fresh] = {tuple(r.tolist()) for r in rows}
-        assert {r[2] for r in seen[fresh]} == {1}  # one thread in each worker
-    assert {r[0] for r in seen[True]} == {os.SCHED_IDLE}
-    assert {r[0] for r in seen[False]} == {os.sched_getscheduler(0)} != {os.SCHED_IDLE}
-    assert {r[1] for r in seen[False]} == {os.getpriority(os.PRIO_PROCESS, 0)}
+        seen[fresh, priority] = {tuple(r.tolist()) for r in rows}
+        assert {r[2] for r in seen[fresh, priority]} == {1}  # one thread in each worker
+    assert {r[0] for r in seen[True, "idle"]} == {os.SCHED_IDLE}
+    normal = {(os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))}
+    assert os.SCHED_IDLE not in {p for p, _ in normal}
+    assert {r[:2] for r in seen[True, "normal"]} == {r[:2] for r in seen[False, "idle"]} == normal
+    spare = max(1, cpu_threads(1) - 1)
     assert default_workers(_SchedulingProbe(True)) == cpu_threads(1)
-    assert default_workers(_SchedulingProbe(False)) == min(8, max(1, cpu_threads(1) - 1))
+    assert default_workers(_SchedulingProbe(True), render_priority="normal") == spare
+    assert default_workers(_SchedulingProbe(False)) == min(8, spare)
 
 
 def test_bf16_autocast_on_the_cpu_is_opt_in(tmp_path):

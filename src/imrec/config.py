@@ -189,7 +189,14 @@ class HardwareConfig:
     workers: int = _flag(
         0,
         "classifiers: DataLoader workers decoding or drawing streamed images (0: for drawn "
-        "images every core, at the lowest priority; for files the spare cores, at most 8)",
+        "images every core; for files the spare cores, at most 8)",
+    )
+    render_priority: str = _flag(
+        "idle",
+        "classifiers: the CPU priority of the workers that draw images afresh every epoch "
+        "(renders): idle (default: they draw only on cores the training step leaves idle, "
+        "and give way to it) or normal",
+        choices=["idle", "normal"],
     )
     cuda_graphs: str = _flag(
         "auto",

@@ -548,6 +548,7 @@ class ClassifyTrainer(Trainer):
                 run.hardware.workers,
                 self.device.type == "cuda",
                 world.local_size,
+                run.hardware.render_priority,
             )
         return self._loader.epoch(batches)
 

@@ -109,25 +109,29 @@ class _EpochBatches(torch.utils.data.Sampler):
         return len(self.batches)
 
 
-def default_workers(images, local_size: int = 1) -> int:
+def default_workers(images, local_size: int = 1, render_priority: str = "idle") -> int:
     """DataLoader workers for a streamed training split when ``--workers`` is 0. Files are
     decoded by the cores left to this process (its share when ``local_size`` processes train
     on this machine) but one, at most 8 (more wait on the disk and the training step). Images
-    drawn afresh every epoch (``fresh``: rendered handwriting) are pure CPU work drawn by
-    workers of the lowest priority (:func:`_worker_init`), so they get every core of the
-    share: they draw while the step's threads wait (for a batch, or in its serial parts) and
-    give way as soon as it runs (the 2-core CPU: 1.29x the training rate of one worker beside
-    the step at normal priority; an H200 machine's 16 cores at normal priority: 15 workers
-    drew 8,354 hanzi renders/s, 7 drew 4,451; BENCHMARKS.md "Render workers that give way to
-    the step", "The default run on one GPU").
+    drawn afresh every epoch (``fresh``: rendered handwriting) are pure CPU work: at
+    ``render_priority`` "idle" (:func:`_worker_init`) they get a worker on every core of the
+    share, which draws while the step's threads leave its core idle (waiting for a batch, or
+    in the step's serial parts) and gives way as soon as they run (on the 2-core CPU 1.23x
+    the training rate of one worker at normal priority beside the step: BENCHMARKS.md "Render
+    workers that give way to the step"); at "normal", every spare core (an H200 machine's 16
+    cores: 15 workers drew 8,354 hanzi renders/s, 7 drew 4,451; BENCHMARKS.md "The default
+    run on one GPU").
 
     Example:
         >>> class Drawn: fresh = True
-        >>> default_workers([], local_size=1) <= 8, default_workers(Drawn()) == cpu_threads(1)
+        >>> default_workers([]) <= 8, default_workers(Drawn()) == cpu_threads(1)
         (True, True)
     """
     share = cpu_threads(local_size)
-    return share if getattr(images, "fresh", False) else min(8, max(1, share - 1))
+    spare = max(1, share - 1)
+    if not getattr(images, "fresh", False):
+        return min(8, spare)
+    return share if render_priority == "idle" else spare
 
 
 def _worker_init(_: int, give_way: bool = False) -> None:
@@ -153,8 +157,17 @@ class StreamLoader:
 
     PREFETCH = 4  # batches each worker decodes ahead
 
-    def __init__(self, images, labels: torch.Tensor, workers: int, pin: bool, local_size: int = 1):
-        workers = workers or default_workers(images, local_size)
+    def __init__(
+        self,
+        images,
+        labels: torch.Tensor,
+        workers: int,
+        pin: bool,
+        local_size: int = 1,
+        render_priority: str = "idle",
+    ):
+        workers = workers or default_workers(images, local_size, render_priority)
+        give_way = getattr(images, "fresh", False) and render_priority == "idle"
         self.sampler = _EpochBatches()
         self.loader = torch.utils.data.DataLoader(
             _FileSamples(images, labels),
@@ -163,7 +176,7 @@ class StreamLoader:
             pin_memory=pin,
             prefetch_factor=self.PREFETCH,
             persistent_workers=True,
-            worker_init_fn=partial(_worker_init, give_way=getattr(images, "fresh", False)),
+            worker_init_fn=partial(_worker_init, give_way=give_way),
             # Its own generator: drawing the workers' seed from the global one would change
             # the dropout masks that follow (and so the run) compared with in-memory training.
             generator=torch.Generator().manual_seed(0),

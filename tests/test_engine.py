@@ -375,6 +375,8 @@ def test_training_images_streamed_from_files_train_exactly_as_in_memory(tmp_path
             progress=False,
         )
         assert reports[mode]["data_placement"] == mode
+    assert reports["device"]["data_workers"] is None
+    assert reports["stream"]["data_workers"] == {"count": 1, "priority": "normal"}  # files
     assert reports["stream"]["test"]["accuracy"] == reports["device"]["test"]["accuracy"]
     assert reports["stream"]["test"]["nll"] == pytest.approx(
         reports["device"]["test"]["nll"], abs=1e-6
@@ -412,6 +414,8 @@ def test_render_workers_give_way_to_the_training_step():
         loader = StreamLoader(probe, torch.zeros(6, dtype=torch.long), 2, False, 1, priority)
         rows = torch.cat([x for x, _ in loader.epoch([[0, 1], [2, 3], [4, 5]])])
         seen[fresh, priority] = {tuple(r.tolist()) for r in rows}
+        said = "idle" if fresh and priority == "idle" else "normal"  # what the report says
+        assert loader.info == {"count": 2, "priority": said}
         assert {r[2] for r in seen[fresh, priority]} == {1}  # one thread in each worker
     assert {r[0] for r in seen[True, "idle"]} == {os.SCHED_IDLE}
     normal = {(os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))}

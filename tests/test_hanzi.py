@@ -271,6 +271,9 @@ def test_a_small_vocabulary_trains_and_predicts_characters(hanzi_run, tmp_path):
     assert data.ink["form"] == 2 and "Arphic Public License" in data.split_note
     report = json.loads((out / "report.json").read_text())
     assert report["test"]["accuracy"] > 0.8  # 10 classes, renders never seen in training
+    # Drawn by DataLoader workers that give way to the step (tests/test_engine.py).
+    assert report["data_placement"] == "stream"
+    assert report["data_workers"]["priority"] == "idle"
     # The licence text travels with the data and the model, and predictions are characters.
     assert (imrec.data.fetch_dataset("hanzi") / "ARPHICPL.TXT").is_file()
     bundle = export_bundle(out, tmp_path / "bundle")

@@ -198,6 +198,7 @@ def _finish_run(trainer) -> dict:
         },
         "device": str(trainer.device),
         "data_placement": trainer.placement,
+        "data_workers": trainer.data_workers,  # streamed runs' DataLoader workers, else None
         "cuda_graphs": trainer.cuda_graphs,
         "amp": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "off",
         **trainer.parallel_info(),  # world_size, effective_batch_size, lr_scaling

@@ -200,6 +200,7 @@ class ClassifyTrainer(Trainer):
         self.train_images = d.train.images if d.train.streamed else d.train.images.to(home)
         self.train_labels = d.train.labels.to(home)
         self._loader: StreamLoader | None = None  # DataLoader workers, for "stream"
+        self.data_workers: dict | None = None  # theirs for the report: count, CPU priority
         if self.placement == "host" and self.device.type == "cuda":
             # Page-locked memory lets each batch's copy to the GPU overlap the compute.
             self.train_images = self.train_images.pin_memory()
@@ -550,6 +551,7 @@ class ClassifyTrainer(Trainer):
                 world.local_size,
                 run.hardware.render_priority,
             )
+            self.data_workers = dict(self._loader.info)
         return self._loader.epoch(batches)
 
     def _graphed_step(

@@ -168,6 +168,8 @@ class StreamLoader:
     ):
         workers = workers or default_workers(images, local_size, render_priority)
         give_way = getattr(images, "fresh", False) and render_priority == "idle"
+        # What the report says of them: how many, and at which CPU priority.
+        self.info = {"count": workers, "priority": "idle" if give_way else "normal"}
         self.sampler = _EpochBatches()
         self.loader = torch.utils.data.DataLoader(
             _FileSamples(images, labels),

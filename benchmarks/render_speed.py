@@ -20,7 +20,7 @@ default has them (one per core, at the lowest CPU priority) and as they were unt
 (``--workers 1 --render-priority normal``: one worker at normal priority beside the step).
 
 Usage:
-    .venv/bin/python benchmarks/render_speed.py                 # about 3 minutes on 2 cores
+    .venv/bin/python benchmarks/render_speed.py                 # about 4 minutes on 2 cores
     .venv/bin/python benchmarks/render_speed.py --rounds 1 --chars 50 --draws 1 \\
         --train-chars 0 --md /tmp/bench.md                     # a smoke run
 """

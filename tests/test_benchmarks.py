@@ -55,6 +55,19 @@ def test_render_speed_smoke_run_measures_renders_and_the_step(tmp_path, monkeypa
             continue
         assert float(cells[2].strip("*").replace(",", "")) > 0
     assert rows[next(k for k in rows if k.startswith("training step"))].endswith("| 1.00 |")
+    # The whole-process runs, both ways: the default render workers and one at normal priority.
+    whole = ["--train-chars", "4", "--train-per-class", "100", "--train-rounds", "1"]
+    assert bench.main([*argv[:-2], *whole, "--md", str(md)]) == 0
+    text = md.read_text()
+    assert text.count("<!-- render_speed:start -->") == 1 and "800 training images each" in text
+    ways = [
+        line for line in text.splitlines() if line.startswith(("| `(default)`", "| `--workers"))
+    ]
+    assert len(ways) == 2 and "--render-priority normal" in ways[1]
+    for line in ways:  # a positive rate, and the 4 characters learnt a little either way
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert float(cells[2].strip("*").replace(",", "")) > 0 and float(cells[5][:-1]) > 25
+    assert "x** the training rate of one worker at normal priority" in text
 
 
 def test_prepare_speed_smoke_run_loads_a_folder_both_ways_to_the_same_images(

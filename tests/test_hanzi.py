@@ -234,6 +234,39 @@ def test_the_renderers_fast_normal_form_matches_the_general_one(mirror):
     assert not drawing_to_ink_form(np.zeros((96, 96), np.uint8), form).any()  # blank stays blank
 
 
+def test_renders_written_small_are_read_as_to_ink_form_reads_them(mirror, monkeypatch):
+    """A render written small is reduced and then read by clean_to_ink_form, which skips the
+    searches of to_ink_form that a clean image cannot need (page, desk, shadow, printed lines):
+    the result must be to_ink_form's wherever the ink stays clear of the image's edge."""
+    import imrec.data.render as render
+    from imrec.core.preprocess import _border_contact, clean_to_ink_form
+    from imrec.data.hanzi import Renderer
+
+    reduced = []
+
+    def keep(a, form):
+        reduced.append(a.copy())
+        return clean_to_ink_form(a, form)
+
+    monkeypatch.setattr(render, "clean_to_ink_form", keep)
+    chars = TEN
+    renderer = Renderer(chars, strokes=load_strokes(chars), style=PenStyle(small=1.0))
+    keys = list(range(80))
+    renderer.draw(9, [k % len(chars) for k in keys], 48, keys)
+    assert len(reduced) == len(keys)  # every render written small, through the fast reading
+    form = InkForm.for_size(48)
+    same = 0
+    for a in reduced:
+        assert max(a.shape) < 96  # reduced from the 96 px canvas
+        if np.array_equal(clean_to_ink_form(a, form), to_ink_form(a, form)):
+            same += 1
+        else:  # to_ink_form may read ink that runs into the edge as a shadow or a desk
+            assert _border_contact(a >= 128) > 0
+    assert same >= 0.9 * len(reduced), same
+    blank = np.zeros((20, 20), np.uint8)
+    assert not clean_to_ink_form(blank, form).any()
+
+
 def test_training_renders_are_drawn_afresh_every_epoch(mirror):
     data = load_dataset(f"hanzi:chars={TEN[:3]},train=4,val=1,test=1,size=32")
     images = data.train.images

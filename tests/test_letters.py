@@ -193,6 +193,33 @@ def test_no_font_goes_on_with_real_letters_and_unreadable_fonts_are_named(mirror
         load_dataset(f"letters:fonts={fonts},holdout=Nope")
 
 
+def test_a_known_familys_files_in_a_folder_keep_its_package_and_licence(tmp_path, monkeypatch):
+    """fonts-bwht's files name their own families (``Because We Build``, ...): given through
+    ``fonts=DIR`` they count as ``Because We``, as fontconfig's do, so the report names the
+    package and licence and ``holdout=Because We`` finds them; other families keep their name."""
+    fonts = _font_dir(tmp_path, 1)
+    real = L.ImageFont.truetype
+
+    class Named:
+        def __init__(self, font, family):
+            self.font, self.family = font, family
+
+        def getname(self):
+            return (self.family, "Regular")
+
+    monkeypatch.setattr(
+        L.ImageFont, "truetype", lambda *a, **k: Named(real(*a, **k), "Because We Build")
+    )
+    assert [f.family for f in L.folder_fonts(str(fonts))] == ["Because We"]
+    monkeypatch.setattr(L.ImageFont, "truetype", lambda *a, **k: Named(real(*a, **k), "Kristi"))
+    assert [f.family for f in L.folder_fonts(str(fonts))] == ["Kristi"]
+    monkeypatch.setattr(L.ImageFont, "truetype", real)
+    found = L.folder_fonts(str(fonts))  # the font's own name (CI's: Comic Neue)
+    package, licence = L.HANDWRITING_FONTS[found[0].family]
+    names = L.LetterFonts(found, list(L.UPPER), False, 0.0).names()
+    assert f"{found[0].family} ({package}, {licence})" in names
+
+
 def test_a_letter_no_font_has_is_left_to_the_real_images(mirror, tmp_path, monkeypatch):
     fonts = _font_dir(tmp_path, 1)
     real = L._has_glyph

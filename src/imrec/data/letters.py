@@ -205,8 +205,8 @@ def installed_handwriting_fonts() -> list[Font]:
     for line in sorted(out.splitlines()):
         path, _, rest = line.partition(": ")
         family = rest.split(":")[0].split(",")[0].strip()
-        known = next((k for k in HANDWRITING_FONTS if family.startswith(k)), None)
-        if known is None:
+        known = known_family(family)
+        if known not in HANDWRITING_FONTS:
             continue
         style = rest.split("style=")[-1].split(",")[0] if "style=" in rest else ""
         index = int(rest.split("index=")[-1].split(":")[0]) if "index=" in rest else 0
@@ -214,9 +214,23 @@ def installed_handwriting_fonts() -> list[Font]:
     return sorted(found.values(), key=lambda f: f.path) + strokes
 
 
+def known_family(family: str) -> str:
+    """The :data:`HANDWRITING_FONTS` family that a font's own family name belongs to (each of
+    fonts-bwht's six files names its own: ``Because We Build`` is one of ``Because We``), so
+    that the report names its package and licence and ``holdout=`` finds it whether the fonts
+    came from fontconfig or from ``fonts=DIR``; any other name as it is.
+
+    Example:
+        >>> known_family("Because We Build"), known_family("Comic Neue"), known_family("Kristi")
+        ('Because We', 'Comic Neue', 'Kristi')
+    """
+    return next((k for k in HANDWRITING_FONTS if family.startswith(k)), family)
+
+
 def folder_fonts(folder: str) -> list[Font]:
     """Every font file under ``folder`` (:func:`imrec.data.render.folder_fonts`), with its
-    family read from the file when it can be, then its Hershey stroke fonts (``.jhf``; family
+    family read from the file when it can be (:func:`known_family`: a file of a known family
+    under that family's name), then its Hershey stroke fonts (``.jhf``; family
     from :data:`imrec.data.hershey.FAMILIES`, else the file's name)."""
     try:
         found = render.folder_fonts(folder)
@@ -227,6 +241,7 @@ def folder_fonts(folder: str) -> list[Font]:
     for path, index in found:
         try:
             family = ImageFont.truetype(path, 20, index=index).getname()[0] or Path(path).stem
+            family = known_family(family)
         except OSError:
             family = Path(path).stem  # reported as unreadable when loaded
         out.append(Font(path, index, family))

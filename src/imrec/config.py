@@ -376,7 +376,8 @@ RECIPES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     # in full 87.64% / 95.56% on unseen renders and 83.31% / 94.28% on the real writers
     # zero-shot against 86.22% / 94.73% and 82.91% / 94.58%, at about the same cost a step
     # (68.9 min whole on a slow day of the 2-core AMD; BENCHMARKS.md "A spatial neck in full";
-    # 61.3 min there since the render workers give way to the step, stop 63).
+    # 61.3 min there since the render workers give way to the step, stop 63; 58.1 min since
+    # renders written small skip to_ink_form's searches, stop 64: 87.74% / 82.13% that run).
     # Fine-tuned on Chinese MNIST it forgets more: renders -1.43 points (to 86.21%, still above
     # the model without it after the same fine-tuning, 85.43%), test writers 99.03% as before.
     ("fast", "hanzi"): {

@@ -47,7 +47,8 @@ class PenStyle:
     blur: float = 1 / 48  # render_strokes/render_fonts: a blur, sigma up to this much of the side
     # The chance that a character is written small: its drawing reduced (antialiased) until the
     # ink's longer side is SMALL_INK pixels, then brought into the form as a user's file is
-    # (clean_to_ink_form, as to_ink_form reads it), strokes enlarged wide and soft. 0: never (the renders are as before).
+    # (clean_to_ink_form, as to_ink_form reads it), strokes enlarged wide and soft. 0: never
+    # (the renders are as before).
     small: float = 0.0
     # Measured on 15 characters (200 renders each, 15 epochs, scored on all 15,000 real
     # Chinese MNIST images): shift .025 / stretch .08 / bend .025 / rotate 8 / shear .2 /

@@ -353,13 +353,20 @@ def to_ink_form(img: Image.Image | np.ndarray, form: InkForm) -> np.ndarray:
         >>> out.shape, int(out.max()), bool((to_ink_form(out, InkForm()) == out).all())
         ((28, 28), 255, True)
     """
+    return _read_into_form(img, form, _ink_of)
+
+
+def _read_into_form(img: Image.Image | np.ndarray, form: InkForm, read) -> np.ndarray:
+    """``img`` in ``form``, its ink found by ``read`` (grey ``(H, W)`` in [0, 1] -> the ink
+    map, its mask, background and full-ink levels, or None if blank): :func:`to_ink_form`
+    with :func:`_ink_of`, :func:`clean_to_ink_form` with :func:`_clean_ink`."""
     square = _square_grey(img, form.size)
     if square is not None and in_ink_form(square, form):
         return square
     grey = _grey_float(_reduced(img, form.size))
     if min(grey.shape) < 2:
         raise ValueError(f"image too small for ink normalisation: {grey.shape}")
-    got = _ink_of(grey)
+    got = read(grey)
     if got is None:
         return np.zeros((form.size, form.size), np.uint8)
     ink, mask, level_lo, level_hi = got
@@ -407,18 +414,18 @@ def clean_to_ink_form(a: np.ndarray, form: InkForm) -> np.ndarray:
         >>> bool((clean_to_ink_form(a, InkForm()) == to_ink_form(a, InkForm())).all())
         True
     """
-    square = _square_grey(a, form.size)
-    if square is not None and in_ink_form(square, form):
-        return square
-    grey = _grey_float(a)
-    if min(grey.shape) < 2:
-        raise ValueError(f"image too small for ink normalisation: {grey.shape}")
+    return _read_into_form(a, form, _clean_ink)
+
+
+def _clean_ink(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float] | None:
+    """:func:`_ink_of` for a clean dark ground: the ink map and what :func:`_ink_mask` finds
+    in it, without the page, desk, shadow and printed-line searches."""
     ink = _ink_map(grey, light=False)
     found = _ink_mask(ink)
     if found is None:
-        return np.zeros((form.size, form.size), np.uint8)
+        return None
     mask, level_lo, level_hi, _ = found
-    return _place_ink(ink, mask, level_lo, level_hi, form.size, form.box, form.stroke)
+    return ink, mask, level_lo, level_hi
 
 
 def soften(square: np.ndarray, ink: dict | None, side: int) -> np.ndarray:
@@ -1295,19 +1302,16 @@ def _running_max(a: np.ndarray, k: int, axis: int) -> np.ndarray:
         >>> _running_max(np.array([[1, 5, 2, 0, 3]]), 3, 1).tolist()
         [[5, 5, 3]]
     """
-    # Slices along the axis (np.moveaxis cost more than the maxima on a small image).
-    cut = (
-        (lambda lo, hi: (slice(lo, hi),))
-        if axis == 0
-        else (lambda lo, hi: (slice(None), slice(lo, hi)))
-    )
+    # Along axis 0 of a view (.T; np.moveaxis's overhead cost more than the maxima on a small
+    # image).
+    a = a if axis == 0 else a.T
     span, m = 1, a
     while 2 * span <= k:  # m[i] = max(a[i : i + span]) with span doubling
-        m = np.maximum(m[cut(None, -span)], m[cut(span, None)])
+        m = np.maximum(m[:-span], m[span:])
         span *= 2
-    n = a.shape[axis] - k + 1
-    # Two overlapping windows of length span cover k.
-    return np.maximum(m[cut(None, n)], m[cut(k - span, k - span + n)])
+    n = a.shape[0] - k + 1
+    out = np.maximum(m[:n], m[k - span : k - span + n])  # two overlapping windows cover k
+    return out if axis == 0 else out.T
 
 
 def _place_ink(

@@ -17,7 +17,7 @@ of a short ``imrec train hanzi:chars=...`` run (``--train-chars`` characters,
 ``--train-per-class`` renders per class, 2 epochs: training images / ``train_seconds``) beside
 them, taken ``--train-rounds`` times each way, alternating: with the render workers as the
 default has them (one per core, at the lowest CPU priority) and as they were until stop 63
-(``--workers 1 --render-priority normal``: one worker at normal priority beside the step).
+(``--workers 1 --worker-priority normal``: one worker at normal priority beside the step).
 
 Usage:
     .venv/bin/python benchmarks/render_speed.py                 # about 4 minutes on 2 cores
@@ -94,7 +94,7 @@ def step_rate(steps: int) -> float:
 
 
 # The whole-process runs: the render workers as the default has them, and as before stop 63.
-WORKERS = {"idle": [], "normal": ["--workers", "1", "--render-priority", "normal"]}
+WORKERS = {"idle": [], "normal": ["--workers", "1", "--worker-priority", "normal"]}
 
 
 def train_rate(chars: int, per_class: int, work: Path, args: list[str]) -> dict:

@@ -63,7 +63,7 @@ def test_render_speed_smoke_run_measures_renders_and_the_step(tmp_path, monkeypa
     ways = [
         line for line in text.splitlines() if line.startswith(("| `(default)`", "| `--workers"))
     ]
-    assert len(ways) == 2 and "--render-priority normal" in ways[1]
+    assert len(ways) == 2 and "--worker-priority normal" in ways[1]
     for line in ways:  # a positive rate, and the 4 characters learnt a little either way
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert float(cells[2].strip("*").replace(",", "")) > 0 and float(cells[5][:-1]) > 25

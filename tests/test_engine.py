@@ -376,7 +376,7 @@ def test_training_images_streamed_from_files_train_exactly_as_in_memory(tmp_path
         )
         assert reports[mode]["data_placement"] == mode
     assert reports["device"]["data_workers"] is None
-    assert reports["stream"]["data_workers"] == {"count": 1, "priority": "normal"}  # files
+    assert reports["stream"]["data_workers"] == {"count": 1, "priority": "idle"}  # files too
     assert reports["stream"]["test"]["accuracy"] == reports["device"]["test"]["accuracy"]
     assert reports["stream"]["test"]["nll"] == pytest.approx(
         reports["device"]["test"]["nll"], abs=1e-6
@@ -400,31 +400,55 @@ class _SchedulingProbe:
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
-def test_render_workers_give_way_to_the_training_step():
-    """Workers that draw fresh images (renders) run at the lowest CPU priority, so that the
-    step's threads always come first, and by default on every core of this process's share;
-    with --render-priority normal, and for workers that decode files, the normal priority and
+def test_data_workers_give_way_to_the_training_step():
+    """Workers that draw fresh images (renders) or decode files run at the lowest CPU priority,
+    so that the step's threads always come first, and by default on every core of this
+    process's share (files: at most 8); with --worker-priority normal, the normal priority and
     a core left to the step."""
     from imrec.engine.distributed import cpu_threads
     from imrec.engine.placement import StreamLoader, default_workers
 
-    seen = {}
-    for fresh, priority in ((True, "idle"), (True, "normal"), (False, "idle")):
-        probe = _SchedulingProbe(fresh)
-        loader = StreamLoader(probe, torch.zeros(6, dtype=torch.long), 2, False, 1, priority)
-        rows = torch.cat([x for x, _ in loader.epoch([[0, 1], [2, 3], [4, 5]])])
-        seen[fresh, priority] = {tuple(r.tolist()) for r in rows}
-        said = "idle" if fresh and priority == "idle" else "normal"  # what the report says
-        assert loader.info == {"count": 2, "priority": said}
-        assert {r[2] for r in seen[fresh, priority]} == {1}  # one thread in each worker
-    assert {r[0] for r in seen[True, "idle"]} == {os.SCHED_IDLE}
-    normal = {(os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))}
-    assert os.SCHED_IDLE not in {p for p, _ in normal}
-    assert {r[:2] for r in seen[True, "normal"]} == {r[:2] for r in seen[False, "idle"]} == normal
-    spare = max(1, cpu_threads(1) - 1)
-    assert default_workers(_SchedulingProbe(True)) == cpu_threads(1)
-    assert default_workers(_SchedulingProbe(True), render_priority="normal") == spare
-    assert default_workers(_SchedulingProbe(False)) == min(8, spare)
+    normal = (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))
+    assert normal[0] != os.SCHED_IDLE
+    for fresh in (True, False):
+        for priority in ("idle", "normal"):
+            probe = _SchedulingProbe(fresh)
+            loader = StreamLoader(probe, torch.zeros(6, dtype=torch.long), 2, False, 1, priority)
+            rows = {tuple(r.tolist()) for x, _ in loader.epoch([[0, 1], [2, 3], [4, 5]]) for r in x}
+            assert loader.info == {"count": 2, "priority": priority}  # what the report says
+            assert {r[2] for r in rows} == {1}  # one thread in each worker
+            if priority == "idle":
+                assert {r[0] for r in rows} == {os.SCHED_IDLE}, fresh
+            else:
+                assert {r[:2] for r in rows} == {normal}, fresh
+    share = cpu_threads(1)
+    spare = max(1, share - 1)
+    assert default_workers(_SchedulingProbe(True)) == share
+    assert default_workers(_SchedulingProbe(True), priority="normal") == spare
+    assert default_workers(_SchedulingProbe(False)) == min(8, share)
+    assert default_workers(_SchedulingProbe(False), priority="normal") == min(8, spare)
+    assert default_workers(_SchedulingProbe(False), local_size=share) == 1  # torchrun's share
+
+
+def test_runs_recorded_with_the_old_render_priority_still_load():
+    """Stop 63-64 runs wrote the option as render_priority (grouped and flat layouts), and
+    --render-priority still parses: both are --worker-priority."""
+    from imrec.cli import build_parser
+    from imrec.config import RunConfig, split_train
+
+    grouped = RunConfig().to_dict()
+    grouped["hardware"] = {"render_priority": "normal"}
+    assert RunConfig.from_dict(grouped).hardware.worker_priority == "normal"
+    assert RunConfig.from_dict({"train": {"render_priority": "normal"}}).train.worker_priority == (
+        "normal"
+    )
+    assert split_train({"render_priority": "normal"})["hardware"] == {"worker_priority": "normal"}
+    parser = build_parser()
+    for flag in ("--render-priority", "--worker-priority"):
+        assert parser.parse_args(["train", "mnist", flag, "normal"]).worker_priority == "normal"
+    assert parser.parse_args(["train", "mnist"]).worker_priority is None  # the recipe's
+    with pytest.raises(TrainError, match="unknown training option"):
+        split_train({"render_priorty": "normal"})
 
 
 def test_bf16_autocast_on_the_cpu_is_opt_in(tmp_path):

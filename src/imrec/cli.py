@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from imrec.config import SERVE_BURST, SERVE_RATE, TRAIN_GROUPS, TrainConfig
+from imrec.config import SERVE_BURST, SERVE_RATE, TRAIN_GROUPS, HardwareConfig, TrainConfig
 from imrec.core import heap, openmp
 
 
@@ -502,7 +502,15 @@ def _train_command(sub) -> None:
     t.add_argument("--preset", choices=["fast", "best"], default="fast")
     t.add_argument("--out", help="run folder (default: runs/<dataset>-N)")
     for title, cls in TRAIN_GROUPS.items():
-        config_flags(t.add_argument_group(_GROUP_TITLES[title]), cls)
+        group = t.add_argument_group(_GROUP_TITLES[title])
+        config_flags(group, cls)
+        if cls is HardwareConfig:  # its old name (stops 63-64), when it covered renders only
+            group.add_argument(
+                "--render-priority",
+                dest="worker_priority",
+                choices=["idle", "normal"],
+                help="the old name of --worker-priority",
+            )
     t.add_argument(
         "--pretrained",
         metavar="WEIGHTS",

@@ -191,11 +191,12 @@ class HardwareConfig:
         "classifiers: DataLoader workers decoding or drawing streamed images (0: for drawn "
         "images every core; for files the spare cores, at most 8)",
     )
-    render_priority: str = _flag(
+    worker_priority: str = _flag(
         "idle",
-        "classifiers: the CPU priority of the workers that draw images afresh every epoch "
-        "(renders): idle (default: they draw only on cores the training step leaves idle, "
-        "and give way to it) or normal",
+        "classifiers: the CPU priority of the DataLoader workers that draw or decode streamed "
+        "images: idle (default: a worker on every core, at most 8 for files, working only "
+        "while the training step leaves a core idle and giving way to it) or normal (the "
+        "spare cores, at most 8 for files); --render-priority is its old name",
         choices=["idle", "normal"],
     )
     cuda_graphs: str = _flag(
@@ -234,13 +235,30 @@ Example:
 """
 
 
+# Training options renamed since runs were recorded with them: old name -> new. Stop 63-64
+# runs wrote render_priority, which covered renders only (files follow it too since stop 65).
+_RENAMED = {"render_priority": "worker_priority"}
+
+
+def _renamed(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the old names of renamed training options replaced by the new ones.
+
+    Example:
+        >>> _renamed({"render_priority": "normal", "epochs": 2})
+        {'worker_priority': 'normal', 'epochs': 2}
+    """
+    return {_RENAMED.get(k, k): v for k, v in options.items()}
+
+
 def split_train(options: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Route flat training options (``{"lr": 0.01, "epochs": 2}``) to their groups.
+    """Route flat training options (``{"lr": 0.01, "epochs": 2}``) to their groups (an old
+    name of a renamed option, :data:`_RENAMED`, is taken as its new one).
 
     Example:
         >>> split_train({"lr": 0.01, "epochs": 2})
         {'optim': {'lr': 0.01}, 'loop': {'epochs': 2}, 'hardware': {}}
     """
+    options = _renamed(options)
     unknown = sorted(set(options) - set(_GROUP_OF))
     if unknown:
         raise TrainError(f"unknown training option(s) {unknown}; known: {sorted(_GROUP_OF)}")
@@ -255,7 +273,8 @@ class RunConfig:
     """Everything that defines a training run.
 
     ``config.json`` files written before the training options were split into ``optim``,
-    ``loop`` and ``hardware`` (one flat ``"train"`` object) still load with :meth:`from_dict`.
+    ``loop`` and ``hardware`` (one flat ``"train"`` object) still load with :meth:`from_dict`,
+    as do those that name a training option by an old name (``render_priority``).
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -285,7 +304,7 @@ class RunConfig:
         data["augment_off"] = tuple(data.get("augment_off", ()))
         groups = split_train(d.get("train", {}))  # the flat layout of older runs
         for g in TRAIN_GROUPS:
-            groups[g].update(d.get(g, {}))
+            groups[g].update(_renamed(d.get(g, {})))
         return cls(
             data=DataConfig(**data),
             model=ModelConfig(**d.get("model", {})),

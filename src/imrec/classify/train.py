@@ -549,7 +549,7 @@ class ClassifyTrainer(Trainer):
                 run.hardware.workers,
                 self.device.type == "cuda",
                 world.local_size,
-                run.hardware.render_priority,
+                run.hardware.worker_priority,
             )
             self.data_workers = dict(self._loader.info)
         return self._loader.epoch(batches)

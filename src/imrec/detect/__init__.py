@@ -23,7 +23,7 @@ UNUSED_TRAIN_FIELDS = (
     "compile",
     "data_placement",
     "workers",
-    "render_priority",
+    "worker_priority",
     "cuda_graphs",
     "eval_batch_size",
     "small_epochs",

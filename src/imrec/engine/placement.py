@@ -109,29 +109,28 @@ class _EpochBatches(torch.utils.data.Sampler):
         return len(self.batches)
 
 
-def default_workers(images, local_size: int = 1, render_priority: str = "idle") -> int:
-    """DataLoader workers for a streamed training split when ``--workers`` is 0. Files are
-    decoded by the cores left to this process (its share when ``local_size`` processes train
-    on this machine) but one, at most 8 (more wait on the disk and the training step). Images
-    drawn afresh every epoch (``fresh``: rendered handwriting) are pure CPU work: at
-    ``render_priority`` "idle" (:func:`_worker_init`) they get a worker on every core of the
-    share, which draws while the step's threads leave its core idle (waiting for a batch, or
-    in the step's serial parts) and gives way as soon as they run (on the 2-core CPU 1.23x
-    the training rate of one worker at normal priority beside the step: BENCHMARKS.md "Render
-    workers that give way to the step"); at "normal", every spare core (an H200 machine's 16
-    cores: 15 workers drew 8,354 hanzi renders/s, 7 drew 4,451; BENCHMARKS.md "The default
-    run on one GPU").
+def default_workers(images, local_size: int = 1, priority: str = "idle") -> int:
+    """DataLoader workers for a streamed training split when ``--workers`` is 0.
+
+    At ``priority`` "idle" (the default; :func:`_worker_init`) a worker on every core of this
+    process's share (its cores when ``local_size`` processes train on this machine), at most
+    8 for files (more wait on the disk and the training step): each works while the step's
+    threads leave its core idle (waiting for a batch, or in the step's serial parts) and gives
+    way as soon as they run. On the 2-core CPU that trains 1.23x faster than one worker at
+    normal priority beside the step for renders (BENCHMARKS.md "Render workers that give way
+    to the step") and 1.17x for files (Chinese MNIST's 15,000 files streamed as a folder,
+    stop 64). At "normal" every spare core (all but one), at most 8 for files (an H200
+    machine's 16 cores: 15 render workers drew 8,354 hanzi renders/s, 7 drew 4,451;
+    BENCHMARKS.md "The default run on one GPU").
 
     Example:
         >>> class Drawn: fresh = True
-        >>> default_workers([]) <= 8, default_workers(Drawn()) == cpu_threads(1)
+        >>> default_workers([]) == min(8, cpu_threads(1)), default_workers(Drawn()) == cpu_threads(1)
         (True, True)
     """
     share = cpu_threads(local_size)
-    spare = max(1, share - 1)
-    if not getattr(images, "fresh", False):
-        return min(8, spare)
-    return share if render_priority == "idle" else spare
+    cores = share if priority == "idle" else max(1, share - 1)
+    return cores if getattr(images, "fresh", False) else min(8, cores)
 
 
 def _worker_init(_: int, give_way: bool = False) -> None:
@@ -164,10 +163,10 @@ class StreamLoader:
         workers: int,
         pin: bool,
         local_size: int = 1,
-        render_priority: str = "idle",
+        priority: str = "idle",
     ):
-        workers = workers or default_workers(images, local_size, render_priority)
-        give_way = getattr(images, "fresh", False) and render_priority == "idle"
+        workers = workers or default_workers(images, local_size, priority)
+        give_way = priority == "idle"
         # What the report says of them: how many, and at which CPU priority.
         self.info = {"count": workers, "priority": "idle" if give_way else "normal"}
         self.sampler = _EpochBatches()

@@ -471,9 +471,10 @@ def test_group_split_keeps_groups_whole():
 def test_folder_streams_its_training_split_when_too_large(tmp_path, monkeypatch):
     from conftest import bar_folder
 
+    from imrec.core import parallel
     from imrec.data.folder import FileImages
 
-    root = bar_folder(tmp_path / "glyphs", per_class=30)  # 64+ training images: threads
+    root = bar_folder(tmp_path / "glyphs", per_class=30)  # 64+ training images: cpu_imap
     held = load_dataset(f"folder:{root}", seed=3)
     assert not held.train.streamed
     monkeypatch.setenv("IMREC_STREAM_BYTES", "4000")  # ~5 decoded 16x16 RGB images
@@ -483,8 +484,14 @@ def test_folder_streams_its_training_split_when_too_large(tmp_path, monkeypatch)
     assert "streamed" in lazy.split_note and lazy.checksum == held.checksum
     # The same pixels, split for split, whichever way they are read.
     assert lazy.train.images.shape == held.train.images.shape
-    assert len(lazy.train) >= 64  # decoded by a thread pool
+    assert len(lazy.train) >= 64  # decoded by cpu_imap: threads for so few files
     assert torch.equal(lazy.train.images[:], held.train.images)
+    with monkeypatch.context() as m:  # and in worker processes, where there are cores
+        m.setattr(parallel, "MIN_PROCESS_ITEMS", 2)
+        m.setattr(parallel, "ITEMS_PER_PROCESS", 1)
+        processes = parallel._process_count(len(lazy.train))
+        assert processes >= 2 or parallel.usable_cores() < 2
+        assert torch.equal(lazy.train.images[:], held.train.images)
     assert torch.equal(lazy.train.images[torch.tensor([3, 0])], held.train.images[[3, 0]])
     assert torch.equal(lazy.train.images[-1], held.train.images[-1])
     mask = held.train.labels == 1
@@ -502,15 +509,23 @@ def test_folder_streams_its_training_split_when_too_large(tmp_path, monkeypatch)
         load_dataset("digits", stream=True)
 
 
-def test_a_streamed_file_that_breaks_later_is_named(tmp_path):
+def test_a_streamed_file_that_breaks_later_is_named(tmp_path, monkeypatch):
+    """Read alone, or among many in worker processes: the error names the file."""
     from conftest import bar_folder
 
-    root = bar_folder(tmp_path / "glyphs", per_class=6)
+    from imrec.core import parallel
+
+    root = bar_folder(tmp_path / "glyphs", per_class=40)
     data = load_dataset(f"folder:{root}", stream=True)
     broken = data.train.images.paths[2]
     broken.write_bytes(b"not a png any more")
-    with pytest.raises(DatasetError, match=f"{broken.name}.*readable when the dataset was loaded"):
+    said = f"{broken.name}.*readable when the dataset was loaded"
+    with pytest.raises(DatasetError, match=said):
         data.train.images[2]
+    monkeypatch.setattr(parallel, "MIN_PROCESS_ITEMS", 2)
+    monkeypatch.setattr(parallel, "ITEMS_PER_PROCESS", 1)
+    with pytest.raises(DatasetError, match=said):
+        data.train.images[:]
 
 
 def test_image_set_concat_keeps_what_every_part_has():

@@ -10,7 +10,6 @@ import hashlib
 import io
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -220,6 +219,16 @@ def _stack(decoded: list[_Decoded], side: int, channels: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
 
 
+def _read_file(
+    path: Path, side: int, channels: int, size: int | None, form: InkForm | None
+) -> np.ndarray:
+    """One file of a streamed split as ``(C, H, W)`` uint8, prepared as the loader did."""
+    d = _decode(path, size, form)
+    if isinstance(d, str):
+        raise DatasetError(f"{path}: {d} (it was readable when the dataset was loaded)")
+    return np.array(_fit(d.pixels, side, channels).transpose(2, 0, 1), order="C")  # a copy
+
+
 class FileImages:
     """A split's images decoded from their files on demand, for sets too large for memory.
 
@@ -264,12 +273,13 @@ class FileImages:
 
     def read(self, i: int) -> torch.Tensor:
         """Image ``i`` as a ``(C, H, W)`` uint8 tensor."""
-        path = self.paths[i]
-        d = _decode(path, self.size, self.form)
-        if isinstance(d, str):
-            raise DatasetError(f"{path}: {d} (it was readable when the dataset was loaded)")
-        pixels = _fit(d.pixels, self.side, self.channels)
-        return torch.from_numpy(np.array(pixels)).permute(2, 0, 1).contiguous()  # a writable copy
+        return torch.from_numpy(self._reader()(self.paths[i]))
+
+    def _reader(self) -> partial:
+        """:func:`_read_file` with this set's size, channels and form (picklable)."""
+        return partial(
+            _read_file, side=self.side, channels=self.channels, size=self.size, form=self.form
+        )
 
     def _positions(self, index) -> list[int]:
         if isinstance(index, slice):
@@ -287,9 +297,10 @@ class FileImages:
             return torch.empty((0, self.channels, self.side, self.side), dtype=torch.uint8)
         if len(pos) < 64:
             return torch.stack([self.read(i) for i in pos])  # (n, C, H, W)
-        workers = min(8, (os.cpu_count() or 1) + 2)  # Pillow releases the GIL while decoding
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            return torch.stack(list(pool.map(self.read, pos)))
+        # Many files (a validation split, a statistics sample): on every core, in processes
+        # where it pays (the handwriting normal form is numpy work that holds the GIL).
+        paths = [self.paths[i] for i in pos]
+        return torch.from_numpy(np.stack(list(cpu_imap(self._reader(), paths))))
 
     def subset(self, index) -> FileImages:
         paths = [self.paths[i] for i in self._positions(index)]

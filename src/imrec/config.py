@@ -188,8 +188,8 @@ class HardwareConfig:
     )
     workers: int = _flag(
         0,
-        "classifiers: DataLoader workers decoding or drawing streamed images (0: for drawn "
-        "images every core; for files the spare cores, at most 8)",
+        "classifiers: DataLoader workers decoding or drawing streamed images (0: a worker "
+        "per core at --worker-priority idle, else the spare cores; at most 8 for files)",
     )
     worker_priority: str = _flag(
         "idle",

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from imrec.config import SERVE_BURST, SERVE_RATE, TRAIN_GROUPS, HardwareConfig, TrainConfig
+from imrec.config import RENAMED_OPTIONS, SERVE_BURST, SERVE_RATE, TRAIN_GROUPS, TrainConfig
 from imrec.core import heap, openmp
 
 
@@ -502,15 +502,7 @@ def _train_command(sub) -> None:
     t.add_argument("--preset", choices=["fast", "best"], default="fast")
     t.add_argument("--out", help="run folder (default: runs/<dataset>-N)")
     for title, cls in TRAIN_GROUPS.items():
-        group = t.add_argument_group(_GROUP_TITLES[title])
-        config_flags(group, cls)
-        if cls is HardwareConfig:  # its old name (stops 63-64), when it covered renders only
-            group.add_argument(
-                "--render-priority",
-                dest="worker_priority",
-                choices=["idle", "normal"],
-                help="the old name of --worker-priority",
-            )
+        config_flags(t.add_argument_group(_GROUP_TITLES[title]), cls)
     t.add_argument(
         "--pretrained",
         metavar="WEIGHTS",
@@ -727,7 +719,10 @@ _GROUP_TITLES = {
 
 def config_flags(p, cls) -> None:
     """One ``--flag`` per field of the config dataclass ``cls``, from its type, default and
-    metadata (see :func:`imrec.config._flag`). Unset flags stay ``None``: the recipe decides."""
+    metadata (see :func:`imrec.config._flag`), and the old names of renamed fields
+    (:data:`imrec.config.RENAMED_OPTIONS`) parsed into them. Unset flags stay ``None``: the
+    recipe decides."""
+    old_names = {new: old for old, new in RENAMED_OPTIONS.items()}
     for f in dataclasses.fields(cls):
         meta, flag = dict(f.metadata), "--" + f.name.replace("_", "-")
         help_text = meta.pop("help", "")
@@ -738,6 +733,9 @@ def config_flags(p, cls) -> None:
         shown = f.default not in (None, "") and "default" not in help_text
         default = f" (default {f.default})" if shown else ""
         p.add_argument(flag, type=kind, help=(help_text + default).strip(), **meta)
+        if f.name in old_names:
+            old = "--" + old_names[f.name].replace("_", "-")
+            p.add_argument(old, dest=f.name, type=kind, help=f"the old name of {flag}", **meta)
 
 
 def config_values(args: argparse.Namespace, cls) -> dict:

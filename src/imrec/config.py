@@ -237,7 +237,8 @@ Example:
 
 # Training options renamed since runs were recorded with them: old name -> new. Stop 63-64
 # runs wrote render_priority, which covered renders only (files follow it too since stop 65).
-_RENAMED = {"render_priority": "worker_priority"}
+# Config loading reads the old names as the new; `imrec train` parses the old flags into them.
+RENAMED_OPTIONS = {"render_priority": "worker_priority"}
 
 
 def _renamed(options: dict[str, Any]) -> dict[str, Any]:
@@ -247,12 +248,12 @@ def _renamed(options: dict[str, Any]) -> dict[str, Any]:
         >>> _renamed({"render_priority": "normal", "epochs": 2})
         {'worker_priority': 'normal', 'epochs': 2}
     """
-    return {_RENAMED.get(k, k): v for k, v in options.items()}
+    return {RENAMED_OPTIONS.get(k, k): v for k, v in options.items()}
 
 
 def split_train(options: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Route flat training options (``{"lr": 0.01, "epochs": 2}``) to their groups (an old
-    name of a renamed option, :data:`_RENAMED`, is taken as its new one).
+    name of a renamed option, :data:`RENAMED_OPTIONS`, is taken as its new one).
 
     Example:
         >>> split_train({"lr": 0.01, "epochs": 2})

@@ -273,7 +273,9 @@ class FileImages:
 
     def read(self, i: int) -> torch.Tensor:
         """Image ``i`` as a ``(C, H, W)`` uint8 tensor."""
-        return torch.from_numpy(self._reader()(self.paths[i]))
+        return torch.from_numpy(
+            _read_file(self.paths[i], self.side, self.channels, self.size, self.form)
+        )
 
     def _reader(self) -> partial:
         """:func:`_read_file` with this set's size, channels and form (picklable)."""

@@ -208,6 +208,7 @@ def test_two_processes_reach_the_accuracy_of_one(tmp_path):
     epochs = 6
     one, two = tmp_path / "one", tmp_path / "two"
     # One thread, like each of the two ranks: two threads crawl on cores that others share.
+    # The two runs side by side: their numbers do not depend on what else runs.
     single = _start(
         tmp_path,
         "train",
@@ -221,9 +222,9 @@ def test_two_processes_reach_the_accuracy_of_one(tmp_path):
         *ARGS,
         nproc=0,
     )
+    pair = _start(tmp_path, "train", "digits", "--out", two, "--epochs", epochs, *ARGS)
     rc, _, err = single.finish()
     assert rc == 0, err
-    pair = _start(tmp_path, "train", "digits", "--out", two, "--epochs", epochs, *ARGS)
     rc, out, err = pair.finish()
     assert rc == 0, err
     assert "report:" in out
@@ -271,9 +272,11 @@ def test_an_ensemble_trains_data_parallel(tmp_path):
     one process does, and rank 0 saves both members."""
     epochs, one, two = 4, tmp_path / "one", tmp_path / "two"
     args = ["train", "digits", "--epochs", epochs, "--members", 2, *ARGS]
-    rc, _, err = _start(tmp_path, *args, "--out", one, "--threads", 1, nproc=0).finish(300)
+    single = _start(tmp_path, *args, "--out", one, "--threads", 1, nproc=0)  # side by side
+    pair = _start(tmp_path, *args, "--out", two)
+    rc, _, err = single.finish(300)
     assert rc == 0, err
-    rc, out, err = _start(tmp_path, *args, "--out", two).finish(300)
+    rc, out, err = pair.finish(300)
     assert rc == 0, err
     assert "report:" in out
     a, b = _report(one), _report(two)
@@ -339,11 +342,11 @@ def test_detection_trains_data_parallel_too(tmp_path):
     rank 0, and the run matches a single process's quality."""
     args = ["--epochs", 8, "--batch-size", 16, "--seed", 1, "--quiet"]
     one, two = tmp_path / "one", tmp_path / "two"
-    rc, _, err = _start(
-        tmp_path, "train", DETECT, "--out", one, "--threads", 1, *args, nproc=0
-    ).finish(300)
+    single = _start(tmp_path, "train", DETECT, "--out", one, "--threads", 1, *args, nproc=0)
+    pair = _start(tmp_path, "train", DETECT, "--out", two, *args)  # side by side
+    rc, _, err = single.finish(300)
     assert rc == 0, err
-    rc, out, err = _start(tmp_path, "train", DETECT, "--out", two, *args).finish(300)
+    rc, out, err = pair.finish(300)
     assert rc == 0, err
     assert "report:" in out
     assert [r["epoch"] for r in _rows(two)] == list(range(1, 9))  # one line per epoch

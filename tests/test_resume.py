@@ -52,11 +52,11 @@ def _epochs(run: Path) -> list[dict]:
 
 
 def _kill_and_resume(tmp_path: Path, dataset: str, args: list[str], epochs: int) -> None:
-    """Train ``dataset`` once through, and once killed mid-run and resumed: same numbers."""
+    """Train ``dataset`` once through, and once killed mid-run and resumed: same numbers.
+    The run through and the run to be killed train side by side (one thread each, the same
+    numbers whatever else runs: the CI's 2 cores each take one)."""
     ref = tmp_path / "ref"
-    p = _imrec("train", dataset, "--out", ref, *args)
-    _, err = p.communicate(timeout=300)
-    assert p.returncode == 0, err
+    through = _imrec("train", dataset, "--out", ref, *args)
 
     run = tmp_path / "killed"
     p = _imrec("train", dataset, "--out", run, *args)
@@ -71,6 +71,8 @@ def _kill_and_resume(tmp_path: Path, dataset: str, args: list[str], epochs: int)
         f"the run was killed after {done} epochs; the test needs a mid-run kill"
     )
     assert not (run / "report.json").exists()
+    _, err = through.communicate(timeout=300)
+    assert through.returncode == 0, err
 
     p = _imrec("train", "--resume", run)
     out, err = p.communicate(timeout=300)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -474,6 +475,40 @@ def test_renderers_auto_use_fonts_when_they_have_every_character(mirror, tmp_pat
             f"hanzi:chars={TEN[:2]},train=1,val=1,test=1,fonts={tmp_path / 'empty'}"
         )
     assert "by strokes " in data.split_note
+
+
+def test_a_run_is_told_which_of_the_recipes_faces_are_missing(mirror, tmp_path, monkeypatch):
+    """Drawing from the installed CJK fonts, a run names those of the recipe's three faces
+    that are not installed and their Debian packages (a warning and the report's split note);
+    nothing when all three are there, nor for a fonts= folder the user chose."""
+    from types import SimpleNamespace
+
+    from imrec.data import hanzi
+
+    ukai = [f for f in _fonts_or_skip() if "ukai" in f[0].lower()]
+    if not ukai:
+        pytest.skip("AR PL UKai is not installed (Debian: apt install fonts-arphic-ukai)")
+    monkeypatch.setattr(hanzi, "system_fonts", lambda: ukai)
+    for renderers in ("auto", "strokes+fonts"):
+        with pytest.warns(UserWarning, match="1 of the 3 CJK faces") as caught:
+            data = load_dataset(f"hanzi:chars={TEN[:2]},train=1,val=1,test=1,renderers={renderers}")
+        note = next(str(w.message) for w in caught if "CJK faces" in str(w.message))
+        assert "missing: AR PL KaitiM GB, AR PL UMing" in note
+        assert "apt install fonts-arphic-gkai00mp fonts-arphic-uming" in note
+        assert note in data.split_note
+    folder = tmp_path / "fonts"
+    folder.mkdir()
+    (folder / "ukai.ttc").symlink_to(ukai[0][0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a folder the user gave: no note, no warning
+        data = load_dataset(f"hanzi:chars={TEN[:2]},train=1,val=1,test=1,fonts={folder}")
+    assert "CJK faces" not in data.split_note and "strokes+fonts" in data.split_note
+    faces = [("AR PL UKai CN", "Book"), ("AR PL KaitiM GB", "Regular"), ("AR PL UMing CN", "Light")]
+    glyphs = SimpleNamespace(fonts=[SimpleNamespace(getname=lambda f=f: f) for f in faces])
+    assert hanzi.few_fonts_note(glyphs) == ""
+    glyphs.fonts.pop(0)
+    assert "2 of the 3 CJK faces" in hanzi.few_fonts_note(glyphs)
+    assert "(missing: AR PL UKai)" in hanzi.few_fonts_note(glyphs)
 
 
 def test_fine_tuning_keeps_every_class_and_rehearses_them(hanzi_run, tmp_path):

@@ -193,6 +193,36 @@ def test_no_font_goes_on_with_real_letters_and_unreadable_fonts_are_named(mirror
         load_dataset(f"letters:fonts={fonts},holdout=Nope")
 
 
+def test_a_run_is_told_which_of_the_recipes_font_families_are_missing(
+    mirror, tmp_path, monkeypatch
+):
+    """Drawing from the installed fonts, a run names the families of ``HANDWRITING_FONTS``
+    that are not installed and their Debian packages (a warning and the report's split note);
+    nothing when all are there, nor for a ``fonts=`` folder the user chose."""
+    folder = _font_dir(tmp_path, 1)
+    path = str(next(folder.iterdir()))
+
+    def installed(families):  # one real font file under each family's name
+        monkeypatch.setattr(
+            L, "installed_handwriting_fonts", lambda: [L.Font(path, 0, f) for f in families]
+        )
+
+    installed(["Comic Neue", "Breip"])
+    data, notes = _load("letters:rendered=1")
+    note = next(n for n in notes if "font families" in n)
+    assert note.startswith("2 of the 6 handwriting font families the letters recipe")
+    assert "(missing: DkgHandwriting, Because We, femkeklaver, Dancing Script)" in note
+    assert (
+        "apt install fonts-dkg-handwriting fonts-bwht fonts-femkeklaver fonts-dancingscript" in note
+    )
+    assert note in data.split_note
+    installed(list(L.HANDWRITING_FONTS))
+    data, notes = _load("letters:rendered=1")
+    assert not any("font families" in n for n in notes) and "font families" not in data.split_note
+    data, notes = _load(f"letters:rendered=1,fonts={folder}")  # the user's choice
+    assert not any("font families" in n for n in notes) and "font families" not in data.split_note
+
+
 def test_a_known_familys_files_in_a_folder_keep_its_package_and_licence(tmp_path, monkeypatch):
     """fonts-bwht's files name their own families (``Because We Build``, ...): given through
     ``fonts=DIR`` they count as ``Because We``, as fontconfig's do, so the report names the

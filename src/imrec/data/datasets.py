@@ -837,8 +837,8 @@ def _chars74k_char(number: int) -> str:
 def _decode_chars74k(path: Path, size: int = 28) -> dict[str, np.ndarray]:
     members = _tar_members(path, _CHARS74K_NAME)
     _notice(
-        f"preparing {len(members)} Chars74K drawings once at {size} px (a few minutes on a "
-        "small CPU); later loads use the cache"
+        f"preparing {len(members)} Chars74K drawings once at {size} px (about 15 s on 2 "
+        "cores); later loads use the cache"
     )
     form = InkForm.for_size(size)
     images = cpu_map(partial(_prepare_chars74k, form=form), [data for _, data in members])

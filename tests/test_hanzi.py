@@ -3,6 +3,7 @@ large-vocabulary issue: the data family, the stroke renderer, training on a subs
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -121,6 +122,7 @@ def _segments_stroke_by_stroke(strokes, rng, style):
     from imrec.data.render import BASELINE, BOX, _affine, _warp
 
     m, width = _affine(rng, style), rng.uniform(*style.width)
+    calm = np.sqrt(style.crowd / len(strokes)) if 0 < style.crowd < len(strokes) else 1.0
     rows, last = [], None
     for raw in strokes:
         p = _smooth((np.stack([raw[:, 0], BASELINE - raw[:, 1]], 1) / BOX - 0.5) @ m.T)
@@ -129,11 +131,12 @@ def _segments_stroke_by_stroke(strokes, rng, style):
         if style.turn:
             a = np.radians(rng.uniform(-style.turn, style.turn))
             p = centre + (p - centre) @ np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])
-        p = p + rng.normal(0, style.shift, 2)
+        p = p + calm * rng.normal(0, style.shift, 2)
         if len(p) >= 2:
             d = p[-1] - p[0]
             normal = np.array([-d[1], d[0]]) / (np.linalg.norm(d) + 1e-9)
-            bow = rng.uniform(-style.bend, style.bend) * np.sin(np.pi * np.linspace(0, 1, len(p)))
+            bend = calm * rng.uniform(-style.bend, style.bend)
+            bow = bend * np.sin(np.pi * np.linspace(0, 1, len(p)))
             p = p + normal * bow[:, None]
         if last is not None and rng.random() < style.link:
             rows.append(np.array([[*last, *p[0], 0.5 * width]]))
@@ -172,7 +175,8 @@ def test_the_prepared_renderer_draws_what_the_plain_one_draws(mirror):
     linked = 0
     for j in range(60):
         k = j % len(chars)
-        style = PenStyle(link=0.6, turn=10.0 * (j % 2))  # many cursive links; strokes turned
+        # many cursive links; strokes turned; crowded characters' strokes kept together
+        style = PenStyle(link=0.6, turn=10.0 * (j % 2), crowd=3.0 * (j % 3 == 0))
         a = character_segments(plans[k], np.random.default_rng([3, j]), style)
         b = _segments_stroke_by_stroke(strokes[k], np.random.default_rng([3, j]), style)
         assert a.shape == b.shape and np.allclose(a, b, rtol=0, atol=1e-12)
@@ -183,6 +187,30 @@ def test_the_prepared_renderer_draws_what_the_plain_one_draws(mirror):
     one_dot = [np.array([[500.0, 500.0]])]  # a stroke of a single point draws a dot
     dot = draw_segments(character_segments(one_dot, np.random.default_rng(0), PenStyle()), 96)
     assert dot.any()
+
+
+def test_a_crowded_pen_keeps_the_strokes_of_a_crowded_character_nearer_their_places(mirror):
+    """``PenStyle(crowd=c)``: a character of n > c strokes has its per-stroke shift and bow
+    scaled by sqrt(c / n); one of c strokes or fewer is drawn exactly as without it."""
+    from imrec.data.render import StrokePlan
+
+    shaky = PenStyle(shift=0.08, bend=0.08, stretch=0, rotate=0, shear=0, elastic=0, link=0)
+    crowded = dataclasses.replace(shaky, crowd=2.0)
+    still = dataclasses.replace(shaky, shift=0, bend=0)  # every stroke where the data put it
+    few, many = (StrokePlan(s) for s in load_strokes("人国"))  # 2 and 8 strokes
+    assert len(few.counts) == 2 and len(many.counts) == 8
+    for seed in range(20):
+        # the same draws each time: only the strokes' shifts and bows differ between styles
+        a, b, c = (
+            character_segments(many, np.random.default_rng(seed), style)[:, :4]
+            for style in (shaky, crowded, still)
+        )
+        assert np.abs(a - c).max() > 0.01  # the strokes of 国 moved
+        assert np.allclose(b - c, 0.5 * (a - c), atol=1e-12)  # sqrt(2 / 8): half as far
+        assert np.array_equal(
+            character_segments(few, np.random.default_rng(seed), shaky),
+            character_segments(few, np.random.default_rng(seed), crowded),
+        )
 
 
 def test_renders_written_small_are_softer_and_leave_the_others_as_they_were(mirror):

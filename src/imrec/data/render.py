@@ -42,6 +42,10 @@ class PenStyle:
     stretch: float = 0.15  # per stroke, relative length
     bend: float = 0.05  # per stroke, the largest sideways bow
     turn: float = 0.0  # per stroke, degrees of a rotation about its middle (0: none drawn)
+    # Strokes of a crowded character kept closer to their places: with ``crowd`` > 0 a
+    # character of n strokes has its per-stroke shift and bow scaled by min(1, sqrt(crowd / n))
+    # (its strokes lie closer together; the same shift would jumble them). 0: not scaled.
+    crowd: float = 0.0
     link: float = 0.15  # chance that a stroke is joined to the next one
     elastic: float = 0.03  # amplitude of the smooth warp
     blur: float = 1 / 48  # render_strokes/render_fonts: a blur, sigma up to this much of the side
@@ -161,6 +165,9 @@ def character_segments(
             bend[s] = rng.uniform(-style.bend, style.bend)
         link[s] = s > 0 and rng.random() < style.link
         phase[s] = rng.uniform(-1, 1)
+    if style.crowd > 0 and n > style.crowd:
+        calm = math.sqrt(style.crowd / n)
+        shift, bend = shift * calm, bend * calm
     p = plan.points @ m.T
     for ia, ib, wa, wb in plan.rounds:
         p = wa * p[ia] + wb * p[ib]

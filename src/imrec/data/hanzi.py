@@ -279,11 +279,11 @@ class Renderer:
         self.plans = None if strokes is None else StrokePlans(strokes)  # prepared on first use
         if "fonts" in names and self.fonts is None:
             try:
-                found = folder_fonts(fonts) if fonts else system_fonts()
-                self.fonts = GlyphFonts(found, chars)
+                self.fonts = _glyph_fonts(chars, fonts)
             except ValueError as e:
                 raise DatasetError(f"renderers={renderers}: {e}") from e
-            self.note = "" if fonts else few_fonts_note(self.fonts)
+        if self.fonts is not None and not fonts:  # the installed fonts: all the recipe's?
+            self.note = few_fonts_note(self.fonts)
 
     def turns(self, keys) -> np.ndarray:
         """Which renderer (a position in ``names``) draws each key. A split gives character
@@ -357,10 +357,15 @@ def _auto_renderers(chars: str, fonts: str) -> tuple[str, GlyphFonts | None, str
             f"hanzi:fonts={fonts}: no such folder (a folder of .ttf/.otf/.ttc files)"
         )
     try:
-        glyphs = GlyphFonts(folder_fonts(fonts) if fonts else system_fonts(), chars)
+        return "strokes+fonts", _glyph_fonts(chars, fonts), ""
     except ValueError as e:
         return "strokes", None, f"renderers=auto: strokes only ({e})"
-    return "strokes+fonts", glyphs, "" if fonts else few_fonts_note(glyphs)
+
+
+def _glyph_fonts(chars: str, fonts: str) -> GlyphFonts:
+    """The glyphs of ``chars`` in the fonts of folder ``fonts``, or in fontconfig's CJK fonts
+    when it is "" (ValueError when none has them all)."""
+    return GlyphFonts(folder_fonts(fonts) if fonts else system_fonts(), chars)
 
 
 def few_fonts_note(glyphs: GlyphFonts) -> str:

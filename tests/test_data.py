@@ -275,6 +275,28 @@ def test_digits_loads_with_options():
         load_dataset("digits", channels=2)
 
 
+def test_digits_come_from_the_cache_after_the_first_load(tmp_path):
+    """A later process reads the digits from the dataset cache, the same images and checksum,
+    without importing scikit-learn (about a second of every `imrec train digits` and of every
+    torchrun worker)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from imrec.data import load_dataset; d = load_dataset('digits'); "
+        "print(d.checksum, int(d.train.images.sum()), 'sklearn' in sys.modules)"
+    )
+    env = {**os.environ, "IMREC_HOME": str(tmp_path / "home")}
+    first, again = (
+        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        for _ in range(2)
+    )
+    assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
+    assert first.stdout.split()[-1] == "True" and again.stdout.split()[-1] == "False"
+    assert first.stdout.split()[:2] == again.stdout.split()[:2]
+    assert list((tmp_path / "home").rglob("decoded-sklearn-*.safetensors"))
+
+
 def test_ink_stats():
     x = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)
     x[:, 0, 4:24, 10:18] = 255  # 20-pixel-tall stroke on black

@@ -247,7 +247,7 @@ def test_two_processes_reach_the_accuracy_of_one(tmp_path):
 
 
 def test_killed_two_process_run_resumes(tmp_path):
-    epochs, run = 6, tmp_path / "run"
+    epochs, run = 4, tmp_path / "run"
     p = _start(tmp_path, "train", "digits", "--out", run, "--epochs", epochs, *ARGS)
     _wait_for_epochs(run, p, 1)
     workers = _workers(p.pid)

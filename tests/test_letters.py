@@ -388,10 +388,10 @@ def test_a_short_training_on_the_mix_recognises_held_out_writers_and_photos(mirr
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = imrec.fit(
-            f"letters:rendered=10,real=1,fonts={fonts}",
+            f"letters:rendered=5,real=1,fonts={fonts}",  # 5 renders per class: 92.6% (stop 68)
             out=out,
             model={"members": 1},  # the recipe's two members are tested in test_ensemble.py
-            train={"epochs": 6, "batch_size": 64},
+            train={"epochs": 5, "batch_size": 64},
             progress=False,
         )
     assert report["test"]["accuracy"] > 0.85  # 26 classes, 11 unseen writers
@@ -417,7 +417,7 @@ def test_a_short_training_on_the_mix_recognises_held_out_writers_and_photos(mirr
     answers = json.loads(buffer.getvalue())
     assert len(answers) == 2
     right = [Path(a["input"]).stem.split("_")[2] == a["top"][0]["label"] for a in answers]
-    assert sum(right) >= 1, answers  # a 6-epoch model: at least one of the two photos
+    assert sum(right) >= 1, answers  # a 5-epoch model: at least one of the two photos
 
 
 def test_the_glyph_cache_gives_what_pillow_draws(tmp_path):

@@ -18,7 +18,7 @@ ARGS = [
     "--epochs",
     str(EPOCHS),
     "--batch-size",
-    "16",
+    "32",
     "--seed",
     "3",
     "--threads",
@@ -94,9 +94,9 @@ def test_a_streamed_folder_run_resumes_too(tmp_path):
     from conftest import bar_folder
 
     bar_folder(tmp_path / "glyphs", per_class=60)
-    args = ["--model", "cnn", "--data-placement", "stream", "--workers", "1", "--epochs", "16",
+    args = ["--model", "cnn", "--data-placement", "stream", "--workers", "1", "--epochs", "8",
             "--batch-size", "8", "--seed", "2", "--threads", "1", "--quiet"]  # fmt: skip
-    _kill_and_resume(tmp_path, f"folder:{tmp_path / 'glyphs'}", args, 16)
+    _kill_and_resume(tmp_path, f"folder:{tmp_path / 'glyphs'}", args, 8)
 
 
 def test_an_ensemble_resumes_too(tmp_path):

@@ -205,36 +205,29 @@ def test_leaving_the_world_ends_the_collective_threads(tmp_path):
 
 
 def test_two_processes_reach_the_accuracy_of_one(tmp_path):
-    epochs = 6
-    one, two = tmp_path / "one", tmp_path / "two"
+    """An ensemble of two members, under torchrun and in one process: the pair finishes (DDP,
+    which finds no unused parameters here, stops at its second step if any member's parameters
+    got no gradient), learns as one process does, and rank 0 saves both members. (A
+    one-member run under torchrun: test_killed_two_process_run_resumes.)"""
+    epochs, one, two = 4, tmp_path / "one", tmp_path / "two"
+    args = ["train", "digits", "--epochs", epochs, "--members", 2, *ARGS]
     # One thread, like each of the two ranks: two threads crawl on cores that others share.
     # The two runs side by side: their numbers do not depend on what else runs.
-    single = _start(
-        tmp_path,
-        "train",
-        "digits",
-        "--out",
-        one,
-        "--epochs",
-        epochs,
-        "--threads",
-        1,
-        *ARGS,
-        nproc=0,
-    )
-    pair = _start(tmp_path, "train", "digits", "--out", two, "--epochs", epochs, *ARGS)
-    rc, _, err = single.finish()
+    single = _start(tmp_path, *args, "--out", one, "--threads", 1, nproc=0)
+    pair = _start(tmp_path, *args, "--out", two)
+    rc, _, err = single.finish(300)
     assert rc == 0, err
-    rc, out, err = pair.finish()
+    rc, out, err = pair.finish(300)
     assert rc == 0, err
     assert "report:" in out
 
     # One line per epoch: two ranks appending would double them.
     assert [r["epoch"] for r in _rows(two)] == list(range(1, epochs + 1))
     a, b = _report(one), _report(two)
-    assert abs(a["test"]["accuracy"] - b["test"]["accuracy"]) <= 0.02
-    assert b["test"]["accuracy"] > 0.9
+    assert (a["members"], b["members"]) == (2, 2)
     assert (a["world_size"], b["world_size"]) == (1, 2)
+    assert b["test"]["accuracy"] > 0.9, b["test"]
+    assert abs(a["test"]["accuracy"] - b["test"]["accuracy"]) <= 0.03, (a["test"], b["test"])
     assert b["effective_batch_size"] == 32 and b["per_rank_batch_size"] == 16
     assert b["lr_scaling"] == "none"
     assert not list(two.glob(".*.tmp")), "a half-written file was left behind"
@@ -243,6 +236,7 @@ def test_two_processes_reach_the_accuracy_of_one(tmp_path):
 
     weights, meta = load_checkpoint(two / "best.safetensors")
     assert not [k for k in weights if k.startswith("module.")]
+    assert {k.split(".")[2] for k in weights if k.startswith("backbone.parts.")} == {"0", "1"}
     assert meta["epoch"] == b["best_epoch"]
 
 
@@ -264,31 +258,6 @@ def test_killed_two_process_run_resumes(tmp_path):
     assert rc == 0, err
     assert [r["epoch"] for r in _rows(run)] == list(range(1, epochs + 1))
     assert _report(run)["world_size"] == 2
-
-
-def test_an_ensemble_trains_data_parallel(tmp_path):
-    """Two members under torchrun: the run finishes (DDP, which finds no unused parameters
-    here, stops at its second step if any member's parameters got no gradient) and learns as
-    one process does, and rank 0 saves both members."""
-    epochs, one, two = 4, tmp_path / "one", tmp_path / "two"
-    args = ["train", "digits", "--epochs", epochs, "--members", 2, *ARGS]
-    single = _start(tmp_path, *args, "--out", one, "--threads", 1, nproc=0)  # side by side
-    pair = _start(tmp_path, *args, "--out", two)
-    rc, _, err = single.finish(300)
-    assert rc == 0, err
-    rc, out, err = pair.finish(300)
-    assert rc == 0, err
-    assert "report:" in out
-    a, b = _report(one), _report(two)
-    assert (a["members"], b["members"], b["world_size"]) == (2, 2, 2)
-    assert b["test"]["accuracy"] > 0.9, b["test"]
-    assert abs(a["test"]["accuracy"] - b["test"]["accuracy"]) <= 0.03, (a["test"], b["test"])
-
-    from imrec.core.checkpoint import load_checkpoint
-
-    weights, _ = load_checkpoint(two / "best.safetensors")
-    assert not [k for k in weights if k.startswith("module.")]
-    assert {k.split(".")[2] for k in weights if k.startswith("backbone.parts.")} == {"0", "1"}
 
 
 def test_a_dead_rank_fails_the_job(tmp_path):
@@ -340,7 +309,7 @@ DETECT = "digits-detect:train=192,val=32,test=48,canvas=64,min_scale=18,max_scal
 def test_detection_trains_data_parallel_too(tmp_path):
     """A detector under torchrun: ranks share each batch, validation is sharded and scored on
     rank 0, and the run matches a single process's quality."""
-    args = ["--epochs", 8, "--batch-size", 16, "--seed", 1, "--quiet"]
+    args = ["--epochs", 6, "--batch-size", 16, "--seed", 1, "--quiet"]
     one, two = tmp_path / "one", tmp_path / "two"
     single = _start(tmp_path, "train", DETECT, "--out", one, "--threads", 1, *args, nproc=0)
     pair = _start(tmp_path, "train", DETECT, "--out", two, *args)  # side by side
@@ -349,10 +318,10 @@ def test_detection_trains_data_parallel_too(tmp_path):
     rc, out, err = pair.finish(300)
     assert rc == 0, err
     assert "report:" in out
-    assert [r["epoch"] for r in _rows(two)] == list(range(1, 9))  # one line per epoch
+    assert [r["epoch"] for r in _rows(two)] == list(range(1, 7))  # one line per epoch
     a, b = _report(one), _report(two)
     assert (a["world_size"], b["world_size"]) == (1, 2) and b["per_rank_batch_size"] == 8
-    assert b["test"]["map50"] > 0.3, b["test"]  # it learnt (one process, 8 epochs: ~0.5)
+    assert b["test"]["map50"] > 0.3, b["test"]  # it learnt (6 epochs: 0.43 and 0.44, stop 68)
     assert abs(a["test"]["map50"] - b["test"]["map50"]) <= 0.15, (a["test"], b["test"])
     # The validation mAP that picked the best epoch was computed from both ranks' detections.
     assert max(r["val_map"] for r in _rows(two)) > 0

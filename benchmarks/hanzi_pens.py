@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         "n": args.n,
         "seed": args.seed,
         "runs": {
-            str(run): {pen: read_files(run, f) for pen, f in folders.items()} for run in args.runs
+            str(run): {pen: read_files(run, f) for pen, f in folders.items()}
+            for run in dict.fromkeys(args.runs)  # a run named twice is read once
         },
     }
     (args.work / "results.json").write_text(json.dumps(results, indent=2))

@@ -314,6 +314,8 @@ TESTED_ELSEWHERE = {
     "--small-epochs": "tests/test_engine.py::test_small_epoch_options_are_checked (and the run "
     "above it, through the same config fields)",
     "--small-scale": "tests/test_engine.py::test_small_epoch_options_are_checked",
+    "--time-limit": "tests/test_engine.py::test_a_time_limit_cuts_the_epochs_and_ends_the_"
+    "schedule_with_them (through the same config field)",
     "--members": "tests/test_ensemble.py::test_the_members_flag_trains_an_ensemble",
     # Only datasets that draw renders (letters, hanzi) have images the flag leaves alone:
     "--augment-renders": "test_the_augment_renders_flags_reach_the_data_config, "

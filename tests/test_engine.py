@@ -545,3 +545,56 @@ def test_the_kept_epoch_is_the_latest_within_the_validation_noise():
     assert _kept_epoch(slide, 176) == 4  # 0.92 is within 0.033 of 0.95; 0.91 is not
     # A score beyond the noise below the best never replaces the kept weights.
     assert _kept_epoch([0.60, 0.99, 0.50], 1000) == 2
+
+
+def test_a_time_limit_cuts_the_epochs_and_ends_the_schedule_with_them(tmp_path, capsys):
+    """--time-limit: 40 epochs asked, a limit of 1.8 s; the run plans only the epochs that fit,
+    its learning rate ends where a run asked for that many ends, and the plan is kept in
+    config.json and the state for a resumed run."""
+    from imrec.core.checkpoint import load_train_state
+    from imrec.engine.loop import STATE_FILE, resumable_config
+
+    report = imrec.fit(
+        "digits",
+        out=tmp_path / "run",
+        train={"epochs": 40, "time_limit": 0.03},
+        progress=False,
+    )
+    ran = report["epochs_run"]
+    assert 1 <= ran < 40
+    assert report["time_limit"] == {"minutes": 0.03, "epochs_asked": 40, "epochs_planned": ran}
+    assert report["config"]["loop"]["epochs"] == ran
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [r["epoch"] for r in rows] == list(range(1, ran + 1))
+    run = RunConfig.from_dict(report["config"])
+    steps = -(-report["sizes"]["train"] // run.loop.batch_size)
+    total, warmup = ran * steps, round(run.optim.warmup_epochs * steps)
+    end = run.optim.lr * lr_factor(total - 1, total, warmup, run.optim.schedule)
+    assert rows[-1]["lr"] == pytest.approx(end, abs=1e-8)  # the schedule of `ran` epochs
+    assert resumable_config(tmp_path / "run").loop.epochs == ran
+    assert load_train_state(tmp_path / "run" / STATE_FILE)[1]["epochs_asked"] == 40
+    assert f"{ran} of the 40 epochs asked (a time limit of 0.03 min)" in (
+        tmp_path / "run" / "report.md"
+    ).read_text(encoding="utf-8")
+    assert "of the 40 epochs asked fit" in capsys.readouterr().err  # it says so when it cuts
+    with pytest.raises(TrainError, match="--time-limit must be 0"):
+        build_config("digits", "handwriting", train={"time_limit": -1})
+
+
+def test_the_time_limit_plans_at_the_slower_of_the_mean_and_the_last_epoch():
+    """After each epoch: the epochs that fit in what is left at the mean pace, or at the last
+    epoch's when the machine slowed down; a plan is never lengthened again."""
+    from types import SimpleNamespace
+
+    run = RunConfig.from_dict({"loop": {"epochs": 12, "time_limit": 10}})  # 600 s
+    t = SimpleNamespace(
+        run=run, train_seconds=0.0, _seconds_then=0.0, epochs_asked=12,
+        world=SimpleNamespace(size=1, main=False),
+    )  # fmt: skip
+    t._plan = lambda epochs, done: Trainer._plan(t, epochs, done)
+    for done, seconds, planned in ((1, 100, 6), (2, 200, 3), (3, 60, 3)):
+        t.train_seconds += seconds
+        Trainer.cut_to_time_limit(t, done)
+        assert t.run.loop.epochs == planned, (done, t.run.loop.epochs)
+    # (500 s left at 100 s: 5 more; then 300 s left at the last epoch's 200 s: 1 more; then
+    # 240 s left at a mean of 120 s would fit 2 more, but the plan stays at 3)

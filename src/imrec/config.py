@@ -131,7 +131,10 @@ class OptimConfig:
 class LoopConfig:
     """The run's loop: how long, in which batches, with which seed, when to stop early.
 
-    ``early_stop`` is the patience in epochs on the validation score (0 = off).
+    ``early_stop`` is the patience in epochs on the validation score (0 = off). With
+    ``time_limit`` (minutes) the run may end before ``epochs``: the epochs it plans are cut,
+    after each epoch, to those that fit in what is left of the limit at the pace so far,
+    and the written ``config.json`` says how many it then plans.
     """
 
     epochs: int = _flag(3, "passes over the training set")
@@ -148,8 +151,19 @@ class LoopConfig:
         metavar="N",
     )
     small_scale: float = _flag(0.72, "classifiers: the side of those epochs' images, as a fraction")
+    time_limit: float = _flag(
+        0.0,
+        "minutes the epochs (training and validation) may take in all: after each epoch those "
+        "still to come are cut to the ones that fit, and the learning-rate schedule ends with "
+        "them (default 0: no limit; the final evaluation and report come after)",
+        metavar="MINUTES",
+    )
 
     def __post_init__(self) -> None:
+        if self.time_limit < 0:
+            raise TrainError(
+                f"--time-limit must be 0 (no limit) or more minutes, got {self.time_limit}"
+            )
         if self.small_epochs < 0:
             raise TrainError(f"--small-epochs must be 0 or more, got {self.small_epochs}")
         if not 0 < self.small_scale <= 1:

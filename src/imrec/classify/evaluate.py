@@ -190,6 +190,7 @@ def _finish_run(trainer) -> dict:
         "input": meta["input"],
         "train_seconds": round(trainer.train_seconds, 2),
         "epochs_run": len(trainer.history),
+        **trainer.time_limit_report(),
         "best_epoch": trainer.best["epoch"],  # the epoch whose weights the run keeps
         "val_top": {  # the best validation score, and how close to it the kept epoch had to be
             "epoch": trainer.top["epoch"],

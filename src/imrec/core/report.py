@@ -43,7 +43,15 @@ def training_summary(report: dict) -> str:
     if report.get("train_seconds") is not None:
         parts.append(duration(report["train_seconds"]))
     if report.get("epochs_run") is not None:
-        parts.append(f"{report['epochs_run']} epochs")
+        limit = report.get("time_limit") or {}
+        asked = limit.get("epochs_asked")
+        if asked is not None and limit.get("epochs_planned", asked) < asked:
+            parts.append(
+                f"{report['epochs_run']} of the {asked} epochs asked (a time limit of "
+                f"{limit['minutes']:g} min)"
+            )
+        else:
+            parts.append(f"{report['epochs_run']} epochs")
     top = report.get("val_top") or {}
     if report.get("best_epoch") is not None and top.get("epoch") not in (
         None,

@@ -203,6 +203,7 @@ def _finish_detection_run(trainer) -> dict:
             "input": meta["input"],
             "train_seconds": round(trainer.train_seconds, 2),
             "epochs_run": len(trainer.history),
+            **trainer.time_limit_report(),
             "best_epoch": trainer.best["epoch"],
             "device": str(trainer.device),
             **trainer.parallel_info(),  # world_size, effective_batch_size, lr_scaling

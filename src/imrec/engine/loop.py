@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -169,6 +171,9 @@ class Trainer:
         self.top = {self.monitor: -1.0, "epoch": 0}  # the highest validation score so far
         self.start_epoch = 0
         self.train_seconds = 0.0
+        self.epochs_asked = run.loop.epochs  # before --time-limit cut them
+        self._seconds_then = 0.0  # train_seconds at the end of the previous epoch
+        self._probe: dict[int, float] = {}  # first-epoch steps timed for --time-limit
         self._ddp: tuple[bool, DistributedDataParallel] | None = None  # (frozen, wrapper)
         self._loader = None  # DataLoader workers of a task that streams its data
 
@@ -236,6 +241,8 @@ class Trainer:
 
     def schedule_lr(self, step: int) -> float:
         """Set the learning rate of global step ``step`` of the run; return its factor."""
+        if self.run.loop.time_limit and step in self._probe:
+            self._probe_pace(step)
         factor = self.lr_factor_at(step)
         set_lr(self.optimizer, self.run.optim.lr * factor)
         return factor
@@ -359,6 +366,7 @@ class Trainer:
             "best": self.best,
             "top": self.top,
             "train_seconds": self.train_seconds,
+            "epochs_asked": self.epochs_asked,
         }
         save_train_state(self.run_dir / STATE_FILE, parts, meta)
         save_checkpoint(
@@ -379,6 +387,8 @@ class Trainer:
         self.best = meta["best"]
         self.top = meta.get("top", meta["best"])  # states written before the margin rule
         self.train_seconds = meta["train_seconds"]
+        self.epochs_asked = meta.get("epochs_asked", self.run.loop.epochs)
+        self._seconds_then = self.train_seconds
         self.start_epoch = meta["epoch"]
         # metrics.jsonl may hold a line for an epoch whose state never reached disk.
         if self.world.main:
@@ -430,8 +440,17 @@ class Trainer:
             atomic_write_text(self.run_dir / "config.json", self.run.to_json())
             (self.run_dir / "metrics.jsonl").write_text("")
         run, key = self.run, self.monitor
-        for epoch in range(self.start_epoch, run.loop.epochs):
+        epoch = self.start_epoch
+        while epoch < self.run.loop.epochs:  # --time-limit may cut the epochs planned
+            if epoch == 0 and self.run.loop.time_limit and self.steps_per_epoch >= 10:
+                # --time-limit: the pace of the first epoch's steps from a fifth of it to two
+                # fifths makes the first plan, before the schedule has gone far. Not its
+                # first steps: they pay the start-up, and workers that draw renders prepare
+                # each character the first time they meet it.
+                n = self.steps_per_epoch
+                self._probe = {n // 5: 0.0, 2 * n // 5: 0.0}
             row = self.train_epoch(epoch)
+            self._probe = {}
             if self.world.size > 1:  # every rank takes rank 0's numbers, so all decide alike
                 row = distributed.broadcast_object(row)
             self.history.append(row)
@@ -445,12 +464,78 @@ class Trainer:
                         self.eval_model().state_dict(),
                         self.meta(epoch + 1, row),
                     )
+            self.cut_to_time_limit(epoch + 1)
             if main:
                 self.save_state(epoch + 1)
                 with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
             if run.loop.early_stop and epoch + 1 - self.top["epoch"] >= run.loop.early_stop:
                 break
+            epoch += 1
+
+    def time_limit_report(self) -> dict:
+        """The report's record of ``--time-limit`` (nothing without one)."""
+        if not self.run.loop.time_limit:
+            return {}
+        return {
+            "time_limit": {
+                "minutes": self.run.loop.time_limit,
+                "epochs_asked": self.epochs_asked,
+                "epochs_planned": self.run.loop.epochs,
+            }
+        }
+
+    def _probe_pace(self, step: int) -> None:
+        """Time step ``step`` of the first epoch; at the second probe, plan the epochs that fit
+        at the pace of the steps between the probes (validation counted as a third of a
+        step per validation image's share of a training batch)."""
+        self._probe[step] = time.perf_counter()
+        first, last = sorted(self._probe)
+        if step != last:
+            return
+        per_step = (self._probe[last] - self._probe[first]) / (last - first)
+        val_share = len(self.data.val) / max(1, len(self.data.train)) / 3
+        epoch = per_step * self.steps_per_epoch * (1 + val_share)
+        fits = int(self.run.loop.time_limit * 60 // epoch) if epoch > 0 else self.run.loop.epochs
+        self._plan(max(1, min(self.run.loop.epochs, fits)), 0)
+
+    def cut_to_time_limit(self, done: int) -> None:
+        """With ``--time-limit``: after ``done`` epochs, plan only the epochs that fit in what
+        is left of the limit at the pace of the epochs so far (never more than planned).
+        The schedule, a function of the planned total, ends with the new last epoch;
+        ``config.json`` is written again so that a resumed run keeps the plan.
+        """
+        limit, planned = self.run.loop.time_limit * 60, self.run.loop.epochs
+        last, self._seconds_then = self.train_seconds - self._seconds_then, self.train_seconds
+        if not limit or done >= planned:
+            return
+        # Seconds an epoch, validation included: the mean so far, or the last epoch's when the
+        # machine has slowed down since.
+        pace = max(self.train_seconds / done, last)
+        fits = int((limit - self.train_seconds) // pace) if pace > 0 else planned
+        self._plan(min(planned, done + max(0, fits)), done)
+
+    def _plan(self, epochs: int, done: int) -> None:
+        """Plan ``epochs`` epochs from now on (``done`` run so far), if fewer than planned."""
+        if self.world.size > 1:  # every rank follows rank 0's clock
+            epochs = distributed.broadcast_object(epochs)
+        if epochs >= self.run.loop.epochs:
+            return
+        loop = dataclasses.replace(self.run.loop, epochs=epochs)
+        self.run = dataclasses.replace(self.run, loop=loop)
+        if self.world.main:
+            atomic_write_text(self.run_dir / "config.json", self.run.to_json())
+            print(
+                f"imrec: --time-limit {loop.time_limit:g} min: {epochs} of the "
+                f"{self.epochs_asked} epochs asked fit"
+                + (
+                    f" ({done} took {self.train_seconds:.1f} s)"
+                    if done
+                    else " (the first steps' pace)"
+                ),
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _ddp_wrapper(
         self, module: Callable[[], nn.Module], frozen: bool, find_unused: bool = False

@@ -132,9 +132,10 @@ class LoopConfig:
     """The run's loop: how long, in which batches, with which seed, when to stop early.
 
     ``early_stop`` is the patience in epochs on the validation score (0 = off). With
-    ``time_limit`` (minutes) the run may end before ``epochs``: the epochs it plans are cut,
-    after each epoch, to those that fit in what is left of the limit at the pace so far,
-    and the written ``config.json`` says how many it then plans.
+    ``time_limit`` (minutes) the run may end before ``epochs``: the epochs it plans are cut
+    to those that fit in the limit, first at the pace of the first epoch's steps between a
+    fifth and two fifths of it, then after each epoch at the pace so far, and the written
+    ``config.json`` says how many it then plans.
     """
 
     epochs: int = _flag(3, "passes over the training set")
@@ -153,9 +154,10 @@ class LoopConfig:
     small_scale: float = _flag(0.72, "classifiers: the side of those epochs' images, as a fraction")
     time_limit: float = _flag(
         0.0,
-        "minutes the epochs (training and validation) may take in all: after each epoch those "
-        "still to come are cut to the ones that fit, and the learning-rate schedule ends with "
-        "them (default 0: no limit; the final evaluation and report come after)",
+        "minutes the epochs (training and validation) may take in all: the epochs planned are "
+        "cut to the ones that fit, first from the pace of the first epoch's early steps, then "
+        "after each epoch, and the learning-rate schedule ends with them (default 0: no limit; "
+        "the final evaluation and report come after)",
         metavar="MINUTES",
     )
 

@@ -588,12 +588,13 @@ def test_the_time_limit_plans_at_the_slower_of_the_mean_and_the_last_epoch():
 
     run = RunConfig.from_dict({"loop": {"epochs": 12, "time_limit": 10}})  # 600 s
     t = SimpleNamespace(
-        run=run, train_seconds=0.0, _seconds_then=0.0, epochs_asked=12,
+        run=run, train_seconds=0.0, history=[], epochs_asked=12,
         world=SimpleNamespace(size=1, main=False),
     )  # fmt: skip
     t._plan = lambda epochs, done: Trainer._plan(t, epochs, done)
     for done, seconds, planned in ((1, 100, 6), (2, 200, 3), (3, 60, 3)):
         t.train_seconds += seconds
+        t.history.append({"epoch": done, "seconds": seconds})
         Trainer.cut_to_time_limit(t, done)
         assert t.run.loop.epochs == planned, (done, t.run.loop.epochs)
     # (500 s left at 100 s: 5 more; then 300 s left at the last epoch's 200 s: 1 more; then

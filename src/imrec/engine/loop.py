@@ -172,7 +172,6 @@ class Trainer:
         self.start_epoch = 0
         self.train_seconds = 0.0
         self.epochs_asked = run.loop.epochs  # before --time-limit cut them
-        self._seconds_then = 0.0  # train_seconds at the end of the previous epoch
         self._probe: dict[int, float] = {}  # first-epoch steps timed for --time-limit
         self._ddp: tuple[bool, DistributedDataParallel] | None = None  # (frozen, wrapper)
         self._loader = None  # DataLoader workers of a task that streams its data
@@ -388,7 +387,6 @@ class Trainer:
         self.top = meta.get("top", meta["best"])  # states written before the margin rule
         self.train_seconds = meta["train_seconds"]
         self.epochs_asked = meta.get("epochs_asked", self.run.loop.epochs)
-        self._seconds_then = self.train_seconds
         self.start_epoch = meta["epoch"]
         # metrics.jsonl may hold a line for an epoch whose state never reached disk.
         if self.world.main:
@@ -506,12 +504,11 @@ class Trainer:
         ``config.json`` is written again so that a resumed run keeps the plan.
         """
         limit, planned = self.run.loop.time_limit * 60, self.run.loop.epochs
-        last, self._seconds_then = self.train_seconds - self._seconds_then, self.train_seconds
         if not limit or done >= planned:
             return
-        # Seconds an epoch, validation included: the mean so far, or the last epoch's when the
-        # machine has slowed down since.
-        pace = max(self.train_seconds / done, last)
+        # Seconds an epoch, validation included: the mean so far, or the last epoch's (its
+        # row's) when the machine has slowed down since.
+        pace = max(self.train_seconds / done, self.history[-1]["seconds"])
         fits = int((limit - self.train_seconds) // pace) if pace > 0 else planned
         self._plan(min(planned, done + max(0, fits)), done)
 

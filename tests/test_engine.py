@@ -583,19 +583,32 @@ def test_a_time_limit_cuts_the_epochs_and_ends_the_schedule_with_them(tmp_path, 
 
 def test_the_time_limit_plans_at_the_slower_of_the_mean_and_the_last_epoch():
     """After each epoch: the epochs that fit in what is left at the mean pace, or at the last
-    epoch's when the machine slowed down; a plan is never lengthened again."""
+    epoch's when the machine slowed down; a plan is lengthened again only while at most half
+    of it has run, and never past the epochs asked."""
     from types import SimpleNamespace
 
-    run = RunConfig.from_dict({"loop": {"epochs": 12, "time_limit": 10}})  # 600 s
-    t = SimpleNamespace(
-        run=run, train_seconds=0.0, history=[], epochs_asked=12,
-        world=SimpleNamespace(size=1, main=False),
-    )  # fmt: skip
-    t._plan = lambda epochs, done: Trainer._plan(t, epochs, done)
-    for done, seconds, planned in ((1, 100, 6), (2, 200, 3), (3, 60, 3)):
-        t.train_seconds += seconds
-        t.history.append({"epoch": done, "seconds": seconds})
-        Trainer.cut_to_time_limit(t, done)
-        assert t.run.loop.epochs == planned, (done, t.run.loop.epochs)
-    # (500 s left at 100 s: 5 more; then 300 s left at the last epoch's 200 s: 1 more; then
-    # 240 s left at a mean of 120 s would fit 2 more, but the plan stays at 3)
+    def stub(asked: int, planned: int):
+        run = RunConfig.from_dict({"loop": {"epochs": planned, "time_limit": 10}})  # 600 s
+        t = SimpleNamespace(
+            run=run, train_seconds=0.0, history=[], epochs_asked=asked,
+            world=SimpleNamespace(size=1, main=False),
+        )  # fmt: skip
+        t._plan = lambda epochs, done: Trainer._plan(t, epochs, done)
+        return t
+
+    def follow(t, epochs):
+        for done, (seconds, planned) in enumerate(epochs, 1):
+            t.train_seconds += seconds
+            t.history.append({"epoch": done, "seconds": seconds})
+            Trainer.cut_to_time_limit(t, done)
+            assert t.run.loop.epochs == planned, (done, t.run.loop.epochs)
+
+    # 500 s left at 100 s: 5 more; then 300 s left at the last epoch's 200 s: 1 more; then 3
+    # have run, the plan.
+    follow(stub(12, 12), [(100, 6), (200, 3), (60, 3)])
+    # 450 s left at 150 s: 3 more; 360 s left at a mean of 120 s: 3 more, and with 2 of 4
+    # run the plan grows to 5; 300 s left at 100 s would fit 6, but 3 of 5 have run; then
+    # a slow epoch leaves no time for the fifth.
+    follow(stub(12, 12), [(150, 4), (90, 5), (60, 5), (300, 4)])
+    # A first plan of 3 (the first steps' pace) grows to the 5 asked, no further.
+    follow(stub(5, 3), [(50, 5), (50, 5)])

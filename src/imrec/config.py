@@ -134,8 +134,9 @@ class LoopConfig:
     ``early_stop`` is the patience in epochs on the validation score (0 = off). With
     ``time_limit`` (minutes) the run may end before ``epochs``: the epochs it plans are cut
     to those that fit in the limit, first at the pace of the first epoch's steps between a
-    fifth and two fifths of it, then after each epoch at the pace so far, and the written
-    ``config.json`` says how many it then plans.
+    fifth and two fifths of it, then after each epoch at the pace so far (a plan at most half
+    run may grow again, never past ``epochs``), and the written ``config.json`` says how many
+    it then plans.
     """
 
     epochs: int = _flag(3, "passes over the training set")

@@ -498,9 +498,11 @@ class Trainer:
         self._plan(max(1, min(self.run.loop.epochs, fits)), 0)
 
     def cut_to_time_limit(self, done: int) -> None:
-        """With ``--time-limit``: after ``done`` epochs, plan only the epochs that fit in what
-        is left of the limit at the pace of the epochs so far (never more than planned).
-        The schedule, a function of the planned total, ends with the new last epoch;
+        """With ``--time-limit``: after ``done`` epochs, plan the epochs that fit in what is
+        left of the limit at the pace of the epochs so far. A plan is shortened whenever it
+        no longer fits; it is lengthened again (never past the epochs asked) only while at
+        most half of it has run, so that the schedule, a function of the planned total,
+        moves back only a little. It ends with the new last epoch either way;
         ``config.json`` is written again so that a resumed run keeps the plan.
         """
         limit, planned = self.run.loop.time_limit * 60, self.run.loop.epochs
@@ -510,13 +512,16 @@ class Trainer:
         # row's) when the machine has slowed down since.
         pace = max(self.train_seconds / done, self.history[-1]["seconds"])
         fits = int((limit - self.train_seconds) // pace) if pace > 0 else planned
-        self._plan(min(planned, done + max(0, fits)), done)
+        epochs = min(self.epochs_asked, done + max(0, fits))
+        if epochs > planned and 2 * done > planned:
+            epochs = planned  # the schedule is past its middle: more would undo its decay
+        self._plan(epochs, done)  # on every rank: it takes rank 0's number
 
     def _plan(self, epochs: int, done: int) -> None:
-        """Plan ``epochs`` epochs from now on (``done`` run so far), if fewer than planned."""
+        """Plan ``epochs`` epochs in all (``done`` run so far), if not planned already."""
         if self.world.size > 1:  # every rank follows rank 0's clock
             epochs = distributed.broadcast_object(epochs)
-        if epochs >= self.run.loop.epochs:
+        if epochs == self.run.loop.epochs:
             return
         loop = dataclasses.replace(self.run.loop, epochs=epochs)
         self.run = dataclasses.replace(self.run, loop=loop)

@@ -303,6 +303,35 @@ def test_a_hung_rank_times_out_with_a_clear_message(tmp_path):
     )
 
 
+def test_a_time_limit_plans_alike_on_every_rank(tmp_path):
+    """--time-limit under torchrun: each rank times its own epochs, so rank 0's plans are
+    broadcast at every decision (first plan, then after each epoch, whether it shortens,
+    grows or stays); a rank that skipped one would leave the other waiting at the next
+    collective. The run ends with the plan printed last, once, and records it."""
+    run = tmp_path / "run"
+    args = ["train", "digits", "--out", run, "--epochs", 40, "--time-limit", 0.05, *ARGS]
+    p = _start(tmp_path, *args)
+    try:
+        rc, _, err = p.finish(180)
+    finally:
+        if p.proc.poll() is None:  # a hang: end torchrun and its workers
+            os.killpg(p.pid, signal.SIGKILL)
+    assert rc == 0, err
+    plans = [int(line.split(" min: ")[1].split()[0]) for line in err.splitlines()
+             if "imrec: --time-limit" in line]  # fmt: skip
+    assert plans, err  # 40 epochs of digits never fit in 3 s
+    ran = len(_rows(run))
+    assert [r["epoch"] for r in _rows(run)] == list(range(1, ran + 1))
+    assert plans[-1] == ran < 40
+    assert all(plans[i] != plans[i + 1] for i in range(len(plans) - 1)), err  # rank 0 alone
+    assert json.loads((run / "config.json").read_text())["loop"]["epochs"] == ran
+    assert _report(run)["time_limit"] == {
+        "minutes": 0.05,
+        "epochs_asked": 40,
+        "epochs_planned": ran,
+    }
+
+
 DETECT = "digits-detect:train=192,val=32,test=48,canvas=64,min_scale=18,max_scale=30,max_digits=3"
 
 

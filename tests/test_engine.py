@@ -606,11 +606,9 @@ def test_the_time_limit_plans_at_the_slower_of_the_mean_and_the_last_epoch():
     # 500 s left at 100 s: 5 more; then 300 s left at the last epoch's 200 s: 1 more; then 3
     # have run, the plan.
     follow(stub(12, 12), [(100, 6), (200, 3), (60, 3)])
-    # 450 s left at 150 s: 3 more; 380 s left at a mean of 110 s: 3 more even at 121 s, and
-    # with 2 of 4 run the plan grows to 5; 320 s left at 93 s would fit 6, but 3 of 5 have
-    # run; then a slow epoch leaves no time for the fifth.
-    follow(stub(12, 12), [(150, 4), (70, 5), (60, 5), (300, 4)])
+    # 450 s left at 150 s: 3 more; 360 s left at a mean of 120 s: 3 more, and with 2 of 4
+    # run the plan grows to 5; 300 s left at 100 s would fit 6, but 3 of 5 have run; then
+    # a slow epoch leaves no time for the fifth.
+    follow(stub(12, 12), [(150, 4), (90, 5), (60, 5), (300, 4)])
     # A first plan of 3 (the first steps' pace) grows to the 5 asked, no further.
     follow(stub(5, 3), [(50, 5), (50, 5)])
-    # 480 s left at 120 s: a fifth epoch fits at that pace, not at 10% slower: no growth.
-    follow(stub(12, 4), [(120, 4)])

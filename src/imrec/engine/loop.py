@@ -45,7 +45,6 @@ from imrec.engine.optim import (
 )
 
 STATE_FILE = "state.safetensors"
-GROW_MARGIN = 1.1  # --time-limit: a plan grows by the epochs that fit at this much slower
 
 
 def check_new_run(run_dir: str | Path) -> None:
@@ -501,10 +500,9 @@ class Trainer:
     def cut_to_time_limit(self, done: int) -> None:
         """With ``--time-limit``: after ``done`` epochs, plan the epochs that fit in what is
         left of the limit at the pace of the epochs so far. A plan is shortened whenever it
-        no longer fits; it is lengthened again (never past the epochs asked, and only by
-        epochs that would fit at a pace 10% slower) only while at most half of it has run,
-        so that the schedule, a function of the planned total, moves back only a little. It
-        ends with the new last epoch either way;
+        no longer fits; it is lengthened again (never past the epochs asked) only while at
+        most half of it has run, so that the schedule, a function of the planned total,
+        moves back only a little. It ends with the new last epoch either way;
         ``config.json`` is written again so that a resumed run keeps the plan.
         """
         limit, planned = self.run.loop.time_limit * 60, self.run.loop.epochs
@@ -513,15 +511,10 @@ class Trainer:
         # Seconds an epoch, validation included: the mean so far, or the last epoch's (its
         # row's) when the machine has slowed down since.
         pace = max(self.train_seconds / done, self.history[-1]["seconds"])
-        left = max(0.0, limit - self.train_seconds)
-        epochs = planned
-        if pace > 0 and done + int(left // pace) < planned:
-            epochs = done + int(left // pace)
-        elif pace > 0 and 2 * done <= planned:  # later, more epochs would undo the decay
-            # Grown only by epochs that fit at a pace 10% slower: the pace is noisy, and a
-            # plan grown and cut by turns would move the schedule back and forth.
-            more = int(left // (pace * GROW_MARGIN))
-            epochs = max(planned, min(self.epochs_asked, done + more))
+        fits = int((limit - self.train_seconds) // pace) if pace > 0 else planned
+        epochs = min(self.epochs_asked, done + max(0, fits))
+        if epochs > planned and 2 * done > planned:
+            epochs = planned  # the schedule is past its middle: more would undo its decay
         self._plan(epochs, done)  # on every rank: it takes rank 0's number
 
     def _plan(self, epochs: int, done: int) -> None:

@@ -437,7 +437,7 @@ class Trainer:
         if main and self.start_epoch == 0:
             atomic_write_text(self.run_dir / "config.json", self.run.to_json())
             (self.run_dir / "metrics.jsonl").write_text("")
-        run, key = self.run, self.monitor
+        key = self.monitor
         epoch = self.start_epoch
         while epoch < self.run.loop.epochs:  # --time-limit may cut the epochs planned
             if epoch == 0 and self.run.loop.time_limit and self.steps_per_epoch >= 10:
@@ -467,7 +467,8 @@ class Trainer:
                 self.save_state(epoch + 1)
                 with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            if run.loop.early_stop and epoch + 1 - self.top["epoch"] >= run.loop.early_stop:
+            patience = self.run.loop.early_stop
+            if patience and epoch + 1 - self.top["epoch"] >= patience:
                 break
             epoch += 1
 
@@ -511,7 +512,7 @@ class Trainer:
         # Seconds an epoch, validation included: the mean so far, or the last epoch's (its
         # row's) when the machine has slowed down since.
         pace = max(self.train_seconds / done, self.history[-1]["seconds"])
-        fits = int((limit - self.train_seconds) // pace) if pace > 0 else planned
+        fits = int((limit - self.train_seconds) // pace) if pace > 0 else planned - done
         epochs = min(self.epochs_asked, done + max(0, fits))
         if epochs > planned and 2 * done > planned:
             epochs = planned  # the schedule is past its middle: more would undo its decay

@@ -258,3 +258,43 @@ def test_cnn_takes_sides_its_stem_does_not_divide():
     for size, neck in [((100, 37), 0), ((37, 100), 16), ((33, 17), 16)]:
         m = create_model("cnn", num_classes=3, in_channels=1, input_size=size, neck=neck).eval()
         assert m(torch.zeros(2, 1, *size)).shape == (2, 3)
+
+
+def test_cnn_strided_stages_halve_the_map_with_their_conv() -> None:
+    """``strided=N``: the first N halving stages halve with a stride-2 conv, not a max-pool after
+    it; the same parameters (weights move between the two), any input size with a neck."""
+    from torch import nn
+
+    kw = {"num_classes": 3755, "in_channels": 1, "input_size": (56, 56), "width": 64, "neck": 256}
+    pooled = create_model("cnn", **kw)
+    strided = create_model("cnn", strided=1, **kw)
+    assert pooled.state_dict().keys() == strided.state_dict().keys()
+    shapes = {k: v.shape for k, v in pooled.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in strided.state_dict().items()}
+    strided.load_state_dict(pooled.state_dict())  # the same weights fit either way
+
+    def conv_outputs(model: nn.Module, side: int) -> list[tuple[int, int, int]]:
+        sizes: list[tuple[int, int, int]] = []
+        hooks = [
+            m.register_forward_hook(lambda m, i, o: sizes.append((m.stride[0], *o.shape[2:])))
+            for m in model.modules()
+            if isinstance(m, nn.Conv2d)
+        ]
+        model.eval()(torch.zeros(1, 1, side, side))
+        for h in hooks:
+            h.remove()
+        return sizes
+
+    # 56 px: space-to-depth 28; stage 2's conv computes 28x28 and pools, or computes 14x14
+    assert conv_outputs(pooled, 56) == [(1, 28, 28), (1, 28, 28), (1, 14, 14), (1, 7, 7)]
+    assert conv_outputs(strided, 56) == [(1, 28, 28), (2, 14, 14), (1, 14, 14), (1, 7, 7)]
+    assert [type(m) for m in strided.modules() if isinstance(m, nn.MaxPool2d)] == [nn.MaxPool2d] * 2
+    # odd maps: a stride-2 conv rounds up where a max-pool rounds down; the neck follows
+    for side in (45, 50, 57):
+        for n in (1, 2, 3):
+            model = create_model(
+                "cnn", strided=n, num_classes=3, in_channels=1, input_size=(side, side), neck=8
+            )
+            assert model.eval()(torch.zeros(2, 1, side, side)).shape == (2, 3)
+    with pytest.raises(ValueError, match="strided must be >= 0"):
+        create_model("cnn", strided=-1, num_classes=3, in_channels=1, input_size=(28, 28))

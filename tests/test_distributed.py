@@ -325,7 +325,10 @@ def test_a_time_limit_plans_alike_on_every_rank(tmp_path):
     assert plans[-1] == ran < 40
     assert all(plans[i] != plans[i + 1] for i in range(len(plans) - 1)), err  # rank 0 alone
     assert json.loads((run / "config.json").read_text())["loop"]["epochs"] == ran
-    assert _report(run)["time_limit"] == {
+    limit = _report(run)["time_limit"]
+    # A cut after the last epoch ran (a slow epoch on a loaded machine) is said, and recorded.
+    assert limit.pop("schedule_ended") is ("stops short of its schedule's end" not in err), err
+    assert limit == {
         "minutes": 0.05,
         "epochs_asked": 40,
         "epochs_planned": ran,

@@ -547,13 +547,31 @@ def test_the_kept_epoch_is_the_latest_within_the_validation_noise():
     assert _kept_epoch([0.60, 0.99, 0.50], 1000) == 2
 
 
-def test_a_time_limit_cuts_the_epochs_and_ends_the_schedule_with_them(tmp_path, capsys):
-    """--time-limit: 40 epochs asked, a limit of 1.8 s; the run plans only the epochs that fit,
-    its learning rate ends where a run asked for that many ends, and the plan is kept in
-    config.json and the state for a resumed run."""
+def test_a_time_limit_cuts_the_epochs_and_ends_the_schedule_with_them(
+    tmp_path, capsys, monkeypatch
+):
+    """--time-limit: 40 epochs asked, a limit of 1.8 s, and a clock on which every epoch takes
+    0.33 s (a stub, so that a loaded machine cannot change the plan): the run plans the 5
+    epochs that fit, its learning rate ends where a run asked for 5 ends, and the plan is kept
+    in config.json and the state for a resumed run."""
+    from types import SimpleNamespace
+
+    import imrec.classify.train as classify_train
+    import imrec.engine.loop as engine_loop
     from imrec.core.checkpoint import load_train_state
     from imrec.engine.loop import STATE_FILE, resumable_config
 
+    clock = [0.0]
+    fake = SimpleNamespace(perf_counter=lambda: clock[0])
+    monkeypatch.setattr(classify_train, "time", fake)
+    monkeypatch.setattr(engine_loop, "time", fake)
+    schedule_lr = Trainer.schedule_lr
+
+    def timed_step(self, step):
+        clock[0] += 0.33 / self.steps_per_epoch  # each step a share of 0.33 s
+        return schedule_lr(self, step)
+
+    monkeypatch.setattr(Trainer, "schedule_lr", timed_step)
     report = imrec.fit(
         "digits",
         out=tmp_path / "run",
@@ -561,8 +579,13 @@ def test_a_time_limit_cuts_the_epochs_and_ends_the_schedule_with_them(tmp_path, 
         progress=False,
     )
     ran = report["epochs_run"]
-    assert 1 <= ran < 40
-    assert report["time_limit"] == {"minutes": 0.03, "epochs_asked": 40, "epochs_planned": ran}
+    assert ran == 5  # 1.8 s // 0.33 s
+    assert report["time_limit"] == {
+        "minutes": 0.03,
+        "epochs_asked": 40,
+        "epochs_planned": ran,
+        "schedule_ended": True,
+    }
     assert report["config"]["loop"]["epochs"] == ran
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert [r["epoch"] for r in rows] == list(range(1, ran + 1))
@@ -577,6 +600,10 @@ def test_a_time_limit_cuts_the_epochs_and_ends_the_schedule_with_them(tmp_path, 
         tmp_path / "run" / "report.md"
     ).read_text(encoding="utf-8")
     assert "of the 40 epochs asked fit" in capsys.readouterr().err  # it says so when it cuts
+    from imrec.core.report import training_summary
+
+    report["time_limit"]["schedule_ended"] = False  # what a cut after the last epoch records
+    assert "so the learning rate stopped short of its schedule's end" in training_summary(report)
     with pytest.raises(TrainError, match="--time-limit must be 0"):
         build_config("digits", "handwriting", train={"time_limit": -1})
 
@@ -590,7 +617,7 @@ def test_the_time_limit_plans_at_the_slower_of_the_mean_and_the_last_epoch():
     def stub(asked: int, planned: int):
         run = RunConfig.from_dict({"loop": {"epochs": planned, "time_limit": 10}})  # 600 s
         t = SimpleNamespace(
-            run=run, train_seconds=0.0, history=[], epochs_asked=asked,
+            run=run, train_seconds=0.0, history=[], epochs_asked=asked, schedule_cut=False,
             world=SimpleNamespace(size=1, main=False),
         )  # fmt: skip
         t._plan = lambda epochs, done: Trainer._plan(t, epochs, done)
@@ -602,6 +629,10 @@ def test_the_time_limit_plans_at_the_slower_of_the_mean_and_the_last_epoch():
             t.history.append({"epoch": done, "seconds": seconds})
             Trainer.cut_to_time_limit(t, done)
             assert t.run.loop.epochs == planned, (done, t.run.loop.epochs)
+        return t
+
+    def t_cut_short(t, epochs) -> bool:
+        return follow(t, epochs).schedule_cut
 
     # 500 s left at 100 s: 5 more; then 300 s left at the last epoch's 200 s: 1 more; then 3
     # have run, the plan.
@@ -612,3 +643,7 @@ def test_the_time_limit_plans_at_the_slower_of_the_mean_and_the_last_epoch():
     follow(stub(12, 12), [(150, 4), (90, 5), (60, 5), (300, 4)])
     # A first plan of 3 (the first steps' pace) grows to the 5 asked, no further.
     follow(stub(5, 3), [(50, 5), (50, 5)])
+    assert not t_cut_short(stub(5, 3), [(50, 5), (50, 5)])
+    # 450 s left at 150 s: the 3 planned; then a 400 s epoch leaves 50 s, no room for the
+    # third: the plan ends with the epoch that ran, short of the schedule's end, and says so.
+    assert t_cut_short(stub(3, 3), [(150, 3), (400, 2)])

@@ -46,9 +46,17 @@ def training_summary(report: dict) -> str:
         limit = report.get("time_limit") or {}
         asked = limit.get("epochs_asked")
         if asked is not None and limit.get("epochs_planned", asked) < asked:
+            cut = (
+                ""
+                if limit.get("schedule_ended", True)
+                else (
+                    "; the last epoch ran slower than planned, so the learning rate stopped short "
+                    "of its schedule's end"
+                )
+            )
             parts.append(
                 f"{report['epochs_run']} of the {asked} epochs asked (a time limit of "
-                f"{limit['minutes']:g} min)"
+                f"{limit['minutes']:g} min{cut})"
             )
         else:
             parts.append(f"{report['epochs_run']} epochs")

@@ -172,6 +172,9 @@ class Trainer:
         self.start_epoch = 0
         self.train_seconds = 0.0
         self.epochs_asked = run.loop.epochs  # before --time-limit cut them
+        # --time-limit cut the plan after its last epoch had run: the learning rate stopped
+        # short of the end of its schedule.
+        self.schedule_cut = False
         self._probe: dict[int, float] = {}  # first-epoch steps timed for --time-limit
         self._ddp: tuple[bool, DistributedDataParallel] | None = None  # (frozen, wrapper)
         self._loader = None  # DataLoader workers of a task that streams its data
@@ -366,6 +369,7 @@ class Trainer:
             "top": self.top,
             "train_seconds": self.train_seconds,
             "epochs_asked": self.epochs_asked,
+            "schedule_cut": self.schedule_cut,
         }
         save_train_state(self.run_dir / STATE_FILE, parts, meta)
         save_checkpoint(
@@ -387,6 +391,7 @@ class Trainer:
         self.top = meta.get("top", meta["best"])  # states written before the margin rule
         self.train_seconds = meta["train_seconds"]
         self.epochs_asked = meta.get("epochs_asked", self.run.loop.epochs)
+        self.schedule_cut = meta.get("schedule_cut", False)
         self.start_epoch = meta["epoch"]
         # metrics.jsonl may hold a line for an epoch whose state never reached disk.
         if self.world.main:
@@ -481,6 +486,7 @@ class Trainer:
                 "minutes": self.run.loop.time_limit,
                 "epochs_asked": self.epochs_asked,
                 "epochs_planned": self.run.loop.epochs,
+                "schedule_ended": not self.schedule_cut,
             }
         }
 
@@ -503,8 +509,10 @@ class Trainer:
         left of the limit at the pace of the epochs so far. A plan is shortened whenever it
         no longer fits; it is lengthened again (never past the epochs asked) only while at
         most half of it has run, so that the schedule, a function of the planned total,
-        moves back only a little. It ends with the new last epoch either way;
-        ``config.json`` is written again so that a resumed run keeps the plan.
+        moves back only a little. It ends with the new last epoch either way, unless the
+        cut leaves no epoch to run (the last ran slower than planned): then the learning
+        rate stops short of its end, and the run says so. ``config.json`` is written again
+        so that a resumed run keeps the plan.
         """
         limit, planned = self.run.loop.time_limit * 60, self.run.loop.epochs
         if not limit or done >= planned:
@@ -517,6 +525,8 @@ class Trainer:
         if epochs > planned and 2 * done > planned:
             epochs = planned  # the schedule is past its middle: more would undo its decay
         self._plan(epochs, done)  # on every rank: it takes rank 0's number
+        if self.run.loop.epochs == done < planned:
+            self.schedule_cut = True
 
     def _plan(self, epochs: int, done: int) -> None:
         """Plan ``epochs`` epochs in all (``done`` run so far), if not planned already."""
@@ -535,6 +545,12 @@ class Trainer:
                     f" ({done} took {self.train_seconds:.1f} s)"
                     if done
                     else " (the first steps' pace)"
+                )
+                + (
+                    "; the last ran slower than planned, so the learning rate stops short "
+                    "of its schedule's end"
+                    if done and epochs == done
+                    else ""
                 ),
                 file=sys.stderr,
                 flush=True,

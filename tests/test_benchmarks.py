@@ -42,10 +42,11 @@ def test_time_to_accuracy_smoke_plan_trains_scores_and_writes_its_section(
 
 def test_render_speed_smoke_run_measures_renders_and_the_step(tmp_path, monkeypatch, mirror):
     bench, md = _bench("render_speed", monkeypatch, tmp_path)
-    argv = ["--rounds", "1", "--chars", "12", "--draws", "1", "--steps", "2"]
+    argv = ["--rounds", "1", "--chars", "4", "--draws", "1", "--steps", "1"]
     # The renders, the step and the whole-process runs both ways (the default render workers
-    # and one at normal priority) in one call.
-    whole = ["--train-chars", "4", "--train-per-class", "100", "--train-rounds", "1"]
+    # and one at normal priority) in one call; 40 renders per class (320 training images a
+    # run) learn the 4 characters well above chance (50% where chance is 25%).
+    whole = ["--train-chars", "4", "--train-per-class", "40", "--train-rounds", "1"]
     assert bench.main([*argv, *whole, "--md", str(md)]) == 0
     text = md.read_text()
     assert "kept text" in text and text.count("<!-- render_speed:start -->") == 1
@@ -57,13 +58,14 @@ def test_render_speed_smoke_run_measures_renders_and_the_step(tmp_path, monkeypa
         cells = [c.strip() for c in rows[key].strip("|").split("|")]
         assert float(cells[2].strip("*").replace(",", "")) > 0
     assert rows[next(k for k in rows if k.startswith("training step"))].endswith("| 1.00 |")
-    assert "800 training images each" in text
+    assert "320 training images each" in text
     ways = [
         line for line in text.splitlines() if line.startswith(("| `(default)`", "| `--workers"))
     ]
     assert len(ways) == 2 and "--worker-priority normal" in ways[1]
     for line in ways:  # a positive rate, and the 4 characters learnt a little either way
         cells = [c.strip() for c in line.strip("|").split("|")]
+        print("render_speed whole-process test top-1:", cells[5])
         assert float(cells[2].strip("*").replace(",", "")) > 0 and float(cells[5][:-1]) > 25
     assert "x** the training rate of one worker at normal priority" in text
 

@@ -194,15 +194,21 @@ def test_models_saved_before_the_form_keep_their_preparation():
 
 
 def test_chars74k_pngs_as_a_folder_train_well_with_no_flags(folders, tmp_path):
+    # Half the alphabet (A-M) of the 12 writers: decoding the 1200x900 PNGs and the 60 epochs
+    # cost per image, and 13 classes of the same files train the same way, with no flags.
+    root = tmp_path / "chars74k"
+    for part in ("train", "test"):
+        for cls in sorted((folders / "chars74k" / part).iterdir())[:13]:
+            shutil.copytree(cls, root / part / cls.name)
     out = tmp_path / "run"
-    report = imrec.fit(f"folder:{folders / 'chars74k'}", out=out, progress=False)
+    report = imrec.fit(f"folder:{root}", out=out, progress=False)
     assert report["domain"]["name"] == "handwriting" and report["domain"]["votes"]["photo"] == 0
     assert report["input"]["size"] == [28, 28] and report["input"]["channels"] == 1
     # The recipe followed the data (a few hundred images: many epochs of small batches).
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["loop"]["batch_size"] == 64 and cfg["loop"]["epochs"] == 60
     assert "folder of" in cfg["notes"][0] and "Recipe: folder of" in (out / "report.md").read_text()
-    assert report["test"]["accuracy"] > 0.85  # 26 classes, 9 training writers (3 test)
+    assert report["test"]["accuracy"] > 0.85  # 13 classes, 9 training writers (3 test)
     # The form is recorded in the checkpoint and in the export bundle's manifest.
     model, meta = imrec.load_model(out)
     assert meta["ink"]["form"] == 2
@@ -212,21 +218,25 @@ def test_chars74k_pngs_as_a_folder_train_well_with_no_flags(folders, tmp_path):
 
 
 def test_chinese_jpegs_as_a_folder_and_eval_data_equals_predict(folders, tmp_path, capsys):
+    # 8 of the 15 characters (their 64 px JPEGs cost per image in every epoch) and 10 epochs,
+    # not the recipe's 60 (which stop early, at 39 here): the domain, the size and the
+    # agreement below are the point (test_chars74k_pngs_as_a_folder_train_well_with_no_flags
+    # trains with no flags). 15 characters: the recipe reads the test writer 100%, 10 epochs
+    # 92% (stop 52); these 8 in 10 epochs: 94%.
+    root = tmp_path / "chinese"
+    for part in ("train", "test"):
+        for cls in sorted((folders / "chinese" / part).iterdir())[:8]:
+            shutil.copytree(cls, root / part / cls.name)
     out = tmp_path / "run"
-    # 10 epochs, not the recipe's 60 (which stop early, at 39 here): the domain, the size and
-    # the agreement below are the point (test_chars74k_pngs_as_a_folder_train_well_with_no_flags
-    # trains with no flags). The recipe reads the test writer 100%, 10 epochs 92% (stop 52).
-    report = imrec.fit(
-        f"folder:{folders / 'chinese'}", out=out, train={"epochs": 10}, progress=False
-    )
+    report = imrec.fit(f"folder:{root}", out=out, train={"epochs": 10}, progress=False)
     assert report["domain"]["name"] == "handwriting" and report["input"]["size"] == [64, 64]
-    assert report["test"]["accuracy"] > 0.8  # 15 classes, 5 training writers (1 test)
+    assert report["test"]["accuracy"] > 0.8  # 8 classes, 5 training writers (1 test)
     # The test writers' files: `imrec eval --data folder:` and `imrec predict` agree, file
     # for file (one preparation).
-    test_dir = folders / "chinese" / "test"
+    test_dir = root / "test"
     other = tmp_path / "other"  # its test split: exactly those files
     other.mkdir()
-    (other / "train").symlink_to(folders / "chinese" / "train")
+    (other / "train").symlink_to(root / "train")
     (other / "test").symlink_to(test_dir)
     assert main(["eval", str(out), "--data", f"folder:{other}"]) == 0
     capsys.readouterr()
@@ -322,11 +332,12 @@ def test_eval_data_brings_another_size_to_the_models_form(mirror, tmp_path):
     # image is prepared like a file given to `imrec predict` (no size mismatch error). A folder
     # of 1,000 of them, not the built-in's 10,000: the preparation is the same (the built-in at
     # another size: test_eval_prepares_another_datasets_images_on_every_core_as_predict_does).
+    # The model: 50 images of each digit, 10 epochs (the point is the scoring, not the model).
     mnist = load_dataset("mnist")
     root, other = tmp_path / "digits40", tmp_path / "mnist28"
     for k in range(10):
         (root / str(k)).mkdir(parents=True)
-        for j in np.flatnonzero(mnist.train.labels.numpy() == k)[:60]:
+        for j in np.flatnonzero(mnist.train.labels.numpy() == k)[:50]:
             img = Image.fromarray(mnist.train.images[j, 0].numpy()).resize((40, 40))
             img.save(root / str(k) / f"{j}.png")
         for part in ("train", "test"):  # its test split: 100 test images of each digit
@@ -335,13 +346,13 @@ def test_eval_data_brings_another_size_to_the_models_form(mirror, tmp_path):
             Image.fromarray(mnist.test.images[j, 0].numpy()).save(
                 other / "test" / str(k) / f"{j}.png"
             )
-        for j in np.flatnonzero(mnist.train.labels.numpy() == k)[60:63]:  # the rest: a few
+        for j in np.flatnonzero(mnist.train.labels.numpy() == k)[50:53]:  # the rest: a few
             Image.fromarray(mnist.train.images[j, 0].numpy()).save(
                 other / "train" / str(k) / f"{j}.png"
             )
     out = tmp_path / "run"
     report = imrec.fit(
-        f"folder:{root}", out=out, train={"epochs": 15, "batch_size": 32}, progress=False
+        f"folder:{root}", out=out, train={"epochs": 10, "batch_size": 32}, progress=False
     )
     assert report["input"]["size"] == [40, 40] and report["domain"]["name"] == "handwriting"
     scored = imrec.evaluate(out, f"folder:{other}")

@@ -65,7 +65,6 @@ def test_render_speed_smoke_run_measures_renders_and_the_step(tmp_path, monkeypa
     assert len(ways) == 2 and "--worker-priority normal" in ways[1]
     for line in ways:  # a positive rate, and the 4 characters learnt a little either way
         cells = [c.strip() for c in line.strip("|").split("|")]
-        print("render_speed whole-process test top-1:", cells[5])
         assert float(cells[2].strip("*").replace(",", "")) > 0 and float(cells[5][:-1]) > 25
     assert "x** the training rate of one worker at normal priority" in text
 

@@ -388,13 +388,13 @@ def test_a_short_training_on_the_mix_recognises_held_out_writers_and_photos(mirr
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = imrec.fit(
-            f"letters:rendered=3,real=1,fonts={fonts}",  # 3 renders per class, 4 epochs: 92.4%
+            f"letters:rendered=5,real=1,fonts={fonts}",  # 5 renders per class: 92.6% (stop 68)
             out=out,
             model={"members": 1},  # the recipe's two members are tested in test_ensemble.py
-            train={"epochs": 4, "batch_size": 64},
+            train={"epochs": 5, "batch_size": 64},
             progress=False,
         )
-    assert report["test"]["accuracy"] > 0.85, report["test"]["accuracy"]  # 11 unseen writers
+    assert report["test"]["accuracy"] > 0.85  # 26 classes, 11 unseen writers
     assert "real images" in report["split"] and "renders per epoch" in report["split"]
     data = load_dataset("chars74k-upper")
     rng = np.random.default_rng(5)

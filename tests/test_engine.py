@@ -631,9 +631,6 @@ def test_the_time_limit_plans_at_the_slower_of_the_mean_and_the_last_epoch():
             assert t.run.loop.epochs == planned, (done, t.run.loop.epochs)
         return t
 
-    def t_cut_short(t, epochs) -> bool:
-        return follow(t, epochs).schedule_cut
-
     # 500 s left at 100 s: 5 more; then 300 s left at the last epoch's 200 s: 1 more; then 3
     # have run, the plan.
     follow(stub(12, 12), [(100, 6), (200, 3), (60, 3)])
@@ -642,8 +639,7 @@ def test_the_time_limit_plans_at_the_slower_of_the_mean_and_the_last_epoch():
     # a slow epoch leaves no time for the fifth.
     follow(stub(12, 12), [(150, 4), (90, 5), (60, 5), (300, 4)])
     # A first plan of 3 (the first steps' pace) grows to the 5 asked, no further.
-    follow(stub(5, 3), [(50, 5), (50, 5)])
-    assert not t_cut_short(stub(5, 3), [(50, 5), (50, 5)])
+    assert not follow(stub(5, 3), [(50, 5), (50, 5)]).schedule_cut
     # 450 s left at 150 s: the 3 planned; then a 400 s epoch leaves 50 s, no room for the
     # third: the plan ends with the epoch that ran, short of the schedule's end, and says so.
-    assert t_cut_short(stub(3, 3), [(150, 3), (400, 2)])
+    assert follow(stub(3, 3), [(150, 3), (400, 2)]).schedule_cut

@@ -525,8 +525,6 @@ class Trainer:
         if epochs > planned and 2 * done > planned:
             epochs = planned  # the schedule is past its middle: more would undo its decay
         self._plan(epochs, done)  # on every rank: it takes rank 0's number
-        if self.run.loop.epochs == done < planned:
-            self.schedule_cut = True
 
     def _plan(self, epochs: int, done: int) -> None:
         """Plan ``epochs`` epochs in all (``done`` run so far), if not planned already."""
@@ -534,6 +532,9 @@ class Trainer:
             epochs = distributed.broadcast_object(epochs)
         if epochs == self.run.loop.epochs:
             return
+        # A cut to the epochs already run: the schedule of the longer plan stopped short.
+        late = bool(done) and epochs == done
+        self.schedule_cut = self.schedule_cut or late
         loop = dataclasses.replace(self.run.loop, epochs=epochs)
         self.run = dataclasses.replace(self.run, loop=loop)
         if self.world.main:
@@ -549,7 +550,7 @@ class Trainer:
                 + (
                     "; the last ran slower than planned, so the learning rate stops short "
                     "of its schedule's end"
-                    if done and epochs == done
+                    if late
                     else ""
                 ),
                 file=sys.stderr,

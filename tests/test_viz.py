@@ -107,6 +107,72 @@ def test_confusion_small_and_62_classes(tmp_path):
     _only_pngs(tmp_path)
 
 
+def _texts_clear(fig) -> int:
+    """Every axis label, title and drawn tick label of ``fig`` lies inside it and clear of
+    every other such text, and no two axes overlap; returns how many texts were checked."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = []
+    for ax in fig.axes:
+        texts = [ax.title, ax.xaxis.label, ax.yaxis.label]
+        for axis, k in ((ax.xaxis, 0), (ax.yaxis, 1)):
+            lo, hi = sorted(axis.get_view_interval())
+            texts += [t for t in axis.get_ticklabels() if lo <= t.get_position()[k] <= hi]
+        for t in texts:
+            if t.get_visible() and t.get_text():
+                boxes.append((t.get_text(), t.get_window_extent(renderer)))
+    width, height = fig.bbox.width, fig.bbox.height
+    for text, b in boxes:
+        assert b.x0 >= -0.5 and b.y0 >= -0.5, (text, b)
+        assert b.x1 <= width + 0.5 and b.y1 <= height + 0.5, (text, b, width, height)
+    for i, (text, a) in enumerate(boxes):
+        for other, b in boxes[i + 1 :]:
+            overlap = min(a.x1, b.x1) - max(a.x0, b.x0), min(a.y1, b.y1) - max(a.y0, b.y0)
+            assert min(overlap) <= 0.5, (text, other, a, b)
+    frames = [ax.get_window_extent(renderer) for ax in fig.axes]
+    for i, a in enumerate(frames):
+        for b in frames[i + 1 :]:
+            assert min(min(a.x1, b.x1) - max(a.x0, b.x0), min(a.y1, b.y1) - max(a.y0, b.y0)) <= 0
+    return len(boxes)
+
+
+def test_report_figures_keep_every_text_inside_and_apart(tmp_path, monkeypatch):
+    """The report's charts are laid out from their measured texts (not by matplotlib's
+    constrained layout): whatever the values and class names, nothing is cut off or drawn
+    over something else."""
+    from imrec.detect import viz as detect_viz
+
+    checked = []
+
+    def save(fig, path):  # checked where it would be written (writing is tested above)
+        checked.append(_texts_clear(fig))
+        fig.clear()
+        return path
+
+    monkeypatch.setattr(plots, "save", save)
+    rng = np.random.default_rng(0)
+    for scale in (1e-7, 12345.0):  # tick labels 9 characters wide, and 5
+        rows = [
+            {"epoch": e, "train_loss": scale / e, "val_loss": 1.3 * scale / e,
+             "train_accuracy": 0.9995 + 1e-5 * e, "val_accuracy": 0.1 * e / 12}
+            for e in range(1, 13)
+        ]  # fmt: skip
+        viz.save_curves(rows, tmp_path / f"curves-{scale}.png")
+        detect_viz.save_detection_curves(rows, tmp_path / f"det-{scale}.png")
+    viz.save_curves([{"epoch": 1, "train_loss": 0.5}], tmp_path / "one.png")
+    bins = np.linspace(0.05, 0.95, 10).tolist()
+    r = {"count": [1] * 10, "confidence": bins, "accuracy": bins, "ece": 0.0123}
+    viz.save_reliability(r, r, tmp_path / "rel.png")
+    s = np.linspace(0, 1, 50)
+    viz.save_ood(s, s > 0.2, {"noise": s - 0.5, "other": s * 0.3}, 0.1, tmp_path / "ood.png")
+    for names in (["a", "bb"], [f"class_{i}" for i in range(10)], ZH,
+                  [f"a longer class name {i}" for i in range(31)]):  # fmt: skip
+        k = len(names)
+        cm = rng.integers(0, 50, (k, k)) + 900 * np.eye(k, dtype=int)
+        viz.save_confusion(cm, names, tmp_path / f"cm-{k}.png")
+    assert len(checked) == 11 and min(checked) >= 5
+
+
 def test_confusion_rejects_bad_shapes(tmp_path):
     with pytest.raises(ValueError, match="square"):
         viz.save_confusion(np.zeros((2, 3), int), ["a", "b"], tmp_path / "x.png")

@@ -291,7 +291,7 @@ def save_pr_curves(result: dict, path: str | os.PathLike, *, max_classes: int = 
     names = list(per_class) or list(pr["precision50"])
     shown = sorted(pr["precision50"], key=lambda n: -per_class.get(n, {}).get("gt", 0))
     with plots.style():
-        fig = plots.figure(7, 5.5)
+        fig = plots.figure(7, 5.5, constrained=False)
         ax = fig.subplots()
         for name in shown[:max_classes]:
             ap50 = per_class.get(name, {}).get("ap50")
@@ -320,6 +320,7 @@ def save_pr_curves(result: dict, path: str | os.PathLike, *, max_classes: int = 
         )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
+        plots.arrange(fig, [ax])
         return plots.save(fig, path)
 
 
@@ -347,7 +348,9 @@ def save_detection_curves(history: list[dict], path: str | os.PathLike) -> Path:
         ("validation mAP", {"val_map": "mAP@[.5:.95]", "val_map50": "mAP50"}),
     )
     with plots.style():
-        fig = plots.figure(10, 4)
-        for ax, (name, keys) in zip(fig.subplots(1, 2), panels, strict=True):
+        fig = plots.figure(10, 4, constrained=False)
+        axes = fig.subplots(1, 2)
+        for ax, (name, keys) in zip(axes, panels, strict=True):
             plots.panel(ax, history, keys, name)
+        plots.arrange(fig, axes)
         return plots.save(fig, path)

@@ -119,6 +119,33 @@ def test_mix_is_rendered_plus_real_and_test_is_real_writers_only(mirror, tmp_pat
     ]
 
 
+def test_the_statistics_sample_of_the_mix_is_drawn_on_every_core_as_one_at_a_time(
+    mirror, tmp_path, monkeypatch
+):
+    """The trainer's normalisation sample and the evaluation's feature statistics read the
+    training split through ``MixedImages.read_many``: in parts on every core, the images
+    ``read`` gives one at a time (renders and photographed real letters, a subset's keys and
+    a later epoch's drawings included), in the order asked."""
+    from imrec.core import parallel
+
+    fonts = _font_dir(tmp_path)
+    data, _ = _load(f"letters:rendered=1,real=1,fonts={fonts}")
+    images = data.train.images
+    monkeypatch.setenv(parallel.PROCESSES_ENV, "2")
+    monkeypatch.setattr(L, "READ_PART", 100)
+    real = int((~images.drawn).sum())
+    pos = torch.tensor(
+        [0, real - 1, real, len(images) - 1, 2 * len(images) - 1] + list(range(5, 400, 2))
+    )
+    got = images[pos]  # 5 parts on 2 processes
+    one = torch.stack([images.read(int(i)) for i in pos])
+    assert got.shape == (len(pos), 1, 28, 28) and got.dtype == torch.uint8
+    assert torch.equal(got, one) and got[2:4].max() > 0
+    sub = images.subset(torch.arange(len(images) - 3, len(images)))
+    assert torch.equal(sub.sample(3), torch.stack([sub.read(i) for i in range(3)]))
+    assert images[torch.tensor([], dtype=torch.long)].shape == (0, 1, 28, 28)
+
+
 def test_renders_can_be_left_as_drawn_while_the_real_letters_are_augmented(
     mirror, tmp_path, monkeypatch
 ):

@@ -19,6 +19,20 @@ def _imrec_home(tmp_path_factory):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """Every test starts with the session's torch thread count: a test that ran a benchmark's
+    main() or a model with one thread in this process must not leave the tests after it
+    training on one core of two."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch else None
+    yield
+    if before is not None and torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture
 def mirror() -> Path:
     """The real-data mirror; tests that need real data are skipped with a reason without it."""

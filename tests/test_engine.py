@@ -547,6 +547,33 @@ def test_the_kept_epoch_is_the_latest_within_the_validation_noise():
     assert _kept_epoch([0.60, 0.99, 0.50], 1000) == 2
 
 
+def test_a_run_on_its_own_threads_gives_the_caller_its_thread_count_back(tmp_path, monkeypatch):
+    """``threads`` (``--threads``) sets torch's thread count for the run only: the program
+    that called imrec.fit (a notebook, this test session) has its own count afterwards, also
+    when the run fails."""
+    before = torch.get_num_threads()
+    assert before > 1, "this test needs a process with more than one torch thread"
+    during = []
+    real_loop = Trainer.train_loop
+
+    def loop(self):
+        during.append(torch.get_num_threads())
+        return real_loop(self)
+
+    monkeypatch.setattr(Trainer, "train_loop", loop)
+    imrec.fit("digits", out=tmp_path / "a", train={"epochs": 1, "threads": 1}, progress=False)
+    assert during == [1] and torch.get_num_threads() == before
+
+    def broken(self):
+        during.append(torch.get_num_threads())
+        raise TrainError("stopped here")
+
+    monkeypatch.setattr(Trainer, "train_loop", broken)
+    with pytest.raises(TrainError, match="stopped here"):
+        imrec.fit("digits", out=tmp_path / "b", train={"epochs": 1, "threads": 1}, progress=False)
+    assert during == [1, 1] and torch.get_num_threads() == before
+
+
 def test_a_time_limit_cuts_the_epochs_and_ends_the_schedule_with_them(
     tmp_path, capsys, monkeypatch
 ):

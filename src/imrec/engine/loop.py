@@ -146,6 +146,10 @@ class Trainer:
         # made one (it loads the data), else a clock of this trainer's own.
         self.clock = timing.current() or timing.new_clock()
         self._first_step = True
+        # --threads, or a torchrun rank's share of the cores, sets torch's thread count for
+        # the run; fit() gives the caller (a notebook, a test session, a host program) its own
+        # back when the run ends.
+        self._caller_threads = torch.get_num_threads()
         if run.hardware.threads:
             torch.set_num_threads(run.hardware.threads)
         self.device = pick_device(run.hardware.device)
@@ -400,8 +404,11 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train to the end (or early stop), then evaluate the best checkpoint on the test split."""
-        with timing.using(self.clock):
-            return self._fit()
+        try:
+            with timing.using(self.clock):
+                return self._fit()
+        finally:
+            torch.set_num_threads(self._caller_threads)
 
     def _fit(self) -> dict:
         heap.settled()  # under the command line: the model, data and imports are long-lived

@@ -838,7 +838,7 @@ def _chars74k_char(number: int) -> str:
 def _decode_chars74k(path: Path, size: int = 28) -> dict[str, np.ndarray]:
     members = _tar_members(path, _CHARS74K_NAME)
     _notice(
-        f"preparing {len(members)} Chars74K drawings once at {size} px (about 15 s on 2 "
+        f"preparing {len(members)} Chars74K drawings once at {size} px (about 35 s on 2 "
         "cores); later loads use the cache"
     )
     form = InkForm.for_size(size)

@@ -132,15 +132,24 @@ def test_the_statistics_sample_of_the_mix_is_drawn_on_every_core_as_one_at_a_tim
     data, _ = _load(f"letters:rendered=1,real=1,fonts={fonts}")
     images = data.train.images
     monkeypatch.setenv(parallel.PROCESSES_ENV, "2")
-    monkeypatch.setattr(L, "READ_PART", 100)
+    monkeypatch.setattr(L, "READ_PART", 40)
+    parts = []
+    real_map = L.cpu_map
+
+    def spy(fn, items, **kwargs):
+        items = list(items)
+        parts.append(len(items))
+        return real_map(fn, items, **kwargs)
+
+    monkeypatch.setattr(L, "cpu_map", spy)
     real = int((~images.drawn).sum())
     pos = torch.tensor(
         [0, real - 1, real, len(images) - 1, 2 * len(images) - 1] + list(range(5, 400, 2))
     )
-    got = images[pos]  # 5 parts on 2 processes
+    got = images[pos]  # 203 items: 5 parts of about 40 on 2 processes
     one = torch.stack([images.read(int(i)) for i in pos])
     assert got.shape == (len(pos), 1, 28, 28) and got.dtype == torch.uint8
-    assert torch.equal(got, one) and got[2:4].max() > 0
+    assert torch.equal(got, one) and got[2:4].max() > 0 and parts == [5]
     sub = images.subset(torch.arange(len(images) - 3, len(images)))
     assert torch.equal(sub.sample(3), torch.stack([sub.read(i) for i in range(3)]))
     assert images[torch.tensor([], dtype=torch.long)].shape == (0, 1, 28, 28)

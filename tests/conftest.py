@@ -6,10 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch  # the test modules import it anyway
 
 REPO = Path(__file__).resolve().parents[1]
 # The real datasets beside the checkout (``../shared/data``), unless the caller set a mirror.
 MIRROR = Path(os.environ.get("IMREC_DATA_MIRROR") or REPO.parent / "shared" / "data")
+SESSION_THREADS = torch.get_num_threads()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -21,16 +23,12 @@ def _imrec_home(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _torch_threads():
-    """Every test starts with the session's torch thread count: a test that ran a benchmark's
-    main() or a model with one thread in this process must not leave the tests after it
-    training on one core of two."""
-    import sys
-
-    torch = sys.modules.get("torch")
-    before = torch.get_num_threads() if torch else None
+    """Every test ends with the session's torch thread count, as torch chose it at import: a
+    test that ran a benchmark's main() or a model with one thread in this process must not
+    leave the tests after it training on one core of two."""
     yield
-    if before is not None and torch.get_num_threads() != before:
-        torch.set_num_threads(before)
+    if torch.get_num_threads() != SESSION_THREADS:
+        torch.set_num_threads(SESSION_THREADS)
 
 
 @pytest.fixture

@@ -123,25 +123,26 @@ def test_the_statistics_sample_of_the_mix_is_drawn_on_every_core_as_one_at_a_tim
     mirror, tmp_path, monkeypatch
 ):
     """The trainer's normalisation sample and the evaluation's feature statistics read the
-    training split through ``MixedImages.read_many``: in parts on every core, the images
+    training split through ``DrawnImages.read_many``: in parts on every core, the images
     ``read`` gives one at a time (renders and photographed real letters, a subset's keys and
     a later epoch's drawings included), in the order asked."""
     from imrec.core import parallel
+    from imrec.data import types
 
     fonts = _font_dir(tmp_path)
     data, _ = _load(f"letters:rendered=1,real=1,fonts={fonts}")
     images = data.train.images
     monkeypatch.setenv(parallel.PROCESSES_ENV, "2")
-    monkeypatch.setattr(L, "READ_PART", 40)
+    monkeypatch.setattr(types, "READ_PART", 40)
     parts = []
-    real_map = L.cpu_map
+    real_map = types.cpu_map
 
     def spy(fn, items, **kwargs):
         items = list(items)
         parts.append(len(items))
         return real_map(fn, items, **kwargs)
 
-    monkeypatch.setattr(L, "cpu_map", spy)
+    monkeypatch.setattr(types, "cpu_map", spy)
     real = int((~images.drawn).sum())
     pos = torch.tensor(
         [0, real - 1, real, len(images) - 1, 2 * len(images) - 1] + list(range(5, 400, 2))

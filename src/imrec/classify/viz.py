@@ -327,27 +327,27 @@ def save_confusion(
         bar = fig.colorbar(im, cax=bar_ax)
         bar.set_label("fraction of true class" if normalize else "count / max count")
         # Names are turned when there are many, or when one is wider than its column.
-        widest = max(plots.text_extent(fig, t, fontsize)[0] for t in labels)
-        turned = k > 10 or widest > 0.9 * side * 0.8 / k
+        boxes = [plots.text_extent(fig, t, fontsize) for t in labels]  # (w, h) inches
+        turned = k > 10 or max(w for w, _ in boxes) > 0.9 * side * 0.8 / k
         ax.set_xticks(range(k), labels, fontsize=fontsize, rotation=90 if turned else 0)
         ax.set_yticks(range(k), labels, fontsize=fontsize)
         ax.set(xlabel="predicted", ylabel="true")
         ax.set_title(f"confusion matrix, accuracy {accuracy:.4f} ({int(cm.sum())} samples)")
         if k <= 30:
             _write_counts(ax, cm, shade, fontsize=min(9.0, max(4.0, cell_pt / 3)))
-        _place_matrix(fig, ax, bar_ax, side * 0.8, labels, fontsize, turned=turned)
+        _place_matrix(fig, ax, bar_ax, side * 0.8, boxes, turned=turned)
         return plots.save(fig, path)
 
 
-def _place_matrix(fig, ax, bar_ax, matrix: float, labels, fontsize: float, turned: bool) -> None:
+def _place_matrix(fig, ax, bar_ax, matrix: float, boxes, turned: bool) -> None:
     """Size ``fig`` around a ``matrix`` inches square ``ax`` and its colour bar ``bar_ax``, with
-    room measured from the texts (class names, axis labels, title, the bar's ticks), instead
-    of the constrained layout engine (about 0.3 s more per figure)."""
+    room measured from the texts (the class names' ``boxes``, ``(width, height)`` inches as
+    drawn unturned; axis labels, title, the bar's ticks), instead of the constrained layout
+    engine (about 0.3 s more per figure)."""
     import matplotlib
 
     rc = matplotlib.rcParams
     edge, tick = plots.EDGE, (rc["xtick.major.size"] + rc["xtick.major.pad"]) / 72
-    boxes = [plots.text_extent(fig, t, fontsize) for t in labels]
     label_h = plots.text_extent(fig, "predicted true", plots.rc_size("axes.labelsize"))[1]
     label_room = label_h + rc["axes.labelpad"] / 72
     left = edge + label_room + tick + max(w for w, _ in boxes)
@@ -355,7 +355,7 @@ def _place_matrix(fig, ax, bar_ax, matrix: float, labels, fontsize: float, turne
     title_w, title_h = plots.text_extent(fig, ax.get_title(), plots.rc_size("axes.titlesize"))
     top = edge + title_h + rc["axes.titlepad"] / 72
     if not turned:  # the first class name is centred under the first column
-        left = max(left, edge + boxes[0][0] / 2 - matrix / (2 * len(labels)))
+        left = max(left, edge + boxes[0][0] / 2 - matrix / (2 * len(boxes)))
     left = max(left, edge + title_w / 2 - matrix / 2)  # the title is centred on the matrix
     gap, bar_w = 0.15, float(np.clip(0.03 * matrix, 0.15, 0.3))
     bar_ticks = [plots.text_extent(fig, t, plots.rc_size("ytick.labelsize"))[0]
@@ -363,7 +363,7 @@ def _place_matrix(fig, ax, bar_ax, matrix: float, labels, fontsize: float, turne
     bar_room = gap + bar_w + tick + max(bar_ticks, default=0.0) + label_room + edge
     centre = left + matrix / 2
     width = max(left + matrix + bar_room, centre + title_w / 2 + edge)
-    last = 0.0 if turned else boxes[-1][0] / 2 - matrix / (2 * len(labels))
+    last = 0.0 if turned else boxes[-1][0] / 2 - matrix / (2 * len(boxes))
     width = max(width, left + matrix + last + edge)
     height = bottom + matrix + top
     fig.set_size_inches(width, height)

@@ -258,10 +258,11 @@ def arrange(fig, axes) -> None:
     titles = [text_extent(fig, ax.get_title(), title_size)[1] for ax in axes]
     top = EDGE + max((h + title_pad for h in titles if h), default=0.0)
     bottom = EDGE + max(x[0] for _, x in rooms)
-    lefts = [y[0] for y, _ in rooms]  # room each panel needs on its left
+    # Room each panel needs on its left: its y labels, or the overhang of its first x label.
+    lefts = [max(y[0], x[1]) for y, x in rooms]
     rights = [x[2] for _, x in rooms]  # how far each panel's last x label sticks out
     gaps = [max(rights[i], EDGE) + EDGE + lefts[i + 1] for i in range(len(axes) - 1)]
-    left = EDGE + max(lefts[0], rooms[0][1][1])
+    left = EDGE + lefts[0]
     right = EDGE + rights[-1]
     panel = (width - left - right - sum(gaps)) / len(axes)
     if panel <= 0 or height - top - bottom <= 0:

@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from imrec.core.parallel import cpu_map
 from imrec.core.preprocess import InkForm, to_ink_form
 from imrec.data import hershey, registry, render
 from imrec.data.datasets import (
@@ -474,38 +473,11 @@ class MixedImages(DrawnImages):
             image = to_form_via_paper(drawing, rng, self.form, self.look)
         return torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0)  # (1, S, S)
 
-    def read_many(self, pos: torch.Tensor) -> torch.Tensor:
-        """Items ``pos`` drawn on every usable core: the images :meth:`read` gives one at a
-        time (each depends on its seed, key and epoch alone). The trainer's normalisation
-        sample and the evaluation's feature statistics read the whole training split this
-        way: 1,888 letters photographed on paper took 8.9 s each time on one core."""
-        global _READING
-        idx = pos.numpy().astype(np.int64)
-        if not len(idx):
-            return torch.zeros((0, 1, self.size, self.size), dtype=torch.uint8)
-        parts = np.array_split(idx, max(1, len(idx) // READ_PART))
-        _READING = self  # forked workers find the images here (fonts do not pickle)
-        try:
-            out = cpu_map(_read_part, parts, heavy=True)
-        finally:
-            _READING = None
-        return torch.from_numpy(np.concatenate(out))
-
     def subset(self, index) -> MixedImages:
         pos = torch.arange(len(self))[index].numpy()
         out = MixedImages.__new__(MixedImages)
         out.__dict__.update(self.__dict__, at=self.at[pos], keys=self.keys[pos])
         return out
-
-
-READ_PART = 250  # items of :meth:`MixedImages.read_many` a worker draws at once
-_READING: MixedImages | None = None  # the images :meth:`MixedImages.read_many` is drawing
-
-
-def _read_part(pos: np.ndarray) -> np.ndarray:
-    """One part of :meth:`MixedImages.read_many` (in a worker process, or here):
-    ``(n, 1, S, S)``."""
-    return np.stack([_READING.read(int(i)).numpy() for i in pos])
 
 
 # ---- real letters ----------------------------------------------------------------------------

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+
+from imrec.core.parallel import cpu_map
 
 
 @dataclass
@@ -143,14 +146,38 @@ class DrawnImages:
         return self.read_many(torch.as_tensor(pos).flatten())
 
     def read_many(self, pos: torch.Tensor) -> torch.Tensor:
-        """Items ``pos`` (1-D) as ``(n, 1, S, S)``: one :meth:`read` each (a subclass may draw
-        them together)."""
-        return torch.stack([self.read(int(i)) for i in pos])
+        """Items ``pos`` (1-D) as ``(n, 1, S, S)``, in order: the images :meth:`read` gives one
+        at a time, read in parts on every usable core (each item depends on its position and
+        epoch alone, so where it is drawn does not matter). The trainer's normalisation sample
+        and the evaluation's feature statistics read a whole training split this way (1,888
+        letters photographed on paper: 8.9 s on one core). A subclass may draw a part in one
+        batched call instead."""
+        global _READING
+        idx = torch.as_tensor(pos).flatten().numpy().astype(np.int64)
+        if not len(idx):
+            return torch.zeros((0, 1, self.size, self.size), dtype=torch.uint8)
+        parts = np.array_split(idx, max(1, len(idx) // READ_PART))
+        _READING = self  # forked workers find the images here (renderers need not pickle)
+        try:
+            out = cpu_map(_read_part, parts, heavy=True)
+        finally:
+            _READING = None
+        return torch.from_numpy(np.concatenate(out))
 
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
         """Up to ``n`` items picked at random (fixed ``seed``), drawn: for statistics."""
         pick = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
         return self[pick.sort().values]
+
+
+READ_PART = 250  # items of :meth:`DrawnImages.read_many` one worker reads at once
+_READING: DrawnImages | None = None  # the images :meth:`DrawnImages.read_many` is reading
+
+
+def _read_part(pos: np.ndarray) -> np.ndarray:
+    """One part of :meth:`DrawnImages.read_many` (in a worker process, or here):
+    ``(n, 1, S, S)``."""
+    return np.stack([_READING.read(int(i)).numpy() for i in pos])
 
 
 @dataclass

@@ -173,6 +173,59 @@ def test_report_figures_keep_every_text_inside_and_apart(tmp_path, monkeypatch):
     assert len(checked) == 11 and min(checked) >= 5
 
 
+def test_gallery_captions_stay_in_their_cells(tmp_path, monkeypatch):
+    """A titled image grid (the data doctor's galleries) and the mistakes gallery are one
+    mosaic with each caption in the band above its image: every caption lies inside the
+    figure, within its own column and clear of every other, long ones written smaller, and
+    the grid's caption above the mosaic."""
+    figs = []
+
+    def save(fig, path):
+        fig.canvas.draw()
+        figs.append(fig)
+        return path
+
+    monkeypatch.setattr(plots, "save", save)
+    long = "near-duplicate≠ train a rather long class name"
+    for n, channels, size, ncol in ((24, 1, 8, 8), (5, 3, 64, 5), (3, 1, 28, 3)):
+        x = np.random.default_rng(n).integers(0, 256, (n, channels, size, size), np.uint8)
+        titles = [f"{i % 10}→{(i + 3) % 10} 0.{i:02d}" for i in range(n)] if n != 5 else [long] * n
+        viz.save_image_grid(x, tmp_path / "g.png", nrow=ncol, titles=titles, title="a gallery")
+    classes = [f"class number {i}" for i in range(10)]
+    x = np.random.default_rng(0).integers(0, 256, (12, 1, 28, 28), np.uint8)
+    viz.save_mistakes(x, [i % 10 for i in range(12)], [(i + 1) % 10 for i in range(12)],
+                      [0.5] * 12, classes, tmp_path / "m.png")  # fmt: skip
+    sizes = []
+    for fig in figs:
+        renderer = fig.canvas.get_renderer()
+        (ax,) = fig.axes
+        rows, cols = ax.images[0].get_array().shape[:2]
+        frame = ax.get_window_extent(renderer)
+        px = min(frame.width / cols, frame.height / rows)  # display pixels per mosaic pixel
+        left = frame.x0 + (frame.width - cols * px) / 2  # the mosaic is centred in its axes
+        boxes = [(t, t.get_window_extent(renderer)) for t in ax.texts]
+        assert boxes
+        ncol = round(cols / (boxes[0][0].get_position()[0] * 2))  # first caption: half a column
+        w = (cols - 1) / ncol  # a column's width in mosaic pixels
+        for t, b in boxes:
+            assert b.x0 >= 0 and b.x1 <= fig.bbox.width and b.y0 >= 0 and b.y1 <= fig.bbox.height
+            c = int(t.get_position()[0] // w)
+            assert left + c * w * px - 0.5 <= b.x0 and b.x1 <= left + (c + 1) * w * px + 0.5, (
+                t.get_text(),
+                b,
+                c,
+            )
+            sizes.append(t.get_fontsize())
+        for i, (_, a) in enumerate(boxes):
+            for _, b in boxes[i + 1 :]:
+                assert (
+                    min(min(a.x1, b.x1) - max(a.x0, b.x0), min(a.y1, b.y1) - max(a.y0, b.y0)) <= 0
+                )
+        for t in fig.texts:  # the grid's caption, above the mosaic
+            assert t.get_window_extent(renderer).y0 >= frame.y1 - (frame.height - rows * px) / 2
+    assert len(figs) == 4 and min(sizes) < 8 <= max(sizes)  # the long captions were made smaller
+
+
 def test_confusion_rejects_bad_shapes(tmp_path):
     with pytest.raises(ValueError, match="square"):
         viz.save_confusion(np.zeros((2, 3), int), ["a", "b"], tmp_path / "x.png")

@@ -66,21 +66,26 @@ def save_image_grid(
     ncol = nrow or math.ceil(math.sqrt(n))
     nrows = math.ceil(n / ncol)
     cell = min(1.6, 16 / ncol)  # inches per image; the figure stays under ~16 in wide
+    if titles is None:
+        tiles, band = plots.enlarge(arr), 0
+    else:  # each image with a white band above it for its caption
+        tiles, band = _captioned_tiles(arr, None)
+    h, w = tiles.shape[1:3]
+    cells = [list(tiles[i : i + ncol]) for i in range(0, n, ncol)]
+    top = 0.4 if title else 0.0  # inches for the figure's caption
+    grid_h = nrows * cell * (h + 1) / (w + 1)
+    # One image and one axes for the whole grid: a grid of many titled axes costs seconds to
+    # lay out (the data doctor's four galleries took 2 s each that way).
     with plots.style():
-        fig = plots.figure(
-            ncol * cell, nrows * cell * (1.25 if titles else 1) + (0.4 if title else 0)
-        )
-        if titles is None:
-            rows = [list(arr[i : i + ncol]) for i in range(0, n, ncol)]
-            plots.show(fig.subplots(), plots.mosaic(rows, *arr.shape[1:3]))
-        else:
-            for i, ax in enumerate(fig.subplots(nrows, ncol, squeeze=False).flat):
-                ax.set_axis_off()
-                if i < n:
-                    plots.show(ax, arr[i])
-                    ax.set_title(plots.readable(titles[i]), fontsize=8)
+        fig = plots.figure(ncol * cell, grid_h + top, constrained=False)
+        ax = fig.add_axes((0, 0, 1, grid_h / (grid_h + top)))
+        plots.show(ax, plots.mosaic(cells, h, w))
+        if titles is not None:
+            texts = [plots.readable(t) for t in titles]
+            _caption_cells(fig, ax, texts, ncol, (h, w), band)
         if title:
-            fig.suptitle(plots.readable(title))
+            fig.text(0.5, 1 - 0.2 / (grid_h + top), plots.readable(title), ha="center",
+                     va="center", fontsize=plots.rc_size("figure.titlesize"))  # fmt: skip
         return plots.save(fig, path)
 
 
@@ -424,12 +429,16 @@ def save_mistakes(
     tiles, band = _captioned_tiles(arr, overlays)
     h, w = tiles.shape[1:3]
     cells = [[tiles[i] for i in range(r * ncol, min(n, (r + 1) * ncol))] for r in range(nrows)]
+    texts = [
+        f"true {plots.class_label(classes, t)} / pred {plots.class_label(classes, p)} ({q:.2f})"
+        for t, p, q in zip(true, pred, prob, strict=True)
+    ]
     # One image and one axes for the whole gallery: a grid of 32 axes costs seconds to lay out.
     with plots.style():
         fig = plots.figure(ncol * 1.7, nrows * 1.9, constrained=False)
         ax = fig.add_axes((0.01, 0.01, 0.98, 0.98))
         plots.show(ax, plots.mosaic(cells, h, w))
-        _caption_tiles(ax, true, pred, prob, classes, ncol, (h, w), band)
+        _caption_cells(fig, ax, texts, ncol, (h, w), band, fontsize=7.0)
         return plots.save(fig, path)
 
 
@@ -452,25 +461,51 @@ def _captioned_tiles(arr: np.ndarray, overlays) -> tuple[np.ndarray, int]:
     tiles = plots.colour(arr) if overlays is not None or arr.ndim == 4 else arr
     if overlays is not None:
         tiles = plots.blend(tiles, np.asarray(overlays, dtype=np.float32))
+    tiles = plots.enlarge(tiles)
     band = max(6, round(0.5 * tiles.shape[1]))
     pad = [(0, 0), (band, 0), (0, 0)] + [(0, 0)] * (tiles.ndim - 3)
     return np.pad(tiles, pad, constant_values=255), band
 
 
-def _caption_tiles(ax, true, pred, prob, classes, ncol: int, tile: tuple, band: int) -> None:
-    """Write ``true X / pred Y (0.97)`` in the band above each tile of the mosaic."""
+def _caption_cells(
+    fig, ax, texts: list[str], ncol: int, tile: tuple, band: int, fontsize: float = 8.0
+) -> None:
+    """Write ``texts[i]`` in the band above tile ``i`` of the mosaic ``ax`` shows (``ncol``
+    columns of ``tile = (h, w)`` pixel tiles) so that each caption fits in its column and
+    band as drawn: a caption too wide is broken into two lines, and all are written smaller
+    where they still do not fit (down to 5 pt)."""
     h, w = tile
-    for i in range(len(true)):
+    rows, cols = ax.images[-1].get_array().shape[:2]
+    box, (fig_w, fig_h) = ax.get_position(), fig.get_size_inches()
+    inch = min(box.width * fig_w / cols, box.height * fig_h / rows)  # inches per pixel
+    room, high = 0.95 * w * inch, 0.9 * band * inch
+
+    widths = [plots.text_extent(fig, t, fontsize)[0] for t in texts]
+    if max(widths, default=0.0) > room:
+        texts = [t if d <= room else _two_lines(t) for t, d in zip(texts, widths, strict=True)]
+        widths = [plots.text_extent(fig, t, fontsize)[0] for t in texts]
+    # Hinted text does not narrow in proportion to its size: step down until the widest
+    # few (as first measured) fit, and the lines fit the band.
+    lines = max((t.count("\n") + 1 for t in texts), default=1)
+    widest = [t for _, t in sorted(zip(widths, texts, strict=True), reverse=True)[:3]]
+    while fontsize > 5.0 and (
+        lines * 1.25 * fontsize / 72 > high
+        or max(plots.text_extent(fig, t, fontsize)[0] for t in widest) > room
+    ):
+        fontsize = max(5.0, fontsize - 0.5)
+    for i, text in enumerate(texts):
         r, c = divmod(i, ncol)
-        t, p = plots.class_label(classes, true[i]), plots.class_label(classes, pred[i])
-        ax.text(
-            1 + c * (w + 1) + w / 2,
-            1 + r * (h + 1) + band / 2,
-            f"true {t} / pred {p} ({prob[i]:.2f})",
-            ha="center",
-            va="center",
-            fontsize=7,
-        )
+        x, y = 1 + c * (w + 1) + w / 2, 1 + r * (h + 1) + band / 2
+        ax.text(x, y, text, ha="center", va="center", fontsize=fontsize)
+
+
+def _two_lines(text: str) -> str:
+    """``text`` broken at the space nearest its middle (as it is when it has none)."""
+    spaces = [i for i, ch in enumerate(text) if ch == " "]
+    if not spaces:
+        return text
+    cut = min(spaces, key=lambda i: abs(i - len(text) / 2))
+    return text[:cut] + "\n" + text[cut + 1 :]
 
 
 # ---- confused pairs (many classes) ---------------------------------------------------------

@@ -313,6 +313,14 @@ def shrink(arr: np.ndarray, max_side: int) -> np.ndarray:
     return arr[:, ::step, ::step] if step > 1 else arr
 
 
+def enlarge(arr: np.ndarray, min_side: int = 24) -> np.ndarray:
+    """(N, H, W[, 3]) images repeated pixel for pixel up to at least ``min_side`` on their
+    shorter side, so that a mosaic's 1 px separators stay thin beside small images (8x8
+    digits)."""
+    k = math.ceil(min_side / max(1, min(arr.shape[1], arr.shape[2])))
+    return arr.repeat(k, axis=1).repeat(k, axis=2) if k > 1 else arr
+
+
 def mosaic(cells: list[list[np.ndarray | None]], height: int, width: int) -> np.ndarray:
     """Rows of images (None = empty cell) pasted into one array, 1 px separator lines."""
     nrow, ncol = len(cells), max(len(row) for row in cells)

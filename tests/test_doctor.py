@@ -302,3 +302,42 @@ def test_group_leaks_name_writers_in_two_splits():
     assert group_leaks(data) == {"groups": 4, "in_two_or_more_splits": {"2": ["test", "train"]}}
     data = ClassificationData("x", ["a"], part([1]), part([3]), part([4]))
     assert group_leaks(data)["in_two_or_more_splits"] == {}
+
+
+def test_fold_runs_are_trained_without_the_report_figures(tmp_path, monkeypatch):
+    """The cross-validation folds' runs are kept for their weights and scores only (their
+    folder is deleted after): they skip the report's figures, and such a run's report is
+    whole without them."""
+    from imrec.classify import doctor, train
+    from imrec.config import build_config
+
+    asked = []
+    real_train = train.train
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("figures", True))
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train", spy)
+    doctor._kfold(
+        load_dataset("digits"),
+        DoctorConfig(folds=2, epochs=1, progress=False),
+        tmp_path,
+        _NoPhases(),
+    )
+    assert asked == [False, False]
+    run = tmp_path / "plain"
+    report = real_train(
+        build_config("digits", "handwriting", train={"epochs": 1}), run, progress=False,
+        figures=False,
+    )  # fmt: skip
+    assert report["files"] == {} and not list(run.glob("*.png"))
+    assert (run / "report.md").is_file() and "## Figures" not in (run / "report.md").read_text()
+    assert report["confidence"]["test"]["accepted"] > 0  # calibrated as any run is
+
+
+class _NoPhases:
+    """The doctor's progress phases, unshown."""
+
+    def start(self, name: str) -> None:
+        pass

@@ -630,7 +630,8 @@ def _kfold(data: ClassificationData, cfg: DoctorConfig, tmp: Path, phases):
         fold = dataclasses.replace(data, train=train_part, test=held_part)
         run_cfg = _fold_config(data, cfg, len(train_part))
         try:
-            report = train(run_cfg, tmp / f"fold-{k}", progress=False, data=fold)
+            # The fold's model is kept for its scores only, in a folder deleted after.
+            report = train(run_cfg, tmp / f"fold-{k}", progress=False, data=fold, figures=False)
         except TrainError as e:
             raise DatasetError(f"cross-validation fold {k + 1}: {e}") from e
         model = Predictor(tmp / f"fold-{k}")

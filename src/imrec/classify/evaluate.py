@@ -159,9 +159,10 @@ def _finish_run(trainer) -> dict:
     test_logits: list = []
     test_feats: list | None = [] if wants_features else None
     # No warm-up: the model has just run batches of this size on the validation split.
+    figures = getattr(trainer, "figures", True)
     test_metrics, timing_ = measure(
         model, data.test, data.classes, trainer.batcher, run_dir, batch_size=bs,
-        logits_out=test_logits, features_out=test_feats, warm_up=False,
+        logits_out=test_logits, features_out=test_feats, warm_up=False, plots=figures,
     )  # fmt: skip
     stats = None
     if wants_features:
@@ -171,10 +172,11 @@ def _finish_run(trainer) -> dict:
         (val_logits[0], data.val, val_feats[0] if stats else None),
         (test_logits[0], data.test, test_feats[0] if stats else None),
         f"the validation split of {data.name} ({len(data.val)} images)", stats=stats,
-        exposed=bool(run.optim.outliers),
+        exposed=bool(run.optim.outliers), figure=figures,
     )  # fmt: skip
-    with timing.phase("report"):
-        save_curves(trainer.history, run_dir / PLOTS["curves"])
+    if figures:
+        with timing.phase("report"):
+            save_curves(trainer.history, run_dir / PLOTS["curves"])
     report = {
         "imrec_version": __version__,
         "task": "classify",
@@ -211,7 +213,7 @@ def _finish_run(trainer) -> dict:
         "test": test_metrics,
         "confidence": confidence,
         "timing": {**timing_, **(timing.summary() or {})},
-        "files": dict(PLOTS),
+        "files": dict(PLOTS) if figures else {},
     }
     with timing.phase("report"):
         write_report(run_dir, report)
@@ -254,14 +256,15 @@ def calibrate_checkpoint(
     stats: tuple[dict[str, torch.Tensor], dict] | None = None,
     score: str | None = None,
     exposed: bool = False,
+    figure: bool = True,
 ) -> dict:
     """Fit the temperature and rejection threshold on ``fit`` (logits, split, penultimate
     features or None), store them in the checkpoint ``stem`` (its ``confidence`` metadata,
     and the feature statistics ``stats`` = ``(extras, how)`` beside the weights) and measure
     them on ``check``: the report's ``confidence`` section (NLL and ECE before and after,
     acceptance on both splits, accuracy of the accepted), with the reliability diagram
-    beside the checkpoint. ``score`` None: the default for the model's vocabulary and training
-    (``exposed``: with outlier exposure)."""
+    beside the checkpoint (``figure=False``: without it). ``score`` None: the default for the
+    model's vocabulary and training (``exposed``: with outlier exposure)."""
     from imrec.classify.viz import save_reliability
     from imrec.core.checkpoint import save_checkpoint
 
@@ -296,7 +299,7 @@ def calibrate_checkpoint(
             else None,
             "blank": sum(d["blank"] for d in decided),
         }
-        if name == "test":
+        if name == "test" and figure:
             save_reliability(before, after, stem.parent / PLOTS["reliability"])
     return section
 

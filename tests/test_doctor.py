@@ -341,3 +341,38 @@ class _NoPhases:
 
     def start(self, name: str) -> None:
         pass
+
+
+def test_image_properties_of_in_memory_images_are_scored_alike_in_parts(monkeypatch):
+    """A built-in dataset's images are scored by cleanvision in parts on every core (from
+    PARALLEL_IMAGES on): the same flags and scores as in one piece, in the same order."""
+    import dataclasses
+
+    import torch
+
+    from imrec.classify import doctor
+    from imrec.core import parallel
+
+    data = load_dataset("digits")
+    images = data.train.images.clone()
+    images[3] = 2  # dark
+    images[700] = 250  # light
+    data = dataclasses.replace(data, train=dataclasses.replace(data.train, images=images))
+    entries = doctor._entries(data)
+    whole = doctor._array_checks(data, entries)  # 1,797 images: below PARALLEL_IMAGES
+    monkeypatch.setattr(doctor, "PARALLEL_IMAGES", 100)
+    monkeypatch.setattr(parallel, "usable_cores", lambda: 2)  # two parts on any machine
+    monkeypatch.setenv(parallel.PROCESSES_ENV, "2")
+    parts = []
+    real_map = parallel.cpu_map
+
+    def spy(fn, items, **kwargs):
+        items = list(items)
+        parts.append(len(items))
+        return real_map(fn, items, **kwargs)
+
+    monkeypatch.setattr(parallel, "cpu_map", spy)
+    assert doctor._array_checks(data, entries) == whole and parts == [2]
+    flagged = {p: [i["position"] for i in items] for p, items in whole["properties"].items()}
+    assert 3 in flagged["dark"] and 700 in flagged["light"], flagged
+    assert torch.equal(data.train.images[3], images[3])  # the data are left as they were

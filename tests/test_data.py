@@ -514,7 +514,7 @@ def test_folder_streams_its_training_split_when_too_large(tmp_path, monkeypatch)
     with monkeypatch.context() as m:  # and in worker processes, where there are cores
         m.setattr(parallel, "MIN_PROCESS_ITEMS", 2)
         m.setattr(parallel, "ITEMS_PER_PROCESS", 1)
-        processes = parallel._process_count(len(lazy.train))
+        processes = parallel.process_count(len(lazy.train))
         assert processes >= 2 or parallel.usable_cores() < 2
         assert torch.equal(lazy.train.images[:], held.train.images)
     assert torch.equal(lazy.train.images[torch.tensor([3, 0])], held.train.images[[3, 0]])

@@ -361,8 +361,7 @@ def test_image_properties_of_in_memory_images_are_scored_alike_in_parts(monkeypa
     entries = doctor._entries(data)
     whole = doctor._array_checks(data, entries)  # 1,797 images: below PARALLEL_IMAGES
     monkeypatch.setattr(doctor, "PARALLEL_IMAGES", 100)
-    monkeypatch.setattr(parallel, "usable_cores", lambda: 2)  # two parts on any machine
-    monkeypatch.setenv(parallel.PROCESSES_ENV, "2")
+    monkeypatch.setenv(parallel.PROCESSES_ENV, "2")  # two parts on any machine
     parts = []
     real_map = parallel.cpu_map
 
@@ -376,3 +375,29 @@ def test_image_properties_of_in_memory_images_are_scored_alike_in_parts(monkeypa
     flagged = {p: [i["position"] for i in items] for p, items in whole["properties"].items()}
     assert 3 in flagged["dark"] and 700 in flagged["light"], flagged
     assert torch.equal(data.train.images[3], images[3])  # the data are left as they were
+
+
+def test_cleanvision_starts_as_many_processes_as_imrec_would(tmp_path, monkeypatch):
+    """A folder's files are read by cleanvision's own processes: as many as imrec's maps use
+    (the cores this process may run on, or IMREC_WORKER_PROCESSES), not the machine's count."""
+    from imrec.classify import doctor
+    from imrec.core import parallel
+
+    root = tmp_path / "colours"
+    make_folder(root, n_train=4, n_test=2)
+    data = load_dataset(f"folder:{root}")
+    entries = doctor._entries(data)
+    asked = []
+    real = doctor._cleanvision
+
+    def spy(source, n_jobs=1):
+        asked.append(n_jobs)
+        return real(source, n_jobs=n_jobs)
+
+    monkeypatch.setattr(doctor, "_cleanvision", spy)
+    monkeypatch.setattr(parallel, "MIN_PROCESS_ITEMS", 2)  # the folder is small
+    monkeypatch.setattr(parallel, "ITEMS_PER_PROCESS", 1)
+    for wanted in ("0", "2"):
+        monkeypatch.setenv(parallel.PROCESSES_ENV, wanted)
+        doctor._file_checks(data, doctor._folder_root(data), entries)
+    assert asked == [1, 2]

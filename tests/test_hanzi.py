@@ -458,7 +458,7 @@ def test_a_split_drawn_on_every_core_is_the_split_drawn_in_one_process(mirror, m
     labels = np.tile(np.arange(5), 240)  # 1,200 drawings: two parts of 600
     one = renderer.draw(7, labels, 32)
     monkeypatch.setenv(parallel.PROCESSES_ENV, "2")
-    assert parallel._process_count(2, heavy=True) == 2  # the parts go to two processes
+    assert parallel.process_count(2, heavy=True) == 2  # the parts go to two processes
     assert np.array_equal(renderer.draw_all(7, labels, 32), one)
     monkeypatch.setenv(parallel.PROCESSES_ENV, "0")
     assert np.array_equal(renderer.draw_all(7, labels, 32), one)

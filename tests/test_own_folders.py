@@ -297,7 +297,7 @@ def test_eval_prepares_another_datasets_images_on_every_core_as_predict_does(mir
         lambda fn, items: mapped.append(len(items)) or parallel.cpu_map(fn, items),
     )
     monkeypatch.setenv(parallel.PROCESSES_ENV, "2")
-    assert parallel._process_count(n) == 2
+    assert parallel.process_count(n) == 2
     forked = _in_model_form(data, test, meta).images
     assert mapped == [n]  # every image through cpu_map, which forks 2 workers for this many
     monkeypatch.setenv(parallel.PROCESSES_ENV, "0")

@@ -53,8 +53,8 @@ def test_many_items_go_to_worker_processes_few_stay_here(monkeypatch):
     monkeypatch.delenv(PROCESSES_ENV, raising=False)
     # one worker per usable core, at most one per 64 items; none with one core
     expected = min(usable_cores(), MANY // parallel.ITEMS_PER_PROCESS) if usable_cores() > 1 else 0
-    assert parallel._process_count(MANY) == expected
-    assert parallel._process_count(MIN_PROCESS_ITEMS - 1) == 0
+    assert parallel.process_count(MANY) == expected
+    assert parallel.process_count(MIN_PROCESS_ITEMS - 1) == 0
     assert set(cpu_map(_pid_of, range(MIN_PROCESS_ITEMS - 1))) == {os.getpid()}
     monkeypatch.setenv(PROCESSES_ENV, "2")
     _PEERS = multiprocessing.get_context("fork").Barrier(2)
@@ -89,7 +89,7 @@ def test_a_daemon_process_uses_threads(monkeypatch):
         daemon = True
 
     monkeypatch.setattr(multiprocessing, "current_process", lambda: Daemon())
-    assert parallel._process_count(MANY) == 0
+    assert parallel.process_count(MANY) == 0
     assert set(cpu_map(_pid_of, range(MANY))) == {os.getpid()}
 
 

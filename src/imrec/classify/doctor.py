@@ -294,15 +294,18 @@ _PROPERTIES = (
 )
 
 
-def _cleanvision(lab_source: dict) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """cleanvision's per-image issue flags and scores for ``_PROPERTIES``."""
+def _cleanvision(
+    lab_source: dict, n_jobs: int = 1
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """cleanvision's per-image issue flags and scores for ``_PROPERTIES``, in ``n_jobs``
+    processes of its own."""
     from cleanvision import Imagelab
 
     # Its logger quiet for the call only (it was left at ERROR for the rest of the process).
     with quiet_logger("cleanvision"):
         lab = Imagelab(**lab_source, verbose=False)
         with contextlib.redirect_stderr(io.StringIO()):  # its progress bars cannot be off
-            lab.find_issues({p: {} for p in _PROPERTIES}, verbose=False)
+            lab.find_issues({p: {} for p in _PROPERTIES}, n_jobs=n_jobs, verbose=False)
     issues = lab.issues
     flags = {p: issues[f"is_{p}_issue"].to_numpy(bool) for p in _PROPERTIES}
     scores = {p: issues[f"{p}_score"].to_numpy(float) for p in _PROPERTIES}
@@ -338,11 +341,11 @@ def _array_checks(data: ClassificationData, entries) -> dict:
     every property but the size is one image's own, and in-memory images share one size."""
     import cleanvision  # noqa: F401  (imported once here, not in every worker)
 
-    from imrec.core.parallel import cpu_map, usable_cores
+    from imrec.core.parallel import cpu_map, process_count
 
     global _HELD
     n = len(entries)
-    parts = max(1, usable_cores()) if n >= PARALLEL_IMAGES else 1
+    parts = max(1, process_count(n, heavy=True)) if n >= PARALLEL_IMAGES else 1
     _HELD = _HeldImages(
         {s: getattr(data, s).images.numpy() for s in SPLITS}, [e[:2] for e in entries]
     )
@@ -388,8 +391,12 @@ _HELD: _HeldImages | None = None  # the images _array_checks is scoring
 def _file_checks(data: ClassificationData, root: Path, entries) -> dict:
     from PIL import Image
 
+    from imrec.core.parallel import process_count
+
     paths = [str(root / key[1]) for _, _, key in entries]
-    flags, scores = _cleanvision({"filepaths": paths})
+    # As many of cleanvision's processes as imrec's own maps would use: left to itself it
+    # takes the machine's count of cores, not the ones this process may run on.
+    flags, scores = _cleanvision({"filepaths": paths}, n_jobs=max(1, process_count(len(paths))))
     tiny = []
     for (split, pos, key), path in zip(entries, paths, strict=True):
         try:

@@ -50,9 +50,11 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _process_count(n_items: int, heavy: bool = False) -> int:
+def process_count(n_items: int, heavy: bool = False) -> int:
     """How many worker processes to use for ``n_items`` items (0: use threads; ``heavy``:
-    each item is much work, so two items already justify two processes)."""
+    each item is much work, so two items already justify two processes): the usable cores,
+    or :data:`PROCESSES_ENV`, and none where processes cannot be forked. A library that
+    starts processes of its own is given this count too."""
     env = os.environ.get(PROCESSES_ENV)
     if env is not None and env.strip() != "":
         try:
@@ -103,7 +105,7 @@ def cpu_imap(
     """:func:`cpu_map` as an iterator: results arrive in order while later ones are computed,
     so a caller can drop what it need not keep (a large folder's pixels) as they come."""
     items = list(items)
-    processes = _process_count(len(items), heavy)
+    processes = process_count(len(items), heavy)
     if processes:
         # Small chunks: a Ctrl-C waits only for the chunks already handed out.
         chunk = 1 if heavy else max(1, min(MAX_CHUNK, len(items) // (processes * 16)))

@@ -485,14 +485,15 @@ def _caption_cells(
         texts = [t if d <= room else _two_lines(t) for t, d in zip(texts, widths, strict=True)]
         widths = [plots.text_extent(fig, t, fontsize)[0] for t in texts]
     # Hinted text does not narrow in proportion to its size: step down until the widest
-    # few (as first measured) fit, and the lines fit the band.
+    # few (as first measured) fit and the lines fit the band, then until every caption fits.
     lines = max((t.count("\n") + 1 for t in texts), default=1)
     widest = [t for _, t in sorted(zip(widths, texts, strict=True), reverse=True)[:3]]
-    while fontsize > 5.0 and (
-        lines * 1.25 * fontsize / 72 > high
-        or max(plots.text_extent(fig, t, fontsize)[0] for t in widest) > room
-    ):
-        fontsize = max(5.0, fontsize - 0.5)
+    for group in (widest, texts):
+        while fontsize > 5.0 and (
+            lines * 1.25 * fontsize / 72 > high
+            or max(plots.text_extent(fig, t, fontsize)[0] for t in group) > room
+        ):
+            fontsize = max(5.0, fontsize - 0.5)
     for i, text in enumerate(texts):
         r, c = divmod(i, ncol)
         x, y = 1 + c * (w + 1) + w / 2, 1 + r * (h + 1) + band / 2

@@ -31,6 +31,21 @@ def _torch_threads():
         torch.set_num_threads(SESSION_THREADS)
 
 
+def count_cpu_map(monkeypatch, module) -> list[int]:
+    """Spy on ``module.cpu_map`` (as that module calls it): each call's item count is
+    appended to the returned list, and the real map still does the work."""
+    real = module.cpu_map
+    calls: list[int] = []
+
+    def spy(fn, items, **kwargs):
+        items = list(items)
+        calls.append(len(items))
+        return real(fn, items, **kwargs)
+
+    monkeypatch.setattr(module, "cpu_map", spy)
+    return calls
+
+
 @pytest.fixture
 def mirror() -> Path:
     """The real-data mirror; tests that need real data are skipped with a reason without it."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import count_cpu_map
 from PIL import Image
 
 from imrec.classify.doctor import DoctorConfig, diagnose
@@ -362,15 +363,7 @@ def test_image_properties_of_in_memory_images_are_scored_alike_in_parts(monkeypa
     whole = doctor._array_checks(data, entries)  # 1,797 images: below PARALLEL_IMAGES
     monkeypatch.setattr(doctor, "PARALLEL_IMAGES", 100)
     monkeypatch.setenv(parallel.PROCESSES_ENV, "2")  # two parts on any machine
-    parts = []
-    real_map = parallel.cpu_map
-
-    def spy(fn, items, **kwargs):
-        items = list(items)
-        parts.append(len(items))
-        return real_map(fn, items, **kwargs)
-
-    monkeypatch.setattr(parallel, "cpu_map", spy)
+    parts = count_cpu_map(monkeypatch, parallel)  # _array_checks imports it when called
     assert doctor._array_checks(data, entries) == whole and parts == [2]
     flagged = {p: [i["position"] for i in items] for p, items in whole["properties"].items()}
     assert 3 in flagged["dark"] and 700 in flagged["light"], flagged

@@ -126,6 +126,8 @@ def test_the_statistics_sample_of_the_mix_is_drawn_on_every_core_as_one_at_a_tim
     training split through ``DrawnImages.read_many``: in parts on every core, the images
     ``read`` gives one at a time (renders and photographed real letters, a subset's keys and
     a later epoch's drawings included), in the order asked."""
+    from conftest import count_cpu_map
+
     from imrec.core import parallel
     from imrec.data import types
 
@@ -134,15 +136,7 @@ def test_the_statistics_sample_of_the_mix_is_drawn_on_every_core_as_one_at_a_tim
     images = data.train.images
     monkeypatch.setenv(parallel.PROCESSES_ENV, "2")
     monkeypatch.setattr(types, "READ_PART", 40)
-    parts = []
-    real_map = types.cpu_map
-
-    def spy(fn, items, **kwargs):
-        items = list(items)
-        parts.append(len(items))
-        return real_map(fn, items, **kwargs)
-
-    monkeypatch.setattr(types, "cpu_map", spy)
+    parts = count_cpu_map(monkeypatch, types)
     real = int((~images.drawn).sum())
     pos = torch.tensor(
         [0, real - 1, real, len(images) - 1, 2 * len(images) - 1] + list(range(5, 400, 2))

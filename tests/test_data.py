@@ -187,6 +187,58 @@ def test_download_with_wrong_checksum_is_deleted(monkeypatch):
     assert list((imrec_home() / "datasets" / "demo").iterdir()) == []
 
 
+_BUILD_ONCE = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from imrec.data.sources import cached_arrays
+
+flags = Path(sys.argv[1])
+
+def build():
+    with open(flags / "builds", "a") as f:
+        f.write("x")
+    (flags / "started").touch()
+    while not (flags / "go").exists():  # the test lets the first maker finish
+        time.sleep(0.02)
+    return {"x": np.arange(5)}
+
+print(cached_arrays("shared", "k-v1", build)["x"].tolist(), flush=True)
+"""
+
+
+def test_processes_sharing_the_cache_prepare_a_dataset_once(tmp_path):
+    """Two processes that want one cache entry at once (torchrun's ranks, two commands): the
+    first prepares it, the second waits with a note and reads what the first wrote."""
+    import subprocess
+    import sys
+
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    cmd = [sys.executable, "-c", _BUILD_ONCE, str(flags)]
+    opts = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(cmd, **opts)
+    second = None
+    try:
+        deadline = time.monotonic() + 60
+        while not (flags / "started").exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
+            time.sleep(0.02)
+        second = subprocess.Popen(cmd, **opts)
+        assert "another process is preparing the images of 'shared'" in second.stderr.readline()
+        (flags / "go").touch()
+        outs = [p.communicate(timeout=60) for p in (first, second)]
+    finally:
+        for p in (first, second):
+            if p is not None and p.poll() is None:
+                p.kill()
+    assert [out for out, _ in outs] == ["[0, 1, 2, 3, 4]\n"] * 2
+    assert [p.returncode for p in (first, second)] == [0, 0]
+    assert (flags / "builds").read_text() == "x"  # built once
+    made = sorted(p.name for p in (imrec_home() / "datasets" / "shared").iterdir())
+    assert made == ["decoded-k-v1.safetensors"]  # no lock or part file left
+
+
 # ---------------------------------------------------------------------------------------------
 # Built-in datasets
 # ---------------------------------------------------------------------------------------------

@@ -12,14 +12,21 @@ import hashlib
 import http.client
 import json
 import os
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: processes there may each build a cache file
+    fcntl = None
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
@@ -81,6 +88,44 @@ def mirror_root() -> Path | None:
     """The mirror folder from ``IMREC_DATA_MIRROR``, or ``None`` when it is not set."""
     env = os.environ.get(MIRROR_ENV)
     return Path(env).expanduser() if env else None
+
+
+@contextmanager
+def one_at_a_time(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``'s cache entry while the block makes it.
+
+    Processes that share the cache (torchrun's ranks on one machine, two commands started
+    together, test workers) then fetch or prepare each file once: the others wait here with a
+    note on stderr, and should look for the file again once inside. The lock file
+    (``.<name>.lock`` beside ``path``) is removed on the way out; a process that finds the
+    lock of a removed file (its maker failed) at worst makes the file a second time, which
+    the atomic renames keep harmless.
+
+    Example:
+        >>> with one_at_a_time(tmp / "made.bin", "an example"):
+        ...     _ = (tmp / "made.bin").write_bytes(b"1")
+        >>> sorted(p.name for p in tmp.iterdir() if p.name.startswith(".made"))
+        []
+    """
+    if fcntl is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(f".{path.name}.lock")
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(
+                f"imrec: another process is preparing {what}; waiting for it",
+                file=sys.stderr,
+                flush=True,
+            )
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
 
 
 def _marker_path(path: Path) -> Path:
@@ -217,12 +262,32 @@ def fetch_file(folder: str, spec: SourceFile, dataset: str, hint: str = "") -> t
     """
     dest = dataset_dir(folder) / spec.name
     tried: list[str] = []
-    if dest.is_file():
-        try:
-            return dest, verify_file(dest, spec)
-        except DatasetError as e:
-            _forget(dest)
-            tried.append(f"{dest}: {e} (deleted)")
+    cached = _verified(dest, spec, tried)
+    if cached is not None:
+        return dest, cached
+    with one_at_a_time(dest, f"{spec.name} of {dataset!r}"):
+        cached = _verified(dest, spec, tried)  # another process may have made it meanwhile
+        if cached is not None:
+            return dest, cached
+        return _fetch(folder, spec, dataset, hint, dest, tried)
+
+
+def _verified(dest: Path, spec: SourceFile, tried: list[str]) -> str | None:
+    """The SHA-256 of the cached copy when it is there and right; a wrong one is deleted."""
+    if not dest.is_file():
+        return None
+    try:
+        return verify_file(dest, spec)
+    except DatasetError as e:
+        _forget(dest)
+        tried.append(f"{dest}: {e} (deleted)")
+        return None
+
+
+def _fetch(
+    folder: str, spec: SourceFile, dataset: str, hint: str, dest: Path, tried: list[str]
+) -> tuple[Path, str]:
+    """Copy ``spec`` from the mirror or download it into ``dest`` (the lock held)."""
     mirror = mirror_root()
     if mirror is not None:
         src = mirror / folder / spec.name
@@ -283,11 +348,27 @@ def cached_arrays(
         array([0, 1, 2])
     """
     path = dataset_dir(folder) / f"decoded-{key}.safetensors"
-    if path.is_file():
-        try:
-            return load_file(path)
-        except Exception:  # a damaged cache file is rebuilt, never trusted
-            path.unlink(missing_ok=True)
+    found = _load_cached(path)
+    if found is not None:
+        return found
+    with one_at_a_time(path, f"the images of {folder!r}"):
+        found = _load_cached(path)  # another process may have made it meanwhile
+        if found is not None:
+            return found
+        return _build_cached(path, build)
+
+
+def _load_cached(path: Path) -> dict[str, np.ndarray] | None:
+    if not path.is_file():
+        return None
+    try:
+        return load_file(path)
+    except Exception:  # a damaged cache file is rebuilt, never trusted
+        path.unlink(missing_ok=True)
+        return None
+
+
+def _build_cached(path: Path, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     arrays = {k: np.ascontiguousarray(v) for k, v in build().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")

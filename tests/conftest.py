@@ -11,13 +11,29 @@ import torch  # the test modules import it anyway
 REPO = Path(__file__).resolve().parents[1]
 # The real datasets beside the checkout (``../shared/data``), unless the caller set a mirror.
 MIRROR = Path(os.environ.get("IMREC_DATA_MIRROR") or REPO.parent / "shared" / "data")
+# Under pytest-xdist (the Makefile's `-n 2`) the workers split the cores: with every worker
+# training on all of them, OpenMP's threads fight over the cores and the suite is no faster
+# than one process. OMP_NUM_THREADS carries the share to the commands the tests start.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+if WORKERS > 1:
+    _share = max(1, len(os.sched_getaffinity(0)) // WORKERS)
+    os.environ["OMP_NUM_THREADS"] = str(_share)
+    torch.set_num_threads(_share)
 SESSION_THREADS = torch.get_num_threads()
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _imrec_home(tmp_path_factory):
     """Keep the user's cache untouched: every test session gets its own IMREC_HOME."""
-    os.environ["IMREC_HOME"] = str(tmp_path_factory.mktemp("imrec-home"))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # pytest-xdist's workers share one home (their base temp folders are siblings), so a
+        # dataset is prepared once for the session: the cache writes each file atomically and
+        # lets one process at a time make it (imrec.data.sources.one_at_a_time).
+        home = tmp_path_factory.getbasetemp().parent / "imrec-home"
+        home.mkdir(exist_ok=True)
+    else:
+        home = tmp_path_factory.mktemp("imrec-home")
+    os.environ["IMREC_HOME"] = str(home)
     yield
 
 

@@ -302,6 +302,8 @@ TESTED_ELSEWHERE = {
     "--resume": "test_resume_of_a_finished_run_changes_nothing here, tests/test_resume.py",
     "--channels-last": "test_layout_and_evaluation_batch_flags_reach_the_trainer",
     "--eval-batch-size": "test_layout_and_evaluation_batch_flags_reach_the_trainer",
+    "--figures": "test_layout_and_evaluation_batch_flags_reach_the_trainer",
+    "--no-figures": "the same, and tests/test_detection.py::test_detection_run_killed_then_resumed_matches",
     # Fine-tuning and outlier options, through the same config fields (imrec.fit(train=...)):
     "--keep-classes": "tests/test_hanzi.py::test_fine_tuning_keeps_every_class_and_rehearses_them",
     "--rehearse": "tests/test_hanzi.py::test_fine_tuning_keeps_every_class_and_rehearses_them",
@@ -739,7 +741,8 @@ def test_bad_arguments(capsys, tmp_path):
 
 def test_layout_and_evaluation_batch_flags_reach_the_trainer(tmp_path, monkeypatch):
     """--channels-last off keeps batches in the default layout; --eval-batch-size is the
-    number of validation images per call (both leave the numbers alone, so spies tell)."""
+    number of validation images per call (both leave the numbers alone, so spies tell);
+    --no-figures leaves the report's figures out, --figures (the default) draws them."""
     import imrec.classify.train as classify_train
     from imrec.core.batching import Batcher
 
@@ -756,12 +759,20 @@ def test_layout_and_evaluation_batch_flags_reach_the_trainer(tmp_path, monkeypat
 
     monkeypatch.setattr(Batcher, "from_stats", classmethod(batcher))
     monkeypatch.setattr(classify_train, "predict_logits", logits)
-    for layout, expected in (("off", False), ("auto", True)):
+    for layout, expected, figures in (("off", False, "--no-figures"), ("auto", True, "--figures")):
         out = tmp_path / layout
-        argv = ["train", "digits", "--epochs", "1", "--channels-last", layout]
+        argv = ["train", "digits", "--epochs", "1", "--channels-last", layout, figures]
         assert main([*argv, "--eval-batch-size", "7", "--out", str(out), "--quiet"]) == 0
         assert layouts[0] is expected  # the training batcher, built first
         layouts.clear()
         saved = json.loads((out / "config.json").read_text())
         assert (saved["hardware"]["channels_last"], saved["loop"]["eval_batch_size"]) == (layout, 7)
+        drawn = sorted(p.name for p in out.glob("*.png"))
+        report = json.loads((out / "report.json").read_text())
+        if figures == "--no-figures":
+            assert saved["loop"]["figures"] is False and drawn == [] and report["files"] == {}
+            assert "## Figures" not in (out / "report.md").read_text()
+        else:
+            assert saved["loop"]["figures"] is True and "confusion.png" in drawn
+            assert sorted(report["files"].values()) == drawn  # the figures drawn, no other
     assert sizes and set(sizes) == {7}

@@ -360,7 +360,7 @@ def _epochs(run: Path) -> list[dict]:
 
 def test_detection_run_killed_then_resumed_matches(tiny_run, tmp_path):
     run = tmp_path / "killed"
-    args = _train_args(run, epochs=2)
+    args = [*_train_args(run, epochs=2), "--no-figures"]  # a setting the resumed run keeps
     p = subprocess.Popen([sys.executable, "-m", "imrec", *args], env=os.environ.copy(),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + 240
@@ -372,8 +372,14 @@ def test_detection_run_killed_then_resumed_matches(tiny_run, tmp_path):
     assert main(["train", "--resume", str(run)]) == 0
     assert _epochs(run) == _epochs(tiny_run)
     a = json.loads((tiny_run / "report.json").read_text())["test"]
-    b = json.loads((run / "report.json").read_text())["test"]
-    assert b["map"] == pytest.approx(a["map"], abs=1e-9)
+    b = json.loads((run / "report.json").read_text())
+    assert b["test"]["map"] == pytest.approx(a["map"], abs=1e-9)
+    assert b["files"] == {} and not list(run.glob("*.png"))  # no figures, as asked
+    assert sorted(p.name for p in tiny_run.glob("*.png")) == [
+        "curves.png",
+        "pr.png",
+        "predictions.png",
+    ]
 
 
 # ---- coco128 ----------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from imrec.engine import distributed
 from imrec.engine.distributed import World
 from imrec.engine.placement import rank_batch
 
-ARGS = ["--batch-size", "32", "--seed", "1", "--quiet"]
+# --no-figures: these runs are compared by their numbers (about 1 s less a run).
+ARGS = ["--batch-size", "32", "--seed", "1", "--quiet", "--no-figures"]
 
 
 # ---- helpers ----------------------------------------------------------------------------
@@ -358,6 +359,7 @@ def test_detection_trains_data_parallel_too(tmp_path):
     rank 0, and the run matches a single process's quality."""
     epochs, one, two = 4, tmp_path / "one", tmp_path / "two"
     args = [DETECT, "--epochs", epochs, "--batch-size", 8, *DETECT_AUGMENT, "--seed", 1, "--quiet"]
+    args.append("--no-figures")
     pair = _start(tmp_path, "train", *args, "--out", two)
     _train_here(*args, "--out", one, "--threads", 1)  # side by side
     rc, out, err = pair.finish(300)

@@ -315,9 +315,9 @@ def test_fold_runs_are_trained_without_the_report_figures(tmp_path, monkeypatch)
     asked = []
     real_train = train.train
 
-    def spy(*args, **kwargs):
-        asked.append(kwargs.get("figures", True))
-        return real_train(*args, **kwargs)
+    def spy(run, *args, **kwargs):
+        asked.append(run.loop.figures)
+        return real_train(run, *args, **kwargs)
 
     monkeypatch.setattr(train, "train", spy)
     doctor._kfold(
@@ -329,8 +329,8 @@ def test_fold_runs_are_trained_without_the_report_figures(tmp_path, monkeypatch)
     assert asked == [False, False]
     run = tmp_path / "plain"
     report = real_train(
-        build_config("digits", "handwriting", train={"epochs": 1}), run, progress=False,
-        figures=False,
+        build_config("digits", "handwriting", train={"epochs": 1, "figures": False}), run,
+        progress=False,
     )  # fmt: skip
     assert report["files"] == {} and not list(run.glob("*.png"))
     assert (run / "report.md").is_file() and "## Figures" not in (run / "report.md").read_text()

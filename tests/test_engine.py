@@ -292,7 +292,7 @@ def test_compiled_training_step_trains_the_models_own_weights(tmp_path):
         "digits",
         out=tmp_path / "run",
         model={"name": "mlp"},
-        train={"epochs": 2, "compile": True},
+        train={"epochs": 2, "compile": True, "figures": False},
         progress=False,
     )
     assert report["config"]["hardware"]["compile"] is True
@@ -311,7 +311,7 @@ def test_host_and_device_data_placement_train_alike(tmp_path):
         reports[mode] = imrec.fit(
             "digits",
             out=tmp_path / mode,
-            train={"epochs": 2, "data_placement": mode, "seed": 1},
+            train={"epochs": 2, "data_placement": mode, "seed": 1, "figures": False},
             progress=False,
         )
         assert reports[mode]["data_placement"] == mode
@@ -371,7 +371,13 @@ def test_training_images_streamed_from_files_train_exactly_as_in_memory(tmp_path
             f"folder:{tmp_path / 'glyphs'}",
             out=tmp_path / mode,
             model={"name": "cnn"},
-            train={"epochs": 5, "batch_size": 16, "data_placement": mode, "workers": 1},
+            train={
+                "epochs": 5,
+                "batch_size": 16,
+                "data_placement": mode,
+                "workers": 1,
+                "figures": False,
+            },  # fmt: skip
             progress=False,
         )
         assert reports[mode]["data_placement"] == mode
@@ -465,7 +471,10 @@ def test_bf16_autocast_on_the_cpu_is_opt_in(tmp_path):
             Trainer._amp_dtype("bf16", on_gpu=False)
         return
     report = imrec.fit(
-        "digits", out=tmp_path / "run", train={"epochs": 2, "amp": "bf16"}, progress=False
+        "digits",
+        out=tmp_path / "run",
+        train={"epochs": 2, "amp": "bf16", "figures": False},
+        progress=False,
     )
     assert report["amp"] == "bfloat16" and report["test"]["accuracy"] > 0.8
 

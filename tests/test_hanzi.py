@@ -556,7 +556,7 @@ def test_fine_tuning_keeps_every_class_and_rehearses_them(hanzi_run, tmp_path):
         f"folder:{own}",
         out=out,
         train={"init": str(hanzi_run), "keep_classes": True, "rehearse": 3, "epochs": 2,
-               "lr": 1e-3, "batch_size": 32},
+               "lr": 1e-3, "batch_size": 32, "figures": False},
         progress=False,
     )  # fmt: skip
     assert report["classes"] == list(TEN)
@@ -628,7 +628,7 @@ def test_distillation_keeps_the_checkpoints_answers_on_the_characters_not_tuned(
     # (Six epochs: in the first few steps Adam's sign-like steps make any small difference
     # between the two losses as large as the rest; 6 epochs at 1e-3: KL 0.220 against 0.061.)
     tune = {"init": str(hanzi_run), "keep_classes": True, "rehearse": 3, "epochs": 6,
-            "lr": 1e-3, "batch_size": 32}  # fmt: skip
+            "lr": 1e-3, "batch_size": 32, "figures": False}  # fmt: skip
     drift, notes = {}, {}
     for weight in (0.0, 4.0):
         out = tmp_path / f"tuned-{weight:g}"

@@ -32,6 +32,7 @@ ARGS = [
     "1",
     "--quiet",
     "--ema",
+    "--no-figures",  # the runs are compared by their numbers
 ]
 
 
@@ -104,7 +105,7 @@ def test_a_streamed_folder_run_resumes_too(tmp_path):
 
     bar_folder(tmp_path / "glyphs", per_class=60)
     args = ["--model", "cnn", "--data-placement", "stream", "--workers", "1", "--epochs", "8",
-            "--batch-size", "8", "--seed", "2", "--threads", "1", "--quiet"]  # fmt: skip
+            "--batch-size", "8", "--seed", "2", "--threads", "1", "--quiet", "--no-figures"]  # fmt: skip
     _kill_and_resume(tmp_path, f"folder:{tmp_path / 'glyphs'}", args, 8)
 
 

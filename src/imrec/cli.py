@@ -727,7 +727,9 @@ def config_flags(p, cls) -> None:
         meta, flag = dict(f.metadata), "--" + f.name.replace("_", "-")
         help_text = meta.pop("help", "")
         if isinstance(f.default, bool):
-            p.add_argument(flag, action="store_true", default=None, help=help_text)
+            # An option that is on by default is turned off with --no-NAME.
+            action = argparse.BooleanOptionalAction if f.default else "store_true"
+            p.add_argument(flag, action=action, default=None, help=help_text)
             continue
         kind = meta.pop("type", type(f.default))
         shown = f.default not in (None, "") and "default" not in help_text

@@ -153,6 +153,12 @@ class LoopConfig:
         metavar="N",
     )
     small_scale: float = _flag(0.72, "classifiers: the side of those epochs' images, as a fraction")
+    figures: bool = _flag(
+        True,
+        "draw the report's figures (learning curves; classifiers: confusion matrix, mistakes, "
+        "reliability; detectors: PR curves, predictions); --no-figures writes the report "
+        "without them, about 1 s less a run, for runs kept only for their weights and scores",
+    )
     time_limit: float = _flag(
         0.0,
         "minutes the epochs (training and validation) may take in all: the epochs planned are "

@@ -675,7 +675,7 @@ def _kfold(data: ClassificationData, cfg: DoctorConfig, tmp: Path, phases):
         run_cfg = _fold_config(data, cfg, len(train_part))
         try:
             # The fold's model is kept for its scores only, in a folder deleted after.
-            report = train(run_cfg, tmp / f"fold-{k}", progress=False, data=fold, figures=False)
+            report = train(run_cfg, tmp / f"fold-{k}", progress=False, data=fold)
         except TrainError as e:
             raise DatasetError(f"cross-validation fold {k + 1}: {e}") from e
         model = Predictor(tmp / f"fold-{k}")
@@ -693,7 +693,8 @@ def _kfold(data: ClassificationData, cfg: DoctorConfig, tmp: Path, phases):
 
 
 def _fold_config(data: ClassificationData, cfg: DoctorConfig, n_train: int):
-    train: dict = {"seed": cfg.seed}
+    # The fold's run is kept for its weights and scores only: no report figures.
+    train: dict = {"seed": cfg.seed, "figures": False}
     if cfg.epochs is not None:
         train["epochs"] = cfg.epochs
     elif data.name.startswith("folder:"):

@@ -159,7 +159,7 @@ def _finish_run(trainer) -> dict:
     test_logits: list = []
     test_feats: list | None = [] if wants_features else None
     # No warm-up: the model has just run batches of this size on the validation split.
-    figures = getattr(trainer, "figures", True)
+    figures = run.loop.figures  # off: a run kept only for its weights and scores
     test_metrics, timing_ = measure(
         model, data.test, data.classes, trainer.batcher, run_dir, batch_size=bs,
         logits_out=test_logits, features_out=test_feats, warm_up=False, plots=figures,
@@ -213,7 +213,8 @@ def _finish_run(trainer) -> dict:
         "test": test_metrics,
         "confidence": confidence,
         "timing": {**timing_, **(timing.summary() or {})},
-        "files": dict(PLOTS) if figures else {},
+        # The figures drawn (confusion.png or confused_pairs.png, by the number of classes).
+        "files": {k: v for k, v in PLOTS.items() if (run_dir / v).exists()},
     }
     with timing.phase("report"):
         write_report(run_dir, report)

@@ -187,12 +187,8 @@ class ClassifyTrainer(Trainer):
         *,
         data: ClassificationData | None = None,
         progress: bool = True,
-        figures: bool = True,
     ):
         super().__init__(run, run_dir, data=data, progress=progress)
-        # The report's figures (curves, confusion, mistakes, reliability): a run made only
-        # for its weights and scores (the data doctor's cross-validation folds) goes without.
-        self.figures = figures
         d = self.data
         self.loss_weight = (
             class_weights(d.train.labels, d.num_classes).to(self.device)
@@ -653,11 +649,8 @@ def train(
     *,
     progress: bool = True,
     data: ClassificationData | None = None,
-    figures: bool = True,
 ) -> dict:
     """Train a classifier as ``run`` says, writing everything into ``run_dir``; return the report.
-    ``figures=False``: the report without its figures (about 1 s less a run), for a run kept
-    only for its weights and scores.
 
     Example:
         >>> from imrec.config import build_config
@@ -666,7 +659,7 @@ def train(
         True
     """
     check_new_run(run_dir)
-    return ClassifyTrainer(run, run_dir, progress=progress, data=data, figures=figures).fit()
+    return ClassifyTrainer(run, run_dir, progress=progress, data=data).fit()
 
 
 class _EpochSums:

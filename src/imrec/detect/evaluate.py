@@ -104,11 +104,12 @@ def measure_detection(
     out_dir: Path | None,
     *,
     images: list[torch.Tensor] | None = None,
+    figures: bool = True,
 ) -> tuple[dict, dict]:
     """COCO metrics and timing of ``model`` on ``split``.
 
-    With ``out_dir`` (the split the report is about): pr.png and predictions.png are written
-    there and one-image-at-a-time speed is measured too.
+    With ``out_dir`` (the split the report is about): one-image-at-a-time speed is measured
+    too, and pr.png and predictions.png are written there unless ``figures`` is off.
     """
     from imrec.detect.metrics import coco_evaluate, match_summary
 
@@ -117,9 +118,10 @@ def measure_detection(
     metrics = coco_evaluate(split, preds, classes)
     metrics["at_0.5"] = match_summary(split, preds, iou=0.5, score_thresh=0.5)
     if out_dir is not None:
+        timing["single_image_per_second"] = _single_image_rate(model, channels, size)
+    if out_dir is not None and figures:
         from imrec.detect.viz import save_detection_grid, save_pr_curves
 
-        timing["single_image_per_second"] = _single_image_rate(model, channels, size)
         save_pr_curves(metrics, out_dir / PLOTS["pr"])
         n = min(12, len(split))
         shown = [
@@ -192,10 +194,11 @@ def _finish_detection_run(trainer) -> dict:
     test_images = preload(data.test, data.channels)
     test, speed = measure_detection(
         model, data.test, data.classes, data.channels, trainer.size, trainer.domain, run_dir,
-        images=test_images,
+        images=test_images, figures=run.loop.figures,
     )  # fmt: skip
-    with timing.phase("report"):
-        save_detection_curves(trainer.history, run_dir / PLOTS["curves"])
+    if run.loop.figures:
+        with timing.phase("report"):
+            save_detection_curves(trainer.history, run_dir / PLOTS["curves"])
     report = _report(
         {
             "model": run.model.name,

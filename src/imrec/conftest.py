@@ -34,10 +34,12 @@ NEEDS_MIRROR = re.compile(r'\b(detect_run|coco128)\b|"digits-detect:')
 
 @pytest.fixture(scope="package", autouse=True)
 def _doctest_session(tmp_path_factory):
-    """An IMREC_HOME of the session's own, the mirror when there is one, and one torch thread
-    (the number of threads is restored after the examples, before any tests that follow)."""
+    """An IMREC_HOME of the examples' own, the mirror when there is one, and one torch thread
+    (the home and the number of threads are restored after the examples, before any tests
+    that follow)."""
     import torch
 
+    home = os.environ.get("IMREC_HOME")
     os.environ["IMREC_HOME"] = str(tmp_path_factory.mktemp("imrec-home"))
     if (MIRROR / "mnist").is_dir():
         os.environ["IMREC_DATA_MIRROR"] = str(MIRROR)
@@ -45,6 +47,11 @@ def _doctest_session(tmp_path_factory):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+    # Tests may follow in this process (pytest-xdist mixes the two): they get their own home.
+    if home is None:
+        os.environ.pop("IMREC_HOME", None)
+    else:
+        os.environ["IMREC_HOME"] = home
 
 
 @pytest.fixture(autouse=True)

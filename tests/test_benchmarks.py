@@ -84,6 +84,21 @@ def test_prepare_speed_smoke_run_loads_a_folder_both_ways_to_the_same_images(
     assert float(cells[2]) > 0 and float(cells[3]) > 0 and cells[-1] == "yes"
 
 
+def test_shared_cache_smoke_run_times_loads_alone_and_together(tmp_path, monkeypatch, mirror):
+    bench, md = _bench("shared_cache", monkeypatch, tmp_path)
+    assert bench.main(["--dataset", "digits", "--rounds", "1", "--md", str(md)]) == 0
+    text = md.read_text()
+    assert "kept text" in text and text.count("<!-- shared_cache:start -->") == 1
+    rows = [line for line in text.splitlines() if line.startswith(("| 1 alone", "| 2 at once"))]
+    assert len(rows) == 2
+    for row in rows:  # a positive time; the lone process never waits, of two at most one
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[2]) > 0 and int(cells[3]) <= (0 if "alone" in row else 1)
+    assert "1,797 images" in text and "2 at once / 1 alone: **" in text
+    with pytest.raises(SystemExit, match="2 or more"):
+        bench.main(["--together", "1", "--md", str(md)])
+
+
 def test_hanzi_shapes_compares_real_and_rendered_characters(tmp_path, monkeypatch, mirror):
     bench, md = _bench("hanzi_shapes", monkeypatch, tmp_path)
     argv = ["--per-class", "4", "--real", "600", "--aspect=-0.3,-0.3", "--md", str(md)]

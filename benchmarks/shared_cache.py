@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         for c in runs
     ]
     m = machine()
-    cmd = "python benchmarks/shared_cache.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    given = sys.argv[1:] if argv is None else argv
+    cmd = " ".join(["python benchmarks/shared_cache.py", *given])
     lines = [
         START,
         "## Processes that share the cache: one prepares, the others wait",

@@ -16,7 +16,9 @@ MIRROR = Path(os.environ.get("IMREC_DATA_MIRROR") or REPO.parent / "shared" / "d
 # than one process. OMP_NUM_THREADS carries the share to the commands the tests start.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
 if WORKERS > 1:
-    _share = max(1, len(os.sched_getaffinity(0)) // WORKERS)
+    from imrec.core.parallel import usable_cores
+
+    _share = max(1, usable_cores() // WORKERS)
     os.environ["OMP_NUM_THREADS"] = str(_share)
     torch.set_num_threads(_share)
 SESSION_THREADS = torch.get_num_threads()

@@ -274,6 +274,27 @@ def test_same_spec_gives_identical_files_and_another_seed_does_not(tmp_path):
     assert a["images/test/000000.png"] != c["images/test/000000.png"]
 
 
+def test_scenes_another_process_made_while_this_one_waited_are_taken(tmp_path, monkeypatch):
+    """Generation runs under the cache's lock; a process that waited for it finds the scenes
+    another one generated meanwhile and keeps them (no second generation)."""
+    import shutil
+    from contextlib import contextmanager
+
+    made = _generate(tmp_path / "made")  # what the other process wrote
+    held = []
+
+    @contextmanager
+    def other_process_first(path, what):
+        held.append(path)
+        shutil.copytree(made, path)  # the other process finished while this one waited
+        yield
+
+    monkeypatch.setattr(dd, "one_at_a_time", other_process_first)
+    monkeypatch.setattr(dd, "_write_split", lambda *a: pytest.fail("generated a second time"))
+    root = _generate(tmp_path / "here")
+    assert held == [root] and _files(root) == _files(made)
+
+
 def test_spec_json_records_the_spec_and_checksum(tmp_path):
     root = _generate(tmp_path)
     info = json.loads((root / "spec.json").read_text())

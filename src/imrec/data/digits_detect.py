@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from imrec.data.sources import DatasetError
+from imrec.data.sources import DatasetError, one_at_a_time
 
 # Bump whenever a change to this file changes the scenes, so cached datasets are not reused.
 GENERATOR_VERSION = "digits-detect-v1"
@@ -314,7 +314,9 @@ def generate_digits_detect(
     each is ``(images uint8 (N, 28, 28), labels (N,) in 0..9)``. Everything is written into a
     temporary sibling folder first and moved into place at the end, so an interrupted run leaves
     no half dataset. When ``out_dir/spec.json`` exists the dataset is already there and nothing
-    is done. The same spec and digits give byte-identical files.
+    is done; processes that want it at once (torchrun's ranks) generate it once, the others
+    waiting for it (:func:`imrec.data.sources.one_at_a_time`). The same spec and digits give
+    byte-identical files.
     :func:`imrec.data.detection.load_detection` generates each spec once, from MNIST, into
     ``imrec_home() / "datasets" / "digits-detect" / spec.key()``.
 
@@ -342,15 +344,18 @@ def generate_digits_detect(
         "train": _checked_digits(train_digits, "train_digits"),
         "test": _checked_digits(test_digits, "test_digits"),
     }
-    tmp = _fresh_dir(out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}")
-    try:
-        for split in SPLITS:
-            _write_split(tmp, split, pools["test" if split == "test" else "train"], spec)
-        _write_spec(tmp, spec, pools)
-        _publish(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with one_at_a_time(out_dir, f"the digits-detect scenes {out_dir.name}"):
+        if (out_dir / "spec.json").is_file():  # another process made them meanwhile
+            return out_dir
+        tmp = _fresh_dir(out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}")
+        try:
+            for split in SPLITS:
+                _write_split(tmp, split, pools["test" if split == "test" else "train"], spec)
+            _write_spec(tmp, spec, pools)
+            _publish(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return out_dir
 
 

@@ -239,6 +239,20 @@ def test_processes_sharing_the_cache_prepare_a_dataset_once(tmp_path):
     assert made == ["decoded-k-v1.safetensors"]  # no lock or part file left
 
 
+def test_a_cache_on_a_file_system_without_locks_is_still_filled(monkeypatch):
+    """Some network mounts refuse locks (ENOLCK): the dataset is prepared all the same."""
+    import errno
+
+    def refused(handle, how):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(sources.fcntl, "flock", refused)
+    arrays = sources.cached_arrays("nolocks", "k-v1", lambda: {"x": np.arange(2)})
+    assert arrays["x"].tolist() == [0, 1]
+    made = [p.name for p in (imrec_home() / "datasets" / "nolocks").iterdir()]
+    assert made == ["decoded-k-v1.safetensors"]  # no lock or part file left
+
+
 # ---------------------------------------------------------------------------------------------
 # Built-in datasets
 # ---------------------------------------------------------------------------------------------

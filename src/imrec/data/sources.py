@@ -99,7 +99,8 @@ def one_at_a_time(path: Path, what: str) -> Iterator[None]:
     note on stderr, and should look for the file again once inside. The lock file
     (``.<name>.lock`` beside ``path``) is removed on the way out; a process that finds the
     lock of a removed file (its maker failed) at worst makes the file a second time, which
-    the atomic renames keep harmless.
+    the atomic renames keep harmless. Where the file system has no locks (some network
+    mounts) each process goes on without one, as where ``fcntl`` is missing.
 
     Example:
         >>> with one_at_a_time(tmp / "made.bin", "an example"):
@@ -122,6 +123,8 @@ def one_at_a_time(path: Path, what: str) -> Iterator[None]:
                 flush=True,
             )
             fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # no locks on this file system: make the file unguarded, as before
+            pass
         try:
             yield
         finally:

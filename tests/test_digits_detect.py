@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from imrec.data import digits_detect as dd
+from imrec.data import sources
 from imrec.data.digits_detect import (
     INK,
     DigitsDetectSpec,
@@ -289,7 +290,7 @@ def test_scenes_another_process_made_while_this_one_waited_are_taken(tmp_path, m
         shutil.copytree(made, path)  # the other process finished while this one waited
         yield
 
-    monkeypatch.setattr(dd, "one_at_a_time", other_process_first)
+    monkeypatch.setattr(sources, "one_at_a_time", other_process_first)
     monkeypatch.setattr(dd, "_write_split", lambda *a: pytest.fail("generated a second time"))
     root = _generate(tmp_path / "here")
     assert held == [root] and _files(root) == _files(made)

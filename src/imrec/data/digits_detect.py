@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from imrec.data.sources import DatasetError, one_at_a_time
+from imrec.data.sources import DatasetError, made_once
 
 # Bump whenever a change to this file changes the scenes, so cached datasets are not reused.
 GENERATOR_VERSION = "digits-detect-v1"
@@ -315,7 +315,7 @@ def generate_digits_detect(
     temporary sibling folder first and moved into place at the end, so an interrupted run leaves
     no half dataset. When ``out_dir/spec.json`` exists the dataset is already there and nothing
     is done; processes that want it at once (torchrun's ranks) generate it once, the others
-    waiting for it (:func:`imrec.data.sources.one_at_a_time`). The same spec and digits give
+    waiting for it (:func:`imrec.data.sources.made_once`). The same spec and digits give
     byte-identical files.
     :func:`imrec.data.detection.load_detection` generates each spec once, from MNIST, into
     ``imrec_home() / "datasets" / "digits-detect" / spec.key()``.
@@ -344,9 +344,11 @@ def generate_digits_detect(
         "train": _checked_digits(train_digits, "train_digits"),
         "test": _checked_digits(test_digits, "test_digits"),
     }
-    with one_at_a_time(out_dir, f"the digits-detect scenes {out_dir.name}"):
-        if (out_dir / "spec.json").is_file():  # another process made them meanwhile
-            return out_dir
+
+    def made() -> Path | None:
+        return out_dir if (out_dir / "spec.json").is_file() else None
+
+    def make() -> Path:
         tmp = _fresh_dir(out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}")
         try:
             for split in SPLITS:
@@ -356,7 +358,9 @@ def generate_digits_detect(
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    return out_dir
+        return out_dir
+
+    return made_once(out_dir, f"the digits-detect scenes {out_dir.name}", made, make)
 
 
 def _checked_digits(pair: tuple[np.ndarray, np.ndarray], name: str) -> tuple[np.ndarray, ...]:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 try:
     import fcntl
@@ -32,6 +32,8 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from imrec.core.errors import DatasetError  # noqa: F401
+
+T = TypeVar("T")
 
 HOME_ENV = "IMREC_HOME"
 MIRROR_ENV = "IMREC_DATA_MIRROR"
@@ -129,6 +131,29 @@ def one_at_a_time(path: Path, what: str) -> Iterator[None]:
             yield
         finally:
             lock.unlink(missing_ok=True)
+
+
+def made_once(path: Path, what: str, find: Callable[[], T | None], make: Callable[[], T]) -> T:
+    """``find()`` when ``path``'s cache entry is there, else ``make()`` under
+    :func:`one_at_a_time`, after looking again inside the lock (a process that waited for
+    another finds what that one made).
+
+    Example (the second call finds the file of the first and makes nothing):
+        >>> entry = tmp / "once.txt"
+        >>> def find():
+        ...     return entry.read_text() if entry.is_file() else None
+        >>> def make():
+        ...     _ = entry.write_text("made")
+        ...     return "made"
+        >>> made_once(entry, "an example", find, make), made_once(entry, "an example", find, None)
+        ('made', 'made')
+    """
+    found = find()
+    if found is not None:
+        return found
+    with one_at_a_time(path, what):
+        found = find()
+        return found if found is not None else make()
 
 
 def _marker_path(path: Path) -> Path:
@@ -265,14 +290,13 @@ def fetch_file(folder: str, spec: SourceFile, dataset: str, hint: str = "") -> t
     """
     dest = dataset_dir(folder) / spec.name
     tried: list[str] = []
-    cached = _verified(dest, spec, tried)
-    if cached is not None:
-        return dest, cached
-    with one_at_a_time(dest, f"{spec.name} of {dataset!r}"):
-        cached = _verified(dest, spec, tried)  # another process may have made it meanwhile
-        if cached is not None:
-            return dest, cached
-        return _fetch(folder, spec, dataset, hint, dest, tried)
+    sha = made_once(
+        dest,
+        f"{spec.name} of {dataset!r}",
+        lambda: _verified(dest, spec, tried),
+        lambda: _fetch(folder, spec, dataset, hint, dest, tried),
+    )
+    return dest, sha
 
 
 def _verified(dest: Path, spec: SourceFile, tried: list[str]) -> str | None:
@@ -289,19 +313,19 @@ def _verified(dest: Path, spec: SourceFile, tried: list[str]) -> str | None:
 
 def _fetch(
     folder: str, spec: SourceFile, dataset: str, hint: str, dest: Path, tried: list[str]
-) -> tuple[Path, str]:
-    """Copy ``spec`` from the mirror or download it into ``dest`` (the lock held)."""
+) -> str:
+    """Copy ``spec`` from the mirror or download it into ``dest`` (the lock held); its SHA-256."""
     mirror = mirror_root()
     if mirror is not None:
         src = mirror / folder / spec.name
         if src.is_file():
             # A corrupt mirror is an error to fix there, not a reason to go to the network.
             with open(src, "rb") as f:
-                return dest, _stream_into(f, dest, spec, str(src))
+                return _stream_into(f, dest, spec, str(src))
         tried.append(f"{src}: not found in the mirror")
     for url in spec.urls:
         try:
-            return dest, _download(url, dest, spec)
+            return _download(url, dest, spec)
         except DatasetError as e:
             tried.append(f"{url}: {e}")
     raise DatasetError(_not_found_message(folder, spec, dataset, dest, tried, hint))
@@ -351,14 +375,12 @@ def cached_arrays(
         array([0, 1, 2])
     """
     path = dataset_dir(folder) / f"decoded-{key}.safetensors"
-    found = _load_cached(path)
-    if found is not None:
-        return found
-    with one_at_a_time(path, f"the images of {folder!r}"):
-        found = _load_cached(path)  # another process may have made it meanwhile
-        if found is not None:
-            return found
-        return _build_cached(path, build)
+    return made_once(
+        path,
+        f"the images of {folder!r}",
+        lambda: _load_cached(path),
+        lambda: _build_cached(path, build),
+    )
 
 
 def _load_cached(path: Path) -> dict[str, np.ndarray] | None:

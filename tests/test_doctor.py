@@ -242,7 +242,7 @@ def test_doctor_bad_input(tmp_path, digits_run):
         pytest.raises(DatasetError, match="fewer training images than the 2 folds"),
     ):
         diagnose(f"folder:{root}", tmp_path / "r", DoctorConfig(**FAST))
-    with pytest.raises(DatasetError, match="--folds must be at least 2"):
+    with pytest.raises(DatasetError, match="--folds must be 2 or more, got 1"):
         diagnose("digits", tmp_path / "r", DoctorConfig(folds=1))
     with pytest.raises(DatasetError, match="--splits"):
         diagnose("digits", tmp_path / "r", DoctorConfig(splits=("training",)))
@@ -271,7 +271,7 @@ def test_doctor_with_a_run_and_the_cli(digits_run, tmp_path, capsys):
     items = json.loads((tmp_path / "x.json").read_text())["items"]
     assert all(i["split"] == "test" and i["part"] == "all" for i in items)
     rc = main(["doctor", "digits", "--folds", "1", "--quiet", "--out", str(tmp_path / "e")])
-    assert rc == 2 and "--folds must be at least 2" in capsys.readouterr().err
+    assert rc == 2 and "--folds must be 2 or more, got 1" in capsys.readouterr().err
 
 
 def test_close_pairs_match_brute_force():

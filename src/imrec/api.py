@@ -18,6 +18,7 @@ from types import ModuleType
 
 from imrec.classify.finetune import kept_size
 from imrec.config import (
+    TRAIN_GROUPS,
     OptimConfig,
     RunConfig,
     TrainConfig,
@@ -27,6 +28,7 @@ from imrec.config import (
 )
 from imrec.core import timing
 from imrec.core.checkpoint import CheckpointError, read_checkpoint_meta
+from imrec.core.checks import AT_LEAST_1, check_number
 from imrec.core.errors import TrainError
 from imrec.data.registry import dataset_task
 from imrec.engine.loop import default_run_dir, resumable_config
@@ -117,7 +119,8 @@ def check_train_fields(pkg: ModuleType, train: dict) -> None:
     Example:
         >>> check_train_fields(task_package("classify"), {"label_smoothing": 0.1})
     """
-    split_train(train)  # names every unknown option
+    for group, options in split_train(train).items():  # names every unknown option
+        TRAIN_GROUPS[group](**options)  # refuses a value outside its range before data load
     defaults = TrainConfig()
     unused = [k for k in pkg.UNUSED_TRAIN_FIELDS if k in train and train[k] != getattr(defaults, k)]
     if unused:
@@ -185,6 +188,9 @@ def evaluate(
         >>> report["test"]["accuracy"] > 0.9, sorted(report["test"])[:3]
         (True, ['accuracy', 'confusion', 'ece'])
     """
+    check_number(batch_size, "batch_size (--batch-size)", AT_LEAST_1, whole=True)
+    if ood_limit is not None:
+        check_number(ood_limit, "ood_limit (--ood-limit)", AT_LEAST_1, whole=True)
     task = read_checkpoint_meta(run_dir).get("task", "classify")
     pkg = task_package(task)
     options = {}

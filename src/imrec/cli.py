@@ -725,7 +725,7 @@ def config_flags(p, cls) -> None:
     old_names = {new: old for old, new in RENAMED_OPTIONS.items()}
     for f in dataclasses.fields(cls):
         meta, flag = dict(f.metadata), "--" + f.name.replace("_", "-")
-        help_text = meta.pop("help", "")
+        help_text, within = meta.pop("help", ""), meta.pop("within", None)
         if isinstance(f.default, bool):
             # An option that is on by default is turned off with --no-NAME.
             action = argparse.BooleanOptionalAction if f.default else "store_true"
@@ -733,8 +733,9 @@ def config_flags(p, cls) -> None:
             continue
         kind = meta.pop("type", type(f.default))
         shown = f.default not in (None, "") and "default" not in help_text
-        default = f" (default {f.default})" if shown else ""
-        p.add_argument(flag, type=kind, help=(help_text + default).strip(), **meta)
+        said = ([f"default {f.default}"] if shown else []) + ([within.describe()] if within else [])
+        said_text = f" ({'; '.join(said)})" if said else ""
+        p.add_argument(flag, type=kind, help=(help_text + said_text).strip(), **meta)
         if f.name in old_names:
             old = "--" + old_names[f.name].replace("_", "-")
             p.add_argument(old, dest=f.name, type=kind, help=f"the old name of {flag}", **meta)

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from imrec.core.checks import ABOVE_0, AT_LEAST_0, AT_LEAST_1, SHARE, Range, check_number
 from imrec.core.errors import TrainError
 
 # `imrec serve`'s request-rate limit per client address (see imrec.serve.security): a person
@@ -64,10 +65,39 @@ class ModelConfig:
             raise TrainError(f"--members must be 1 to {MAX_MEMBERS}, got {self.members}")
 
 
-def _flag(default, help: str = "", **cli) -> Any:
+def _flag(default, help: str = "", within: Range | None = None, **cli) -> Any:
     """A config field that is also an ``imrec train`` flag (see :func:`imrec.cli.config_flags`):
-    ``help`` and the argparse keywords in ``cli`` (``choices``, ``metavar``, ``type``)."""
-    return field(default=default, metadata={"help": help, **cli})
+    ``help``, the values a number takes (``within``; :func:`check_options` checks them) and
+    the argparse keywords in ``cli`` (``choices``, ``metavar``, ``type``)."""
+    return field(default=default, metadata={"help": help, "within": within, **cli})
+
+
+def check_options(options) -> None:
+    """Refuse a value of a field of the training-option dataclass ``options`` that is of the
+    wrong kind (a count that is not a whole number, a number that is not finite, a word
+    outside the field's ``choices``) or outside its range (``within``), naming its flag: every
+    way in (``imrec train``, ``imrec.fit``, a resumed run's ``config.json``) is checked
+    alike, before any data loads or a run folder is made.
+
+    Example:
+        >>> LoopConfig(epochs=0)
+        Traceback (most recent call last):
+        ...
+        imrec.core.errors.TrainError: --epochs must be 1 or more, got 0
+    """
+    for f in dataclasses.fields(options):
+        value, flag = getattr(options, f.name), "--" + f.name.replace("_", "-")
+        kind = type(f.default)
+        if f.default is None or kind is str:
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise TrainError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+        elif kind is bool:
+            if not isinstance(value, bool):
+                raise TrainError(f"{flag} is on or off (true or false), got {value!r}")
+        else:
+            whole = kind is int
+            check_number(value, flag, f.metadata.get("within"), whole=whole, error=TrainError)
 
 
 @dataclass(frozen=True)
@@ -81,15 +111,19 @@ class OptimConfig:
     """
 
     optimizer: str = _flag("adamw", "SGD uses Nesterov momentum", choices=["adam", "adamw", "sgd"])
-    lr: float = _flag(3e-3, "peak learning rate")
-    momentum: float = _flag(0.9, "SGD momentum")
-    weight_decay: float = _flag(5e-4, "decoupled for AdamW; none on biases and norms")
+    lr: float = _flag(3e-3, "peak learning rate", within=AT_LEAST_0)
+    momentum: float = _flag(0.9, "SGD momentum", within=SHARE)
+    weight_decay: float = _flag(
+        5e-4, "decoupled for AdamW; none on biases and norms", within=AT_LEAST_0
+    )
     schedule: str = _flag("onecycle", "", choices=["onecycle", "cosine", "constant"])
-    warmup_epochs: float = _flag(0.3, "epochs of linear warm-up")
-    label_smoothing: float = _flag(0.0, "classifiers: smoothing of the cross-entropy targets")
-    grad_clip: float = _flag(0.0, "clip the gradient norm (0 = off)")
+    warmup_epochs: float = _flag(0.3, "epochs of linear warm-up", within=AT_LEAST_0)
+    label_smoothing: float = _flag(
+        0.0, "classifiers: smoothing of the cross-entropy targets", within=SHARE
+    )
+    grad_clip: float = _flag(0.0, "clip the gradient norm (0 = off)", within=AT_LEAST_0)
     ema: bool = _flag(False, "evaluate and save an exponential moving average of the weights")
-    ema_decay: float = _flag(0.999, "decay of that average")
+    ema_decay: float = _flag(0.999, "decay of that average (0: the latest weights)", within=SHARE)
     class_weights: bool = _flag(False, "classifiers: weigh the loss by inverse class frequency")
     init: str | None = _flag(
         None,
@@ -97,8 +131,12 @@ class OptimConfig:
         metavar="CHECKPOINT",
         type=str,
     )
-    freeze_epochs: int = _flag(0, "train only the head for this many epochs first")
-    head_lr_mult: float = _flag(1.0, "the head's learning rate relative to the backbone's")
+    freeze_epochs: int = _flag(
+        0, "train only the head for this many epochs first", within=AT_LEAST_0
+    )
+    head_lr_mult: float = _flag(
+        1.0, "the head's learning rate relative to the backbone's", within=AT_LEAST_0
+    )
     keep_classes: bool = _flag(
         False,
         "classifiers, with --init: keep all of the checkpoint's classes and its head (the data's "
@@ -111,20 +149,27 @@ class OptimConfig:
         metavar="DATASET[,DATASET]",
         type=str,
     )
-    outlier_weight: float = _flag(0.5, "weight of the outlier-exposure loss")
+    outlier_weight: float = _flag(0.5, "weight of the outlier-exposure loss", within=AT_LEAST_0)
     rehearse: int = _flag(
         0,
         "with --keep-classes: mix this many images per class of the checkpoint's own training "
         "data into training (and its validation split into validation), so no class is forgotten",
+        within=AT_LEAST_0,
     )
     distill: float = _flag(
         0.0,
         "with --rehearse: weight of a loss that keeps the model's answers on the rehearsal "
         "images close to the checkpoint's (knowledge distillation; 0 = off)",
+        within=AT_LEAST_0,
     )
     distill_temperature: float = _flag(
-        2.0, "the temperature both models' answers are softened by for --distill"
+        2.0,
+        "the temperature both models' answers are softened by for --distill",
+        within=ABOVE_0,
     )
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 @dataclass(frozen=True)
@@ -139,20 +184,32 @@ class LoopConfig:
     it then plans.
     """
 
-    epochs: int = _flag(3, "passes over the training set")
-    batch_size: int = _flag(128, "images per optimiser step (the global batch under torchrun)")
-    early_stop: int = _flag(
-        0, "stop after this many epochs without a better validation score", metavar="PATIENCE"
+    epochs: int = _flag(3, "passes over the training set", within=AT_LEAST_1)
+    batch_size: int = _flag(
+        128, "images per optimiser step (the global batch under torchrun)", within=AT_LEAST_1
     )
-    seed: int = _flag(0, "seed of the weights, the splits and every random draw")
-    eval_batch_size: int = _flag(1024, "classifiers: images per call when evaluating")
+    early_stop: int = _flag(
+        0,
+        "stop after this many epochs without a better validation score",
+        metavar="PATIENCE",
+        within=AT_LEAST_0,
+    )
+    seed: int = _flag(0, "seed of the weights, the splits and every random draw", within=AT_LEAST_0)
+    eval_batch_size: int = _flag(
+        1024, "classifiers: images per call when evaluating", within=AT_LEAST_1
+    )
     small_epochs: int = _flag(
         0,
         "classifiers: train the first N epochs on images scaled down by --small-scale "
         "(progressive resizing: cheaper first steps; the last epoch is always at full size)",
         metavar="N",
+        within=AT_LEAST_0,
     )
-    small_scale: float = _flag(0.72, "classifiers: the side of those epochs' images, as a fraction")
+    small_scale: float = _flag(
+        0.72,
+        "classifiers: the side of those epochs' images, as a fraction",
+        within=Range(0, 1, lo_open=True),
+    )
     figures: bool = _flag(
         True,
         "draw the report's figures (learning curves; classifiers: confusion matrix, mistakes, "
@@ -166,17 +223,11 @@ class LoopConfig:
         "after each epoch, and the learning-rate schedule ends with them (default 0: no limit; "
         "the final evaluation and report come after)",
         metavar="MINUTES",
+        within=AT_LEAST_0,
     )
 
     def __post_init__(self) -> None:
-        if self.time_limit < 0:
-            raise TrainError(
-                f"--time-limit must be 0 (no limit) or more minutes, got {self.time_limit}"
-            )
-        if self.small_epochs < 0:
-            raise TrainError(f"--small-epochs must be 0 or more, got {self.small_epochs}")
-        if not 0 < self.small_scale <= 1:
-            raise TrainError(f"--small-scale must be in (0, 1], got {self.small_scale}")
+        check_options(self)
 
 
 @dataclass(frozen=True)
@@ -194,7 +245,7 @@ class HardwareConfig:
     channels_last: str = _flag(
         "auto", "channels-last memory layout (auto = on)", choices=["auto", "on", "off"]
     )
-    threads: int = _flag(0, "CPU threads (default 0: all cores)")
+    threads: int = _flag(0, "CPU threads (default 0: all cores)", within=AT_LEAST_0)
     # torch.compile the model (measured: no gain on the 2-core CPU or an H200)
     compile: bool = _flag(
         False,
@@ -213,6 +264,7 @@ class HardwareConfig:
         0,
         "classifiers: DataLoader workers decoding or drawing streamed images (0: a worker "
         "per core at --worker-priority idle, else the spare cores; at most 8 for files)",
+        within=AT_LEAST_0,
     )
     worker_priority: str = _flag(
         "idle",
@@ -228,6 +280,9 @@ class HardwareConfig:
         "on for single-GPU Adam/AdamW runs without --compile)",
         choices=["auto", "on", "off"],
     )
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 # The groups of training options: RunConfig's field name -> its dataclass.
@@ -246,7 +301,7 @@ TrainConfig = dataclasses.make_dataclass(
         for f in dataclasses.fields(cls)
     ],
     frozen=True,
-    namespace={"__module__": __name__},
+    namespace={"__module__": __name__, "__post_init__": lambda self: check_options(self)},
 )
 TrainConfig.__doc__ = """Every training option in one flat view: the fields of :class:`OptimConfig`,
 :class:`LoopConfig` and :class:`HardwareConfig`, each also an ``imrec train --flag`` of the same

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from imrec.config import build_config, folder_recipe
+from imrec.core.checks import AT_LEAST_0, AT_LEAST_1, Range, check_number
 from imrec.core.errors import TrainError
 from imrec.core.logs import quiet_logger
 from imrec.data import ClassificationData, imrec_home, load_dataset
@@ -171,10 +172,14 @@ def _check_config(cfg: DoctorConfig) -> None:
     bad = [s for s in cfg.splits if s not in SPLITS]
     if bad or not cfg.splits:
         raise DatasetError(f"--splits: choose among {', '.join(SPLITS)}, got {cfg.splits}")
-    if cfg.folds < 2:
-        raise DatasetError(f"--folds must be at least 2, got {cfg.folds}")
-    if not 0.5 <= cfg.near <= 1.0:
-        raise DatasetError(f"--near must be in [0.5, 1], got {cfg.near}")
+    check_number(cfg.folds, "--folds", Range(2), whole=True, error=DatasetError)
+    check_number(cfg.near, "--near", Range(0.5, 1), error=DatasetError)
+    check_number(cfg.top, "--top", AT_LEAST_1, whole=True, error=DatasetError)
+    check_number(cfg.gallery, "--gallery", AT_LEAST_1, whole=True, error=DatasetError)
+    check_number(cfg.seed, "--seed", AT_LEAST_0, whole=True, error=DatasetError)
+    check_number(cfg.val_fraction, "--val-fraction", Range(0, 1, True, True), error=DatasetError)
+    if cfg.epochs is not None:
+        check_number(cfg.epochs, "--epochs", AT_LEAST_1, whole=True, error=DatasetError)
 
 
 def _load(name: str, cfg: DoctorConfig) -> tuple[ClassificationData, dict | None]:

@@ -31,16 +31,12 @@ def check_options(optim) -> None:
         raise TrainError("--keep-classes and --rehearse need --init CHECKPOINT")
     if optim.rehearse and not optim.keep_classes:
         raise TrainError("--rehearse goes with --keep-classes")
-    if optim.rehearse < 0:
-        raise TrainError(f"--rehearse must be 0 or more, got {optim.rehearse}")
-    if optim.distill < 0:
-        raise TrainError(f"--distill must be 0 or more, got {optim.distill}")
+    # The ranges (--rehearse and --distill 0 or more, --distill-temperature above 0) are the
+    # config's own (imrec.config.check_options).
     if optim.distill and not optim.rehearse:
         raise TrainError(
             "--distill keeps the checkpoint's answers on the rehearsal images: give --rehearse N"
         )
-    if optim.distill_temperature <= 0:
-        raise TrainError(f"--distill-temperature must be above 0, got {optim.distill_temperature}")
 
 
 def kept_size(optim) -> int | None:

@@ -10,6 +10,7 @@ import torch
 from imrec.classify.confidence import Confidence, Distance
 from imrec.classify.export import has_features
 from imrec.core.batching import Batcher
+from imrec.core.checks import check_top_k
 from imrec.models.load import load_model
 
 MODEL_BATCH = 256  # images through the model at a time
@@ -105,6 +106,7 @@ class Predictor:
         from imrec.classify.export import labelled
         from imrec.core.parallel import cpu_map
 
+        check_top_k(top_k)
         prepare = self.preparer()
         sources = list(sources)
         results: list[dict] = []

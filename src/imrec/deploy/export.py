@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from imrec.core.checkpoint import FILE_MODE, resolve_checkpoint
+from imrec.core.checks import AT_LEAST_1, check_number
 from imrec.core.errors import ExportError  # noqa: F401
 from imrec.core.logs import quiet_logger
 from imrec.core.probe import Probe, batches
@@ -49,7 +50,7 @@ from imrec.deploy.bundle import (
     build_manifest,
     sha256_file,
 )
-from imrec.deploy.onnx import exportable, graph_io, onnx_model
+from imrec.deploy.onnx import exportable, graph_io, onnx_model, opsets
 from imrec.models.load import load_model
 from imrec.tasks import task_export
 
@@ -188,6 +189,9 @@ def _int8_report(fp32: Path, int8: Path, meta: dict, probe: Probe, method: str) 
 # ---- the bundle -----------------------------------------------------------------------
 
 
+INT8_OPSET = 13  # DequantizeLinear with an axis (per-channel weights) came in opset 13
+
+
 def export_bundle(
     run_dir: str | Path,
     out: str | Path | None = None,
@@ -221,6 +225,15 @@ def export_bundle(
     run_dir = _check_run(run_dir)
     if quantize not in (None, "int8"):
         raise ExportError(f"quantize must be None or 'int8', got {quantize!r}")
+    check_number(opset, "opset (--opset)", opsets(), whole=True, error=ExportError)
+    if quantize and opset < INT8_OPSET:
+        raise ExportError(
+            f"--quantize int8 writes per-channel int8 weights, which need --opset {INT8_OPSET} "
+            f"or more; got --opset {opset}"
+        )
+    if parity_limit is not None:
+        check_number(parity_limit, "parity_limit (--parity-limit)", AT_LEAST_1, whole=True,
+                     error=ExportError)  # fmt: skip
     out = Path(out) if out is not None else run_dir / "bundle"
     _check_target(out)
     weights = resolve_checkpoint(run_dir)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from imrec.core.checks import Range
 from imrec.core.errors import ExportError  # noqa: F401
 from imrec.deploy.bundle import (
     INPUT_NAME,
@@ -38,6 +39,18 @@ def exportable(model: nn.Module, meta: dict) -> nn.Module:
         ExportError: the model cannot be exported (a torchvision detector).
     """
     return task_export(meta).exportable(model, meta)
+
+
+def opsets():
+    """The ONNX opsets this PyTorch's exporter accepts (7-23 with torch 2.14), as a
+    :class:`~imrec.core.checks.Range`; outside them it fails with a traceback."""
+    try:
+        from torch.onnx import _constants  # not public: the bounds the exporter itself checks
+    except ImportError:
+        return Range(7)
+    return Range(
+        getattr(_constants, "ONNX_MIN_OPSET", 7), getattr(_constants, "ONNX_MAX_OPSET", None)
+    )
 
 
 def onnx_model(model: nn.Module, meta: dict, opset: int = 17) -> bytes:

@@ -28,6 +28,7 @@ import torch
 
 from imrec.core import heap
 from imrec.core.checkpoint import CheckpointError, read_checkpoint_meta, resolve_checkpoint
+from imrec.core.checks import check_box_options, check_top_k
 from imrec.deploy.bundle import (
     INT8_FILE,
     MANIFEST,
@@ -96,6 +97,7 @@ def load(
     if not path.exists():
         raise FileNotFoundError(f"no bundle, run folder or checkpoint at {source}")
     _check_options(backend, device, precision)
+    check_box_options(score_thresh, nms_iou, max_det)
     if is_bundle(path):
         manifest, weights, onnx = _bundle_parts(path, precision)
     else:
@@ -235,6 +237,7 @@ class Model:
             >>> load(bundle).predict([digit, "missing.png"])[1]
             {'input': 'missing.png', 'error': 'no such file: missing.png'}
         """
+        check_top_k(top_k)
         if reject_options and self.task != "classify":
             raise ValueError(
                 f"{sorted(reject_options)}: classifiers only (detectors keep a score threshold)"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from imrec.core.checks import check_box_options
 from imrec.models.load import load_model
 
 
@@ -37,6 +38,7 @@ class DetectionPredictor:
         nms_iou: float = 0.5,
         max_det: int = 100,
     ):
+        check_box_options(score_thresh, nms_iou, max_det)
         self.model, self.meta = load_detector(source, device)
         self.device = torch.device(device)
         inp = self.meta["input"]

@@ -86,7 +86,8 @@ def load(
         FileNotFoundError: nothing at ``source``.
         CheckpointError: ``source`` is neither a bundle nor a run folder nor a checkpoint.
         ExportError: a bundle written by another format, or a model ONNX cannot hold.
-        ValueError: an unknown backend, precision or device.
+        ValueError: an unknown backend, precision or device, or a box option out of its range
+            (``score_thresh`` and ``nms_iou`` in [0, 1], ``max_det`` 1 or more).
 
     Example:
         >>> model = load(bundle, backend="torch")

@@ -76,6 +76,9 @@ def serve(
     ``access``: rate limits, proxy trust and CORS origins (its ``tokens`` are ignored: they
     come from the sources above). ``tls_cert``/``tls_key``: PEM files to serve HTTPS.
 
+    A ``port`` outside 1-65535, ``workers`` or ``max_batch`` under 1 or a negative
+    ``max_wait_ms`` raises ValueError before anything starts.
+
     Usage (serves until interrupted)::
 
         serve("runs/mnist-1/bundle", port=8000, workers=2)

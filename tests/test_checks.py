@@ -169,3 +169,10 @@ def test_doctor_and_eval_refuse_counts_below_one(digits_run, tmp_path):
         imrec.evaluate(digits_run, ood="noise", ood_limit=-5)
     with pytest.raises(ValueError, match=r"batch_size \(--batch-size\) must be 1 or more"):
         imrec.evaluate(digits_run, batch_size=0)
+
+
+def test_serve_reads_the_upload_limit_in_megabytes(capsys, digits_run):
+    """--max-upload-mb is named in megabytes (before: "limits must be positive:
+    Limits(max_upload_bytes=-1048576, ...)"); the other limits: tests/test_serve.py."""
+    code = main(["serve", str(digits_run), "--max-upload-mb", "-1"])
+    assert code == 2 and "--max-upload-mb must be above 0, got -1.0" in capsys.readouterr().err

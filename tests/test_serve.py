@@ -632,10 +632,10 @@ def test_workers_that_end_are_marked_dead_for_the_live_gauges(tmp_path, monkeypa
 
 
 def test_limits_are_checked():
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match=r"^max_files \(--max-files\) must be 1 or more, got 0$"):
         Limits(max_files=0)
-    with pytest.raises(ValueError, match="MAX_PIXELS"):
-        Limits(max_pixels=10**12)
+    with pytest.raises(ValueError, match=r"max_pixels \(--max-pixels\) must be in \[1, 40000000\]"):
+        Limits(max_pixels=10**12)  # at most imrec.core.preprocess.MAX_PIXELS
 
 
 def test_cli_serve_passes_its_flags_on(run_dir, monkeypatch):

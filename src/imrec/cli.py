@@ -10,6 +10,7 @@ from pathlib import Path
 
 from imrec.config import RENAMED_OPTIONS, SERVE_BURST, SERVE_RATE, TRAIN_GROUPS, TrainConfig
 from imrec.core import heap, openmp
+from imrec.core.checks import ABOVE_0, check_number
 
 
 def _kv(text: str) -> tuple[str, object]:
@@ -376,6 +377,7 @@ def cmd_export(args) -> int:
 def cmd_serve(args) -> int:
     from imrec.serve import Access, Limits, serve
 
+    check_number(args.max_upload_mb, "--max-upload-mb", ABOVE_0)
     limits = Limits(
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_files=args.max_files,

@@ -38,12 +38,20 @@ class Range:
         return self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
 
     def describe(self) -> str:
+        lo, hi = _shown(self.lo), _shown(self.hi)
         if self.hi is None:
-            return f"above {self.lo:g}" if self.lo_open else f"{self.lo:g} or more"
+            return f"above {lo}" if self.lo_open else f"{lo} or more"
         if self.lo is None:
-            return f"below {self.hi:g}" if self.hi_open else f"{self.hi:g} or less"
+            return f"below {hi}" if self.hi_open else f"{hi} or less"
         left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
-        return f"in {left}{self.lo:g}, {self.hi:g}{right}"
+        return f"in {left}{lo}, {hi}{right}"
+
+
+def _shown(bound: float | None) -> str:
+    """A bound as a person writes it: 40000000, not 4e+07; 0.5 as 0.5."""
+    if bound is None:
+        return ""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
 
 
 AT_LEAST_1 = Range(1)  # counts of at least one (epochs, batch sizes, labels listed)

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from imrec.core.checks import AT_LEAST_1, Range, check_number
 from imrec.core.preprocess import MAX_PIXELS, ImageReadError, load_image
 
 from .schemas import MAX_TOP_K, PredictJSON
@@ -58,12 +59,11 @@ class Limits:
     max_pixels: int = MAX_PIXELS
 
     def __post_init__(self):
-        if min(self.max_upload_bytes, self.max_files, self.max_pixels) < 1:
-            raise ValueError(f"limits must be positive: {self}")
-        if self.max_pixels > MAX_PIXELS:
-            raise ValueError(
-                f"max_pixels {self.max_pixels} is above imrec.core.preprocess.MAX_PIXELS ({MAX_PIXELS})"
-            )
+        # A body limit under a byte comes from --max-upload-mb under 1 / 2**20 (0 or less).
+        check_number(self.max_upload_bytes, "max_upload_bytes (--max-upload-mb)", AT_LEAST_1,
+                     whole=True)  # fmt: skip
+        check_number(self.max_files, "max_files (--max-files)", AT_LEAST_1, whole=True)
+        check_number(self.max_pixels, "max_pixels (--max-pixels)", Range(1, MAX_PIXELS), whole=True)
 
 
 class BodyLimit:

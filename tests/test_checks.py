@@ -68,7 +68,7 @@ def test_a_training_option_out_of_range_is_refused_by_its_flag_before_the_data_l
     assert not out.exists()
 
 
-def test_options_of_the_wrong_kind_are_refused_from_python():
+def test_options_of_the_wrong_kind_are_refused_from_python(tmp_path):
     for train, says in [
         ({"epochs": 2.5}, "--epochs must be a whole number, got 2.5"),
         ({"epochs": True}, "--epochs must be a number, got True"),
@@ -78,8 +78,8 @@ def test_options_of_the_wrong_kind_are_refused_from_python():
         ({"amp": "fp8"}, "--amp must be one of auto, bf16, fp16, off, got 'fp8'"),
     ]:
         with pytest.raises(TrainError) as caught:
-            imrec.fit("digits", train=train, progress=False)
-        assert str(caught.value) == says
+            imrec.fit("digits", out=tmp_path / "run", train=train, progress=False)
+        assert str(caught.value) == says and not (tmp_path / "run").exists()
     with pytest.raises(TrainError, match="--epochs must be 1 or more"):
         TrainConfig(epochs=0)  # the flat view is checked as the groups are
 

@@ -176,3 +176,16 @@ def test_serve_reads_the_upload_limit_in_megabytes(capsys, digits_run):
     Limits(max_upload_bytes=-1048576, ...)"); the other limits: tests/test_serve.py."""
     code = main(["serve", str(digits_run), "--max-upload-mb", "-1"])
     assert code == 2 and "--max-upload-mb must be above 0, got -1.0" in capsys.readouterr().err
+
+
+def test_datasets_refuse_a_negative_seed_and_a_split_share_outside_0_1():
+    """Before: a seed of -1 reached numpy ("expected non-negative integer"), or for detection
+    data was taken."""
+    for load in (imrec.load_dataset, imrec.load_detection):
+        name = "digits" if load is imrec.load_dataset else "digits-detect:train=10,val=2,test=2"
+        with pytest.raises(DatasetError, match=r"^seed \(--seed\) must be 0 or more, got -1$"):
+            load(name, seed=-1)
+        with pytest.raises(
+            DatasetError, match=r"val_fraction \(--val-fraction\) must be in \(0, 1\)"
+        ):
+            load(name, val_fraction=1.0)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from imrec.core.checks import AT_LEAST_0, Range, check_number
 from imrec.core.parallel import cpu_map
 from imrec.core.preprocess import (
     INK_FORM_VERSION,
@@ -239,6 +240,7 @@ def load_dataset(
         torch.Size([1294, 3, 16, 16])
     """
     _check_options(val_fraction, size, channels, domain)
+    check_number(seed, "seed (--seed)", AT_LEAST_0, whole=True, error=DatasetError)
     if name.startswith(FOLDER_PREFIX):
         data = load_folder(
             name[len(FOLDER_PREFIX) :],
@@ -276,8 +278,8 @@ def load_dataset(
 def _check_options(
     val_fraction: float, size: int | None, channels: int | None, domain: str | None
 ) -> None:
-    if not 0.0 < val_fraction < 1.0:
-        raise DatasetError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    check_number(val_fraction, "val_fraction (--val-fraction)", Range(0, 1, True, True),
+                 error=DatasetError)  # fmt: skip
     if size is not None and (not isinstance(size, int) or size < 4):
         raise DatasetError(f"size must be an integer of at least 4 pixels, got {size!r}")
     if channels not in (None, 1, 3):

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imrec.core.checks import AT_LEAST_0, Range, check_number
 from imrec.data import registry
 from imrec.data.boxes import AnnotationReport, DetectionData, DetectionSet
 from imrec.data.sources import DatasetError, dataset_dir, mirror_root
@@ -66,8 +67,9 @@ def load_detection(
     Raises:
         DatasetError: unknown name, missing files, bad annotations (the message says which).
     """
-    if not 0.0 < val_fraction < 1.0:
-        raise DatasetError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    check_number(val_fraction, "val_fraction (--val-fraction)", Range(0, 1, True, True),
+                 error=DatasetError)  # fmt: skip
+    check_number(seed, "seed (--seed)", AT_LEAST_0, whole=True, error=DatasetError)
     entry = registry.lookup(name, "detect")
     data = entry.load(name, val_fraction=val_fraction, seed=seed)
     if channels is not None:

@@ -47,12 +47,13 @@ import torch
 import torch.nn.functional as F
 
 from imrec.config import build_config, folder_recipe
-from imrec.core.checks import AT_LEAST_0, AT_LEAST_1, Range, check_number
+from imrec.core.checks import AT_LEAST_1, Range, check_number
 from imrec.core.errors import TrainError
 from imrec.core.logs import quiet_logger
 from imrec.data import ClassificationData, imrec_home, load_dataset
 from imrec.data.fixes import split_keys, write_fixes
 from imrec.data.sources import DatasetError
+from imrec.data.splits import check_split_options
 
 SPLITS = ("train", "val", "test")
 DOCTOR_VERSION = 1  # part of the cache key: bump when predictions are made differently
@@ -176,8 +177,7 @@ def _check_config(cfg: DoctorConfig) -> None:
     check_number(cfg.near, "--near", Range(0.5, 1), error=DatasetError)
     check_number(cfg.top, "--top", AT_LEAST_1, whole=True, error=DatasetError)
     check_number(cfg.gallery, "--gallery", AT_LEAST_1, whole=True, error=DatasetError)
-    check_number(cfg.seed, "--seed", AT_LEAST_0, whole=True, error=DatasetError)
-    check_number(cfg.val_fraction, "--val-fraction", Range(0, 1, True, True), error=DatasetError)
+    check_split_options(cfg.val_fraction, cfg.seed)  # before any data loads; the folds use both
     if cfg.epochs is not None:
         check_number(cfg.epochs, "--epochs", AT_LEAST_1, whole=True, error=DatasetError)
 

@@ -58,6 +58,7 @@ AT_LEAST_1 = Range(1)  # counts of at least one (epochs, batch sizes, labels lis
 AT_LEAST_0 = Range(0)  # counts and amounts that may be none
 ABOVE_0 = Range(0, lo_open=True)
 SHARE = Range(0, 1, hi_open=True)  # [0, 1): a share that cannot be all
+PART = Range(0, 1, lo_open=True, hi_open=True)  # (0, 1): a part that is neither none nor all
 UNIT = Range(0, 1)  # [0, 1]: a score or an overlap
 
 

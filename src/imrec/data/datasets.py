@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from imrec.core.checks import AT_LEAST_0, Range, check_number
 from imrec.core.parallel import cpu_map
 from imrec.core.preprocess import (
     INK_FORM_VERSION,
@@ -51,7 +50,7 @@ from imrec.data.sources import (
     fetch_file,
     mirror_root,
 )
-from imrec.data.splits import group_split, stratified_split
+from imrec.data.splits import check_split_options, group_split, stratified_split
 from imrec.data.types import ClassificationData, ImageSet
 
 DOMAINS = ("handwriting", "objects", "photo")
@@ -239,8 +238,8 @@ def load_dataset(
         >>> load_dataset("digits", size=16, channels=3).train.images.shape
         torch.Size([1294, 3, 16, 16])
     """
-    _check_options(val_fraction, size, channels, domain)
-    check_number(seed, "seed (--seed)", AT_LEAST_0, whole=True, error=DatasetError)
+    check_split_options(val_fraction, seed)
+    _check_options(size, channels, domain)
     if name.startswith(FOLDER_PREFIX):
         data = load_folder(
             name[len(FOLDER_PREFIX) :],
@@ -275,11 +274,7 @@ def load_dataset(
     return data
 
 
-def _check_options(
-    val_fraction: float, size: int | None, channels: int | None, domain: str | None
-) -> None:
-    check_number(val_fraction, "val_fraction (--val-fraction)", Range(0, 1, True, True),
-                 error=DatasetError)  # fmt: skip
+def _check_options(size: int | None, channels: int | None, domain: str | None) -> None:
     if size is not None and (not isinstance(size, int) or size < 4):
         raise DatasetError(f"size must be an integer of at least 4 pixels, got {size!r}")
     if channels not in (None, 1, 3):

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from imrec.core.checks import AT_LEAST_0, Range, check_number
 from imrec.data import registry
 from imrec.data.boxes import AnnotationReport, DetectionData, DetectionSet
 from imrec.data.sources import DatasetError, dataset_dir, mirror_root
+from imrec.data.splits import check_split_options
 
 COCO_PREFIX, YOLO_PREFIX = "coco:", "yolo:"
 DIGITS = "digits-detect"
@@ -67,9 +67,7 @@ def load_detection(
     Raises:
         DatasetError: unknown name, missing files, bad annotations (the message says which).
     """
-    check_number(val_fraction, "val_fraction (--val-fraction)", Range(0, 1, True, True),
-                 error=DatasetError)  # fmt: skip
-    check_number(seed, "seed (--seed)", AT_LEAST_0, whole=True, error=DatasetError)
+    check_split_options(val_fraction, seed)
     entry = registry.lookup(name, "detect")
     data = entry.load(name, val_fraction=val_fraction, seed=seed)
     if channels is not None:

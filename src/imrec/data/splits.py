@@ -5,6 +5,23 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from imrec.core.checks import AT_LEAST_0, PART, check_number
+from imrec.core.errors import DatasetError
+
+
+def check_split_options(val_fraction: float, seed: int) -> None:
+    """Refuse, by their flags, the split settings every loader takes: ``val_fraction``
+    (``--val-fraction``) in (0, 1) and ``seed`` (``--seed``) a whole number, 0 or more.
+
+    Example:
+        >>> check_split_options(0.1, -1)
+        Traceback (most recent call last):
+        ...
+        imrec.core.errors.DatasetError: seed (--seed) must be 0 or more, got -1
+    """
+    check_number(val_fraction, "val_fraction (--val-fraction)", PART, error=DatasetError)
+    check_number(seed, "seed (--seed)", AT_LEAST_0, whole=True, error=DatasetError)
+
 
 def _as_numpy(values: torch.Tensor | np.ndarray) -> np.ndarray:
     if isinstance(values, torch.Tensor):

@@ -26,6 +26,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from imrec.core.checks import AT_LEAST_0, AT_LEAST_1, check_number
+
+
+def check_batching(max_batch: int, max_wait_ms: float) -> None:
+    """``max_batch`` (``--max-batch``) 1 or more, ``max_wait_ms`` (``--max-wait-ms``) 0 or
+    more, else ValueError: checked by :class:`MicroBatcher` and, before it starts, by
+    :func:`imrec.serve.serve`."""
+    check_number(max_batch, "max_batch (--max-batch)", AT_LEAST_1, whole=True)
+    check_number(max_wait_ms, "max_wait_ms (--max-wait-ms)", AT_LEAST_0)
+
 
 class BatcherStopped(RuntimeError):
     """The batcher is shutting down (or never started) and takes no new work."""
@@ -51,10 +61,7 @@ class MicroBatcher:
         max_wait_ms: float = 5,
         on_batch: Callable[[int], None] | None = None,
     ):
-        if max_batch < 1 or max_wait_ms < 0:
-            raise ValueError(
-                f"need max_batch >= 1 and max_wait_ms >= 0, got {max_batch}, {max_wait_ms}"
-            )
+        check_batching(max_batch, max_wait_ms)
         self.run_batch, self.max_batch, self.max_wait = run_batch, max_batch, max_wait_ms / 1000
         self.on_batch = on_batch
         self._queue: asyncio.Queue[tuple[Any, asyncio.Future]] = asyncio.Queue()

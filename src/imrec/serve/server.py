@@ -20,10 +20,11 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from imrec.core.checks import AT_LEAST_0, AT_LEAST_1, Range, check_number
+from imrec.core.checks import AT_LEAST_1, Range, check_number
 from imrec.data.sources import imrec_home
 
 from .app import create_app
+from .batching import check_batching
 from .inputs import Limits
 from .metrics import multiprocess_dir
 from .security import Access, AccessError, load_tokens, resolve_tokens
@@ -89,8 +90,7 @@ def serve(
         raise FileNotFoundError(f"no such bundle, run folder or checkpoint: {source}")
     check_number(port, "port (--port)", Range(1, 65535), whole=True)
     check_number(workers, "workers (--workers)", AT_LEAST_1, whole=True)
-    check_number(max_batch, "max_batch (--max-batch)", AT_LEAST_1, whole=True)
-    check_number(max_wait_ms, "max_wait_ms (--max-wait-ms)", AT_LEAST_0)
+    check_batching(max_batch, max_wait_ms)
     tls = _tls_files(tls_cert, tls_key)
     tokens_from, how = resolve_tokens(host, token_file, no_auth, imrec_home())
     access = access or Access()
